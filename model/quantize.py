@@ -1,0 +1,206 @@
+"""PyTorch fake quantization with a straight-through estimator, calibration and fine-tuning.
+
+The weight fake-quantizer calls the NumPy codec of :mod:`model.formats` on every
+forward pass, so the weights seen in training are exactly the ones exported: one
+codec, no torch re-implementation to drift from it.  Gradients pass straight
+through to the latent float weights (STE).
+
+A :class:`QuantModel` is built from a float ``nn.Sequential`` of Conv2d, Linear,
+ReLU, MaxPool2d and Flatten.  A ReLU right after a Conv2d/Linear is fused into it
+(the quantized output clamps at its zero point), as the artifact and the hardware do.
+Activations are unsigned 8-bit with scales calibrated on training data.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .digits import INPUT_SCALE, INPUT_ZERO_POINT, Split
+from .formats import ActivationFormat, FormatError, WeightFormat
+from .net import batches, fit
+
+SUPPORTED = (nn.Conv2d, nn.Linear, nn.ReLU, nn.MaxPool2d, nn.Flatten)
+
+
+class UnsupportedLayerError(ValueError):
+    """A module that the quantizer, the artifact and the hardware cannot express."""
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Forward returns ``y`` exactly; backward passes the gradient to ``x`` unchanged."""
+
+    @staticmethod
+    def forward(ctx, x, y):
+        return y.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+def straight_through(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``y`` in the forward pass, identity gradient to ``x`` (the STE)."""
+    return _StraightThrough.apply(x, y.detach())
+
+
+def fake_quant_weight(w: torch.Tensor, fmt: WeightFormat) -> tuple[torch.Tensor, np.ndarray]:
+    """``(w_q with STE gradient, per-channel scale)`` using the NumPy codec."""
+    try:
+        q = fmt.encode(w.detach().cpu().double().numpy())
+    except FormatError as e:
+        raise FormatError(f"{fmt.name}: {e}") from None
+    wq = torch.from_numpy(q.dequantize()).to(w.dtype)
+    return straight_through(w, wq), q.scale
+
+
+def fake_quant_act(x: torch.Tensor, fmt: ActivationFormat) -> torch.Tensor:
+    """Round-to-nearest affine quantization with STE (identity gradient)."""
+    q = torch.clamp(torch.round(x / fmt.scale) + fmt.zero_point, fmt.qmin, fmt.qmax)
+    return straight_through(x, (q - fmt.zero_point) * fmt.scale)
+
+
+class ActQuant(nn.Module):
+    """An activation quantization point: observes min/max while calibrating."""
+
+    def __init__(self, fmt: ActivationFormat | None = None):
+        super().__init__()
+        self.fmt = fmt
+        self.observing = False
+        self.lo, self.hi = np.inf, -np.inf
+
+    def forward(self, x):
+        if self.observing:
+            self.lo = min(self.lo, float(x.min()))
+            self.hi = max(self.hi, float(x.max()))
+            return x
+        return x if self.fmt is None else fake_quant_act(x, self.fmt)
+
+
+class QuantLayer(nn.Module):
+    """A Conv2d/Linear with fake-quantized weights and bias, optional fused ReLU,
+    and its output activation quantizer."""
+
+    def __init__(self, name: str, module: nn.Module, fmt: WeightFormat, relu: bool):
+        super().__init__()
+        self.name, self.module, self.fmt, self.relu = name, module, fmt, relu
+        self.out_q = ActQuant()
+
+    def forward(self, x, in_fmt: ActivationFormat | None):
+        w, scale = fake_quant_weight(self.module.weight, self.fmt)
+        b = self.module.bias
+        if b is not None and in_fmt is not None:  # (in_fmt is None while calibrating)
+            # bias lives in the accumulator's scale S_w[c] * S_x, rounded to an integer
+            sb = torch.from_numpy(scale * in_fmt.scale).to(b.dtype)
+            b = straight_through(b, torch.round(b / sb) * sb)
+        if isinstance(self.module, nn.Conv2d):
+            m = self.module
+            y = nn.functional.conv2d(x, w, b, m.stride, m.padding)
+        else:
+            y = nn.functional.linear(x.flatten(1), w, b)
+        if self.relu:
+            y = torch.relu(y)
+        return self.out_q(y)
+
+
+@dataclass
+class Step:
+    """One element of the quantized plan: a QuantLayer or a pass-through module."""
+
+    name: str
+    module: nn.Module
+
+
+def _check_module(name: str, m: nn.Module) -> None:
+    if not isinstance(m, SUPPORTED):
+        raise UnsupportedLayerError(
+            f"layer {name!r} of type {type(m).__name__} is not supported; supported: "
+            + ", ".join(t.__name__ for t in SUPPORTED)
+        )
+    if isinstance(m, nn.Conv2d):
+        if m.groups != 1 or tuple(m.dilation) != (1, 1) or m.padding_mode != "zeros" or isinstance(m.padding, str):
+            raise UnsupportedLayerError(
+                f"layer {name!r}: Conv2d needs groups=1, dilation=1, numeric zero padding "
+                f"(got groups={m.groups}, dilation={m.dilation}, padding={m.padding!r}, mode={m.padding_mode!r})"
+            )
+    if isinstance(m, nn.MaxPool2d):
+        if m.dilation not in (1, (1, 1)) or m.ceil_mode or m.return_indices:
+            raise UnsupportedLayerError(f"layer {name!r}: MaxPool2d needs dilation=1, ceil_mode=False")
+
+
+class QuantModel(nn.Module):
+    """Fake-quantized version of a float ``nn.Sequential``; shares its parameters."""
+
+    def __init__(self, float_model: nn.Sequential, fmt: WeightFormat,
+                 input_fmt: ActivationFormat = ActivationFormat(scale=INPUT_SCALE, zero_point=INPUT_ZERO_POINT)):
+        super().__init__()
+        if not isinstance(float_model, nn.Sequential):
+            raise UnsupportedLayerError(f"model must be an nn.Sequential, got {type(float_model).__name__}")
+        self.fmt = fmt
+        self.input_q = ActQuant(input_fmt)
+        mods = list(float_model.named_children())
+        for name, m in mods:
+            _check_module(name, m)
+        steps, i = nn.ModuleDict(), 0
+        while i < len(mods):
+            name, m = mods[i]
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                relu = i + 1 < len(mods) and isinstance(mods[i + 1][1], nn.ReLU)
+                steps[name] = QuantLayer(name, m, fmt, relu)
+                i += 2 if relu else 1
+            else:
+                steps[name] = m
+                i += 1
+        if not any(isinstance(s, QuantLayer) for s in steps.values()):
+            raise UnsupportedLayerError("model has no Conv2d or Linear layer to quantize")
+        self.steps = steps
+
+    @property
+    def input_fmt(self) -> ActivationFormat:
+        return self.input_q.fmt
+
+    def walk(self):
+        """Yield ``(name, step, input activation format)`` in order (used by export)."""
+        fmt = self.input_fmt
+        for name, s in self.steps.items():
+            yield name, s, fmt
+            if isinstance(s, QuantLayer):
+                fmt = s.out_q.fmt
+
+    def forward(self, x):
+        x = self.input_q(x)
+        for _, s, fmt in self.walk():
+            x = s(x, fmt) if isinstance(s, QuantLayer) else s(x)
+        return x
+
+    @torch.no_grad()
+    def calibrate(self, split: Split, batch_size: int = 512) -> None:
+        """Set every output activation format from min/max over ``split`` (float activations)."""
+        qs = [s.out_q for s in self.steps.values() if isinstance(s, QuantLayer)]
+        for q in qs:
+            q.fmt, q.observing, q.lo, q.hi = None, True, np.inf, -np.inf
+        was_training = self.training
+        self.eval()
+        for xb, _ in batches(split, batch_size):
+            self(xb)
+        for q in qs:
+            q.observing = False
+            q.fmt = ActivationFormat.from_range(q.lo, q.hi)
+        self.train(was_training)
+
+
+def quantize_model(float_model: nn.Sequential, fmt: WeightFormat, train: Split, finetune: int = 0,
+                   lr: float = 5e-4, seed: int = 0, batch_size: int = 32) -> QuantModel:
+    """Post-training quantization, then ``finetune`` epochs with the quantizers in the loop.
+
+    Activation scales are re-calibrated at the start of every epoch and at the end.
+    """
+    qm = QuantModel(float_model, fmt)
+    qm.calibrate(train)
+    if finetune > 0:
+        fit(qm, train, finetune, lr, batch_size, seed, on_epoch=lambda m, e: e and m.calibrate(train))
+        qm.calibrate(train)
+    qm.eval()
+    return qm

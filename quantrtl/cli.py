@@ -1,0 +1,123 @@
+"""``quantrtl``: the command line.  A thin layer over :mod:`quantrtl.flows`."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from . import flows
+from .table import format_table, pct
+
+#: Errors that mean "your input is wrong": one line, exit status 2, no traceback.
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from model.artifact import ArtifactError
+    from model.formats import FormatError
+
+    errs: list[type[BaseException]] = [ArtifactError, FormatError, ValueError, FileNotFoundError, PermissionError]
+    return tuple(errs)
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def cmd_train(args) -> int:
+    _say(f"training the digits CNN ({args.epochs or 'default'} epochs) ...")
+    r = flows.train_flow(args.out, epochs=args.epochs, seed=args.seed)
+    print(f"checkpoint         {r.checkpoint}")
+    print(f"test accuracy      {pct(r.test_accuracy)}")
+    print(f"parameter digest   {r.digest}")
+    print(f"shipped digest     {r.shipped_digest}")
+    print(f"reproduces shipped {'yes' if r.reproduces_shipped else 'no'}")
+    print(f"time               {r.seconds:.1f} s")
+    if args.json:
+        flows.write_json(args.json, asdict(r))
+    return 0
+
+
+QUANT_HEADERS = ["quantizer", "finetune", "float", "fake-quant", "golden", "agreement",
+                 "weight bits", "stored bits", "CR vs fp32", "time"]
+
+
+def _quant_row(r: flows.QuantizeResult) -> list:
+    return [r.quantizer, r.finetune, pct(r.float_accuracy), pct(r.quant_accuracy), pct(r.golden_accuracy),
+            pct(r.golden_agreement), r.weight_bits, r.storage_bits["total"], f"{r.compression_ratio:.2f}x",
+            f"{r.seconds:.1f}s"]
+
+
+def cmd_quantize(args) -> int:
+    from model.formats import parse_format
+
+    parse_format(args.quantizer)
+    _say(f"quantizing the digits model with {args.quantizer} (fine-tune {args.finetune} epochs) ...")
+    r = flows.quantize_flow(args.quantizer, args.out, finetune=args.finetune, checkpoint=args.checkpoint, seed=args.seed)
+    print(format_table(QUANT_HEADERS, [_quant_row(r)]))
+    print(f"\nartifact: {r.artifact}  ({r.test_images} test images; accuracies on the fixed digits test split)")
+    print(format_table(["layer", "op", "out shape", "format", "acc bits", "MACs"],
+                       [[l["name"], l["op"], "x".join(map(str, l["out_shape"])), l["format"] or "-",
+                         l["accumulator_bits"] or "-", l["macs"]] for l in r.layers]))
+    if args.json:
+        flows.write_json(args.json, asdict(r))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    t0 = time.perf_counter()
+    out = Path(args.out)
+    results = []
+    for i, q in enumerate(flows.DEMO_QUANTIZERS, 1):
+        _say(f"[{i}/{len(flows.DEMO_QUANTIZERS)}] quantize {q} (fine-tune {args.finetune} epochs)")
+        results.append(flows.quantize_flow(q, out / "artifacts", finetune=args.finetune))
+    print("digits CNN on the fixed test split (360 images); golden = integer NumPy model on the exported artifact\n")
+    print(format_table(QUANT_HEADERS, [_quant_row(r) for r in results]))
+    path = flows.write_json(out / "results.json", {"quantize": [asdict(r) for r in results],
+                                                    "versions": flows.tool_versions()})
+    print(f"\nresults: {path}\ntotal time {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="quantrtl", description="Quantized CNNs to bit-exact RTL and gate counts.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train the default digits CNN (reproduces the shipped checkpoint)")
+    t.add_argument("--out", default="build/train/digits_cnn.pt", help="checkpoint to write (default %(default)s)")
+    t.add_argument("--epochs", type=int, default=None, help="training epochs (default 60)")
+    t.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    t.add_argument("--json", help="write results as JSON")
+    t.set_defaults(func=cmd_train)
+
+    q = sub.add_parser("quantize", help="quantize the model and export the integer artifact")
+    q.add_argument("--quantizer", required=True, help="fixedN (2..16), shiftN (3..6), ternary, binary")
+    q.add_argument("--model", default="digits", choices=["digits"], help="model (default %(default)s)")
+    q.add_argument("--checkpoint", default=None, help="float checkpoint (default: the shipped one)")
+    q.add_argument("--finetune", type=int, default=flows.DEFAULT_FINETUNE, metavar="EPOCHS",
+                   help="fine-tuning epochs with the quantizer in the loop (default %(default)s; 0 = post-training only)")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--out", default="build/artifacts", help="artifact folder (default %(default)s)")
+    q.add_argument("--json", help="write results as JSON")
+    q.set_defaults(func=cmd_quantize)
+
+    d = sub.add_parser("demo", help="the main job on the embedded digits model")
+    d.add_argument("--out", default="build/demo", help="output folder (default %(default)s)")
+    d.add_argument("--finetune", type=int, default=flows.DEFAULT_FINETUNE, metavar="EPOCHS")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        _say("quantrtl: interrupted")
+        return 130
+    except _user_errors() as e:
+        _say(f"quantrtl: error: {e}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""Random integer artifacts for tests that need no torch (explicitly imported, no fixtures magic)."""
+from __future__ import annotations
+
+import numpy as np
+
+from model.artifact import Layer, QuantizedNetwork, QuantParams, expected_out_shape
+from model.formats import WeightFormat
+
+
+def _qp(rng, relu_out: bool = False) -> QuantParams:
+    return QuantParams(scale=float(rng.uniform(0.01, 0.1)), zero_point=0 if relu_out else int(rng.integers(0, 256)))
+
+
+def _weights(rng, fmt: WeightFormat, shape) -> dict:
+    cout = shape[0]
+    return dict(
+        format=fmt,
+        codes=rng.choice(fmt.code_space(), size=shape),
+        bias=rng.integers(-5000, 5000, size=cout),
+        m0=rng.integers(1 << 30, 1 << 31, size=cout),
+        shift=rng.integers(20, 45, size=cout),
+        weight_scale=rng.uniform(0.001, 0.1, size=cout),
+    )
+
+
+def random_network(fmt: WeightFormat, seed: int = 0, cin: int = 2, hw: int = 6, cout: int = 3,
+                   classes: int = 4) -> QuantizedNetwork:
+    """conv2d(3×3, pad 1, ReLU) → maxpool(2) → linear, random codes and constants."""
+    rng = np.random.default_rng(seed)
+    qin = _qp(rng)
+    conv = Layer(name="conv", op="conv2d", in_shape=(cin, hw, hw), out_shape=(cout, hw, hw), input=qin,
+                 output=_qp(rng, relu_out=True), kernel=(3, 3), stride=(1, 1), padding=(1, 1), activation="relu",
+                 **_weights(rng, fmt, (cout, cin, 3, 3)))
+    pool = Layer(name="pool", op="maxpool", in_shape=conv.out_shape, out_shape=conv.out_shape, input=conv.output,
+                 output=conv.output, kernel=(2, 2), stride=(2, 2), padding=(0, 0))
+    pool.out_shape = expected_out_shape(pool)
+    fan = int(np.prod(pool.out_shape))
+    fc = Layer(name="fc", op="linear", in_shape=(fan,), out_shape=(classes,), input=pool.output,
+               output=_qp(rng), activation="none", **_weights(rng, fmt, (classes, fan)))
+    return QuantizedNetwork(name="random", quantizer=fmt.name, input_shape=(cin, hw, hw), input=qin,
+                            layers=[conv, pool, fc], metadata={"seed": seed})

@@ -1,0 +1,65 @@
+"""The digits model, its data split and checkpoint handling."""
+import numpy as np
+import pytest
+import torch
+
+from model import net
+from model.digits import INPUT_SCALE, load_split
+
+
+def test_split_is_fixed_and_documented():
+    train, test = load_split()
+    assert len(train.y) == 1437 and len(test.y) == 360
+    assert train.x.min() == 0 and train.x.max() == 16 and train.x.dtype == np.int64
+    assert np.bincount(test.y).min() >= 35  # stratified
+    assert np.array_equal(test.float_inputs() / INPUT_SCALE, test.x)  # the integer input is exact
+    # the same images every time (spot-check a hash of the test labels)
+    assert int((test.y * np.arange(len(test.y))).sum()) == int((load_split()[1].y * np.arange(360)).sum())
+
+
+def test_shipped_checkpoint_meets_accuracy():
+    m = net.load_checkpoint()
+    _, test = load_split()
+    assert net.accuracy(net.predict(m, test), test.y) >= 0.96
+
+
+def test_architecture_has_two_convs_pool_fc():
+    kinds = [type(m).__name__ for m in net.digits_cnn()]
+    assert kinds.count("Conv2d") >= 2 and "MaxPool2d" in kinds and kinds[-1] == "Linear"
+    conv = [m for m in net.digits_cnn() if isinstance(m, torch.nn.Conv2d)]
+    assert all(c.kernel_size == (3, 3) for c in conv)
+
+
+@pytest.mark.slow
+def test_train_reproduces_shipped_checkpoint():
+    """Same seed → same weights; the default recipe gives the shipped model's accuracy."""
+    import json
+
+    shipped = json.loads(net.CHECKPOINT.with_suffix(".json").read_text())
+    m1, acc1 = net.train()
+    m2, acc2 = net.train()
+    assert net.state_digest(m1) == net.state_digest(m2) and acc1 == acc2
+    assert acc1 >= 0.96
+    assert abs(acc1 - shipped["test_accuracy"]) <= 0.01
+    # Bit-identical on this CPU kind; another CPU's float kernels may differ in the last bits.
+    if net.state_digest(m1) != shipped["digest"]:
+        pytest.fail(f"retrained digest {net.state_digest(m1)} differs from shipped {shipped['digest']}")
+
+
+def test_load_checkpoint_errors(tmp_path):
+    with pytest.raises(net.CheckpointError, match="checkpoint not found"):
+        net.load_checkpoint(tmp_path / "none.pt")
+    bad = tmp_path / "corrupt.pt"
+    bad.write_bytes(b"\x00not a checkpoint")
+    with pytest.raises(net.CheckpointError, match="cannot load checkpoint"):
+        net.load_checkpoint(bad)
+    wrong = tmp_path / "wrong.pt"
+    torch.save(torch.nn.Linear(3, 2).state_dict(), wrong)
+    with pytest.raises(net.CheckpointError, match="cannot load checkpoint"):
+        net.load_checkpoint(wrong)
+    nan = tmp_path / "nan.pt"
+    sd = net.load_checkpoint().state_dict()
+    sd["conv2.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(sd, nan)
+    with pytest.raises(net.CheckpointError, match="parameter 'conv2.weight' contains NaN"):
+        net.load_checkpoint(nan)

@@ -1,0 +1,74 @@
+"""The command line: results, JSON contract and clear errors that write nothing."""
+import json
+
+import pytest
+import torch
+
+from quantrtl.cli import main
+
+QUANTIZE_KEYS = {"quantizer", "float_accuracy", "quant_accuracy", "golden_accuracy", "golden_agreement",
+                 "weight_bits", "compression_ratio", "artifact"}
+
+
+def test_quantize_writes_artifact_and_json(tmp_path, capsys):
+    rc = main(["quantize", "--quantizer", "ternary", "--finetune", "1", "--out", str(tmp_path / "a"),
+               "--json", str(tmp_path / "r.json")])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "ternary" in out and "agreement" in out and "conv2" in out
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert QUANTIZE_KEYS <= set(r)
+    assert r["quantizer"] == "ternary" and r["finetune"] == 1
+    assert (tmp_path / "a" / "digits-ternary.json").is_file() and (tmp_path / "a" / "digits-ternary.npz").is_file()
+
+
+def run_error(tmp_path, capsys, argv):
+    out = tmp_path / "out"
+    rc = main(argv + ["--out", str(out), "--json", str(tmp_path / "r.json")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert not out.exists() and not (tmp_path / "r.json").exists(), "an error must write nothing"
+    return err[-1]
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--quantizer", "float7"], "unknown quantizer 'float7'; known: fixedN (N=2..16), shiftN (N=3..6), ternary, binary"),
+    (["--quantizer", "shift9"], "bit width 9 out of range for shiftN (allowed 3..6)"),
+    (["--quantizer", "fixed1"], "allowed 2..16"),
+    (["--quantizer", "fixed8", "--finetune", "-1"], "--finetune must be 0 or more epochs"),
+])
+def test_quantize_bad_arguments(tmp_path, capsys, argv, match):
+    assert match in run_error(tmp_path, capsys, ["quantize"] + argv)
+
+
+def test_quantize_missing_checkpoint(tmp_path, capsys):
+    msg = run_error(tmp_path, capsys, ["quantize", "--quantizer", "fixed8", "--checkpoint", str(tmp_path / "no.pt")])
+    assert msg.startswith("quantrtl: error: ") and "no.pt: checkpoint not found" in msg
+
+
+def test_quantize_nan_weights(tmp_path, capsys):
+    from model.net import load_checkpoint
+
+    sd = load_checkpoint().state_dict()
+    sd["fc.weight"][3, 7] = float("inf")
+    torch.save(sd, tmp_path / "inf.pt")
+    msg = run_error(tmp_path, capsys, ["quantize", "--quantizer", "shift4", "--checkpoint", str(tmp_path / "inf.pt")])
+    assert "parameter 'fc.weight' contains NaN or infinity" in msg
+
+
+def test_train_command(tmp_path, capsys):
+    rc = main(["train", "--epochs", "2", "--out", str(tmp_path / "m.pt"), "--json", str(tmp_path / "t.json")])
+    assert rc == 0
+    r = json.loads((tmp_path / "t.json").read_text())
+    assert r["config"]["epochs"] == 2 and r["reproduces_shipped"] is False
+    assert (tmp_path / "m.pt").is_file() and (tmp_path / "m.json").is_file()
+    assert "test accuracy" in capsys.readouterr().out
+
+
+def test_demo_prints_table(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--finetune", "1"]) == 0
+    out = capsys.readouterr().out
+    for q in ("fixed8", "shift4", "ternary", "binary"):
+        assert q in out
+    r = json.loads((tmp_path / "results.json").read_text())
+    assert [row["quantizer"] for row in r["quantize"]] == ["fixed8", "shift4", "ternary", "binary"]
