@@ -397,6 +397,8 @@ class ActivationFormat:
     scale: float
     zero_point: int = 0
     bits: int = 8
+    #: Calibrated ranges narrower than this are widened to it (keeps the scale normal).
+    MIN_SPAN: ClassVar[float] = 2.0 ** -30
 
     def __post_init__(self):
         if not (isinstance(self.scale, float) and math.isfinite(self.scale) and self.scale > 0):
@@ -419,9 +421,9 @@ class ActivationFormat:
         """Calibrated range → scale and zero point (range widened to include 0)."""
         lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
         qmax = (1 << bits) - 1
-        if hi - lo <= 0:
+        if hi - lo <= 0:  # a dead tensor (always 0): any scale is exact
             return cls(scale=1.0, zero_point=0, bits=bits)
-        scale = (hi - lo) / qmax
+        scale = max(hi - lo, cls.MIN_SPAN) / qmax
         zp = int(np.clip(round(-lo / scale), 0, qmax))
         return cls(scale=float(scale), zero_point=zp, bits=bits)
 

@@ -1,5 +1,13 @@
 """Shared fixtures (explicit; nothing star-imported)."""
+import os
+
 import pytest
+from hypothesis import settings
+
+# CI replays the same examples every run (a red CI blocks landing); developers explore.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.register_profile("explore", max_examples=1000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "default"))
 
 
 @pytest.fixture(scope="session")

@@ -192,3 +192,9 @@ def test_activation_format(lo, hi, x):
 def test_activation_format_rejects(kw, match):
     with pytest.raises(FormatError, match=match):
         ActivationFormat(**kw)
+
+
+@pytest.mark.parametrize("lo,hi", [(-5e-324, 0.0), (0.0, 5e-324), (-1e-300, 1e-300), (0.0, 0.0)])
+def test_activation_format_degenerate_ranges(lo, hi):
+    a = ActivationFormat.from_range(lo, hi)
+    assert a.scale > 0 and np.isfinite(a.scale) and a.quantize([0.0])[0] == a.zero_point
