@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -101,17 +102,24 @@ def accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
     return float((np.asarray(pred) == np.asarray(labels)).mean())
 
 
+@contextmanager
+def single_thread():
+    """One CPU thread: one float reduction order, so the same seed gives the same weights."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def train(cfg: TrainConfig = TRAIN_DEFAULTS) -> tuple[nn.Module, float]:
     """Train the digits CNN from scratch; returns the model and its test accuracy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # one reduction order, so the same seed gives the same weights
-    try:
+    with single_thread():
         torch.manual_seed(cfg.seed)
         model = digits_cnn()
         train_split, test_split = load_split()
         fit(model, train_split, cfg.epochs, cfg.lr, cfg.batch_size, cfg.seed, cfg.weight_decay)
-    finally:
-        torch.set_num_threads(threads)
     return model, accuracy(predict(model, test_split), test_split.y)
 
 

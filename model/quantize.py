@@ -20,7 +20,7 @@ from torch import nn
 
 from .digits import INPUT_SCALE, INPUT_ZERO_POINT, Split
 from .formats import ActivationFormat, FormatError, WeightFormat
-from .net import batches, fit
+from .net import batches, fit, single_thread
 
 SUPPORTED = (nn.Conv2d, nn.Linear, nn.ReLU, nn.MaxPool2d, nn.Flatten)
 
@@ -198,9 +198,10 @@ def quantize_model(float_model: nn.Sequential, fmt: WeightFormat, train: Split, 
     Activation scales are re-calibrated at the start of every epoch and at the end.
     """
     qm = QuantModel(float_model, fmt)
-    qm.calibrate(train)
-    if finetune > 0:
-        fit(qm, train, finetune, lr, batch_size, seed, on_epoch=lambda m, e: e and m.calibrate(train))
+    with single_thread():  # deterministic: the same inputs give the same artifact
         qm.calibrate(train)
+        if finetune > 0:
+            fit(qm, train, finetune, lr, batch_size, seed, on_epoch=lambda m, e: e and m.calibrate(train))
+            qm.calibrate(train)
     qm.eval()
     return qm

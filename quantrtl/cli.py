@@ -78,6 +78,25 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_verilog(args) -> int:
+    _say(f"generating Verilog for {args.layer} of the {args.quantizer} model, {args.lanes} lanes ...")
+    r = flows.verilog_flow(args.quantizer, args.out, layer=args.layer, lanes=args.lanes, pipeline=args.pipeline,
+                           artifact_path=args.artifact, finetune=args.finetune, taps=args.taps)
+    print(f"top          {r.top}")
+    print(f"verilog      {r.verilog}")
+    print(f"description  {r.description}")
+    print(f"artifact     {r.artifact}")
+    print(f"cycles       {r.expected_cycles} per image (formula; cosim measures them)")
+    print(f"memory bits  " + ", ".join(f"{k} {v}" for k, v in r.memory_bits.items()))
+    rows = [[l["name"], l["op"], l.get("lanes", "-"), l.get("groups", "-"), l.get("accumulator_bits", "-"),
+             l["expected_cycles"]] for l in r.layers]
+    print(format_table(["layer", "op", "lanes", "groups", "acc bits", "cycles"], rows))
+    print(f"time         {r.seconds:.1f} s")
+    if args.json:
+        flows.write_json(args.json, asdict(r))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="quantrtl", description="Quantized CNNs to bit-exact RTL and gate counts.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -99,6 +118,18 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", default="build/artifacts", help="artifact folder (default %(default)s)")
     q.add_argument("--json", help="write results as JSON")
     q.set_defaults(func=cmd_quantize)
+
+    v = sub.add_parser("verilog", help="generate Verilog for a layer or the whole network")
+    v.add_argument("--quantizer", required=True, help="fixedN (2..16), shiftN (3..6), ternary, binary")
+    v.add_argument("--layer", default="all", help="layer name, or 'all' for the network top (default %(default)s)")
+    v.add_argument("--lanes", type=int, default=8, help="MAC lanes P per conv/linear engine (default %(default)s)")
+    v.add_argument("--pipeline", type=int, default=0, help="MAC array register stages, 0..2 (default %(default)s)")
+    v.add_argument("--taps", action="store_true", help="expose per-layer tap ports on the network top")
+    v.add_argument("--artifact", default=None, help="use this artifact instead of quantizing the digits model")
+    v.add_argument("--finetune", type=int, default=flows.DEFAULT_FINETUNE, metavar="EPOCHS")
+    v.add_argument("--out", required=True, help="output folder")
+    v.add_argument("--json", help="write results as JSON")
+    v.set_defaults(func=cmd_verilog)
 
     d = sub.add_parser("demo", help="the main job on the embedded digits model")
     d.add_argument("--out", default="build/demo", help="output folder (default %(default)s)")

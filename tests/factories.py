@@ -23,19 +23,23 @@ def _weights(rng, fmt: WeightFormat, shape) -> dict:
     )
 
 
-def random_network(fmt: WeightFormat, seed: int = 0, cin: int = 2, hw: int = 6, cout: int = 3,
-                   classes: int = 4) -> QuantizedNetwork:
-    """conv2d(3×3, pad 1, ReLU) → maxpool(2) → linear, random codes and constants."""
+def random_network(fmt: WeightFormat, seed: int = 0, cin: int = 2, hw: int | tuple = 6, cout: int = 3,
+                   classes: int = 4, kernel=(3, 3), stride=(1, 1), padding=(1, 1), pool=(2, 2, 0),
+                   relu: bool = True) -> QuantizedNetwork:
+    """conv2d(kernel, stride, padding, ReLU) → maxpool(k, s, p) → linear, random codes and constants."""
     rng = np.random.default_rng(seed)
+    h, w = (hw, hw) if isinstance(hw, int) else hw
     qin = _qp(rng)
-    conv = Layer(name="conv", op="conv2d", in_shape=(cin, hw, hw), out_shape=(cout, hw, hw), input=qin,
-                 output=_qp(rng, relu_out=True), kernel=(3, 3), stride=(1, 1), padding=(1, 1), activation="relu",
-                 **_weights(rng, fmt, (cout, cin, 3, 3)))
+    conv = Layer(name="conv", op="conv2d", in_shape=(cin, h, w), out_shape=(cout, h, w), input=qin,
+                 output=_qp(rng, relu_out=relu), kernel=tuple(kernel), stride=tuple(stride), padding=tuple(padding),
+                 activation="relu" if relu else "none", **_weights(rng, fmt, (cout, cin) + tuple(kernel)))
+    conv.out_shape = expected_out_shape(conv)
+    pk, ps, pp = pool
     pool = Layer(name="pool", op="maxpool", in_shape=conv.out_shape, out_shape=conv.out_shape, input=conv.output,
-                 output=conv.output, kernel=(2, 2), stride=(2, 2), padding=(0, 0))
+                 output=conv.output, kernel=(pk, pk), stride=(ps, ps), padding=(pp, pp))
     pool.out_shape = expected_out_shape(pool)
     fan = int(np.prod(pool.out_shape))
     fc = Layer(name="fc", op="linear", in_shape=(fan,), out_shape=(classes,), input=pool.output,
                output=_qp(rng), activation="none", **_weights(rng, fmt, (classes, fan)))
-    return QuantizedNetwork(name="random", quantizer=fmt.name, input_shape=(cin, hw, hw), input=qin,
+    return QuantizedNetwork(name="random", quantizer=fmt.name, input_shape=(cin, h, w), input=qin,
                             layers=[conv, pool, fc], metadata={"seed": seed})

@@ -1,0 +1,142 @@
+"""The MAC array: P lanes of a format's PE, adder trees, accumulators.
+
+The P lanes are split into ``groups`` equal groups of ``P / groups`` lanes.  Each group
+sums its lanes' products in a balanced adder tree and accumulates the sum into its own
+accumulator.  ``groups = 1`` is the classic dot-product engine (P lanes → one adder tree →
+one accumulator); more groups let a layer with a short fan-in (a 3×3 kernel on one
+input channel) keep every lane busy by computing several output channels at once.
+
+Accumulator width: ``acc_width`` comes from the layer's worst-case bound
+(:attr:`model.artifact.Layer.accumulator_bits`, docs/integer-semantics.md §2).  All
+additions are two's complement modulo ``2**acc_width``: because the *final* dot product
+fits, intermediate wrap-around (for instance from a bias with the zero-point correction
+folded in) cancels out and the result is exact.
+
+Timing: inputs are sampled when ``en`` is high; ``pipeline`` (0, 1 or 2) adds a
+register after the PEs and after the adder trees.  A step with ``last`` set has been
+accumulated ``latency`` enabled cycles later, when ``done`` is high and ``acc`` holds the
+finished dot products.  With ``en`` low every register holds (a stall).
+"""
+from __future__ import annotations
+
+import operator
+
+from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from model.formats import WeightFormat
+
+from .pe import make_pe
+
+__all__ = ["MacArray", "adder_tree"]
+
+
+def adder_tree(m: Module, values: list, name: str):
+    """Balanced pairwise sum of ``values`` (each addition widens by one bit, never overflows)."""
+    level = 0
+    while len(values) > 1:
+        nxt = []
+        for i in range(0, len(values) - 1, 2):
+            s = Signal(signed(max(len(values[i]), len(values[i + 1])) + 1), name=f"{name}_l{level}_{i // 2}")
+            m.d.comb += s.eq(values[i] + values[i + 1])
+            nxt.append(s)
+        if len(values) % 2:
+            nxt.append(values[-1])
+        values, level = nxt, level + 1
+    return values[0]
+
+
+class MacArray(wiring.Component):
+    """P-lane multiply-accumulate array for one weight format.
+
+    Parameters
+    ----------
+    fmt : WeightFormat
+        Weight format of every lane's PE.
+    lanes : int
+        P, the number of (weight, activation) pairs consumed per cycle.
+    acc_width : int
+        Accumulator width in bits (signed).
+    groups : int
+        Number of independent adder trees and accumulators; must divide ``lanes``.
+    act_bits : int
+        Unsigned activation width.
+    pipeline : int
+        0, 1 or 2 extra register stages (after the PEs, then after the trees).
+    """
+
+    def __init__(self, fmt: WeightFormat, lanes: int, acc_width: int, groups: int = 1, act_bits: int = 8,
+                 pipeline: int = 0):
+        self.fmt = fmt
+        self.lanes = operator.index(lanes)
+        self.groups = operator.index(groups)
+        self.acc_width = operator.index(acc_width)
+        self.act_bits = operator.index(act_bits)
+        self.pipeline = operator.index(pipeline)
+        if self.lanes < 1:
+            raise ValueError(f"lanes must be at least 1, got {lanes}")
+        if self.groups < 1 or self.lanes % self.groups:
+            raise ValueError(f"groups ({groups}) must divide lanes ({lanes})")
+        if not 2 <= self.acc_width <= 128:
+            raise ValueError(f"acc_width must be in 2..128, got {acc_width}")
+        if self.pipeline not in (0, 1, 2):
+            raise ValueError(f"pipeline must be 0, 1 or 2, got {pipeline}")
+        super().__init__({
+            "en": In(1, init=1),
+            "valid": In(1),
+            "first": In(1),
+            "last": In(1),
+            "act": In(data.ArrayLayout(unsigned(self.act_bits), self.lanes)),
+            "code": In(data.ArrayLayout(unsigned(fmt.bits), self.lanes)),
+            "init": In(data.ArrayLayout(signed(self.acc_width), self.groups)),
+            "acc": Out(data.ArrayLayout(signed(self.acc_width), self.groups)),
+            "done": Out(1),
+        })
+
+    @property
+    def lanes_per_group(self) -> int:
+        return self.lanes // self.groups
+
+    @property
+    def latency(self) -> int:
+        """Enabled cycles from a step's inputs to its accumulation being visible on ``acc``."""
+        return 1 + self.pipeline
+
+    def elaborate(self, platform):
+        m = Module()
+        products = []
+        for i in range(self.lanes):
+            pe = m.submodules[f"pe{i}"] = make_pe(self.fmt, self.act_bits)
+            m.d.comb += [pe.act.eq(self.act[i]), pe.code.eq(self.code[i])]
+            products.append(pe.product)
+
+        ctrl = [self.valid, self.first, self.last]
+        init = self.init
+
+        def stage(values, ctrl, init, name):
+            """One pipeline register stage (enabled by ``en``) over data and control."""
+            regs = [Signal.like(v, name=f"{name}_{i}") for i, v in enumerate(values)]
+            cregs = [Signal(name=f"{name}_{n}") for n in ("valid", "first", "last")]
+            ireg = Signal.like(init, name=f"{name}_init")
+            with m.If(self.en):
+                m.d.sync += [r.eq(v) for r, v in zip(regs, values)]
+                m.d.sync += [r.eq(v) for r, v in zip(cregs, ctrl)]
+                m.d.sync += ireg.eq(init)
+            return regs, cregs, ireg
+
+        if self.pipeline >= 1:
+            products, ctrl, init = stage(products, ctrl, init, "pe_reg")
+        k = self.lanes_per_group
+        sums = [adder_tree(m, products[g * k:(g + 1) * k], f"tree{g}") for g in range(self.groups)]
+        if self.pipeline >= 2:
+            sums, ctrl, init = stage(sums, ctrl, init, "tree_reg")
+
+        valid, first, last = ctrl
+        with m.If(self.en):
+            m.d.sync += self.done.eq(valid & last)
+            with m.If(valid):
+                for g in range(self.groups):
+                    base = Mux(first, init[g], self.acc[g])
+                    m.d.sync += self.acc[g].eq(base + sums[g])
+        return m

