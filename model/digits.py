@@ -51,3 +51,52 @@ def load_split() -> tuple[Split, Split]:
     for a in (xtr, xte, ytr, yte):
         a.setflags(write=False)
     return Split(xtr, ytr), Split(xte, yte)
+
+
+class ImageError(ValueError):
+    """An image file that cannot become a digits-model input."""
+
+
+def load_image(path) -> np.ndarray:
+    """A user image as the quantized model input: integers 0..16, shape (1, 8, 8).
+
+    * ``.npy``: an (8, 8) or (1, 8, 8) array in the digits value range 0..16 (integers,
+      or floats that are whole numbers);
+    * ``.png``/``.jpg``/``.jpeg``: an 8×8 image; RGB(A) becomes luminance
+      ``0.299 R + 0.587 G + 0.114 B``; 8-bit gray ``g`` maps to ``round(g * 16 / 255)``.
+      Bright is ink, as in the digits data (a black digit on white must be inverted first).
+    """
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        raise ImageError(f"{p}: image not found")
+    suffix = p.suffix.lower()
+    if suffix == ".npy":
+        try:
+            a = np.load(p, allow_pickle=False)
+        except Exception as e:
+            raise ImageError(f"{p}: unreadable .npy file ({e})") from None
+        a = np.asarray(a)
+        if a.shape not in ((8, 8), INPUT_SHAPE):
+            raise ImageError(f"{p}: array shape {a.shape}, expected (8, 8) or (1, 8, 8)")
+        if a.dtype.kind not in "iuf" or not np.all(np.isfinite(a)) or not np.all(a == np.round(a)):
+            raise ImageError(f"{p}: values must be whole numbers in 0..{PIXEL_MAX}")
+        if a.min() < 0 or a.max() > PIXEL_MAX:
+            raise ImageError(f"{p}: values must lie in 0..{PIXEL_MAX}, got {a.min()}..{a.max()}")
+        return a.astype(np.int64).reshape(INPUT_SHAPE)
+    if suffix in (".png", ".jpg", ".jpeg"):
+        try:
+            from PIL import Image
+
+            with Image.open(p) as im:
+                im.load()
+                img = np.asarray(im.convert("L") if im.mode not in ("L", "I;16", "I") else im)
+        except Exception as e:
+            raise ImageError(f"{p}: unreadable image ({e})") from None
+        if img.shape != (8, 8):
+            raise ImageError(f"{p}: image is {img.shape[1] if img.ndim > 1 else '?'}×{img.shape[0]} pixels, expected 8×8")
+        if img.dtype != np.uint8:
+            raise ImageError(f"{p}: expected an 8-bit image, got {img.dtype}")
+        return np.rint(img.astype(np.float64) * PIXEL_MAX / 255).astype(np.int64).reshape(INPUT_SHAPE)
+    raise ImageError(f"{p}: unsupported image type {suffix!r} (use .png, .jpg, .jpeg or .npy)")

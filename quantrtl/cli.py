@@ -16,7 +16,15 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from model.formats import FormatError
 
     errs: list[type[BaseException]] = [ArtifactError, FormatError, ValueError, FileNotFoundError, PermissionError]
+    # (ImageError, CheckpointError and UnsupportedLayerError are ValueErrors too)
     return tuple(errs)
+
+
+def _tool_errors() -> tuple[type[BaseException], ...]:
+    """An external tool (simulator, Yosys) that is missing or failed: exit status 3."""
+    from sim.runner import SimulationError
+
+    return (SimulationError,)
 
 
 def _say(msg: str) -> None:
@@ -97,6 +105,52 @@ def cmd_verilog(args) -> int:
     return 0
 
 
+def cmd_cosim(args) -> int:
+    _say(f"co-simulating the {args.quantizer} model on {args.simulator}, image {args.image}, {args.lanes} lanes ...")
+    r = flows.cosim_flow(args.quantizer, args.image, simulator=args.simulator, lanes=args.lanes, waves=args.waves,
+                         artifact_path=args.artifact, finetune=args.finetune)
+    rows = [[l["name"], "yes" if l["bit_exact"] else "NO", l["mismatches"], l["cycles"],
+             "-" if l["utilization"] is None else pct(l["utilization"])] for l in r.layers]
+    print(format_table(["layer", "bit-exact", "mismatches", "cycles", "PE utilization"], rows))
+    print(f"\nimage            {r.image}" + (f" (label {r.label})" if r.label is not None else ""))
+    print(f"predicted        {r.predicted}   golden {r.golden_predicted}")
+    print(f"cycles           {r.cycles} simulated ({r.expected_cycles} by the formula)")
+    print(f"simulator        {r.simulator}: build {r.build_seconds:.1f} s, run {r.run_seconds:.1f} s, "
+          f"total {r.wall_seconds:.1f} s")
+    if r.waves:
+        print(f"waves            {r.waves}")
+    if args.json:
+        flows.write_json(args.json, asdict(r))
+    if r.bit_exact:
+        print("RTL == golden, bit for bit")
+        return 0
+    if r.timed_out:
+        print("the design did not finish in time")
+    if r.first_mismatch:
+        mm = r.first_mismatch
+        print(f"MISMATCH: layer {mm['layer']!r}, index {mm['index']}: expected {mm['expected']}, got {mm['got']} "
+              f"({mm['mismatches']} mismatches)")
+    return 1
+
+
+def cmd_bench(args) -> int:
+    if args.what != "cosim":
+        raise ValueError(f"unknown benchmark {args.what!r}; available: cosim")
+    _say(f"benchmarking cosim ({args.quantizer}, {args.lanes} lanes) on icarus and verilator ...")
+    r = flows.bench_cosim(args.quantizer, args.lanes)
+    rows = [[x["simulator"], "yes" if x["bit_exact"] else "NO", x["cycles"], f"{x['cold_wall_seconds']:.1f}",
+             f"{x['cold_build_seconds']:.1f}", f"{x['warm_wall_seconds']:.1f}", f"{x['run_seconds']:.2f}",
+             f"{x['simulated_cycles_per_second']:.0f}"] for x in r["results"]]
+    print(format_table(["simulator", "bit-exact", "cycles", "cold wall s", "build s", "warm wall s", "run s",
+                        "cycles/s"], rows))
+    first = r["results"][0]
+    print("\nPE utilization (dense MACs / (lanes x layer cycles)): "
+          + ", ".join(f"{k} {pct(v)}" for k, v in first["utilization"].items()))
+    if args.json:
+        flows.write_json(args.json, r)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="quantrtl", description="Quantized CNNs to bit-exact RTL and gate counts.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -131,6 +185,24 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--json", help="write results as JSON")
     v.set_defaults(func=cmd_verilog)
 
+    c = sub.add_parser("cosim", help="run one inference in RTL and compare it with the golden model")
+    c.add_argument("--quantizer", required=True, help="fixedN (2..16), shiftN (3..6), ternary, binary")
+    c.add_argument("--image", default="0", help="index into the digits test split, or a .png/.jpg/.npy file (default 0)")
+    c.add_argument("--simulator", default="icarus", help="icarus or verilator (default %(default)s)")
+    c.add_argument("--lanes", type=int, default=8, help="MAC lanes per conv/linear engine (default %(default)s)")
+    c.add_argument("--waves", action="store_true", help="write a waveform (FST/VCD) into the build folder")
+    c.add_argument("--artifact", default=None, help="use this artifact instead of quantizing the digits model")
+    c.add_argument("--finetune", type=int, default=flows.DEFAULT_FINETUNE, metavar="EPOCHS")
+    c.add_argument("--json", help="write results as JSON")
+    c.set_defaults(func=cmd_cosim)
+
+    b = sub.add_parser("bench", help="benchmarks (results as JSON): cosim")
+    b.add_argument("what", help="cosim")
+    b.add_argument("--quantizer", default="shift4")
+    b.add_argument("--lanes", type=int, default=8)
+    b.add_argument("--json", help="write results as JSON")
+    b.set_defaults(func=cmd_bench)
+
     d = sub.add_parser("demo", help="the main job on the embedded digits model")
     d.add_argument("--out", default="build/demo", help="output folder (default %(default)s)")
     d.add_argument("--finetune", type=int, default=flows.DEFAULT_FINETUNE, metavar="EPOCHS")
@@ -148,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     except _user_errors() as e:
         _say(f"quantrtl: error: {e}")
         return 2
+    except _tool_errors() as e:
+        _say(f"quantrtl: error: {e}")
+        return 3
 
 
 if __name__ == "__main__":

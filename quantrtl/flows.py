@@ -155,6 +155,16 @@ def quantize_flow(quantizer: str, out_dir: str | Path, finetune: int = DEFAULT_F
 MAX_LANES = 256
 
 
+def network_for(fmt, artifact_path: str | Path | None, finetune: int):
+    """The artifact at ``artifact_path`` (which must use ``fmt``), or the digits model quantized now."""
+    if artifact_path is None:
+        return quantize_network(fmt.name, finetune).qnet
+    qnet = artifact.load(artifact_path)
+    if qnet.quantizer != fmt.name:
+        raise ValueError(f"{artifact_path}: artifact was quantized with {qnet.quantizer!r}, not {fmt.name!r}")
+    return qnet
+
+
 @dataclass(frozen=True)
 class VerilogResult:
     top: str
@@ -183,12 +193,7 @@ def verilog_flow(quantizer: str, out_dir: str | Path, layer: str = "all", lanes:
     from hw.verilog import build_design, emit, render
 
     t0 = time.perf_counter()
-    if artifact_path is not None:
-        qnet = artifact.load(artifact_path)
-        if qnet.quantizer != fmt.name:
-            raise ValueError(f"{artifact_path}: artifact was quantized with {qnet.quantizer!r}, not {fmt.name!r}")
-    else:
-        qnet = quantize_network(quantizer, finetune).qnet
+    qnet = network_for(fmt, artifact_path, finetune)
     names = [l.name for l in qnet.layers]
     if layer != "all" and layer not in names:
         raise ValueError(f"--layer {layer!r} is not a layer of the model; choose one of {names} or 'all'")
@@ -212,6 +217,113 @@ def verilog_flow(quantizer: str, out_dir: str | Path, layer: str = "all", lanes:
     return VerilogResult(top=design.top, verilog=str(v_path), description=str(j_path), artifact=design.artifact,
                          expected_cycles=design.expected_cycles, memory_bits=design.memory_bits,
                          seconds=time.perf_counter() - t0, layers=design.parameters()["layers"])
+
+
+@dataclass(frozen=True)
+class CosimResult:
+    quantizer: str
+    image: str
+    label: int | None
+    predicted: int | None
+    golden_predicted: int
+    bit_exact: bool
+    cycles: int
+    expected_cycles: int
+    simulator: str
+    lanes: int
+    wall_seconds: float
+    build_seconds: float
+    run_seconds: float
+    layers: list
+    first_mismatch: dict | None
+    timed_out: bool
+    verilog: str
+    waves: str | None
+
+
+def resolve_image(image: str | int):
+    """``N`` (index into the digits test split) or a path → (input (1, 8, 8) ints, label or None, description)."""
+    from model.digits import load_image, load_split
+
+    text = str(image)
+    if text.isdigit():
+        _, test = load_split()
+        i = int(text)
+        if not 0 <= i < len(test.y):
+            raise ValueError(f"--image {i}: the digits test split has images 0..{len(test.y) - 1}")
+        return test.x[i], int(test.y[i]), f"test[{i}]"
+    return load_image(text), None, text
+
+
+def cosim_flow(quantizer: str, image: str | int = 0, simulator: str = "icarus", lanes: int = 8,
+               waves: bool = False, artifact_path: str | Path | None = None, finetune: int = DEFAULT_FINETUNE,
+               build_root: str | Path = "build/cosim", fault: tuple[str, int] | None = None) -> CosimResult:
+    """One inference in RTL (cocotb on Icarus or Verilator) checked against the golden model.
+
+    ``fault=(layer, index)`` (tests only) corrupts one weight code in the generated
+    hardware, not in the golden model, to show that the comparison fails.
+    """
+    fmt = parse_format(quantizer)
+    if not 1 <= lanes <= MAX_LANES:
+        raise ValueError(f"--lanes must be in 1..{MAX_LANES}, got {lanes}")
+    from hw.harness import CaptureHarness
+    from hw.network import NetworkTop
+    from hw.verilog import to_verilog
+    from model.layout import to_stream
+    from sim import cosim, golden
+    from sim.runner import check_simulator, run_cocotb
+
+    check_simulator(simulator)
+    x, label, desc = resolve_image(image)
+    t0 = time.perf_counter()
+    qnet = network_for(fmt, artifact_path, finetune)
+    gold = golden.run(qnet, x)
+    hw_net = qnet if fault is None else artifact.with_corrupted_code(qnet, *fault)
+    harness = CaptureHarness(NetworkTop(hw_net, lanes=lanes, taps=True))
+    top = f"{qnet.name}_{qnet.quantizer}_cosim"
+    text = to_verilog(harness, top)
+    build_dir = Path(build_root) / f"{qnet.name}-{qnet.quantizer}-p{lanes}-{simulator}{'-fault' if fault else ''}"
+    v_path = build_dir / f"{top}.v"
+    if not v_path.is_file() or v_path.read_text() != text:  # unchanged Verilog keeps the simulator build
+        atomic_write(v_path, text)
+    job = {"input": [int(v) for v in to_stream(x, qnet.input_shape)], "captures": harness.captures,
+           "timeout_cycles": 4 * harness.expected_cycles + 1000}
+    run = run_cocotb(v_path, top, simulator, build_dir, job, waves=waves)
+    report = cosim.compare(qnet, gold, run.result, lanes, [n for n, _ in harness.captures])
+    return CosimResult(
+        quantizer=qnet.quantizer, image=desc, label=label, predicted=report.predicted,
+        golden_predicted=report.golden_predicted, bit_exact=report.bit_exact, cycles=report.cycles,
+        expected_cycles=harness.expected_cycles, simulator=simulator, lanes=lanes,
+        wall_seconds=time.perf_counter() - t0, build_seconds=run.build_seconds, run_seconds=run.run_seconds,
+        layers=[asdict(l) for l in report.layers],
+        first_mismatch=None if report.first_mismatch is None else asdict(report.first_mismatch),
+        timed_out=report.timed_out, verilog=str(v_path), waves=run.waves)
+
+
+def bench_cosim(quantizer: str = "shift4", lanes: int = 8, image: int = 0, build_root: str | Path = "build/bench",
+                simulators: tuple[str, ...] = ("icarus", "verilator")) -> dict:
+    """Wall time of a full-image cosim per simulator, cold (build included) and warm (build
+    skipped), simulated cycles per second, and PE utilization per layer."""
+    import shutil
+
+    qnet_dir = Path(build_root) / "artifact"
+    art = quantize_flow(quantizer, qnet_dir).artifact
+    rows = []
+    for sim_name in simulators:
+        sim_root = Path(build_root) / "cosim"
+        shutil.rmtree(sim_root / f"digits-{parse_format(quantizer).name}-p{lanes}-{sim_name}", ignore_errors=True)
+        cold = cosim_flow(quantizer, image, simulator=sim_name, lanes=lanes, artifact_path=art, build_root=sim_root)
+        warm = cosim_flow(quantizer, image, simulator=sim_name, lanes=lanes, artifact_path=art, build_root=sim_root)
+        rows.append({
+            "simulator": sim_name, "bit_exact": cold.bit_exact and warm.bit_exact, "cycles": warm.cycles,
+            "cold_wall_seconds": cold.wall_seconds, "cold_build_seconds": cold.build_seconds,
+            "warm_wall_seconds": warm.wall_seconds, "run_seconds": warm.run_seconds,
+            "simulated_cycles_per_second": warm.cycles / warm.run_seconds,
+            "utilization": {l["name"]: l["utilization"] for l in warm.layers if l["utilization"] is not None},
+            "layer_cycles": {l["name"]: l["cycles"] for l in warm.layers},
+        })
+    return {"benchmark": "cosim", "quantizer": quantizer, "lanes": lanes, "image": image, "results": rows,
+            "versions": package_versions("quantrtl", "cocotb", "amaranth", python=True)}
 
 
 def write_json(path: str | Path, obj) -> Path:

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from hw.layer import ConvEngine, ConvGeometry, choose_groups, make_engine
-from hw.layout import from_stream, to_stream
+from model.layout import from_stream, to_stream
 from model import artifact
 from model.digits import load_split
 from model.formats import parse_format

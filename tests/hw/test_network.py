@@ -1,7 +1,7 @@
 """The whole digits network as one design in the Amaranth simulator."""
 import pytest
 
-from hw.layout import to_stream
+from model.layout import to_stream
 from hw.network import NetworkTop
 from model import artifact
 from model.digits import load_split

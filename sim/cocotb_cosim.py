@@ -1,0 +1,84 @@
+"""cocotb test module: one inference through the capture harness (hw/harness.py).
+
+Run by :mod:`sim.runner` inside the simulator.  The job (image stream, captures to read,
+timeout) comes from the JSON file named by ``QUANTRTL_COSIM_JOB``; the raw results
+(captured values, counts, cycle stamps) go to the file named by ``QUANTRTL_COSIM_RESULT``.
+Comparing with the golden model happens outside, in one place (:mod:`sim.cosim`).
+Python touches the clock only while the image streams in; then it waits for ``done``.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import cocotb
+from cocotb.clock import Clock
+from cocotb.triggers import ClockCycles, FallingEdge, First, RisingEdge, Timer
+
+CLOCK_NS = 10
+
+
+class CosimBench:
+    """Owns the clock, the reset, the input stream driver and the capture readout."""
+
+    def __init__(self, dut, job: dict):
+        self.dut, self.job = dut, job
+
+    async def start(self):
+        cocotb.start_soon(Clock(self.dut.clk, CLOCK_NS, unit="ns").start())
+        self.dut.inp__valid.value = 0
+        self.dut.inp__payload.value = 0
+        self.dut.rd_sel.value = 0
+        self.dut.rd_addr.value = 0
+        self.dut.rst.value = 1
+        await ClockCycles(self.dut.clk, 3)
+        self.dut.rst.value = 0
+        await FallingEdge(self.dut.clk)
+
+    async def send(self, values):
+        """Drive the input stream, one value per handshake.
+
+        Right after ``RisingEdge`` signals still show their pre-edge values
+        (TOOLCHAIN.md), so ``ready`` read there tells whether that edge took the value.
+        """
+        dut = self.dut
+        dut.inp__valid.value = 1
+        for v in values:
+            dut.inp__payload.value = int(v)
+            await RisingEdge(dut.clk)
+            while not int(dut.inp__ready.value):
+                await RisingEdge(dut.clk)
+        dut.inp__valid.value = 0
+
+    async def wait_done(self, timeout_cycles: int) -> bool:
+        if int(self.dut.done.value):
+            return True
+        await First(RisingEdge(self.dut.done), Timer(timeout_cycles * CLOCK_NS, unit="ns"))
+        await FallingEdge(self.dut.clk)
+        return bool(int(self.dut.done.value))
+
+    async def read(self, sel: int, size: int) -> dict:
+        dut = self.dut
+        dut.rd_sel.value = sel
+        values = []
+        for addr in range(size):
+            dut.rd_addr.value = addr
+            await Timer(1, unit="ns")
+            values.append(int(dut.rd_data.value))
+        return {"values": values, "count": int(dut.rd_count.value), "first": int(dut.rd_first.value),
+                "last": int(dut.rd_last.value)}
+
+
+@cocotb.test()
+async def inference(dut):
+    with open(os.environ["QUANTRTL_COSIM_JOB"]) as f:
+        job = json.load(f)
+    bench = CosimBench(dut, job)
+    await bench.start()
+    await bench.send(job["input"])
+    done = await bench.wait_done(job["timeout_cycles"])
+    result = {"done": done, "cycles": int(dut.cycles.value), "in_last": int(dut.in_last.value), "captures": {}}
+    for sel, (name, size) in enumerate(job["captures"]):
+        result["captures"][name] = await bench.read(sel, size)
+    with open(os.environ["QUANTRTL_COSIM_RESULT"], "w") as f:
+        json.dump(result, f)

