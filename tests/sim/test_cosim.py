@@ -7,7 +7,8 @@ import pytest
 from quantrtl import flows
 from quantrtl.cli import main
 
-ICARUS_QUANTIZERS = ["fixed8", "shift3", "shift4", "ternary", "binary"]
+ICARUS_QUANTIZERS = ["fixed2", "fixed4", "fixed8", "fixed12", "fixed16", "shift3", "shift4", "shift5", "shift6",
+                     "ternary", "binary"]
 
 
 @pytest.fixture(scope="session")
