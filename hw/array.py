@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import operator
 
-from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Module, Mux, Shape, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -32,13 +32,22 @@ from .pe import make_pe
 __all__ = ["MacArray", "adder_tree"]
 
 
+def _sum_shape(a, b) -> Shape:
+    """Shape that holds every sum of two values of the shapes of ``a`` and ``b``."""
+    sa, sb = a.shape(), b.shape()
+    if sa.signed == sb.signed:
+        return Shape(max(sa.width, sb.width) + 1, signed=sa.signed)
+    ws = max(sa.width if sa.signed else sa.width + 1, sb.width if sb.signed else sb.width + 1)
+    return signed(ws + 1)
+
+
 def adder_tree(m: Module, values: list, name: str):
     """Balanced pairwise sum of ``values`` (each addition widens by one bit, never overflows)."""
     level = 0
     while len(values) > 1:
         nxt = []
         for i in range(0, len(values) - 1, 2):
-            s = Signal(signed(max(len(values[i]), len(values[i + 1])) + 1), name=f"{name}_l{level}_{i // 2}")
+            s = Signal(_sum_shape(values[i], values[i + 1]), name=f"{name}_l{level}_{i // 2}")
             m.d.comb += s.eq(values[i] + values[i + 1])
             nxt.append(s)
         if len(values) % 2:

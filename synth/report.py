@@ -1,0 +1,52 @@
+"""Gate-comparison outputs: CSV rows and a labelled bar chart."""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from model.atomic import atomic_write
+
+CSV_COLUMNS = ["quantizer", "style", "layer", "lanes", "throughput", "gates_total", "datapath_gates", "control_gates",
+               "flipflops", "memory_bits", "transistors", "gates_per_mac_per_cycle", "ratio_to_cheapest",
+               "extrapolated", "sample", "top", "verilog", "yosys_version"]
+
+
+def write_csv(rows: list[dict], path: str | Path) -> Path:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow(r)
+    return atomic_write(path, buf.getvalue())
+
+
+def write_plot(rows: list[dict], path: str | Path, title: str) -> Path:
+    """Bar chart of total gates per quantizer (datapath stacked under control when known)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["quantizer"] for r in rows]
+    fig, ax = plt.subplots(figsize=(1.4 * len(rows) + 2.5, 4.2))
+    if all(r.get("datapath_gates") is not None for r in rows):
+        dp = [r["datapath_gates"] for r in rows]
+        ctl = [r["control_gates"] for r in rows]
+        ax.bar(names, dp, label="datapath (PEs + adder trees + accumulators)", color="#4C72B0")
+        ax.bar(names, ctl, bottom=dp, label="control, requantization, memories' logic", color="#DD8452")
+        ax.legend(fontsize=8, loc="upper right")
+    else:
+        ax.bar(names, [r["gates_total"] for r in rows], color="#4C72B0")
+    top = max(r["gates_total"] for r in rows)
+    for i, r in enumerate(rows):
+        ax.text(i, r["gates_total"] + top * 0.01, f"{r['gates_total']:,}", ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel("two-input gates + MUX (Yosys)")
+    ax.set_xlabel("quantizer")
+    ax.set_title(title, fontsize=9)
+    ax.set_ylim(0, top * 1.15)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    return atomic_write(path, buf.getvalue())

