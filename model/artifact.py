@@ -230,7 +230,7 @@ _LAYER_ARRAYS = ("codes", "bias", "m0", "shift", "weight_scale")
 
 
 def save(net: QuantizedNetwork, stem: str | os.PathLike) -> Path:
-    """Write ``<stem>.npz`` and ``<stem>.json``; returns the JSON path.
+    """Write ``<stem>.npz`` and ``<stem>.json`` (suffixes appended); returns the JSON path.
 
     The network is validated first, and both files are written to temporary names
     and renamed, the JSON last, so a failure leaves no half-written artifact.
@@ -255,8 +255,8 @@ def save(net: QuantizedNetwork, stem: str | os.PathLike) -> Path:
         "layers": [_layer_to_json(l) for l in net.layers],
         "metadata": net.metadata,
     }
-    json_path = stem.with_suffix(".json")
-    npz_path = stem.with_suffix(".npz")
+    json_path = stem.parent / (stem.name + ".json")  # not with_suffix: stems may contain dots
+    npz_path = stem.parent / (stem.name + ".npz")
     text = json.dumps(doc, indent=2, sort_keys=False) + "\n"
     existed = npz_path.exists()
     atomic_write(npz_path, npz_bytes)
@@ -301,7 +301,7 @@ def _qparams(d: dict, where: str) -> QuantParams:
 def load(path: str | os.PathLike) -> QuantizedNetwork:
     """Read and validate an artifact from ``<stem>.json`` (or the stem / the ``.npz``)."""
     p = Path(path)
-    json_path = p if p.suffix == ".json" else p.with_suffix(".json")
+    json_path = p if p.suffix == ".json" else p.with_suffix(".json") if p.suffix == ".npz" else p.parent / (p.name + ".json")
     if not json_path.is_file():
         raise ArtifactError(f"{json_path}: artifact not found")
     try:

@@ -192,16 +192,18 @@ class QuantModel(nn.Module):
 
 
 def quantize_model(float_model: nn.Sequential, fmt: WeightFormat, train: Split, finetune: int = 0,
-                   lr: float = 5e-4, seed: int = 0, batch_size: int = 32) -> QuantModel:
+                   lr: float = 5e-4, seed: int = 0, batch_size: int = 32,
+                   input_fmt: ActivationFormat | None = None, after_step=None) -> QuantModel:
     """Post-training quantization, then ``finetune`` epochs with the quantizers in the loop.
 
     Activation scales are re-calibrated at the start of every epoch and at the end.
     """
-    qm = QuantModel(float_model, fmt)
+    qm = QuantModel(float_model, fmt) if input_fmt is None else QuantModel(float_model, fmt, input_fmt)
     with single_thread():  # deterministic: the same inputs give the same artifact
         qm.calibrate(train)
         if finetune > 0:
-            fit(qm, train, finetune, lr, batch_size, seed, on_epoch=lambda m, e: e and m.calibrate(train))
+            fit(qm, train, finetune, lr, batch_size, seed, on_epoch=lambda m, e: e and m.calibrate(train),
+                after_step=after_step)
             qm.calibrate(train)
     qm.eval()
     return qm

@@ -32,6 +32,11 @@ def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def _source(args) -> "flows.ModelSource":
+    return flows.ModelSource(model=getattr(args, "model", None), weights=getattr(args, "weights", None),
+                             calib=getattr(args, "calib", None), checkpoint=getattr(args, "checkpoint", None))
+
+
 def cmd_train(args) -> int:
     _say(f"training the digits CNN ({args.epochs or 'default'} epochs) ...")
     r = flows.train_flow(args.out, epochs=args.epochs, seed=args.seed)
@@ -61,7 +66,7 @@ def cmd_quantize(args) -> int:
 
     parse_format(args.quantizer)
     _say(f"quantizing the digits model with {args.quantizer} (fine-tune {args.finetune} epochs) ...")
-    r = flows.quantize_flow(args.quantizer, args.out, finetune=args.finetune, checkpoint=args.checkpoint, seed=args.seed)
+    r = flows.quantize_flow(args.quantizer, args.out, finetune=args.finetune, seed=args.seed, source=_source(args))
     print(format_table(QUANT_HEADERS, [_quant_row(r)]))
     print(f"\nartifact: {r.artifact}  ({r.test_images} test images; accuracies on the fixed digits test split)")
     print(format_table(["layer", "op", "out shape", "format", "acc bits", "MACs"],
@@ -73,24 +78,23 @@ def cmd_quantize(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    t0 = time.perf_counter()
-    out = Path(args.out)
-    results = []
-    for i, q in enumerate(flows.DEMO_QUANTIZERS, 1):
-        _say(f"[{i}/{len(flows.DEMO_QUANTIZERS)}] quantize {q} (fine-tune {args.finetune} epochs)")
-        results.append(flows.quantize_flow(q, out / "artifacts", finetune=args.finetune))
-    print("digits CNN on the fixed test split (360 images); golden = integer NumPy model on the exported artifact\n")
-    print(format_table(QUANT_HEADERS, [_quant_row(r) for r in results]))
-    path = flows.write_json(out / "results.json", {"quantize": [asdict(r) for r in results],
-                                                    "versions": flows.tool_versions()})
-    print(f"\nresults: {path}\ntotal time {time.perf_counter() - t0:.1f} s")
-    return 0
+    from .demo import run_demo, table
+
+    r = run_demo(args.out, finetune=args.finetune, image=args.image, simulator=args.simulator, lanes=args.lanes,
+                 throughput=args.throughput, jobs=args.jobs)
+    print("\ndigits CNN, 360 test images; cosim of one test image; gates at equal throughput (array style, "
+          f"layer {r['layer']}, {r['throughput']} MACs/cycle)\n")
+    print(table(r))
+    print(f"\nreport: {Path(args.out) / 'report.md'}  results: {Path(args.out) / 'results.json'}  plots: gates.png, "
+          "accuracy_vs_gates.png, compression_vs_accuracy.png")
+    print(f"total time {r['seconds']:.1f} s")
+    return 0 if all(x["bit_exact"] for x in r["rows"]) else 1
 
 
 def cmd_verilog(args) -> int:
     _say(f"generating Verilog for {args.layer} of the {args.quantizer} model, {args.lanes} lanes ...")
     r = flows.verilog_flow(args.quantizer, args.out, layer=args.layer, lanes=args.lanes, pipeline=args.pipeline,
-                           artifact_path=args.artifact, finetune=args.finetune, taps=args.taps)
+                           artifact_path=args.artifact, finetune=args.finetune, taps=args.taps, source=_source(args))
     print(f"top          {r.top}")
     print(f"verilog      {r.verilog}")
     print(f"description  {r.description}")
@@ -109,7 +113,7 @@ def cmd_verilog(args) -> int:
 def cmd_cosim(args) -> int:
     _say(f"co-simulating the {args.quantizer} model on {args.simulator}, image {args.image}, {args.lanes} lanes ...")
     r = flows.cosim_flow(args.quantizer, args.image, simulator=args.simulator, lanes=args.lanes, waves=args.waves,
-                         artifact_path=args.artifact, finetune=args.finetune)
+                         artifact_path=args.artifact, finetune=args.finetune, source=_source(args))
     rows = [[l["name"], "yes" if l["bit_exact"] else "NO", l["mismatches"], l["cycles"],
              "-" if l["utilization"] is None else pct(l["utilization"])] for l in r.layers]
     print(format_table(["layer", "bit-exact", "mismatches", "cycles", "PE utilization"], rows))
@@ -141,7 +145,7 @@ def cmd_gates(args) -> int:
     _say(f"synthesizing {', '.join(qs)} ({args.style} style) with Yosys, {args.jobs} jobs ...")
     r = flows.gates_flow(qs, style=args.style, layer=args.layer, bench=args.bench, throughput=args.throughput,
                          sample=args.sample, jobs=args.jobs, yosys=args.yosys, out_dir=args.out,
-                         finetune=args.finetune)
+                         finetune=args.finetune, source=_source(args))
     extrap = r.rows[0]["extrapolated"]
     headers = ["quantizer", "lanes", "gates", "datapath", "FFs", "memory bits", "gates per MAC/cycle", "x cheapest"]
     rows = [[x["quantizer"], x["lanes"], f"{x['gates_total']:,}",
@@ -166,6 +170,42 @@ def cmd_gates(args) -> int:
     if args.plot:
         write_plot(r.rows, args.plot, title)
     return 0
+
+
+def _csv_list(text: str, kind, option: str) -> list:
+    try:
+        return [kind(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"{option}: cannot read {text!r} as a comma-separated list of {kind.__name__}") from None
+
+
+def cmd_sweep(args) -> int:
+    from synth.report import write_csv, write_sweep_plot
+
+    from .sweep import sweep
+
+    r = sweep(_csv_list(args.quantizers, str, "--quantizers"), _csv_list(args.lanes, int, "--lanes"),
+              _csv_list(args.densities, float, "--densities"),
+              _csv_list(args.layers, str, "--layers") if args.layers else None, jobs=args.jobs,
+              scheduler=args.scheduler, finetune=args.finetune, image=args.image, cosim=not args.no_cosim,
+              out_dir=args.out)
+    rows = r["rows"]
+    headers = ["quantizer", "density", "layer", "lanes", "gates", "datapath", "gates/MAC/cycle", "golden acc"]
+    if not args.no_cosim:
+        headers += ["bit-exact", "cycles"]
+    print(format_table(headers, [[x["quantizer"], f"{x['density']:g}", x["layer"], x["lanes"], f"{x['gates_total']:,}",
+                                  f"{x['datapath_gates']:,}", f"{x['gates_per_mac_per_cycle']:.1f}",
+                                  pct(x["golden_accuracy"])]
+                                 + ([("yes" if x["bit_exact"] else "NO"), x["cycles"]] if not args.no_cosim else [])
+                                 for x in rows]))
+    print(f"\n{len(rows)} designs on the {r['executor']} executor in {r['seconds']:.1f} s")
+    if args.json:
+        flows.write_json(args.json, {"rows": rows, "image": r["image"], "finetune": r["finetune"]})
+    if args.csv:
+        write_csv(rows, args.csv)
+    if args.plot:
+        write_sweep_plot(rows, args.plot)
+    return 0 if args.no_cosim or all(x["bit_exact"] for x in rows) else 1
 
 
 def cmd_bench(args) -> int:
@@ -196,8 +236,20 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def _model_options() -> argparse.ArgumentParser:
+    m = argparse.ArgumentParser(add_help=False)
+    g = m.add_argument_group("model (default: the shipped digits CNN on the digits data)")
+    g.add_argument("--model", default=None, metavar="FILE.py:FACTORY",
+                   help="your nn.Module (Conv2d/Linear/ReLU/MaxPool2d/BatchNorm/Flatten) from a Python file")
+    g.add_argument("--weights", default=None, help="state dict for --model")
+    g.add_argument("--calib", default=None, help=".npy float model inputs (N, C, H, W) to calibrate on instead of digits")
+    g.add_argument("--checkpoint", default=None, help="another checkpoint of the digits CNN")
+    return m
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="quantrtl", description="Quantized CNNs to bit-exact RTL and gate counts.")
+    model_opts = _model_options()
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="train the default digits CNN (reproduces the shipped checkpoint)")
@@ -207,10 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--json", help="write results as JSON")
     t.set_defaults(func=cmd_train)
 
-    q = sub.add_parser("quantize", help="quantize the model and export the integer artifact")
+    q = sub.add_parser("quantize", help="quantize the model and export the integer artifact", parents=[model_opts])
     q.add_argument("--quantizer", required=True, help="fixedN (2..16), shiftN (3..6), ternary, binary")
-    q.add_argument("--model", default="digits", choices=["digits"], help="model (default %(default)s)")
-    q.add_argument("--checkpoint", default=None, help="float checkpoint (default: the shipped one)")
     q.add_argument("--finetune", type=int, default=flows.DEFAULT_FINETUNE, metavar="EPOCHS",
                    help="fine-tuning epochs with the quantizer in the loop (default %(default)s; 0 = post-training only)")
     q.add_argument("--seed", type=int, default=0)
@@ -218,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", help="write results as JSON")
     q.set_defaults(func=cmd_quantize)
 
-    v = sub.add_parser("verilog", help="generate Verilog for a layer or the whole network")
+    v = sub.add_parser("verilog", help="generate Verilog for a layer or the whole network", parents=[model_opts])
     v.add_argument("--quantizer", required=True, help="fixedN (2..16), shiftN (3..6), ternary, binary")
     v.add_argument("--layer", default="all", help="layer name, or 'all' for the network top (default %(default)s)")
     v.add_argument("--lanes", type=int, default=8, help="MAC lanes P per conv/linear engine (default %(default)s)")
@@ -230,7 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--json", help="write results as JSON")
     v.set_defaults(func=cmd_verilog)
 
-    c = sub.add_parser("cosim", help="run one inference in RTL and compare it with the golden model")
+    c = sub.add_parser("cosim", help="run one inference in RTL and compare it with the golden model",
+                       parents=[model_opts])
     c.add_argument("--quantizer", required=True, help="fixedN (2..16), shiftN (3..6), ternary, binary")
     c.add_argument("--image", default="0", help="index into the digits test split, or a .png/.jpg/.npy file (default 0)")
     c.add_argument("--simulator", default="icarus", help="icarus or verilator (default %(default)s)")
@@ -241,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", help="write results as JSON")
     c.set_defaults(func=cmd_cosim)
 
-    g = sub.add_parser("gates", help="Yosys gate counts across quantizers at equal throughput")
+    g = sub.add_parser("gates", help="Yosys gate counts across quantizers at equal throughput", parents=[model_opts])
     g.add_argument("--quantizers", default="fixed8,shift3,ternary,binary", help="comma-separated (default %(default)s)")
     g.add_argument("--style", default="array", help="array (memory-fed weights) or unrolled (hard-wired weights)")
     g.add_argument("--layer", default=None, help="layer of the digits model (default: its largest conv)")
@@ -257,6 +308,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--plot", help="write a bar chart (PNG)")
     g.set_defaults(func=cmd_gates)
 
+    w = sub.add_parser("sweep", help="quantizers x lanes x densities: synthesis and cosim in parallel (local or Dask)")
+    w.add_argument("--quantizers", default="fixed8,shift4,ternary,binary")
+    w.add_argument("--lanes", default="4,8,16", help="comma-separated lane counts (default %(default)s)")
+    w.add_argument("--densities", default="1.0", help="comma-separated weight densities after magnitude pruning")
+    w.add_argument("--layers", default=None, help="comma-separated layers to synthesize (default: the largest conv)")
+    w.add_argument("--jobs", type=int, default=2, help="local parallel jobs (default %(default)s)")
+    w.add_argument("--scheduler", default=None, help="a Dask scheduler address, tcp://host:port, instead of local jobs")
+    w.add_argument("--finetune", type=int, default=flows.DEFAULT_FINETUNE, metavar="EPOCHS")
+    w.add_argument("--image", type=int, default=0, help="test image for the cosim jobs")
+    w.add_argument("--no-cosim", action="store_true", help="synthesis only")
+    w.add_argument("--out", default="build/sweep")
+    w.add_argument("--json", help="write rows as JSON")
+    w.add_argument("--csv", help="write rows as CSV")
+    w.add_argument("--plot", help="write gates against lanes (PNG)")
+    w.set_defaults(func=cmd_sweep)
+
     b = sub.add_parser("bench", help="benchmarks (results as JSON): cosim, synth")
     b.add_argument("what", help="cosim or synth")
     b.add_argument("--quantizer", default="shift4")
@@ -267,6 +334,11 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="the main job on the embedded digits model")
     d.add_argument("--out", default="build/demo", help="output folder (default %(default)s)")
     d.add_argument("--finetune", type=int, default=flows.DEFAULT_FINETUNE, metavar="EPOCHS")
+    d.add_argument("--image", type=int, default=0, help="test image to co-simulate (default %(default)s)")
+    d.add_argument("--simulator", default="icarus")
+    d.add_argument("--lanes", type=int, default=8, help="lanes of the co-simulated network (default %(default)s)")
+    d.add_argument("--throughput", type=int, default=16, help="MACs per cycle for the gate comparison")
+    d.add_argument("--jobs", type=int, default=2)
     d.set_defaults(func=cmd_demo)
     return p
 

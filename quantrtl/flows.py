@@ -67,9 +67,9 @@ def train_flow(out: str | Path, epochs: int | None = None, seed: int | None = No
 class QuantizeResult:
     quantizer: str
     finetune: int
-    float_accuracy: float
-    quant_accuracy: float
-    golden_accuracy: float
+    float_accuracy: float | None
+    quant_accuracy: float | None
+    golden_accuracy: float | None
     golden_agreement: float
     weight_bits: int
     storage_bits: dict
@@ -88,38 +88,94 @@ class _Quantized:
     """An in-memory quantized network and what was measured on it (nothing written yet)."""
 
     qnet: "artifact.QuantizedNetwork"
-    float_accuracy: float
-    quant_accuracy: float
-    golden_accuracy: float
+    float_accuracy: float | None
+    quant_accuracy: float | None
+    golden_accuracy: float | None
     golden_agreement: float
     test_images: int
     seconds: float
 
 
-def quantize_network(quantizer: str, finetune: int = DEFAULT_FINETUNE, checkpoint: str | Path | None = None,
-                     seed: int = 0) -> _Quantized:
-    """Quantize the digits model and evaluate float, fake-quant and golden on the test split."""
+@dataclass(frozen=True)
+class ModelSource:
+    """Which float model and data: the shipped digits CNN (default) or a user model."""
+
+    model: str | None = None  # path/to/file.py:factory
+    weights: str | None = None  # state dict for the user model
+    calib: str | None = None  # .npy float inputs instead of the digits data
+    checkpoint: str | None = None  # another checkpoint of the digits CNN
+
+    @property
+    def name(self) -> str:
+        if self.model is None:
+            return "digits"
+        stem = Path(self.model.rpartition(":")[0]).stem
+        ident = "".join(c if c.isalnum() else "_" for c in stem)
+        return ident if ident[:1].isalpha() else f"m_{ident}"
+
+
+DIGITS = ModelSource()
+
+
+def load_data(source: ModelSource):
+    """``(calibration/training split, evaluation split, input format, labelled)``."""
+    from model.digits import INPUT_SCALE, INPUT_ZERO_POINT, load_split
+    from model.formats import ActivationFormat
+
+    if source.calib is None:
+        train, test = load_split()
+        return train, test, ActivationFormat(scale=INPUT_SCALE, zero_point=INPUT_ZERO_POINT), True
+    from model.user import ArraySplit, load_calibration
+
+    x = load_calibration(source.calib)
+    fmt = ActivationFormat.from_range(float(x.min()), float(x.max()))
+    split = ArraySplit(x, fmt)
+    return split, split, fmt, False
+
+
+def quantize_network(quantizer: str, finetune: int = DEFAULT_FINETUNE, source: ModelSource = DIGITS,
+                     seed: int = 0, density: float = 1.0) -> _Quantized:
+    """Quantize the model and evaluate float, fake-quant and golden (accuracy when labelled)."""
     fmt = parse_format(quantizer)  # bad names fail before any work or output
     if finetune < 0:
         raise ValueError(f"--finetune must be 0 or more epochs, got {finetune}")
     from model import net
-    from model.digits import INPUT_SHAPE, load_split
     from model.export import export
     from model.quantize import quantize_model
     from sim import golden
 
     t0 = time.perf_counter()
-    float_model = net.load_checkpoint(checkpoint)
-    train, test = load_split()
-    float_acc = net.accuracy(net.predict(float_model, test), test.y)
-    qm = quantize_model(float_model, fmt, train, finetune=finetune, seed=seed)
+    train, test, input_fmt, labelled = load_data(source)
+    if finetune and not labelled:
+        raise ValueError("fine-tuning needs labels: use the digits data (no --calib) or --finetune 0")
+    if source.model is not None:
+        import torch
+
+        from model.user import load_user_model
+
+        float_model = load_user_model(source.model, source.weights, probe=torch.tensor(train.float_inputs()[:8]))
+    else:
+        float_model = net.load_checkpoint(source.checkpoint)
+    acc = (lambda pred: net.accuracy(pred, test.y)) if labelled else (lambda pred: None)
+    float_acc = acc(net.predict(float_model, test))
+    after_step = None
+    if density < 1.0:  # magnitude pruning; the masks hold during fine-tuning
+        from model.prune import apply_masks, magnitude_masks
+
+        masks = magnitude_masks(float_model, density)
+        apply_masks(float_model, masks)
+        after_step = lambda m: apply_masks(float_model, masks)
+    qm = quantize_model(float_model, fmt, train, finetune=finetune, seed=seed, input_fmt=input_fmt,
+                        after_step=after_step)
     fq_pred = net.predict(qm, test)
-    meta = {"finetune_epochs": finetune, "seed": seed, "checkpoint": Path(checkpoint or net.CHECKPOINT).name,
-            "model": "digits_cnn", "versions": tool_versions()}
-    qnet = export(qm, INPUT_SHAPE, name="digits", metadata=meta)
+    meta = {"finetune_epochs": finetune, "seed": seed, "model": source.model or "digits_cnn", "density": density,
+            "checkpoint": Path(source.weights or source.checkpoint or net.CHECKPOINT).name,
+            "calibration": Path(source.calib).name if source.calib else "digits train split",
+            "versions": tool_versions()}
+    qnet = export(qm, tuple(test.x.shape[1:]), name=source.name, metadata=meta)
     g_pred = golden.run(qnet, test.x).predicted
-    return _Quantized(qnet=qnet, float_accuracy=float_acc, quant_accuracy=net.accuracy(fq_pred, test.y),
-                      golden_accuracy=net.accuracy(g_pred, test.y), golden_agreement=net.accuracy(g_pred, fq_pred),
+    return _Quantized(qnet=qnet, float_accuracy=float_acc, quant_accuracy=acc(fq_pred),
+                      golden_accuracy=acc(g_pred), golden_agreement=net.accuracy(g_pred, fq_pred),
                       test_images=len(test.y), seconds=time.perf_counter() - t0)
 
 
@@ -128,13 +184,14 @@ def artifact_stem(out_dir: str | Path, qnet) -> Path:
 
 
 def quantize_flow(quantizer: str, out_dir: str | Path, finetune: int = DEFAULT_FINETUNE,
-                  checkpoint: str | Path | None = None, seed: int = 0) -> QuantizeResult:
+                  checkpoint: str | Path | None = None, seed: int = 0, source: ModelSource | None = None) -> QuantizeResult:
     """Quantize the digits model, export the artifact into ``out_dir`` and evaluate it.
 
     Accuracies are on the fixed digits test split: float model, fake-quant PyTorch
     model, and the integer golden model run on the exported artifact.
     """
-    q = quantize_network(quantizer, finetune, checkpoint, seed)
+    source = source or ModelSource(checkpoint=str(checkpoint) if checkpoint else None)
+    q = quantize_network(quantizer, finetune, source, seed)
     qnet = q.qnet
     path = artifact.save(qnet, artifact_stem(out_dir, qnet))
     bits = qnet.storage_bits()
@@ -155,10 +212,10 @@ def quantize_flow(quantizer: str, out_dir: str | Path, finetune: int = DEFAULT_F
 MAX_LANES = 256
 
 
-def network_for(fmt, artifact_path: str | Path | None, finetune: int):
-    """The artifact at ``artifact_path`` (which must use ``fmt``), or the digits model quantized now."""
+def network_for(fmt, artifact_path: str | Path | None, finetune: int, source: ModelSource = DIGITS):
+    """The artifact at ``artifact_path`` (which must use ``fmt``), or the model quantized now."""
     if artifact_path is None:
-        return quantize_network(fmt.name, finetune).qnet
+        return quantize_network(fmt.name, finetune, source).qnet
     qnet = artifact.load(artifact_path)
     if qnet.quantizer != fmt.name:
         raise ValueError(f"{artifact_path}: artifact was quantized with {qnet.quantizer!r}, not {fmt.name!r}")
@@ -179,7 +236,7 @@ class VerilogResult:
 
 def verilog_flow(quantizer: str, out_dir: str | Path, layer: str = "all", lanes: int = 8, pipeline: int = 0,
                  artifact_path: str | Path | None = None, finetune: int = DEFAULT_FINETUNE,
-                 taps: bool = False) -> VerilogResult:
+                 taps: bool = False, source: ModelSource = DIGITS) -> VerilogResult:
     """Verilog for one layer (or ``all``) of the quantized digits model (or of ``artifact_path``).
 
     Without an artifact the model is quantized first and its artifact is written next to
@@ -193,7 +250,7 @@ def verilog_flow(quantizer: str, out_dir: str | Path, layer: str = "all", lanes:
     from hw.verilog import build_design, emit, render
 
     t0 = time.perf_counter()
-    qnet = network_for(fmt, artifact_path, finetune)
+    qnet = network_for(fmt, artifact_path, finetune, source)
     names = [l.name for l in qnet.layers]
     if layer != "all" and layer not in names:
         raise ValueError(f"--layer {layer!r} is not a layer of the model; choose one of {names} or 'all'")
@@ -241,23 +298,28 @@ class CosimResult:
     waves: str | None
 
 
-def resolve_image(image: str | int):
-    """``N`` (index into the digits test split) or a path → (input (1, 8, 8) ints, label or None, description)."""
-    from model.digits import load_image, load_split
+def resolve_image(image: str | int, source: ModelSource = DIGITS):
+    """``N`` (index into the digits test split, or into ``--calib``) or a digits-style image
+    file → (integer input, label or None, description)."""
+    from model.digits import load_image
 
     text = str(image)
     if text.isdigit():
-        _, test = load_split()
+        _, test, _, labelled = load_data(source)
         i = int(text)
-        if not 0 <= i < len(test.y):
-            raise ValueError(f"--image {i}: the digits test split has images 0..{len(test.y) - 1}")
-        return test.x[i], int(test.y[i]), f"test[{i}]"
+        what = "the digits test split" if labelled else f"--calib {source.calib}"
+        if not 0 <= i < len(test.x):
+            raise ValueError(f"--image {i}: {what} has images 0..{len(test.x) - 1}")
+        return test.x[i], int(test.y[i]) if labelled else None, f"test[{i}]" if labelled else f"calib[{i}]"
+    if source.calib is not None:
+        raise ValueError("with --calib, --image must be an index into the calibration data")
     return load_image(text), None, text
 
 
 def cosim_flow(quantizer: str, image: str | int = 0, simulator: str = "icarus", lanes: int = 8,
                waves: bool = False, artifact_path: str | Path | None = None, finetune: int = DEFAULT_FINETUNE,
-               build_root: str | Path = "build/cosim", fault: tuple[str, int] | None = None) -> CosimResult:
+               build_root: str | Path = "build/cosim", fault: tuple[str, int] | None = None,
+               source: ModelSource = DIGITS) -> CosimResult:
     """One inference in RTL (cocotb on Icarus or Verilator) checked against the golden model.
 
     ``fault=(layer, index)`` (tests only) corrupts one weight code in the generated
@@ -274,9 +336,11 @@ def cosim_flow(quantizer: str, image: str | int = 0, simulator: str = "icarus", 
     from sim.runner import check_simulator, run_cocotb
 
     check_simulator(simulator)
-    x, label, desc = resolve_image(image)
+    x, label, desc = resolve_image(image, source)
     t0 = time.perf_counter()
-    qnet = network_for(fmt, artifact_path, finetune)
+    qnet = network_for(fmt, artifact_path, finetune, source)
+    if tuple(x.shape) != tuple(qnet.input_shape):
+        raise ValueError(f"image {desc} has shape {tuple(x.shape)}, the model's input is {tuple(qnet.input_shape)}")
     gold = golden.run(qnet, x)
     hw_net = qnet if fault is None else artifact.with_corrupted_code(qnet, *fault)
     harness = CaptureHarness(NetworkTop(hw_net, lanes=lanes, taps=True))
@@ -342,7 +406,8 @@ class GatesResult:
 def gates_flow(quantizers: list[str], style: str = "array", layer: str | None = None, bench: str | None = None,
                throughput: int = 16, sample: int = 4, jobs: int = 2, yosys: str | None = None,
                out_dir: str | Path = "build/gates", finetune: int = DEFAULT_FINETUNE,
-               cache_dir: str | Path = "build/synth-cache") -> GatesResult:
+               cache_dir: str | Path = "build/synth-cache", networks: dict | None = None,
+               source: ModelSource = DIGITS) -> GatesResult:
     """Synthesize every quantizer's design at equal throughput and compare gate counts."""
     from synth.gates import BENCHES, array_rows, fq_conv_weights, unrolled_rows
     from synth.yosys import yosys_version
@@ -377,19 +442,19 @@ def gates_flow(quantizers: list[str], style: str = "array", layer: str | None = 
                              name=bench.replace("-", ""))
         where = bench
     else:
-        nets = {f.name: quantize_network(f.name, finetune).qnet for f in fmts}
+        nets = {f.name: (networks or {}).get(f.name) or quantize_network(f.name, finetune, source).qnet for f in fmts}
         first = next(iter(nets.values()))
-        convs = [l for l in first.layers if l.op == "conv2d"]
+        convs = [l for l in first.layers if l.op == "conv2d"] or [l for l in first.layers if l.has_weights]
         where = layer or max(convs, key=lambda l: l.macs).name
         names = [l.name for l in first.layers if l.has_weights]
         if where not in names:
             raise ValueError(f"--layer {where!r} is not a conv2d/linear layer of the model; choose one of {names}")
         if style == "array":
             rows = array_rows({q: n.layer(where) for q, n in nets.items()}, throughput, out, jobs=jobs, yosys=yosys,
-                              cache_dir=cache_dir)
+                              cache_dir=cache_dir, prefix=first.name)
         else:
             rows = unrolled_rows({q: n.layer(where).values for q, n in nets.items()}, out, sample=sample, jobs=jobs,
-                                 yosys=yosys, cache_dir=cache_dir, name=f"digits_{where}")
+                                 yosys=yosys, cache_dir=cache_dir, name=f"{first.name}_{where}")
     dicts = [asdict(r) for r in rows]
     cheapest = min(r["gates_total"] for r in dicts)
     for r in dicts:

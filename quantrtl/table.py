@@ -9,5 +9,5 @@ def format_table(headers: list[str], rows: list[list]) -> str:
     return "\n".join([line(cells[0]), "  ".join("-" * w for w in widths)] + [line(r) for r in cells[1:]])
 
 
-def pct(x: float) -> str:
-    return f"{100 * x:.2f}%"
+def pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}%"

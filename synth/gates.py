@@ -86,14 +86,15 @@ def _run_all(jobs: list[tuple[Path, str]], n_jobs: int, yosys: str | None, cache
         return [f.result() for f in futures]
 
 
-def array_designs(layers: dict[str, Layer], throughput: int, out_dir: Path, pipeline: int = 0) -> list[tuple]:
+def array_designs(layers: dict[str, Layer], throughput: int, out_dir: Path, pipeline: int = 0,
+                  prefix: str = "") -> list[tuple]:
     """Per quantizer: (quantizer, layer, engine, engine Verilog, top, array Verilog, array top)."""
     designs = []
     for q, layer in layers.items():
         eng = ConvEngine(layer, lanes=throughput, pipeline=pipeline)
         g = eng.geometry
         arr = MacArray(layer.format, g.lanes, eng.acc_width, groups=g.groups, pipeline=pipeline)
-        top = f"{layer.name}_{q}_p{throughput}"
+        top = f"{prefix + '_' if prefix else ''}{layer.name}_{q}_p{throughput}"
         designs.append((q, layer, eng, write_verilog(eng, top, out_dir), top,
                         write_verilog(arr, top + "_array", out_dir), top + "_array"))
     return designs
@@ -116,9 +117,9 @@ def unrolled_designs(weights: dict[str, np.ndarray], out_dir: Path, sample: int,
 
 
 def array_rows(layers: dict[str, Layer], throughput: int, out_dir: Path, jobs: int = 2, yosys: str | None = None,
-               cache_dir="build/synth-cache", pipeline: int = 0) -> list[GateRow]:
+               cache_dir="build/synth-cache", pipeline: int = 0, prefix: str = "") -> list[GateRow]:
     """``layers``: quantizer name → the same layer of each quantizer's artifact."""
-    designs = array_designs(layers, throughput, Path(out_dir), pipeline)
+    designs = array_designs(layers, throughput, Path(out_dir), pipeline, prefix)
     results = _run_all([j for d in designs for j in ((d[3], d[4]), (d[5], d[6]))], jobs, yosys, cache_dir)
     rows = []
     for i, (q, layer, eng, v, top, av, atop) in enumerate(designs):

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from model.atomic import atomic_write
 
-CSV_COLUMNS = ["quantizer", "style", "layer", "lanes", "throughput", "gates_total", "datapath_gates", "control_gates",
+CSV_COLUMNS = ["quantizer", "style", "density", "layer", "lanes", "throughput", "gates_total", "datapath_gates", "control_gates",
                "flipflops", "memory_bits", "transistors", "gates_per_mac_per_cycle", "ratio_to_cheapest",
-               "extrapolated", "sample", "top", "verilog", "yosys_version"]
+               "extrapolated", "sample", "bit_exact", "cycles", "top", "verilog", "yosys_version"]
 
 
 def write_csv(rows: list[dict], path: str | Path) -> Path:
@@ -48,5 +48,31 @@ def write_plot(rows: list[dict], path: str | Path, title: str) -> Path:
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    return atomic_write(path, buf.getvalue())
+
+
+def write_sweep_plot(rows: list[dict], path: str | Path) -> Path:
+    """Gates against lanes, one line per (quantizer, density, layer)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    series: dict[tuple, list] = {}
+    for r in rows:
+        series.setdefault((r["quantizer"], r["density"], r["layer"]), []).append((r["lanes"], r["gates_total"]))
+    for (q, d, layer), pts in sorted(series.items()):
+        pts.sort()
+        ax.plot([p for p, _ in pts], [g for _, g in pts], marker="o", label=f"{q}, density {d:g}, {layer}")
+    ax.set_xlabel("lanes (dense MACs per cycle)")
+    ax.set_ylabel("two-input gates + MUX (Yosys)")
+    ax.set_title("quantrtl sweep: layer engine gates", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     return atomic_write(path, buf.getvalue())

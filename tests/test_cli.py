@@ -70,5 +70,14 @@ def test_demo_prints_table(tmp_path, capsys):
     out = capsys.readouterr().out
     for q in ("fixed8", "shift4", "ternary", "binary"):
         assert q in out
+    assert "bit-exact" in out and "gates/MAC/cycle" in out and "total time" in out
     r = json.loads((tmp_path / "results.json").read_text())
-    assert [row["quantizer"] for row in r["quantize"]] == ["fixed8", "shift4", "ternary", "binary"]
+    assert [row["quantizer"] for row in r["rows"]] == ["fixed8", "shift4", "ternary", "binary"]
+    assert all(row["bit_exact"] and row["cycles"] == row["expected_cycles"] for row in r["rows"])
+    for f in ("report.md", "gates.png", "accuracy_vs_gates.png", "compression_vs_accuracy.png"):
+        assert (tmp_path / f).is_file(), f
+    report = (tmp_path / "report.md").read_text()
+    assert "Yosys" in report and "bit-exact" in report
+    for row in r["rows"]:
+        assert f"{row['gates_total']:,}" in report  # the report prints the measured numbers
+        assert (tmp_path / "verilog" / f"digits_{row['quantizer']}_top.v").is_file()

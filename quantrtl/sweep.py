@@ -1,0 +1,131 @@
+"""``quantrtl sweep``: quantizers × lanes × densities (× layers), synthesis and cosim in parallel.
+
+The models are quantized first, in this process.  Then every synthesis job (one layer
+engine at one lane count) and every cosim job (the whole network at one lane count) runs
+on an executor: a local process pool (``--jobs``) or a Dask cluster
+(``--scheduler tcp://host:port``, through ``distributed.Client.get_executor()``).  Jobs
+receive the artifact's bytes and return plain numbers, so workers need quantrtl and the
+tools installed but no shared file system; rows hold no timings or worker paths, so the
+JSON is the same whichever executor ran it.
+"""
+from __future__ import annotations
+
+import hashlib
+import tempfile
+import time
+from concurrent.futures import Executor, ProcessPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+__all__ = ["sweep", "synth_job", "cosim_job"]
+
+
+def _unpack(files: dict[str, bytes], where: Path):
+    from model import artifact
+
+    for name, data in files.items():
+        (where / name).write_bytes(data)
+    return artifact.load(where / next(n for n in files if n.endswith(".json")))
+
+
+def synth_job(files: dict[str, bytes], layer: str, lanes: int) -> dict:
+    """Synthesize one layer engine (and its MAC array) of the artifact at ``lanes``."""
+    from synth.gates import array_rows
+
+    with tempfile.TemporaryDirectory(prefix="quantrtl-synth-") as d:
+        net = _unpack(files, Path(d))
+        row = array_rows({net.quantizer: net.layer(layer)}, lanes, Path(d) / "v", jobs=1, cache_dir=None)[0]
+        text = Path(row.verilog).read_bytes()
+        return {"gates_total": row.gates_total, "datapath_gates": row.datapath_gates,
+                "control_gates": row.control_gates, "flipflops": row.flipflops, "memory_bits": row.memory_bits,
+                "gates_per_mac_per_cycle": row.gates_per_mac_per_cycle, "top": row.top,
+                "verilog_sha256": hashlib.sha256(text).hexdigest(), "yosys_version": row.yosys_version}
+
+
+def cosim_job(files: dict[str, bytes], lanes: int, image: int) -> dict:
+    """Co-simulate the whole network of the artifact at ``lanes`` on one test image (Icarus)."""
+    from quantrtl.flows import cosim_flow
+
+    with tempfile.TemporaryDirectory(prefix="quantrtl-cosim-") as d:
+        net = _unpack(files, Path(d))
+        path = next(Path(d).glob("*.json"))
+        r = cosim_flow(net.quantizer, image, artifact_path=path, lanes=lanes, build_root=Path(d) / "build")
+        return {"bit_exact": r.bit_exact, "cycles": r.cycles, "expected_cycles": r.expected_cycles,
+                "predicted": r.predicted, "golden_predicted": r.golden_predicted, "first_mismatch": r.first_mismatch}
+
+
+@contextmanager
+def _executor(jobs: int, scheduler: str | None) -> Executor:
+    if scheduler:
+        try:
+            from distributed import Client
+        except ImportError:
+            raise ValueError("--scheduler needs dask.distributed (pip install 'dask[distributed]')") from None
+        try:
+            client = Client(scheduler, timeout=15)
+        except Exception as e:
+            raise ValueError(f"--scheduler {scheduler}: cannot connect ({e})") from None
+        try:
+            yield client.get_executor()
+        finally:
+            client.close()
+    else:
+        import multiprocessing
+
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as ex:
+            yield ex
+
+
+def sweep(quantizers: list[str], lanes: list[int], densities: list[float], layers: list[str] | None = None,
+          jobs: int = 2, scheduler: str | None = None, finetune: int = 10, image: int = 0, cosim: bool = True,
+          out_dir: str | Path = "build/sweep") -> dict:
+    from model import artifact
+    from model.formats import parse_format
+
+    from .flows import MAX_LANES, quantize_network
+
+    fmts = [parse_format(q) for q in quantizers]
+    if not fmts or not lanes or not densities:
+        raise ValueError("--quantizers, --lanes and --densities each need at least one value")
+    for p in lanes:
+        if not 1 <= p <= MAX_LANES:
+            raise ValueError(f"--lanes {p} out of range 1..{MAX_LANES}")
+    for d in densities:
+        if not 0.0 < d <= 1.0:
+            raise ValueError(f"--densities {d} out of range (0, 1]")
+    if jobs < 1:
+        raise ValueError(f"--jobs must be at least 1, got {jobs}")
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    with _executor(jobs, scheduler) as ex:  # connect first: a bad scheduler fails before any work
+        quantized = {(f.name, d): quantize_network(f.name, finetune, density=d) for f in fmts for d in densities}
+        first = next(iter(quantized.values())).qnet
+        weighted = [l.name for l in first.layers if l.has_weights]
+        layers = layers or [max((l for l in first.layers if l.op == "conv2d"), key=lambda l: l.macs).name]
+        for name in layers:
+            if name not in weighted:
+                raise ValueError(f"--layers {name!r} is not a conv2d/linear layer; choose from {weighted}")
+        nets = {}
+        for (q, d), qr in quantized.items():  # arguments all checked: now write the artifacts
+            stem = out / "artifacts" / f"digits-{q}-d{d:g}"
+            artifact.save(qr.qnet, stem)
+            files = {p.name: p.read_bytes() for p in (stem.parent / (stem.name + ".json"), stem.parent / (stem.name + ".npz"))}
+            nets[(q, d)] = (qr, files)
+        keys = [(q, d, p, layer) for (q, d) in nets for p in lanes for layer in layers]
+        ckeys = [(q, d, p) for (q, d) in nets for p in lanes] if cosim else []
+        sfut = [ex.submit(synth_job, nets[(q, d)][1], layer, p) for q, d, p, layer in keys]
+        cfut = [ex.submit(cosim_job, nets[(q, d)][1], p, image) for q, d, p in ckeys]
+        synth = [f.result() for f in sfut]
+        cos = {k: f.result() for k, f in zip(ckeys, cfut)}
+    rows = []
+    for (q, d, p, layer), s in zip(keys, synth):
+        qr = nets[(q, d)][0]
+        row = {"quantizer": q, "density": d, "lanes": p, "layer": layer, "golden_accuracy": qr.golden_accuracy,
+               "golden_agreement": qr.golden_agreement, **s}
+        if cosim:
+            c = cos[(q, d, p)]
+            row.update(bit_exact=c["bit_exact"], cycles=c["cycles"], expected_cycles=c["expected_cycles"],
+                       first_mismatch=c["first_mismatch"])
+        rows.append(row)
+    return {"rows": rows, "image": image if cosim else None, "finetune": finetune,
+            "executor": "dask" if scheduler else "local", "seconds": time.perf_counter() - t0}

@@ -1,0 +1,44 @@
+"""``quantrtl sweep``: the same JSON from local jobs and from a Dask LocalCluster."""
+import json
+
+import pytest
+
+from quantrtl.cli import main
+
+ARGS = ["sweep", "--quantizers", "ternary,shift4", "--lanes", "4", "--densities", "1.0,0.5", "--finetune", "1"]
+
+
+@pytest.mark.slow
+@pytest.mark.yosys
+@pytest.mark.icarus
+def test_dask_matches_local(tmp_path):
+    from distributed import LocalCluster
+
+    assert main([*ARGS, "--jobs", "2", "--out", str(tmp_path / "a"), "--json", str(tmp_path / "local.json"),
+                 "--csv", str(tmp_path / "s.csv"), "--plot", str(tmp_path / "s.png")]) == 0
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        assert main([*ARGS, "--scheduler", cluster.scheduler_address, "--out", str(tmp_path / "b"),
+                     "--json", str(tmp_path / "dask.json")]) == 0
+    local = json.loads((tmp_path / "local.json").read_text())
+    dask = json.loads((tmp_path / "dask.json").read_text())
+    assert local == dask
+    rows = local["rows"]
+    assert len(rows) == 4 and all(r["bit_exact"] and r["cycles"] == r["expected_cycles"] for r in rows)
+    assert {(r["quantizer"], r["density"]) for r in rows} == {("ternary", 1.0), ("ternary", 0.5), ("shift4", 1.0),
+                                                             ("shift4", 0.5)}
+    assert (tmp_path / "s.png").is_file() and len((tmp_path / "s.csv").read_text().splitlines()) == 5
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--lanes", "0"], "--lanes 0 out of range"),
+    (["--densities", "1.5"], "--densities 1.5 out of range"),
+    (["--densities", "half"], "cannot read 'half'"),
+    (["--layers", "pool"], "--layers 'pool' is not a conv2d/linear layer"),
+    (["--scheduler", "tcp://127.0.0.1:9", "--lanes", "4", "--quantizers", "fixed8", "--finetune", "0"],
+     "--scheduler tcp://127.0.0.1:9: cannot connect"),
+])
+def test_sweep_bad_arguments(tmp_path, capsys, argv, match):
+    assert main(["sweep", "--out", str(tmp_path / "o"), "--json", str(tmp_path / "s.json"), *argv]) == 2
+    assert match in capsys.readouterr().err
+    assert not (tmp_path / "s.json").exists()
+    assert not (tmp_path / "o" / "artifacts").exists()
