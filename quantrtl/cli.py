@@ -66,12 +66,13 @@ def cmd_quantize(args) -> int:
 
     parse_format(args.quantizer)
     _say(f"quantizing the digits model with {args.quantizer} (fine-tune {args.finetune} epochs) ...")
-    r = flows.quantize_flow(args.quantizer, args.out, finetune=args.finetune, seed=args.seed, source=_source(args))
+    r = flows.quantize_flow(args.quantizer, args.out, finetune=args.finetune, seed=args.seed, source=_source(args),
+                            density=args.density)
     print(format_table(QUANT_HEADERS, [_quant_row(r)]))
     print(f"\nartifact: {r.artifact}  ({r.test_images} test images; accuracies on the fixed digits test split)")
-    print(format_table(["layer", "op", "out shape", "format", "acc bits", "MACs"],
+    print(format_table(["layer", "op", "out shape", "format", "acc bits", "MACs", "nonzero weights"],
                        [[l["name"], l["op"], "x".join(map(str, l["out_shape"])), l["format"] or "-",
-                         l["accumulator_bits"] or "-", l["macs"]] for l in r.layers]))
+                         l["accumulator_bits"] or "-", l["macs"], pct(l["density"])] for l in r.layers]))
     if args.json:
         flows.write_json(args.json, asdict(r))
     return 0
@@ -264,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--finetune", type=int, default=flows.DEFAULT_FINETUNE, metavar="EPOCHS",
                    help="fine-tuning epochs with the quantizer in the loop (default %(default)s; 0 = post-training only)")
     q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--density", type=float, default=1.0,
+                   help="magnitude-prune every conv/linear to this fraction of weights first (default %(default)s)")
     q.add_argument("--out", default="build/artifacts", help="artifact folder (default %(default)s)")
     q.add_argument("--json", help="write results as JSON")
     q.set_defaults(func=cmd_quantize)

@@ -184,20 +184,24 @@ def artifact_stem(out_dir: str | Path, qnet) -> Path:
 
 
 def quantize_flow(quantizer: str, out_dir: str | Path, finetune: int = DEFAULT_FINETUNE,
-                  checkpoint: str | Path | None = None, seed: int = 0, source: ModelSource | None = None) -> QuantizeResult:
+                  checkpoint: str | Path | None = None, seed: int = 0, source: ModelSource | None = None,
+                  density: float = 1.0) -> QuantizeResult:
     """Quantize the digits model, export the artifact into ``out_dir`` and evaluate it.
 
     Accuracies are on the fixed digits test split: float model, fake-quant PyTorch
     model, and the integer golden model run on the exported artifact.
     """
     source = source or ModelSource(checkpoint=str(checkpoint) if checkpoint else None)
-    q = quantize_network(quantizer, finetune, source, seed)
+    if not 0.0 < density <= 1.0:
+        raise ValueError(f"--density must be in (0, 1], got {density}")
+    q = quantize_network(quantizer, finetune, source, seed, density=density)
     qnet = q.qnet
     path = artifact.save(qnet, artifact_stem(out_dir, qnet))
     bits = qnet.storage_bits()
     n_w = sum(l.weight_count for l in qnet.layers)
     layers = [{"name": l.name, "op": l.op, "out_shape": list(l.out_shape), "format": l.format.name if l.format else None,
-               "accumulator_bits": l.accumulator_bits if l.has_weights else None, "macs": l.macs}
+               "accumulator_bits": l.accumulator_bits if l.has_weights else None, "macs": l.macs,
+               "density": float((l.values != 0).mean()) if l.has_weights else None}
               for l in qnet.layers]
     return QuantizeResult(
         quantizer=qnet.quantizer, finetune=finetune, float_accuracy=q.float_accuracy,

@@ -81,3 +81,20 @@ def test_demo_prints_table(tmp_path, capsys):
     for row in r["rows"]:
         assert f"{row['gates_total']:,}" in report  # the report prints the measured numbers
         assert (tmp_path / "verilog" / f"digits_{row['quantizer']}_top.v").is_file()
+
+
+def test_quantize_with_pruning_reports_densities(tmp_path):
+    rc = main(["quantize", "--quantizer", "fixed8", "--density", "0.3", "--finetune", "2", "--out", str(tmp_path),
+               "--json", str(tmp_path / "r.json")])
+    assert rc == 0
+    r = json.loads((tmp_path / "r.json").read_text())
+    for layer in r["layers"]:
+        if layer["density"] is not None:
+            assert layer["density"] <= 0.31  # ceil(0.3·n) kept; pruned weights stay zero through fine-tuning
+    assert r["golden_agreement"] >= 0.99
+
+
+def test_quantize_density_out_of_range(tmp_path, capsys):
+    assert main(["quantize", "--quantizer", "fixed8", "--density", "0", "--out", str(tmp_path / "o")]) == 2
+    assert "--density must be in (0, 1]" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -7,9 +7,8 @@ import pytest
 from quantrtl import flows
 from quantrtl.cli import main
 
-ICARUS_QUANTIZERS = ["fixed2", "fixed4", "fixed8", "fixed12", "fixed16", "shift3", "shift4", "shift5", "shift6",
-                     "ternary", "binary"]
-
+# every quantizer the command line accepts
+ICARUS_QUANTIZERS = [f"fixed{n}" for n in range(2, 17)] + [f"shift{n}" for n in range(3, 7)] + ["ternary", "binary"]
 
 @pytest.fixture(scope="session")
 def build_root(tmp_path_factory):
