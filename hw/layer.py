@@ -24,7 +24,7 @@ import operator
 from dataclasses import dataclass
 
 import numpy as np
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, signed, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -170,18 +170,25 @@ class _PixelWalker:
     ``pbase + off`` with ``pbase = (by * W + bx) * C``.
     """
 
+    @staticmethod
+    def shapes(g: ConvGeometry):
+        """Shapes of the window's top-left row ``by``, column ``bx`` and flat base ``pbase``."""
+        ymin, ymax = -g.ph, (g.oh - 1) * g.sh - g.ph
+        xmin, xmax = -g.pw, (g.ow - 1) * g.sw - g.pw
+        lo, hi = (ymin * g.w + xmin) * g.cin, (ymax * g.w + xmax) * g.cin
+        return (Shape.cast(range(ymin, ymax + 1)), Shape.cast(range(xmin, xmax + 1)),
+                Shape.cast(range(min(lo, 0), max(hi, 0) + 1)))
+
     def __init__(self, m: Module, g: ConvGeometry, name: str):
         self.g = g
         self.oy = Signal(range(max(2, g.oh)), name=f"{name}_oy")
         self.ox = Signal(range(max(2, g.ow)), name=f"{name}_ox")
-        ymin, ymax = -g.ph, (g.oh - 1) * g.sh - g.ph
-        xmin, xmax = -g.pw, (g.ow - 1) * g.sw - g.pw
-        self.by = Signal(range(ymin, ymax + 1), init=ymin, name=f"{name}_by")
-        self.bx = Signal(range(xmin, xmax + 1), init=xmin, name=f"{name}_bx")
-        lo = (ymin * g.w + xmin) * g.cin
-        hi = (ymax * g.w + xmax) * g.cin
-        self.row = Signal(range(min(lo, 0), max(hi, 0) + 1), init=(ymin * g.w + xmin) * g.cin, name=f"{name}_row")
-        self.pbase = Signal(range(min(lo, 0), max(hi, 0) + 1), init=(ymin * g.w + xmin) * g.cin, name=f"{name}_pbase")
+        by, bx, pbase = self.shapes(g)
+        start = (-g.ph * g.w - g.pw) * g.cin
+        self.by = Signal(by, init=-g.ph, name=f"{name}_by")
+        self.bx = Signal(bx, init=-g.pw, name=f"{name}_bx")
+        self.row = Signal(pbase, init=start, name=f"{name}_row")
+        self.pbase = Signal(pbase, init=start, name=f"{name}_pbase")
         self.last_pixel = (self.oy == g.oh - 1) & (self.ox == g.ow - 1)
 
     def reset(self, m: Module):
@@ -455,7 +462,12 @@ class ConvEngine(wiring.Component):
         with m.Elif(en & issuing):
             m.d.sync += waddr.eq(Mux(waddr == last_addr, 0, waddr + 1))
 
-        # drain: output bank → requantizer → out stream
+        self._drain(m, load, bank, arr)
+        return m
+
+    def _drain(self, m: Module, load: "_Loader", bank: "_OutputBank", arr: MacArray) -> None:
+        """Output bank → requantizer (M0, n per channel from a ROM) → out stream; back to load."""
+        g, layer, W = self.geometry, self.layer, self.acc_width
         out_cg = Signal(range(max(2, g.channel_groups)), name="out_cgroup")
         drain_cg = Signal(range(max(2, g.channel_groups)), name="drain_cgroup")
         with m.If(bank.capture):
@@ -471,7 +483,6 @@ class ConvEngine(wiring.Component):
         bank.connect(m, [arr.acc[gi] for gi in range(g.groups)], count, rq.q)
         with m.If(bank.finished):
             m.d.sync += load.running.eq(0)
-        return m
 
 
 class MaxPoolEngine(wiring.Component):
@@ -570,8 +581,13 @@ class ReluEngine(wiring.Component):
 
 
 def make_engine(layer: Layer, lanes: int = 8, pipeline: int = 0, groups: int | None = None,
-                source_shape: tuple[int, ...] | None = None):
-    """The engine for one artifact layer."""
+                source_shape: tuple[int, ...] | None = None, sparse: bool = False, index_bits: int = 4):
+    """The engine for one artifact layer (zero-skipping for conv2d/linear when ``sparse``)."""
+    if layer.has_weights and sparse:
+        from .sparse import SparseConvEngine
+
+        return SparseConvEngine(layer, lanes=lanes, pipeline=pipeline, source_shape=source_shape,
+                                index_bits=index_bits)
     if layer.has_weights:
         return ConvEngine(layer, lanes=lanes, groups=groups, pipeline=pipeline, source_shape=source_shape)
     if layer.op == "maxpool":

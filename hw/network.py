@@ -35,21 +35,26 @@ class NetworkTop(wiring.Component):
     net : QuantizedNetwork
     lanes : int
         MAC lanes of every conv2d/linear engine.
+    sparse, index_bits : bool, int
+        Zero-skipping engines (``hw/sparse.py``) with relative indices of ``index_bits`` bits.
     pipeline : int
         MAC array pipeline stages (0..2).
     taps : bool
         Expose ``tap_<layer>`` ports for every layer but the last.
     """
 
-    def __init__(self, net: QuantizedNetwork, lanes: int = 8, pipeline: int = 0, taps: bool = False):
+    def __init__(self, net: QuantizedNetwork, lanes: int = 8, pipeline: int = 0, taps: bool = False,
+                 sparse: bool = False, index_bits: int = 4):
         self.net = net
         self.lanes = operator.index(lanes)
         self.pipeline = operator.index(pipeline)
+        self.sparse = bool(sparse)
         self.engines = {}
         prev = tuple(net.input_shape)
         for layer in net.layers:
             self.engines[layer.name] = make_engine(layer, lanes=self.lanes, pipeline=self.pipeline,
-                                                   source_shape=prev if layer.op == "linear" else None)
+                                                   source_shape=prev if layer.op == "linear" else None,
+                                                   sparse=sparse, index_bits=index_bits)
             prev = tuple(layer.out_shape)
         self.tap_names = [l.name for l in net.layers[:-1]] if taps else []
         members = {"inp": In(stream.Signature(unsigned(8))), "out": Out(stream.Signature(unsigned(8)))}

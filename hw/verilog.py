@@ -71,7 +71,13 @@ class Design:
             layer = self.net.layer(name)
             d = {"name": name, "op": layer.op, "in_shape": list(layer.in_shape), "out_shape": list(layer.out_shape),
                  "expected_cycles": e.expected_cycles}
-            if isinstance(e, ConvEngine):
+            if hasattr(e, "ideal_cycles"):  # zero-skipping engine
+                d.update(format=layer.format.name, lanes=e.geometry.lanes, sparse=True, index_bits=e.index_bits,
+                         nonzero_weights=e.nonzero_weights, channel_words=e.channel_words(),
+                         run_cycles=e.run_cycles, ideal_cycles=e.ideal_cycles, accumulator_bits=e.acc_width,
+                         dense_macs=layer.macs,
+                         cycle_formula="in_size + pixels*sum_c(max(1, ceil(entries_c/lanes))) + pipeline + 5")
+            elif isinstance(e, ConvEngine):
                 g = e.geometry
                 d.update(format=layer.format.name, lanes=g.lanes, groups=g.groups, lanes_per_group=g.lanes_per_group,
                          chunks=g.chunks, channel_groups=g.channel_groups, pixels=g.pixels,
@@ -85,16 +91,18 @@ class Design:
 
 
 def build_design(net: QuantizedNetwork, layer: str = "all", lanes: int = 8, pipeline: int = 0,
-                 taps: bool = False, artifact: str | None = None) -> Design:
-    """The network top (``layer="all"``) or one layer's engine, named ``<model>_<quantizer>_<layer|top>``."""
-    top = f"{net.name}_{net.quantizer}_{'top' if layer == 'all' else layer}"
+                 taps: bool = False, artifact: str | None = None, sparse: bool = False, index_bits: int = 4) -> Design:
+    """The network top (``layer="all"``) or one layer's engine, named
+    ``<model>_<quantizer>_<layer|top>`` (``_sparse`` appended for zero-skipping engines)."""
+    top = f"{net.name}_{net.quantizer}_{'top' if layer == 'all' else layer}{'_sparse' if sparse else ''}"
     if layer == "all":
-        comp = NetworkTop(net, lanes=lanes, pipeline=pipeline, taps=taps)
+        comp = NetworkTop(net, lanes=lanes, pipeline=pipeline, taps=taps, sparse=sparse, index_bits=index_bits)
     else:
         lay = net.layer(layer)
         i = net.layers.index(lay)
         source = tuple(net.layers[i - 1].out_shape) if i else tuple(net.input_shape)
-        comp = make_engine(lay, lanes=lanes, pipeline=pipeline, source_shape=source if lay.op == "linear" else None)
+        comp = make_engine(lay, lanes=lanes, pipeline=pipeline, source_shape=source if lay.op == "linear" else None,
+                           sparse=sparse, index_bits=index_bits)
     return Design(top=top, component=comp, net=net, layer=layer, lanes=lanes, pipeline=pipeline, artifact=artifact)
 
 

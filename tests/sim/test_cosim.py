@@ -107,3 +107,21 @@ def test_cli_simulator_not_installed(capsys, monkeypatch):
     assert main(["cosim", "--quantizer", "shift4", "--simulator", "verilator"]) == 3
     err = capsys.readouterr().err.strip()
     assert "simulator verilator: verilator is not installed" in err and len(err.splitlines()) <= 2
+
+
+@pytest.mark.icarus
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["shift3", "fixed8"])
+@pytest.mark.parametrize("density", [0.1, 0.3, 1.0])
+def test_icarus_sparse_engines_bit_exact(build_root, tmp_path, name, density):
+    """Pruned weights on zero-skipping engines: bit-exact, and fewer cycles as density drops."""
+    from model import artifact
+
+    q = flows.quantize_network(name, 2, density=density)
+    art = artifact.save(q.qnet, tmp_path / f"{name}-d{density:g}")
+    r = flows.cosim_flow(name, 4, artifact_path=art, build_root=build_root, sparse=True)
+    assert r.bit_exact, r.first_mismatch
+    assert r.cycles == r.expected_cycles
+    if density < 1.0:
+        dense = flows.cosim_flow(name, 4, artifact_path=art, build_root=build_root)
+        assert dense.bit_exact and r.cycles < dense.cycles

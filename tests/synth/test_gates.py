@@ -94,3 +94,19 @@ def test_acceptance_unrolled_fq_conv(tmp_path):
     assert all(x["throughput"] == 90000 and x["extrapolated"] and x["sample"] == 2 for x in rows.values())
     assert rows["fixed8"]["gates_total"] > rows["shift3"]["gates_total"]
     assert rows["fixed8"]["gates_total"] > rows["binary"]["gates_total"]
+
+
+@pytest.mark.icarus
+def test_sparse_vs_dense_at_equal_throughput(tmp_path, capsys):
+    j = tmp_path / "s.json"
+    rc = main(["gates", "--sparse", "--quantizers", "shift3", "--densities", "0.2", "--throughput", "4",
+               "--finetune", "1", "--out", str(tmp_path / "v"), "--json", str(j)])
+    assert rc == 0
+    r = json.loads(j.read_text())
+    dense, sparse = r["rows"]
+    assert dense["style"] == "dense" and sparse["style"] == "sparse" and sparse["density"] == 0.2
+    assert dense["bit_exact"] and sparse["bit_exact"]
+    assert sparse["measured_cycles"] <= dense["measured_cycles"]  # at least the dense throughput
+    assert sparse["decoder_gates"] > 0 and sparse["lanes"] < dense["lanes"]
+    assert sparse["datapath_gates"] + sparse["decoder_gates"] + sparse["control_gates"] == sparse["gates_total"]
+    assert "sparse hardware is cheaper" in capsys.readouterr().out

@@ -1,0 +1,225 @@
+"""Zero-skipping layer engine: a relative-index weight stream and a sparse decoder.
+
+Dataflow: **row-wise with an activation gather**.  For each output pixel and output
+channel, the engine reads that channel's relative-index entries (``model/sparse.py``),
+P per cycle, from an entry memory.  The sparse decoder turns each word of P entries into
+P absolute fan-in indices with a prefix sum of ``run + 1`` (plus a running base kept
+across the words of a channel), looks each index up in a tap ROM (input channel and kernel
+offset) and gathers the P activations through P read ports of the activation memory.
+Fillers and the unused entries of a channel's last word feed activation 0.  The MAC array,
+the requantizer and the output stream are the dense engine's.
+
+Why row-wise: every output is still one dot product finished in place (no per-lane
+partial outputs to merge, unlike an EIE-style column broadcast), so the requantization and
+output order stay those of the dense engine, and the cost of sparsity is explicit logic
+(prefix adders, the tap ROM lookups, the P-port gather) that synthesis counts.
+
+Cycles: each (pixel, channel) takes ``words_c = max(1, ceil(entries_c / P))`` cycles, so
+the run takes ``pixels · Σ_c words_c`` cycles instead of ``pixels · Cout · ceil(K / P)``;
+``expected_cycles`` adds the load, the pipeline and the drain (docs/hardware.md).
+"""
+from __future__ import annotations
+
+import math
+import operator
+
+from amaranth.hdl import Const, Module, Mux, Signal, unsigned
+from amaranth.lib import data, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from model.artifact import M0_BITS, Layer
+from model.sparse import encode_row
+
+from .array import MacArray
+from .layer import ConvEngine, _bits, _Loader, _OutputBank, _PixelWalker, _rom
+
+__all__ = ["SparseConvEngine", "SparseDecoder", "ABSENT", "WEIGHT", "FILLER"]
+
+ABSENT, WEIGHT, FILLER = 0, 1, 2
+
+
+class SparseDecoder(wiring.Component):
+    """The sparse-decoder unit: one word of P relative-index entries → P gathered lanes.
+
+    Lane j's absolute fan-in index is ``k_j = base + sum_{i<=j}(run_i + 1) - 1`` (absent
+    entries add 0); ``base`` restarts at 0 on the first word of a channel (``first``) and
+    moves past the word when ``step``.  A tap ROM (one read port per lane) maps ``k`` to the
+    input offset and kernel position, giving the activation address ``pbase + offset`` and
+    whether the tap is inside the map (else the engine feeds the zero point).
+    """
+
+    def __init__(self, geometry, lanes: int, index_bits: int, code_bits: int):
+        self.g, self.lanes, self.index_bits, self.code_bits = geometry, lanes, index_bits, code_bits
+        by, bx, pbase = _PixelWalker.shapes(geometry)
+        self.entry_width = index_bits + code_bits + 2
+        super().__init__({
+            "word": In(unsigned(lanes * self.entry_width)),
+            "first": In(1),
+            "step": In(1),
+            "by": In(by), "bx": In(bx), "pbase": In(pbase),
+            "addr": Out(data.ArrayLayout(unsigned(_bits(max(geometry.in_size - 1, 1))), lanes)),
+            "code": Out(data.ArrayLayout(unsigned(code_bits), lanes)),
+            "weight": Out(data.ArrayLayout(unsigned(1), lanes)),
+            "inb": Out(data.ArrayLayout(unsigned(1), lanes)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        g, p, ib, bits, ew = self.g, self.lanes, self.index_bits, self.code_bits, self.entry_width
+        kw = _bits(g.fan_in + (1 << ib) * p)
+        base = Signal(unsigned(kw), name="k_base")
+        taps = g.taps()
+        off_w = _bits(max((dy * g.w + dx) * g.cin + ci for dy, dx, ci in taps))
+        dy_w, dx_w = _bits(g.kh - 1), _bits(g.kw - 1)
+        tap_mem = m.submodules.tap_rom = Memory(
+            shape=unsigned(off_w + dy_w + dx_w), depth=g.fan_in,
+            init=[((dy * g.w + dx) * g.cin + ci) | (dy << off_w) | (dx << (off_w + dy_w)) for dy, dx, ci in taps])
+        acc = Mux(self.first, 0, base)
+        for j in range(p):
+            e = self.word[j * ew:(j + 1) * ew]
+            run, code, kind = e[:ib], e[ib:ib + bits], e[ib + bits:]
+            step_j = Mux(kind == ABSENT, 0, run + 1)
+            k = Signal(unsigned(kw), name=f"k{j}")
+            m.d.comb += k.eq(acc + step_j - 1)
+            acc = acc + step_j
+            rp = tap_mem.read_port(domain="comb")
+            m.d.comb += rp.addr.eq(k)
+            off, dy, dx = rp.data[:off_w], rp.data[off_w:off_w + dy_w], rp.data[off_w + dy_w:]
+            if g.ph or g.pw:
+                iy, ix = self.by + dy, self.bx + dx
+                inb = (iy >= 0) & (iy < g.h) & (ix >= 0) & (ix < g.w)
+            else:
+                inb = Const(1)
+            m.d.comb += [self.addr[j].eq((self.pbase + off).as_unsigned()), self.code[j].eq(code),
+                         self.weight[j].eq(kind == WEIGHT), self.inb[j].eq(inb)]
+        with m.If(self.step):
+            m.d.sync += base.eq(acc)
+        return m
+
+
+class SparseConvEngine(ConvEngine):
+    """A conv2d/linear layer whose zero weights are neither stored nor computed.
+
+    Parameters are those of :class:`ConvEngine` (one lane group) plus ``index_bits``,
+    the width of a relative index.
+    """
+
+    def __init__(self, layer: Layer, lanes: int = 8, pipeline: int = 0, source_shape=None, index_bits: int = 4):
+        self.index_bits = operator.index(index_bits)
+        super().__init__(layer, lanes=lanes, groups=1, pipeline=pipeline, source_shape=source_shape)
+        self.rows = [encode_row(r, layer.format, self.index_bits) for r in self._weights]
+
+    @property
+    def entry_width(self) -> int:
+        return self.index_bits + self.layer.format.bits + 2
+
+    def channel_words(self) -> list[int]:
+        p = self.geometry.lanes
+        return [max(1, math.ceil(r.entries / p)) for r in self.rows]
+
+    @property
+    def nonzero_weights(self) -> int:
+        return int(sum((~r.filler).sum() for r in self.rows))
+
+    @property
+    def run_cycles(self) -> int:
+        return self.geometry.pixels * sum(self.channel_words())
+
+    @property
+    def expected_cycles(self) -> int:
+        g = self.geometry
+        return g.in_size + self.run_cycles + self.pipeline + 5
+
+    @property
+    def ideal_cycles(self) -> int:
+        """``ceil(nonzero MACs / lanes)``: every lane busy on a nonzero weight every cycle."""
+        return math.ceil(self.geometry.pixels * self.nonzero_weights / self.geometry.lanes)
+
+    @property
+    def memory_bits(self) -> dict[str, int]:
+        g = self.geometry
+        return {"entries": sum(self.channel_words()) * g.lanes * self.entry_width,
+                "bias": g.cout * self.acc_width,
+                "requant": g.cout * (M0_BITS + _bits(int(self.layer.shift.max()))),
+                "activations": g.in_size * 8}
+
+    def entry_words(self) -> list[int]:
+        p, ib, bits = self.geometry.lanes, self.index_bits, self.layer.format.bits
+        ew = self.entry_width
+        words = []
+        for row, n in zip(self.rows, self.channel_words()):
+            for w in range(n):
+                word = 0
+                for j in range(p):
+                    i = w * p + j
+                    if i < row.entries:
+                        kind = FILLER if row.filler[i] else WEIGHT
+                        entry = int(row.runs[i]) | (int(row.codes[i]) << ib) | (kind << (ib + bits))
+                        word |= entry << (j * ew)
+                words.append(word)
+        return words
+
+    def elaborate(self, platform):
+        m = Module()
+        g, layer = self.geometry, self.layer
+        p, bits, ib, ew, W = g.lanes, layer.format.bits, self.index_bits, self.entry_width, self.acc_width
+        zx = layer.input.zero_point
+
+        load = _Loader(m, self, g.in_size, p)
+        walker = _PixelWalker(m, g, "px")
+        arr = m.submodules.array = MacArray(layer.format, p, W, groups=1, pipeline=self.pipeline)
+        bank = _OutputBank(m, self, W, 1, g.out_size)
+        en = Signal(name="en")
+        m.d.comb += [en.eq(~arr.done | bank.free), arr.en.eq(en), bank.capture.eq(arr.done & bank.free)]
+
+        # stage A: pixel → channel → word of entries (a variable number per channel)
+        words = self.channel_words()
+        starts = [sum(words[:c]) for c in range(g.cout)]
+        aw = _bits(max(starts[-1], 1))
+        nw = _bits(max(words))
+        chan = _rom(m, "channel_rom", [s | (n << aw) for s, n in zip(starts, words)], aw + nw)
+        c = Signal(range(max(2, g.cout)), name="channel")
+        t = Signal(range(max(2, max(words))), name="word")
+        n_words = chan.data[aw:]
+        m.d.comb += chan.addr.eq(c)
+        issuing, issued_all = Signal(name="issuing"), Signal(name="issued_all")
+        m.d.comb += issuing.eq(load.running & ~issued_all)
+        walker.loop(m, load.start, en & issuing, t, n_words, c, g.cout, issued_all)
+        emem = _rom(m, "entry_mem", self.entry_words(), p * ew, domain="sync")
+        bmem = _rom(m, "bias_mem", [int(b) % (1 << W) for b in self.folded_bias], W, domain="sync")
+        m.d.comb += [emem.addr.eq(chan.data[:aw] + t), emem.en.eq(en), bmem.addr.eq(c), bmem.en.eq(en)]
+
+        def stage(pairs, name):
+            regs = []
+            for v in pairs:
+                r = Signal.like(v, name=f"{name}_{len(regs)}")
+                with m.If(en):
+                    m.d.sync += r.eq(v)
+                regs.append(r)
+            return regs
+
+        v_b, first_b, last_b, by_b, bx_b, pbase_b = stage(
+            [issuing, t == 0, t == n_words - 1, walker.by, walker.bx, walker.pbase], "b")
+
+        # stage B: the sparse decoder turns the word into P gathered (address, code) lanes
+        dec = m.submodules.decoder = SparseDecoder(g, p, ib, bits)
+        m.d.comb += [dec.word.eq(emem.data), dec.first.eq(first_b), dec.step.eq(en & v_b),
+                     dec.by.eq(by_b), dec.bx.eq(bx_b), dec.pbase.eq(pbase_b)]
+        lanes = []
+        for j in range(p):
+            act_port = load.rps[j]
+            m.d.comb += [act_port.addr.eq(dec.addr[j]), act_port.en.eq(en)]
+            lanes.append((dec.weight[j], dec.inb[j], dec.code[j], act_port.data))
+
+        # stage C: gathered activations meet their weight codes in the MAC array
+        v_c, first_c, last_c = stage([v_b, first_b, last_b], "c")
+        m.d.comb += [arr.valid.eq(v_c), arr.first.eq(first_c), arr.last.eq(last_c)]
+        bias_c = stage([bmem.data], "bias_c")[0]
+        m.d.comb += arr.init[0].eq(bias_c.as_signed())
+        for j, (wvalid, inb, code, data) in enumerate(lanes):
+            wv_c, inb_c, code_c = stage([wvalid, inb, code], f"lane{j}_c")
+            m.d.comb += [arr.act[j].eq(Mux(wv_c, Mux(inb_c, data, zx), 0)), arr.code[j].eq(code_c)]
+
+        self._drain(m, load, bank, arr)  # one lane group: one output per channel, as in the dense engine
+        return m

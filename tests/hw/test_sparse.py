@@ -1,0 +1,90 @@
+"""Zero-skipping engines in the Amaranth simulator: bit-exact, cycles == formula, edge-case rows."""
+import numpy as np
+import pytest
+
+from hw.sparse import SparseConvEngine
+from model import artifact
+from model.digits import load_split
+from model.formats import parse_format
+from model.layout import to_stream
+from quantrtl import flows
+from sim import golden
+from sim.compare import first_mismatch
+from tests.factories import random_network
+from tests.hw.streams import run_stream
+
+
+@pytest.fixture(scope="module")
+def pruned(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pruned")
+    cache = {}
+
+    def get(name, density):
+        if (name, density) not in cache:
+            q = flows.quantize_network(name, 2, density=density)
+            cache[(name, density)] = artifact.load(artifact.save(q.qnet, out / f"{name}-d{density:g}"))
+        return cache[(name, density)]
+
+    return get
+
+
+def run_sparse(net, x, lanes, index_bits=4, ready_prob=1.0, valid_prob=1.0):
+    res = golden.run(net, x[None])
+    prev, inp, out = tuple(net.input_shape), x, []
+    for layer in net.layers:
+        if layer.has_weights:
+            eng = SparseConvEngine(layer, lanes=lanes, index_bits=index_bits,
+                                   source_shape=prev if layer.op == "linear" else None)
+            want = to_stream(res.outputs[layer.name][0], layer.out_shape)
+            got, cycles = run_stream(eng, list(to_stream(inp, prev)), len(want), ready_prob=ready_prob,
+                                     valid_prob=valid_prob, seed=lanes)
+            out.append((layer.name, first_mismatch(layer.name, want, got), cycles, eng))
+        inp, prev = res.outputs[layer.name][0], tuple(layer.out_shape)
+    return out
+
+
+@pytest.mark.parametrize("name", ["shift3", "fixed8"])
+@pytest.mark.parametrize("density", [0.1, 0.3, 1.0])
+def test_digits_layers_sparse(pruned, name, density):
+    net = pruned(name, density)
+    x = load_split()[1].x[5]
+    for layer, mm, cycles, eng in run_sparse(net, x, lanes=8):
+        assert mm is None, str(mm)
+        assert cycles == eng.expected_cycles, (layer, cycles, eng.expected_cycles)
+        run = cycles - eng.geometry.in_size
+        bound = 1.25 * eng.ideal_cycles + eng.geometry.pixels * eng.geometry.cout + eng.pipeline + 5
+        assert run <= bound, (layer, run, eng.ideal_cycles)
+        if density < 1.0 and layer == "conv2":
+            assert eng.run_cycles < eng.geometry.run_cycles  # fewer cycles than the dense walk
+
+
+@pytest.mark.parametrize("index_bits", [1, 2, 5])
+def test_decoder_edge_rows(index_bits):
+    """All-zero channels, full channels, runs longer than the index width, a lone nonzero at the end."""
+    fmt = parse_format("fixed4")
+    net = random_network(fmt, seed=index_bits, cin=3, hw=5, cout=4, kernel=(3, 3), padding=(1, 1))
+    conv = net.layers[0]
+    codes = conv.codes.reshape(4, -1)
+    zero = 0
+    codes[0] = zero                      # all-zero row
+    codes[1] = fmt.code_space()[-1]       # full row, no zeros
+    codes[2] = zero
+    codes[2, -1] = 3                      # a single nonzero at the very end: a run of K-1 zeros
+    codes[3, ::9] = zero                  # scattered zeros
+    x = np.random.default_rng(0).integers(0, 256, size=net.input_shape)
+    for layer, mm, cycles, eng in run_sparse(net, x, lanes=4, index_bits=index_bits):
+        assert mm is None, str(mm)
+        assert cycles == eng.expected_cycles
+        if layer == "conv":
+            assert eng.rows[0].entries == 0 and eng.rows[1].entries == 27
+            assert eng.rows[2].filler.sum() == 26 // (2**index_bits)
+
+
+@pytest.mark.parametrize("name,lanes", [("ternary", 3), ("shift5", 16)])
+def test_random_geometry_sparse_with_back_pressure(name, lanes):
+    net = random_network(parse_format(name), seed=7, cin=2, hw=(6, 7), cout=5, kernel=(3, 2), stride=(2, 1),
+                         padding=(1, 1))
+    x = np.random.default_rng(1).integers(0, 256, size=net.input_shape)
+    for layer, mm, cycles, eng in run_sparse(net, x, lanes=lanes, ready_prob=0.6, valid_prob=0.8):
+        assert mm is None, str(mm)
+        assert cycles >= eng.expected_cycles
