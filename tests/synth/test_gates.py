@@ -99,7 +99,7 @@ def test_acceptance_unrolled_fq_conv(tmp_path):
 @pytest.mark.icarus
 def test_sparse_vs_dense_at_equal_throughput(tmp_path, capsys):
     j = tmp_path / "s.json"
-    rc = main(["gates", "--sparse", "--quantizers", "shift3", "--densities", "0.2", "--throughput", "4",
+    rc = main(["gates", "--sparse", "--quantizers", "shift3", "--density", "0.2", "--throughput", "4",
                "--finetune", "1", "--out", str(tmp_path / "v"), "--json", str(j)])
     assert rc == 0
     r = json.loads(j.read_text())
