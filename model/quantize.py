@@ -12,6 +12,7 @@ Activations are unsigned 8-bit with scales calibrated on training data.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,9 +88,12 @@ class QuantLayer(nn.Module):
         super().__init__()
         self.name, self.module, self.fmt, self.relu = name, module, fmt, relu
         self.out_q = ActQuant()
+        self.frozen: torch.Tensor | None = None  # INQ: weights already quantized and fixed
 
     def forward(self, x, in_fmt: ActivationFormat | None):
         w, scale = fake_quant_weight(self.module.weight, self.fmt)
+        if self.frozen is not None:  # INQ: quantized part fixed, the rest trains in float
+            w = torch.where(self.frozen, w.detach(), self.module.weight)
         b = self.module.bias
         if b is not None and in_fmt is not None:  # (in_fmt is None while calibrating)
             # bias lives in the accumulator's scale S_w[c] * S_x, rounded to an integer
@@ -204,6 +208,50 @@ def quantize_model(float_model: nn.Sequential, fmt: WeightFormat, train: Split, 
         if finetune > 0:
             fit(qm, train, finetune, lr, batch_size, seed, on_epoch=lambda m, e: e and m.calibrate(train),
                 after_step=after_step)
+            qm.calibrate(train)
+    qm.eval()
+    return qm
+
+
+#: INQ's accumulated portions of quantized weights (Zhou et al., ICLR 2017).
+INQ_SCHEDULE = (0.5, 0.75, 0.875, 1.0)
+
+
+def inq_quantize(float_model: nn.Sequential, fmt: WeightFormat, train: Split, epochs: int, lr: float = 5e-4,
+                 seed: int = 0, input_fmt: ActivationFormat | None = None,
+                 schedule: tuple[float, ...] = INQ_SCHEDULE) -> QuantModel:
+    """Incremental network quantization: quantize the largest-magnitude portion of every
+    layer's weights, fix it, retrain the rest for ``epochs``; repeat for 50 %, 75 %, 87.5 %,
+    100 %.  Fixed weights hold their quantized values (restored after every optimizer step)."""
+    qm = QuantModel(float_model, fmt) if input_fmt is None else QuantModel(float_model, fmt, input_fmt)
+    layers = [s for s in qm.steps.values() if isinstance(s, QuantLayer)]
+    with single_thread():
+        qm.calibrate(train)
+        for portion in schedule:
+            fixed = []
+            for layer in layers:
+                w = layer.module.weight
+                with torch.no_grad():
+                    q = torch.from_numpy(fmt.encode(w.detach().double().numpy()).dequantize()).to(w.dtype)
+                    keep = max(1, math.ceil(portion * w.numel()))
+                    order = torch.argsort(w.detach().abs().reshape(-1), descending=True, stable=True)
+                    mask = torch.zeros(w.numel(), dtype=torch.bool)
+                    mask[order[:keep]] = True
+                    mask = mask.reshape(w.shape)
+                    if layer.frozen is not None:
+                        mask |= layer.frozen  # once fixed, always fixed
+                    w.data = torch.where(mask, q, w.data)
+                layer.frozen = mask
+                fixed.append((w, mask, w.detach().clone()))
+
+            def restore(_model, fixed=fixed):
+                with torch.no_grad():
+                    for w, mask, values in fixed:
+                        w.data = torch.where(mask, values, w.data)
+
+            if portion < 1.0 and epochs > 0:
+                fit(qm, train, epochs, lr, 32, seed, on_epoch=lambda m, e: e and m.calibrate(train),
+                    after_step=restore)
             qm.calibrate(train)
     qm.eval()
     return qm

@@ -7,7 +7,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from . import flows
+from . import bench, flows
 from .table import format_table, pct
 
 #: Errors that mean "your input is wrong": one line, exit status 2, no traceback.
@@ -68,7 +68,7 @@ def cmd_quantize(args) -> int:
     parse_format(args.quantizer)
     _say(f"quantizing the digits model with {args.quantizer} (fine-tune {args.finetune} epochs) ...")
     r = flows.quantize_flow(args.quantizer, args.out, finetune=args.finetune, seed=args.seed, source=_source(args),
-                            density=args.density)
+                            density=args.density, inq=args.inq)
     print(format_table(QUANT_HEADERS, [_quant_row(r)]))
     print(f"\nartifact: {r.artifact}  ({r.test_images} test images; accuracies on the fixed digits test split)")
     print(format_table(["layer", "op", "out shape", "format", "acc bits", "MACs", "nonzero weights"],
@@ -248,7 +248,7 @@ def cmd_bench(args) -> int:
         raise ValueError(f"unknown benchmark {args.what!r}; available: cosim, synth, sparse")
     if args.what == "sparse":
         _say("benchmarking zero-skipping engines: cosim at densities 0.1, 0.3, 1.0 ...")
-        r = flows.bench_sparse(lanes=args.lanes)
+        r = bench.bench_sparse(lanes=args.lanes)
         print(format_table(["quantizer", "density", "layer", "bit-exact", "measured", "ideal", "ratio", "bound ok",
                             "dense run"],
                            [[x["quantizer"], f"{x['density']:g}", x["layer"], "yes" if x["bit_exact"] else "NO",
@@ -260,7 +260,7 @@ def cmd_bench(args) -> int:
         return 0
     if args.what == "synth":
         _say("benchmarking synthesis: every design cold (empty cache), then warm ...")
-        r = flows.bench_synth()
+        r = bench.bench_synth()
         print(format_table(["design", "style", "gates", "cold s", "warm s"],
                            [[x["design"], x["style"], f"{x['gates_total']:,}", f"{x['cold_seconds']:.2f}",
                              f"{x['warm_seconds']:.3f}"] for x in r["results"]]))
@@ -269,7 +269,7 @@ def cmd_bench(args) -> int:
             flows.write_json(args.json, r)
         return 0
     _say(f"benchmarking cosim ({args.quantizer}, {args.lanes} lanes) on icarus and verilator ...")
-    r = flows.bench_cosim(args.quantizer, args.lanes)
+    r = bench.bench_cosim(args.quantizer, args.lanes)
     rows = [[x["simulator"], "yes" if x["bit_exact"] else "NO", x["cycles"], f"{x['cold_wall_seconds']:.1f}",
              f"{x['cold_build_seconds']:.1f}", f"{x['warm_wall_seconds']:.1f}", f"{x['run_seconds']:.2f}",
              f"{x['simulated_cycles_per_second']:.0f}"] for x in r["results"]]
@@ -317,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--finetune", type=int, default=flows.DEFAULT_FINETUNE, metavar="EPOCHS",
                    help="fine-tuning epochs with the quantizer in the loop (default %(default)s; 0 = post-training only)")
     q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--inq", action="store_true",
+                   help="shiftN: INQ incremental quantization (50/75/87.5/100 %%, --finetune epochs per step)")
     q.add_argument("--density", type=float, default=1.0,
                    help="magnitude-prune every conv/linear to this fraction of weights first (default %(default)s)")
     q.add_argument("--out", default="build/artifacts", help="artifact folder (default %(default)s)")

