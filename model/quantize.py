@@ -137,9 +137,10 @@ def _check_module(name: str, m: nn.Module) -> None:
 class QuantModel(nn.Module):
     """Fake-quantized version of a float ``nn.Sequential``; shares its parameters."""
 
-    def __init__(self, float_model: nn.Sequential, fmt: WeightFormat,
-                 input_fmt: ActivationFormat = ActivationFormat(scale=INPUT_SCALE, zero_point=INPUT_ZERO_POINT)):
+    def __init__(self, float_model: nn.Sequential, fmt: WeightFormat, input_fmt: ActivationFormat | None = None):
         super().__init__()
+        if input_fmt is None:  # the digits data: pixel / 16, exact
+            input_fmt = ActivationFormat(scale=INPUT_SCALE, zero_point=INPUT_ZERO_POINT)
         if not isinstance(float_model, nn.Sequential):
             raise UnsupportedLayerError(f"model must be an nn.Sequential, got {type(float_model).__name__}")
         self.fmt = fmt
@@ -202,7 +203,7 @@ def quantize_model(float_model: nn.Sequential, fmt: WeightFormat, train: Split, 
 
     Activation scales are re-calibrated at the start of every epoch and at the end.
     """
-    qm = QuantModel(float_model, fmt) if input_fmt is None else QuantModel(float_model, fmt, input_fmt)
+    qm = QuantModel(float_model, fmt, input_fmt)
     with single_thread():  # deterministic: the same inputs give the same artifact
         qm.calibrate(train)
         if finetune > 0:
@@ -223,7 +224,7 @@ def inq_quantize(float_model: nn.Sequential, fmt: WeightFormat, train: Split, ep
     """Incremental network quantization: quantize the largest-magnitude portion of every
     layer's weights, fix it, retrain the rest for ``epochs``; repeat for 50 %, 75 %, 87.5 %,
     100 %.  Fixed weights hold their quantized values (restored after every optimizer step)."""
-    qm = QuantModel(float_model, fmt) if input_fmt is None else QuantModel(float_model, fmt, input_fmt)
+    qm = QuantModel(float_model, fmt, input_fmt)
     layers = [s for s in qm.steps.values() if isinstance(s, QuantLayer)]
     with single_thread():
         qm.calibrate(train)

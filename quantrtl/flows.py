@@ -228,7 +228,8 @@ def quantize_flow(quantizer: str, out_dir: str | Path, finetune: int = DEFAULT_F
 MAX_LANES = 256
 
 
-def _check_sparse(sparse: bool, index_bits: int, source: "ModelSource") -> None:
+def _check_stream_options(index_bits: int, source: "ModelSource") -> None:
+    """Relative-index width and pruning density, checked before any work."""
     if not 1 <= index_bits <= 16:
         raise ValueError(f"--index-bits must be in 1..16, got {index_bits}")
     if not 0.0 < source.density <= 1.0:
@@ -271,7 +272,7 @@ def verilog_flow(quantizer: str, out_dir: str | Path, layer: str = "all", lanes:
         raise ValueError(f"--lanes must be in 1..{MAX_LANES}, got {lanes}")
     if pipeline not in (0, 1, 2):
         raise ValueError(f"--pipeline must be 0, 1 or 2, got {pipeline}")
-    _check_sparse(sparse, index_bits, source)
+    _check_stream_options(index_bits, source)
     from hw.verilog import build_design, emit, render
 
     t0 = time.perf_counter()
@@ -361,7 +362,7 @@ def cosim_flow(quantizer: str, image: str | int = 0, simulator: str = "icarus", 
     from sim import cosim, golden
     from sim.runner import check_simulator, run_cocotb
 
-    _check_sparse(sparse, index_bits, source)
+    _check_stream_options(index_bits, source)
     check_simulator(simulator)
     x, label, desc = resolve_image(image, source)
     t0 = time.perf_counter()
@@ -487,7 +488,7 @@ def sparse_gates_flow(quantizers: list[str], densities: list[float], throughput:
     for d in densities:
         if not 0.0 < d <= 1.0:
             raise ValueError(f"--densities {d} out of range (0, 1]")
-    _check_sparse(True, index_bits, DIGITS)
+    _check_stream_options(index_bits, DIGITS)
     version = yosys_version(yosys)
     t0 = time.perf_counter()
     out = Path(out_dir) / "sparse"

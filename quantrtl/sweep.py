@@ -108,8 +108,8 @@ def sweep(quantizers: list[str], lanes: list[int], densities: list[float], layer
         nets = {}
         for (q, d), qr in quantized.items():  # arguments all checked: now write the artifacts
             stem = out / "artifacts" / f"digits-{q}-d{d:g}"
-            artifact.save(qr.qnet, stem)
-            files = {p.name: p.read_bytes() for p in (stem.parent / (stem.name + ".json"), stem.parent / (stem.name + ".npz"))}
+            json_path = artifact.save(qr.qnet, stem)
+            files = {p.name: p.read_bytes() for p in (json_path, json_path.with_suffix(".npz"))}
             nets[(q, d)] = (qr, files)
         keys = [(q, d, p, layer) for (q, d) in nets for p in lanes for layer in layers]
         ckeys = [(q, d, p) for (q, d) in nets for p in lanes] if cosim else []
