@@ -12,6 +12,11 @@ additions are two's complement modulo ``2**acc_width``: because the *final* dot 
 fits, intermediate wrap-around (for instance from a bias with the zero-point correction
 folded in) cancels out and the result is exact.
 
+Formats with several terms (ABC-Net, LQ-Net, focused) get one accumulator per term
+and the bias in a register; ``acc`` is then ``bias + sum_k c_k * term_acc_k`` with the
+format's per-layer coefficients (the scale multiplies once per output).  Unified
+weights sum each block of lanes first and multiply by the block's magnitude.
+
 Timing: inputs are sampled when ``en`` is high; ``pipeline`` (0, 1 or 2) adds a
 register after the PEs and after the adder trees.  A step with ``last`` set has been
 accumulated ``latency`` enabled cycles later, when ``done`` is high and ``acc`` holds the
@@ -21,7 +26,9 @@ from __future__ import annotations
 
 import operator
 
-from amaranth.hdl import Module, Mux, Shape, Signal, signed, unsigned
+import numpy as np
+
+from amaranth.hdl import Const, Module, Mux, Shape, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -29,7 +36,7 @@ from model.formats import WeightFormat
 
 from .pe import make_pe
 
-__all__ = ["MacArray", "adder_tree"]
+__all__ = ["MacArray", "adder_tree", "term_widths"]
 
 
 def _sum_shape(a, b) -> Shape:
@@ -56,6 +63,14 @@ def adder_tree(m: Module, values: list, name: str):
     return values[0]
 
 
+def term_widths(fmt: WeightFormat, codes, act_bits: int = 8) -> list[int]:
+    """Per term, the signed width of its largest dot product over the rows of ``codes``
+    (output channels × fan-in) and all activations: the term accumulators stay exact."""
+    t = np.abs(fmt.term_values(np.asarray(codes))).reshape(fmt.terms, np.asarray(codes).shape[0], -1)
+    bound = t.sum(axis=2).max(axis=1) * ((1 << act_bits) - 1)
+    return [max(2, int(b).bit_length() + 1) for b in bound]
+
+
 class MacArray(wiring.Component):
     """P-lane multiply-accumulate array for one weight format.
 
@@ -73,11 +88,18 @@ class MacArray(wiring.Component):
         Unsigned activation width.
     pipeline : int
         0, 1 or 2 extra register stages (after the PEs, then after the trees).
+    term_widths : list of int, optional
+        Multi-term formats: signed width that holds each term's exact dot product
+        (:func:`term_widths`); by default every term accumulator is ``acc_width`` wide
+        (exact modulo ``2**acc_width``).
     """
 
     def __init__(self, fmt: WeightFormat, lanes: int, acc_width: int, groups: int = 1, act_bits: int = 8,
-                 pipeline: int = 0):
+                 pipeline: int = 0, term_widths: list[int] | None = None):
         self.fmt = fmt
+        self.term_widths = list(term_widths) if term_widths else None
+        if self.term_widths is not None and len(self.term_widths) != fmt.terms:
+            raise ValueError(f"term_widths needs {fmt.terms} widths, got {term_widths}")
         self.lanes = operator.index(lanes)
         self.groups = operator.index(groups)
         self.acc_width = operator.index(acc_width)
@@ -89,6 +111,9 @@ class MacArray(wiring.Component):
             raise ValueError(f"groups ({groups}) must divide lanes ({lanes})")
         if not 2 <= self.acc_width <= 128:
             raise ValueError(f"acc_width must be in 2..128, got {acc_width}")
+        if self.lanes_per_group % fmt.block:
+            raise ValueError(f"{fmt.name}: lanes per group ({self.lanes_per_group}) must be a multiple of the "
+                             f"block size {fmt.block}")
         if self.pipeline not in (0, 1, 2):
             raise ValueError(f"pipeline must be 0, 1 or 2, got {pipeline}")
         super().__init__({
@@ -114,11 +139,17 @@ class MacArray(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        products = []
+        fmt, K = self.fmt, self.fmt.terms
+        terms = [[] for _ in range(K)]  # terms[k][lane]
         for i in range(self.lanes):
-            pe = m.submodules[f"pe{i}"] = make_pe(self.fmt, self.act_bits)
+            pe = m.submodules[f"pe{i}"] = make_pe(fmt, self.act_bits)
             m.d.comb += [pe.act.eq(self.act[i]), pe.code.eq(self.code[i])]
-            products.append(pe.product)
+            for k, p in enumerate(pe.products):
+                terms[k].append(p)
+        per_group = self.lanes_per_group
+        if fmt.block > 1:  # unified: add/sub inside a block, then one multiply per block
+            terms = [self._block_products(m, terms[0])]
+            per_group //= fmt.block
 
         ctrl = [self.valid, self.first, self.last]
         init = self.init
@@ -134,18 +165,61 @@ class MacArray(wiring.Component):
                 m.d.sync += ireg.eq(init)
             return regs, cregs, ireg
 
+        def staged(groups, name):
+            flat = [v for g in groups for v in g]
+            regs, c, i = stage(flat, ctrl, init, name)
+            n = len(groups[0])
+            return [regs[j * n:(j + 1) * n] for j in range(len(groups))], c, i
+
         if self.pipeline >= 1:
-            products, ctrl, init = stage(products, ctrl, init, "pe_reg")
-        k = self.lanes_per_group
-        sums = [adder_tree(m, products[g * k:(g + 1) * k], f"tree{g}") for g in range(self.groups)]
+            terms, ctrl, init = staged(terms, "pe_reg")
+        sums = [[adder_tree(m, terms[k][g * per_group:(g + 1) * per_group], f"tree{g}" + (f"_t{k}" if K > 1 else ""))
+                 for g in range(self.groups)] for k in range(K)]
         if self.pipeline >= 2:
-            sums, ctrl, init = stage(sums, ctrl, init, "tree_reg")
+            sums, ctrl, init = staged(sums, "tree_reg")
 
         valid, first, last = ctrl
+        if K == 1:
+            with m.If(self.en):
+                m.d.sync += self.done.eq(valid & last)
+                with m.If(valid):
+                    for g in range(self.groups):
+                        base = Mux(first, init[g], self.acc[g])
+                        m.d.sync += self.acc[g].eq(base + sums[0][g])
+            return m
+        # several terms: one accumulator per term, the bias held apart; the per-layer
+        # coefficients multiply once per output (modulo 2**acc_width, exact as above).
         with m.If(self.en):
             m.d.sync += self.done.eq(valid & last)
-            with m.If(valid):
-                for g in range(self.groups):
-                    base = Mux(first, init[g], self.acc[g])
-                    m.d.sync += self.acc[g].eq(base + sums[g])
+        W = self.acc_width
+        widths = [min(W, w) for w in self.term_widths] if self.term_widths else [W] * K
+        for g in range(self.groups):
+            bias = Signal(signed(W), name=f"bias{g}")
+            accs = [Signal(signed(widths[k]), name=f"acc{g}_t{k}") for k in range(K)]
+            with m.If(self.en & valid):
+                with m.If(first):
+                    m.d.sync += bias.eq(init[g])
+                for k in range(K):
+                    m.d.sync += accs[k].eq(Mux(first, 0, accs[k]) + sums[k][g])
+            total = bias
+            for k, c in enumerate(fmt.coefficients):
+                if c:
+                    term = Signal(signed(W), name=f"scaled{g}_t{k}")
+                    m.d.comb += term.eq(accs[k] * Const(int(c), signed(max(2, int(c).bit_length() + 1))))
+                    nxt = Signal(signed(W), name=f"sum{g}_t{k}")
+                    m.d.comb += nxt.eq(total + term)
+                    total = nxt
+            m.d.comb += self.acc[g].eq(total)
         return m
+
+    def _block_products(self, m: Module, products: list) -> list:
+        """Sum each block's ``±act`` and multiply by the block's magnitude (the magnitude
+        field of the block's first code)."""
+        b, mb = self.fmt.block, self.fmt.MAG_BITS
+        out = []
+        for j in range(0, self.lanes, b):
+            s = adder_tree(m, products[j:j + b], f"block{j // b}")
+            p = Signal(signed(len(s) + mb + 1), name=f"block{j // b}_prod")
+            m.d.comb += p.eq(s * self.code[j][:mb])
+            out.append(p)
+        return out

@@ -31,7 +31,7 @@ from amaranth.lib.wiring import In, Out
 
 from model.artifact import M0_BITS, Layer
 
-from .array import MacArray
+from .array import MacArray, term_widths
 from model.layout import stream_to_chw_index
 from .requant import Requantizer
 
@@ -43,16 +43,19 @@ def _bits(n: int) -> int:
     return max(1, int(n).bit_length())
 
 
-def choose_groups(fan_in: int, cout: int, lanes: int) -> int:
+def choose_groups(fan_in: int, cout: int, lanes: int, block: int = 1) -> int:
     """Lane groups that minimise run cycles per pixel, ``ceil(cout/G) * ceil(K/(P/G))``.
 
     Only groups whose output drain (G cycles) fits in the compute time of a group
     (``ceil(K/(P/G))`` cycles) are allowed, so the output never stalls the array;
-    ties go to fewer groups (fewer accumulators).
+    ties go to fewer groups (fewer accumulators).  With ``block > 1`` (unified weights)
+    every group must hold whole blocks.
     """
+    if lanes % block:
+        raise ValueError(f"lanes ({lanes}) must be a multiple of the unified block size {block}")
     best = None
     for g in range(1, lanes + 1):
-        if lanes % g:
+        if lanes % g or (lanes // g) % block:
             continue
         t = math.ceil(fan_in / (lanes // g))
         if g > t and g > 1:
@@ -148,7 +151,7 @@ class ConvGeometry:
         if lanes < 1:
             raise ValueError(f"lanes must be at least 1, got {lanes}")
         fan_in = cin * kw.get("kh", 1) * kw.get("kw", 1)
-        g = choose_groups(fan_in, cout, lanes) if groups is None else operator.index(groups)
+        g = choose_groups(fan_in, cout, lanes, layer.format.block) if groups is None else operator.index(groups)
         return cls(cin=cin, h=h, w=w, cout=cout, lanes=lanes, groups=g, **kw)
 
 
@@ -338,6 +341,12 @@ class ConvEngine(wiring.Component):
         if layer.input.bits != 8 or layer.output.bits != 8:
             raise ValueError(f"layer {layer.name!r}: engines stream 8-bit activations")
         self._weights = self._weight_matrix()
+        fmt = layer.format
+        if fmt.block > 1:  # unified: the array multiplies one magnitude per block of lanes
+            if tuple(fmt.source or ()) != tuple(self.source_shape or ()) and layer.op == "linear":
+                raise ValueError(f"layer {layer.name!r}: unified blocks were cut for input {fmt.source}, "
+                                 f"but the engine streams {self.source_shape}")
+            fmt.check_blocks(layer.codes, f"layer {layer.name!r}: ")
         super().__init__(_stream_ports())
 
     # ---- generation-time tables --------------------------------------------------
@@ -374,6 +383,12 @@ class ConvEngine(wiring.Component):
                 words.append(word)
         return words
 
+    def mac_array(self) -> MacArray:
+        """The engine's MAC array (also synthesized alone as the datapath)."""
+        g, fmt = self.geometry, self.layer.format
+        widths = term_widths(fmt, self._weights) if fmt.terms > 1 else None
+        return MacArray(fmt, g.lanes, self.acc_width, groups=g.groups, pipeline=self.pipeline, term_widths=widths)
+
     @property
     def memory_bits(self) -> dict[str, int]:
         g, bits = self.geometry, self.layer.format.bits
@@ -395,7 +410,7 @@ class ConvEngine(wiring.Component):
 
         load = _Loader(m, self, g.in_size, kc)
         walker = _PixelWalker(m, g, "px")
-        arr = m.submodules.array = MacArray(layer.format, g.lanes, W, groups=g.groups, pipeline=self.pipeline)
+        arr = m.submodules.array = self.mac_array()
         bank = _OutputBank(m, self, W, g.groups, g.out_size)
         en = Signal(name="en")
         m.d.comb += en.eq(~arr.done | bank.free)

@@ -11,7 +11,11 @@ The arithmetic is the format's real logic, so gate counts measure the quantizer:
 * ``fixed``: an N×8 signed-by-unsigned multiplier;
 * ``shift``: sign/exponent decode, a barrel shifter and a conditional negate;
 * ``ternary``: add, subtract or zero (a negate and a mux);
-* ``binary``: add or subtract (a conditional negate).
+* ``binary``: add or subtract (a conditional negate);
+* ``kmeans``: a codebook lookup and an N×8 multiplier;
+* ``abcnet``/``lqnet``: one add/sub per basis (a term each; scales applied per output);
+* ``focused``: an add into the component's sum and a shift-add into the residual sum;
+* ``unified``: an add/sub (the block's magnitude multiplies once per block).
 
 New formats register a PE class with :func:`register_pe`; nothing else dispatches on
 format names.
@@ -20,11 +24,15 @@ from __future__ import annotations
 
 import operator
 
-from amaranth.hdl import Module, Mux, signed, unsigned
+from amaranth.hdl import Array, Const, Module, Mux, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from model.bases import BasisFormat
+from model.codebook import KMeansFormat
+from model.focused import FocusedFormat
 from model.formats import BinaryFormat, FixedFormat, ShiftFormat, TernaryFormat, WeightFormat
+from model.unified import UnifiedFormat
 
 __all__ = ["ProcessingElement", "register_pe", "make_pe", "signed_width", "product_range"]
 
@@ -34,9 +42,14 @@ def signed_width(lo: int, hi: int) -> int:
     return max((-int(lo) - 1).bit_length() if lo < 0 else 0, int(hi).bit_length()) + 1
 
 
-def product_range(fmt: WeightFormat, act_bits: int) -> tuple[int, int]:
-    """Exact range of ``value * act`` over the format's code space and all activations."""
-    vlo, vhi = fmt.value_range()
+def product_range(fmt: WeightFormat, act_bits: int, term: int | None = None) -> tuple[int, int]:
+    """Exact range of ``value * act`` (or of one term's ``term_value * act``) over the
+    format's code space and all activations."""
+    if term is None:
+        vlo, vhi = fmt.value_range()
+    else:
+        t = fmt.term_values(fmt.code_space())[term]
+        vlo, vhi = int(t.min()), int(t.max())
     amax = (1 << act_bits) - 1
     return min(vlo * amax, 0), max(vhi * amax, 0)
 
@@ -60,8 +73,16 @@ class ProcessingElement(wiring.Component):
         super().__init__({
             "act": In(unsigned(self.act_bits)),
             "code": In(unsigned(fmt.bits)),
-            "product": Out(signed(self.product_width)),
+            **self._outputs(),
         })
+
+    def _outputs(self) -> dict:
+        return {"product": Out(signed(self.product_width))}
+
+    @property
+    def products(self) -> list:
+        """The PE's output signals, one per term of the format (``[product]`` for one)."""
+        return [self.product]
 
     @property
     def product_width(self) -> int:
@@ -113,6 +134,76 @@ class BinaryPE(ProcessingElement):
         return Mux(self.code[0], -self.act, self.act)
 
 
+class KMeansPE(ProcessingElement):
+    """Codebook lookup (a table of the layer's integer centroids) and a multiplier."""
+
+    def _product(self, m):
+        bits = self.fmt.CODEBOOK_BITS
+        table = Array(Const(int(v), signed(bits)) for v in self.fmt.codebook)
+        return table[self.code] * self.act
+
+
+class UnifiedPE(ProcessingElement):
+    """``±act`` by the sign bit; the block's magnitude multiplies the block sum once
+    (in :class:`hw.array.MacArray`)."""
+
+    @property
+    def product_width(self) -> int:
+        return signed_width(-((1 << self.act_bits) - 1), (1 << self.act_bits) - 1)
+
+    def _product(self, m):
+        return Mux(self.code[self.fmt.MAG_BITS], -self.act, self.act)
+
+
+class MultiTermPE(ProcessingElement):
+    """A PE with one output per term of the format (``term{k} = term_value_k * act``).
+
+    The per-layer coefficients are applied once per output by the MAC array, so each
+    term here is an add/sub or a shift of the activation.
+    """
+
+    def _outputs(self) -> dict:
+        return {f"term{k}": Out(signed(signed_width(*product_range(self.fmt, self.act_bits, k))))
+                for k in range(self.fmt.terms)}
+
+    @property
+    def products(self) -> list:
+        return [getattr(self, f"term{k}") for k in range(self.fmt.terms)]
+
+    @property
+    def product_width(self) -> int:  # not one product: the widest term
+        return max(len(p) for p in self.products)
+
+    def elaborate(self, platform):
+        m = Module()
+        for port, value in zip(self.products, self._terms(m)):
+            m.d.comb += port.eq(value)
+        return m
+
+    def _terms(self, m):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class BasisPE(MultiTermPE):
+    """ABC-Net / LQ-Net: ``±act`` per basis (bit i of the code is basis i's sign)."""
+
+    def _terms(self, m):
+        return [Mux(self.code[i], -self.act, self.act) for i in range(self.fmt.bits)]
+
+
+class FocusedPE(MultiTermPE):
+    """Focused quantization: the activation into its component's sum, and
+    ``±(act << (k - 1))`` into the residual sum (nothing for a pruned weight)."""
+
+    def _terms(self, m):
+        kb = self.fmt.kbits
+        k, s, z = self.code[:kb], self.code[kb], self.code[kb + 1]
+        nonzero = self.code != 0
+        shamt = (k - 1)[:max(1, (self.fmt.levels - 1).bit_length())]
+        mag = Mux(k == 0, 0, self.act << shamt)
+        return [Mux(nonzero & ~z, self.act, 0), Mux(z, self.act, 0), Mux(s, -mag, mag)]
+
+
 _REGISTRY: dict[type, type[ProcessingElement]] = {}
 
 
@@ -124,6 +215,11 @@ register_pe(FixedFormat, FixedPE)
 register_pe(ShiftFormat, ShiftPE)
 register_pe(TernaryFormat, TernaryPE)
 register_pe(BinaryFormat, BinaryPE)
+register_pe(KMeansFormat, KMeansPE)
+register_pe(UnifiedFormat, UnifiedPE)
+register_pe(FocusedFormat, FocusedPE)
+for _cls in BasisFormat.__subclasses__():
+    register_pe(_cls, BasisPE)
 
 
 def make_pe(fmt: WeightFormat, act_bits: int = 8) -> ProcessingElement:

@@ -107,6 +107,9 @@ class SparseConvEngine(ConvEngine):
 
     def __init__(self, layer: Layer, lanes: int = 8, pipeline: int = 0, source_shape=None, index_bits: int = 4):
         self.index_bits = operator.index(index_bits)
+        if layer.format.block > 1:
+            raise ValueError(f"layer {layer.name!r}: {layer.format.name} weights skip whole blocks, which the "
+                             f"per-weight sparse engine cannot express; use the dense engine (no --sparse)")
         super().__init__(layer, lanes=lanes, groups=1, pipeline=pipeline, source_shape=source_shape)
         self.rows = [encode_row(r, layer.format, self.index_bits) for r in self._weights]
 
@@ -168,7 +171,7 @@ class SparseConvEngine(ConvEngine):
 
         load = _Loader(m, self, g.in_size, p)
         walker = _PixelWalker(m, g, "px")
-        arr = m.submodules.array = MacArray(layer.format, p, W, groups=1, pipeline=self.pipeline)
+        arr = m.submodules.array = self.mac_array()
         bank = _OutputBank(m, self, W, 1, g.out_size)
         en = Signal(name="en")
         m.d.comb += [en.eq(~arr.done | bank.free), arr.en.eq(en), bank.capture.eq(arr.done & bank.free)]

@@ -8,7 +8,9 @@ weight of an output channel is a constant in the netlist, so
 * any other weight is a constant multiply (a shift-add network after synthesis).
 
 Positive and negative terms go into two balanced adder trees and the channel output is
-their difference, registered: one dot product per clock cycle.
+their difference, registered: one dot product per clock cycle.  Formats with a
+decomposition (basis scales, component means, block magnitudes) sum each group of
+terms first and multiply by the group's constant once.
 """
 from __future__ import annotations
 
@@ -32,28 +34,51 @@ class UnrolledDot(wiring.Component):
         Decoded integer weight values of one output channel (fan-in order).
     act_bits : int
         Width of each unsigned activation.
+    groups : list of (int, sequence of int), optional
+        The format's decomposition ``w = sum_g c_g * t_g`` (:meth:`from_codes`): each
+        group's terms are summed first and multiplied by its constant ``c_g`` once
+        (ABC-Net's basis scales, focused quantization's means, a unified block's
+        magnitude).  By default one group ``(1, w)``.
     """
 
-    def __init__(self, weights, act_bits: int = 8):
+    def __init__(self, weights, act_bits: int = 8, groups=None):
         self.weights = [int(w) for w in np.asarray(weights).ravel()]
         self.act_bits = int(act_bits)
+        self.groups = [(int(c), [int(t) for t in np.asarray(ts).ravel()]) for c, ts in groups] if groups else [(1, self.weights)]
+        n = len(self.weights)
+        if any(len(ts) != n for _, ts in self.groups):
+            raise ValueError(f"every group needs {n} terms")
+        recon = [sum(c * ts[i] for c, ts in self.groups) for i in range(n)]
+        if recon != self.weights:
+            raise ValueError("the groups do not sum to the weights")
         amax = (1 << self.act_bits) - 1
         lo = sum(w for w in self.weights if w < 0) * amax
         hi = sum(w for w in self.weights if w > 0) * amax
-        self.out_width = signed_width(lo, hi)
+        self.out_width = max(signed_width(lo, hi), *(signed_width(*self._range(c, ts, amax)) for c, ts in self.groups))
         super().__init__({
             "x": In(data.ArrayLayout(unsigned(self.act_bits), len(self.weights))),
             "y": Out(signed(self.out_width)),
         })
 
+    @staticmethod
+    def _range(c, ts, amax):
+        lo, hi = sum(t for t in ts if t < 0) * amax, sum(t for t in ts if t > 0) * amax
+        return min(c * lo, c * hi, 0), max(c * lo, c * hi, 0)
+
+    @classmethod
+    def from_codes(cls, fmt, codes, act_bits: int = 8) -> "UnrolledDot":
+        """One output channel's codes in ``fmt``, with the format's decomposition."""
+        codes = np.asarray(codes)
+        return cls(fmt.decode(codes), act_bits, fmt.unrolled_groups(codes))
+
     @property
     def nonzero(self) -> int:
         return sum(1 for w in self.weights if w)
 
-    def elaborate(self, platform):
-        m = Module()
+    def _sum(self, m: Module, ts: list, name: str):
+        """Positive and negative terms in two adder trees; their difference."""
         pos, neg = [], []
-        for i, w in enumerate(self.weights):
+        for i, w in enumerate(ts):
             if w == 0:
                 continue  # a zero weight vanishes
             a = abs(w)
@@ -62,11 +87,27 @@ class UnrolledDot(wiring.Component):
                 term = x << (a.bit_length() - 1)  # power of two: wiring
             else:
                 term = x * Const(a, unsigned(a.bit_length()))  # constant multiply
-            t = Signal(unsigned(len(term)), name=f"t{i}")
+            t = Signal(unsigned(len(term)), name=f"{name}t{i}")
             m.d.comb += t.eq(term)
             (pos if w > 0 else neg).append(t)
         zero = Const(0, 1)
-        p = adder_tree(m, pos, "pos") if pos else zero
-        n = adder_tree(m, neg, "neg") if neg else zero
-        m.d.sync += self.y.eq(p - n)
+        p = adder_tree(m, pos, f"{name}pos") if pos else zero
+        n = adder_tree(m, neg, f"{name}neg") if neg else zero
+        return p - n
+
+    def elaborate(self, platform):
+        m = Module()
+        if len(self.groups) == 1 and self.groups[0][0] == 1:
+            m.d.sync += self.y.eq(self._sum(m, self.groups[0][1], ""))
+            return m
+        scaled = []
+        for g, (c, ts) in enumerate(self.groups):
+            if c == 0 or not any(ts):
+                continue
+            s = Signal(signed(signed_width(*self._range(1, ts, (1 << self.act_bits) - 1))), name=f"g{g}_sum")
+            m.d.comb += s.eq(self._sum(m, ts, f"g{g}_"))
+            p = Signal(signed(self.out_width), name=f"g{g}_scaled")
+            m.d.comb += p.eq(s * Const(c, signed(max(2, c.bit_length() + 1))) if c != 1 else s)
+            scaled.append(p)
+        m.d.sync += self.y.eq(adder_tree(m, scaled, "groups") if scaled else 0)
         return m

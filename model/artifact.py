@@ -160,21 +160,30 @@ class QuantizedNetwork:
         return self.layers[-1].out_shape
 
     def storage_bits(self) -> dict[str, int]:
-        """Bits a deployment stores: weight codes, biases and requantization constants.
+        """Bits a deployment stores uncoded: weight codes (unified: a sign per weight and a
+        magnitude per block), per-layer format parameters (codebooks, means, basis
+        scales), biases and requantization constants (:mod:`model.size` adds Huffman
+        coding and sparse layouts).
 
         Biases and ``m0`` are counted at the signed width their largest value needs,
-        shifts at the width of the largest shift.
+        shifts at the width of the largest shift; equal ``(m0, shift)`` pairs of a layer
+        are stored once.
         """
-        codes = bias = requant = 0
+        codes = bias = requant = params = 0
         for layer in self.layers:
             if not layer.has_weights:
                 continue
-            codes += layer.weight_count * layer.format.bits_per_weight
+            st = layer.format.storage(layer.codes)
+            codes += st["codes"]
+            params += st["params"]
             nb = int(np.abs(layer.bias).max()).bit_length() + 1
             bias += nb * layer.bias.size
             ns = int(layer.shift.max()).bit_length()
-            requant += (M0_BITS + ns) * layer.m0.size
-        return {"weights": codes, "bias": bias, "requant": requant, "total": codes + bias + requant}
+            # channels with the same (M0, n) share one stored constant (power-of-two
+            # scales make a whole layer's constants equal)
+            requant += (M0_BITS + ns) * len(set(zip(layer.m0.tolist(), layer.shift.tolist())))
+        return {"weights": codes, "params": params, "bias": bias, "requant": requant,
+                "total": codes + params + bias + requant}
 
     def float_bits(self) -> int:
         """fp32 storage of the same weights and biases."""

@@ -55,14 +55,14 @@ def export(qm: QuantModel, input_shape: tuple[int, ...], name: str = "digits", m
 def _weight_layer(name: str, step: QuantLayer, shape, qin: QuantParams, flatten: bool) -> Layer:
     m = step.module
     w = m.weight.detach().cpu().double().numpy()
-    q = step.fmt.encode(w)
+    q = step.quantized(shape)
     bias = m.bias.detach().cpu().double().numpy() if m.bias is not None else np.zeros(w.shape[0])
     acc_scale = q.scale * qin.scale
     bias_int = np.rint(bias / acc_scale).astype(np.int64)
     out_fmt = step.out_q.fmt
     consts = [quantize_multiplier(float(s) / out_fmt.scale) for s in acc_scale]
     common = dict(name=name, input=qin, output=_qp(out_fmt), activation="relu" if step.relu else "none",
-                  format=step.fmt, codes=q.codes, bias=bias_int,
+                  format=q.format, codes=q.codes, bias=bias_int,
                   m0=np.array([c[0] for c in consts], dtype=np.int64),
                   shift=np.array([c[1] for c in consts], dtype=np.int64),
                   weight_scale=np.asarray(q.scale, dtype=np.float64))

@@ -17,6 +17,7 @@ format (:class:`ActivationFormat`).  This module must not import torch.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass
@@ -110,8 +111,71 @@ class WeightFormat:
         return f"{self.family}{self.bits}"
 
     def to_dict(self) -> dict:
-        """Parameters as stored in the artifact."""
-        return {"name": self.name, "family": self.family, "bits": self.bits}
+        """Parameters as stored in the artifact (JSON types only)."""
+        return {"name": self.name, "family": self.family, "bits": self.bits, **self.params()}
+
+    # ---- per-layer parameters ----------------------------------------------------
+    # Formats such as k-means or ABC-Net fit parameters (a codebook, basis scales) to
+    # each layer.  ``parse_format("kmeans4")`` is then an *unfitted* spec whose
+    # ``encode`` fits them; the returned :class:`Quantized` carries the fitted format,
+    # which the artifact stores (``params`` in its format entry).
+
+    def params(self) -> dict:
+        """Fitted per-layer parameters (JSON types); empty for parameter-free formats."""
+        return {}
+
+    def with_params(self, d: dict) -> "WeightFormat":
+        """This format with the parameters of an artifact entry ``d`` (validated)."""
+        return self
+
+    @property
+    def fitted(self) -> bool:
+        return True
+
+    def for_input(self, in_shape: tuple) -> "WeightFormat":
+        """The format for a layer whose input has ``in_shape`` (C, H, W) or (F,)."""
+        return self
+
+    #: Pipelines that start by pruning use this density (or plan) when none is given.
+    default_density: ClassVar[float | str] = 1.0
+    #: Fine-tuning epochs when none are given (None: the toolkit default) and learning rate.
+    finetune_epochs: ClassVar[int | None] = None
+    finetune_lr: ClassVar[float] = 5e-4
+
+    # ---- hardware structure ------------------------------------------------------
+    # The integer value of a weight is ``sum_k coefficients[k] * term_values(code)[k]``.
+    # A PE forms one product per term (``term * act``, each an add/sub or a shift),
+    # the array accumulates each term separately and multiplies by the per-layer
+    # coefficients once per output.  One term with coefficient 1 is the plain MAC.
+
+    @property
+    def coefficients(self) -> tuple[int, ...]:
+        return (1,)
+
+    @property
+    def terms(self) -> int:
+        return len(self.coefficients)
+
+    def term_values(self, codes) -> np.ndarray:
+        """(terms, *codes.shape) integers whose coefficient-weighted sum is ``decode(codes)``."""
+        return self.decode(codes)[None]
+
+    def unrolled_groups(self, codes) -> list[tuple[int, np.ndarray]]:
+        """One output channel's weights as ``[(constant, term values)]`` (hard-wired style)."""
+        t = self.term_values(codes)
+        return [(int(c), t[k]) for k, c in enumerate(self.coefficients)]
+
+    #: Weights sharing one multiplier per block of this many consecutive fan-in positions.
+    block: ClassVar[int] = 1
+
+    def coded_streams(self, codes) -> int | None:
+        """Losslessly coded bits of ``codes`` when the format has its own layout
+        (:mod:`model.size`); ``None``: Huffman over dense or relative-index codes."""
+        return None
+
+    def storage(self, codes) -> dict[str, int]:
+        """Bits this layer's weights need stored densely: codes plus per-layer parameters."""
+        return {"codes": int(np.asarray(codes).size) * self.bits_per_weight, "params": 0}
 
     # ---- codec ----------------------------------------------------------------
     def encode(self, w) -> Quantized:
@@ -207,6 +271,26 @@ class FixedFormat(WeightFormat):
         return np.sort(_twos(np.arange(-self.qmax, self.qmax + 1, dtype=np.int64), self.bits))
 
 
+def inq_emax(m) -> np.ndarray:
+    """INQ's ``e_max = floor(log2(4/3 * m))`` computed exactly (0 where ``m`` is 0)."""
+    m = np.asarray(m, dtype=np.float64)
+    safe = np.where(m > 0, m, 1.0)
+    # frexp gives m = f * 2**k with f in [0.5, 1); 4/3*m >= 2**k <=> f >= 3/4.
+    f, k = np.frexp(safe)
+    return np.where(m > 0, np.where(f >= 0.75, k, k - 1), 0).astype(np.int64)
+
+
+def pow2_level(a, levels: int) -> np.ndarray:
+    """INQ rounding of magnitudes ``a`` in units of the smallest level: 0 or ``k`` in
+    ``1..levels`` meaning ``2**(k-1)``.  ``a`` in ``[3/4 * 2**p, 3/2 * 2**p)`` maps to
+    ``2**p``; below 1/2 to zero; above the window it saturates."""
+    a = np.asarray(a, dtype=np.float64)
+    f, k = np.frexp(np.where(a > 0, a, 1.0))  # a = f * 2**k, f in [0.5, 1)
+    p = np.where(f < 0.75, k - 1, k)  # nearest power of two in the linear domain: a ≈ 2**p
+    kk = np.clip(p + 1, 1, levels)
+    return np.where(a < 0.5, 0, kk).astype(np.int64)
+
+
 @dataclass(frozen=True)
 class ShiftFormat(WeightFormat):
     """``shiftN``: zero or ``±2**e`` (INQ), N = 3..6.
@@ -231,25 +315,14 @@ class ShiftFormat(WeightFormat):
 
     def exponent_window(self, w) -> tuple[np.ndarray, np.ndarray]:
         """Per-channel ``(e_min, e_max)`` for weights ``w``."""
-        m = np.abs(_per_channel(np.asarray(w, dtype=np.float64))).max(axis=1)
-        safe = np.where(m > 0, m, 1.0)
-        # floor(log2(4/3*m)) computed exactly: frexp gives m = f * 2**k with f in [0.5, 1).
-        f, k = np.frexp(safe)
-        # 4/3*m >= 2**(k-1)  <=>  f >= 3/8 ... always true; 4/3*m >= 2**k <=> f >= 3/4.
-        e_max = np.where(f >= 0.75, k, k - 1).astype(np.int64)
-        e_max = np.where(m > 0, e_max, 0)
+        e_max = inq_emax(np.abs(_per_channel(np.asarray(w, dtype=np.float64))).max(axis=1))
         return e_max - (self.levels - 1), e_max
 
     def _encode(self, w):
         e_min, _ = self.exponent_window(w)
         shape = _channel_shape(w)
         # magnitude in units of 2**e_min (exact: scaling by a power of two)
-        a = np.ldexp(np.abs(w), -e_min.reshape(shape))
-        f, k = np.frexp(np.where(a > 0, a, 1.0))  # a = f * 2**k, f in [0.5, 1)
-        # nearest power of two in the linear domain: 2**(k-1) if f < 0.75 else 2**k
-        p = np.where(f < 0.75, k - 1, k)  # a ≈ 2**p
-        kk = np.clip(p + 1, 1, self.levels)  # level index, saturating at e_max
-        kk = np.where(a < 0.5, 0, kk)  # below half the smallest level: zero
+        kk = pow2_level(np.ldexp(np.abs(w), -e_min.reshape(shape)), self.levels)
         sign = (w < 0) & (kk > 0)
         codes = (sign.astype(np.int64) << (self.bits - 1)) | kk.astype(np.int64)
         return codes, np.ldexp(1.0, e_min).astype(np.float64)
@@ -323,6 +396,84 @@ class BinaryFormat(WeightFormat):
         return 1 - 2 * codes
 
 
+@dataclass(frozen=True)
+class ParamFormat(WeightFormat):
+    """Base of formats with fitted per-layer parameters.
+
+    Subclasses list their parameter fields in ``PARAMS`` (each ``None`` while unfitted)
+    and implement ``fit(w)`` → the fitted format; ``encode`` on an unfitted format fits
+    first.  Parameters are stored as JSON numbers or lists of integers.
+    """
+
+    PARAMS: ClassVar[tuple[str, ...]] = ()
+
+    @property
+    def fitted(self) -> bool:
+        return all(getattr(self, p) is not None for p in self.PARAMS)
+
+    def params(self) -> dict:
+        out = {}
+        for p in self.PARAMS:
+            v = getattr(self, p)
+            out[p] = list(v) if isinstance(v, tuple) else v
+        return out
+
+    def with_params(self, d: dict) -> "WeightFormat":
+        kw = {}
+        for p in self.PARAMS:
+            if p not in d:
+                raise FormatError(f"{self.name}: format entry lacks its parameter {p!r}")
+            v = d[p]
+            kw[p] = tuple(v) if isinstance(v, list) else v
+        try:
+            return dataclasses.replace(self, **kw)
+        except (TypeError, ValueError) as e:
+            raise FormatError(f"{self.name}: bad parameters in format entry: {e}") from None
+
+    def _require_fitted(self) -> None:
+        if not self.fitted:
+            raise FormatError(f"{self.name}: format has no fitted parameters ({', '.join(self.PARAMS)})")
+
+    def encode(self, w) -> Quantized:
+        if not self.fitted:
+            return self.fit(_check_weights(w)).encode(w)
+        return super().encode(w)
+
+    def decode(self, codes) -> np.ndarray:
+        self._require_fitted()
+        return super().decode(codes)
+
+    def value_range(self) -> tuple[int, int]:
+        self._require_fitted()
+        return super().value_range()
+
+    def fit(self, w: np.ndarray) -> "ParamFormat":  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def check_int_list(name: str, what: str, values, n: int, lo: int, hi: int) -> None:
+    """Validate a fitted integer list parameter (length ``n``, each in ``[lo, hi]``)."""
+    if values is None:
+        return
+    if len(values) != n or not all(isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi for v in values):
+        raise FormatError(f"{name}: {what} must be {n} integers in [{lo}, {hi}], got {list(values)!r}")
+
+
+def check_scale(name: str, scale) -> None:
+    if scale is not None and not (isinstance(scale, float) and math.isfinite(scale) and scale > 0):
+        raise FormatError(f"{name}: scale must be a positive finite float, got {scale!r}")
+
+
+def quantize_coefficients(c, bits: int) -> tuple[tuple[int, ...], float]:
+    """Real per-layer constants → symmetric ``bits``-bit integers and their scale."""
+    c = np.asarray(c, dtype=np.float64)
+    qmax = (1 << (bits - 1)) - 1
+    top = float(np.abs(c).max()) if c.size else 0.0
+    scale = top / qmax if top > FLUSH_TO_ZERO else 1.0
+    q = np.clip(np.rint(c / scale), -qmax, qmax).astype(np.int64)
+    return tuple(int(v) for v in q), float(scale)
+
+
 # ---- registry -------------------------------------------------------------------
 # A quantizer name is a family with an optional width ("fixed8", "shift4") or a bare
 # family ("ternary").  New formats register a parser here; nothing else dispatches on
@@ -348,6 +499,10 @@ register_family("fixed", FixedFormat, FixedFormat.BITS, "fixed8")
 register_family("shift", ShiftFormat, ShiftFormat.BITS, "shift4")
 register_family("ternary", TernaryFormat, None, "ternary")
 register_family("binary", BinaryFormat, None, "binary")
+
+
+# Method formats with fitted parameters live in their own modules and register here.
+from . import bases, codebook, focused, unified  # noqa: E402,F401
 
 
 def known_quantizers() -> list[str]:
@@ -382,7 +537,7 @@ def format_from_dict(d: dict) -> WeightFormat:
     """Inverse of :meth:`WeightFormat.to_dict` (validated)."""
     if not isinstance(d, dict) or "name" not in d:
         raise FormatError(f"format entry must be an object with a 'name', got {d!r}")
-    fmt = parse_format(d["name"])
+    fmt = parse_format(d["name"]).with_params(d)
     if fmt.to_dict() != d:
         raise FormatError(f"format entry {d!r} is inconsistent with its name (expected {fmt.to_dict()!r})")
     return fmt

@@ -66,11 +66,12 @@ def batches(split: Split, batch_size: int, generator: torch.Generator | None = N
 
 
 def fit(model: nn.Module, split: Split, epochs: int, lr: float, batch_size: int, seed: int,
-        weight_decay: float = 0.0, after_step=None, on_epoch=None) -> nn.Module:
+        weight_decay: float = 0.0, after_step=None, on_epoch=None, penalty=None) -> nn.Module:
     """Cross-entropy training with Adam; deterministic for a given seed.
 
     ``after_step(model)`` runs after every optimizer step (pruning masks, for example);
-    ``on_epoch(model, epoch)`` at the start of each epoch (re-calibration).
+    ``on_epoch(model, epoch)`` at the start of each epoch (re-calibration);
+    ``penalty(model)`` is added to the loss (ADMM's proximal term).
     """
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -83,7 +84,10 @@ def fit(model: nn.Module, split: Split, epochs: int, lr: float, batch_size: int,
         model.train()
         for xb, yb in batches(split, batch_size, gen):
             opt.zero_grad()
-            loss_fn(model(xb), yb).backward()
+            loss = loss_fn(model(xb), yb)
+            if penalty is not None:
+                loss = loss + penalty(model)
+            loss.backward()
             opt.step()
             if after_step is not None:
                 after_step(model)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .digits import INPUT_SCALE, INPUT_ZERO_POINT, Split
-from .formats import ActivationFormat, FormatError, WeightFormat
+from .formats import ActivationFormat, FormatError, Quantized, WeightFormat
 from .net import batches, fit, single_thread
 
 SUPPORTED = (nn.Conv2d, nn.Linear, nn.ReLU, nn.MaxPool2d, nn.Flatten)
@@ -89,9 +89,25 @@ class QuantLayer(nn.Module):
         self.name, self.module, self.fmt, self.relu = name, module, fmt, relu
         self.out_q = ActQuant()
         self.frozen: torch.Tensor | None = None  # INQ: weights already quantized and fixed
+        self.shared: nn.Module | None = None  # Deep Compression: weights drawn from trained centroids
+        self.in_shape: tuple | None = None  # the input's (C, H, W) before a Flatten (set by QuantModel)
+
+    def layer_format(self, in_shape: tuple) -> WeightFormat:
+        """The format for this layer's input shape (C, H, W) or (F,) (unified blocks of a
+        linear layer follow the stream order of the map it reads)."""
+        return self.fmt.for_input(tuple(in_shape)) if isinstance(self.module, nn.Linear) else self.fmt
+
+    def quantized(self, in_shape: tuple) -> Quantized:
+        """The exported weights (NumPy): exactly what ``forward`` uses."""
+        if self.shared is not None:
+            return self.shared.quantized()
+        return self.layer_format(in_shape).encode(self.module.weight.detach().cpu().double().numpy())
 
     def forward(self, x, in_fmt: ActivationFormat | None):
-        w, scale = fake_quant_weight(self.module.weight, self.fmt)
+        if self.shared is not None:
+            w, scale = self.shared()
+        else:
+            w, scale = fake_quant_weight(self.module.weight, self.layer_format(self.in_shape or x.shape[1:]))
         if self.frozen is not None:  # INQ: quantized part fixed, the rest trains in float
             w = torch.where(self.frozen, w.detach(), self.module.weight)
         b = self.module.bias
@@ -176,8 +192,16 @@ class QuantModel(nn.Module):
 
     def forward(self, x):
         x = self.input_q(x)
+        in_shape = None  # a linear layer after Flatten reads a feature map of this shape
         for _, s, fmt in self.walk():
-            x = s(x, fmt) if isinstance(s, QuantLayer) else s(x)
+            if isinstance(s, QuantLayer):
+                s.in_shape = in_shape or tuple(x.shape[1:])
+                x = s(x, fmt)
+                in_shape = None
+            else:
+                if isinstance(s, nn.Flatten):
+                    in_shape = tuple(x.shape[1:])
+                x = s(x)
         return x
 
     @torch.no_grad()

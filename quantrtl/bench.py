@@ -58,7 +58,7 @@ def bench_synth(quantizers: tuple[str, ...] = ("fixed8", "shift3", "ternary", "b
     for d in array_designs({q: n.layer("conv2") for q, n in nets.items()}, throughput, root / "array"):
         designs += [d[3], d[5]]
     w = fq_conv_weights()
-    _, unrolled = unrolled_designs({q: parse_format(q).encode(w).values for q in quantizers}, root / "unrolled",
+    _, unrolled = unrolled_designs({q: parse_format(q).encode(w) for q in quantizers}, root / "unrolled",
                                    sample, "fqconv")
     designs += [d[2] for d in unrolled]
     cache = Path(tempfile.mkdtemp(prefix="synth-cache-", dir=root))

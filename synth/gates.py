@@ -94,7 +94,7 @@ def array_designs(layers: dict[str, Layer], throughput: int, out_dir: Path, pipe
     for q, layer in layers.items():
         eng = ConvEngine(layer, lanes=throughput, pipeline=pipeline)
         g = eng.geometry
-        arr = MacArray(layer.format, g.lanes, eng.acc_width, groups=g.groups, pipeline=pipeline)
+        arr = eng.mac_array()
         top = f"{prefix + '_' if prefix else ''}{layer.name}_{q}_p{throughput}"
         designs.append((q, layer, eng, write_verilog(eng, top, out_dir), top,
                         write_verilog(arr, top + "_array", out_dir), top + "_array"))
@@ -103,17 +103,16 @@ def array_designs(layers: dict[str, Layer], throughput: int, out_dir: Path, pipe
 
 def unrolled_designs(weights: dict[str, np.ndarray], out_dir: Path, sample: int, name: str, seed: int = 0):
     """The sampled channels (same for every quantizer) and per design (quantizer, channel, Verilog, top)."""
-    cout = next(iter(weights.values())).shape[0]
+    cout = next(iter(weights.values())).codes.shape[0]
     k = min(sample, cout)
     if k < 1:
         raise ValueError(f"--sample must be at least 1, got {sample}")
     channels = sorted(np.random.default_rng(seed).choice(cout, size=k, replace=False).tolist())
     designs = []
-    for q, values in weights.items():
-        flat = values.reshape(cout, -1)
+    for q, w in weights.items():
         for c in channels:
             top = f"{name}_{q}_ch{c}"
-            designs.append((q, c, write_verilog(UnrolledDot(flat[c]), top, out_dir), top))
+            designs.append((q, c, write_verilog(UnrolledDot.from_codes(w.format, w.codes[c]), top, out_dir), top))
     return channels, designs
 
 
@@ -141,21 +140,24 @@ def array_rows(layers: dict[str, Layer], throughput: int, out_dir: Path, jobs: i
     return rows
 
 
-def unrolled_rows(weights: dict[str, np.ndarray], out_dir: Path, sample: int = 4, jobs: int = 2,
+def unrolled_rows(weights: dict, out_dir: Path, sample: int = 4, jobs: int = 2,
                   yosys: str | None = None, cache_dir="build/synth-cache", name: str = "fqconv",
                   seed: int = 0) -> list[GateRow]:
-    """``weights``: quantizer → integer weight values (Cout, fan-in…) of one layer.
+    """``weights``: quantizer → the quantized weights of one layer, anything with ``codes``
+    (Cout, fan-in…), ``values`` and ``format`` (a :class:`~model.formats.Quantized` or an
+    artifact :class:`~model.artifact.Layer`).
 
     The same ``sample`` output channels (seeded choice) are synthesized for every
     quantizer; the layer total is the sample mean times Cout (one output pixel per
     cycle means all Cout channels work in parallel).
     """
-    cout = next(iter(weights.values())).shape[0]
+    cout = next(iter(weights.values())).codes.shape[0]
     channels, designs = unrolled_designs(weights, Path(out_dir), sample, name, seed)
     k = len(channels)
     results = _run_all([(v, top) for _, _, v, top in designs], jobs, yosys, cache_dir)
     rows = []
-    for q, values in weights.items():
+    for q, w in weights.items():
+        values = w.values
         per = [(c, r, v, top) for (qq, c, v, top), r in zip(designs, results) if qq == q]
         gates = [r.gates_total for _, r, _, _ in per]
         fan_in = int(np.prod(values.shape[1:]))
@@ -199,7 +201,7 @@ def sparse_rows(layers: dict[str, Layer], lanes: dict[str, int], measured: dict[
         p = lanes[key]
         eng = SparseConvEngine(layer, lanes=p, index_bits=index_bits)
         g = eng.geometry
-        arr = MacArray(layer.format, p, eng.acc_width)
+        arr = eng.mac_array()
         dec = SparseDecoder(g, p, index_bits, layer.format.bits)
         top = f"{prefix + '_' if prefix else ''}{layer.name}_{key}_sparse_p{p}"
         designs.append((key, layer, eng, [(write_verilog(eng, top, out_dir), top),
