@@ -247,15 +247,15 @@ class _PixelWalker:
 class _Loader:
     """The load phase: accept ``size`` activations from ``inp`` into an activation memory."""
 
-    def __init__(self, m: Module, engine, size: int, read_ports: int, name: str = "act"):
-        self.mem = m.submodules[f"{name}_mem"] = Memory(shape=unsigned(8), depth=size, init=[])
+    def __init__(self, m: Module, engine, size: int, read_ports: int, name: str = "act", width: int = 8):
+        self.mem = m.submodules[f"{name}_mem"] = Memory(shape=unsigned(width), depth=size, init=[])
         self.wp = self.mem.write_port()
         self.rps = [self.mem.read_port(domain="sync") for _ in range(read_ports)]
         self.running = Signal(name="running")
         self.count = Signal(range(max(2, size)), name=f"{name}_count")
         self.start = Signal(name="start")  # one cycle: the last input was accepted
         inp = engine.inp
-        m.d.comb += [inp.ready.eq(~self.running), self.wp.addr.eq(self.count), self.wp.data.eq(inp.payload)]
+        m.d.comb += [inp.ready.eq(~self.running), self.wp.addr.eq(self.count), self.wp.data.eq(inp.payload[:width])]
         with m.If(inp.valid & inp.ready):
             m.d.comb += self.wp.en.eq(1)
             with m.If(self.count == size - 1):
@@ -338,8 +338,13 @@ class ConvEngine(wiring.Component):
         self.pipeline = operator.index(pipeline)
         self.acc_width = layer.accumulator_bits
         self.source_shape = tuple(source_shape) if source_shape is not None else None
-        if layer.input.bits != 8 or layer.output.bits != 8:
-            raise ValueError(f"layer {layer.name!r}: engines stream 8-bit activations")
+        for side, q in (("input", layer.input), ("output", layer.output)):
+            if q.bits != (1 if q.binary else 8):
+                raise ValueError(f"layer {layer.name!r}: engines take 8-bit or binary (pm1) activations, "
+                                 f"{side} has {q.bits} bits ({q.encoding})")
+        if layer.input.binary != layer.format.binary_input:
+            raise ValueError(f"layer {layer.name!r}: format {layer.format.name} does not match the "
+                             f"{layer.input.encoding} input")
         self._weights = self._weight_matrix()
         fmt = layer.format
         if fmt.block > 1:  # unified: the array multiplies one magnitude per block of lanes
@@ -364,7 +369,10 @@ class ConvEngine(wiring.Component):
 
     @property
     def folded_bias(self) -> np.ndarray:
-        """``b - Z_x * sum_k w`` per channel: the zero point enters once, through the bias."""
+        """``b - Z_x * sum_k w`` per channel: the zero point enters once, through the bias.
+        Binary (pm1) inputs: the XNOR PE gives ``w * x + 1`` per tap, so ``b - K``."""
+        if self.layer.input.binary:
+            return self.layer.bias.astype(object) - self.geometry.fan_in
         values = self.layer.format.decode(self._weights)
         return self.layer.bias.astype(object) - self.layer.input.zero_point * values.astype(object).sum(axis=1)
 
@@ -387,7 +395,8 @@ class ConvEngine(wiring.Component):
         """The engine's MAC array (also synthesized alone as the datapath)."""
         g, fmt = self.geometry, self.layer.format
         widths = term_widths(fmt, self._weights) if fmt.terms > 1 else None
-        return MacArray(fmt, g.lanes, self.acc_width, groups=g.groups, pipeline=self.pipeline, term_widths=widths)
+        return MacArray(fmt, g.lanes, self.acc_width, groups=g.groups, act_bits=self.layer.input.bits,
+                        pipeline=self.pipeline, term_widths=widths)
 
     @property
     def memory_bits(self) -> dict[str, int]:
@@ -395,7 +404,7 @@ class ConvEngine(wiring.Component):
         return {"weights": g.channel_groups * g.chunks * g.lanes * bits,
                 "bias": g.channel_groups * g.groups * self.acc_width,
                 "requant": g.channel_groups * g.groups * (M0_BITS + _bits(int(self.layer.shift.max()))),
-                "activations": g.in_size * 8}
+                "activations": g.in_size * self.layer.input.bits}
 
     @property
     def expected_cycles(self) -> int:
@@ -408,7 +417,7 @@ class ConvEngine(wiring.Component):
         bits, kc, W = layer.format.bits, g.lanes_per_group, self.acc_width
         zx = layer.input.zero_point
 
-        load = _Loader(m, self, g.in_size, kc)
+        load = _Loader(m, self, g.in_size, kc, width=layer.input.bits)
         walker = _PixelWalker(m, g, "px")
         arr = m.submodules.array = self.mac_array()
         bank = _OutputBank(m, self, W, g.groups, g.out_size)
@@ -487,6 +496,12 @@ class ConvEngine(wiring.Component):
         drain_cg = Signal(range(max(2, g.channel_groups)), name="drain_cgroup")
         with m.If(bank.capture):
             m.d.sync += [drain_cg.eq(out_cg), out_cg.eq(Mux(out_cg == g.channel_groups - 1, 0, out_cg + 1))]
+        count = Mux(out_cg == g.channel_groups - 1, g.last_group_size, g.groups)
+        if layer.activation == "sign":  # binary output: acc >= 0 (the threshold is in the bias)
+            bank.connect(m, [arr.acc[gi] for gi in range(g.groups)], count, ~bank.current[-1])
+            with m.If(bank.finished):
+                m.d.sync += load.running.eq(0)
+            return
         nb = _bits(int(layer.shift.max()))
         consts = [int(m0) | (int(n) << M0_BITS) for m0, n in zip(layer.m0, layer.shift)]
         rq_rom = _rom(m, "requant_rom", consts, M0_BITS + nb)
@@ -494,7 +509,6 @@ class ConvEngine(wiring.Component):
         rq = m.submodules.requant = Requantizer(W, (int(layer.shift.min()), int(layer.shift.max())),
                                                 layer.output.zero_point, layer.out_min, layer.out_max)
         m.d.comb += [rq.acc.eq(bank.current), rq.m0.eq(rq_rom.data[:M0_BITS]), rq.shift.eq(rq_rom.data[M0_BITS:])]
-        count = Mux(out_cg == g.channel_groups - 1, g.last_group_size, g.groups)
         bank.connect(m, [arr.acc[gi] for gi in range(g.groups)], count, rq.q)
         with m.If(bank.finished):
             m.d.sync += load.running.eq(0)
@@ -527,12 +541,12 @@ class MaxPoolEngine(wiring.Component):
 
     @property
     def memory_bits(self) -> dict[str, int]:
-        return {"activations": self.geometry.in_size * 8}
+        return {"activations": self.geometry.in_size * self.layer.input.bits}
 
     def elaborate(self, platform):
         m = Module()
         g = self.geometry
-        load = _Loader(m, self, g.in_size, 1)
+        load = _Loader(m, self, g.in_size, 1, width=self.layer.input.bits)
         walker = _PixelWalker(m, g, "px")
         bank = _OutputBank(m, self, 9, 1, g.out_size)
         done = Signal(name="done")

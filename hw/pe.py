@@ -12,6 +12,7 @@ The arithmetic is the format's real logic, so gate counts measure the quantizer:
 * ``shift``: sign/exponent decode, a barrel shifter and a conditional negate;
 * ``ternary``: add, subtract or zero (a negate and a mux);
 * ``binary``: add or subtract (a conditional negate);
+* ``xnor``: an XOR of sign bits on 1-bit activations (popcount in the adder tree);
 * ``kmeans``: a codebook lookup and an N×8 multiplier;
 * ``abcnet``/``lqnet``: one add/sub per basis (a term each; scales applied per output);
 * ``focused``: an add into the component's sum and a shift-add into the residual sum;
@@ -31,7 +32,7 @@ from amaranth.lib.wiring import In, Out
 from model.bases import BasisFormat
 from model.codebook import KMeansFormat
 from model.focused import FocusedFormat
-from model.formats import BinaryFormat, FixedFormat, ShiftFormat, TernaryFormat, WeightFormat
+from model.formats import BinaryFormat, FixedFormat, ShiftFormat, TernaryFormat, WeightFormat, XnorFormat
 from model.unified import UnifiedFormat
 
 __all__ = ["ProcessingElement", "register_pe", "make_pe", "signed_width", "product_range"]
@@ -155,6 +156,22 @@ class UnifiedPE(ProcessingElement):
         return Mux(self.code[self.fmt.MAG_BITS], -self.act, self.act)
 
 
+class XnorPE(ProcessingElement):
+    """Binary weight × binary (pm1) activation: ``2 * (a XOR code)``, i.e. ``w * x + 1``.
+
+    ``a XOR code`` is the XNOR of the two sign bits (code 1 is -1, a = 1 is +1); the
+    doubling is wiring, and the layer engine folds the ``-1`` per tap into the bias
+    (``b - K``), so the adder tree is a popcount: ``acc = 2 * popcount - K + b``.
+    """
+
+    @property
+    def product_width(self) -> int:
+        return signed_width(0, 2)
+
+    def _product(self, m):
+        return (self.act[0] ^ self.code[0]) << 1
+
+
 class MultiTermPE(ProcessingElement):
     """A PE with one output per term of the format (``term{k} = term_value_k * act``).
 
@@ -215,6 +232,7 @@ register_pe(FixedFormat, FixedPE)
 register_pe(ShiftFormat, ShiftPE)
 register_pe(TernaryFormat, TernaryPE)
 register_pe(BinaryFormat, BinaryPE)
+register_pe(XnorFormat, XnorPE)
 register_pe(KMeansFormat, KMeansPE)
 register_pe(UnifiedFormat, UnifiedPE)
 register_pe(FocusedFormat, FocusedPE)

@@ -107,6 +107,9 @@ class SparseConvEngine(ConvEngine):
 
     def __init__(self, layer: Layer, lanes: int = 8, pipeline: int = 0, source_shape=None, index_bits: int = 4):
         self.index_bits = operator.index(index_bits)
+        if layer.input.binary:
+            raise ValueError(f"layer {layer.name!r}: {layer.format.name} weights are ±1 (no zeros to skip); "
+                             f"use the dense engine (no --sparse)")
         if layer.format.block > 1:
             raise ValueError(f"layer {layer.name!r}: {layer.format.name} weights skip whole blocks, which the "
                              f"per-weight sparse engine cannot express; use the dense engine (no --sparse)")

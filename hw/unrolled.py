@@ -67,9 +67,11 @@ class UnrolledDot(wiring.Component):
 
     @classmethod
     def from_codes(cls, fmt, codes, act_bits: int = 8) -> "UnrolledDot":
-        """One output channel's codes in ``fmt``, with the format's decomposition."""
+        """One output channel's codes in ``fmt``, with the format's decomposition.  A
+        binary-input (``xnor``) format gets 1-bit activations ``a``: ``sum w * a`` is the
+        popcount of the ±1 products up to the constant ``(K - sum w) / 2``."""
         codes = np.asarray(codes)
-        return cls(fmt.decode(codes), act_bits, fmt.unrolled_groups(codes))
+        return cls(fmt.decode(codes), 1 if fmt.binary_input else act_bits, fmt.unrolled_groups(codes))
 
     @property
     def nonzero(self) -> int:

@@ -26,7 +26,7 @@ from .formats import ActivationFormat, FormatError, WeightFormat, format_from_di
 SCHEMA = "quantrtl.artifact"
 SCHEMA_VERSION = 1
 OPS = ("conv2d", "linear", "maxpool", "relu")
-ACTIVATIONS = ("none", "relu")
+ACTIVATIONS = ("none", "relu", "sign")  # sign: binary (pm1) output, q = [acc >= 0]
 #: Requantization multiplier: ``M0`` is an unsigned integer in [2**30, 2**31) (31 bits).
 M0_BITS = 31
 #: Allowed total right shift ``n`` of the requantization (``2**(n-1)`` is the rounding term).
@@ -44,10 +44,15 @@ class QuantParams:
     scale: float
     zero_point: int
     bits: int = 8
+    encoding: str = "affine"  # or "pm1": binary activations, real = scale * (2q - 1)
 
     @property
     def format(self) -> ActivationFormat:
-        return ActivationFormat(scale=self.scale, zero_point=self.zero_point, bits=self.bits)
+        return ActivationFormat(scale=self.scale, zero_point=self.zero_point, bits=self.bits, encoding=self.encoding)
+
+    @property
+    def binary(self) -> bool:
+        return self.encoding == "pm1"
 
     @property
     def qmin(self) -> int:
@@ -58,7 +63,10 @@ class QuantParams:
         return (1 << self.bits) - 1
 
     def to_dict(self) -> dict:
-        return {"scale": self.scale, "zero_point": self.zero_point, "bits": self.bits}
+        d = {"scale": self.scale, "zero_point": self.zero_point, "bits": self.bits}
+        if self.binary:  # affine entries keep the schema-1 form
+            d["encoding"] = self.encoding
+        return d
 
 
 @dataclass(eq=False)
@@ -116,7 +124,8 @@ class Layer:
 
             B = max_c ( sum_i |w_ci| * max(Z_x - 0, qmax_x - Z_x) + |b_c| )
         """
-        xmax = max(self.input.zero_point - self.input.qmin, self.input.qmax - self.input.zero_point)
+        xmax = 1 if self.input.binary else max(self.input.zero_point - self.input.qmin,
+                                                  self.input.qmax - self.input.zero_point)
         w = np.abs(self.values).reshape(self.values.shape[0], -1).astype(object)
         per_channel = w.sum(axis=1) * xmax + np.abs(self.bias.astype(object))
         return int(max(per_channel))
@@ -300,11 +309,12 @@ def _qparams(d: dict, where: str) -> QuantParams:
     scale = _need(d, "scale", where, (int, float))
     zp = _need(d, "zero_point", where, int)
     bits = _need(d, "bits", where, int)
+    encoding = d.get("encoding", "affine")
     try:
-        ActivationFormat(scale=float(scale), zero_point=zp, bits=bits)
+        ActivationFormat(scale=float(scale), zero_point=zp, bits=bits, encoding=encoding)
     except FormatError as e:
         raise ArtifactError(f"{where}: {e}") from None
-    return QuantParams(scale=float(scale), zero_point=zp, bits=bits)
+    return QuantParams(scale=float(scale), zero_point=zp, bits=bits, encoding=encoding)
 
 
 def load(path: str | os.PathLike) -> QuantizedNetwork:
@@ -434,6 +444,12 @@ def validate(net: QuantizedNetwork) -> None:
 def _validate_weights(layer: Layer, w: str) -> None:
     if layer.activation not in ACTIVATIONS:
         raise ArtifactError(f"{w}: unknown activation {layer.activation!r} (supported: {', '.join(ACTIVATIONS)})")
+    if (layer.activation == "sign") != layer.output.binary:
+        raise ArtifactError(f"{w}: a binary (pm1) output needs activation 'sign' and vice versa "
+                            f"(activation {layer.activation!r}, output encoding {layer.output.encoding!r})")
+    if layer.input.binary != layer.format.binary_input:
+        raise ArtifactError(f"{w}: format {layer.format.name} {'needs' if layer.input.binary else 'cannot take'} "
+                            f"binary (pm1) inputs; input encoding is {layer.input.encoding!r}")
     for k in _LAYER_ARRAYS:
         a = getattr(layer, k)
         if not isinstance(a, np.ndarray):

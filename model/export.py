@@ -19,7 +19,8 @@ from .quantize import QuantLayer, QuantModel
 
 
 def _qp(fmt: ActivationFormat) -> QuantParams:
-    return QuantParams(scale=float(fmt.scale), zero_point=int(fmt.zero_point), bits=int(fmt.bits))
+    return QuantParams(scale=float(fmt.scale), zero_point=int(fmt.zero_point), bits=int(fmt.bits),
+                       encoding=fmt.encoding)
 
 
 def export(qm: QuantModel, input_shape: tuple[int, ...], name: str = "digits", metadata: dict | None = None) -> QuantizedNetwork:
@@ -60,8 +61,12 @@ def _weight_layer(name: str, step: QuantLayer, shape, qin: QuantParams, flatten:
     acc_scale = q.scale * qin.scale
     bias_int = np.rint(bias / acc_scale).astype(np.int64)
     out_fmt = step.out_q.fmt
-    consts = [quantize_multiplier(float(s) / out_fmt.scale) for s in acc_scale]
-    common = dict(name=name, input=qin, output=_qp(out_fmt), activation="relu" if step.relu else "none",
+    if step.binarize:  # sign(acc): the requantization constants are M = 1 (unused by the comparator)
+        consts = [quantize_multiplier(1.0)] * len(acc_scale)
+    else:
+        consts = [quantize_multiplier(float(s) / out_fmt.scale) for s in acc_scale]
+    activation = "sign" if step.binarize else "relu" if step.relu else "none"
+    common = dict(name=name, input=qin, output=_qp(out_fmt), activation=activation,
                   format=q.format, codes=q.codes, bias=bias_int,
                   m0=np.array([c[0] for c in consts], dtype=np.int64),
                   shift=np.array([c[1] for c in consts], dtype=np.int64),

@@ -33,6 +33,7 @@ __all__ = [
     "ShiftFormat",
     "TernaryFormat",
     "BinaryFormat",
+    "XnorFormat",
     "ActivationFormat",
     "parse_format",
     "format_from_dict",
@@ -103,6 +104,8 @@ class WeightFormat:
     """Base of all weight formats.  Subclasses set ``family`` and implement the codec."""
 
     family: ClassVar[str] = ""
+    #: Layers in this format read binary (pm1) activations (``xnor``).
+    binary_input: ClassVar[bool] = False
     bits: int
 
     # ---- naming ---------------------------------------------------------------
@@ -474,6 +477,34 @@ def quantize_coefficients(c, bits: int) -> tuple[tuple[int, ...], float]:
     return tuple(int(v) for v in q), float(scale)
 
 
+@dataclass(frozen=True)
+class XnorFormat(BinaryFormat):
+    """``xnor``: binary weights on binary (pm1) activations (BCNN / XNOR-Net).
+
+    The weights are coded as in ``binary`` (0 → +1, 1 → -1); a layer in this format
+    reads ±1 activations ``2a - 1`` from 1-bit codes ``a``, so ``w * x = +1`` exactly
+    when ``a XOR code`` is 1: the PE is an XOR (an XNOR of the sign bits) and the
+    dot product is ``2 * popcount - K``.  Hidden layers binarize their output (sign,
+    the threshold folded into the integer bias); the network's first layer keeps its
+    8-bit input and uses ``binary`` weights (:meth:`layer_format`), the last layer
+    outputs 8-bit logits.
+    """
+
+    family: ClassVar[str] = "xnor"
+    binary_input: ClassVar[bool] = True
+    #: Binary activations need longer training from the float checkpoint (BCNN's STE).
+    finetune_epochs: ClassVar[int] = 60
+    finetune_lr: ClassVar[float] = 2e-3
+
+    @property
+    def name(self) -> str:
+        return "xnor"
+
+    def layer_format(self, first: bool) -> WeightFormat:
+        """The weight format of a layer: ``binary`` for the first (8-bit input), else xnor."""
+        return BinaryFormat() if first else self
+
+
 # ---- registry -------------------------------------------------------------------
 # A quantizer name is a family with an optional width ("fixed8", "shift4") or a bare
 # family ("ternary").  New formats register a parser here; nothing else dispatches on
@@ -499,6 +530,7 @@ register_family("fixed", FixedFormat, FixedFormat.BITS, "fixed8")
 register_family("shift", ShiftFormat, ShiftFormat.BITS, "shift4")
 register_family("ternary", TernaryFormat, None, "ternary")
 register_family("binary", BinaryFormat, None, "binary")
+register_family("xnor", XnorFormat, None, "xnor")
 
 
 # Method formats with fitted parameters live in their own modules and register here.
@@ -545,17 +577,29 @@ def format_from_dict(d: dict) -> WeightFormat:
 
 # ---- activations ----------------------------------------------------------------
 
+#: Activation encodings: ``affine`` (``real = scale * (q - zero_point)``) and ``pm1``, the
+#: binary activations of XNOR networks (1 bit, ``real = scale * (2q - 1)``, i.e. ±scale).
+ENCODINGS = ("affine", "pm1")
+
+
 @dataclass(frozen=True)
 class ActivationFormat:
-    """Affine unsigned activations: ``real = scale * (q - zero_point)``, q in [qmin, qmax]."""
+    """Unsigned activation codes q in [qmin, qmax]: affine ``real = scale * (q - zero_point)``
+    or binary ``pm1`` (``bits = 1``, ``zero_point = 0``, ``real = scale * (2q - 1)``)."""
 
     scale: float
     zero_point: int = 0
     bits: int = 8
+    encoding: str = "affine"
     #: Calibrated ranges narrower than this are widened to it (keeps the scale normal).
     MIN_SPAN: ClassVar[float] = 2.0 ** -30
 
     def __post_init__(self):
+        if self.encoding not in ENCODINGS:
+            raise FormatError(f"activation encoding must be one of {ENCODINGS}, got {self.encoding!r}")
+        if self.encoding == "pm1" and (self.bits != 1 or self.zero_point != 0):
+            raise FormatError(f"pm1 (binary) activations have bits 1 and zero point 0, got bits {self.bits}, "
+                              f"zero point {self.zero_point}")
         if not (isinstance(self.scale, float) and math.isfinite(self.scale) and self.scale > 0):
             raise FormatError(f"activation scale must be a positive finite float, got {self.scale!r}")
         if not 1 <= self.bits <= 16:
@@ -582,10 +626,21 @@ class ActivationFormat:
         zp = int(np.clip(round(-lo / scale), 0, qmax))
         return cls(scale=float(scale), zero_point=zp, bits=bits)
 
+    @property
+    def binary(self) -> bool:
+        return self.encoding == "pm1"
+
+    def centered(self, q) -> np.ndarray:
+        """Integer activation values the MACs see: ``q - Z`` (affine) or ``2q - 1`` (pm1)."""
+        q = np.asarray(q, dtype=np.int64)
+        return 2 * q - 1 if self.binary else q - self.zero_point
+
     def quantize(self, x) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64)
+        if self.binary:  # sign, with sign(0) = +1
+            return (x >= 0).astype(np.int64)
         q = np.rint(x / self.scale) + self.zero_point
         return np.clip(q, self.qmin, self.qmax).astype(np.int64)
 
     def dequantize(self, q) -> np.ndarray:
-        return self.scale * (np.asarray(q, dtype=np.float64) - self.zero_point)
+        return self.scale * self.centered(q).astype(np.float64)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .digits import INPUT_SCALE, INPUT_ZERO_POINT, Split
-from .formats import ActivationFormat, FormatError, Quantized, WeightFormat
+from .formats import ActivationFormat, FormatError, Quantized, WeightFormat, XnorFormat
 from .net import batches, fit, single_thread
 
 SUPPORTED = (nn.Conv2d, nn.Linear, nn.ReLU, nn.MaxPool2d, nn.Flatten)
@@ -57,18 +57,30 @@ def fake_quant_weight(w: torch.Tensor, fmt: WeightFormat) -> tuple[torch.Tensor,
     return straight_through(w, wq), q.scale
 
 
+#: Binary activations of XNOR layers: ±1 (the scale folds into the next layer's bias scale).
+BINARY_ACT = ActivationFormat(scale=1.0, zero_point=0, bits=1, encoding="pm1")
+
+
 def fake_quant_act(x: torch.Tensor, fmt: ActivationFormat) -> torch.Tensor:
-    """Round-to-nearest affine quantization with STE (identity gradient)."""
+    """Round-to-nearest affine quantization with STE (identity gradient); binary (pm1)
+    activations are ``sign(x)`` (sign(0) = +1) with the hard-tanh STE (gradient where
+    ``|x| <= 1``), as in BCNN."""
+    if fmt.binary:
+        y = torch.where(x >= 0, fmt.scale, -fmt.scale).to(x.dtype)
+        clipped = torch.clamp(x, -1.0, 1.0)
+        return clipped + (y - clipped).detach()
     q = torch.clamp(torch.round(x / fmt.scale) + fmt.zero_point, fmt.qmin, fmt.qmax)
     return straight_through(x, (q - fmt.zero_point) * fmt.scale)
 
 
 class ActQuant(nn.Module):
-    """An activation quantization point: observes min/max while calibrating."""
+    """An activation quantization point: observes min/max while calibrating (a fixed
+    format, such as binary activations, is never calibrated)."""
 
-    def __init__(self, fmt: ActivationFormat | None = None):
+    def __init__(self, fmt: ActivationFormat | None = None, fixed: bool = False):
         super().__init__()
         self.fmt = fmt
+        self.fixed = fixed
         self.observing = False
         self.lo, self.hi = np.inf, -np.inf
 
@@ -84,10 +96,12 @@ class QuantLayer(nn.Module):
     """A Conv2d/Linear with fake-quantized weights and bias, optional fused ReLU,
     and its output activation quantizer."""
 
-    def __init__(self, name: str, module: nn.Module, fmt: WeightFormat, relu: bool):
+    def __init__(self, name: str, module: nn.Module, fmt: WeightFormat, relu: bool, binarize: bool = False):
         super().__init__()
-        self.name, self.module, self.fmt, self.relu = name, module, fmt, relu
-        self.out_q = ActQuant()
+        self.name, self.module, self.fmt = name, module, fmt
+        self.binarize = binarize  # XNOR: the output is sign(acc), which replaces the ReLU
+        self.relu = relu and not binarize
+        self.out_q = ActQuant(BINARY_ACT, fixed=True) if binarize else ActQuant()
         self.frozen: torch.Tensor | None = None  # INQ: weights already quantized and fixed
         self.shared: nn.Module | None = None  # Deep Compression: weights drawn from trained centroids
         self.in_shape: tuple | None = None  # the input's (C, H, W) before a Flatten (set by QuantModel)
@@ -117,12 +131,36 @@ class QuantLayer(nn.Module):
             b = straight_through(b, torch.round(b / sb) * sb)
         if isinstance(self.module, nn.Conv2d):
             m = self.module
-            y = nn.functional.conv2d(x, w, b, m.stride, m.padding)
+            padding = m.padding
+            if in_fmt is not None and in_fmt.binary and any(padding):  # ±1 maps are padded with -1
+                ph, pw = padding
+                x = nn.functional.pad(x, (pw, pw, ph, ph), value=-in_fmt.scale)
+                padding = (0, 0)
+            op = lambda x_, w_, b_: nn.functional.conv2d(x_, w_, b_, m.stride, padding)
         else:
-            y = nn.functional.linear(x.flatten(1), w, b)
+            op = lambda x_, w_, b_: nn.functional.linear(x_.flatten(1), w_, b_)
+        y = op(x, w, b)
+        if self.binarize and in_fmt is not None:
+            y = straight_through(y, self._exact(op, x, w, b, scale, in_fmt))
         if self.relu:
             y = torch.relu(y)
         return self.out_q(y)
+
+
+    @staticmethod
+    @torch.no_grad()
+    def _exact(op, x, w, b, scale, in_fmt: ActivationFormat) -> torch.Tensor:
+        """The pre-activation from integer arithmetic (float64: exact for these sizes),
+        scaled back: a binarized output takes the sign of exactly the golden model's
+        accumulator, not of a float sum that rounds near zero."""
+        sw = torch.from_numpy(np.asarray(scale, dtype=np.float64))
+        shape = (-1,) + (1,) * (w.dim() - 1)
+        vals = torch.round(w.double() / sw.reshape(shape))
+        xi = torch.round(x.double() / in_fmt.scale)
+        bi = torch.round(b.double() / (sw * in_fmt.scale)) if b is not None else None
+        acc = op(xi, vals, bi)
+        out_shape = (1, -1) + (1,) * (acc.dim() - 2)
+        return (acc * (sw * in_fmt.scale).reshape(out_shape)).to(x.dtype)
 
 
 @dataclass
@@ -164,12 +202,17 @@ class QuantModel(nn.Module):
         mods = list(float_model.named_children())
         for name, m in mods:
             _check_module(name, m)
+        weighted = [n for n, m in mods if isinstance(m, (nn.Conv2d, nn.Linear))]
         steps, i = nn.ModuleDict(), 0
         while i < len(mods):
             name, m = mods[i]
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 relu = i + 1 < len(mods) and isinstance(mods[i + 1][1], nn.ReLU)
-                steps[name] = QuantLayer(name, m, fmt, relu)
+                layer_fmt, binarize = fmt, False
+                if isinstance(fmt, XnorFormat):  # 8-bit input to the first layer, 8-bit logits out
+                    layer_fmt = fmt.layer_format(first=name == weighted[0])
+                    binarize = name != weighted[-1]
+                steps[name] = QuantLayer(name, m, layer_fmt, relu, binarize)
                 i += 2 if relu else 1
             else:
                 steps[name] = m
@@ -207,7 +250,7 @@ class QuantModel(nn.Module):
     @torch.no_grad()
     def calibrate(self, split: Split, batch_size: int = 512) -> None:
         """Set every output activation format from min/max over ``split`` (float activations)."""
-        qs = [s.out_q for s in self.steps.values() if isinstance(s, QuantLayer)]
+        qs = [s.out_q for s in self.steps.values() if isinstance(s, QuantLayer) and not s.out_q.fixed]
         for q in qs:
             q.fmt, q.observing, q.lo, q.hi = None, True, np.inf, -np.inf
         was_training = self.training

@@ -43,17 +43,24 @@ def _check_input(x: np.ndarray, layer: Layer) -> np.ndarray:
     return x.astype(np.int64)
 
 
-def conv2d_acc(x, w, bias, stride, padding, zero_point: int) -> np.ndarray:
+def _centered(x, zero_point: int, binary: bool) -> np.ndarray:
+    """§1 the integers the MACs see: ``q - Z`` (affine) or ``2q - 1`` (binary, §7)."""
+    x = np.asarray(x, dtype=np.int64)
+    return 2 * x - 1 if binary else x - zero_point
+
+
+def conv2d_acc(x, w, bias, stride, padding, zero_point: int, binary: bool = False) -> np.ndarray:
     """§2 accumulators of a 2-D convolution (N, Cin, H, W) → (N, Cout, OH, OW).
 
     The input is offset by its zero point first and padded with 0 (the real zero),
-    then ``acc = sum w * (x - Z_x) + b`` in int64.
+    then ``acc = sum w * (x - Z_x) + b`` in int64.  Binary (±1) inputs (§7) are
+    ``2q - 1`` and padded with -1: a 1-bit activation has no zero.
     """
-    x = np.asarray(x, dtype=np.int64) - zero_point
+    x = _centered(x, zero_point, binary)
     w = np.asarray(w, dtype=np.int64)
     (sh, sw), (ph, pw) = stride, padding
     cout, cin, kh, kw = w.shape
-    x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=-1 if binary else 0)
     n, _, hp, wp = x.shape
     oh, ow = (hp - kh) // sh + 1, (wp - kw) // sw + 1
     # im2col: (N, OH, OW, Cin, KH, KW) by strided view, then an exact integer matmul
@@ -66,9 +73,9 @@ def conv2d_acc(x, w, bias, stride, padding, zero_point: int) -> np.ndarray:
     return acc.transpose(0, 2, 1).reshape(n, cout, oh, ow)
 
 
-def linear_acc(x, w, bias, zero_point: int) -> np.ndarray:
+def linear_acc(x, w, bias, zero_point: int, binary: bool = False) -> np.ndarray:
     """§2 accumulators of a fully connected layer; the input is flattened in C, H, W order."""
-    x = np.asarray(x, dtype=np.int64).reshape(len(x), -1) - zero_point
+    x = _centered(np.asarray(x, dtype=np.int64).reshape(len(x), -1), zero_point, binary)
     return x @ np.asarray(w, dtype=np.int64).T + np.asarray(bias, dtype=np.int64)
 
 
@@ -98,15 +105,18 @@ def run_layer(layer: Layer, x: np.ndarray, acc_out: dict | None = None) -> np.nd
         return maxpool(x, layer.kernel, layer.stride, layer.padding, pad_value=layer.input.qmin)
     if layer.op == "relu":
         return relu(x, layer.input.zero_point)
+    zx, binary = layer.input.zero_point, layer.input.binary
     if layer.op == "conv2d":
-        acc = conv2d_acc(x, layer.values, layer.bias, layer.stride, layer.padding, layer.input.zero_point)
+        acc = conv2d_acc(x, layer.values, layer.bias, layer.stride, layer.padding, zx, binary)
     else:
-        acc = linear_acc(x, layer.values, layer.bias, layer.input.zero_point)
+        acc = linear_acc(x, layer.values, layer.bias, zx, binary)
     bound = 1 << (layer.accumulator_bits - 1)
     if acc.size and (acc.min() < -bound or acc.max() >= bound):  # §2: cannot happen for valid inputs
         raise ArtifactError(f"layer {layer.name!r}: accumulator exceeds its derived {layer.accumulator_bits}-bit width")
     if acc_out is not None:
         acc_out[layer.name] = acc
+    if layer.activation == "sign":  # §7 binarization: the threshold is folded into the bias
+        return (acc >= 0).astype(np.int64)
     return requantize(acc, layer.m0, layer.shift, layer.output.zero_point, layer.out_min, layer.out_max)
 
 
