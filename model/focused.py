@@ -2,7 +2,9 @@
 
 After pruning, a layer's nonzero weights are bimodal.  They are split into two
 components by sign (the reference implementation's split), each component's mean
-``mu_z`` is quantized, and the residual ``w - mu_z`` is shift-quantized (INQ rounding)::
+``mu_z`` is quantized, and the residual ``w - mu_z`` is shift-quantized (INQ rounding);
+a weight is coded in the component that represents it more closely (the sign
+decides ties)::
 
     q = mu_z + s * 2**e        (or 0 when pruned)
 
@@ -92,13 +94,21 @@ class FocusedFormat(ParamFormat):
         return FocusedFormat(bits=self.bits, mu_pos=mu(mu_p), mu_neg=mu(mu_n), e_min=e_min)
 
     # ---- codec ------------------------------------------------------------------
-    def _encode(self, w):
-        units = np.ldexp(w, -self.e_min)  # exact
-        z = (w < 0).astype(np.int64)
-        r = units - np.where(z == 1, self.mu_neg, self.mu_pos)
+    def _component_codes(self, units: np.ndarray, z: int) -> np.ndarray:
+        """Codes of ``units`` (weights in units of ``2**e_min``) as members of component ``z``."""
+        r = units - (self.mu_neg if z else self.mu_pos)
         k = pow2_level(np.abs(r), self.levels)
         s = np.where(k > 0, (r < 0).astype(np.int64), 1)  # residual 0 is coded as s = 1
-        codes = k | (s << self.kbits) | (z << (self.kbits + 1))
+        return k | (s << self.kbits) | (z << (self.kbits + 1))
+
+    def _encode(self, w):
+        """Each nonzero weight joins the component whose mean plus residual lands nearer
+        (the sign decides ties): the split the means were fitted on, refined."""
+        units = np.ldexp(w, -self.e_min)  # exact
+        pos, neg = self._component_codes(units, 0), self._component_codes(units, 1)
+        err = lambda c: np.abs(self._decode(c) - units)
+        e_pos, e_neg = err(pos), err(neg)
+        codes = np.where((e_neg < e_pos) | ((e_neg == e_pos) & (w < 0)), neg, pos)
         codes = np.where(w == 0, 0, codes)
         return codes, np.full(w.shape[0], np.ldexp(1.0, self.e_min))
 

@@ -7,6 +7,19 @@ from model.artifact import Layer, QuantizedNetwork, QuantParams, expected_out_sh
 from model.formats import WeightFormat
 
 
+#: The seed methods with fitted per-layer parameters or binary activations (issue 6).
+METHOD_QUANTIZERS = ["focused5", "kmeans4", "abcnet5", "lqnet2", "unified", "xnor"]
+
+
+def fitted_format(name: str, seed: int = 0) -> WeightFormat:
+    """``name`` fitted to random pruned-looking (C=4, fan-in 36) weights."""
+    from model.formats import parse_format
+
+    rng = np.random.default_rng(seed)
+    w = rng.normal(0, 0.2, size=(4, 4, 3, 3)) * (rng.random((4, 4, 3, 3)) < 0.6)
+    return parse_format(name).encode(w).format
+
+
 def _qp(rng, relu_out: bool = False) -> QuantParams:
     return QuantParams(scale=float(rng.uniform(0.01, 0.1)), zero_point=0 if relu_out else int(rng.integers(0, 256)))
 

@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from hw.array import MacArray
+from hw.array import MacArray, term_widths
 from model.formats import parse_format
+from tests.factories import METHOD_QUANTIZERS, fitted_format
 
 
 def wrap(v: int, width: int) -> int:
@@ -90,3 +91,44 @@ def test_rejects_bad_parameters():
         MacArray(fmt, 0, 20)
     with pytest.raises(ValueError, match="pipeline must be 0, 1 or 2"):
         MacArray(fmt, 4, 20, pipeline=3)
+
+
+def method_jobs(fmt, lanes: int, groups: int, rng):
+    """Random jobs in a method format: unified blocks share one magnitude, xnor acts are bits."""
+    jobs = []
+    for _ in range(5):
+        t = int(rng.integers(1, 4))
+        codes = rng.choice(fmt.code_space(), size=(t, lanes))
+        if fmt.block > 1:  # one magnitude per block of lanes, signs free
+            mags = rng.integers(0, fmt.qmax + 1, size=(t, lanes // fmt.block)).repeat(fmt.block, axis=1)
+            codes = mags | ((rng.random((t, lanes)) < 0.5) & (mags > 0)).astype(int) << fmt.MAG_BITS
+        amax = 1 if fmt.binary_input else 255
+        jobs.append((codes, rng.integers(0, amax + 1, size=(t, lanes)), rng.integers(-(1 << 12), 1 << 12, size=groups)))
+    return jobs
+
+
+@pytest.mark.parametrize("name", METHOD_QUANTIZERS)
+@pytest.mark.parametrize("lanes,groups,pipeline", [(8, 1, 0), (8, 2, 1), (16, 4, 2)])
+def test_method_mac_array_random(name, lanes, groups, pipeline):
+    """Multi-term accumulators with per-layer coefficients, block multiplies and XNOR
+    popcounts against NumPy: ``init + sum(pe outputs)`` with the PE's own contract."""
+    fmt = fitted_format(name) if name != "xnor" else parse_format(name)
+    rng = np.random.default_rng(lanes + groups + pipeline)
+    width = 24
+    act_bits = 1 if fmt.binary_input else 8
+    arr = MacArray(fmt, lanes, width, groups=groups, act_bits=act_bits, pipeline=pipeline)
+    jobs = method_jobs(fmt, lanes, groups, rng)
+    k = lanes // groups
+    pe_sum = (lambda c, a: fmt.decode(c) * (2 * a - 1) + 1) if fmt.binary_input else (lambda c, a: fmt.decode(c) * a)
+    want = [[wrap(int(init[g]) + int(pe_sum(c, a)[:, g * k:(g + 1) * k].sum()), width) for g in range(groups)]
+            for c, a, init in jobs]
+    got, _ = simulate(arr, jobs, seed=lanes + pipeline, stall_prob=0.25)
+    assert got == want
+
+
+def test_term_widths_are_exact_bounds():
+    fmt = fitted_format("focused5")
+    codes = fmt.code_space()[None, :].repeat(2, axis=0)
+    widths = term_widths(fmt, codes)
+    t = np.abs(fmt.term_values(codes)).sum(axis=2).max(axis=1) * 255
+    assert widths == [int(b).bit_length() + 1 for b in t]

@@ -9,10 +9,10 @@ from model.digits import load_split
 from model.formats import parse_format
 from sim import golden
 from sim.compare import first_mismatch
-from tests.factories import random_network
+from tests.factories import METHOD_QUANTIZERS, random_network
 from tests.hw.streams import run_stream
 
-DIGITS_FORMATS = ["fixed8", "shift3", "shift4", "shift6", "ternary", "binary"]
+DIGITS_FORMATS = ["fixed8", "shift3", "shift4", "shift6", "ternary", "binary"] + METHOD_QUANTIZERS
 
 
 def run_layers(net, x, lanes, layers=None, ready_prob=1.0, valid_prob=1.0, pipeline=0):

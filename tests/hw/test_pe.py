@@ -5,25 +5,38 @@ from amaranth.sim import Simulator
 
 from hw.pe import make_pe, product_range, signed_width
 from model.formats import FixedFormat, WeightFormat, parse_format
+from tests.factories import fitted_format
 
 EXHAUSTIVE = [f"fixed{n}" for n in range(2, 13)] + [f"shift{n}" for n in range(3, 7)] + ["ternary", "binary"]
 WIDE = [f"fixed{n}" for n in range(13, 17)]  # up to 65535 codes × 256 activations: 14..115 s each
 
 
-def check_pe(fmt: WeightFormat, codes, acts) -> list:
+def expected_outputs(fmt: WeightFormat, code: int, act: int) -> list[int]:
+    """What each PE output must be: ``value * act``; one ``term * act`` per term of a
+    multi-term format; ``±act`` for unified (the block multiplies the magnitude);
+    ``w * x + 1 = 2 * (a XOR code)`` for xnor (binary activation ``x = 2a - 1``)."""
+    c = np.array([code])
+    if fmt.binary_input:
+        return [int(fmt.decode(c)[0]) * (2 * act - 1) + 1]
+    if fmt.block > 1:
+        return [-act if code >> fmt.MAG_BITS else act]
+    return [int(t) * act for t in fmt.term_values(c)[:, 0]]
+
+
+def check_pe(fmt: WeightFormat, codes, acts, act_bits: int = 8) -> list:
     """Simulate the PE on every (code, act) pair; return the mismatches as (code, act, expected, got)."""
-    pe = make_pe(fmt)
-    values = fmt.decode(np.asarray(codes))
+    pe = make_pe(fmt, act_bits)
     bad = []
 
     async def bench(ctx):
-        for code, v in zip(codes, values):
+        for code in codes:
             ctx.set(pe.code, int(code))
             for a in acts:
                 ctx.set(pe.act, int(a))
-                got = ctx.get(pe.product)
-                if got != int(v) * int(a):
-                    bad.append((int(code), int(a), int(v) * int(a), got))
+                got = [ctx.get(p) for p in pe.products]
+                want = expected_outputs(fmt, int(code), int(a))
+                if got != want:
+                    bad.append((int(code), int(a), want if len(want) > 1 else want[0], got if len(got) > 1 else got[0]))
 
     sim = Simulator(pe)
     sim.add_testbench(bench)
@@ -36,6 +49,26 @@ def test_pe_exhaustive(name):
     fmt = parse_format(name)
     bad = check_pe(fmt, fmt.code_space(), range(256))
     assert not bad, f"{name}: {len(bad)} mismatches, first (code, act, expected, got) = {bad[0]}"
+
+
+METHODS = ["focused4", "focused5", "focused6", "kmeans2", "kmeans4", "kmeans8", "abcnet1", "abcnet5", "abcnet8",
+           "lqnet1", "lqnet2", "lqnet4", "unified"]
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_method_pe_exhaustive(name):
+    fmt = fitted_format(name)
+    bad = check_pe(fmt, fmt.code_space(), range(256))
+    assert not bad, f"{name}: {len(bad)} mismatches, first (code, act, expected, got) = {bad[0]}"
+
+
+def test_xnor_pe_is_an_xnor():
+    fmt = parse_format("xnor")
+    bad = check_pe(fmt, fmt.code_space(), (0, 1), act_bits=1)
+    assert not bad, bad
+    pe = make_pe(fmt, 1)
+    pe._MustUse__silence = True  # inspected, never elaborated
+    assert pe.product_width == 3
 
 
 def test_pe_check_can_fail():

@@ -9,8 +9,9 @@ from hw.verilog import build_design, emit, render
 from model import artifact
 from quantrtl.cli import main
 from sim.tools import find_tool
+from tests.factories import METHOD_QUANTIZERS
 
-FORMATS = ["fixed8", "shift3", "shift4", "shift6", "ternary", "binary"]
+FORMATS = ["fixed8", "shift3", "shift4", "shift6", "ternary", "binary"] + METHOD_QUANTIZERS
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ from hypothesis.extra import numpy as hnp
 from model.formats import (FLUSH_TO_ZERO, ActivationFormat, BinaryFormat, FixedFormat, FormatError, ShiftFormat, TernaryFormat,
                            format_from_dict, parse_format)
 
-ALL = [f"fixed{n}" for n in range(2, 17)] + [f"shift{n}" for n in range(3, 7)] + ["ternary", "binary"]
-HAS_ZERO = [n for n in ALL if n != "binary"]
+ALL = [f"fixed{n}" for n in range(2, 17)] + [f"shift{n}" for n in range(3, 7)] + ["ternary", "binary", "xnor"]
+HAS_ZERO = [n for n in ALL if n not in ("binary", "xnor")]
 
 finite = st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False, allow_subnormal=False)
 weights = hnp.arrays(np.float64, hnp.array_shapes(min_dims=1, max_dims=4, min_side=1, max_side=5), elements=finite)

@@ -6,9 +6,11 @@ import pytest
 
 from quantrtl import flows
 from quantrtl.cli import main
+from tests.factories import METHOD_QUANTIZERS
 
 # every quantizer the command line accepts
-ICARUS_QUANTIZERS = [f"fixed{n}" for n in range(2, 17)] + [f"shift{n}" for n in range(3, 7)] + ["ternary", "binary"]
+ICARUS_QUANTIZERS = ([f"fixed{n}" for n in range(2, 17)] + [f"shift{n}" for n in range(3, 7)] + ["ternary", "binary"]
+                     + METHOD_QUANTIZERS)
 
 @pytest.fixture(scope="session")
 def build_root(tmp_path_factory):

@@ -110,3 +110,15 @@ def test_sparse_vs_dense_at_equal_throughput(tmp_path, capsys):
     assert sparse["decoder_gates"] > 0 and sparse["lanes"] < dense["lanes"]
     assert sparse["datapath_gates"] + sparse["decoder_gates"] + sparse["control_gates"] == sparse["gates_total"]
     assert "sparse hardware is cheaper" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_method_quantizers_array_style(tmp_path):
+    """Every seed method synthesizes at equal throughput (conv2, T = 16); the structure shows."""
+    r = run_gates(tmp_path, ["--quantizers", "binary,xnor,focused5,kmeans4,abcnet5,lqnet2,unified", "--style", "array"])
+    rows = {x["quantizer"]: x for x in r["rows"]}
+    assert all(x["lanes"] == 16 and x["datapath_gates"] > 0 and x["yosys_version"] for x in rows.values())
+    # XNOR-popcount on 1-bit activations is the smallest datapath; five bases cost more than two
+    assert rows["xnor"]["datapath_gates"] == min(x["datapath_gates"] for x in rows.values())
+    assert rows["abcnet5"]["datapath_gates"] > rows["lqnet2"]["datapath_gates"] > rows["binary"]["datapath_gates"]
+    assert rows["xnor"]["memory_bits"] < rows["binary"]["memory_bits"]  # 1-bit activation memory

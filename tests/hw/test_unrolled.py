@@ -1,0 +1,46 @@
+"""Hard-wired (unrolled) dot products: the decomposed forms compute exactly ``sum w * x``."""
+import numpy as np
+import pytest
+from amaranth.sim import Simulator
+
+from hw.unrolled import UnrolledDot
+from model.formats import parse_format
+from tests.factories import METHOD_QUANTIZERS, fitted_format
+
+
+def simulate(dot: UnrolledDot, xs) -> list[int]:
+    out = []
+
+    async def bench(ctx):
+        for x in xs:
+            for i, v in enumerate(x):
+                ctx.set(dot.x[i], int(v))
+            await ctx.tick()
+            out.append(ctx.get(dot.y))
+
+    sim = Simulator(dot)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    return out
+
+
+@pytest.mark.parametrize("name", ["fixed8", "shift3"] + METHOD_QUANTIZERS)
+def test_unrolled_decomposition_is_exact(name):
+    fmt = fitted_format(name) if name not in ("fixed8", "shift3", "xnor") else None
+    rng = np.random.default_rng(3)
+    w = rng.normal(0, 0.2, size=(4, 4, 3, 3)) * (rng.random((4, 4, 3, 3)) < 0.6)
+    q = (fmt or parse_format(name)).encode(w)
+    codes = q.codes[1]
+    dot = UnrolledDot.from_codes(q.format, codes)
+    amax = (1 << dot.act_bits) - 1
+    xs = [rng.integers(0, amax + 1, size=codes.size) for _ in range(6)] + [np.full(codes.size, amax)]
+    want = [int((q.values[1].ravel() * x).sum()) for x in xs]
+    assert simulate(dot, xs) == want
+    groups = q.format.unrolled_groups(codes)
+    assert len(groups) == {"focused5": 3, "abcnet5": 5, "lqnet2": 2, "unified": 9}.get(name, len(groups))
+
+
+def test_groups_must_sum_to_the_weights():
+    with pytest.raises(ValueError, match="do not sum"):
+        UnrolledDot([3, 1], groups=[(2, [1, 1])])
