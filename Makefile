@@ -9,7 +9,7 @@ STAMP   := $(VENV)/.quantrtl-installed
 DEMO_OUT ?= build/demo
 PYTEST_ARGS ?=
 
-.PHONY: all demo test install tools clean
+.PHONY: all demo test results install tools clean
 
 all: test
 
@@ -36,6 +36,12 @@ test: install
 
 demo: install
 	PATH=$(abspath $(VENV))/bin:$$PATH $(VENV)/bin/quantrtl demo --out $(DEMO_OUT)
+
+# The methods table of docs/results.md: every seed method quantized, co-simulated on three
+# test images and synthesized, the table rewritten in place (about 5 minutes).
+results: install
+	PATH=$(abspath $(VENV))/bin:$$PATH $(VENV)/bin/quantrtl demo --quantizers methods --images 0,17,359 \
+	  --out build/results --update-doc docs/results.md
 
 clean:
 	rm -rf build .pytest_cache .hypothesis

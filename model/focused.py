@@ -2,9 +2,7 @@
 
 After pruning, a layer's nonzero weights are bimodal.  They are split into two
 components by sign (the reference implementation's split), each component's mean
-``mu_z`` is quantized, and the residual ``w - mu_z`` is shift-quantized (INQ rounding);
-a weight is coded in the component that represents it more closely (the sign
-decides ties)::
+``mu_z`` is quantized, and the residual ``w - mu_z`` is shift-quantized (INQ rounding)::
 
     q = mu_z + s * 2**e        (or 0 when pruned)
 
@@ -102,13 +100,10 @@ class FocusedFormat(ParamFormat):
         return k | (s << self.kbits) | (z << (self.kbits + 1))
 
     def _encode(self, w):
-        """Each nonzero weight joins the component whose mean plus residual lands nearer
-        (the sign decides ties): the split the means were fitted on, refined."""
+        """Each nonzero weight is coded in its sign's component (the split the means
+        were fitted on)."""
         units = np.ldexp(w, -self.e_min)  # exact
-        pos, neg = self._component_codes(units, 0), self._component_codes(units, 1)
-        err = lambda c: np.abs(self._decode(c) - units)
-        e_pos, e_neg = err(pos), err(neg)
-        codes = np.where((e_neg < e_pos) | ((e_neg == e_pos) & (w < 0)), neg, pos)
+        codes = np.where(w < 0, self._component_codes(units, 1), self._component_codes(units, 0))
         codes = np.where(w == 0, 0, codes)
         return codes, np.full(w.shape[0], np.ldexp(1.0, self.e_min))
 

@@ -7,6 +7,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from model.formats import parse_format
+
 from . import bench, flows
 from .table import format_table, pct
 
@@ -69,7 +71,6 @@ def _params_text(params: dict | None) -> str:
 
 
 def cmd_quantize(args) -> int:
-    from model.formats import parse_format
 
     parse_format(args.quantizer)
     _say(f"quantizing the digits model with {args.quantizer} (fine-tune {args.finetune or 'default'} epochs) ...")
@@ -96,8 +97,20 @@ def cmd_quantize(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo, table
 
-    r = run_demo(args.out, finetune=args.finetune, image=args.image, simulator=args.simulator, lanes=args.lanes,
-                 throughput=args.throughput, jobs=args.jobs)
+    from .demo import METHOD_QUANTIZERS, update_doc
+
+    if args.update_doc and not Path(args.update_doc).is_file():
+        raise ValueError(f"--update-doc {args.update_doc}: file not found")
+    quantizers = METHOD_QUANTIZERS if args.quantizers == "methods" else \
+        _csv_list(args.quantizers, str, "--quantizers") if args.quantizers else flows.DEMO_QUANTIZERS
+    for q in quantizers:
+        parse_format(q)
+    images = _csv_list(args.images, int, "--images") if args.images else None
+    r = run_demo(args.out, quantizers=quantizers, finetune=args.finetune, image=args.image, simulator=args.simulator,
+                 lanes=args.lanes, throughput=args.throughput, jobs=args.jobs, images=images)
+    if args.update_doc:
+        update_doc(args.update_doc, r)
+        _say(f"updated the methods table in {args.update_doc}")
     print("\ndigits CNN, 360 test images; cosim of one test image; gates at equal throughput (array style, "
           f"layer {r['layer']}, {r['throughput']} MACs/cycle)\n")
     print(table(r))
@@ -425,6 +438,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--lanes", type=int, default=8, help="lanes of the co-simulated network (default %(default)s)")
     d.add_argument("--throughput", type=int, default=16, help="MACs per cycle for the gate comparison")
     d.add_argument("--jobs", type=int, default=2)
+    d.add_argument("--quantizers", default=None,
+                   help="comma-separated, or 'methods' for every seed method (default fixed8,shift4,ternary,binary)")
+    d.add_argument("--images", default=None, help="comma-separated test images to co-simulate (default: --image)")
+    d.add_argument("--update-doc", default=None, metavar="FILE.md",
+                   help="rewrite the methods table between the markers in this Markdown file (docs/results.md)")
     d.set_defaults(func=cmd_demo)
     return p
 

@@ -21,9 +21,17 @@ from .table import format_table, pct
 HEADERS = ["quantizer", "golden acc", "agreement", "CR vs fp32", "bit-exact", "cycles", "gates", "datapath",
            "gates/MAC/cycle", "x cheapest"]
 
+#: Every quantizer of the seed methods, as compared in docs/results.md (``make results``).
+METHOD_QUANTIZERS = ("fixed8", "shift3", "shift4", "ternary", "binary", "xnor", "focused5", "kmeans4", "abcnet5",
+                     "lqnet2", "unified")
+DOC_BEGIN, DOC_END = "<!-- methods-table:begin -->", "<!-- methods-table:end -->"
 
-def run_demo(out: str | Path = "build/demo", quantizers=flows.DEMO_QUANTIZERS, finetune: int = flows.DEFAULT_FINETUNE,
-             image: int = 0, simulator: str = "icarus", lanes: int = 8, throughput: int = 16, jobs: int = 2) -> dict:
+
+def run_demo(out: str | Path = "build/demo", quantizers=flows.DEMO_QUANTIZERS, finetune: int | None = None,
+             image: int = 0, simulator: str = "icarus", lanes: int = 8, throughput: int = 16, jobs: int = 2,
+             images: tuple[int, ...] | None = None) -> dict:
+    """The pipeline per quantizer; ``images`` co-simulates several test images (all must
+    be bit-exact), by default just ``image``."""
     from model import artifact
     from sim.runner import check_simulator
     from synth.yosys import yosys_version
@@ -45,12 +53,16 @@ def run_demo(out: str | Path = "build/demo", quantizers=flows.DEMO_QUANTIZERS, f
     for q in quantizers:
         verilog[q] = flows.verilog_flow(q, out / "verilog", layer="all", lanes=lanes, artifact_path=quant[q].artifact)
         bar.step(q)
-    bar = Progress(n, "cosim   ")
-    cosim = {}
+    images = tuple(images) if images else (image,)
+    bar = Progress(n * len(images), "cosim   ")
+    cosim, exact = {}, {}
     for q in quantizers:
-        cosim[q] = flows.cosim_flow(q, image, simulator=simulator, lanes=lanes, artifact_path=quant[q].artifact,
-                                    build_root=out / "cosim")
-        bar.step(f"{q} {'bit-exact' if cosim[q].bit_exact else 'MISMATCH'}")
+        for im in images:
+            r = flows.cosim_flow(q, im, simulator=simulator, lanes=lanes, artifact_path=quant[q].artifact,
+                                 build_root=out / "cosim")
+            cosim.setdefault(q, r)
+            exact[q] = exact.get(q, True) and r.bit_exact
+            bar.step(f"{q} image {im} {'bit-exact' if r.bit_exact else 'MISMATCH'}")
     bar = Progress(1, "gates   ")
     nets = {q: artifact.load(quant[q].artifact) for q in quantizers}
     gates = flows.gates_flow(quantizers, style="array", throughput=throughput, jobs=jobs, out_dir=out / "gates",
@@ -63,8 +75,11 @@ def run_demo(out: str | Path = "build/demo", quantizers=flows.DEMO_QUANTIZERS, f
         qr, cr, gr = quant[q], cosim[q], grow[q]
         rows.append({"quantizer": q, "float_accuracy": qr.float_accuracy, "quant_accuracy": qr.quant_accuracy,
                      "golden_accuracy": qr.golden_accuracy, "golden_agreement": qr.golden_agreement,
-                     "compression_ratio": qr.compression_ratio, "weight_bits": qr.weight_bits,
-                     "bit_exact": cr.bit_exact, "cosim_image": cr.image, "cosim_predicted": cr.predicted,
+                     "compression_ratio": qr.compression_ratio, "raw_compression_ratio": qr.raw_compression_ratio,
+                     "coded_bits": qr.coded_bits["total"], "weight_bits": qr.weight_bits,
+                     "finetune": qr.finetune, "training": qr.training, "density": qr.density,
+                     "layer_formats": {l["name"]: l["format"] for l in qr.layers if l["format"]},
+                     "bit_exact": exact[q], "cosim_images": list(images), "cosim_image": cr.image, "cosim_predicted": cr.predicted,
                      "cosim_label": cr.label, "cycles": cr.cycles, "expected_cycles": cr.expected_cycles,
                      "gates_total": gr["gates_total"], "datapath_gates": gr["datapath_gates"],
                      "gates_per_mac_per_cycle": gr["gates_per_mac_per_cycle"], "ratio_to_cheapest": gr["ratio_to_cheapest"],
@@ -88,6 +103,49 @@ def table(result: dict) -> str:
                                    f"{r['gates_total']:,}", f"{r['datapath_gates']:,}",
                                    f"{r['gates_per_mac_per_cycle']:.1f}", f"{r['ratio_to_cheapest']:.2f}"]
                                   for r in result["rows"]])
+
+
+def methods_markdown(result: dict) -> str:
+    """The comparison as a Markdown table with its provenance (for docs/results.md)."""
+    rows = result["rows"]
+    lines = [
+        "| quantizer | layer formats | density | golden acc | agreement | coded bits | CR vs fp32 (Huffman) | "
+        "uncoded CR | bit-exact | gates | datapath | x cheapest |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        fmts = "/".join(dict.fromkeys(r["layer_formats"].values()))
+        dens = "/".join(f"{v:g}" for v in r["density"].values()) if isinstance(r["density"], dict) else f"{r['density']}"
+        lines.append(f"| {r['quantizer']} | {fmts} | {dens} | {pct(r['golden_accuracy'])} | "
+                     f"{pct(r['golden_agreement'])} | {r['coded_bits']:,} | {r['compression_ratio']:.2f}x | "
+                     f"{r['raw_compression_ratio']:.2f}x | {'yes' if r['bit_exact'] else 'NO'} | "
+                     f"{r['gates_total']:,} | {r['datapath_gates']:,} | {r['ratio_to_cheapest']:.2f} |")
+    float_acc = rows[0]["float_accuracy"]
+    lines += [
+        "",
+        f"Float model: {pct(float_acc)} on the 360 test images.  Density: fraction of weights kept per "
+        "weight layer (conv1/conv2/fc; unified: fraction of blocks).  Bit-exact: RTL == golden on test images "
+        f"{', '.join(map(str, rows[0]['cosim_images']))} ({result['simulator']}, {result['lanes']} lanes).  Gates: "
+        f"array style, layer {result['layer']}, {result['throughput']} dense MACs per cycle, "
+        f"{result['yosys_version'].split(',')[0]}.  Generated by `make results` in {result['seconds']:.0f} s; "
+        "tool versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()) + ".",
+        "",
+        "Training per quantizer:",
+        "",
+    ]
+    lines += [f"* {r['quantizer']}: {r['training']}" for r in rows]
+    return "\n".join(lines)
+
+
+def update_doc(path: str | Path, result: dict) -> None:
+    """Replace the block between the methods-table markers of ``path`` (written atomically)."""
+    path = Path(path)
+    text = path.read_text()
+    if DOC_BEGIN not in text or DOC_END not in text:
+        raise ValueError(f"{path}: no {DOC_BEGIN} ... {DOC_END} block to replace")
+    head, rest = text.split(DOC_BEGIN, 1)
+    _, tail = rest.split(DOC_END, 1)
+    atomic_write(path, f"{head}{DOC_BEGIN}\n{methods_markdown(result)}\n{DOC_END}{tail}")
 
 
 def _plots(out: Path, rows: list[dict], gates, yv: str) -> None:
