@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import operator
 
-from amaranth.hdl import Array, Const, Module, Mux, signed, unsigned
+from amaranth.hdl import Const, Module, Mux, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -139,9 +139,12 @@ class KMeansPE(ProcessingElement):
     """Codebook lookup (a table of the layer's integer centroids) and a multiplier."""
 
     def _product(self, m):
+        # the table as one packed constant and a word select: a continuous assignment in
+        # Verilog (a case statement would start as X in Icarus when the code never changes)
         bits = self.fmt.CODEBOOK_BITS
-        table = Array(Const(int(v), signed(bits)) for v in self.fmt.codebook)
-        return table[self.code] * self.act
+        packed = sum((int(v) % (1 << bits)) << (bits * i) for i, v in enumerate(self.fmt.codebook))
+        table = Const(packed, bits * len(self.fmt.codebook))
+        return table.word_select(self.code, bits).as_signed() * self.act
 
 
 class UnifiedPE(ProcessingElement):

@@ -127,3 +127,26 @@ def test_icarus_sparse_engines_bit_exact(build_root, tmp_path, name, density):
     if density < 1.0:
         dense = flows.cosim_flow(name, 4, artifact_path=art, build_root=build_root)
         assert dense.bit_exact and r.cycles < dense.cycles
+
+
+@pytest.mark.icarus
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["focused5", "kmeans4"])
+def test_icarus_sparse_engines_for_pruned_methods(quantized, build_root, name):
+    """The pruning methods' own artifacts on zero-skipping engines (multi-term focused
+    PEs, codebook lookups): bit-exact and faster than the dense walk."""
+    art = quantized(name).artifact
+    r = flows.cosim_flow(name, 11, artifact_path=art, build_root=build_root, sparse=True)
+    dense = flows.cosim_flow(name, 11, artifact_path=art, build_root=build_root)
+    assert r.bit_exact and dense.bit_exact, r.first_mismatch or dense.first_mismatch
+    assert r.cycles == r.expected_cycles and r.cycles < dense.cycles
+
+
+@pytest.mark.parametrize("name", ["unified", "xnor"])
+def test_sparse_engine_refuses_block_and_binary_layers(quantized, name):
+    from hw.sparse import SparseConvEngine
+    from model import artifact
+
+    layer = artifact.load(quantized(name).artifact).layer("conv2")
+    with pytest.raises(ValueError, match="use the dense engine"):
+        SparseConvEngine(layer)
