@@ -98,3 +98,20 @@ def test_quantize_density_out_of_range(tmp_path, capsys):
     assert main(["quantize", "--quantizer", "fixed8", "--density", "0", "--out", str(tmp_path / "o")]) == 2
     assert "--density must be in (0, 1]" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--quantizer", "fixed8", "--block", "4"], "--block sets the block size of 'unified', not of 'fixed8'"),
+    (["--quantizer", "unified", "--block", "0"], "block size must be in 1..64"),
+    (["--quantizer", "focused5", "--density", "conv9=0.5"], "unknown layers \\['conv9'\\]"),
+    (["--quantizer", "kmeans4", "--density", "fc=half"], "'half' is not a number"),
+    (["--quantizer", "kmeans9"], "allowed 2..8"),
+    (["--quantizer", "xnor", "--inq"], "--inq trains powers of two"),
+])
+def test_method_options_bad_input(tmp_path, capsys, argv, match):
+    """Bad method options: exit 2, a message naming the option, nothing written."""
+    import re
+
+    assert main(["quantize", *argv, "--finetune", "0", "--out", str(tmp_path / "o")]) == 2
+    assert re.search(match, capsys.readouterr().err)
+    assert not (tmp_path / "o").exists()
