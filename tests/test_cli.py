@@ -115,3 +115,32 @@ def test_method_options_bad_input(tmp_path, capsys, argv, match):
     assert main(["quantize", *argv, "--finetune", "0", "--out", str(tmp_path / "o")]) == 2
     assert re.search(match, capsys.readouterr().err)
     assert not (tmp_path / "o").exists()
+
+
+def test_results_table_replaces_only_its_block(tmp_path):
+    """``make results`` rewrites the block between the markers and nothing else."""
+    from quantrtl.demo import DOC_BEGIN, DOC_END, update_doc
+
+    row = {"quantizer": "focused5", "layer_formats": {"conv1": "focused5", "fc": "shift5"},
+           "density": {"conv1": 0.6, "fc": 0.12}, "golden_accuracy": 0.9694, "golden_agreement": 1.0,
+           "coded_bits": 7088, "compression_ratio": 17.24, "raw_compression_ratio": 6.25, "bit_exact": True,
+           "gates_total": 9345, "datapath_gates": 6656, "ratio_to_cheapest": 1.0, "float_accuracy": 0.975,
+           "cosim_images": [0, 17, 359], "training": "pruning, retraining, FQ"}
+    result = {"rows": [row], "simulator": "icarus", "lanes": 8, "layer": "conv2", "throughput": 16,
+              "yosys_version": "Yosys 0.70 (git sha1 28ba3cb92, Release, Clang)", "seconds": 1.0,
+              "versions": {"quantrtl": "0.1.0"}}
+    doc = tmp_path / "r.md"
+    doc.write_text(f"# head\n{DOC_BEGIN}\nold table\n{DOC_END}\ntail\n")
+    update_doc(doc, result)
+    text = doc.read_text()
+    assert text.startswith("# head\n") and text.endswith(f"{DOC_END}\ntail\n") and "old table" not in text
+    assert "| focused5 | focused5/shift5 | 0.6/0.12 | 96.94% | 100.00% | 7,088 | 17.24x | 6.25x | yes |" in text
+    assert "Yosys 0.70 (git sha1 28ba3cb92)." in text and "* focused5: pruning, retraining, FQ" in text
+    (tmp_path / "none.md").write_text("no markers\n")
+    with pytest.raises(ValueError, match="no <!-- methods-table:begin -->"):
+        update_doc(tmp_path / "none.md", result)
+
+
+def test_demo_update_doc_missing_file(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "o"), "--update-doc", str(tmp_path / "missing.md")]) == 2
+    assert "file not found" in capsys.readouterr().err and not (tmp_path / "o").exists()
