@@ -11,30 +11,33 @@ EXHAUSTIVE = [f"fixed{n}" for n in range(2, 13)] + [f"shift{n}" for n in range(3
 WIDE = [f"fixed{n}" for n in range(13, 17)]  # up to 65535 codes × 256 activations: 14..115 s each
 
 
-def expected_outputs(fmt: WeightFormat, code: int, act: int) -> list[int]:
-    """What each PE output must be: ``value * act``; one ``term * act`` per term of a
-    multi-term format; ``±act`` for unified (the block multiplies the magnitude);
-    ``w * x + 1 = 2 * (a XOR code)`` for xnor (binary activation ``x = 2a - 1``)."""
-    c = np.array([code])
+def expected_affine(fmt: WeightFormat, codes) -> tuple[np.ndarray, np.ndarray]:
+    """Per code and PE output, ``(m, c)`` with the output ``m * act + c``: ``value * act``;
+    one ``term * act`` per term of a multi-term format; ``±act`` for unified (the block
+    multiplies the magnitude); ``w * x + 1 = 2 * (a XOR code)`` for xnor (``x = 2a - 1``)."""
+    codes = np.asarray(codes, dtype=np.int64)
     if fmt.binary_input:
-        return [int(fmt.decode(c)[0]) * (2 * act - 1) + 1]
+        v = fmt.decode(codes)[None]
+        return 2 * v, 1 - v
     if fmt.block > 1:
-        return [-act if code >> fmt.MAG_BITS else act]
-    return [int(t) * act for t in fmt.term_values(c)[:, 0]]
+        return np.where(codes >> fmt.MAG_BITS, -1, 1)[None], np.zeros((1, len(codes)), dtype=np.int64)
+    t = fmt.term_values(codes)
+    return t, np.zeros_like(t)
 
 
 def check_pe(fmt: WeightFormat, codes, acts, act_bits: int = 8) -> list:
     """Simulate the PE on every (code, act) pair; return the mismatches as (code, act, expected, got)."""
     pe = make_pe(fmt, act_bits)
+    mult, off = (a.T.tolist() for a in expected_affine(fmt, codes))
     bad = []
 
     async def bench(ctx):
-        for code in codes:
+        for code, ms, cs in zip(codes, mult, off):
             ctx.set(pe.code, int(code))
             for a in acts:
                 ctx.set(pe.act, int(a))
                 got = [ctx.get(p) for p in pe.products]
-                want = expected_outputs(fmt, int(code), int(a))
+                want = [m * int(a) + c for m, c in zip(ms, cs)]
                 if got != want:
                     bad.append((int(code), int(a), want if len(want) > 1 else want[0], got if len(got) > 1 else got[0]))
 
