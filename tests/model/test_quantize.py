@@ -73,7 +73,11 @@ def test_quantizer_accuracy_and_golden_agreement(quantized, name):
     net = artifact.load(r.artifact)
     _, test = load_split()
     assert np.mean(golden.predict(net, test.x) == test.y) == pytest.approx(r.golden_accuracy)
-    assert r.compression_ratio == pytest.approx(net.float_bits() / net.storage_bits()["total"])
+    from model.size import coded_size
+
+    assert r.compression_ratio == pytest.approx(net.float_bits() / coded_size(net)["total"])
+    assert r.raw_compression_ratio == pytest.approx(net.float_bits() / net.storage_bits()["total"])
+    assert r.compression_ratio >= r.raw_compression_ratio  # coding never costs: the raw layout is a candidate
     assert r.weight_bits == sum(l.weight_count for l in net.layers) * parse_format(name).bits
 
 
