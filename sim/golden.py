@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from model.artifact import ArtifactError, Layer, QuantizedNetwork
+from model.formats import centered
 
 __all__ = ["requantize", "conv2d_acc", "linear_acc", "maxpool", "relu", "run_layer", "run", "GoldenResult", "predict"]
 
@@ -43,12 +44,6 @@ def _check_input(x: np.ndarray, layer: Layer) -> np.ndarray:
     return x.astype(np.int64)
 
 
-def _centered(x, zero_point: int, binary: bool) -> np.ndarray:
-    """§1 the integers the MACs see: ``q - Z`` (affine) or ``2q - 1`` (binary, §7)."""
-    x = np.asarray(x, dtype=np.int64)
-    return 2 * x - 1 if binary else x - zero_point
-
-
 def conv2d_acc(x, w, bias, stride, padding, zero_point: int, binary: bool = False) -> np.ndarray:
     """§2 accumulators of a 2-D convolution (N, Cin, H, W) → (N, Cout, OH, OW).
 
@@ -56,7 +51,7 @@ def conv2d_acc(x, w, bias, stride, padding, zero_point: int, binary: bool = Fals
     then ``acc = sum w * (x - Z_x) + b`` in int64.  Binary (±1) inputs (§7) are
     ``2q - 1`` and padded with -1: a 1-bit activation has no zero.
     """
-    x = _centered(x, zero_point, binary)
+    x = centered(x, zero_point, binary)  # §1, §7: q - Z, or 2q - 1 for binary inputs
     w = np.asarray(w, dtype=np.int64)
     (sh, sw), (ph, pw) = stride, padding
     cout, cin, kh, kw = w.shape
@@ -75,7 +70,7 @@ def conv2d_acc(x, w, bias, stride, padding, zero_point: int, binary: bool = Fals
 
 def linear_acc(x, w, bias, zero_point: int, binary: bool = False) -> np.ndarray:
     """§2 accumulators of a fully connected layer; the input is flattened in C, H, W order."""
-    x = _centered(np.asarray(x, dtype=np.int64).reshape(len(x), -1), zero_point, binary)
+    x = centered(np.asarray(x).reshape(len(x), -1), zero_point, binary)
     return x @ np.asarray(w, dtype=np.int64).T + np.asarray(bias, dtype=np.int64)
 
 
