@@ -15,7 +15,8 @@ folded in) cancels out and the result is exact.
 Formats with several terms (ABC-Net, LQ-Net, focused) get one accumulator per term
 and the bias in a register; ``acc`` is then ``bias + sum_k c_k * term_acc_k`` with the
 format's per-layer coefficients (the scale multiplies once per output).  Unified
-weights sum each block of lanes first and multiply by the block's magnitude.
+weights sum each block of lanes first and multiply by the block's magnitude (the
+PE's :meth:`~quantrtl.hw.pe.ProcessingElement.lane_terms` hook).
 
 Timing: inputs are sampled when ``en`` is high; ``pipeline`` (0, 1 or 2) adds a
 register after the PEs and after the adder trees.  A step with ``last`` set has been
@@ -28,39 +29,16 @@ import operator
 
 import numpy as np
 
-from amaranth.hdl import Const, Module, Mux, Shape, Signal, signed, unsigned
+from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from model.formats import WeightFormat
+from quantrtl.model.numbers.formats import WeightFormat
 
-from .pe import make_pe
+from quantrtl.hw.arith import adder_tree
+from quantrtl.hw.pe import make_pe, pe_class
 
-__all__ = ["MacArray", "adder_tree", "term_widths"]
-
-
-def _sum_shape(a, b) -> Shape:
-    """Shape that holds every sum of two values of the shapes of ``a`` and ``b``."""
-    sa, sb = a.shape(), b.shape()
-    if sa.signed == sb.signed:
-        return Shape(max(sa.width, sb.width) + 1, signed=sa.signed)
-    ws = max(sa.width if sa.signed else sa.width + 1, sb.width if sb.signed else sb.width + 1)
-    return signed(ws + 1)
-
-
-def adder_tree(m: Module, values: list, name: str):
-    """Balanced pairwise sum of ``values`` (each addition widens by one bit, never overflows)."""
-    level = 0
-    while len(values) > 1:
-        nxt = []
-        for i in range(0, len(values) - 1, 2):
-            s = Signal(_sum_shape(values[i], values[i + 1]), name=f"{name}_l{level}_{i // 2}")
-            m.d.comb += s.eq(values[i] + values[i + 1])
-            nxt.append(s)
-        if len(values) % 2:
-            nxt.append(values[-1])
-        values, level = nxt, level + 1
-    return values[0]
+__all__ = ["MacArray", "term_widths"]
 
 
 def term_widths(fmt: WeightFormat, codes, act_bits: int = 8) -> list[int]:
@@ -147,9 +125,9 @@ class MacArray(wiring.Component):
             for k, p in enumerate(pe.products):
                 terms[k].append(p)
         per_group = self.lanes_per_group
-        if fmt.block > 1:  # unified: add/sub inside a block, then one multiply per block
-            terms = [self._block_products(m, terms[0])]
-            per_group //= fmt.block
+        # the PE may reduce its lanes first (unified: one value per block of lanes)
+        terms = pe_class(fmt).lane_terms(fmt, m, terms, [self.code[i] for i in range(self.lanes)])
+        per_group //= fmt.block
 
         ctrl = [self.valid, self.first, self.last]
         init = self.init
@@ -211,15 +189,3 @@ class MacArray(wiring.Component):
                     total = nxt
             m.d.comb += self.acc[g].eq(total)
         return m
-
-    def _block_products(self, m: Module, products: list) -> list:
-        """Sum each block's ``±act`` and multiply by the block's magnitude (the magnitude
-        field of the block's first code)."""
-        b, mb = self.fmt.block, self.fmt.MAG_BITS
-        out = []
-        for j in range(0, self.lanes, b):
-            s = adder_tree(m, products[j:j + b], f"block{j // b}")
-            p = Signal(signed(len(s) + mb + 1), name=f"block{j // b}_prod")
-            m.d.comb += p.eq(s * self.code[j][:mb])
-            out.append(p)
-        return out

@@ -23,7 +23,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .network import NetworkTop
+from quantrtl.hw.network import NetworkTop
 
 __all__ = ["CaptureHarness"]
 

@@ -15,9 +15,9 @@ from amaranth.hdl import Module, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out, connect
 
-from model.artifact import QuantizedNetwork
+from quantrtl.model.numbers.artifact import QuantizedNetwork
 
-from .layer import make_engine
+from quantrtl.hw.engines import make_engine
 
 __all__ = ["NetworkTop", "TapSignature"]
 

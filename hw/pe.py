@@ -18,29 +18,25 @@ The arithmetic is the format's real logic, so gate counts measure the quantizer:
 * ``focused``: an add into the component's sum and a shift-add into the residual sum;
 * ``unified``: an add/sub (the block's magnitude multiplies once per block).
 
-New formats register a PE class with :func:`register_pe`; nothing else dispatches on
-format names.
+A family names its PE class in the family registry (``model/numbers/families.py``);
+:func:`make_pe` looks it up by the format's family name.  Each PE class also carries the
+NumPy reference of what it computes (:meth:`ProcessingElement.reference`), and may reduce
+its lanes before the adder trees (:meth:`ProcessingElement.lane_terms`: unified blocks).
 """
 from __future__ import annotations
 
 import operator
 
-from amaranth.hdl import Const, Module, Mux, signed, unsigned
+import numpy as np
+from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from model.bases import BasisFormat
-from model.codebook import KMeansFormat
-from model.focused import FocusedFormat
-from model.formats import BinaryFormat, FixedFormat, ShiftFormat, TernaryFormat, WeightFormat, XnorFormat
-from model.unified import UnifiedFormat
+from quantrtl.hw.arith import adder_tree, signed_width
+from quantrtl.model.numbers.families import family
+from quantrtl.model.numbers.formats import WeightFormat
 
-__all__ = ["ProcessingElement", "register_pe", "make_pe", "signed_width", "product_range"]
-
-
-def signed_width(lo: int, hi: int) -> int:
-    """Smallest two's-complement width holding every integer in [lo, hi]."""
-    return max((-int(lo) - 1).bit_length() if lo < 0 else 0, int(hi).bit_length()) + 1
+__all__ = ["ProcessingElement", "MultiTermPE", "make_pe", "pe_class", "signed_width", "product_range"]
 
 
 def product_range(fmt: WeightFormat, act_bits: int, term: int | None = None) -> tuple[int, int]:
@@ -92,6 +88,20 @@ class ProcessingElement(wiring.Component):
     @property
     def latency(self) -> int:
         return 0
+
+    def reference(self, codes, acts) -> np.ndarray:
+        """NumPy reference of the PE's outputs: ``(len(products), len(codes), len(acts))``
+        integers, ``term_k(code) * act`` for each term of the format (``value * act`` for a
+        one-term format)."""
+        codes, acts = np.asarray(codes, dtype=np.int64), np.asarray(acts, dtype=np.int64)
+        return self.fmt.term_values(codes)[:, :, None] * acts[None, None, :]
+
+    @classmethod
+    def lane_terms(cls, fmt: WeightFormat, m: Module, terms: list[list], codes: list) -> list[list]:
+        """The values the MAC array's adder trees sum, per term: one per lane by default.
+        A format whose lanes share structure (a block magnitude) reduces them here, to
+        ``lanes / fmt.block`` values per term."""
+        return terms
 
     def elaborate(self, platform):
         m = Module()
@@ -149,7 +159,7 @@ class KMeansPE(ProcessingElement):
 
 class UnifiedPE(ProcessingElement):
     """``±act`` by the sign bit; the block's magnitude multiplies the block sum once
-    (in :class:`hw.array.MacArray`)."""
+    (:meth:`lane_terms`, inside the MAC array)."""
 
     @property
     def product_width(self) -> int:
@@ -157,6 +167,24 @@ class UnifiedPE(ProcessingElement):
 
     def _product(self, m):
         return Mux(self.code[self.fmt.MAG_BITS], -self.act, self.act)
+
+    def reference(self, codes, acts) -> np.ndarray:
+        codes, acts = np.asarray(codes, dtype=np.int64), np.asarray(acts, dtype=np.int64)
+        sign = np.where(codes >> self.fmt.MAG_BITS, -1, 1)
+        return (sign[:, None] * acts[None, :])[None]
+
+    @classmethod
+    def lane_terms(cls, fmt, m, terms, codes):
+        """Sum each block's ``±act`` and multiply by the block's magnitude (the magnitude
+        field of the block's first code)."""
+        b, mb = fmt.block, fmt.MAG_BITS
+        products, out = terms[0], []
+        for j in range(0, len(products), b):
+            s = adder_tree(m, products[j:j + b], f"block{j // b}")
+            p = Signal(signed(len(s) + mb + 1), name=f"block{j // b}_prod")
+            m.d.comb += p.eq(s * codes[j][:mb])
+            out.append(p)
+        return [out]
 
 
 class XnorPE(ProcessingElement):
@@ -173,6 +201,12 @@ class XnorPE(ProcessingElement):
 
     def _product(self, m):
         return (self.act[0] ^ self.code[0]) << 1
+
+    def reference(self, codes, acts) -> np.ndarray:
+        """``w * x + 1`` with ``x = 2a - 1``."""
+        w = self.fmt.decode(np.asarray(codes, dtype=np.int64))
+        x = 2 * np.asarray(acts, dtype=np.int64) - 1
+        return (w[:, None] * x[None, :] + 1)[None]
 
 
 class MultiTermPE(ProcessingElement):
@@ -224,29 +258,14 @@ class FocusedPE(MultiTermPE):
         return [Mux(nonzero & ~z, self.act, 0), Mux(z, self.act, 0), Mux(s, -mag, mag)]
 
 
-_REGISTRY: dict[type, type[ProcessingElement]] = {}
-
-
-def register_pe(format_cls: type, pe_cls: type[ProcessingElement]) -> None:
-    _REGISTRY[format_cls] = pe_cls
-
-
-register_pe(FixedFormat, FixedPE)
-register_pe(ShiftFormat, ShiftPE)
-register_pe(TernaryFormat, TernaryPE)
-register_pe(BinaryFormat, BinaryPE)
-register_pe(XnorFormat, XnorPE)
-register_pe(KMeansFormat, KMeansPE)
-register_pe(UnifiedFormat, UnifiedPE)
-register_pe(FocusedFormat, FocusedPE)
-for _cls in BasisFormat.__subclasses__():
-    register_pe(_cls, BasisPE)
+def pe_class(fmt: WeightFormat) -> type[ProcessingElement]:
+    """The PE class the family of ``fmt`` names (``model/numbers/families.py``)."""
+    cls = family(fmt.family).resolve("pe")
+    if not (isinstance(cls, type) and issubclass(cls, ProcessingElement)):
+        raise TypeError(f"family {fmt.family!r}: its PE {cls!r} is not a ProcessingElement subclass")
+    return cls
 
 
 def make_pe(fmt: WeightFormat, act_bits: int = 8) -> ProcessingElement:
-    """The PE for ``fmt`` (looked up by format class)."""
-    try:
-        cls = _REGISTRY[type(fmt)]
-    except KeyError:
-        raise ValueError(f"no processing element registered for format {fmt.name!r}") from None
-    return cls(fmt, act_bits)
+    """The PE for ``fmt``."""
+    return pe_class(fmt)(fmt, act_bits)

@@ -13,7 +13,7 @@ from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from model.artifact import M0_BITS
+from quantrtl.model.numbers.artifact import M0_BITS
 
 __all__ = ["Requantizer", "clamp"]
 

@@ -20,7 +20,6 @@ the run takes ``pixels · Σ_c words_c`` cycles instead of ``pixels · Cout · c
 """
 from __future__ import annotations
 
-import math
 import operator
 
 from amaranth.hdl import Const, Module, Mux, Signal, unsigned
@@ -28,15 +27,13 @@ from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from model.artifact import M0_BITS, Layer
-from model.sparse import encode_row
+from quantrtl.hw.geometry import SparseSchedule, uint_bits
+from quantrtl.hw.layer import ConvEngine
+from quantrtl.hw.parts import (ActivationBuffer, EntryKind, OutputBank, PixelWalker, pack, rom, sparse_entry_layout,
+                               tap_layout)
+from quantrtl.model.numbers.artifact import Layer
 
-from .array import MacArray
-from .layer import ConvEngine, _bits, _Loader, _OutputBank, _PixelWalker, _rom
-
-__all__ = ["SparseConvEngine", "SparseDecoder", "ABSENT", "WEIGHT", "FILLER"]
-
-ABSENT, WEIGHT, FILLER = 0, 1, 2
+__all__ = ["SparseConvEngine", "SparseDecoder"]
 
 
 class SparseDecoder(wiring.Component):
@@ -51,14 +48,15 @@ class SparseDecoder(wiring.Component):
 
     def __init__(self, geometry, lanes: int, index_bits: int, code_bits: int):
         self.g, self.lanes, self.index_bits, self.code_bits = geometry, lanes, index_bits, code_bits
-        by, bx, pbase = _PixelWalker.shapes(geometry)
-        self.entry_width = index_bits + code_bits + 2
+        by, bx, pbase = PixelWalker.shapes(geometry)
+        self.entry = sparse_entry_layout(index_bits, code_bits)
+        self.entry_width = self.entry.size
         super().__init__({
             "word": In(unsigned(lanes * self.entry_width)),
             "first": In(1),
             "step": In(1),
             "by": In(by), "bx": In(bx), "pbase": In(pbase),
-            "addr": Out(data.ArrayLayout(unsigned(_bits(max(geometry.in_size - 1, 1))), lanes)),
+            "addr": Out(data.ArrayLayout(unsigned(uint_bits(max(geometry.in_size - 1, 1))), lanes)),
             "code": Out(data.ArrayLayout(unsigned(code_bits), lanes)),
             "weight": Out(data.ArrayLayout(unsigned(1), lanes)),
             "inb": Out(data.ArrayLayout(unsigned(1), lanes)),
@@ -67,32 +65,32 @@ class SparseDecoder(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         g, p, ib, bits, ew = self.g, self.lanes, self.index_bits, self.code_bits, self.entry_width
-        kw = _bits(g.fan_in + (1 << ib) * p)
+        kw = uint_bits(g.fan_in + (1 << ib) * p)
         base = Signal(unsigned(kw), name="k_base")
-        taps = g.taps()
-        off_w = _bits(max((dy * g.w + dx) * g.cin + ci for dy, dx, ci in taps))
-        dy_w, dx_w = _bits(g.kh - 1), _bits(g.kw - 1)
+        tap = tap_layout(g, valid=False)
         tap_mem = m.submodules.tap_rom = Memory(
-            shape=unsigned(off_w + dy_w + dx_w), depth=g.fan_in,
-            init=[((dy * g.w + dx) * g.cin + ci) | (dy << off_w) | (dx << (off_w + dy_w)) for dy, dx, ci in taps])
+            shape=unsigned(tap.size), depth=g.fan_in,
+            init=[pack(tap, [dict(off=off, dy=dy, dx=dx)]) for off, (dy, dx, _) in zip(g.tap_offsets, g.taps())])
         acc = Mux(self.first, 0, base)
+        entries = data.View(data.ArrayLayout(self.entry, p), self.word)
         for j in range(p):
-            e = self.word[j * ew:(j + 1) * ew]
-            run, code, kind = e[:ib], e[ib:ib + bits], e[ib + bits:]
-            step_j = Mux(kind == ABSENT, 0, run + 1)
+            e = entries[j]
+            run, code, kind = e.run, e.code, e.kind
+            step_j = Mux(kind == EntryKind.ABSENT, 0, run + 1)
             k = Signal(unsigned(kw), name=f"k{j}")
             m.d.comb += k.eq(acc + step_j - 1)
             acc = acc + step_j
             rp = tap_mem.read_port(domain="comb")
             m.d.comb += rp.addr.eq(k)
-            off, dy, dx = rp.data[:off_w], rp.data[off_w:off_w + dy_w], rp.data[off_w + dy_w:]
+            t = data.View(tap, rp.data)
+            off, dy, dx = t.off, t.dy, t.dx
             if g.ph or g.pw:
                 iy, ix = self.by + dy, self.bx + dx
                 inb = (iy >= 0) & (iy < g.h) & (ix >= 0) & (ix < g.w)
             else:
                 inb = Const(1)
             m.d.comb += [self.addr[j].eq((self.pbase + off).as_unsigned()), self.code[j].eq(code),
-                         self.weight[j].eq(kind == WEIGHT), self.inb[j].eq(inb)]
+                         self.weight[j].eq(kind == EntryKind.WEIGHT), self.inb[j].eq(inb)]
         with m.If(self.step):
             m.d.sync += base.eq(acc)
         return m
@@ -114,56 +112,51 @@ class SparseConvEngine(ConvEngine):
             raise ValueError(f"layer {layer.name!r}: {layer.format.name} weights skip whole blocks, which the "
                              f"per-weight sparse engine cannot express; use the dense engine (no --sparse)")
         super().__init__(layer, lanes=lanes, groups=1, pipeline=pipeline, source_shape=source_shape)
-        self.rows = [encode_row(r, layer.format, self.index_bits) for r in self._weights]
+        self.schedule = SparseSchedule.build(self.geometry, self.fanin_codes, layer.format, self.index_bits)
+
+    @property
+    def rows(self) -> tuple:
+        """Each output channel's relative-index row (``model/numbers/sparse.py``)."""
+        return self.schedule.rows
 
     @property
     def entry_width(self) -> int:
-        return self.index_bits + self.layer.format.bits + 2
+        return self.schedule.entry_width
 
     def channel_words(self) -> list[int]:
-        p = self.geometry.lanes
-        return [max(1, math.ceil(r.entries / p)) for r in self.rows]
+        return self.schedule.channel_words()
 
     @property
     def nonzero_weights(self) -> int:
-        return int(sum((~r.filler).sum() for r in self.rows))
+        return self.schedule.nonzero_weights
 
     @property
     def run_cycles(self) -> int:
-        return self.geometry.pixels * sum(self.channel_words())
+        return self.schedule.run_cycles
 
     @property
     def expected_cycles(self) -> int:
-        g = self.geometry
-        return g.in_size + self.run_cycles + self.pipeline + 5
+        return self.schedule.cycles(self.pipeline)
 
     @property
     def ideal_cycles(self) -> int:
         """``ceil(nonzero MACs / lanes)``: every lane busy on a nonzero weight every cycle."""
-        return math.ceil(self.geometry.pixels * self.nonzero_weights / self.geometry.lanes)
+        return self.schedule.ideal_cycles
 
     @property
-    def memory_bits(self) -> dict[str, int]:
-        g = self.geometry
-        return {"entries": sum(self.channel_words()) * g.lanes * self.entry_width,
-                "bias": g.cout * self.acc_width,
-                "requant": g.cout * (M0_BITS + _bits(int(self.layer.shift.max()))),
-                "activations": g.in_size * 8}
+    def memoryuint_bits(self) -> dict[str, int]:
+        return self.schedule.memoryuint_bits(self.acc_width, self.shift_max)
 
     def entry_words(self) -> list[int]:
-        p, ib, bits = self.geometry.lanes, self.index_bits, self.layer.format.bits
-        ew = self.entry_width
+        p = self.geometry.lanes
+        layout = sparse_entry_layout(self.index_bits, self.layer.format.bits)
         words = []
         for row, n in zip(self.rows, self.channel_words()):
             for w in range(n):
-                word = 0
-                for j in range(p):
-                    i = w * p + j
-                    if i < row.entries:
-                        kind = FILLER if row.filler[i] else WEIGHT
-                        entry = int(row.runs[i]) | (int(row.codes[i]) << ib) | (kind << (ib + bits))
-                        word |= entry << (j * ew)
-                words.append(word)
+                words.append(pack(layout, [
+                    dict(run=int(row.runs[i]), code=int(row.codes[i]),
+                         kind=EntryKind.FILLER if row.filler[i] else EntryKind.WEIGHT) if i < row.entries else None
+                    for i in range(w * p, (w + 1) * p)]))
         return words
 
     def elaborate(self, platform):
@@ -172,19 +165,19 @@ class SparseConvEngine(ConvEngine):
         p, bits, ib, ew, W = g.lanes, layer.format.bits, self.index_bits, self.entry_width, self.acc_width
         zx = layer.input.zero_point
 
-        load = _Loader(m, self, g.in_size, p)
-        walker = _PixelWalker(m, g, "px")
+        load = ActivationBuffer(m, self, g.in_size, p)
+        walker = PixelWalker(m, g, "px")
         arr = m.submodules.array = self.mac_array()
-        bank = _OutputBank(m, self, W, 1, g.out_size)
+        bank = OutputBank(m, self, W, 1, g.out_size)
         en = Signal(name="en")
         m.d.comb += [en.eq(~arr.done | bank.free), arr.en.eq(en), bank.capture.eq(arr.done & bank.free)]
 
         # stage A: pixel → channel → word of entries (a variable number per channel)
         words = self.channel_words()
         starts = [sum(words[:c]) for c in range(g.cout)]
-        aw = _bits(max(starts[-1], 1))
-        nw = _bits(max(words))
-        chan = _rom(m, "channel_rom", [s | (n << aw) for s, n in zip(starts, words)], aw + nw)
+        aw = uint_bits(max(starts[-1], 1))
+        nw = uint_bits(max(words))
+        chan = rom(m, "channel_rom", [s | (n << aw) for s, n in zip(starts, words)], aw + nw)
         c = Signal(range(max(2, g.cout)), name="channel")
         t = Signal(range(max(2, max(words))), name="word")
         n_words = chan.data[aw:]
@@ -192,8 +185,8 @@ class SparseConvEngine(ConvEngine):
         issuing, issued_all = Signal(name="issuing"), Signal(name="issued_all")
         m.d.comb += issuing.eq(load.running & ~issued_all)
         walker.loop(m, load.start, en & issuing, t, n_words, c, g.cout, issued_all)
-        emem = _rom(m, "entry_mem", self.entry_words(), p * ew, domain="sync")
-        bmem = _rom(m, "bias_mem", [int(b) % (1 << W) for b in self.folded_bias], W, domain="sync")
+        emem = rom(m, "entry_mem", self.entry_words(), p * ew, domain="sync")
+        bmem = rom(m, "bias_mem", [int(b) % (1 << W) for b in self.folded_bias], W, domain="sync")
         m.d.comb += [emem.addr.eq(chan.data[:aw] + t), emem.en.eq(en), bmem.addr.eq(c), bmem.en.eq(en)]
 
         def stage(pairs, name):
@@ -227,5 +220,5 @@ class SparseConvEngine(ConvEngine):
             wv_c, inb_c, code_c = stage([wvalid, inb, code], f"lane{j}_c")
             m.d.comb += [arr.act[j].eq(Mux(wv_c, Mux(inb_c, data, zx), 0)), arr.code[j].eq(code_c)]
 
-        self._drain(m, load, bank, arr)  # one lane group: one output per channel, as in the dense engine
+        self.drain(m, load, bank, arr)  # one lane group: one output per channel, as in the dense engine
         return m

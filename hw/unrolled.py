@@ -19,8 +19,7 @@ from amaranth.hdl import Const, Module, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from .array import adder_tree
-from .pe import signed_width
+from quantrtl.hw.arith import adder_tree, signed_width
 
 __all__ = ["UnrolledDot"]
 

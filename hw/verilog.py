@@ -15,12 +15,14 @@ from amaranth.back import verilog
 from amaranth.hdl import Shape
 from amaranth.lib import wiring
 
-from model.artifact import QuantizedNetwork
-from model.atomic import atomic_write
-from model.provenance import package_versions
+from quantrtl.model.numbers.artifact import QuantizedNetwork
+from quantrtl.util.atomic import atomic_write
+from quantrtl.util.provenance import package_versions
 
-from .layer import ConvEngine, make_engine
-from .network import NetworkTop
+from quantrtl.hw.engines import make_engine
+from quantrtl.hw.geometry import MAXPOOL_CYCLE_FORMULA, ConvGeometry, SparseSchedule
+from quantrtl.hw.layer import ConvEngine
+from quantrtl.hw.network import NetworkTop
 
 __all__ = ["Design", "build_design", "to_verilog", "render", "emit", "STREAM_PROTOCOL"]
 
@@ -76,16 +78,16 @@ class Design:
                          nonzero_weights=e.nonzero_weights, channel_words=e.channel_words(),
                          run_cycles=e.run_cycles, ideal_cycles=e.ideal_cycles, accumulator_bits=e.acc_width,
                          dense_macs=layer.macs,
-                         cycle_formula="in_size + pixels*sum_c(max(1, ceil(entries_c/lanes))) + pipeline + 5")
+                         cycle_formula=SparseSchedule.CYCLE_FORMULA)
             elif isinstance(e, ConvEngine):
                 g = e.geometry
                 d.update(format=layer.format.name, lanes=g.lanes, groups=g.groups, lanes_per_group=g.lanes_per_group,
                          chunks=g.chunks, channel_groups=g.channel_groups, pixels=g.pixels,
                          accumulator_bits=e.acc_width, pipeline=e.pipeline, dense_macs=layer.macs,
-                         cycle_formula="in_size + pixels*channel_groups*chunks + pipeline + 3 + last_group_size")
+                         cycle_formula=ConvGeometry.CYCLE_FORMULA)
             elif layer.op == "maxpool":
                 d.update(kernel=list(layer.kernel), stride=list(layer.stride), padding=list(layer.padding),
-                         cycle_formula="in_size + pixels*channels*kh*kw + 4")
+                         cycle_formula=MAXPOOL_CYCLE_FORMULA)
             layers.append(d)
         return {"quantizer": self.net.quantizer, "lanes": self.lanes, "pipeline": self.pipeline, "layers": layers}
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from model import artifact
-from model.formats import parse_format
-from model.provenance import package_versions
+from quantrtl.model.numbers import artifact
+from quantrtl.model.numbers.families import parse_format
+from quantrtl.util.provenance import package_versions
 
-from .flows import (DEFAULT_FINETUNE, ModelSource, _silenced, artifact_stem, cosim_flow, quantize_flow,
+from .flows import (DEFAULT_FINETUNE, ModelSource, artifact_stem, cosim_flow, quantize_flow,
                     quantize_network)
 
 
@@ -48,8 +48,8 @@ def bench_synth(quantizers: tuple[str, ...] = ("fixed8", "shift3", "ternary", "b
     import shutil
     import tempfile
 
-    from synth.gates import array_designs, fq_conv_weights, unrolled_designs
-    from synth.yosys import synthesize, yosys_version
+    from quantrtl.synth.gates import array_designs, fq_conv_weights, unrolled_designs
+    from quantrtl.synth.yosys import synthesize, yosys_version
 
     version = yosys_version(yosys)
     root = Path(build_root) / "synth"
@@ -82,8 +82,7 @@ def bench_sparse(quantizers: tuple[str, ...] = ("shift3", "fixed8"), densities: 
                  lanes: int = 8, index_bits: int = 4, image: int = 0, build_root: str | Path = "build/bench") -> dict:
     """Zero-skipping cosim per (quantizer, density): measured cycles per layer against the ideal
     ``ceil(nonzero MACs / lanes)`` and the documented bound ``1.25 · ideal + pixels · Cout + pipeline + 5``."""
-    from hw.layer import ConvGeometry
-    from hw.sparse import SparseConvEngine
+    from quantrtl.hw.geometry import ConvGeometry, SparseSchedule
 
     rows = []
     for q in quantizers:
@@ -98,9 +97,9 @@ def bench_sparse(quantizers: tuple[str, ...] = ("shift3", "fixed8"), densities: 
             prev = tuple(qnet.input_shape)
             for layer, rep in zip(qnet.layers, r.layers):
                 if layer.has_weights:
-                    eng = _silenced(SparseConvEngine(layer, lanes=lanes, index_bits=index_bits,
-                                                     source_shape=prev if layer.op == "linear" else None))
-                    overhead = eng.geometry.pixels * eng.geometry.cout + eng.pipeline + 5
+                    eng = SparseSchedule.for_layer(layer, lanes, index_bits,
+                                                   source_shape=prev if layer.op == "linear" else None)
+                    overhead = eng.geometry.pixels * eng.geometry.cout + 5  # the cosim engines have no pipeline stages
                     rows.append({"quantizer": q, "density": d, "layer": layer.name, "bit_exact": rep["bit_exact"],
                                  "measured_cycles": rep["cycles"], "ideal_cycles": eng.ideal_cycles,
                                  "ratio": rep["cycles"] / eng.ideal_cycles, "overhead": overhead,

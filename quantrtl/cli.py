@@ -7,15 +7,15 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from model.formats import parse_format
+from quantrtl.model.numbers.families import parse_format
 
 from . import bench, flows
 from .table import format_table, pct
 
 #: Errors that mean "your input is wrong": one line, exit status 2, no traceback.
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from model.artifact import ArtifactError
-    from model.formats import FormatError
+    from quantrtl.model.numbers.artifact import ArtifactError
+    from quantrtl.model.numbers.formats import FormatError
 
     errs: list[type[BaseException]] = [ArtifactError, FormatError, ValueError, FileNotFoundError, PermissionError]
     # (ImageError, CheckpointError and UnsupportedLayerError are ValueErrors too)
@@ -24,8 +24,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def _tool_errors() -> tuple[type[BaseException], ...]:
     """An external tool (simulator, Yosys) that is missing or failed: exit status 3."""
-    from sim.runner import SimulationError
-    from synth.yosys import SynthesisError
+    from quantrtl.sim.runner import SimulationError
+    from quantrtl.synth.yosys import SynthesisError
 
     return (SimulationError, SynthesisError)
 
@@ -192,14 +192,14 @@ def cmd_gates_sparse(args, qs) -> int:
     if args.json:
         flows.write_json(args.json, r)
     if args.csv:
-        from synth.report import write_csv
+        from quantrtl.synth.report import write_csv
 
         write_csv(r["rows"], args.csv)
     return 0 if all(x["bit_exact"] for x in r["rows"]) else 1
 
 
 def cmd_gates(args) -> int:
-    from synth.report import write_csv, write_plot
+    from quantrtl.synth.report import write_csv, write_plot
 
     qs = [q.strip() for q in args.quantizers.split(",") if q.strip()]
     if args.sparse:
@@ -242,7 +242,7 @@ def _csv_list(text: str, kind, option: str) -> list:
 
 
 def cmd_sweep(args) -> int:
-    from synth.report import write_csv, write_sweep_plot
+    from quantrtl.synth.report import write_csv, write_sweep_plot
 
     from .sweep import sweep
 

@@ -11,8 +11,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from model.atomic import atomic_write
-from model.provenance import package_versions
+from quantrtl.util.atomic import atomic_write
+from quantrtl.util.provenance import package_versions
 
 from . import flows
 from .progress import Progress
@@ -32,9 +32,9 @@ def run_demo(out: str | Path = "build/demo", quantizers=flows.DEMO_QUANTIZERS, f
              images: tuple[int, ...] | None = None) -> dict:
     """The pipeline per quantizer; ``images`` co-simulates several test images (all must
     be bit-exact), by default just ``image``."""
-    from model import artifact
-    from sim.runner import check_simulator
-    from synth.yosys import yosys_version
+    from quantrtl.model.numbers import artifact
+    from quantrtl.sim.runner import check_simulator
+    from quantrtl.synth.yosys import yosys_version
 
     t0 = time.perf_counter()
     out = Path(out)
@@ -162,7 +162,7 @@ def _plots(out: Path, rows: list[dict], gates, yv: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from synth.report import write_plot
+    from quantrtl.synth.report import write_plot
 
     write_plot(gates.rows, out / "gates.png",
                f"array style, layer {gates.layer}, {gates.throughput} MACs/cycle\n{yv.split(',')[0]}")

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from model import artifact
-from model.atomic import atomic_write
-from model.formats import parse_format
-from model.provenance import package_versions
+from quantrtl.model.numbers import artifact
+from quantrtl.util.atomic import atomic_write
+from quantrtl.model.numbers.families import parse_format
+from quantrtl.util.provenance import package_versions
 
 #: Fine-tuning epochs used when the user does not say (``--finetune 0`` is pure PTQ).
 DEFAULT_FINETUNE = 10
@@ -43,7 +43,7 @@ def train_flow(out: str | Path, epochs: int | None = None, seed: int | None = No
     """Train the digits CNN and write ``out`` (+ ``.json``); compare with the shipped checkpoint."""
     from dataclasses import replace
 
-    from model import net
+    from quantrtl.model.training import net
 
     cfg = net.TRAIN_DEFAULTS
     cfg = replace(cfg, **{k: v for k, v in (("epochs", epochs), ("seed", seed)) if v is not None})
@@ -125,22 +125,18 @@ DIGITS = ModelSource()
 
 def load_data(source: ModelSource):
     """``(calibration/training split, evaluation split, input format, labelled)``."""
-    from model.digits import INPUT_SCALE, INPUT_ZERO_POINT, load_split
-    from model.formats import ActivationFormat
+    from quantrtl.model.digits import INPUT_SCALE, INPUT_ZERO_POINT, load_split
+    from quantrtl.model.numbers.formats import ActivationFormat
 
     if source.calib is None:
         train, test = load_split()
         return train, test, ActivationFormat(scale=INPUT_SCALE, zero_point=INPUT_ZERO_POINT), True
-    from model.user import ArraySplit, load_calibration
+    from quantrtl.model.training.user import ArraySplit, load_calibration
 
     x = load_calibration(source.calib)
     fmt = ActivationFormat.from_range(float(x.min()), float(x.max()))
     split = ArraySplit(x, fmt)
     return split, split, fmt, False
-
-
-#: Learning rate of the retraining after pruning (the float model's training rate).
-RETRAIN_LR = 2e-3
 
 
 def method_finetune(fmt, finetune: int | None) -> int:
@@ -153,15 +149,16 @@ def method_finetune(fmt, finetune: int | None) -> int:
 
 
 def method_format(quantizer: str, block: int | None = None):
-    """The quantizer's format, with ``--block`` applied (unified only)."""
-    from dataclasses import replace
+    """The quantizer's format, with ``--block`` applied (formats with a block size only)."""
+    from dataclasses import fields, replace
 
-    from model.unified import UnifiedFormat
+    from quantrtl.model.numbers.families import families
 
     fmt = parse_format(quantizer)  # bad names fail before any work or output
     if block is not None:
-        if not isinstance(fmt, UnifiedFormat):
-            raise ValueError(f"--block sets the block size of 'unified', not of {fmt.name!r}")
+        if "block" not in {f.name for f in fields(fmt)}:
+            blocky = [fam.name for fam in families() if "block" in {f.name for f in fields(fam.format)}]
+            raise ValueError(f"--block sets the block size of {', '.join(map(repr, blocky))}, not of {fmt.name!r}")
         fmt = replace(fmt, block=block)  # validated by the format (1..64)
     return fmt
 
@@ -169,56 +166,22 @@ def method_format(quantizer: str, block: int | None = None):
 def _check_density(density) -> None:
     """A fraction in (0, 1] or a per-layer plan (``model.prune.parse_density``)."""
     if density is not None:
-        from model.prune import parse_density
+        from quantrtl.model.training.prune import parse_density
 
         parse_density(density)
 
 
 def _train(float_model, fmt, train, finetune: int, seed: int, input_fmt, density, inq: bool):
-    """The method's training procedure → (fake-quant model, description, per-layer densities)."""
-    from model.codebook import KMeansFormat
-    from model.formats import ShiftFormat
-    from model.net import fit, single_thread
-    from model.prune import apply_masks, magnitude_masks, resolve_density, weight_layers
-    from model.quantize import quantize_model
-    from model.unified import UnifiedFormat
+    """The family's training procedure → (fake-quant model, description, per-layer densities)."""
+    from quantrtl.model.numbers.families import family
+    from quantrtl.model.training.procedures import TrainRequest
+    from quantrtl.model.training.prune import resolve_density, weight_layers
 
-    if inq and not isinstance(fmt, ShiftFormat):
-        raise ValueError(f"--inq trains powers of two: use a shiftN quantizer, not {fmt.name!r}")
+    procedure = family(fmt.family).resolve("train")
     plan = resolve_density(density, weight_layers(float_model))
-    text = ", ".join(f"{k} {v:g}" for k, v in plan.items())
-    if isinstance(fmt, UnifiedFormat):  # ADMM: block density, not weight density
-        from model.admm import unified_quantize
-
-        qm, state = unified_quantize(float_model, fmt, train, admm_epochs=finetune, epochs=finetune,
-                                     density=plan, seed=seed, input_fmt=input_fmt)
-        res = ", ".join(f"{r:.3f}" for r in state.history)
-        return qm, (f"ADMM unification and pruning (block {fmt.block}, block density {text}, {finetune} "
-                    f"ADMM epochs, primal residual per epoch [{res}]) + {finetune} epochs fine-tuning"), plan
-    after_step, note = None, ""
-    if any(v < 1.0 for v in plan.values()):  # pruning, then retraining with the masks held
-        if inq:
-            raise ValueError("--inq and --density cannot be combined yet")
-        masks = magnitude_masks(float_model, plan)
-        apply_masks(float_model, masks)
-        after_step = lambda m: apply_masks(float_model, masks)
-        with single_thread():
-            fit(float_model, train, finetune, RETRAIN_LR, 32, seed, after_step=after_step)
-        note = f"magnitude pruning ({text}) and {finetune} epochs retraining, "
-    lr = fmt.finetune_lr
-    if isinstance(fmt, KMeansFormat):  # Deep Compression: cluster once, then train the centroids
-        from model.sharing import kmeans_quantize
-
-        qm = kmeans_quantize(float_model, fmt, train, epochs=finetune, lr=lr, seed=seed, input_fmt=input_fmt)
-        return qm, note + f"k-means (linear init), {finetune} epochs centroid fine-tuning", plan
-    if inq:
-        from model.quantize import inq_quantize
-
-        return (inq_quantize(float_model, fmt, train, epochs=finetune, lr=lr, seed=seed, input_fmt=input_fmt),
-                "INQ (50/75/87.5/100 %)", plan)
-    return (quantize_model(float_model, fmt, train, finetune=finetune, lr=lr, seed=seed, input_fmt=input_fmt,
-                           after_step=after_step),
-            note + f"quantization + {finetune} epochs fine-tuning", plan)
+    done = procedure(TrainRequest(float_model=float_model, fmt=fmt, train=train, epochs=finetune, seed=seed,
+                                  input_fmt=input_fmt, plan=plan, inq=inq))
+    return done.model, done.description, done.plan
 
 
 def quantize_network(quantizer: str, finetune: int | None = None, source: ModelSource = DIGITS,
@@ -230,9 +193,9 @@ def quantize_network(quantizer: str, finetune: int | None = None, source: ModelS
     _check_density(density)
     finetune = method_finetune(fmt, finetune)
     density = fmt.default_density if density is None else density
-    from model import net
-    from model.export import export
-    from sim import golden
+    from quantrtl.model.training import net
+    from quantrtl.model.training.export import export
+    from quantrtl.sim import golden
 
     t0 = time.perf_counter()
     train, test, input_fmt, labelled = load_data(source)
@@ -241,7 +204,7 @@ def quantize_network(quantizer: str, finetune: int | None = None, source: ModelS
     if source.model is not None:
         import torch
 
-        from model.user import load_user_model
+        from quantrtl.model.training.user import load_user_model
 
         float_model = load_user_model(source.model, source.weights, probe=torch.tensor(train.float_inputs()[:8]))
     else:
@@ -274,7 +237,7 @@ def quantize_flow(quantizer: str, out_dir: str | Path, finetune: int | None = No
     Accuracies are on the fixed digits test split: float model, fake-quant PyTorch
     model, and the integer golden model run on the exported artifact.
     """
-    from model.size import coded_size
+    from quantrtl.model.numbers.size import coded_size
 
     source = source or ModelSource(checkpoint=str(checkpoint) if checkpoint else None)
     _check_density(density)
@@ -349,7 +312,7 @@ def verilog_flow(quantizer: str, out_dir: str | Path, layer: str = "all", lanes:
     if pipeline not in (0, 1, 2):
         raise ValueError(f"--pipeline must be 0, 1 or 2, got {pipeline}")
     _check_stream_options(index_bits, source)
-    from hw.verilog import build_design, emit, render
+    from quantrtl.hw.verilog import build_design, emit, render
 
     t0 = time.perf_counter()
     qnet = network_for(fmt, artifact_path, finetune, source)
@@ -404,7 +367,7 @@ class CosimResult:
 def resolve_image(image: str | int, source: ModelSource = DIGITS):
     """``N`` (index into the digits test split, or into ``--calib``) or a digits-style image
     file → (integer input, label or None, description)."""
-    from model.digits import load_image
+    from quantrtl.model.digits import load_image
 
     text = str(image)
     if text.isdigit():
@@ -431,12 +394,12 @@ def cosim_flow(quantizer: str, image: str | int = 0, simulator: str = "icarus", 
     fmt = parse_format(quantizer)
     if not 1 <= lanes <= MAX_LANES:
         raise ValueError(f"--lanes must be in 1..{MAX_LANES}, got {lanes}")
-    from hw.harness import CaptureHarness
-    from hw.network import NetworkTop
-    from hw.verilog import to_verilog
-    from model.layout import to_stream
-    from sim import cosim, golden
-    from sim.runner import check_simulator, run_cocotb
+    from quantrtl.hw.harness import CaptureHarness
+    from quantrtl.hw.network import NetworkTop
+    from quantrtl.hw.verilog import to_verilog
+    from quantrtl.model.numbers.layout import to_stream
+    from quantrtl.sim import cosim, golden
+    from quantrtl.sim.runner import check_simulator, run_cocotb
 
     _check_stream_options(index_bits, source)
     check_simulator(simulator)
@@ -488,8 +451,8 @@ def gates_flow(quantizers: list[str], style: str = "array", layer: str | None = 
                cache_dir: str | Path = "build/synth-cache", networks: dict | None = None,
                source: ModelSource = DIGITS) -> GatesResult:
     """Synthesize every quantizer's design at equal throughput and compare gate counts."""
-    from synth.gates import BENCHES, array_rows, fq_conv_weights, unrolled_rows
-    from synth.yosys import yosys_version
+    from quantrtl.synth.gates import BENCHES, array_rows, fq_conv_weights, unrolled_rows
+    from quantrtl.synth.yosys import yosys_version
 
     fmts = [parse_format(q) for q in quantizers]
     if not fmts:
@@ -556,7 +519,7 @@ def sparse_gates_flow(quantizers: list[str], densities: list[float], throughput:
     """
     import tempfile
 
-    from synth.yosys import yosys_version
+    from quantrtl.synth.yosys import yosys_version
 
     fmts = [parse_format(q) for q in quantizers]
     if not 1 <= throughput <= MAX_LANES:
@@ -588,9 +551,8 @@ GATHER_MEMORIES = ("act_mem",)
 
 def _sparse_comparison(fmts, densities, throughput, layer, index_bits, jobs, yosys, out, work, finetune, image,
                        cache_dir, version):
-    from hw.layer import ConvEngine
-    from hw.sparse import SparseConvEngine
-    from synth.gates import array_rows, sparse_rows
+    from quantrtl.hw.geometry import ConvGeometry, SparseSchedule
+    from quantrtl.synth.gates import array_rows, sparse_rows
 
     rows, crossover = [], {}
     for f in fmts:
@@ -602,7 +564,7 @@ def _sparse_comparison(fmts, densities, throughput, layer, index_bits, jobs, yos
         dcyc = next(l["cycles"] for l in dense_cos.layers if l["name"] == where)
         drow = asdict(array_rows({f.name: dl}, throughput, out, jobs=jobs, yosys=yosys, cache_dir=cache_dir,
                                  prefix="dense", map_memories=GATHER_MEMORIES)[0])
-        dense_geometry = _silenced(ConvEngine(dl, lanes=throughput)).geometry
+        dense_geometry = ConvGeometry.from_layer(dl, throughput)
         dense_run = dense_geometry.run_cycles
         rows.append({"quantizer": f.name, "style": "dense", "density": 1.0, "lanes": throughput, "layer": where,
                      "activation_read_ports": dense_geometry.lanes_per_group,
@@ -615,7 +577,7 @@ def _sparse_comparison(fmts, densities, throughput, layer, index_bits, jobs, yos
             q = quantize_network(f.name, finetune, density=d)
             sl = q.qnet.layer(where)
             p = next((n for n in range(1, 2 * throughput + 1)
-                      if _silenced(SparseConvEngine(sl, lanes=n, index_bits=index_bits)).run_cycles <= dense_run),
+                      if SparseSchedule.for_layer(sl, n, index_bits).run_cycles <= dense_run),
                      2 * throughput)
             art = artifact.save(q.qnet, work / f"sparse-{f.name}-d{d:g}")
             cos = cosim_flow(f.name, image, lanes=p, artifact_path=art, build_root=work / "cosim", sparse=True,
@@ -631,11 +593,6 @@ def _sparse_comparison(fmts, densities, throughput, layer, index_bits, jobs, yos
                 cheaper.append(d)
         crossover[f.name] = max(cheaper) if cheaper else None
     return rows, crossover
-
-
-def _silenced(component):
-    component._MustUse__silence = True  # inspected for its cycle formula only, never elaborated
-    return component
 
 
 def write_json(path: str | Path, obj) -> Path:

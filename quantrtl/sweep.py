@@ -21,7 +21,7 @@ __all__ = ["sweep", "synth_job", "cosim_job"]
 
 
 def _unpack(files: dict[str, bytes], where: Path):
-    from model import artifact
+    from quantrtl.model.numbers import artifact
 
     for name, data in files.items():
         (where / name).write_bytes(data)
@@ -30,7 +30,7 @@ def _unpack(files: dict[str, bytes], where: Path):
 
 def synth_job(files: dict[str, bytes], layer: str, lanes: int) -> dict:
     """Synthesize one layer engine (and its MAC array) of the artifact at ``lanes``."""
-    from synth.gates import array_rows
+    from quantrtl.synth.gates import array_rows
 
     with tempfile.TemporaryDirectory(prefix="quantrtl-synth-") as d:
         net = _unpack(files, Path(d))
@@ -79,8 +79,8 @@ def _executor(jobs: int, scheduler: str | None) -> Executor:
 def sweep(quantizers: list[str], lanes: list[int], densities: list[float], layers: list[str] | None = None,
           jobs: int = 2, scheduler: str | None = None, finetune: int = 10, image: int = 0, cosim: bool = True,
           out_dir: str | Path = "build/sweep") -> dict:
-    from model import artifact
-    from model.formats import parse_format
+    from quantrtl.model.numbers import artifact
+    from quantrtl.model.numbers.families import parse_format
 
     from .flows import MAX_LANES, quantize_network
 

@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from model.artifact import QuantizedNetwork
-from model.layout import to_stream
+from quantrtl.model.numbers.artifact import QuantizedNetwork
+from quantrtl.model.numbers.layout import to_stream
 
-from .compare import Mismatch, first_mismatch
-from .golden import GoldenResult
+from quantrtl.sim.compare import Mismatch, first_mismatch
+from quantrtl.sim.golden import GoldenResult
 
 
 @dataclass

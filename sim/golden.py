@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model.artifact import ArtifactError, Layer, QuantizedNetwork
-from model.formats import centered
+from quantrtl.model.numbers.artifact import ArtifactError, Layer, QuantizedNetwork
+from quantrtl.model.numbers.formats import centered
 
 __all__ = ["requantize", "conv2d_acc", "linear_acc", "maxpool", "relu", "run_layer", "run", "GoldenResult", "predict"]
 

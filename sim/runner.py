@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .tools import ToolNotFound, find_tool
+from quantrtl.sim.tools import ToolNotFound, find_tool
 
 SIMULATORS = {"icarus": "iverilog", "verilator": "verilator"}
 
@@ -38,7 +38,7 @@ class RunResult:
 
 
 def run_cocotb(verilog: Path, top: str, simulator: str, build_dir: Path, job: dict, waves: bool = False,
-               test_module: str = "sim.cocotb_cosim") -> RunResult:
+               test_module: str = "quantrtl.sim.cocotb_cosim") -> RunResult:
     """Build ``verilog`` (skipped when unchanged), run ``test_module`` with ``job``, return its result JSON."""
     tool = check_simulator(simulator)
     from cocotb_tools.runner import get_runner
@@ -65,9 +65,8 @@ def run_cocotb(verilog: Path, top: str, simulator: str, build_dir: Path, job: di
     job_path.write_text(json.dumps(job))
     result_path.unlink(missing_ok=True)
     log = build_dir / "run.log"
-    root = str(Path(__file__).resolve().parent.parent)
-    env = {"QUANTRTL_COSIM_JOB": str(job_path), "QUANTRTL_COSIM_RESULT": str(result_path),
-           "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    # the simulator's embedded Python imports the testbench from the installed quantrtl
+    env = {"QUANTRTL_COSIM_JOB": str(job_path), "QUANTRTL_COSIM_RESULT": str(result_path)}
     try:
         with _environ({"PATH": tool_env["PATH"]}), _quiet():
             runner.test(test_module=test_module, hdl_toplevel=top, build_dir=build_dir, test_dir=build_dir,

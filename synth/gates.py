@@ -19,15 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
-from hw.array import MacArray
-from hw.layer import ConvEngine
-from hw.unrolled import UnrolledDot
-from hw.verilog import to_verilog
-from model.artifact import Layer
-from model.atomic import atomic_write
-from model.formats import WeightFormat
+from quantrtl.hw.array import MacArray
+from quantrtl.hw.layer import ConvEngine
+from quantrtl.hw.unrolled import UnrolledDot
+from quantrtl.hw.verilog import to_verilog
+from quantrtl.model.numbers.artifact import Layer
+from quantrtl.util.atomic import atomic_write
+from quantrtl.model.numbers.formats import WeightFormat
 
-from .yosys import SynthResult, synthesize
+from quantrtl.synth.yosys import SynthResult, synthesize
 
 __all__ = ["GateRow", "array_designs", "unrolled_designs", "array_rows", "unrolled_rows", "sparse_rows", "fq_conv_weights", "BENCHES", "write_verilog"]
 
@@ -193,7 +193,7 @@ def sparse_rows(layers: dict[str, Layer], lanes: dict[str, int], measured: dict[
     Each engine, its MAC array and its sparse decoder are synthesized apart; the decoder's
     gates are reported on their own.  ``measured`` is the layer's cycle count from cosim.
     """
-    from hw.sparse import SparseConvEngine, SparseDecoder
+    from quantrtl.hw.sparse import SparseConvEngine, SparseDecoder
 
     out_dir = Path(out_dir)
     designs = []

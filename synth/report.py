@@ -5,7 +5,7 @@ import csv
 import io
 from pathlib import Path
 
-from model.atomic import atomic_write
+from quantrtl.util.atomic import atomic_write
 
 CSV_COLUMNS = ["quantizer", "style", "density", "layer", "lanes", "throughput", "gates_total", "datapath_gates", "control_gates",
                "flipflops", "memory_bits", "transistors", "gates_per_mac_per_cycle", "ratio_to_cheapest",

@@ -3,17 +3,34 @@ from __future__ import annotations
 
 import numpy as np
 
-from model.artifact import Layer, QuantizedNetwork, QuantParams, expected_out_shape
-from model.formats import WeightFormat
+from quantrtl.model.numbers.artifact import Layer, QuantizedNetwork, QuantParams, expected_out_shape
+from quantrtl.model.numbers.families import families, method_names
+from quantrtl.model.numbers.formats import ParamFormat, WeightFormat
+
+# Every quantizer list of the tests comes from the family registry: a registered family
+# (a toy one too) appears in every parametrization below without editing a test.
+
+#: The seed methods' representative names (fitted per-layer parameters, binary activations).
+METHOD_QUANTIZERS = method_names()
+#: Every name of every family whose format has no fitted per-layer parameters.
+PLAIN_NAMES = [n for f in families() if not issubclass(f.format, ParamFormat) for n in f.names]
+#: The example names of the families whose formats fit per-layer parameters.
+FITTED_NAMES = [n for f in families() if issubclass(f.format, ParamFormat) for n in f.examples]
+#: What the cosim tests run: every plain name, and each fitted family's representative.
+COSIM_NAMES = PLAIN_NAMES + [f.examples[0] for f in families() if issubclass(f.format, ParamFormat)]
 
 
-#: The seed methods with fitted per-layer parameters or binary activations (issue 6).
-METHOD_QUANTIZERS = ["focused5", "kmeans4", "abcnet5", "lqnet2", "unified", "xnor"]
+def format_for_test(name: str, seed: int = 0) -> WeightFormat:
+    """``name``'s format, fitted to random weights when the family fits parameters."""
+    from quantrtl.model.numbers.families import parse_format
+
+    fmt = parse_format(name)
+    return fitted_format(name, seed) if not fmt.fitted else fmt
 
 
 def fitted_format(name: str, seed: int = 0) -> WeightFormat:
     """``name`` fitted to random pruned-looking (C=4, fan-in 36) weights."""
-    from model.formats import parse_format
+    from quantrtl.model.numbers.families import parse_format
 
     rng = np.random.default_rng(seed)
     w = rng.normal(0, 0.2, size=(4, 4, 3, 3)) * (rng.random((4, 4, 3, 3)) < 0.6)

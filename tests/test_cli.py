@@ -47,7 +47,7 @@ def test_quantize_missing_checkpoint(tmp_path, capsys):
 
 
 def test_quantize_nan_weights(tmp_path, capsys):
-    from model.net import load_checkpoint
+    from quantrtl.model.training.net import load_checkpoint
 
     sd = load_checkpoint().state_dict()
     sd["fc.weight"][3, 7] = float("inf")

@@ -49,7 +49,7 @@ def test_yosys_crash(tmp_path, capsys):
 
 
 def test_interrupted_quantize_leaves_no_files(tmp_path, capsys, monkeypatch):
-    from model import artifact
+    from quantrtl.model.numbers import artifact
 
     real = artifact.atomic_write
 

@@ -36,9 +36,9 @@ USER_MODEL = textwrap.dedent("""
 @pytest.fixture(scope="module")
 def user_model(tmp_path_factory):
     """The model file and a briefly trained state dict (batch norm statistics included)."""
-    from model.digits import load_split
-    from model.net import fit
-    from model.user import load_factory
+    from quantrtl.model.digits import load_split
+    from quantrtl.model.training.net import fit
+    from quantrtl.model.training.user import load_factory
 
     d = tmp_path_factory.mktemp("user")
     (d / "mynet.py").write_text(USER_MODEL)
@@ -76,8 +76,8 @@ def test_user_model_end_to_end(user_model, tmp_path, capsys):
 
 
 def test_batch_norm_folding_is_exact(user_model):
-    from model.digits import load_split
-    from model.user import load_factory, load_user_model
+    from quantrtl.model.digits import load_split
+    from quantrtl.model.training.user import load_factory, load_user_model
 
     spec = f"{user_model / 'mynet.py'}:factory"
     original = load_factory(spec)()
@@ -90,7 +90,7 @@ def test_batch_norm_folding_is_exact(user_model):
 
 
 def test_user_model_with_calibration_file(user_model, tmp_path):
-    from model.digits import load_split
+    from quantrtl.model.digits import load_split
     from quantrtl import flows
 
     x = load_split()[0].float_inputs()[:200]

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from hw.array import MacArray, term_widths
-from model.formats import parse_format
+from quantrtl.hw.array import MacArray, term_widths
+from quantrtl.model.numbers.families import parse_format
 from tests.factories import METHOD_QUANTIZERS, fitted_format
 
 

@@ -2,13 +2,15 @@
 import numpy as np
 import pytest
 
-from hw.layer import ConvEngine, ConvGeometry, choose_groups, make_engine
-from model.layout import from_stream, to_stream
-from model import artifact
-from model.digits import load_split
-from model.formats import parse_format
-from sim import golden
-from sim.compare import first_mismatch
+from quantrtl.hw.engines import make_engine
+from quantrtl.hw.geometry import ConvGeometry, choose_groups
+from quantrtl.hw.layer import ConvEngine
+from quantrtl.model.numbers.layout import from_stream, to_stream
+from quantrtl.model.numbers import artifact
+from quantrtl.model.digits import load_split
+from quantrtl.model.numbers.families import parse_format
+from quantrtl.sim import golden
+from quantrtl.sim.compare import first_mismatch
 from tests.factories import METHOD_QUANTIZERS, random_network
 from tests.hw.streams import run_stream
 

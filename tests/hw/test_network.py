@@ -1,12 +1,12 @@
 """The whole digits network as one design in the Amaranth simulator."""
 import pytest
 
-from model.layout import to_stream
-from hw.network import NetworkTop
-from model import artifact
-from model.digits import load_split
-from sim import golden
-from sim.compare import first_mismatch
+from quantrtl.model.numbers.layout import to_stream
+from quantrtl.hw.network import NetworkTop
+from quantrtl.model.numbers import artifact
+from quantrtl.model.digits import load_split
+from quantrtl.sim import golden
+from quantrtl.sim.compare import first_mismatch
 from tests.hw.streams import run_stream
 
 

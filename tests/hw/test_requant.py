@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from hw.requant import Requantizer
-from sim.golden import requantize
+from quantrtl.hw.requant import Requantizer
+from quantrtl.sim.golden import requantize
 
 
 @pytest.mark.parametrize("width,shifts,z,relu", [(18, (30, 40), 0, True), (24, (1, 62), 17, True),

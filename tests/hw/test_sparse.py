@@ -2,14 +2,14 @@
 import numpy as np
 import pytest
 
-from hw.sparse import SparseConvEngine
-from model import artifact
-from model.digits import load_split
-from model.formats import parse_format
-from model.layout import to_stream
+from quantrtl.hw.sparse import SparseConvEngine
+from quantrtl.model.numbers import artifact
+from quantrtl.model.digits import load_split
+from quantrtl.model.numbers.families import parse_format
+from quantrtl.model.numbers.layout import to_stream
 from quantrtl import flows
-from sim import golden
-from sim.compare import first_mismatch
+from quantrtl.sim import golden
+from quantrtl.sim.compare import first_mismatch
 from tests.factories import random_network
 from tests.hw.streams import run_stream
 
@@ -101,9 +101,9 @@ def test_decoder_unit_matches_numpy_decoder(seed, k, density, lanes, index_bits)
     """The hardware decoder's (index, code) lanes equal the NumPy decoder's nonzero positions."""
     from amaranth.sim import Simulator
 
-    from hw.layer import ConvGeometry
-    from hw.sparse import SparseDecoder
-    from model.sparse import decode_row, encode_row
+    from quantrtl.hw.geometry import ConvGeometry
+    from quantrtl.hw.sparse import SparseDecoder
+    from quantrtl.model.numbers.sparse import decode_row, encode_row
 
     fmt = parse_format("shift3")
     rng = np.random.default_rng(seed)

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from hw.unrolled import UnrolledDot
-from model.formats import parse_format
+from quantrtl.hw.unrolled import UnrolledDot
+from quantrtl.model.numbers.families import parse_format
 from tests.factories import METHOD_QUANTIZERS, fitted_format
 
 

@@ -5,10 +5,10 @@ import time
 
 import pytest
 
-from hw.verilog import build_design, emit, render
-from model import artifact
+from quantrtl.hw.verilog import build_design, emit, render
+from quantrtl.model.numbers import artifact
 from quantrtl.cli import main
-from sim.tools import find_tool
+from quantrtl.sim.tools import find_tool
 from tests.factories import METHOD_QUANTIZERS
 
 FORMATS = ["fixed8", "shift3", "shift4", "shift6", "ternary", "binary"] + METHOD_QUANTIZERS

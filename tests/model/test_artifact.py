@@ -4,10 +4,10 @@ import json
 import numpy as np
 import pytest
 
-from model import artifact
-from model.artifact import ArtifactError
-from model.formats import parse_format
-from sim import golden
+from quantrtl.model.numbers import artifact
+from quantrtl.model.numbers.artifact import ArtifactError
+from quantrtl.model.numbers.families import parse_format
+from quantrtl.sim import golden
 from tests.factories import random_network
 
 FORMATS = ["fixed8", "fixed3", "shift3", "shift4", "shift6", "ternary", "binary"]

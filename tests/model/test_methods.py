@@ -9,11 +9,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from model.bases import ABCNetFormat, LQNetFormat
-from model.codebook import KMeansFormat, kmeans_linear
-from model.focused import FocusedFormat
-from model.formats import ActivationFormat, FormatError, ShiftFormat, format_from_dict, parse_format
-from model.unified import UnifiedFormat, block_magnitudes, fanin_matrix, project
+from quantrtl.model.numbers.bases import ABCNetFormat, LQNetFormat
+from quantrtl.model.numbers.codebook import KMeansFormat, kmeans_linear
+from quantrtl.model.numbers.focused import FocusedFormat
+from quantrtl.model.numbers.formats import ActivationFormat, FormatError, ShiftFormat
+from quantrtl.model.numbers.families import format_from_dict, parse_format
+from quantrtl.model.numbers.unified import UnifiedFormat, block_magnitudes, fanin_matrix, project
 
 METHODS = ["focused4", "focused5", "focused6", "kmeans2", "kmeans4", "kmeans8", "abcnet1", "abcnet3", "abcnet5",
            "lqnet1", "lqnet2", "lqnet4", "unified"]
@@ -108,7 +109,7 @@ def test_kmeans_codebook_size(bits):
 
 
 def test_shared_weights_gradient_is_the_sum_of_member_gradients():
-    from model.sharing import SharedWeights
+    from quantrtl.model.training.sharing import SharedWeights
 
     w = torch.tensor([[0.1, 0.11, -0.5, 0.0], [0.9, -0.52, 0.12, 0.88]])
     sw = SharedWeights(w, parse_format("kmeans2"))  # 3 centroids for the nonzero weights
@@ -201,9 +202,9 @@ def test_unified_blocks_follow_the_stream_order_of_a_flattened_map():
 
 
 def test_admm_constraints_hold_after_projection():
-    from model.admm import admm_unify
-    from model.digits import load_split
-    from model.net import load_checkpoint
+    from quantrtl.model.training.admm import admm_unify
+    from quantrtl.model.digits import load_split
+    from quantrtl.model.training.net import load_checkpoint
 
     train, _ = load_split()
     model = load_checkpoint()
@@ -225,8 +226,8 @@ def test_admm_constraints_hold_after_projection():
 # ---- pruning plans --------------------------------------------------------------
 
 def test_density_plans():
-    from model.prune import magnitude_masks, parse_density, resolve_density
-    from model.net import load_checkpoint
+    from quantrtl.model.training.prune import magnitude_masks, parse_density, resolve_density
+    from quantrtl.model.training.net import load_checkpoint
 
     names = ["conv1", "conv2", "fc"]
     assert resolve_density("0.3", names) == {"conv1": 0.3, "conv2": 0.3, "fc": 0.3}
@@ -257,9 +258,9 @@ def test_binary_activation_format():
 
 def test_xnor_model_binarizes_hidden_layers_exactly():
     """Every hidden layer's fake-quant output is ±1 with the sign of the integer accumulator."""
-    from model.digits import load_split
-    from model.net import load_checkpoint
-    from model.quantize import QuantModel, QuantLayer
+    from quantrtl.model.digits import load_split
+    from quantrtl.model.training.net import load_checkpoint
+    from quantrtl.model.training.quantize import QuantModel, QuantLayer
 
     train, test = load_split()
     qm = QuantModel(load_checkpoint(), parse_format("xnor"))
@@ -280,9 +281,9 @@ def test_xnor_model_binarizes_hidden_layers_exactly():
 # ---- honest size ------------------------------------------------------------------
 
 def test_honest_size_counts_every_stored_bit(quantized):
-    from model import artifact
-    from model.huffman import code_lengths
-    from model.size import LENGTH_BITS, coded_size, huffman_bits
+    from quantrtl.model.numbers import artifact
+    from quantrtl.model.numbers.huffman import code_lengths
+    from quantrtl.model.numbers.size import LENGTH_BITS, coded_size, huffman_bits
 
     assert huffman_bits([1, 1, 1, 2], 4) == 4 + 4 * LENGTH_BITS
     syms = np.random.default_rng(0).integers(0, 8, 500)

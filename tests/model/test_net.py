@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from model import net
-from model.digits import INPUT_SCALE, load_split
+from quantrtl.model.training import net
+from quantrtl.model.digits import INPUT_SCALE, load_split
 
 
 def test_split_is_fixed_and_documented():

@@ -4,13 +4,14 @@ import pytest
 import torch
 from torch import nn
 
-from model import artifact
-from model.digits import INPUT_SHAPE, load_split
-from model.export import export
-from model.formats import ActivationFormat, parse_format
-from model.net import load_checkpoint
-from model.quantize import QuantModel, UnsupportedLayerError, fake_quant_act, fake_quant_weight, quantize_model
-from sim import golden
+from quantrtl.model.numbers import artifact
+from quantrtl.model.digits import INPUT_SHAPE, load_split
+from quantrtl.model.training.export import export
+from quantrtl.model.numbers.formats import ActivationFormat
+from quantrtl.model.numbers.families import parse_format
+from quantrtl.model.training.net import load_checkpoint
+from quantrtl.model.training.quantize import QuantModel, UnsupportedLayerError, fake_quant_act, fake_quant_weight, quantize_model
+from quantrtl.sim import golden
 
 
 @pytest.mark.parametrize("name", ["fixed8", "shift4", "ternary", "binary"])
@@ -73,7 +74,7 @@ def test_quantizer_accuracy_and_golden_agreement(quantized, name):
     net = artifact.load(r.artifact)
     _, test = load_split()
     assert np.mean(golden.predict(net, test.x) == test.y) == pytest.approx(r.golden_accuracy)
-    from model.size import coded_size
+    from quantrtl.model.numbers.size import coded_size
 
     assert r.compression_ratio == pytest.approx(net.float_bits() / coded_size(net)["total"])
     assert r.raw_compression_ratio == pytest.approx(net.float_bits() / net.storage_bits()["total"])
@@ -83,7 +84,7 @@ def test_quantizer_accuracy_and_golden_agreement(quantized, name):
 
 def test_inq_incremental_quantization():
     """INQ: 50/75/87.5/100 % of each layer fixed to powers of two, the rest retrained."""
-    from model.quantize import INQ_SCHEDULE, inq_quantize
+    from quantrtl.model.training.quantize import INQ_SCHEDULE, inq_quantize
 
     fmt = parse_format("shift4")
     train, test = load_split()
@@ -95,7 +96,7 @@ def test_inq_incremental_quantization():
             w = step.module.weight.detach().double().numpy()
             assert np.array_equal(fmt.encode(w).dequantize(), w)  # the latent weights are the quantized ones
     net = export(qm, INPUT_SHAPE)
-    from model.net import predict
+    from quantrtl.model.training.net import predict
 
     assert np.mean(golden.predict(net, test.x) == predict(qm, test)) >= 0.99
 

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model import huffman
-from model.formats import parse_format
-from model.sparse import decode_row, encode_matrix, encode_row, stream_bits
+from quantrtl.model.numbers import huffman
+from quantrtl.model.numbers.families import parse_format
+from quantrtl.model.numbers.sparse import decode_row, encode_matrix, encode_row, stream_bits
 
 FORMATS = ["fixed8", "shift3", "ternary", "binary"]
 

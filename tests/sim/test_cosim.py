@@ -68,7 +68,7 @@ def test_cli_cosim_json_and_exit_codes(quantized, build_root, tmp_path, capsys, 
 def test_image_from_files(tmp_path, quantized, build_root):
     from PIL import Image
 
-    from model.digits import load_image, load_split
+    from quantrtl.model.digits import load_image, load_split
 
     _, test = load_split()
     img = test.x[7, 0]
@@ -103,7 +103,7 @@ def test_cli_bad_simulator_and_index(capsys):
 
 def test_cli_simulator_not_installed(capsys, monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
-    import sim.tools
+    import quantrtl.sim.tools
 
     monkeypatch.setattr(sim.tools.sys, "prefix", "/nonexistent")
     assert main(["cosim", "--quantizer", "shift4", "--simulator", "verilator"]) == 3
@@ -117,7 +117,7 @@ def test_cli_simulator_not_installed(capsys, monkeypatch):
 @pytest.mark.parametrize("density", [0.1, 0.3, 1.0])
 def test_icarus_sparse_engines_bit_exact(build_root, tmp_path, name, density):
     """Pruned weights on zero-skipping engines: bit-exact, and fewer cycles as density drops."""
-    from model import artifact
+    from quantrtl.model.numbers import artifact
 
     q = flows.quantize_network(name, 2, density=density)
     art = artifact.save(q.qnet, tmp_path / f"{name}-d{density:g}")
@@ -144,8 +144,8 @@ def test_icarus_sparse_engines_for_pruned_methods(quantized, build_root, name):
 
 @pytest.mark.parametrize("name", ["unified", "xnor"])
 def test_sparse_engine_refuses_block_and_binary_layers(quantized, name):
-    from hw.sparse import SparseConvEngine
-    from model import artifact
+    from quantrtl.hw.sparse import SparseConvEngine
+    from quantrtl.model.numbers import artifact
 
     layer = artifact.load(quantized(name).artifact).layer("conv2")
     with pytest.raises(ValueError, match="use the dense engine"):

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model.artifact import ArtifactError, quantize_multiplier
-from model.formats import parse_format
-from sim import golden
+from quantrtl.model.numbers.artifact import ArtifactError, quantize_multiplier
+from quantrtl.model.numbers.families import parse_format
+from quantrtl.sim import golden
 from tests.factories import random_network
 
 

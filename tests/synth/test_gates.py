@@ -50,9 +50,9 @@ def test_unrolled_style_from_a_model_layer(tmp_path):
 
 
 def test_zero_weights_cost_nothing(tmp_path):
-    from hw.unrolled import UnrolledDot
-    from synth.gates import write_verilog
-    from synth.yosys import synthesize
+    from quantrtl.hw.unrolled import UnrolledDot
+    from quantrtl.synth.gates import write_verilog
+    from quantrtl.synth.yosys import synthesize
 
     dense = synthesize(write_verilog(UnrolledDot([3, -5, 7, 1, 2, -1]), "dense", tmp_path), "dense", cache_dir=None)
     sparse = synthesize(write_verilog(UnrolledDot([3, 0, 7, 0, 0, 0]), "sparse", tmp_path), "sparse", cache_dir=None)

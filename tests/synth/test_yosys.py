@@ -7,11 +7,11 @@ from amaranth.hdl import Module, Signal, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from hw.array import MacArray
-from hw.pe import make_pe
-from hw.verilog import to_verilog
-from model.formats import parse_format
-from synth.yosys import SynthesisError, synthesize, yosys_command
+from quantrtl.hw.array import MacArray
+from quantrtl.hw.pe import make_pe
+from quantrtl.hw.verilog import to_verilog
+from quantrtl.model.numbers.families import parse_format
+from quantrtl.synth.yosys import SynthesisError, synthesize, yosys_command
 
 pytestmark = pytest.mark.yosys
 

@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .atomic import atomic_write
-from .digits import INPUT_SHAPE, NUM_CLASSES, Split, load_split
+from quantrtl.util.atomic import atomic_write
+from quantrtl.model.digits import INPUT_SHAPE, NUM_CLASSES, Split, load_split
 
-CHECKPOINT = Path(__file__).parent / "data" / "digits_cnn.pt"
+CHECKPOINT = Path(__file__).resolve().parent.parent / "data" / "digits_cnn.pt"
 
 
 def digits_cnn() -> nn.Sequential:

@@ -23,8 +23,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from .formats import FormatError, ParamFormat, check_scale, register_family
-from .layout import stream_to_chw_index
+from quantrtl.model.numbers.formats import FormatError, ParamFormat, check_scale
+from quantrtl.model.numbers.layout import stream_to_chw_index
 
 __all__ = ["UnifiedFormat", "project", "fanin_matrix", "from_fanin_matrix", "block_magnitudes"]
 
@@ -153,6 +153,14 @@ class UnifiedFormat(ParamFormat):
         mags = np.arange(self.qmax + 1, dtype=np.int64)
         return np.concatenate([mags, mags[1:] | (1 << self.MAG_BITS)])
 
+    def check_layer(self, codes, op: str, source_shape: tuple | None, where: str = "") -> None:
+        """The MAC array multiplies one magnitude per block of lanes: the blocks must be cut
+        in the order the engine streams the input, and every block must be unified."""
+        if op == "linear" and tuple(self.source or ()) != tuple(source_shape or ()):
+            raise FormatError(f"{where}unified blocks were cut for input {self.source}, "
+                              f"but the engine streams {source_shape}")
+        self.check_blocks(codes, where)
+
     def check_blocks(self, codes, where: str = "") -> None:
         """Raise :class:`FormatError` unless every block shares one magnitude."""
         mags = _blocks(fanin_matrix(np.asarray(codes) & self.qmax, self.source), self.block)
@@ -185,7 +193,7 @@ class UnifiedFormat(ParamFormat):
     def coded_streams(self, codes):
         """Block magnitudes (0 = pruned block; Huffman coded when that pays) and a sign bit
         per weight of every kept block."""
-        from .size import huffman_bits
+        from quantrtl.model.numbers.size import huffman_bits
 
         codes = np.asarray(codes)
         mags = _blocks(fanin_matrix(codes & self.qmax, self.source), self.block)[:, :, 0]
@@ -200,6 +208,3 @@ class UnifiedFormat(ParamFormat):
         codes = np.asarray(codes)
         nblocks = codes.shape[0] * math.ceil(int(np.prod(codes.shape[1:])) / self.block)
         return {"codes": int(codes.size) + nblocks * self.MAG_BITS, "params": 0}
-
-
-register_family("unified", UnifiedFormat, None, "unified")

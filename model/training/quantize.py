@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .digits import INPUT_SCALE, INPUT_ZERO_POINT, Split
-from .formats import ActivationFormat, FormatError, Quantized, WeightFormat, XnorFormat
-from .net import batches, fit, single_thread
+from quantrtl.model.digits import INPUT_SCALE, INPUT_ZERO_POINT, Split
+from quantrtl.model.numbers.formats import ActivationFormat, FormatError, Quantized, WeightFormat, XnorFormat
+from quantrtl.model.training.net import batches, fit, single_thread
 
 SUPPORTED = (nn.Conv2d, nn.Linear, nn.ReLU, nn.MaxPool2d, nn.Flatten)
 

@@ -13,10 +13,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .codebook import KMeansFormat, kmeans_linear
-from .formats import ActivationFormat, Quantized
-from .net import fit, single_thread
-from .quantize import QuantLayer, QuantModel, straight_through
+from quantrtl.model.numbers.codebook import KMeansFormat, kmeans_linear
+from quantrtl.model.numbers.formats import ActivationFormat, Quantized
+from quantrtl.model.training.net import fit, single_thread
+from quantrtl.model.training.quantize import QuantLayer, QuantModel, straight_through
 
 __all__ = ["SharedWeights", "kmeans_quantize"]
 

@@ -27,7 +27,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from .formats import ParamFormat, ShiftFormat, inq_emax, pow2_level, register_family
+from quantrtl.model.numbers.formats import ParamFormat, ShiftFormat, inq_emax, pow2_level
 
 __all__ = ["FocusedFormat"]
 
@@ -126,6 +126,3 @@ class FocusedFormat(ParamFormat):
 
     def storage(self, codes):
         return {"codes": int(np.asarray(codes).size) * self.bits, "params": 2 * self.MEAN_BITS + 8}
-
-
-register_family("focused", FocusedFormat, FocusedFormat.BITS, "focused5")

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .formats import ActivationFormat
-from .net import fit, single_thread
-from .quantize import QuantLayer, QuantModel
-from .unified import UnifiedFormat, project
+from quantrtl.model.numbers.formats import ActivationFormat
+from quantrtl.model.training.net import fit, single_thread
+from quantrtl.model.training.quantize import QuantLayer, QuantModel
+from quantrtl.model.numbers.unified import UnifiedFormat, project
 
 __all__ = ["AdmmState", "admm_unify", "unified_quantize", "layer_sources"]
 

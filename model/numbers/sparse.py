@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .formats import WeightFormat
+from quantrtl.model.numbers.formats import WeightFormat
 
 __all__ = ["SparseRow", "encode_row", "decode_row", "encode_matrix", "stream_bits"]
 
@@ -36,7 +36,7 @@ class SparseRow:
         return len(self.runs)
 
 
-def _zero_code(fmt: WeightFormat) -> int | None:
+def zero_code(fmt: WeightFormat) -> int | None:
     cs = fmt.code_space()
     zero = cs[fmt.decode(cs) == 0]
     return int(zero[0]) if len(zero) else None
@@ -48,7 +48,7 @@ def encode_row(codes, fmt: WeightFormat, index_bits: int = 4) -> SparseRow:
         raise ValueError(f"index_bits must be in 1..16, got {index_bits}")
     codes = np.asarray(codes, dtype=np.int64).ravel()
     values = fmt.decode(codes)
-    zero = _zero_code(fmt)
+    zero = zero_code(fmt)
     max_run = (1 << index_bits) - 1
     runs, out, filler = [], [], []
     gap = 0
@@ -71,7 +71,7 @@ def encode_row(codes, fmt: WeightFormat, index_bits: int = 4) -> SparseRow:
 
 def decode_row(row: SparseRow, fmt: WeightFormat) -> np.ndarray:
     """Dense codes of the row (zeros as the format's zero code, or 0 when it has none)."""
-    zero = _zero_code(fmt)
+    zero = zero_code(fmt)
     dense = np.full(row.length, zero if zero is not None else 0, dtype=np.int64)
     pos = -1
     for run, code, fill in zip(row.runs, row.codes, row.filler):
@@ -91,7 +91,7 @@ def encode_matrix(codes, fmt: WeightFormat, index_bits: int = 4) -> list[SparseR
 
 def stream_bits(rows: list[SparseRow], fmt: WeightFormat) -> dict[str, int]:
     """Exact storage: per entry ``index_bits`` + code bits (+1 filler flag without a zero code)."""
-    flag = 0 if _zero_code(fmt) is not None else 1
+    flag = 0 if zero_code(fmt) is not None else 1
     entries = sum(r.entries for r in rows)
     index_bits = rows[0].index_bits if rows else 0
     return {"entries": entries, "fillers": int(sum(r.filler.sum() for r in rows)),

@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_write
-from .formats import ActivationFormat, FormatError, WeightFormat, format_from_dict
+from quantrtl.util.atomic import atomic_write
+from quantrtl.model.numbers.formats import ActivationFormat, FormatError, WeightFormat
+from quantrtl.model.numbers.families import format_from_dict
 
 SCHEMA = "quantrtl.artifact"
 SCHEMA_VERSION = 1

@@ -21,7 +21,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from .formats import (ParamFormat, check_int_list, check_scale, quantize_coefficients, register_family)
+from quantrtl.model.numbers.formats import (ParamFormat, check_int_list, check_scale, quantize_coefficients)
 
 __all__ = ["BasisFormat", "ABCNetFormat", "LQNetFormat"]
 
@@ -99,9 +99,9 @@ class ABCNetFormat(BasisFormat):
     def encode(self, w):
         if self.fitted:
             return super().encode(w)
-        from .formats import Quantized, _check_weights
+        from quantrtl.model.numbers.formats import Quantized, check_weights
 
-        w = _check_weights(w)
+        w = check_weights(w)
         fitted = self.fit(w)
         codes = self._codes_from_signs(self.basis_signs(w)).astype(np.int64)
         return Quantized(codes=codes, values=fitted.decode(codes), scale=np.full(w.shape[0], fitted.scale),
@@ -128,7 +128,3 @@ class LQNetFormat(BasisFormat):
                 break
             v = new
         return self._with_real_alphas(v)
-
-
-register_family("abcnet", ABCNetFormat, ABCNetFormat.BITS, "abcnet5")
-register_family("lqnet", LQNetFormat, LQNetFormat.BITS, "lqnet2")

@@ -13,9 +13,9 @@ import copy
 import numpy as np
 from torch import nn
 
-from .artifact import Layer, QuantizedNetwork, QuantParams, quantize_multiplier, validate
-from .formats import ActivationFormat
-from .quantize import QuantLayer, QuantModel
+from quantrtl.model.numbers.artifact import Layer, QuantizedNetwork, QuantParams, quantize_multiplier, validate
+from quantrtl.model.numbers.formats import ActivationFormat
+from quantrtl.model.training.quantize import QuantLayer, QuantModel
 
 
 def _qp(fmt: ActivationFormat) -> QuantParams:
@@ -42,7 +42,7 @@ def export(qm: QuantModel, input_shape: tuple[int, ...], name: str = "digits", m
                           padding=pair(step.padding))
         else:  # a ReLU not fused into a preceding conv/linear
             layer = Layer(name=lname, op="relu", in_shape=shape, out_shape=shape, input=qin, output=qin)
-        from .artifact import expected_out_shape
+        from quantrtl.model.numbers.artifact import expected_out_shape
         layer.out_shape = expected_out_shape(layer)
         layers.append(layer)
         shape = layer.out_shape

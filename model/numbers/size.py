@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .huffman import code_lengths
-from .sparse import _zero_code, encode_matrix
+from quantrtl.model.numbers.huffman import code_lengths
+from quantrtl.model.numbers.sparse import zero_code, encode_matrix
 
 __all__ = ["huffman_bits", "layer_size", "coded_size", "LENGTH_BITS"]
 
@@ -55,7 +55,7 @@ def layer_size(layer, index_bits: int = 4) -> dict:
     dense = huffman_bits(codes, alphabet)
     if dense < raw:
         best = {"layout": "dense", "codes": dense, "index": 0}
-    if _zero_code(fmt) is not None:
+    if zero_code(fmt) is not None:
         rows = encode_matrix(codes, fmt, index_bits)
         ent_codes = np.concatenate([r.codes for r in rows]) if rows else np.zeros(0)
         runs = np.concatenate([r.runs for r in rows]) if rows else np.zeros(0)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -35,9 +34,7 @@ __all__ = [
     "BinaryFormat",
     "XnorFormat",
     "ActivationFormat",
-    "parse_format",
-    "format_from_dict",
-    "known_quantizers",
+    "check_weights",
 ]
 
 
@@ -80,7 +77,7 @@ class Quantized:
         return self.scale.reshape(shape) * self.values
 
 
-def _check_weights(w) -> np.ndarray:
+def check_weights(w) -> np.ndarray:
     w = np.asarray(w, dtype=np.float64)
     if w.ndim < 1 or w.shape[0] == 0 or w.size == 0:
         raise FormatError(f"weights must have at least one output channel, got shape {w.shape}")
@@ -171,6 +168,11 @@ class WeightFormat:
     #: Weights sharing one multiplier per block of this many consecutive fan-in positions.
     block: ClassVar[int] = 1
 
+    def check_layer(self, codes, op: str, source_shape: tuple | None, where: str = "") -> None:
+        """Check that a layer's ``codes`` hold the structure the hardware relies on, for an
+        engine of ``op`` streaming a ``source_shape`` input (a block-structured format's
+        blocks); a :class:`FormatError` naming the layer (``where``) otherwise."""
+
     def coded_streams(self, codes) -> int | None:
         """Losslessly coded bits of ``codes`` when the format has its own layout
         (:mod:`model.size`); ``None``: Huffman over dense or relative-index codes."""
@@ -182,7 +184,7 @@ class WeightFormat:
 
     # ---- codec ----------------------------------------------------------------
     def encode(self, w) -> Quantized:
-        w = _check_weights(w)
+        w = check_weights(w)
         codes, scale = self._encode(w)
         codes = codes.astype(np.int64)
         return Quantized(codes=codes, values=self.decode(codes), scale=scale, format=self)
@@ -439,7 +441,7 @@ class ParamFormat(WeightFormat):
 
     def encode(self, w) -> Quantized:
         if not self.fitted:
-            return self.fit(_check_weights(w)).encode(w)
+            return self.fit(check_weights(w)).encode(w)
         return super().encode(w)
 
     def decode(self, codes) -> np.ndarray:
@@ -503,76 +505,6 @@ class XnorFormat(BinaryFormat):
     def layer_format(self, first: bool) -> WeightFormat:
         """The weight format of a layer: ``binary`` for the first (8-bit input), else xnor."""
         return BinaryFormat() if first else self
-
-
-# ---- registry -------------------------------------------------------------------
-# A quantizer name is a family with an optional width ("fixed8", "shift4") or a bare
-# family ("ternary").  New formats register a parser here; nothing else dispatches on
-# names.
-
-@dataclass(frozen=True)
-class _Family:
-    cls: type
-    pattern: str  # regex over the whole name; group 1 (if any) is the width
-    example: str
-    widths: range | None = None
-
-
-_FAMILIES: dict[str, _Family] = {}
-
-
-def register_family(family: str, cls: type, widths: range | None, example: str) -> None:
-    pattern = rf"{family}(\d+)" if widths is not None else family
-    _FAMILIES[family] = _Family(cls=cls, pattern=pattern, example=example, widths=widths)
-
-
-register_family("fixed", FixedFormat, FixedFormat.BITS, "fixed8")
-register_family("shift", ShiftFormat, ShiftFormat.BITS, "shift4")
-register_family("ternary", TernaryFormat, None, "ternary")
-register_family("binary", BinaryFormat, None, "binary")
-register_family("xnor", XnorFormat, None, "xnor")
-
-
-# Method formats with fitted parameters live in their own modules and register here.
-from . import bases, codebook, focused, unified  # noqa: E402,F401
-
-
-def known_quantizers() -> list[str]:
-    """Human-readable list of accepted names."""
-    out = []
-    for fam, f in _FAMILIES.items():
-        out.append(f"{fam}N (N={f.widths.start}..{f.widths.stop - 1})" if f.widths else fam)
-    return out
-
-
-def parse_format(name: str) -> WeightFormat:
-    """``"shift4"`` → ``ShiftFormat(bits=4)``; a clear :class:`FormatError` otherwise."""
-    if not isinstance(name, str):
-        raise FormatError(f"quantizer name must be a string, got {name!r}")
-    for fam, f in _FAMILIES.items():
-        m = re.fullmatch(f.pattern, name)
-        if not m:
-            continue
-        if f.widths is None:
-            return f.cls()
-        bits = int(m.group(1))
-        if bits not in f.widths:
-            raise FormatError(
-                f"quantizer {name!r}: bit width {bits} out of range for {fam}N "
-                f"(allowed {f.widths.start}..{f.widths.stop - 1})"
-            )
-        return f.cls(bits=bits)
-    raise FormatError(f"unknown quantizer {name!r}; known: {', '.join(known_quantizers())}")
-
-
-def format_from_dict(d: dict) -> WeightFormat:
-    """Inverse of :meth:`WeightFormat.to_dict` (validated)."""
-    if not isinstance(d, dict) or "name" not in d:
-        raise FormatError(f"format entry must be an object with a 'name', got {d!r}")
-    fmt = parse_format(d["name"]).with_params(d)
-    if fmt.to_dict() != d:
-        raise FormatError(f"format entry {d!r} is inconsistent with its name (expected {fmt.to_dict()!r})")
-    return fmt
 
 
 # ---- activations ----------------------------------------------------------------

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .net import CheckpointError
-from .quantize import SUPPORTED, UnsupportedLayerError
+from quantrtl.model.training.net import CheckpointError
+from quantrtl.model.training.quantize import SUPPORTED, UnsupportedLayerError
 
 ACCEPTED = SUPPORTED + (nn.BatchNorm2d, nn.BatchNorm1d)
 

@@ -17,7 +17,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from .formats import (ParamFormat, check_int_list, check_scale, quantize_coefficients, register_family)
+from quantrtl.model.numbers.formats import (ParamFormat, check_int_list, check_scale, quantize_coefficients)
 
 __all__ = ["KMeansFormat", "kmeans_linear"]
 
@@ -93,6 +93,3 @@ class KMeansFormat(ParamFormat):
 
     def storage(self, codes):
         return {"codes": int(np.asarray(codes).size) * self.bits, "params": len(self.codebook) * self.CODEBOOK_BITS}
-
-
-register_family("kmeans", KMeansFormat, KMeansFormat.BITS, "kmeans4")

@@ -1,0 +1,249 @@
+"""Engine geometry, schedules, cycle formulas and memory-bit accounting (pure Python).
+
+The one place these numbers are defined: the engines (``hw/layer.py``, ``hw/sparse.py``)
+build their loop nests from them, the Verilog description JSON (``hw/verilog.py``) and
+the comparisons (``synth/``) read them without elaborating anything, and
+docs/hardware.md states the same formulas.  No Amaranth here.
+"""
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass
+
+import numpy as np
+
+from quantrtl.model.numbers.artifact import M0_BITS, Layer
+from quantrtl.model.numbers.formats import WeightFormat
+from quantrtl.model.numbers.layout import stream_to_chw_index
+from quantrtl.model.numbers.sparse import encode_row
+
+__all__ = ["uint_bits", "choose_groups", "ConvGeometry", "fanin_codes", "conv_memory_bits", "maxpool_cycles",
+           "relu_cycles", "SparseSchedule", "MAXPOOL_CYCLE_FORMULA"]
+
+
+def uint_bits(n: int) -> int:
+    """Unsigned width for values 0..n (at least 1)."""
+    return max(1, int(n).bit_length())
+
+
+def choose_groups(fan_in: int, cout: int, lanes: int, block: int = 1) -> int:
+    """Lane groups that minimise run cycles per pixel, ``ceil(cout/G) * ceil(K/(P/G))``.
+
+    Only groups whose output drain (G cycles) fits in the compute time of a group
+    (``ceil(K/(P/G))`` cycles) are allowed, so the output never stalls the array;
+    ties go to fewer groups (fewer accumulators).  With ``block > 1`` (unified weights)
+    every group must hold whole blocks.
+    """
+    if lanes % block:
+        raise ValueError(f"lanes ({lanes}) must be a multiple of the unified block size {block}")
+    best = None
+    for g in range(1, lanes + 1):
+        if lanes % g or (lanes // g) % block:
+            continue
+        t = math.ceil(fan_in / (lanes // g))
+        if g > t and g > 1:
+            continue
+        cost = (math.ceil(cout / g) * t, g)
+        best = min(best, cost) if best else cost
+    return best[1]
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Loop nest of a conv2d (or linear, as a 1×1 conv on a 1×1 map) engine."""
+
+    cin: int
+    h: int
+    w: int
+    cout: int
+    kh: int = 1
+    kw: int = 1
+    sh: int = 1
+    sw: int = 1
+    ph: int = 0
+    pw: int = 0
+    lanes: int = 1
+    groups: int = 1
+
+    @property
+    def oh(self) -> int:
+        return (self.h + 2 * self.ph - self.kh) // self.sh + 1
+
+    @property
+    def ow(self) -> int:
+        return (self.w + 2 * self.pw - self.kw) // self.sw + 1
+
+    @property
+    def fan_in(self) -> int:
+        return self.cin * self.kh * self.kw
+
+    @property
+    def lanes_per_group(self) -> int:
+        return self.lanes // self.groups
+
+    @property
+    def chunks(self) -> int:
+        """T: cycles per channel group per pixel."""
+        return math.ceil(self.fan_in / self.lanes_per_group)
+
+    @property
+    def channel_groups(self) -> int:
+        return math.ceil(self.cout / self.groups)
+
+    @property
+    def pixels(self) -> int:
+        return self.oh * self.ow
+
+    @property
+    def in_size(self) -> int:
+        return self.cin * self.h * self.w
+
+    @property
+    def out_size(self) -> int:
+        return self.cout * self.pixels
+
+    @property
+    def run_cycles(self) -> int:
+        """Cycles in which the array is fed: pixels × channel groups × chunks."""
+        return self.pixels * self.channel_groups * self.chunks
+
+    @property
+    def last_group_size(self) -> int:
+        return self.cout - (self.channel_groups - 1) * self.groups
+
+    #: :meth:`cycles`, as the Verilog description JSON and docs/hardware.md state it.
+    CYCLE_FORMULA = "in_size + pixels*channel_groups*chunks + pipeline + 3 + last_group_size"
+
+    def cycles(self, pipeline: int) -> int:
+        """Cycles from the first input handshake to the last output handshake, inclusive,
+        with ``inp`` valid and ``out`` ready throughout (docs/hardware.md): load, run, the
+        pipeline, three cycles of memory/array/bank latency, and the last group's drain."""
+        return self.in_size + self.run_cycles + pipeline + 3 + self.last_group_size
+
+    @property
+    def tap_offsets(self) -> list[int]:
+        """Per fan-in position, the input offset ``(dy * W + dx) * C + ci`` from the window's base."""
+        return [(dy * self.w + dx) * self.cin + ci for dy, dx, ci in self.taps()]
+
+    def taps(self) -> list[tuple[int, int, int]]:
+        """Fan-in order k → (dy, dx, ci), input channel fastest (matches the stream order)."""
+        return [(dy, dx, ci) for dy in range(self.kh) for dx in range(self.kw) for ci in range(self.cin)]
+
+    @classmethod
+    def from_layer(cls, layer: Layer, lanes: int, groups: int | None = None) -> "ConvGeometry":
+        if layer.op == "conv2d":
+            (cin, h, w), cout = layer.in_shape, layer.out_shape[0]
+            kw = dict(kh=layer.kernel[0], kw=layer.kernel[1], sh=layer.stride[0], sw=layer.stride[1],
+                      ph=layer.padding[0], pw=layer.padding[1])
+        elif layer.op == "linear":
+            (cin,), h, w, cout, kw = layer.in_shape, 1, 1, layer.out_shape[0], {}
+        else:
+            raise ValueError(f"layer {layer.name!r}: a MAC engine needs conv2d or linear, not {layer.op}")
+        lanes = operator.index(lanes)
+        if lanes < 1:
+            raise ValueError(f"lanes must be at least 1, got {lanes}")
+        fan_in = cin * kw.get("kh", 1) * kw.get("kw", 1)
+        g = choose_groups(fan_in, cout, lanes, layer.format.block) if groups is None else operator.index(groups)
+        return cls(cin=cin, h=h, w=w, cout=cout, lanes=lanes, groups=g, **kw)
+
+
+def fanin_codes(layer: Layer, g: ConvGeometry, source_shape: tuple | None = None) -> np.ndarray:
+    """A conv/linear layer's codes as (cout, K) in the engines' fan-in order: (dy, dx, ci)
+    with the input channel fastest; a linear layer fed by a (C, H, W) map (``source_shape``)
+    takes its columns in that map's stream order."""
+    codes = layer.codes
+    if layer.op == "conv2d":
+        return np.transpose(codes, (0, 2, 3, 1)).reshape(g.cout, -1)
+    if source_shape is not None and len(source_shape) == 3:
+        if int(np.prod(source_shape)) != g.cin:
+            raise ValueError(f"layer {layer.name!r}: source shape {tuple(source_shape)} does not flatten to {g.cin}")
+        return codes[:, stream_to_chw_index(tuple(source_shape))]
+    return codes
+
+
+def conv_memory_bits(g: ConvGeometry, code_bits: int, acc_width: int, act_bits: int, shift_max: int | None,
+                     requant_words: int | None = None) -> dict[str, int]:
+    """Bits of a dense conv/linear engine's memories: weight words (P codes per address,
+    padded groups and chunks included), biases and requantization constants (``M0`` and
+    the shift, one per padded channel; none for a ``sign`` layer: ``shift_max`` None),
+    and the activation buffer."""
+    channels = g.channel_groups * g.groups if requant_words is None else requant_words
+    return {"weights": g.channel_groups * g.chunks * g.lanes * code_bits,
+            "bias": channels * acc_width,
+            "requant": 0 if shift_max is None else channels * (M0_BITS + uint_bits(shift_max)),
+            "activations": g.in_size * act_bits}
+
+
+#: :func:`maxpool_cycles`, as the Verilog description JSON states it.
+MAXPOOL_CYCLE_FORMULA = "in_size + pixels*channels*kh*kw + 4"
+
+
+def maxpool_cycles(g: ConvGeometry) -> int:
+    """Max pooling, one window tap per cycle: load, pixels × channels × taps, 4 of latency."""
+    return g.in_size + g.pixels * g.cout * g.kh * g.kw + 4
+
+
+def relu_cycles(in_shape) -> int:
+    """An unfused ReLU passes one value per cycle."""
+    return int(np.prod(in_shape))
+
+
+@dataclass(frozen=True)
+class SparseSchedule:
+    """The zero-skipping engine's schedule: each (pixel, channel) takes ``words_c =
+    max(1, ceil(entries_c / P))`` cycles over the channel's relative-index entries."""
+
+    geometry: ConvGeometry
+    rows: tuple
+    index_bits: int
+    code_bits: int
+
+    #: :meth:`cycles`, as the Verilog description JSON and docs/hardware.md state it.
+    CYCLE_FORMULA = "in_size + pixels*sum_c(max(1, ceil(entries_c/lanes))) + pipeline + 5"
+
+    @classmethod
+    def build(cls, g: ConvGeometry, weights: np.ndarray, fmt: WeightFormat, index_bits: int) -> "SparseSchedule":
+        """``weights``: codes as (cout, K) in the engine's fan-in order (:func:`fanin_codes`)."""
+        return cls(g, tuple(encode_row(r, fmt, index_bits) for r in weights), index_bits, fmt.bits)
+
+    @classmethod
+    def for_layer(cls, layer: Layer, lanes: int, index_bits: int, source_shape: tuple | None = None
+                  ) -> "SparseSchedule":
+        """The schedule of ``layer`` on a ``lanes``-lane zero-skipping engine (one lane group)."""
+        g = ConvGeometry.from_layer(layer, lanes, groups=1)
+        return cls.build(g, fanin_codes(layer, g, source_shape), layer.format, index_bits)
+
+    @property
+    def entry_width(self) -> int:
+        """run + code + a 2-bit kind (absent, weight, filler)."""
+        return self.index_bits + self.code_bits + 2
+
+    def channel_words(self) -> list[int]:
+        p = self.geometry.lanes
+        return [max(1, math.ceil(r.entries / p)) for r in self.rows]
+
+    @property
+    def nonzero_weights(self) -> int:
+        return int(sum((~r.filler).sum() for r in self.rows))
+
+    @property
+    def run_cycles(self) -> int:
+        return self.geometry.pixels * sum(self.channel_words())
+
+    def cycles(self, pipeline: int) -> int:
+        """Load, run, the pipeline, five cycles of latency (entry memory, decoder, gather,
+        array, bank) and the one-output drain."""
+        return self.geometry.in_size + self.run_cycles + pipeline + 5
+
+    @property
+    def ideal_cycles(self) -> int:
+        """``ceil(nonzero MACs / lanes)``: every lane busy on a nonzero weight every cycle."""
+        return math.ceil(self.geometry.pixels * self.nonzero_weights / self.geometry.lanes)
+
+    def memory_bits(self, acc_width: int, shift_max: int | None) -> dict[str, int]:
+        g = self.geometry
+        return {"entries": sum(self.channel_words()) * g.lanes * self.entry_width,
+                "bias": g.cout * acc_width,
+                "requant": 0 if shift_max is None else g.cout * (M0_BITS + uint_bits(shift_max)),
+                "activations": g.in_size * 8}
