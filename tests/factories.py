@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from quantrtl.model.numbers.artifact import Layer, QuantizedNetwork, QuantParams, expected_out_shape
+from quantrtl.model.numbers.artifact import Layer, QuantizedNetwork, expected_out_shape
 from quantrtl.model.numbers.families import families, method_names
-from quantrtl.model.numbers.formats import ParamFormat, WeightFormat
+from quantrtl.model.numbers.formats import ActivationFormat, ParamFormat, WeightFormat
 
 # Every quantizer list of the tests comes from the family registry: a registered family
 # (a toy one too) appears in every parametrization below without editing a test.
@@ -16,6 +16,11 @@ METHOD_QUANTIZERS = method_names()
 PLAIN_NAMES = [n for f in families() if not issubclass(f.format, ParamFormat) for n in f.names]
 #: The example names of the families whose formats fit per-layer parameters.
 FITTED_NAMES = [n for f in families() if issubclass(f.format, ParamFormat) for n in f.examples]
+#: Each family's representative (its first example name).
+REPRESENTATIVES = [f.examples[0] for f in families()]
+#: The representatives of the plain families whose layers read 8-bit activations.
+PLAIN_REPRESENTATIVES = [f.examples[0] for f in families()
+                         if not issubclass(f.format, ParamFormat) and not f.format.binary_input]
 #: What the cosim tests run: every plain name, and each fitted family's representative.
 COSIM_NAMES = PLAIN_NAMES + [f.examples[0] for f in families() if issubclass(f.format, ParamFormat)]
 
@@ -37,8 +42,8 @@ def fitted_format(name: str, seed: int = 0) -> WeightFormat:
     return parse_format(name).encode(w).format
 
 
-def _qp(rng, relu_out: bool = False) -> QuantParams:
-    return QuantParams(scale=float(rng.uniform(0.01, 0.1)), zero_point=0 if relu_out else int(rng.integers(0, 256)))
+def _qp(rng, relu_out: bool = False) -> ActivationFormat:
+    return ActivationFormat(scale=float(rng.uniform(0.01, 0.1)), zero_point=0 if relu_out else int(rng.integers(0, 256)))
 
 
 def _weights(rng, fmt: WeightFormat, shape) -> dict:

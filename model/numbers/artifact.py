@@ -38,38 +38,6 @@ class ArtifactError(ValueError):
     """A malformed, inconsistent or unreadable artifact."""
 
 
-@dataclass(frozen=True)
-class QuantParams:
-    """Affine parameters of one activation tensor: ``real = scale * (q - zero_point)``."""
-
-    scale: float
-    zero_point: int
-    bits: int = 8
-    encoding: str = "affine"  # or "pm1": binary activations, real = scale * (2q - 1)
-
-    @property
-    def format(self) -> ActivationFormat:
-        return ActivationFormat(scale=self.scale, zero_point=self.zero_point, bits=self.bits, encoding=self.encoding)
-
-    @property
-    def binary(self) -> bool:
-        return self.encoding == "pm1"
-
-    @property
-    def qmin(self) -> int:
-        return 0
-
-    @property
-    def qmax(self) -> int:
-        return (1 << self.bits) - 1
-
-    def to_dict(self) -> dict:
-        d = {"scale": self.scale, "zero_point": self.zero_point, "bits": self.bits}
-        if self.binary:  # affine entries keep the schema-1 form
-            d["encoding"] = self.encoding
-        return d
-
-
 @dataclass(eq=False)
 class Layer:
     """One layer of a quantized network.
@@ -86,8 +54,8 @@ class Layer:
     op: str
     in_shape: tuple[int, ...]
     out_shape: tuple[int, ...]
-    input: QuantParams
-    output: QuantParams
+    input: ActivationFormat
+    output: ActivationFormat
     kernel: tuple[int, int] = (1, 1)
     stride: tuple[int, int] = (1, 1)
     padding: tuple[int, int] = (0, 0)
@@ -155,7 +123,7 @@ class QuantizedNetwork:
     name: str
     quantizer: str
     input_shape: tuple[int, ...]
-    input: QuantParams
+    input: ActivationFormat
     layers: list[Layer]
     metadata: dict[str, Any] = field(default_factory=dict)
 
@@ -306,16 +274,15 @@ def _int_tuple(d: dict, key: str, where: str, n: int | None = None) -> tuple[int
     return tuple(v)
 
 
-def _qparams(d: dict, where: str) -> QuantParams:
+def _qparams(d: dict, where: str) -> ActivationFormat:
     scale = _need(d, "scale", where, (int, float))
     zp = _need(d, "zero_point", where, int)
     bits = _need(d, "bits", where, int)
     encoding = d.get("encoding", "affine")
     try:
-        ActivationFormat(scale=float(scale), zero_point=zp, bits=bits, encoding=encoding)
+        return ActivationFormat(scale=float(scale), zero_point=zp, bits=bits, encoding=encoding)
     except FormatError as e:
         raise ArtifactError(f"{where}: {e}") from None
-    return QuantParams(scale=float(scale), zero_point=zp, bits=bits, encoding=encoding)
 
 
 def load(path: str | os.PathLike) -> QuantizedNetwork:

@@ -35,7 +35,8 @@ from quantrtl.model.numbers.formats import (BinaryFormat, FixedFormat, FormatErr
 from quantrtl.model.numbers.unified import UnifiedFormat
 
 __all__ = ["Family", "BUILTIN", "register", "unregister", "families", "family", "parse_format", "format_from_dict",
-           "known_quantizers", "example_names", "all_names", "method_names", "quantizer_help"]
+           "known_quantizers", "example_names", "all_names", "representatives", "comparison_names", "method_names",
+           "quantizer_help"]
 
 _NAME = re.compile(r"[a-z][a-z0-9]*")
 
@@ -99,7 +100,7 @@ BUILTIN: tuple[Family, ...] = (
     Family("fixed", FixedFormat, _PE + "FixedPE", _TRAIN + "standard", FixedFormat.BITS,
            ("fixed8", "fixed4", "fixed2", "fixed16"), "symmetric per-channel integers (TensorFlow 8-bit style)"),
     Family("shift", ShiftFormat, _PE + "ShiftPE", _TRAIN + "incremental", ShiftFormat.BITS,
-           ("shift4", "shift3", "shift6"), "zero or ±2^e (INQ powers of two; --inq trains incrementally)"),
+           ("shift3", "shift4", "shift6"), "zero or ±2^e (INQ powers of two; --inq trains incrementally)"),
     Family("ternary", TernaryFormat, _PE + "TernaryPE", _TRAIN + "standard", None, ("ternary",),
            "{-1, 0, +1} per channel scale (TWN)"),
     Family("binary", BinaryFormat, _PE + "BinaryPE", _TRAIN + "standard", None, ("binary",),
@@ -169,6 +170,18 @@ def example_names() -> list[str]:
 def all_names() -> list[str]:
     """Every accepted quantizer name (each width of each family)."""
     return [n for f in families() for n in f.names]
+
+
+def representatives() -> list[str]:
+    """Each family's representative name (its first example)."""
+    return [f.examples[0] for f in families()]
+
+
+def comparison_names(also=()) -> list[str]:
+    """Each family's representative and the names in ``also`` that the registry knows,
+    in registry order (the methods comparison of ``make results``)."""
+    wanted = set(representatives()) | set(also)
+    return [n for f in families() for n in dict.fromkeys(f.examples + tuple(f.names)) if n in wanted]
 
 
 def method_names() -> list[str]:

@@ -545,6 +545,13 @@ class ActivationFormat:
         if not 0 <= self.zero_point <= self.qmax:
             raise FormatError(f"activation zero point {self.zero_point} outside [0, {self.qmax}]")
 
+    def to_dict(self) -> dict:
+        """The artifact's activation entry (affine entries keep the schema-1 form)."""
+        d = {"scale": self.scale, "zero_point": self.zero_point, "bits": self.bits}
+        if self.binary:
+            d["encoding"] = self.encoding
+        return d
+
     @property
     def qmin(self) -> int:
         return 0

@@ -13,14 +13,15 @@ import copy
 import numpy as np
 from torch import nn
 
-from quantrtl.model.numbers.artifact import Layer, QuantizedNetwork, QuantParams, quantize_multiplier, validate
+from quantrtl.model.numbers.artifact import Layer, QuantizedNetwork, quantize_multiplier, validate
 from quantrtl.model.numbers.formats import ActivationFormat
 from quantrtl.model.training.quantize import QuantLayer, QuantModel
 
 
-def _qp(fmt: ActivationFormat) -> QuantParams:
-    return QuantParams(scale=float(fmt.scale), zero_point=int(fmt.zero_point), bits=int(fmt.bits),
-                       encoding=fmt.encoding)
+def _qp(fmt: ActivationFormat) -> ActivationFormat:
+    """The format with plain Python numbers (the artifact's JSON types)."""
+    return ActivationFormat(scale=float(fmt.scale), zero_point=int(fmt.zero_point), bits=int(fmt.bits),
+                            encoding=fmt.encoding)
 
 
 def export(qm: QuantModel, input_shape: tuple[int, ...], name: str = "digits", metadata: dict | None = None) -> QuantizedNetwork:
@@ -53,7 +54,7 @@ def export(qm: QuantModel, input_shape: tuple[int, ...], name: str = "digits", m
     return net
 
 
-def _weight_layer(name: str, step: QuantLayer, shape, qin: QuantParams, flatten: bool) -> Layer:
+def _weight_layer(name: str, step: QuantLayer, shape, qin: ActivationFormat, flatten: bool) -> Layer:
     m = step.module
     w = m.weight.detach().cpu().double().numpy()
     q = step.quantized(shape)

@@ -5,7 +5,7 @@ from amaranth.sim import Simulator
 
 from quantrtl.hw.array import MacArray, term_widths
 from quantrtl.model.numbers.families import parse_format
-from tests.factories import METHOD_QUANTIZERS, fitted_format
+from tests.factories import METHOD_QUANTIZERS, PLAIN_REPRESENTATIVES, fitted_format, format_for_test
 
 
 def wrap(v: int, width: int) -> int:
@@ -51,7 +51,7 @@ def simulate(arr: MacArray, jobs, seed: int, stall_prob: float):
 CASES = [(p, g, pipe) for p in (1, 4, 8, 16) for g in (1, 2, 4, 16) if g <= p and p % g == 0 for pipe in (0, 1, 2)]
 
 
-@pytest.mark.parametrize("name", ["fixed8", "shift4", "ternary", "binary"])
+@pytest.mark.parametrize("name", PLAIN_REPRESENTATIVES)
 @pytest.mark.parametrize("lanes,groups,pipeline", CASES)
 def test_mac_array_random(name, lanes, groups, pipeline):
     fmt = parse_format(name)
@@ -112,7 +112,7 @@ def method_jobs(fmt, lanes: int, groups: int, rng):
 def test_method_mac_array_random(name, lanes, groups, pipeline):
     """Multi-term accumulators with per-layer coefficients, block multiplies and XNOR
     popcounts against NumPy: ``init + sum(pe outputs)`` with the PE's own contract."""
-    fmt = fitted_format(name) if name != "xnor" else parse_format(name)
+    fmt = format_for_test(name)
     rng = np.random.default_rng(lanes + groups + pipeline)
     width = 24
     act_bits = 1 if fmt.binary_input else 8

@@ -11,10 +11,10 @@ from quantrtl.model.digits import load_split
 from quantrtl.model.numbers.families import parse_format
 from quantrtl.sim import golden
 from quantrtl.sim.compare import first_mismatch
-from tests.factories import METHOD_QUANTIZERS, random_network
+from tests.factories import REPRESENTATIVES, random_network
 from tests.hw.streams import run_stream
 
-DIGITS_FORMATS = ["fixed8", "shift3", "shift4", "shift6", "ternary", "binary"] + METHOD_QUANTIZERS
+DIGITS_FORMATS = REPRESENTATIVES + ["shift3", "shift6"]
 
 
 def run_layers(net, x, lanes, layers=None, ready_prob=1.0, valid_prob=1.0, pipeline=0):

@@ -4,8 +4,7 @@ import pytest
 from amaranth.sim import Simulator
 
 from quantrtl.hw.unrolled import UnrolledDot
-from quantrtl.model.numbers.families import parse_format
-from tests.factories import METHOD_QUANTIZERS, fitted_format
+from tests.factories import REPRESENTATIVES, format_for_test
 
 
 def simulate(dot: UnrolledDot, xs) -> list[int]:
@@ -25,12 +24,12 @@ def simulate(dot: UnrolledDot, xs) -> list[int]:
     return out
 
 
-@pytest.mark.parametrize("name", ["fixed8", "shift3"] + METHOD_QUANTIZERS)
+@pytest.mark.parametrize("name", REPRESENTATIVES + ["shift3"])
 def test_unrolled_decomposition_is_exact(name):
-    fmt = fitted_format(name) if name not in ("fixed8", "shift3", "xnor") else None
+    fmt = format_for_test(name)
     rng = np.random.default_rng(3)
     w = rng.normal(0, 0.2, size=(4, 4, 3, 3)) * (rng.random((4, 4, 3, 3)) < 0.6)
-    q = (fmt or parse_format(name)).encode(w)
+    q = fmt.encode(w)
     codes = q.codes[1]
     dot = UnrolledDot.from_codes(q.format, codes)
     amax = (1 << dot.act_bits) - 1

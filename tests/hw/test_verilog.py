@@ -9,9 +9,9 @@ from quantrtl.hw.verilog import build_design, emit, render
 from quantrtl.model.numbers import artifact
 from quantrtl.cli import main
 from quantrtl.sim.tools import find_tool
-from tests.factories import METHOD_QUANTIZERS
+from tests.factories import REPRESENTATIVES
 
-FORMATS = ["fixed8", "shift3", "shift4", "shift6", "ternary", "binary"] + METHOD_QUANTIZERS
+FORMATS = REPRESENTATIVES + ["shift3", "shift6"]
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,9 @@ from quantrtl.model.numbers.formats import ActivationFormat, FormatError, ShiftF
 from quantrtl.model.numbers.families import format_from_dict, parse_format
 from quantrtl.model.numbers.unified import UnifiedFormat, block_magnitudes, fanin_matrix, project
 
-METHODS = ["focused4", "focused5", "focused6", "kmeans2", "kmeans4", "kmeans8", "abcnet1", "abcnet3", "abcnet5",
-           "lqnet1", "lqnet2", "lqnet4", "unified"]
+from tests.factories import FITTED_NAMES, METHOD_QUANTIZERS
+
+METHODS = FITTED_NAMES  # every example name of the families that fit per-layer parameters
 
 finite = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False, allow_subnormal=False)
 weights = hnp.arrays(np.float64, hnp.array_shapes(min_dims=2, max_dims=4, min_side=1, max_side=5), elements=finite)
@@ -301,7 +302,7 @@ def test_honest_size_counts_every_stored_bit(quantized):
 
 # ---- acceptance on the digits model ---------------------------------------------------
 
-@pytest.mark.parametrize("name", ["focused5", "kmeans4", "abcnet5", "lqnet2", "unified", "xnor"])
+@pytest.mark.parametrize("name", METHOD_QUANTIZERS)
 def test_method_quantize_report(quantized, name):
     """Each method: accuracy, golden agreement >= 99 %, honest compression, per-layer report."""
     r = quantized(name)

@@ -6,11 +6,10 @@ import pytest
 
 from quantrtl import flows
 from quantrtl.cli import main
-from tests.factories import METHOD_QUANTIZERS
+from tests.factories import COSIM_NAMES
 
-# every quantizer the command line accepts
-ICARUS_QUANTIZERS = ([f"fixed{n}" for n in range(2, 17)] + [f"shift{n}" for n in range(3, 7)] + ["ternary", "binary"]
-                     + METHOD_QUANTIZERS)
+# every name of every plain family, and each fitted family's representative (the registry's)
+ICARUS_QUANTIZERS = COSIM_NAMES
 
 @pytest.fixture(scope="session")
 def build_root(tmp_path_factory):
