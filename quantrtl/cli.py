@@ -34,6 +34,21 @@ def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+#: Library parameter names whose flag is not ``--`` + the name with dashes.
+_FLAGS = {"artifact_path": "--artifact"}
+
+
+def flag(param: str) -> str:
+    """The command-line flag of a library parameter (``index_bits`` → ``--index-bits``)."""
+    return _FLAGS.get(param, "--" + param.replace("_", "-"))
+
+
+def _message(e: BaseException) -> str:
+    from quantrtl.util.errors import OptionError
+
+    return e.render(flag) if isinstance(e, OptionError) else str(e)
+
+
 def _source(args) -> "flows.ModelSource":
     return flows.ModelSource(model=getattr(args, "model", None), weights=getattr(args, "weights", None),
                              calib=getattr(args, "calib", None), checkpoint=getattr(args, "checkpoint", None),
@@ -244,7 +259,7 @@ def _csv_list(text: str, kind, option: str) -> list:
 def cmd_sweep(args) -> int:
     from quantrtl.synth.report import write_csv, write_sweep_plot
 
-    from .sweep import sweep
+    from .flows.sweep import sweep
 
     r = sweep(_csv_list(args.quantizers, str, "--quantizers"), _csv_list(args.lanes, int, "--lanes"),
               _csv_list(args.densities, float, "--densities"),
@@ -473,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
         _say("quantrtl: interrupted")
         return 130
     except _user_errors() as e:
-        _say(f"quantrtl: error: {e}")
+        _say(f"quantrtl: error: {_message(e)}")
         return 2
     except _tool_errors() as e:
         _say(f"quantrtl: error: {e}")

@@ -28,6 +28,7 @@ from quantrtl.util.atomic import atomic_write
 from quantrtl.model.numbers.formats import WeightFormat
 
 from quantrtl.synth.yosys import SynthResult, synthesize
+from quantrtl.util.errors import OptionError
 
 __all__ = ["GateRow", "array_designs", "unrolled_designs", "array_rows", "unrolled_rows", "sparse_rows", "fq_conv_weights", "BENCHES", "write_verilog"]
 
@@ -106,7 +107,7 @@ def unrolled_designs(weights: dict[str, np.ndarray], out_dir: Path, sample: int,
     cout = next(iter(weights.values())).codes.shape[0]
     k = min(sample, cout)
     if k < 1:
-        raise ValueError(f"--sample must be at least 1, got {sample}")
+        raise OptionError("sample", f"must be at least 1, got {sample}")
     channels = sorted(np.random.default_rng(seed).choice(cout, size=k, replace=False).tolist())
     designs = []
     for q, w in weights.items():

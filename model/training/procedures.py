@@ -17,6 +17,7 @@ from quantrtl.model.numbers.formats import ActivationFormat, WeightFormat
 from quantrtl.model.training.net import fit, single_thread
 from quantrtl.model.training.prune import apply_masks, magnitude_masks
 from quantrtl.model.training.quantize import QuantModel, inq_quantize, quantize_model
+from quantrtl.util.errors import OptionError
 
 __all__ = ["TrainRequest", "Trained", "RETRAIN_LR", "standard", "incremental", "kmeans", "unified"]
 
@@ -78,7 +79,7 @@ class Trained:
 
 def _no_inq(req: TrainRequest) -> None:
     if req.inq:
-        raise ValueError(f"--inq trains powers of two: use a shiftN quantizer, not {req.fmt.name!r}")
+        raise OptionError("inq", f"trains powers of two: use a shiftN quantizer, not {req.fmt.name!r}")
 
 
 def _prune_and_retrain(req: TrainRequest):
@@ -113,7 +114,7 @@ def incremental(req: TrainRequest) -> Trained:
     if not req.inq:
         return standard(req)
     if req.prunes:
-        raise ValueError("--inq and --density cannot be combined yet")
+        raise OptionError(("inq", "density"), "{0} and {1} cannot be combined yet")
     qm = inq_quantize(req.float_model, req.fmt, req.train, epochs=req.epochs, lr=req.fmt.finetune_lr, seed=req.seed,
                       input_fmt=req.input_fmt)
     return Trained(qm, "INQ (50/75/87.5/100 %)", req.plan)

@@ -15,6 +15,7 @@ import math
 
 import torch
 from torch import nn
+from quantrtl.util.errors import OptionError
 
 __all__ = ["parse_density", "resolve_density", "magnitude_masks", "apply_masks", "densities"]
 
@@ -36,12 +37,12 @@ def parse_density(spec) -> dict[str, float]:
             try:
                 plan[key] = float(value)
             except ValueError:
-                raise ValueError(f"--density {text!r}: {value.strip()!r} is not a number (use 0.3 or "
+                raise OptionError("density", f"{text!r}: {value.strip()!r} is not a number (use 0.3 or "
                                  f"layer=0.3,...,*=0.3)") from None
     for key, v in plan.items():
         if not (isinstance(v, float) and 0.0 < v <= 1.0):
             where = "every layer" if key == "*" else f"layer {key!r}"
-            raise ValueError(f"--density must be in (0, 1], got {v:g} for {where}")
+            raise OptionError("density", f"must be in (0, 1], got {v:g} for {where}")
     return plan
 
 
@@ -50,7 +51,7 @@ def resolve_density(spec, names: list[str]) -> dict[str, float]:
     plan = parse_density(spec)
     unknown = set(plan) - set(names) - {"*", "first", "last"}
     if unknown:
-        raise ValueError(f"--density names unknown layers {sorted(unknown)}; weight layers are {names}")
+        raise OptionError("density", f"names unknown layers {sorted(unknown)}; weight layers are {names}")
     out = {}
     for i, n in enumerate(names):
         pos = "first" if i == 0 else "last" if i == len(names) - 1 else None

@@ -119,9 +119,19 @@ def load_user_model(spec: str, weights: str | None = None, probe: torch.Tensor |
             model.load_state_dict(torch.load(p, map_location="cpu", weights_only=True))
         except Exception as e:
             raise CheckpointError(f"{p}: cannot load checkpoint ({str(e).splitlines()[0]})") from None
+    return prepare_module(model, f"--model {spec!r}", weights or spec, probe)
+
+
+def prepare_module(model: nn.Module, what: str = "the model", source: str | None = None,
+                   probe: torch.Tensor | None = None) -> nn.Sequential:
+    """Check a float module's parameters and layers, fold batch norm, and return the
+    ``nn.Sequential`` quantization expects (``probe`` checks that folding kept the outputs).
+    ``what`` names the model in errors, ``source`` where its parameters came from."""
+    if not isinstance(model, nn.Module):
+        raise ModelSpecError(f"{what}: expected an nn.Module, got {type(model).__name__}")
     for name, t in model.state_dict().items():
         if t.is_floating_point() and not torch.isfinite(t).all():
-            raise CheckpointError(f"{weights or spec}: parameter {name!r} contains NaN or infinity")
+            raise CheckpointError(f"{source or what}: parameter {name!r} contains NaN or infinity")
     model.eval()
     layers = _flatten(model)
     check_layers(layers)
@@ -131,10 +141,10 @@ def load_user_model(spec: str, weights: str | None = None, probe: torch.Tensor |
             try:
                 want = model(probe)
             except Exception as e:
-                raise ModelSpecError(f"--model {spec!r}: forward on the calibration data failed: {e}") from None
+                raise ModelSpecError(f"{what}: forward on the calibration data failed: {e}") from None
             got = seq(probe)
         if want.shape != got.shape or not torch.allclose(want, got, rtol=1e-4, atol=1e-4):
-            raise ModelSpecError(f"--model {spec!r}: its forward is not its layers applied in order "
+            raise ModelSpecError(f"{what}: its forward is not its layers applied in order "
                                  "(quantrtl needs a sequence of layers)")
     return seq
 

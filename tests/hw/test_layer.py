@@ -14,7 +14,7 @@ from quantrtl.sim.compare import first_mismatch
 from tests.factories import REPRESENTATIVES, random_network
 from tests.hw.streams import run_stream
 
-DIGITS_FORMATS = REPRESENTATIVES + ["shift3", "shift6"]
+DIGITS_FORMATS = list(dict.fromkeys(REPRESENTATIVES + ["shift3", "shift4", "shift6"]))
 
 
 def run_layers(net, x, lanes, layers=None, ready_prob=1.0, valid_prob=1.0, pipeline=0):

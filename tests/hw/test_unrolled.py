@@ -24,7 +24,7 @@ def simulate(dot: UnrolledDot, xs) -> list[int]:
     return out
 
 
-@pytest.mark.parametrize("name", REPRESENTATIVES + ["shift3"])
+@pytest.mark.parametrize("name", list(dict.fromkeys(REPRESENTATIVES + ["fixed8", "shift3"])))
 def test_unrolled_decomposition_is_exact(name):
     fmt = format_for_test(name)
     rng = np.random.default_rng(3)

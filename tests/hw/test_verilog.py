@@ -11,7 +11,7 @@ from quantrtl.cli import main
 from quantrtl.sim.tools import find_tool
 from tests.factories import REPRESENTATIVES
 
-FORMATS = REPRESENTATIVES + ["shift3", "shift6"]
+FORMATS = list(dict.fromkeys(REPRESENTATIVES + ["shift3", "shift4", "shift6"]))
 
 
 @pytest.fixture(scope="module")

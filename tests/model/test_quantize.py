@@ -104,5 +104,5 @@ def test_inq_incremental_quantization():
 def test_inq_needs_a_shift_format():
     from quantrtl import flows
 
-    with pytest.raises(ValueError, match="--inq trains powers of two"):
+    with pytest.raises(ValueError, match="inq trains powers of two"):
         flows.quantize_network("fixed8", 0, inq=True)

@@ -104,7 +104,7 @@ def test_cli_simulator_not_installed(capsys, monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     import quantrtl.sim.tools
 
-    monkeypatch.setattr(sim.tools.sys, "prefix", "/nonexistent")
+    monkeypatch.setattr(quantrtl.sim.tools.sys, "prefix", "/nonexistent")
     assert main(["cosim", "--quantizer", "shift4", "--simulator", "verilator"]) == 3
     err = capsys.readouterr().err.strip()
     assert "simulator verilator: verilator is not installed" in err and len(err.splitlines()) <= 2

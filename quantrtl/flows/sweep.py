@@ -17,6 +17,8 @@ from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
+from quantrtl.util.errors import OptionError
+
 __all__ = ["sweep", "synth_job", "cosim_job"]
 
 
@@ -44,7 +46,7 @@ def synth_job(files: dict[str, bytes], layer: str, lanes: int) -> dict:
 
 def cosim_job(files: dict[str, bytes], lanes: int, image: int) -> dict:
     """Co-simulate the whole network of the artifact at ``lanes`` on one test image (Icarus)."""
-    from quantrtl.flows import cosim_flow
+    from quantrtl.flows.cosim import cosim_flow
 
     with tempfile.TemporaryDirectory(prefix="quantrtl-cosim-") as d:
         net = _unpack(files, Path(d))
@@ -60,11 +62,11 @@ def _executor(jobs: int, scheduler: str | None) -> Executor:
         try:
             from distributed import Client
         except ImportError:
-            raise ValueError("--scheduler needs dask.distributed (pip install 'dask[distributed]')") from None
+            raise OptionError("scheduler", "needs dask.distributed (pip install 'dask[distributed]')") from None
         try:
             client = Client(scheduler, timeout=15)
         except Exception as e:
-            raise ValueError(f"--scheduler {scheduler}: cannot connect ({e})") from None
+            raise OptionError("scheduler", f"{scheduler}: cannot connect ({e})") from None
         try:
             yield client.get_executor()
         finally:
@@ -82,19 +84,20 @@ def sweep(quantizers: list[str], lanes: list[int], densities: list[float], layer
     from quantrtl.model.numbers import artifact
     from quantrtl.model.numbers.families import parse_format
 
-    from .flows import MAX_LANES, quantize_network
+    from quantrtl.flows.common import MAX_LANES
+    from quantrtl.flows.quantize import quantize_network
 
     fmts = [parse_format(q) for q in quantizers]
     if not fmts or not lanes or not densities:
-        raise ValueError("--quantizers, --lanes and --densities each need at least one value")
+        raise OptionError(("quantizers", "lanes", "densities"), "{0}, {1} and {2} each need at least one value")
     for p in lanes:
         if not 1 <= p <= MAX_LANES:
-            raise ValueError(f"--lanes {p} out of range 1..{MAX_LANES}")
+            raise OptionError("lanes", f"{p} out of range 1..{MAX_LANES}")
     for d in densities:
         if not 0.0 < d <= 1.0:
-            raise ValueError(f"--densities {d} out of range (0, 1]")
+            raise OptionError("densities", f"{d} out of range (0, 1]")
     if jobs < 1:
-        raise ValueError(f"--jobs must be at least 1, got {jobs}")
+        raise OptionError("jobs", f"must be at least 1, got {jobs}")
     t0 = time.perf_counter()
     out = Path(out_dir)
     with _executor(jobs, scheduler) as ex:  # connect first: a bad scheduler fails before any work
@@ -104,7 +107,7 @@ def sweep(quantizers: list[str], lanes: list[int], densities: list[float], layer
         layers = layers or [max((l for l in first.layers if l.op == "conv2d"), key=lambda l: l.macs).name]
         for name in layers:
             if name not in weighted:
-                raise ValueError(f"--layers {name!r} is not a conv2d/linear layer; choose from {weighted}")
+                raise OptionError("layers", f"{name!r} is not a conv2d/linear layer; choose from {weighted}")
         nets = {}
         for (q, d), qr in quantized.items():  # arguments all checked: now write the artifacts
             stem = out / "artifacts" / f"digits-{q}-d{d:g}"

@@ -1,0 +1,103 @@
+"""The Python API: the command line's flows for notebooks and scripts.
+
+>>> import quantrtl
+>>> q = quantrtl.quantize("shift4")                # the digits CNN, or model=<nn.Module>
+>>> r = quantrtl.cosim(q, image=3)                  # RTL (Icarus) against the golden model
+>>> r.bit_exact
+True
+
+Each function validates its arguments before any work (errors are
+:class:`~quantrtl.util.errors.OptionError`, naming the parameter) and returns the result
+object the command line prints.  A network argument is what :func:`quantize` returned, an
+in-memory :class:`~quantrtl.model.numbers.artifact.QuantizedNetwork`, or an artifact path.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from quantrtl import flows
+
+__all__ = ["quantize", "verilog", "cosim", "gates", "sweep", "load"]
+
+
+def _source(model, calib, density, block) -> "flows.ModelSource":
+    if model is None or isinstance(model, str):
+        return flows.ModelSource(model=model, calib=calib, density=density, block=block)
+    return flows.ModelSource(module=model, calib=calib, density=density, block=block)
+
+
+def _network(net) -> tuple[str, Any]:
+    """``(quantizer, artifact argument)`` of a network argument."""
+    from quantrtl.model.numbers import artifact
+
+    if isinstance(net, flows.QuantizedRun):
+        return net.quantizer, net.qnet
+    if isinstance(net, artifact.QuantizedNetwork):
+        return net.quantizer, net
+    if isinstance(net, (str, Path)):
+        loaded = artifact.load(net)
+        return loaded.quantizer, str(net)
+    raise flows.OptionError("net", f"must be what quantize() returned, a QuantizedNetwork or an artifact path, "
+                                   f"not {type(net).__name__}")
+
+
+def quantize(quantizer: str, model=None, *, finetune: int | None = None, density=None, inq: bool = False,
+             seed: int = 0, calib: str | None = None, block: int | None = None) -> "flows.QuantizedRun":
+    """Quantize ``model`` (an ``nn.Module``, a ``path/file.py:factory`` string, or None for the
+    shipped digits CNN) with ``quantizer``; returns the network (``.qnet``, ``.save(stem)``)
+    with its float, fake-quant and golden accuracies and their agreement."""
+    source = _source(model, calib, density, block)
+    return flows.quantize_network(quantizer, finetune, source, seed=seed, density=density, inq=inq)
+
+
+def verilog(net, out: str | Path, *, layer: str = "all", lanes: int = 8, pipeline: int = 0, taps: bool = False,
+            sparse: bool = False, index_bits: int = 4) -> "flows.VerilogResult":
+    """Verilog (and its JSON description) of ``net``'s layer, or of the whole network, in ``out``."""
+    quantizer, art = _network(net)
+    return flows.verilog_flow(quantizer, out, layer=layer, lanes=lanes, pipeline=pipeline, artifact_path=art,
+                              taps=taps, sparse=sparse, index_bits=index_bits)
+
+
+def cosim(net, *, image: int | str = 0, simulator: str = "icarus", lanes: int = 8, waves: bool = False,
+          build_root: str | Path = "build/cosim", sparse: bool = False, index_bits: int = 4) -> "flows.CosimResult":
+    """One inference of test image ``image`` (or an image file) in RTL, compared bit for bit
+    with the golden model layer by layer (``.bit_exact``, ``.first_mismatch``, ``.cycles``)."""
+    quantizer, art = _network(net)
+    return flows.cosim_flow(quantizer, image, simulator=simulator, lanes=lanes, waves=waves, artifact_path=art,
+                            build_root=build_root, sparse=sparse, index_bits=index_bits)
+
+
+def gates(nets, *, style: str = "array", layer: str | None = None, throughput: int = 16, sample: int = 4,
+          jobs: int = 2, yosys: str | None = None, out_dir: str | Path = "build/gates",
+          cache_dir: str | Path = "build/synth-cache") -> "flows.GatesResult":
+    """Yosys gate counts of ``nets`` (networks, or quantizer names quantized now) at equal throughput."""
+    names, networks = [], {}
+    for n in nets:
+        if isinstance(n, str) and not n.endswith(".json"):
+            names.append(n)
+        else:
+            quantizer, art = _network(n)
+            names.append(quantizer)
+            networks[quantizer] = art if not isinstance(art, str) else _load(art)
+    return flows.gates_flow(names, style=style, layer=layer, throughput=throughput, sample=sample, jobs=jobs,
+                            yosys=yosys, out_dir=out_dir, cache_dir=cache_dir, networks=networks)
+
+
+def sweep(quantizers: list[str], lanes: list[int], densities: list[float], **options) -> dict:
+    """Design-space sweep (quantizer × lanes × density) on a local pool or a Dask cluster
+    (``scheduler="tcp://host:port"``); see :func:`quantrtl.flows.sweep.sweep` for the options."""
+    from quantrtl.flows.sweep import sweep as run
+
+    return run(quantizers, lanes, densities, **options)
+
+
+def _load(path):
+    from quantrtl.model.numbers import artifact
+
+    return artifact.load(path)
+
+
+def load(path: str | Path):
+    """An artifact from disk (``<stem>.json`` + ``.npz``), validated."""
+    return _load(path)

@@ -1,0 +1,112 @@
+"""What every flow shares: the model source, the data, argument checks, JSON output."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from quantrtl.util.atomic import atomic_write
+from quantrtl.util.errors import OptionError
+from quantrtl.util.provenance import package_versions
+
+__all__ = ["DEFAULT_FINETUNE", "DEMO_QUANTIZERS", "MAX_LANES", "OptionError", "ModelSource", "DIGITS", "load_data",
+           "tool_versions", "check_density", "check_lanes", "check_stream_options", "artifact_stem", "write_json"]
+
+#: Fine-tuning epochs used when the user does not say (``--finetune 0`` is pure PTQ).
+DEFAULT_FINETUNE = 10
+#: The quantizers ``make demo`` compares.
+DEMO_QUANTIZERS = ("fixed8", "shift4", "ternary", "binary")
+
+
+def tool_versions() -> dict[str, str]:
+    return package_versions("quantrtl", "numpy", "torch", python=True)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Which float model and data: the shipped digits CNN (default) or a user model, from a
+    file (``model``) or in memory (``module``, an ``nn.Module``: the Python API)."""
+
+    model: str | None = None  # path/to/file.py:factory
+    weights: str | None = None  # state dict for the user model
+    calib: str | None = None  # .npy float inputs instead of the digits data
+    checkpoint: str | None = None  # another checkpoint of the digits CNN
+    density: float | str | None = None  # prune to this density or plan first (None: the method's default)
+    block: int | None = None  # unified: block size (None: the format's default)
+    module: Any = field(default=None, compare=False)  # an nn.Module (not copied here; the flow copies it)
+
+    def __post_init__(self):
+        if self.model is not None and self.module is not None:
+            raise OptionError(("model", "module"), "give either {0} (a file) or {1} (an nn.Module), not both")
+
+    @property
+    def name(self) -> str:
+        if self.module is not None:
+            stem = type(self.module).__name__.lower()
+        elif self.model is None:
+            return "digits"
+        else:
+            stem = Path(self.model.rpartition(":")[0]).stem
+        ident = "".join(c if c.isalnum() else "_" for c in stem)
+        return ident if ident[:1].isalpha() else f"m_{ident}"
+
+
+DIGITS = ModelSource()
+
+
+def load_data(source: ModelSource):
+    """``(calibration/training split, evaluation split, input format, labelled)``."""
+    from quantrtl.model.digits import INPUT_SCALE, INPUT_ZERO_POINT, load_split
+    from quantrtl.model.numbers.formats import ActivationFormat
+
+    if source.calib is None:
+        train, test = load_split()
+        return train, test, ActivationFormat(scale=INPUT_SCALE, zero_point=INPUT_ZERO_POINT), True
+    from quantrtl.model.training.user import ArraySplit, load_calibration
+
+    x = load_calibration(source.calib)
+    fmt = ActivationFormat.from_range(float(x.min()), float(x.max()))
+    split = ArraySplit(x, fmt)
+    return split, split, fmt, False
+
+
+def check_density(density) -> None:
+    """A fraction in (0, 1] or a per-layer plan (``model/training/prune.parse_density``)."""
+    if density is not None:
+        from quantrtl.model.training.prune import parse_density
+
+        parse_density(density)
+
+
+def artifact_stem(out_dir: str | Path, qnet) -> Path:
+    return Path(out_dir) / f"{qnet.name}-{qnet.quantizer}"
+
+
+#: The most MAC lanes an engine may have.
+MAX_LANES = 256
+
+
+def check_lanes(lanes: int, param: str = "lanes") -> None:
+    if not 1 <= lanes <= MAX_LANES:
+        raise OptionError(param, f"must be in 1..{MAX_LANES}, got {lanes}")
+
+
+def check_stream_options(index_bits: int, source: "ModelSource") -> None:
+    """Relative-index width and pruning density, checked before any work."""
+    if not 1 <= index_bits <= 16:
+        raise OptionError("index_bits", f"must be in 1..16, got {index_bits}")
+    check_density(source.density)
+
+
+def write_json(path: str | Path, obj) -> Path:
+    """Results as JSON, written atomically."""
+    def default(o):
+        if isinstance(o, (np.integer,)):
+            return int(o)
+        if isinstance(o, (np.floating,)):
+            return float(o)
+        raise TypeError(f"not JSON serializable: {type(o).__name__}")
+    return atomic_write(path, json.dumps(obj, indent=2, default=default) + "\n")

@@ -1,0 +1,155 @@
+"""The gates flows: Yosys gate counts across quantizers at equal throughput (array and
+unrolled styles), and the dense vs zero-skipping comparison (``synth/sparse.py``)."""
+from __future__ import annotations
+
+import itertools
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from quantrtl.flows.common import DEFAULT_FINETUNE, DIGITS, MAX_LANES, ModelSource, check_lanes, \
+    check_stream_options
+from quantrtl.flows.cosim import cosim_flow
+from quantrtl.flows.quantize import quantize_network
+from quantrtl.model.numbers import artifact
+from quantrtl.model.numbers.families import parse_format
+from quantrtl.util.errors import OptionError
+
+__all__ = ["STYLES", "GatesOptions", "GatesResult", "gates_flow", "sparse_gates_flow"]
+
+STYLES = ("array", "unrolled")
+
+
+@dataclass(frozen=True)
+class GatesResult:
+    style: str
+    throughput: int
+    layer: str
+    rows: list
+    seconds: float
+    yosys_version: str
+
+
+@dataclass(frozen=True)
+class GatesOptions:
+    """A gate-count comparison, validated on construction (before any work)."""
+
+    quantizers: tuple[str, ...]
+    style: str = "array"
+    layer: str | None = None
+    bench: str | None = None
+    throughput: int = 16
+    sample: int = 4
+    jobs: int = 2
+
+    def __post_init__(self):
+        from quantrtl.synth.gates import BENCHES
+
+        fmts = [parse_format(q) for q in self.quantizers]
+        if not fmts:
+            raise OptionError("quantizers", "needs at least one quantizer")
+        if len({f.name for f in fmts}) != len(fmts):
+            raise OptionError("quantizers", f"lists a quantizer twice: {list(self.quantizers)}")
+        if self.style not in STYLES:
+            raise OptionError("style", f"unknown {{0}} {self.style!r}; choose one of {', '.join(STYLES)}")
+        if self.layer is not None and self.bench is not None:
+            raise OptionError(("layer", "bench"), "give either {0} or {1}, not both")
+        if self.bench is not None and self.bench not in BENCHES:
+            raise OptionError("bench", f"unknown {{0}} {self.bench!r}; available: {', '.join(BENCHES)}")
+        if self.bench is not None and self.style == "array":
+            raise OptionError(("bench", "style"), "{0} layers have no trained artifact; use {1} unrolled with {0}")
+        check_lanes(self.throughput, "throughput")
+        if self.sample < 1:
+            raise OptionError("sample", f"must be at least 1, got {self.sample}")
+        if self.jobs < 1:
+            raise OptionError("jobs", f"must be at least 1, got {self.jobs}")
+
+
+def gates_flow(quantizers: list[str], style: str = "array", layer: str | None = None, bench: str | None = None,
+               throughput: int = 16, sample: int = 4, jobs: int = 2, yosys: str | None = None,
+               out_dir: str | Path = "build/gates", finetune: int = DEFAULT_FINETUNE,
+               cache_dir: str | Path = "build/synth-cache", networks: dict | None = None,
+               source: ModelSource = DIGITS) -> GatesResult:
+    """Synthesize every quantizer's design at equal throughput and compare gate counts."""
+    from quantrtl.synth.gates import array_rows, fq_conv_weights, unrolled_rows
+    from quantrtl.synth.yosys import yosys_version
+
+    GatesOptions(tuple(quantizers), style, layer, bench, throughput, sample, jobs)
+    fmts = [parse_format(q) for q in quantizers]
+    version = yosys_version(yosys)  # a missing Yosys fails before any work
+    t0 = time.perf_counter()
+    out = Path(out_dir) / style
+    if style == "unrolled" and layer is None:
+        bench = bench or "fq-conv"
+        w = fq_conv_weights(bench)
+        weights = {f.name: f.encode(w) for f in fmts}
+        rows = unrolled_rows(weights, out, sample=sample, jobs=jobs, yosys=yosys, cache_dir=cache_dir,
+                             name=bench.replace("-", ""))
+        where = bench
+    else:
+        nets = {f.name: (networks or {}).get(f.name) or quantize_network(f.name, finetune, source).qnet for f in fmts}
+        first = next(iter(nets.values()))
+        convs = [l for l in first.layers if l.op == "conv2d"] or [l for l in first.layers if l.has_weights]
+        where = layer or max(convs, key=lambda l: l.macs).name
+        names = [l.name for l in first.layers if l.has_weights]
+        if where not in names:
+            raise OptionError("layer", f"{where!r} is not a conv2d/linear layer of the model; choose one of {names}")
+        if style == "array":
+            rows = array_rows({q: n.layer(where) for q, n in nets.items()}, throughput, out, jobs=jobs, yosys=yosys,
+                              cache_dir=cache_dir, prefix=first.name)
+        else:
+            rows = unrolled_rows({q: n.layer(where) for q, n in nets.items()}, out, sample=sample, jobs=jobs,
+                                 yosys=yosys, cache_dir=cache_dir, name=f"{first.name}_{where}")
+    dicts = [asdict(r) for r in rows]
+    cheapest = min(r["gates_total"] for r in dicts)
+    for r in dicts:
+        r["ratio_to_cheapest"] = r["gates_total"] / cheapest
+    return GatesResult(style=style, throughput=dicts[0]["throughput"], layer=where, rows=dicts,
+                       seconds=time.perf_counter() - t0, yosys_version=version)
+
+
+def sparse_gates_flow(quantizers: list[str], densities: list[float], throughput: int = 16, layer: str | None = None,
+                      index_bits: int = 4, jobs: int = 2, yosys: str | None = None, out_dir: str | Path = "build/gates",
+                      finetune: int = DEFAULT_FINETUNE, image: int = 0,
+                      cache_dir: str | Path = "build/synth-cache") -> dict:
+    """Dense vs zero-skipping engines at equal throughput, over weight density
+    (:mod:`quantrtl.synth.sparse`): the models are quantized and the layer co-simulated
+    on test image ``image`` here, in a scratch folder of this run."""
+    from quantrtl.synth.sparse import Collaborators, LayerRun, sparse_comparison
+    from quantrtl.synth.yosys import yosys_version
+
+    fmts = [parse_format(q) for q in quantizers]
+    check_lanes(throughput, "throughput")
+    for d in densities:
+        if not 0.0 < d <= 1.0:
+            raise OptionError("densities", f"{d} out of range (0, 1]")
+    check_stream_options(index_bits, DIGITS)
+    if jobs < 1:
+        raise OptionError("jobs", f"must be at least 1, got {jobs}")
+    version = yosys_version(yosys)
+    t0 = time.perf_counter()
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".sparse-work-", dir=Path(out_dir)))
+
+    def quantize(name, density):
+        q = quantize_network(name, finetune) if density is None else quantize_network(name, finetune, density=density)
+        return q.qnet, q.golden_accuracy
+
+    serial = itertools.count()
+
+    def cosim(name, qnet, lanes, sparse, where):
+        path = artifact.save(qnet, work / f"{'sparse' if sparse else 'dense'}-{name}-{next(serial)}")
+        r = cosim_flow(name, image, lanes=lanes, artifact_path=path, build_root=work / "cosim", sparse=sparse,
+                       index_bits=index_bits)
+        return LayerRun(cycles=next(l["cycles"] for l in r.layers if l["name"] == where), bit_exact=r.bit_exact)
+
+    try:
+        rows, crossover = sparse_comparison(fmts, densities, throughput, layer, index_bits, jobs, yosys,
+                                            Path(out_dir) / "sparse", cache_dir, version,
+                                            Collaborators(quantize=quantize, cosim=cosim))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {"layer": rows[0]["layer"], "throughput": throughput, "index_bits": index_bits, "rows": rows,
+            "crossover": crossover, "yosys_version": version, "seconds": time.perf_counter() - t0}

@@ -1,0 +1,233 @@
+"""The quantize flow: a float model → a trained, exported and evaluated integer artifact."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+from quantrtl.flows.common import DEFAULT_FINETUNE, DIGITS, ModelSource, artifact_stem, check_density, load_data, \
+    tool_versions
+from quantrtl.model.numbers import artifact
+from quantrtl.model.numbers.families import families, family, parse_format
+from quantrtl.util.errors import OptionError
+
+__all__ = ["QuantizeOptions", "QuantizeResult", "QuantizedRun", "method_format", "method_finetune",
+           "quantize_network", "quantize_flow", "network_for"]
+
+
+@dataclass(frozen=True)
+class QuantizeResult:
+    quantizer: str
+    finetune: int
+    float_accuracy: float | None
+    quant_accuracy: float | None
+    golden_accuracy: float | None
+    golden_agreement: float
+    weight_bits: int
+    storage_bits: dict
+    float_bits: int
+    compression_ratio: float  # fp32 / every stored bit after Huffman coding (model/size.py)
+    weight_compression_ratio: float
+    artifact: str
+    test_images: int
+    raw_compression_ratio: float = 0.0  # fp32 / uncoded storage
+    coded_bits: dict = field(default_factory=dict)
+    training: str = ""
+    density: dict = field(default_factory=dict)
+    layers: list = field(default_factory=list)
+    seconds: float = 0.0
+    versions: dict = field(default_factory=dict)
+
+
+def method_finetune(fmt, finetune: int | None) -> int:
+    """Epochs of (re)training: the given number, else the method's default."""
+    if finetune is None:
+        finetune = fmt.finetune_epochs or DEFAULT_FINETUNE
+    if finetune < 0:
+        raise OptionError("finetune", f"must be 0 or more epochs, got {finetune}")
+    return finetune
+
+
+def method_format(quantizer: str, block: int | None = None):
+    """The quantizer's format, with ``block`` applied (formats with a block size only)."""
+    fmt = parse_format(quantizer)  # bad names fail before any work or output
+    if block is not None:
+        if "block" not in {f.name for f in fields(fmt)}:
+            blocky = [fam.name for fam in families() if "block" in {f.name for f in fields(fam.format)}]
+            raise OptionError("block", f"sets the block size of {', '.join(map(repr, blocky))}, not of {fmt.name!r}")
+        fmt = replace(fmt, block=block)  # validated by the format (1..64)
+    return fmt
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    """What to quantize and how, validated on construction (nothing runs before).
+
+    ``finetune`` None is the method's default number of epochs; ``density`` None the
+    method's default pruning plan (a fraction or ``conv1=0.6,*=0.3``); ``inq`` trains a
+    power-of-two format incrementally.
+    """
+
+    quantizer: str
+    finetune: int | None = None
+    seed: int = 0
+    source: ModelSource = DIGITS
+    density: float | str | None = None
+    inq: bool = False
+
+    def __post_init__(self):
+        check_density(self.density)
+        method_finetune(self.format, self.finetune)
+
+    @property
+    def format(self):
+        return method_format(self.quantizer, self.source.block)
+
+    @property
+    def epochs(self) -> int:
+        return method_finetune(self.format, self.finetune)
+
+    @property
+    def plan(self):
+        return self.format.default_density if self.density is None else self.density
+
+
+def in_words(artifact_path) -> str:
+    """An artifact argument as error messages name it."""
+    return f"network {artifact_path.name!r}" if isinstance(artifact_path, artifact.QuantizedNetwork) else str(artifact_path)
+
+
+@dataclass
+class QuantizedRun:
+    """An in-memory quantized network and what was measured on it (nothing written yet):
+    what :func:`quantrtl.quantize` returns."""
+
+    qnet: "artifact.QuantizedNetwork"
+    float_accuracy: float | None
+    quant_accuracy: float | None
+    golden_accuracy: float | None
+    golden_agreement: float
+    test_images: int
+    seconds: float
+
+    @property
+    def quantizer(self) -> str:
+        return self.qnet.quantizer
+
+    @property
+    def network(self) -> "artifact.QuantizedNetwork":
+        return self.qnet
+
+    def save(self, stem: str | Path) -> Path:
+        """Write the artifact (``<stem>.json`` + ``.npz``); returns the JSON path."""
+        return artifact.save(self.qnet, stem)
+
+
+def _train(float_model, fmt, train, finetune: int, seed: int, input_fmt, density, inq: bool):
+    """The family's training procedure → (fake-quant model, description, per-layer densities)."""
+    from quantrtl.model.training.procedures import TrainRequest
+    from quantrtl.model.training.prune import resolve_density, weight_layers
+
+    procedure = family(fmt.family).resolve("train")
+    plan = resolve_density(density, weight_layers(float_model))
+    done = procedure(TrainRequest(float_model=float_model, fmt=fmt, train=train, epochs=finetune, seed=seed,
+                                  input_fmt=input_fmt, plan=plan, inq=inq))
+    return done.model, done.description, done.plan
+
+
+def quantize_network(quantizer: str, finetune: int | None = None, source: ModelSource = DIGITS,
+                     seed: int = 0, density=None, inq: bool = False) -> QuantizedRun:
+    """Quantize the model and evaluate float, fake-quant and golden (accuracy when labelled).
+
+    ``density`` None is the method's default (pruning pipelines start pruned)."""
+    opts = QuantizeOptions(quantizer, finetune, seed, source, density, inq)
+    fmt, finetune, density = opts.format, opts.epochs, opts.plan
+    from quantrtl.model.training import net
+    from quantrtl.model.training.export import export
+    from quantrtl.sim import golden
+
+    t0 = time.perf_counter()
+    train, test, input_fmt, labelled = load_data(source)
+    if finetune and not labelled:
+        raise OptionError(("finetune", "calib"), "fine-tuning needs labels: use the digits data (no {1}) or {0} 0")
+    if source.model is not None or source.module is not None:
+        import copy
+
+        import torch
+
+        from quantrtl.model.training.user import load_user_model, prepare_module
+
+        probe = torch.tensor(train.float_inputs()[:8])
+        if source.module is not None:  # training changes the model: work on a copy
+            float_model = prepare_module(copy.deepcopy(source.module), "model", probe=probe)
+        else:
+            float_model = load_user_model(source.model, source.weights, probe=probe)
+    else:
+        float_model = net.load_checkpoint(source.checkpoint)
+    acc = (lambda pred: net.accuracy(pred, test.y)) if labelled else (lambda pred: None)
+    float_acc = acc(net.predict(float_model, test))
+    qm, training, plan = _train(float_model, fmt, train, finetune, seed, input_fmt, density, inq)
+    fq_pred = net.predict(qm, test)
+    model_name = source.model or (f"{type(source.module).__name__} (in memory)" if source.module is not None
+                                  else "digits_cnn")
+    params = ("in memory" if source.module is not None
+              else Path(source.weights or source.checkpoint or net.CHECKPOINT).name)
+    meta = {"finetune_epochs": finetune, "seed": seed, "model": model_name, "density": plan,
+            "training": training, "checkpoint": params,
+            "calibration": Path(source.calib).name if source.calib else "digits train split",
+            "versions": tool_versions()}
+    qnet = export(qm, tuple(test.x.shape[1:]), name=source.name, metadata=meta)
+    g_pred = golden.run(qnet, test.x).predicted
+    return QuantizedRun(qnet=qnet, float_accuracy=float_acc, quant_accuracy=acc(fq_pred),
+                        golden_accuracy=acc(g_pred), golden_agreement=net.accuracy(g_pred, fq_pred),
+                        test_images=len(test.y), seconds=time.perf_counter() - t0)
+
+
+def quantize_flow(quantizer: str, out_dir: str | Path, finetune: int | None = None,
+                  checkpoint: str | Path | None = None, seed: int = 0, source: ModelSource | None = None,
+                  density=None, inq: bool = False) -> QuantizeResult:
+    """Quantize the digits model, export the artifact into ``out_dir`` and evaluate it.
+
+    Accuracies are on the fixed digits test split: float model, fake-quant PyTorch
+    model, and the integer golden model run on the exported artifact.
+    """
+    from quantrtl.model.numbers.size import coded_size
+
+    source = source or ModelSource(checkpoint=str(checkpoint) if checkpoint else None)
+    q = quantize_network(quantizer, finetune, source, seed, density=density, inq=inq)
+    qnet = q.qnet
+    path = artifact.save(qnet, artifact_stem(out_dir, qnet))
+    bits = qnet.storage_bits()
+    coded = coded_size(qnet)
+    n_w = sum(l.weight_count for l in qnet.layers)
+    layers = [{"name": l.name, "op": l.op, "out_shape": list(l.out_shape), "format": l.format.name if l.format else None,
+               "params": l.format.params() if l.format else None,
+               "accumulator_bits": l.accumulator_bits if l.has_weights else None, "macs": l.macs,
+               "density": float((l.values != 0).mean()) if l.has_weights else None,
+               "coded": coded["layers"].get(l.name)}
+              for l in qnet.layers]
+    return QuantizeResult(
+        quantizer=qnet.quantizer, finetune=qnet.metadata["finetune_epochs"], float_accuracy=q.float_accuracy,
+        quant_accuracy=q.quant_accuracy, golden_accuracy=q.golden_accuracy,
+        golden_agreement=q.golden_agreement, weight_bits=bits["weights"] + bits["params"], storage_bits=bits,
+        float_bits=qnet.float_bits(), compression_ratio=qnet.float_bits() / coded["total"],
+        raw_compression_ratio=qnet.float_bits() / bits["total"], coded_bits=coded,
+        weight_compression_ratio=32 * n_w / (bits["weights"] + bits["params"]), artifact=str(path),
+        test_images=q.test_images, layers=layers, seconds=q.seconds, versions=qnet.metadata["versions"],
+        training=qnet.metadata["training"], density=qnet.metadata["density"],
+    )
+
+
+def network_for(fmt, artifact_path, finetune: int, source: ModelSource = DIGITS):
+    """The network of ``artifact_path`` (an artifact file, or an in-memory
+    :class:`~quantrtl.model.numbers.artifact.QuantizedNetwork` or :class:`QuantizedRun`),
+    which must use ``fmt``; None quantizes the model now."""
+    if artifact_path is None:
+        return quantize_network(fmt.name, finetune, source, density=source.density).qnet
+    if isinstance(artifact_path, QuantizedRun):
+        artifact_path = artifact_path.qnet
+    qnet = artifact_path if isinstance(artifact_path, artifact.QuantizedNetwork) else artifact.load(artifact_path)
+    if qnet.quantizer != fmt.name:
+        raise OptionError("artifact_path", f"{in_words(artifact_path)}: artifact was quantized with "
+                          f"{qnet.quantizer!r}, not {fmt.name!r}")
+    return qnet

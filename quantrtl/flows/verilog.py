@@ -1,0 +1,96 @@
+"""The verilog flow: an artifact (or a model quantized now) → Verilog and its description."""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from quantrtl.flows.common import DEFAULT_FINETUNE, DIGITS, ModelSource, artifact_stem, check_lanes, \
+    check_stream_options
+from quantrtl.flows.quantize import network_for
+from quantrtl.model.numbers import artifact
+from quantrtl.model.numbers.families import parse_format
+from quantrtl.util.errors import OptionError
+
+__all__ = ["VerilogOptions", "VerilogResult", "verilog_flow"]
+
+
+@dataclass(frozen=True)
+class VerilogOptions:
+    """What to generate, validated on construction.  ``artifact`` None quantizes the model
+    (``source``) with ``finetune`` epochs first."""
+
+    quantizer: str
+    layer: str = "all"
+    lanes: int = 8
+    pipeline: int = 0
+    artifact: str | Path | None = None
+    finetune: int = DEFAULT_FINETUNE
+    taps: bool = False
+    source: ModelSource = DIGITS
+    sparse: bool = False
+    index_bits: int = 4
+
+    def __post_init__(self):
+        parse_format(self.quantizer)
+        check_lanes(self.lanes)
+        if self.pipeline not in (0, 1, 2):
+            raise OptionError("pipeline", f"must be 0, 1 or 2, got {self.pipeline}")
+        check_stream_options(self.index_bits, self.source)
+
+
+@dataclass(frozen=True)
+class VerilogResult:
+    top: str
+    verilog: str
+    description: str
+    artifact: str
+    expected_cycles: int
+    memory_bits: dict
+    seconds: float
+    layers: list
+
+
+def verilog_flow(quantizer: str, out_dir: str | Path, layer: str = "all", lanes: int = 8, pipeline: int = 0,
+                 artifact_path: str | Path | None = None, finetune: int = DEFAULT_FINETUNE,
+                 taps: bool = False, source: ModelSource = DIGITS, sparse: bool = False,
+                 index_bits: int = 4) -> VerilogResult:
+    """Verilog for one layer (or ``all``) of the quantized digits model (or of ``artifact_path``:
+    an artifact file, or an in-memory network).
+
+    Without an artifact file the model is quantized first (or the in-memory network taken)
+    and its artifact is written next to the Verilog, which names it.  Every argument is
+    checked before anything is written.
+    """
+    opts = VerilogOptions(quantizer, layer, lanes, pipeline, artifact_path, finetune, taps, source, sparse, index_bits)
+    fmt = parse_format(quantizer)
+    from quantrtl.hw.verilog import build_design, emit, render
+
+    t0 = time.perf_counter()
+    qnet = network_for(fmt, opts.artifact, finetune, source)
+    names = [l.name for l in qnet.layers]
+    if layer != "all" and layer not in names:
+        raise OptionError("layer", f"{layer!r} is not a layer of the model; choose one of {names} or 'all'")
+    design = build_design(qnet, layer=layer, lanes=lanes, pipeline=pipeline, taps=taps, sparse=sparse,
+                          index_bits=index_bits)
+    out_dir = Path(out_dir)
+    made_artifact = not isinstance(artifact_path, (str, os.PathLike))  # quantized now, or in memory
+    if made_artifact:
+        artifact_path = artifact_stem(out_dir, qnet).with_suffix(".json")
+    design.artifact = str(Path(artifact_path).with_suffix(".json"))
+    rendered = render(design)  # all the work happens before the first file is written
+    if made_artifact:
+        artifact.save(qnet, artifact_stem(out_dir, qnet))
+        rendered[1]["artifact"]["sha256"] = hashlib.sha256(Path(design.artifact).read_bytes()).hexdigest()
+    try:
+        v_path, j_path = emit(design, out_dir, rendered)
+    except BaseException:
+        if made_artifact:
+            for suffix in (".json", ".npz"):
+                artifact_stem(out_dir, qnet).with_suffix(suffix).unlink(missing_ok=True)
+        raise
+    return VerilogResult(top=design.top, verilog=str(v_path), description=str(j_path), artifact=design.artifact,
+                         expected_cycles=design.expected_cycles, memory_bits=design.memory_bits,
+                         seconds=time.perf_counter() - t0, layers=design.parameters()["layers"])
