@@ -31,8 +31,11 @@ tools:
 
 install: tools $(STAMP)
 
+# Both cores: pytest-xdist workers share one artifact per quantizer (tests/conftest.py).
+PYTEST_WORKERS ?= 2
+
 test: install
-	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pytest $(PYTEST_ARGS)
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 demo: install
 	PATH=$(abspath $(VENV))/bin:$$PATH $(VENV)/bin/quantrtl demo --out $(DEMO_OUT)

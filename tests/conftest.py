@@ -11,17 +11,33 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.ge
 
 
 @pytest.fixture(scope="session")
-def quantized(tmp_path_factory):
-    """``quantized(name)`` → cached :class:`quantrtl.flows.QuantizeResult` of the digits model
-    with the default fine-tuning, its artifact in a session temp folder."""
+def quantized(tmp_path_factory, worker_id):
+    """``quantized(name)`` → :class:`quantrtl.flows.QuantizeResult` of the digits model with
+    the default fine-tuning, its artifact in a session folder.
+
+    One artifact per quantizer for the whole run: under pytest-xdist the workers share the
+    folder, and a file lock makes the first worker that needs a quantizer make it while the
+    others wait and then read its result."""
+    import json
+    from dataclasses import asdict
+
+    from filelock import FileLock
+
     from quantrtl import flows
 
+    base = tmp_path_factory.getbasetemp()
+    out = (base.parent if worker_id != "master" else base) / "artifacts"
+    out.mkdir(exist_ok=True)
     cache = {}
-    out = tmp_path_factory.mktemp("artifacts")
 
     def get(name: str):
         if name not in cache:
-            cache[name] = flows.quantize_flow(name, out)
+            done = out / f"{name}.result.json"
+            with FileLock(str(out / f"{name}.lock")):
+                if not done.is_file():
+                    r = flows.quantize_flow(name, out)
+                    done.write_text(json.dumps(asdict(r)))
+                cache[name] = flows.QuantizeResult(**json.loads(done.read_text()))
         return cache[name]
 
     return get

@@ -109,13 +109,13 @@ BUILTIN: tuple[Family, ...] = (
            "binary weights on binary activations (XNOR-popcount)", method=True),
     Family("focused", FocusedFormat, _PE + "FocusedPE", _TRAIN + "standard", FocusedFormat.BITS,
            ("focused5", "focused4", "focused6"), "focused quantization for sparse CNNs", method=True),
-    Family("kmeans", KMeansFormat, _PE + "KMeansPE", _TRAIN + "kmeans", KMeansFormat.BITS,
+    Family("kmeans", KMeansFormat, _PE + "KMeansPE", "quantrtl.model.training.sharing:procedure", KMeansFormat.BITS,
            ("kmeans4", "kmeans2", "kmeans8"), "Deep Compression weight sharing (k-means codebook)", method=True),
     Family("abcnet", ABCNetFormat, _PE + "BasisPE", _TRAIN + "standard", ABCNetFormat.BITS,
            ("abcnet5", "abcnet1", "abcnet3", "abcnet8"), "ABC-Net: M shifted-sign binary bases", method=True),
     Family("lqnet", LQNetFormat, _PE + "BasisPE", _TRAIN + "standard", LQNetFormat.BITS,
            ("lqnet2", "lqnet1", "lqnet4"), "LQ-Net: K learned binary bases", method=True),
-    Family("unified", UnifiedFormat, _PE + "UnifiedPE", _TRAIN + "unified", None, ("unified",),
+    Family("unified", UnifiedFormat, _PE + "UnifiedPE", "quantrtl.model.training.admm:procedure", None, ("unified",),
            "micro-structured weight unification and pruning (ADMM)", method=True),
 )
 

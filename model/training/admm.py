@@ -24,8 +24,9 @@ from quantrtl.model.numbers.formats import ActivationFormat
 from quantrtl.model.training.net import fit, single_thread
 from quantrtl.model.training.quantize import QuantLayer, QuantModel
 from quantrtl.model.numbers.unified import UnifiedFormat, project
+from quantrtl.model.training.procedures import TrainRequest, Trained, no_inq
 
-__all__ = ["AdmmState", "admm_unify", "unified_quantize", "layer_sources"]
+__all__ = ["AdmmState", "admm_unify", "unified_quantize", "layer_sources", "procedure"]
 
 
 @torch.no_grad()
@@ -123,3 +124,15 @@ def unified_quantize(float_model: nn.Sequential, fmt: UnifiedFormat, train, admm
             qm.calibrate(train)
     qm.eval()
     return qm, state
+
+
+def procedure(req: TrainRequest) -> Trained:
+    """ADMM unification and block pruning (the plan is a block density), then masked
+    fine-tuning."""
+    no_inq(req)
+    qm, state = unified_quantize(req.float_model, req.fmt, req.train, admm_epochs=req.epochs, epochs=req.epochs,
+                                 density=req.plan, seed=req.seed, input_fmt=req.input_fmt)
+    res = ", ".join(f"{r:.3f}" for r in state.history)
+    return Trained(qm, (f"ADMM unification and pruning (block {req.fmt.block}, block density {req.plan_text}, "
+                        f"{req.epochs} ADMM epochs, primal residual per epoch [{res}]) + {req.epochs} epochs "
+                        f"fine-tuning"), req.plan)

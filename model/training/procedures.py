@@ -1,4 +1,7 @@
-"""Training procedures, one per kind of method; a family names its own (``families.py``).
+"""The training request and the generic procedures; a family names its own (``families.py``).
+
+Method-specific procedures live with their training code: ``kmeans`` in ``sharing.py``
+(Deep Compression), ``unified`` in ``admm.py``.
 
 A procedure takes a :class:`TrainRequest` (the float model, the format, the data and the
 schedule) and returns a :class:`Trained`: the fake-quantized model that is exported, a
@@ -19,7 +22,7 @@ from quantrtl.model.training.prune import apply_masks, magnitude_masks
 from quantrtl.model.training.quantize import QuantModel, inq_quantize, quantize_model
 from quantrtl.util.errors import OptionError
 
-__all__ = ["TrainRequest", "Trained", "RETRAIN_LR", "standard", "incremental", "kmeans", "unified"]
+__all__ = ["TrainRequest", "Trained", "RETRAIN_LR", "no_inq", "prune_and_retrain", "standard", "incremental"]
 
 #: Learning rate of the retraining after pruning (the float model's training rate).
 RETRAIN_LR = 2e-3
@@ -77,12 +80,13 @@ class Trained:
     plan: dict
 
 
-def _no_inq(req: TrainRequest) -> None:
+def no_inq(req: TrainRequest) -> None:
+    """Reject ``--inq`` for a procedure that does not train incrementally."""
     if req.inq:
         raise OptionError("inq", f"trains powers of two: use a shiftN quantizer, not {req.fmt.name!r}")
 
 
-def _prune_and_retrain(req: TrainRequest):
+def prune_and_retrain(req: TrainRequest):
     """Magnitude pruning to the plan, then retraining with the masks held; returns the
     optimizer hook that keeps pruned weights at zero (None without pruning) and a note."""
     if not req.prunes:
@@ -101,8 +105,8 @@ def _prune_and_retrain(req: TrainRequest):
 def standard(req: TrainRequest) -> Trained:
     """Optional magnitude pruning and retraining, then quantization-aware fine-tuning with
     the format's codec in the forward pass (straight-through gradients)."""
-    _no_inq(req)
-    after_step, note = _prune_and_retrain(req)
+    no_inq(req)
+    after_step, note = prune_and_retrain(req)
     qm = quantize_model(req.float_model, req.fmt, req.train, finetune=req.epochs, lr=req.fmt.finetune_lr,
                         seed=req.seed, input_fmt=req.input_fmt, after_step=after_step)
     return Trained(qm, note + f"quantization + {req.epochs} epochs fine-tuning", req.plan)
@@ -118,29 +122,3 @@ def incremental(req: TrainRequest) -> Trained:
     qm = inq_quantize(req.float_model, req.fmt, req.train, epochs=req.epochs, lr=req.fmt.finetune_lr, seed=req.seed,
                       input_fmt=req.input_fmt)
     return Trained(qm, "INQ (50/75/87.5/100 %)", req.plan)
-
-
-def kmeans(req: TrainRequest) -> Trained:
-    """Deep Compression: pruning and retraining, k-means clustering once per layer, then
-    fine-tuning of the centroids by the summed gradients of their members."""
-    from quantrtl.model.training.sharing import kmeans_quantize
-
-    _no_inq(req)
-    _, note = _prune_and_retrain(req)
-    qm = kmeans_quantize(req.float_model, req.fmt, req.train, epochs=req.epochs, lr=req.fmt.finetune_lr,
-                         seed=req.seed, input_fmt=req.input_fmt)
-    return Trained(qm, note + f"k-means (linear init), {req.epochs} epochs centroid fine-tuning", req.plan)
-
-
-def unified(req: TrainRequest) -> Trained:
-    """ADMM unification and block pruning (the plan is a block density), then masked
-    fine-tuning."""
-    from quantrtl.model.training.admm import unified_quantize
-
-    _no_inq(req)
-    qm, state = unified_quantize(req.float_model, req.fmt, req.train, admm_epochs=req.epochs, epochs=req.epochs,
-                                 density=req.plan, seed=req.seed, input_fmt=req.input_fmt)
-    res = ", ".join(f"{r:.3f}" for r in state.history)
-    return Trained(qm, (f"ADMM unification and pruning (block {req.fmt.block}, block density {req.plan_text}, "
-                        f"{req.epochs} ADMM epochs, primal residual per epoch [{res}]) + {req.epochs} epochs "
-                        f"fine-tuning"), req.plan)

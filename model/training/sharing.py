@@ -17,8 +17,9 @@ from quantrtl.model.numbers.codebook import KMeansFormat, kmeans_linear
 from quantrtl.model.numbers.formats import ActivationFormat, Quantized
 from quantrtl.model.training.net import fit, single_thread
 from quantrtl.model.training.quantize import QuantLayer, QuantModel, straight_through
+from quantrtl.model.training.procedures import TrainRequest, Trained, no_inq, prune_and_retrain
 
-__all__ = ["SharedWeights", "kmeans_quantize"]
+__all__ = ["SharedWeights", "kmeans_quantize", "procedure"]
 
 
 class SharedWeights(nn.Module):
@@ -65,3 +66,13 @@ def kmeans_quantize(float_model: nn.Sequential, fmt: KMeansFormat, train, epochs
             qm.calibrate(train)
     qm.eval()
     return qm
+
+
+def procedure(req: TrainRequest) -> Trained:
+    """Deep Compression: pruning and retraining, k-means clustering once per layer, then
+    fine-tuning of the centroids by the summed gradients of their members."""
+    no_inq(req)
+    _, note = prune_and_retrain(req)
+    qm = kmeans_quantize(req.float_model, req.fmt, req.train, epochs=req.epochs, lr=req.fmt.finetune_lr,
+                         seed=req.seed, input_fmt=req.input_fmt)
+    return Trained(qm, note + f"k-means (linear init), {req.epochs} epochs centroid fine-tuning", req.plan)
