@@ -7,7 +7,7 @@ one accumulator); more groups let a layer with a short fan-in (a 3×3 kernel on 
 input channel) keep every lane busy by computing several output channels at once.
 
 Accumulator width: ``acc_width`` comes from the layer's worst-case bound
-(:attr:`model.artifact.Layer.accumulator_bits`, docs/integer-semantics.md §2).  All
+(:attr:`quantrtl.model.numbers.artifact.Layer.accumulator_bits`, docs/integer-semantics.md §2).  All
 additions are two's complement modulo ``2**acc_width``: because the *final* dot product
 fits, intermediate wrap-around (for instance from a bias with the zero-point correction
 folded in) cancels out and the result is exact.

@@ -1,7 +1,7 @@
 """Zero-skipping layer engine: a relative-index weight stream and a sparse decoder.
 
 Dataflow: **row-wise with an activation gather**.  For each output pixel and output
-channel, the engine reads that channel's relative-index entries (``model/sparse.py``),
+channel, the engine reads that channel's relative-index entries (``model/numbers/sparse.py``),
 P per cycle, from an entry memory.  The sparse decoder turns each word of P entries into
 P absolute fan-in indices with a prefix sum of ``run + 1`` (plus a running base kept
 across the words of a channel), looks each index up in a tap ROM (input channel and kernel

@@ -1,6 +1,6 @@
 """Co-simulation results against the golden model: every layer, bit for bit.
 
-The hardware streams feature maps in stream order (channel fastest, ``hw/layout.py``);
+The hardware streams feature maps in stream order (channel fastest, ``model/numbers/layout.py``);
 the golden model's (C, H, W) outputs are put in that order before the element-by-element
 comparison.  Cycles are the ones the harness counted in simulation.
 """

@@ -146,7 +146,7 @@ def unrolled_rows(weights: dict, out_dir: Path, sample: int = 4, jobs: int = 2,
                   seed: int = 0) -> list[GateRow]:
     """``weights``: quantizer → the quantized weights of one layer, anything with ``codes``
     (Cout, fan-in…), ``values`` and ``format`` (a :class:`~model.formats.Quantized` or an
-    artifact :class:`~model.artifact.Layer`).
+    artifact :class:`~quantrtl.model.numbers.artifact.Layer`).
 
     The same ``sample`` output channels (seeded choice) are synthesized for every
     quantizer; the layer total is the sample mean times Cout (one output pixel per

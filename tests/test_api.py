@@ -29,10 +29,15 @@ def test_one_line_quantize_and_cosim(tmp_path):
 
 def test_api_validates_before_work():
     import quantrtl
+    from quantrtl.model.numbers.families import parse_format
     from quantrtl.util.errors import OptionError
+    from tests.factories import random_network
 
+    net = random_network(parse_format("shift4"))
     with pytest.raises(OptionError, match="lanes must be in 1..256, got 0"):
-        quantrtl.api.flows.cosim_flow("shift4", lanes=0)
+        quantrtl.cosim(net, lanes=0)
+    with pytest.raises(OptionError, match="pipeline must be 0, 1 or 2, got 3"):
+        quantrtl.verilog(net, "unused-out", pipeline=3)
     with pytest.raises(OptionError, match="net must be what quantize"):
         quantrtl.cosim(42)
     with pytest.raises(Exception, match="unknown quantizer 'shift9'|bit width 9 out of range"):

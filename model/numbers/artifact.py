@@ -140,7 +140,7 @@ class QuantizedNetwork:
     def storage_bits(self) -> dict[str, int]:
         """Bits a deployment stores uncoded: weight codes (unified: a sign per weight and a
         magnitude per block), per-layer format parameters (codebooks, means, basis
-        scales), biases and requantization constants (:mod:`model.size` adds Huffman
+        scales), biases and requantization constants (:mod:`quantrtl.model.numbers.size` adds Huffman
         coding and sparse layouts).
 
         Biases and ``m0`` are counted at the signed width their largest value needs,

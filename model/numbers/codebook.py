@@ -3,7 +3,7 @@
 Pipeline (Han et al.): magnitude pruning and retraining, then k-means over the
 layer's nonzero weights with **linear initialisation** (centroids evenly spaced
 between the smallest and the largest weight), then fine-tuning of the centroids
-with the summed gradients of their members (:mod:`model.sharing`).
+with the summed gradients of their members (:mod:`quantrtl.model.training.sharing`).
 
 Codes are N-bit codebook indices.  Code 0 is reserved for the pruned (zero)
 weight, so ``2**N - 1`` centroids are shared by the nonzero weights.  The centroids

@@ -175,7 +175,7 @@ class WeightFormat:
 
     def coded_streams(self, codes) -> int | None:
         """Losslessly coded bits of ``codes`` when the format has its own layout
-        (:mod:`model.size`); ``None``: Huffman over dense or relative-index codes."""
+        (:mod:`quantrtl.model.numbers.size`); ``None``: Huffman over dense or relative-index codes."""
         return None
 
     def storage(self, codes) -> dict[str, int]:

@@ -6,7 +6,7 @@ consecutive weights (B input channels of one kernel position when B divides C_in
 last block of a row may be shorter).  Within a block all weights share one
 magnitude and keep their signs ("unification"); a block of magnitude 0 is pruned.
 
-:func:`project` is the Euclidean projection used by ADMM (:mod:`model.admm`): the
+:func:`project` is the Euclidean projection used by ADMM (:mod:`quantrtl.model.training.admm`): the
 shared magnitude of a block is the mean of its ``|w|``, and only the largest
 ``ceil(density * blocks)`` blocks of the layer survive.  The format then stores a
 sign bit per weight and a 7-bit magnitude per block (with one per-layer scale).

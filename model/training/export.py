@@ -4,7 +4,7 @@ The integer constants follow docs/integer-semantics.md §1:
 
 * weight codes and per-channel scale ``S_w`` from the format's codec;
 * ``bias_int = round_half_even(b / (S_w[c] * S_x))``;
-* ``M = S_w[c] * S_x / S_y`` → ``(M0, n)`` by :func:`model.artifact.quantize_multiplier`.
+* ``M = S_w[c] * S_x / S_y`` → ``(M0, n)`` by :func:`quantrtl.model.numbers.artifact.quantize_multiplier`.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """PyTorch fake quantization with a straight-through estimator, calibration and fine-tuning.
 
-The weight fake-quantizer calls the NumPy codec of :mod:`model.formats` on every
+The weight fake-quantizer calls the NumPy codec of :mod:`quantrtl.model.numbers.formats` on every
 forward pass, so the weights seen in training are exactly the ones exported: one
 codec, no torch re-implementation to drift from it.  Gradients pass straight
 through to the latent float weights (STE).

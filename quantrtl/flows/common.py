@@ -13,7 +13,8 @@ from quantrtl.util.errors import OptionError
 from quantrtl.util.provenance import package_versions
 
 __all__ = ["DEFAULT_FINETUNE", "DEMO_QUANTIZERS", "MAX_LANES", "OptionError", "ModelSource", "DIGITS", "load_data",
-           "tool_versions", "check_density", "check_lanes", "check_stream_options", "artifact_stem", "write_json"]
+           "tool_versions", "check_density", "check_lanes", "check_stream_options", "artifact_stem", "write_json",
+           "HardwareOptions"]
 
 #: Fine-tuning epochs used when the user does not say (``--finetune 0`` is pure PTQ).
 DEFAULT_FINETUNE = 10
@@ -110,3 +111,26 @@ def write_json(path: str | Path, obj) -> Path:
             return float(o)
         raise TypeError(f"not JSON serializable: {type(o).__name__}")
     return atomic_write(path, json.dumps(obj, indent=2, default=default) + "\n")
+
+
+@dataclass(frozen=True)
+class HardwareOptions:
+    """What every flow that generates hardware for a network shares, validated on
+    construction: the quantizer, MAC lanes per engine, the network (``artifact``: a file
+    or an in-memory network; None quantizes ``source`` with ``finetune`` epochs now) and the
+    zero-skipping engines' relative-index width."""
+
+    quantizer: str
+    lanes: int = 8
+    artifact: Any = None
+    finetune: int = DEFAULT_FINETUNE
+    source: ModelSource = DIGITS
+    sparse: bool = False
+    index_bits: int = 4
+
+    def __post_init__(self):
+        from quantrtl.model.numbers.families import parse_format
+
+        parse_format(self.quantizer)
+        check_lanes(self.lanes)
+        check_stream_options(self.index_bits, self.source)

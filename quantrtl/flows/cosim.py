@@ -5,7 +5,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from quantrtl.flows.common import DEFAULT_FINETUNE, DIGITS, ModelSource, check_lanes, check_stream_options, load_data
+from quantrtl.flows.common import DEFAULT_FINETUNE, DIGITS, HardwareOptions, ModelSource, load_data
 from quantrtl.flows.quantize import network_for
 from quantrtl.model.numbers import artifact
 from quantrtl.model.numbers.families import parse_format
@@ -16,29 +16,21 @@ __all__ = ["CosimOptions", "CosimResult", "resolve_image", "cosim_flow"]
 
 
 @dataclass(frozen=True)
-class CosimOptions:
-    """One co-simulation, validated on construction.  ``fault=(layer, index)`` (tests)
+class CosimOptions(HardwareOptions):
+    """One co-simulation (:class:`HardwareOptions`, and the image, the simulator, waves,
+    the build folder), validated on construction.  ``fault=(layer, index)`` (tests)
     corrupts one weight code in the generated hardware only."""
 
-    quantizer: str
     image: str | int = 0
     simulator: str = "icarus"
-    lanes: int = 8
     waves: bool = False
-    artifact: str | Path | None = None
-    finetune: int = DEFAULT_FINETUNE
     build_root: str | Path = "build/cosim"
     fault: tuple[str, int] | None = None
-    source: ModelSource = DIGITS
-    sparse: bool = False
-    index_bits: int = 4
 
     def __post_init__(self):
         from quantrtl.sim.runner import check_simulator
 
-        parse_format(self.quantizer)
-        check_lanes(self.lanes)
-        check_stream_options(self.index_bits, self.source)
+        super().__post_init__()
         check_simulator(self.simulator)
 
 
@@ -88,8 +80,9 @@ def cosim_flow(quantizer: str, image: str | int = 0, simulator: str = "icarus", 
                source: ModelSource = DIGITS, sparse: bool = False, index_bits: int = 4) -> CosimResult:
     """One inference in RTL (cocotb on Icarus or Verilator) checked against the golden model
     (:class:`CosimOptions` says what each argument means)."""
-    CosimOptions(quantizer, image, simulator, lanes, waves, artifact_path, finetune, build_root, fault, source,
-                 sparse, index_bits)
+    CosimOptions(quantizer=quantizer, image=image, simulator=simulator, lanes=lanes, waves=waves,
+                 artifact=artifact_path, finetune=finetune, build_root=build_root, fault=fault, source=source,
+                 sparse=sparse, index_bits=index_bits)
     fmt = parse_format(quantizer)
     from quantrtl.hw.harness import CaptureHarness
     from quantrtl.hw.network import NetworkTop

@@ -26,7 +26,7 @@ class QuantizeResult:
     weight_bits: int
     storage_bits: dict
     float_bits: int
-    compression_ratio: float  # fp32 / every stored bit after Huffman coding (model/size.py)
+    compression_ratio: float  # fp32 / every stored bit after Huffman coding (model/numbers/size.py)
     weight_compression_ratio: float
     artifact: str
     test_images: int

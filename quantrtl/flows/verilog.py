@@ -7,8 +7,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from quantrtl.flows.common import DEFAULT_FINETUNE, DIGITS, ModelSource, artifact_stem, check_lanes, \
-    check_stream_options
+from quantrtl.flows.common import DEFAULT_FINETUNE, DIGITS, HardwareOptions, ModelSource, artifact_stem
 from quantrtl.flows.quantize import network_for
 from quantrtl.model.numbers import artifact
 from quantrtl.model.numbers.families import parse_format
@@ -18,27 +17,18 @@ __all__ = ["VerilogOptions", "VerilogResult", "verilog_flow"]
 
 
 @dataclass(frozen=True)
-class VerilogOptions:
-    """What to generate, validated on construction.  ``artifact`` None quantizes the model
-    (``source``) with ``finetune`` epochs first."""
+class VerilogOptions(HardwareOptions):
+    """What to generate (:class:`HardwareOptions`, and the layer or ``all``, the MAC array's
+    pipeline stages, tap ports on the network top), validated on construction."""
 
-    quantizer: str
     layer: str = "all"
-    lanes: int = 8
     pipeline: int = 0
-    artifact: str | Path | None = None
-    finetune: int = DEFAULT_FINETUNE
     taps: bool = False
-    source: ModelSource = DIGITS
-    sparse: bool = False
-    index_bits: int = 4
 
     def __post_init__(self):
-        parse_format(self.quantizer)
-        check_lanes(self.lanes)
+        super().__post_init__()
         if self.pipeline not in (0, 1, 2):
             raise OptionError("pipeline", f"must be 0, 1 or 2, got {self.pipeline}")
-        check_stream_options(self.index_bits, self.source)
 
 
 @dataclass(frozen=True)
@@ -64,7 +54,8 @@ def verilog_flow(quantizer: str, out_dir: str | Path, layer: str = "all", lanes:
     and its artifact is written next to the Verilog, which names it.  Every argument is
     checked before anything is written.
     """
-    opts = VerilogOptions(quantizer, layer, lanes, pipeline, artifact_path, finetune, taps, source, sparse, index_bits)
+    opts = VerilogOptions(quantizer=quantizer, layer=layer, lanes=lanes, pipeline=pipeline, artifact=artifact_path,
+                          finetune=finetune, taps=taps, source=source, sparse=sparse, index_bits=index_bits)
     fmt = parse_format(quantizer)
     from quantrtl.hw.verilog import build_design, emit, render
 
