@@ -127,6 +127,21 @@ def train(cfg: TrainConfig = TRAIN_DEFAULTS) -> tuple[nn.Module, float]:
     return model, accuracy(predict(model, test_split), test_split.y)
 
 
+def cpu_capability() -> str:
+    """The CPU kernels torch runs here (``AVX2``, ``AVX512``, …): training is bit-exact run
+    to run on one capability, not across them."""
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def retrained_digest() -> str | None:
+    """The digest :func:`train` gives on this machine's CPU capability, as recorded next to
+    the shipped checkpoint (None when none is recorded for it)."""
+    meta = CHECKPOINT.with_suffix(".json")
+    if not meta.is_file():
+        return None
+    return json.loads(meta.read_text()).get("retrained_digests", {}).get(cpu_capability())
+
+
 def state_digest(model: nn.Module) -> str:
     h = hashlib.sha256()
     for k, v in model.state_dict().items():
