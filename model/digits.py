@@ -57,6 +57,21 @@ class ImageError(ValueError):
     """An image file that cannot become a digits-model input."""
 
 
+#: The data set's source bitmaps (UCI optdigits): 32×32, reduced by counting the ink
+#: pixels of each non-overlapping 4×4 block.
+BITMAP_SHAPE = (32, 32)
+#: An 8-bit gray pixel at or above this is ink when a 32×32 image is read as a bitmap.
+INK_THRESHOLD = 128
+
+
+def bitmap_to_digits(bitmap: np.ndarray) -> np.ndarray:
+    """A 32×32 boolean bitmap (True = ink) → the (1, 8, 8) input: ink pixels per 4×4 block."""
+    b = np.asarray(bitmap, dtype=bool)
+    if b.shape != BITMAP_SHAPE:
+        raise ImageError(f"bitmap shape {b.shape}, expected {BITMAP_SHAPE}")
+    return b.reshape(8, 4, 8, 4).sum(axis=(1, 3)).astype(np.int64).reshape(INPUT_SHAPE)
+
+
 def load_image(path) -> np.ndarray:
     """A user image as the quantized model input: integers 0..16, shape (1, 8, 8).
 
@@ -64,7 +79,10 @@ def load_image(path) -> np.ndarray:
       or floats that are whole numbers);
     * ``.png``/``.jpg``/``.jpeg``: an 8×8 image; RGB(A) becomes luminance
       ``0.299 R + 0.587 G + 0.114 B``; 8-bit gray ``g`` maps to ``round(g * 16 / 255)``.
-      Bright is ink, as in the digits data (a black digit on white must be inverted first).
+      Bright is ink, as in the digits data (a black digit on white must be inverted first);
+    * a 32×32 bitmap (``.npy`` of 0/1, or an image whose pixels with gray ``>= 128`` are
+      ink): reduced the way the data set itself was made from its 32×32 bitmaps, by
+      counting the ink pixels of each 4×4 block (0..16; :func:`bitmap_to_digits`).
     """
     from pathlib import Path
 
@@ -78,8 +96,12 @@ def load_image(path) -> np.ndarray:
         except Exception as e:
             raise ImageError(f"{p}: unreadable .npy file ({e})") from None
         a = np.asarray(a)
+        if a.shape == BITMAP_SHAPE:
+            if a.dtype.kind not in "iub" or not np.isin(a, (0, 1)).all():
+                raise ImageError(f"{p}: a 32×32 array must be a bitmap of 0 and 1")
+            return bitmap_to_digits(a.astype(bool))
         if a.shape not in ((8, 8), INPUT_SHAPE):
-            raise ImageError(f"{p}: array shape {a.shape}, expected (8, 8) or (1, 8, 8)")
+            raise ImageError(f"{p}: array shape {a.shape}, expected (8, 8), (1, 8, 8) or a 32×32 bitmap")
         if a.dtype.kind not in "iuf" or not np.all(np.isfinite(a)) or not np.all(a == np.round(a)):
             raise ImageError(f"{p}: values must be whole numbers in 0..{PIXEL_MAX}")
         if a.min() < 0 or a.max() > PIXEL_MAX:
@@ -94,9 +116,12 @@ def load_image(path) -> np.ndarray:
                 img = np.asarray(im.convert("L") if im.mode not in ("L", "I;16", "I") else im)
         except Exception as e:
             raise ImageError(f"{p}: unreadable image ({e})") from None
-        if img.shape != (8, 8):
-            raise ImageError(f"{p}: image is {img.shape[1] if img.ndim > 1 else '?'}×{img.shape[0]} pixels, expected 8×8")
+        if img.shape not in ((8, 8), BITMAP_SHAPE):
+            raise ImageError(f"{p}: image is {img.shape[1] if img.ndim > 1 else '?'}×{img.shape[0]} pixels, "
+                             "expected 8×8 (digits) or 32×32 (a bitmap, reduced by 4×4 ink counts)")
         if img.dtype != np.uint8:
             raise ImageError(f"{p}: expected an 8-bit image, got {img.dtype}")
+        if img.shape == BITMAP_SHAPE:
+            return bitmap_to_digits(img >= INK_THRESHOLD)
         return np.rint(img.astype(np.float64) * PIXEL_MAX / 255).astype(np.int64).reshape(INPUT_SHAPE)
     raise ImageError(f"{p}: unsupported image type {suffix!r} (use .png, .jpg, .jpeg or .npy)")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from dataclasses import asdict
@@ -17,7 +18,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from quantrtl.model.numbers.artifact import ArtifactError
     from quantrtl.model.numbers.formats import FormatError
 
-    errs: list[type[BaseException]] = [ArtifactError, FormatError, ValueError, FileNotFoundError, PermissionError]
+    errs: list[type[BaseException]] = [ArtifactError, FormatError, ValueError]
     # (ImageError, CheckpointError and UnsupportedLayerError are ValueErrors too)
     return tuple(errs)
 
@@ -299,7 +300,7 @@ def cmd_bench(args) -> int:
         print(f"\nbound: measured <= 1.25 * ceil(nonzero MACs / {r['lanes']}) + pixels * Cout + pipeline + 5")
         if args.json:
             flows.write_json(args.json, r)
-        return 0
+        return _checks_passed(x["bit_exact"] and x["within_bound"] for x in r["results"])
     if args.what == "synth":
         _say("benchmarking synthesis: every design cold (empty cache), then warm ...")
         r = bench.bench_synth()
@@ -322,7 +323,15 @@ def cmd_bench(args) -> int:
           + ", ".join(f"{k} {pct(v)}" for k, v in first["utilization"].items()))
     if args.json:
         flows.write_json(args.json, r)
-    return 0
+    return _checks_passed(x["bit_exact"] for x in r["results"])
+
+
+def _checks_passed(checks) -> int:
+    """Exit status of a benchmark: 1 when a check inside it failed (the numbers are still written)."""
+    if all(checks):
+        return 0
+    _say("quantrtl: a check inside the benchmark failed (bit-exactness or the cycle bound); see the table")
+    return 1
 
 
 def _model_options() -> argparse.ArgumentParser:
@@ -480,19 +489,46 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: Output options whose paths are checked before any work.
+_OUTPUTS = ("json", "csv", "plot")
+#: OSErrors about a path the user gave (exit 2); any other OSError is the system's (exit 3).
+_PATH_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
+
+
+def _check_outputs(args) -> None:
+    from quantrtl.util.atomic import check_output_path
+
+    for name in _OUTPUTS:
+        value = getattr(args, name, None)
+        if value:
+            check_output_path(value)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _check_outputs(args)
         return args.func(args)
     except KeyboardInterrupt:
         _say("quantrtl: interrupted")
         return 130
+    except BrokenPipeError:  # the reader of stdout went away: nothing more to say to it
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except OSError:
+            pass
+        _say("quantrtl: error: standard output was closed")
+        return 3
     except _user_errors() as e:
         _say(f"quantrtl: error: {_message(e)}")
         return 2
     except _tool_errors() as e:
         _say(f"quantrtl: error: {e}")
         return 3
+    except OSError as e:  # a full disk, a folder where a file goes, …: one line naming the path
+        where = f"{e.filename}: " if e.filename else ""
+        _say(f"quantrtl: error: {where}{e.strerror or e}")
+        return 2 if isinstance(e, _PATH_ERRORS) else 3
 
 
 if __name__ == "__main__":

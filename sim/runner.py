@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from quantrtl.sim.tools import ToolNotFound, find_tool
+from quantrtl.util.atomic import atomic_write
 
 SIMULATORS = {"icarus": "iverilog", "verilator": "verilator"}
 
@@ -39,12 +41,44 @@ class RunResult:
 
 def run_cocotb(verilog: Path, top: str, simulator: str, build_dir: Path, job: dict, waves: bool = False,
                test_module: str = "quantrtl.sim.cocotb_cosim") -> RunResult:
-    """Build ``verilog`` (skipped when unchanged), run ``test_module`` with ``job``, return its result JSON."""
-    tool = check_simulator(simulator)
-    from cocotb_tools.runner import get_runner
+    """Build ``verilog`` (skipped when unchanged), run ``test_module`` with ``job``, return its result JSON.
+
+    A run holds a lock on ``build_dir`` (two runs at once on one build wait for each other
+    instead of sharing its job and result files), and a reused build is checked against
+    the hashes recorded when it was made: a missing or damaged simulator binary is rebuilt.
+    """
+    from filelock import FileLock
 
     build_dir = Path(build_dir).resolve()
     build_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(build_dir / "run.lock")):
+        return _run_locked(verilog, top, simulator, build_dir, job, waves, test_module)
+
+
+def _outputs(build_dir: Path, simulator: str, top: str) -> list[Path]:
+    """The simulator executable a build leaves (what a damaged build would break)."""
+    return [build_dir / "sim.vvp"] if simulator == "icarus" else [build_dir / top]
+
+
+def _digest(paths: list[Path]) -> dict[str, str] | None:
+    if not all(p.is_file() for p in paths):
+        return None
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
+
+
+def _run_locked(verilog: Path, top: str, simulator: str, build_dir: Path, job: dict, waves: bool,
+                test_module: str) -> RunResult:
+    tool = check_simulator(simulator)
+    from cocotb_tools.runner import get_runner
+
+    stamp = build_dir / "build.json"
+    outputs = _outputs(build_dir, simulator, top)
+    recorded = json.loads(stamp.read_text()) if stamp.is_file() else None
+    intact = recorded is not None and recorded.get("waves") == waves and recorded.get("outputs") == _digest(outputs)
+    if not intact:  # never reuse a build whose outputs are not the ones it recorded
+        for p in outputs:
+            p.unlink(missing_ok=True)
+        stamp.unlink(missing_ok=True)
     tool_env = {"PATH": os.path.dirname(tool) + os.pathsep + os.environ.get("PATH", "")}
     build_args = ["-Wno-fatal"] if simulator == "verilator" else []
     if simulator == "verilator":
@@ -57,9 +91,14 @@ def run_cocotb(verilog: Path, top: str, simulator: str, build_dir: Path, job: di
         with _environ(tool_env), _quiet():
             runner = get_runner(simulator)
             runner.build(sources=[str(verilog)], hdl_toplevel=top, build_dir=build_dir, build_args=build_args,
-                         timescale=("1ns", "1ps"), waves=waves, log_file=log)
+                         timescale=("1ns", "1ps"), waves=waves, log_file=log, always=not intact)
     except (SystemExit, Exception) as e:
         raise SimulationError(f"{simulator} build of {verilog.name} failed ({_short(e)}); see {log}") from None
+    made = _digest(outputs)
+    if made is None:
+        raise SimulationError(f"{simulator} build of {verilog.name} left no simulator executable; see {log}")
+    if not intact or recorded.get("outputs") != made:
+        atomic_write(stamp, json.dumps({"waves": waves, "outputs": made}))
     t1 = time.perf_counter()
     job_path, result_path = build_dir / "job.json", build_dir / "result.json"
     job_path.write_text(json.dumps(job))

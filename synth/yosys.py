@@ -104,7 +104,11 @@ def _version(cmd: tuple[str, ...]) -> str:
         raise SynthesisError(f"cannot run {cmd[0]}: {e}") from None
     if r.returncode != 0:
         raise SynthesisError(f"{cmd[0]} -V failed: {r.stderr.strip()[:200]}")
-    return r.stdout.strip().splitlines()[0]
+    lines = r.stdout.strip().splitlines()
+    if not lines or not lines[0].startswith("Yosys"):
+        raise SynthesisError(f"{cmd[0]} is not Yosys: '-V' printed {lines[0][:80]!r}" if lines else
+                             f"{cmd[0]} is not Yosys: '-V' printed nothing")
+    return lines[0]
 
 
 def yosys_version(yosys: str | None = None) -> str:

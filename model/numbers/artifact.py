@@ -14,6 +14,8 @@ import io
 import json
 import math
 import os
+import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from quantrtl.util.atomic import atomic_write
+from quantrtl.util.errors import first_line
 from quantrtl.model.numbers.formats import ActivationFormat, FormatError, WeightFormat
 from quantrtl.model.numbers.families import format_from_dict
 
@@ -101,8 +104,9 @@ class Layer:
 
     @property
     def accumulator_bits(self) -> int:
-        """Signed width that holds every reachable accumulator value: bits(B) + 1."""
-        return int(self.accumulator_bound()).bit_length() + 1
+        """Signed width that holds every reachable accumulator value: bits(B) + 1, and at least
+        2 (an all-zero layer's accumulator is still a signed register)."""
+        return max(2, int(self.accumulator_bound()).bit_length() + 1)
 
     @property
     def macs(self) -> int:
@@ -285,6 +289,46 @@ def _qparams(d: dict, where: str) -> ActivationFormat:
         raise ArtifactError(f"{where}: {e}") from None
 
 
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _array_shapes(op: str, kw: dict, where: str) -> dict[str, tuple]:
+    """The shape each array of a conv2d/linear layer must have, from the layer's JSON."""
+    if not kw["out_shape"] or not kw["in_shape"]:
+        raise ArtifactError(f"{where}: empty in_shape or out_shape")
+    cout = kw["out_shape"][0]
+    codes = (cout, kw["in_shape"][0], *kw["kernel"]) if op == "conv2d" else (cout, math.prod(kw["in_shape"]))
+    return {"codes": codes, **{k: (cout,) for k in _LAYER_ARRAYS if k != "codes"}}
+
+
+def _read_array(npz_path: Path, key: str, shape: tuple, where: str) -> np.ndarray:
+    """Read one named array of the archive, after checking its declared shape and type
+    (nothing else in the archive is read)."""
+    member = key + ".npy"
+    try:
+        with zipfile.ZipFile(npz_path) as zf:
+            if member not in zf.namelist():
+                raise ArtifactError(f"{where}: array {key!r} missing from {npz_path.name}")
+            with zf.open(member) as f:
+                version = np.lib.format.read_magic(f)
+                header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                          else np.lib.format.read_array_header_2_0)(f)
+                got, _, dtype = header
+                if tuple(got) != tuple(shape) or dtype.kind not in "iuf" or dtype.itemsize > 8:
+                    raise ArtifactError(f"{where}: array {key!r} is {dtype} {tuple(got)}, expected "
+                                        f"{'integers' if key != 'weight_scale' else 'floats'} of shape {tuple(shape)}")
+            return np.load(io.BytesIO(zf.read(member)), allow_pickle=False)
+    except ArtifactError:
+        raise
+    except Exception as e:  # zipfile and numpy raise several types for corrupt archives
+        raise ArtifactError(f"{npz_path}: unreadable array file ({first_line(e)})") from None
+
+
 def load(path: str | os.PathLike) -> QuantizedNetwork:
     """Read and validate an artifact from ``<stem>.json`` (or the stem / the ``.npz``)."""
     p = Path(path)
@@ -293,7 +337,9 @@ def load(path: str | os.PathLike) -> QuantizedNetwork:
         raise ArtifactError(f"{json_path}: artifact not found")
     try:
         doc = json.loads(json_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except RecursionError:
+        raise ArtifactError(f"{json_path}: not a readable JSON artifact (nested too deeply)") from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
         raise ArtifactError(f"{json_path}: not a readable JSON artifact ({e})") from None
     where = str(json_path)
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
@@ -305,14 +351,8 @@ def load(path: str | os.PathLike) -> QuantizedNetwork:
     npz_path = json_path.parent / _need(arrays_doc, "file", where + ": arrays", str)
     if not npz_path.is_file():
         raise ArtifactError(f"{npz_path}: array file of artifact {json_path.name} not found")
-    data = npz_path.read_bytes()
-    if hashlib.sha256(data).hexdigest() != arrays_doc.get("sha256"):
+    if _file_sha256(npz_path) != arrays_doc.get("sha256"):
         raise ArtifactError(f"{npz_path}: SHA-256 does not match {json_path.name} (truncated or from another artifact)")
-    try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except Exception as e:  # numpy raises several types for corrupt archives
-        raise ArtifactError(f"{npz_path}: unreadable array file ({e})") from None
 
     inp = _need(doc, "input", where, dict)
     layers = []
@@ -339,11 +379,9 @@ def load(path: str | os.PathLike) -> QuantizedNetwork:
             except FormatError as e:
                 raise ArtifactError(f"{lw}: {e}") from None
             refs = _need(ld, "arrays", lw, dict)
+            shapes = _array_shapes(op, kw, lw)
             for k in _LAYER_ARRAYS:
-                key = _need(refs, k, lw + " arrays", str)
-                if key not in arrays:
-                    raise ArtifactError(f"{lw}: array {key!r} missing from {npz_path.name}")
-                kw[k] = arrays[key]
+                kw[k] = _read_array(npz_path, _need(refs, k, lw + " arrays", str), shapes[k], lw)
         layers.append(Layer(**kw))
     net = QuantizedNetwork(
         name=_need(doc, "name", where, str), quantizer=_need(doc, "quantizer", where, str),
@@ -372,10 +410,27 @@ def expected_out_shape(layer: Layer) -> tuple[int, ...]:
     return layer.in_shape
 
 
+#: Network and layer names become Verilog module and file names: letters, digits and
+#: underscores (a layer name may start with a digit: nn.Sequential names its children 0, 1, …).
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_]{1,64}")
+
+
+def check_name(name, what: str) -> None:
+    """An :class:`ArtifactError` unless ``name`` is 1..64 letters, digits or underscores."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        shown = repr(name) if len(repr(name)) <= 80 else repr(name)[:77] + "..."
+        raise ArtifactError(f"{what} {shown} must be 1 to 64 letters, digits or underscores "
+                            "(it names Verilog modules and files)")
+
+
 def validate(net: QuantizedNetwork) -> None:
     """Check every invariant the golden model and the generators rely on."""
+    check_name(net.name, "network name")
+    check_name(net.quantizer, "quantizer")
     if not net.layers:
         raise ArtifactError("network has no layers")
+    for layer in net.layers:
+        check_name(layer.name, "layer name")
     names = [l.name for l in net.layers]
     if len(set(names)) != len(names):
         raise ArtifactError(f"layer names are not unique: {names}")

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from quantrtl.util.atomic import atomic_write
+from quantrtl.util.errors import first_line
 from quantrtl.model.digits import INPUT_SHAPE, NUM_CLASSES, Split, load_split
 
 CHECKPOINT = Path(__file__).resolve().parent.parent / "data" / "digits_cnn.pt"
@@ -171,7 +172,7 @@ def load_checkpoint(path: str | os.PathLike | None = None, factory=digits_cnn) -
         state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
     except Exception as e:  # torch raises many types for corrupt or mismatched files
-        raise CheckpointError(f"{path}: cannot load checkpoint ({str(e).splitlines()[0]})") from None
+        raise CheckpointError(f"{path}: cannot load checkpoint ({first_line(e)})") from None
     for name, p in model.state_dict().items():
         if not torch.isfinite(p).all():
             raise CheckpointError(f"{path}: parameter {name!r} contains NaN or infinity")

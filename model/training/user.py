@@ -21,6 +21,7 @@ from torch import nn
 
 from quantrtl.model.training.net import CheckpointError
 from quantrtl.model.training.quantize import SUPPORTED, UnsupportedLayerError
+from quantrtl.util.errors import first_line
 
 ACCEPTED = SUPPORTED + (nn.BatchNorm2d, nn.BatchNorm1d)
 
@@ -43,9 +44,9 @@ def load_factory(spec: str):
     try:
         sys.modules[name] = module
         module_spec.loader.exec_module(module)
-    except Exception as e:
+    except (Exception, SystemExit) as e:  # a model file that exits is an error, not a success
         sys.modules.pop(name, None)
-        raise ModelSpecError(f"--model {spec!r}: importing {path} failed: {type(e).__name__}: {e}") from None
+        raise ModelSpecError(f"--model {spec!r}: importing {path} failed: {_what(e)}") from None
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise ModelSpecError(f"--model {spec!r}: {path} has no callable {attr!r}")
@@ -98,6 +99,12 @@ def fold_batch_norm(layers: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.M
     return out
 
 
+def _what(e: BaseException) -> str:
+    if isinstance(e, SystemExit):
+        return f"it called sys.exit({e.code!r})"
+    return f"{type(e).__name__}: {e}"
+
+
 def load_user_model(spec: str, weights: str | None = None, probe: torch.Tensor | None = None) -> nn.Sequential:
     """Build, load, check and fold a user model into the ``nn.Sequential`` quantization expects.
 
@@ -107,8 +114,8 @@ def load_user_model(spec: str, weights: str | None = None, probe: torch.Tensor |
     factory = load_factory(spec)
     try:
         model = factory()
-    except Exception as e:
-        raise ModelSpecError(f"--model {spec!r}: calling the factory failed: {type(e).__name__}: {e}") from None
+    except (Exception, SystemExit) as e:
+        raise ModelSpecError(f"--model {spec!r}: calling the factory failed: {_what(e)}") from None
     if not isinstance(model, nn.Module):
         raise ModelSpecError(f"--model {spec!r}: the factory returned {type(model).__name__}, not an nn.Module")
     if weights is not None:
@@ -118,7 +125,7 @@ def load_user_model(spec: str, weights: str | None = None, probe: torch.Tensor |
         try:
             model.load_state_dict(torch.load(p, map_location="cpu", weights_only=True))
         except Exception as e:
-            raise CheckpointError(f"{p}: cannot load checkpoint ({str(e).splitlines()[0]})") from None
+            raise CheckpointError(f"{p}: cannot load checkpoint ({first_line(e)})") from None
     return prepare_module(model, f"--model {spec!r}", weights or spec, probe)
 
 
@@ -140,9 +147,14 @@ def prepare_module(model: nn.Module, what: str = "the model", source: str | None
         with torch.no_grad():
             try:
                 want = model(probe)
-            except Exception as e:
-                raise ModelSpecError(f"{what}: forward on the calibration data failed: {e}") from None
-            got = seq(probe)
+            except (Exception, SystemExit) as e:
+                raise ModelSpecError(f"{what}: forward on the calibration data failed: {_what(e)}") from None
+            try:
+                got = seq(probe)
+            except Exception as e:  # children registered in another order than forward uses them
+                raise ModelSpecError(f"{what}: its layers applied in the order they are registered fail "
+                                     f"({type(e).__name__}: {first_line(e, 160)}); quantrtl needs a "
+                                     "sequence of layers registered in the order forward uses them") from None
         if want.shape != got.shape or not torch.allclose(want, got, rtol=1e-4, atol=1e-4):
             raise ModelSpecError(f"{what}: its forward is not its layers applied in order "
                                  "(quantrtl needs a sequence of layers)")

@@ -51,8 +51,8 @@ class ModelSource:
             return "digits"
         else:
             stem = Path(self.model.rpartition(":")[0]).stem
-        ident = "".join(c if c.isalnum() else "_" for c in stem)
-        return ident if ident[:1].isalpha() else f"m_{ident}"
+        ident = "".join(c if c.isascii() and c.isalnum() else "_" for c in stem)
+        return (ident if ident[:1].isalpha() else f"m_{ident}")[:48]  # an artifact name (1..64 characters)
 
 
 DIGITS = ModelSource()

@@ -101,7 +101,7 @@ def cosim_flow(quantizer: str, image: str | int = 0, simulator: str = "icarus", 
     harness = CaptureHarness(NetworkTop(hw_net, lanes=lanes, taps=True, sparse=sparse, index_bits=index_bits))
     top = f"{qnet.name}_{qnet.quantizer}_cosim"
     text = to_verilog(harness, top)
-    variant = (f"-sparse{index_bits}" if sparse else "") + ("-fault" if fault else "")
+    variant = (f"-sparse{index_bits}" if sparse else "") + ("-fault" if fault else "") + ("-waves" if waves else "")
     build_dir = Path(build_root) / f"{qnet.name}-{qnet.quantizer}-p{lanes}-{simulator}{variant}"
     v_path = build_dir / f"{top}.v"
     if not v_path.is_file() or v_path.read_text() != text:  # unchanged Verilog keeps the simulator build

@@ -2,18 +2,46 @@
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Callable, IO
+
+__all__ = ["OutputPathError", "atomic_write", "check_output_path"]
+
+
+class OutputPathError(ValueError):
+    """An output path that is not a regular file or a new path (a folder, a symlink, a
+    FIFO, a device): quantrtl never replaces those."""
+
+
+def check_output_path(path: str | os.PathLike) -> Path:
+    """``path`` if it is missing or a regular file (not through a symlink); else
+    :class:`OutputPathError` naming it.  Flows call it before any work."""
+    path = Path(path)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return path
+    except OSError as e:
+        raise OutputPathError(f"{path}: cannot be written ({e.strerror})") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise OutputPathError(f"{path}: is a symbolic link; give the path of a regular file or a new one")
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a folder" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode)
+                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "not a regular file")
+        raise OutputPathError(f"{path}: is {kind}; results go only to regular files or new paths")
+    return path
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[IO[bytes]], None]) -> Path:
     """Write ``data`` (bytes, text, or a function writing to a binary file) to ``path``.
 
     The content goes to a temporary file in the same folder, which is renamed over
-    ``path`` only once complete; on any error the temporary file is removed.
+    ``path`` only once complete; on any error the temporary file is removed.  Only a
+    regular file or a missing path is replaced (:func:`check_output_path`).
     """
-    path = Path(path)
+    path = check_output_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

@@ -3,7 +3,13 @@ from __future__ import annotations
 
 from typing import Callable
 
-__all__ = ["OptionError"]
+__all__ = ["OptionError", "first_line"]
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message, or its type when the message is empty."""
+    lines = str(e).strip().splitlines()
+    return (lines[0] if lines else type(e).__name__)[:limit]
 
 
 class OptionError(ValueError):

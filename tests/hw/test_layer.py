@@ -119,3 +119,20 @@ def test_engine_rejects_layers_without_weights(quantized):
     net = artifact.load(quantized("fixed8").artifact)
     with pytest.raises(ValueError, match="has no weights"):
         ConvEngine(net.layer("pool"))
+
+
+@pytest.mark.parametrize("name", ["fixed8", "shift4", "ternary"])
+def test_all_zero_layer_generates_and_is_exact(name):
+    """All-zero weights and biases (a pruned-away layer): a 2-bit accumulator, bit-exact."""
+    fmt = parse_format(name)
+    net = random_network(fmt, seed=5)
+    zero = int(fmt.encode(np.zeros((1, 1))).codes[0, 0])
+    for layer in net.layers:
+        if layer.has_weights:
+            layer.codes = np.full_like(layer.codes, zero)
+            layer.bias = np.zeros_like(layer.bias)
+    assert [l.accumulator_bits for l in net.layers if l.has_weights] == [2, 2]
+    x = np.random.default_rng(5).integers(0, 256, size=net.input_shape)
+    for layer, mm, cycles, expected in run_layers(net, x, lanes=4):
+        assert mm is None, str(mm)
+        assert cycles == expected, (layer, cycles, expected)

@@ -63,7 +63,7 @@ def edit_json(path, fn):
     (lambda d: d["layers"][0].update(format={"name": "binary", "family": "binary", "bits": 1}), r"layer 'conv': .*invalid code"),
     (lambda d: d["layers"][0].update(stride=[1]), r"layer 'conv': 'stride' must be a list of 2 integers"),
     (lambda d: d["layers"][0].update(out_shape=[3, 5, 5]), r"layer 'conv': out_shape .* geometry gives"),
-    (lambda d: d["layers"][2].update(in_shape=[7]), r"layer 'fc': in_shape \(7,\) does not flatten"),
+    (lambda d: d["layers"][2].update(in_shape=[7]), r"layer 'fc': array 'fc/codes' is int64 \(4, 27\), expected integers of shape \(4, 7\)"),
     (lambda d: d["layers"][1]["output"].update(zero_point=3), r"layer 'pool': maxpool must keep the input quantization"),
     (lambda d: d["layers"][0]["output"].update(zero_point=300), r"zero point 300 outside \[0, 255\]"),
     (lambda d: d["input"].update(scale=-1.0), r"scale must be a positive"),

@@ -1,5 +1,6 @@
 """Co-simulation of the digits network in cocotb: RTL == golden, bit for bit."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -77,9 +78,33 @@ def test_image_from_files(tmp_path, quantized, build_root):
     assert np.array_equal(load_image(tmp_path / "d.png"), test.x[7])
 
 
+def test_32x32_bitmaps_are_counted_per_4x4_block(tmp_path):
+    """The data set's own reduction: ink pixels (gray >= 128) per 4×4 block, 0..16."""
+    from PIL import Image
+
+    from quantrtl.model.digits import load_image
+
+    rng = np.random.default_rng(0)
+    bitmap = rng.random((32, 32)) < 0.4
+    want = np.zeros((8, 8), dtype=np.int64)
+    for y in range(32):  # an independent count, pixel by pixel
+        for x in range(32):
+            want[y // 4, x // 4] += int(bitmap[y, x])
+    gray = np.where(bitmap, rng.integers(128, 256, (32, 32)), rng.integers(0, 128, (32, 32))).astype(np.uint8)
+    Image.fromarray(gray).save(tmp_path / "b.png")
+    np.save(tmp_path / "b.npy", bitmap.astype(np.uint8))
+    for name in ("b.png", "b.npy"):
+        got = load_image(tmp_path / name)
+        assert got.shape == (1, 8, 8) and np.array_equal(got[0], want), name
+    assert want.max() <= 16
+
+
 @pytest.mark.parametrize("make,match", [
     (lambda p: p.joinpath("bad.png").write_bytes(b"\x89PNG not really"), "unreadable image"),
-    (lambda p: np.save(p / "bad.npy", np.zeros((7, 7))), r"array shape \(7, 7\), expected \(8, 8\) or \(1, 8, 8\)"),
+    (lambda p: np.save(p / "bad.npy", np.zeros((7, 7))), r"array shape \(7, 7\), expected \(8, 8\), \(1, 8, 8\) or a 32"),
+    (lambda p: np.save(p / "bad.npy", np.full((32, 32), 2)), r"a 32×32 array must be a bitmap of 0 and 1"),
+    (lambda p: __import__("PIL.Image").Image.fromarray(np.zeros((16, 16), np.uint8)).save(p / "bad.png"),
+     r"image is 16×16 pixels, expected 8×8 \(digits\) or 32×32"),
     (lambda p: np.save(p / "bad.npy", np.full((8, 8), 17)), r"values must lie in 0..16"),
     (lambda p: p.joinpath("bad.gif").write_bytes(b"GIF89a"), "unsupported image type '.gif'"),
 ])
@@ -149,3 +174,35 @@ def test_sparse_engine_refuses_block_and_binary_layers(quantized, name):
     layer = artifact.load(quantized(name).artifact).layer("conv2")
     with pytest.raises(ValueError, match="use the dense engine"):
         SparseConvEngine(layer)
+
+
+@pytest.mark.icarus
+@pytest.mark.slow
+def test_two_cosims_at_once_on_one_build_both_pass(tmp_path, quantized):
+    """Two runs started together on the same build folder: one waits for the other's lock,
+    neither reads the other's job or result, both are bit-exact."""
+    import subprocess
+    import sys
+
+    art = quantized("shift4").artifact
+    cmd = [sys.executable, "-m", "quantrtl", "cosim", "--quantizer", "shift4", "--artifact", art]
+    procs = [subprocess.Popen(cmd + ["--image", str(i)], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for i in (3, 17)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-2000:]
+        assert "RTL == golden, bit for bit" in out
+
+
+@pytest.mark.icarus
+def test_damaged_build_is_rebuilt_and_waves_get_their_own(tmp_path, quantized):
+    art = quantized("ternary").artifact
+    r = flows.cosim_flow("ternary", 0, artifact_path=art, build_root=tmp_path)
+    assert r.bit_exact
+    build = Path(r.verilog).parent
+    (build / "sim.vvp").write_bytes(b"#! truncated")  # a build cut short, newer than its sources
+    again = flows.cosim_flow("ternary", 0, artifact_path=art, build_root=tmp_path)
+    assert again.bit_exact and (build / "sim.vvp").read_bytes() != b"#! truncated"
+    w = flows.cosim_flow("ternary", 0, artifact_path=art, build_root=tmp_path, waves=True)
+    assert w.bit_exact and w.waves and Path(w.waves).is_file()
+    assert Path(w.verilog).parent != build
