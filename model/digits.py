@@ -21,6 +21,8 @@ INPUT_SCALE = 1.0 / 16.0
 INPUT_ZERO_POINT = 0
 PIXEL_MAX = 16
 NUM_CLASSES = 10
+#: Images in the fixed test split (20 % of 1797, stratified): what image indices are checked against.
+TEST_IMAGES = 360
 SPLIT_SEED = 0
 TEST_FRACTION = 0.2
 

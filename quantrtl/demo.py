@@ -33,6 +33,32 @@ def method_quantizers() -> list[str]:
 DOC_BEGIN, DOC_END = "<!-- methods-table:begin -->", "<!-- methods-table:end -->"
 
 
+def check_demo_arguments(out: Path, quantizers: list[str], finetune: int | None, image: int, lanes: int,
+                         throughput: int, jobs: int, images) -> None:
+    """Every argument of the demo, before any work or output."""
+    from quantrtl.flows.common import check_lanes
+    from quantrtl.flows.quantize import method_finetune
+    from quantrtl.model.digits import TEST_IMAGES
+    from quantrtl.model.numbers.families import parse_format
+    from quantrtl.util.errors import OptionError
+
+    if not quantizers:
+        raise OptionError("quantizers", "needs at least one quantizer")
+    if len(set(quantizers)) != len(quantizers):
+        raise OptionError("quantizers", f"lists a quantizer twice: {quantizers}")
+    for q in quantizers:
+        method_finetune(parse_format(q), finetune)
+    check_lanes(lanes)
+    check_lanes(throughput, "throughput")
+    if jobs < 1:
+        raise OptionError("jobs", f"must be at least 1, got {jobs}")
+    for i in [image, *(images or ())]:
+        if not 0 <= i < TEST_IMAGES:
+            raise OptionError("images" if images else "image", f"{i}: the digits test split has images 0..{TEST_IMAGES - 1}")
+    if out.exists() and not out.is_dir():
+        raise OptionError("out", f"{out} is a file, not a folder")
+
+
 def run_demo(out: str | Path = "build/demo", quantizers=flows.DEMO_QUANTIZERS, finetune: int | None = None,
              image: int = 0, simulator: str = "icarus", lanes: int = 8, throughput: int = 16, jobs: int = 2,
              images: tuple[int, ...] | None = None) -> dict:
@@ -44,9 +70,10 @@ def run_demo(out: str | Path = "build/demo", quantizers=flows.DEMO_QUANTIZERS, f
 
     t0 = time.perf_counter()
     out = Path(out)
+    quantizers = list(quantizers)
+    check_demo_arguments(out, quantizers, finetune, image, lanes, throughput, jobs, images)
     check_simulator(simulator)
     yv = yosys_version()
-    quantizers = list(quantizers)
     n = len(quantizers)
 
     bar = Progress(n, "quantize")

@@ -29,6 +29,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
@@ -161,8 +162,12 @@ def synthesize(verilog: str | Path, top: str, yosys: str | None = None, workdir:
         d = json.loads(cache_file.read_text())
         d.update(cached=True, verilog=str(verilog), seconds=0.0)
         return SynthResult(**d)
-    work = Path(workdir) if workdir else verilog.parent / f".synth-{top}"
-    work.mkdir(parents=True, exist_ok=True)
+    # a scratch folder of this run's own: two runs at once never share one
+    if workdir:
+        work = Path(workdir)
+        work.mkdir(parents=True, exist_ok=True)
+    else:
+        work = Path(tempfile.mkdtemp(prefix=f".synth-{top}-", dir=verilog.parent))
     shutil.copyfile(verilog, work / verilog.name)
     (work / "synth.ys").write_text(script)
     for f in ("stat.json", "cmos.txt", "mems.json"):
@@ -179,6 +184,9 @@ def synthesize(verilog: str | Path, top: str, yosys: str | None = None, workdir:
         raise SynthesisError(f"Yosys failed on {verilog.name} (top {top}): {msg}; see {log}")
     parsed = parse(json.loads((work / "stat.json").read_text()), (work / "cmos.txt").read_text(),
                    json.loads((work / "mems.json").read_text()) if (work / "mems.json").is_file() else {})
+    if not workdir:  # keep the log beside the Verilog, drop the scratch (a failed run keeps it, named above)
+        log = Path(shutil.move(str(log), str(verilog.parent / f"{top}.yosys.log")))
+        shutil.rmtree(work, ignore_errors=True)
     result = SynthResult(top=top, verilog=str(verilog), yosys_version=version, yosys_script=script,
                          seconds=seconds, log=str(log), **parsed)
     if cache_file is not None:

@@ -80,3 +80,193 @@ def test_corrupt_artifact_is_rejected_by_every_consumer(tmp_path, capsys, quanti
         rc = main([argv[0], "--quantizer", "fixed8", "--artifact", str(art), *argv[1:]])
         assert_one_line_error(capsys, 2, rc, "SHA-256 does not match")
     assert not (tmp_path / "v").exists()
+
+
+# ---- hostile inputs (issue 13): one line, the documented exit status, nothing replaced or escaped ----
+
+MODELS = '''
+import sys
+import torch.nn as nn
+
+class Swapped(nn.Module):
+    """Children registered in another order than forward uses them."""
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4 * 8 * 8, 10)
+        self.flat = nn.Flatten()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.fc(self.flat(self.conv(x)))
+
+def exits():
+    sys.exit(0)
+
+def swapped():
+    return Swapped()
+
+def zeros():
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(256, 10))
+    for p in net.parameters():
+        nn.init.zeros_(p)
+    return net
+'''
+
+
+@pytest.fixture
+def models(tmp_path):
+    (tmp_path / "models.py").write_text(MODELS)
+    return tmp_path / "models.py"
+
+
+def test_outputs_never_replace_a_fifo_a_device_a_symlink_or_a_folder(tmp_path, capsys):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    target = tmp_path / "target.json"
+    target.write_text("keep me")
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    for path, what in ((fifo, "is a FIFO"), (link, "is a symbolic link"), ("/dev/null", "is a device"),
+                       (tmp_path, "is a folder")):
+        rc = main(["quantize", "--quantizer", "fixed8", "--finetune", "0", "--out", str(tmp_path / "a"),
+                   "--json", str(path)])
+        assert_one_line_error(capsys, 2, rc, what)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and link.is_symlink() and target.read_text() == "keep me"
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    assert not (tmp_path / "a").exists()  # checked before any work
+
+
+@pytest.mark.parametrize("name,what", [
+    ("../../escaped", "network name '../../escaped'"),
+    ("with space", "network name 'with space'"),
+    ("line\nbreak", "network name 'line\\nbreak'"),
+    ("x" * 300, "must be 1 to 64 letters"),
+])
+def test_artifact_names_never_become_paths(tmp_path, capsys, quantized, name, what):
+    import json
+    import shutil
+
+    src = quantized("fixed8").artifact
+    doc = json.loads(open(src).read())
+    doc["name"] = name
+    (tmp_path / "art").mkdir()
+    shutil.copy(src.replace(".json", ".npz"), tmp_path / "art" / doc["arrays"]["file"])
+    (tmp_path / "art" / "a.json").write_text(json.dumps(doc))
+    rc = main(["verilog", "--quantizer", "fixed8", "--artifact", str(tmp_path / "art" / "a.json"),
+               "--out", str(tmp_path / "out" / "v")])
+    assert_one_line_error(capsys, 2, rc, what)
+    assert not (tmp_path / "out").exists() and sorted(os.listdir(tmp_path)) == ["art"]
+
+
+def test_layer_names_are_checked_too(tmp_path):
+    from quantrtl.model.numbers import artifact
+    from quantrtl.model.numbers.families import parse_format
+    from tests.factories import random_network
+
+    net = random_network(parse_format("fixed8"))
+    net.layers[0].name = "conv/../x"
+    with pytest.raises(artifact.ArtifactError, match="layer name 'conv/../x'"):
+        artifact.save(net, tmp_path / "n")
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_model_file_that_exits_is_an_error(tmp_path, capsys, models):
+    rc = main(["quantize", "--quantizer", "fixed8", "--model", f"{models}:exits", "--out", str(tmp_path / "o")])
+    assert_one_line_error(capsys, 2, rc, "it called sys.exit(0)")
+    assert not (tmp_path / "o").exists()
+
+
+def test_children_in_another_order_than_forward(tmp_path, capsys, models):
+    rc = main(["quantize", "--quantizer", "fixed8", "--model", f"{models}:swapped", "--finetune", "0",
+               "--out", str(tmp_path / "o")])
+    assert_one_line_error(capsys, 2, rc, "registered in the order forward uses them")
+
+
+def test_all_zero_weights_quantize_and_generate(tmp_path, capsys, models):
+    out = tmp_path / "o"
+    assert main(["quantize", "--quantizer", "fixed8", "--model", f"{models}:zeros", "--finetune", "0",
+                 "--out", str(out)]) == 0
+    art = next(out.glob("*.json"))
+    assert main(["verilog", "--quantizer", "fixed8", "--artifact", str(art), "--out", str(tmp_path / "v")]) == 0
+    assert next((tmp_path / "v").glob("*.v")).stat().st_size > 0
+
+
+def test_empty_checkpoint_and_out_naming_a_file(tmp_path, capsys):
+    (tmp_path / "empty.pt").write_bytes(b"")
+    rc = main(["quantize", "--quantizer", "fixed8", "--checkpoint", str(tmp_path / "empty.pt"),
+               "--out", str(tmp_path / "o")])
+    assert_one_line_error(capsys, 2, rc, "empty.pt: cannot load checkpoint")
+    (tmp_path / "afile").write_text("x")
+    rc = main(["quantize", "--quantizer", "fixed8", "--finetune", "0", "--out", str(tmp_path / "afile")])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) >= 1 and err[-1].startswith("quantrtl: error:") and "afile" in err[-1]
+
+
+@pytest.mark.yosys
+def test_a_yosys_that_is_not_yosys(tmp_path, capsys):
+    rc = main(["gates", "--quantizers", "binary", "--layer", "conv1", "--yosys", "/bin/true", "--finetune", "0",
+               "--out", str(tmp_path / "g")])
+    assert_one_line_error(capsys, 3, rc, "/bin/true is not Yosys")
+
+
+def test_full_disk_is_one_line_naming_the_path(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from quantrtl.model.numbers import artifact
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(artifact, "atomic_write", full)
+    rc = main(["quantize", "--quantizer", "ternary", "--finetune", "0", "--out", str(tmp_path / "a")])
+    assert_one_line_error(capsys, 3, rc, "No space left on device")
+
+
+def test_closed_stdout(tmp_path, quantized):
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-m", "quantrtl", "verilog", "--quantizer", "fixed8", "--artifact",
+                          quantized("fixed8").artifact, "--out", str(tmp_path / "v")],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p.stdout.close()  # the reader goes away before anything is printed
+    err = p.stderr.read()
+    assert p.wait(timeout=300) == 3
+    assert "Traceback" not in err and "standard output was closed" in err
+
+
+def test_deeply_nested_json_artifact(tmp_path, capsys):
+    (tmp_path / "deep.json").write_text("[" * 100000 + "]" * 100000)
+    rc = main(["verilog", "--quantizer", "fixed8", "--artifact", str(tmp_path / "deep.json"),
+               "--out", str(tmp_path / "v")])
+    assert_one_line_error(capsys, 2, rc, "nested too deeply")
+
+
+def test_npz_arrays_are_read_by_name_after_their_declared_shape(tmp_path, quantized):
+    """An artifact whose archive holds an unreferenced (large) array and a mis-shaped one:
+    only the named arrays are read, and the mis-shaped one is refused by its header."""
+    import hashlib
+    import json
+    import zipfile
+
+    import numpy as np
+
+    from quantrtl.model.numbers import artifact
+
+    src = quantized("fixed8").artifact
+    doc = json.loads(open(src).read())
+    npz = tmp_path / "n.npz"
+    with zipfile.ZipFile(src.replace(".json", ".npz")) as zin, zipfile.ZipFile(npz, "w") as zout:
+        for item in zin.namelist():
+            zout.writestr(item, zin.read(item))
+        with zout.open("unreferenced.npy", "w", force_zip64=True) as f:
+            np.lib.format.write_array(f, np.zeros(4 << 20, dtype=np.int64))  # 32 MiB nobody names
+    doc["arrays"].update(file="n.npz", sha256=hashlib.sha256(npz.read_bytes()).hexdigest())
+    (tmp_path / "n.json").write_text(json.dumps(doc))
+    net = artifact.load(tmp_path / "n.json")
+    assert net.layer("fc").codes.shape == (10, 256)
+    doc["layers"][0]["arrays"]["codes"] = "unreferenced"
+    (tmp_path / "n.json").write_text(json.dumps(doc))
+    with pytest.raises(artifact.ArtifactError, match=r"array 'unreferenced' is int64 \(4194304,\), expected"):
+        artifact.load(tmp_path / "n.json")

@@ -42,3 +42,18 @@ def test_sweep_bad_arguments(tmp_path, capsys, argv, match):
     assert match in capsys.readouterr().err
     assert not (tmp_path / "s.json").exists()
     assert not (tmp_path / "o" / "artifacts").exists()
+
+
+def test_sweep_checks_layers_and_image_before_work(quantized):
+    """The names the sweep checks --layers against are the digits artifact's weight layers."""
+    from quantrtl.flows import sweep as sweep_mod
+    from quantrtl.model.numbers import artifact
+
+    net = artifact.load(quantized("binary").artifact)
+    assert list(sweep_mod.DIGITS_WEIGHT_LAYERS) == [l.name for l in net.layers if l.has_weights]
+    from quantrtl.util.errors import OptionError
+
+    with pytest.raises(OptionError, match="'pool' is not a conv2d/linear layer"):
+        sweep_mod.sweep(["binary"], [4], [1.0], layers=["pool"])
+    with pytest.raises(OptionError, match="image 360: the digits test split has images 0..359"):
+        sweep_mod.sweep(["binary"], [4], [1.0], image=360)

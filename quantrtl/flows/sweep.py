@@ -21,6 +21,10 @@ from quantrtl.util.errors import OptionError
 
 __all__ = ["sweep", "synth_job", "cosim_job"]
 
+#: The digits CNN's conv/linear layers (the artifact names them after the model's
+#: children): what ``layers`` is checked against before any work.
+DIGITS_WEIGHT_LAYERS = ("conv1", "conv2", "fc")
+
 
 def _unpack(files: dict[str, bytes], where: Path):
     from quantrtl.model.numbers import artifact
@@ -81,6 +85,7 @@ def _executor(jobs: int, scheduler: str | None) -> Executor:
 def sweep(quantizers: list[str], lanes: list[int], densities: list[float], layers: list[str] | None = None,
           jobs: int = 2, scheduler: str | None = None, finetune: int = 10, image: int = 0, cosim: bool = True,
           out_dir: str | Path = "build/sweep") -> dict:
+    from quantrtl.model.digits import TEST_IMAGES
     from quantrtl.model.numbers import artifact
     from quantrtl.model.numbers.families import parse_format
 
@@ -98,16 +103,20 @@ def sweep(quantizers: list[str], lanes: list[int], densities: list[float], layer
             raise OptionError("densities", f"{d} out of range (0, 1]")
     if jobs < 1:
         raise OptionError("jobs", f"must be at least 1, got {jobs}")
+    if finetune is not None and finetune < 0:
+        raise OptionError("finetune", f"must be 0 or more epochs, got {finetune}")
+    if cosim and not 0 <= image < TEST_IMAGES:
+        raise OptionError("image", f"{image}: the digits test split has images 0..{TEST_IMAGES - 1}")
+    weighted = list(DIGITS_WEIGHT_LAYERS)  # known without training: every argument is checked before any work
+    for name in layers or ():
+        if name not in weighted:
+            raise OptionError("layers", f"{name!r} is not a conv2d/linear layer; choose from {weighted}")
     t0 = time.perf_counter()
     out = Path(out_dir)
     with _executor(jobs, scheduler) as ex:  # connect first: a bad scheduler fails before any work
         quantized = {(f.name, d): quantize_network(f.name, finetune, density=d) for f in fmts for d in densities}
         first = next(iter(quantized.values())).qnet
-        weighted = [l.name for l in first.layers if l.has_weights]
         layers = layers or [max((l for l in first.layers if l.op == "conv2d"), key=lambda l: l.macs).name]
-        for name in layers:
-            if name not in weighted:
-                raise OptionError("layers", f"{name!r} is not a conv2d/linear layer; choose from {weighted}")
         nets = {}
         for (q, d), qr in quantized.items():  # arguments all checked: now write the artifacts
             stem = out / "artifacts" / f"digits-{q}-d{d:g}"

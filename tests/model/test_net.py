@@ -4,12 +4,12 @@ import pytest
 import torch
 
 from quantrtl.model.training import net
-from quantrtl.model.digits import INPUT_SCALE, load_split
+from quantrtl.model.digits import INPUT_SCALE, TEST_IMAGES, load_split
 
 
 def test_split_is_fixed_and_documented():
     train, test = load_split()
-    assert len(train.y) == 1437 and len(test.y) == 360
+    assert len(train.y) == 1437 and len(test.y) == 360 == TEST_IMAGES
     assert train.x.min() == 0 and train.x.max() == 16 and train.x.dtype == np.int64
     assert np.bincount(test.y).min() >= 35  # stratified
     assert np.array_equal(test.float_inputs() / INPUT_SCALE, test.x)  # the integer input is exact
