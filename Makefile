@@ -41,7 +41,7 @@ demo: install
 	PATH=$(abspath $(VENV))/bin:$$PATH $(VENV)/bin/quantrtl demo --out $(DEMO_OUT)
 
 # The methods table of docs/results.md: every seed method quantized, co-simulated on three
-# test images and synthesized, the table rewritten in place (about 5 minutes).
+# test images and synthesized, the table rewritten in place (a few minutes; see README).
 results: install
 	PATH=$(abspath $(VENV))/bin:$$PATH $(VENV)/bin/quantrtl demo --quantizers methods --images 0,17,359 \
 	  --out build/results --update-doc docs/results.md

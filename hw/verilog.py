@@ -148,7 +148,8 @@ def render(design: Design) -> tuple[str, dict]:
         "parameters": design.parameters(),
         "expected_cycles": design.expected_cycles,
         "memory_bits": design.memory_bits,
-        "artifact": {"path": design.artifact, "sha256": artifact_sha},
+        # the artifact by file name and content, so the description is the same on every machine
+        "artifact": {"file": Path(design.artifact).name if design.artifact else None, "sha256": artifact_sha},
         "versions": _versions(),
     }
     return text, desc

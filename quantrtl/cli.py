@@ -9,6 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from quantrtl.model.numbers.families import parse_format
+from quantrtl.synth.yosys import short_version
 
 from . import bench, flows
 from .table import format_table, pct
@@ -128,7 +129,7 @@ def cmd_demo(args) -> int:
         update_doc(args.update_doc, r)
         _say(f"updated the methods table in {args.update_doc}")
     print("\ndigits CNN, 360 test images; cosim of one test image; gates at equal throughput (array style, "
-          f"layer {r['layer']}, {r['throughput']} MACs/cycle)\n")
+          f"layer {r['layer']}, {r['throughput']} lanes = {r['rate']} dense MACs/cycle by the schedule)\n")
     print(table(r))
     print(f"\nreport: {Path(args.out) / 'report.md'}  results: {Path(args.out) / 'results.json'}  plots: gates.png, "
           "accuracy_vs_gates.png, compression_vs_accuracy.png")
@@ -204,7 +205,7 @@ def cmd_gates_sparse(args, qs) -> int:
                          "yes" if x["bit_exact"] else "NO"] for x in r["rows"]]))
     for q, d in r["crossover"].items():
         print(f"{q}: sparse hardware is cheaper " + (f"at density <= {d:g}" if d else "at none of these densities"))
-    print(f"{r['yosys_version'].split(',')[0]}; time {r['seconds']:.1f} s")
+    print(f"{short_version(r['yosys_version'])}; time {r['seconds']:.1f} s")
     if args.json:
         flows.write_json(args.json, r)
     if args.csv:
@@ -225,12 +226,17 @@ def cmd_gates(args) -> int:
                          sample=args.sample, jobs=args.jobs, yosys=args.yosys, out_dir=args.out,
                          finetune=args.finetune, source=_source(args))
     extrap = r.rows[0]["extrapolated"]
-    headers = ["quantizer", "lanes", "gates", "datapath", "FFs", "memory bits", "gates per MAC/cycle", "x cheapest"]
-    rows = [[x["quantizer"], x["lanes"], f"{x['gates_total']:,}",
+    headers = ["quantizer", "lanes", "MACs/cycle", "gates", "datapath", "FFs", "memory bits", "gates per MAC/cycle",
+               "x cheapest"]
+    rows = [[x["quantizer"], x["lanes"], f"{x['macs_per_cycle']:.4g}", f"{x['gates_total']:,}",
              "-" if x["datapath_gates"] is None else f"{x['datapath_gates']:,}", f"{x['flipflops']:,}",
              f"{x['memory_bits']:,}", f"{x['gates_per_mac_per_cycle']:.1f}", f"{x['ratio_to_cheapest']:.2f}"]
             for x in r.rows]
-    print(f"{r.style} style, layer {r.layer}, {r.throughput} dense MACs per cycle for every design")
+    rates = sorted({round(x["macs_per_cycle"], 4) for x in r.rows})
+    actual = (f"{rates[0]:g} actual (the schedule's)" if len(rates) == 1
+              else f"NOT EQUAL: {', '.join(f'{v:g}' for v in rates)} actual")
+    print(f"{r.style} style, layer {r.layer}, {r.throughput} MACs per cycle asked, {actual} dense MACs per cycle; "
+          "per-MAC figures divide by the actual rate")
     print(format_table(headers, rows))
     if extrap:
         x = r.rows[0]
@@ -239,8 +245,8 @@ def cmd_gates(args) -> int:
               + "; ".join(f"{y['quantizer']} {y['spread']['min']:,}..{y['spread']['max']:,}" for y in r.rows))
     print(f"\n{r.yosys_version}; script: abc -g AND,NAND,OR,NOR,XOR,XNOR,ANDNOT,ORNOT,MUX (full script in JSON)")
     print(f"time {r.seconds:.1f} s")
-    title = (f"{r.style} style, layer {r.layer}, {r.throughput} MACs/cycle"
-             + (f", extrapolated from {r.rows[0]['sample']} channels" if extrap else "") + f"\n{r.yosys_version.split(',')[0]}")
+    title = (f"{r.style} style, layer {r.layer}, {' / '.join(f'{v:g}' for v in rates)} MACs/cycle (actual)"
+             + (f", extrapolated from {r.rows[0]['sample']} channels" if extrap else "") + f"\n{short_version(r.yosys_version)}")
     if args.json:
         flows.write_json(args.json, asdict(r))
     if args.csv:
@@ -248,6 +254,16 @@ def cmd_gates(args) -> int:
     if args.plot:
         write_plot(r.rows, args.plot, title)
     return 0
+
+
+def _sample(text: str) -> int | None:
+    """``--sample``: a number of channels, or ``all`` (None: every channel)."""
+    if text == "all":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of channels or 'all', got {text!r}") from None
 
 
 def _csv_list(text: str, kind, option: str) -> list:
@@ -307,7 +323,7 @@ def cmd_bench(args) -> int:
         print(format_table(["design", "style", "gates", "cold s", "warm s"],
                            [[x["design"], x["style"], f"{x['gates_total']:,}", f"{x['cold_seconds']:.2f}",
                              f"{x['warm_seconds']:.3f}"] for x in r["results"]]))
-        print(f"\n{r['yosys_version'].split(',')[0]}")
+        print(f"\n{short_version(r['yosys_version'])}")
         if args.json:
             flows.write_json(args.json, r)
         return 0
@@ -439,7 +455,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--layer", default=None, help="layer of the digits model (default: its largest conv)")
     g.add_argument("--bench", default=None, help="synthetic bench layer for --style unrolled: fq-conv (the default there)")
     g.add_argument("--throughput", type=int, default=16, help="array style: dense MACs per cycle (default %(default)s)")
-    g.add_argument("--sample", type=int, default=4, help="unrolled style: output channels to synthesize (default %(default)s)")
+    g.add_argument("--sample", type=_sample, default=4,
+                   help="unrolled style: output channels to synthesize, or 'all' (measured, not extrapolated; "
+                        "default %(default)s)")
     g.add_argument("--sparse", action="store_true", help="dense vs zero-skipping engines at equal throughput")
     g.add_argument("--densities", default="0.1,0.3,0.5,1.0", help="with --sparse: weight densities (default %(default)s)")
     g.add_argument("--density", type=float, default=None, help="with --sparse: one weight density")

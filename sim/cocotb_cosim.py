@@ -38,8 +38,9 @@ class CosimBench:
     async def send(self, values):
         """Drive the input stream, one value per handshake.
 
-        Right after ``RisingEdge`` signals still show their pre-edge values
-        (TOOLCHAIN.md), so ``ready`` read there tells whether that edge took the value.
+        Right after ``RisingEdge`` signals still show their pre-edge values (cocotb 2
+        samples before the edge's updates settle), so ``ready`` read there tells whether
+        that edge took the value.
         """
         dut = self.dut
         dut.inp__valid.value = 1

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Mismatch", "first_mismatch", "assert_bit_exact"]
+__all__ = ["Mismatch", "first_mismatch"]
 
 
 @dataclass(frozen=True)
@@ -34,8 +34,3 @@ def first_mismatch(layer: str, expected, got) -> Mismatch | None:
     return Mismatch(layer=layer, index=i, expected=int(e[i]) if i < len(e) else None,
                     got=int(g[i]) if i < len(g) else None, mismatches=count)
 
-
-def assert_bit_exact(layer: str, expected, got) -> None:
-    mm = first_mismatch(layer, expected, got)
-    if mm is not None:
-        raise AssertionError(str(mm))

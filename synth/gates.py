@@ -1,7 +1,10 @@
 """Gate-count comparisons across quantizers at equal throughput, in two hardware styles.
 
 * **array**: each quantizer's layer engine (memory-fed weights, ``hw/layer.py``) with
-  ``lanes = T`` so that every design does T dense MACs per cycle; the MAC array alone
+  ``lanes = T``; every row carries the MACs per cycle the engine's schedule actually
+  delivers (``macs / run_cycles``, ``hw/geometry.py``: fewer than T when the fan-in or the
+  output channels do not fill the lanes, e.g. 9 of 16 on a 3×3 kernel over one input
+  channel), and per-MAC figures divide by that actual rate; the MAC array alone
   (PEs + adder trees + accumulators) is synthesized too and reported as the datapath,
   the rest of the engine as control.
 * **unrolled**: weights hard-wired (``hw/unrolled.py``), one output pixel per cycle, i.e.
@@ -50,7 +53,7 @@ class GateRow:
     quantizer: str
     style: str
     lanes: int
-    throughput: int  # dense MACs per cycle
+    throughput: int  # the MACs per cycle asked for (the lanes)
     gates_total: int
     gates_by_type: dict
     flipflops: int
@@ -60,7 +63,7 @@ class GateRow:
     verilog: str
     yosys_version: str
     yosys_script: str
-    extrapolated: bool
+    extrapolated: bool  # True: a sample of channels scaled to the layer; False: every channel synthesized
     sample: int | None
     transistors: int | None = None
     datapath_gates: int | None = None
@@ -70,6 +73,13 @@ class GateRow:
     spread: dict | None = None
     layer: str = ""
     extra: dict = field(default_factory=dict)
+    #: Dense MACs per cycle the design's schedule actually delivers (what per-MAC figures divide by).
+    macs_per_cycle: float = 0.0
+    #: ``measured`` (Yosys ran on the whole design) or ``extrapolated`` (derived from ``extrapolated``).
+    provenance: str = ""
+
+    def __post_init__(self):
+        self.provenance = "extrapolated" if self.extrapolated else "measured"
 
 
 def write_verilog(component, top: str, out_dir: Path) -> Path:
@@ -105,7 +115,7 @@ def array_designs(layers: dict[str, Layer], throughput: int, out_dir: Path, pipe
 def unrolled_designs(weights: dict[str, np.ndarray], out_dir: Path, sample: int, name: str, seed: int = 0):
     """The sampled channels (same for every quantizer) and per design (quantizer, channel, Verilog, top)."""
     cout = next(iter(weights.values())).codes.shape[0]
-    k = min(sample, cout)
+    k = cout if sample is None else min(sample, cout)
     if k < 1:
         raise OptionError("sample", f"must be at least 1, got {sample}")
     channels = sorted(np.random.default_rng(seed).choice(cout, size=k, replace=False).tolist())
@@ -128,10 +138,11 @@ def array_rows(layers: dict[str, Layer], throughput: int, out_dir: Path, jobs: i
     for i, (q, layer, eng, v, top, av, atop) in enumerate(designs):
         full, dp = results[2 * i], results[2 * i + 1]
         g = eng.geometry
+        rate = layer.macs / g.run_cycles  # the schedule's actual dense MACs per cycle
         rows.append(GateRow(
             quantizer=q, style="array", lanes=g.lanes, throughput=throughput, gates_total=full.gates_total,
             gates_by_type=full.gates_by_type, flipflops=full.flipflops, memory_bits=full.memory_bits,
-            gates_per_mac_per_cycle=full.gates_total / throughput, top=top, verilog=str(v),
+            gates_per_mac_per_cycle=full.gates_total / rate, macs_per_cycle=rate, top=top, verilog=str(v),
             yosys_version=full.yosys_version, yosys_script=full.yosys_script, extrapolated=False, sample=None,
             transistors=full.transistors, datapath_gates=dp.gates_total, control_gates=full.gates_total - dp.gates_total,
             datapath_top=atop, datapath_verilog=str(av), layer=layer.name,
@@ -141,7 +152,7 @@ def array_rows(layers: dict[str, Layer], throughput: int, out_dir: Path, jobs: i
     return rows
 
 
-def unrolled_rows(weights: dict, out_dir: Path, sample: int = 4, jobs: int = 2,
+def unrolled_rows(weights: dict, out_dir: Path, sample: int | None = 4, jobs: int = 2,
                   yosys: str | None = None, cache_dir="build/synth-cache", name: str = "fqconv",
                   seed: int = 0) -> list[GateRow]:
     """``weights``: quantizer → the quantized weights of one layer, anything with ``codes``
@@ -150,7 +161,8 @@ def unrolled_rows(weights: dict, out_dir: Path, sample: int = 4, jobs: int = 2,
 
     The same ``sample`` output channels (seeded choice) are synthesized for every
     quantizer; the layer total is the sample mean times Cout (one output pixel per
-    cycle means all Cout channels work in parallel).
+    cycle means all Cout channels work in parallel), marked extrapolated.  ``sample``
+    None (or at least Cout) synthesizes every channel: the total is their sum, measured.
     """
     cout = next(iter(weights.values())).codes.shape[0]
     channels, designs = unrolled_designs(weights, Path(out_dir), sample, name, seed)
@@ -173,8 +185,9 @@ def unrolled_rows(weights: dict, out_dir: Path, sample: int = 4, jobs: int = 2,
             quantizer=q, style="unrolled", lanes=throughput, throughput=throughput, gates_total=round(mean * cout),
             gates_by_type={t: round(n) for t, n in sorted(by_type.items())},
             flipflops=round(statistics.fmean(r.flipflops for _, r, _, _ in per) * cout), memory_bits=0,
-            gates_per_mac_per_cycle=mean * cout / throughput, top=per[0][3], verilog=str(per[0][2]),
-            yosys_version=first.yosys_version, yosys_script=first.yosys_script, extrapolated=True, sample=k,
+            gates_per_mac_per_cycle=mean * cout / throughput, macs_per_cycle=float(throughput), top=per[0][3],
+            verilog=str(per[0][2]),
+            yosys_version=first.yosys_version, yosys_script=first.yosys_script, extrapolated=k < cout, sample=k,
             transistors=None if first.transistors is None else round(
                 statistics.fmean(r.transistors for _, r, _, _ in per) * cout),
             spread={"channels": channels, "gates": gates, "min": min(gates), "max": max(gates),
@@ -220,5 +233,6 @@ def sparse_rows(layers: dict[str, Layer], lanes: dict[str, int], measured: dict[
                      "measured_cycles": measured[key], "effective_macs_per_cycle": eff,
                      "gates_per_mac_per_cycle": full.gates_total / eff, "nonzero_weights": eng.nonzero_weights,
                      "run_cycles_formula": eng.run_cycles, "top": files[0][1], "verilog": str(files[0][0]),
+                     "provenance": "measured",
                      "yosys_version": full.yosys_version, "yosys_script": full.yosys_script})
     return rows

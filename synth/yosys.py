@@ -12,7 +12,8 @@ Script (recorded with every result)::
     opt -fast
     stat -json / stat -tech cmos / the remaining $mem_v2 cells
 
-ABC's default script can take many minutes on wide arithmetic (TOOLCHAIN.md); the short
+ABC's default script can take many minutes on wide arithmetic (a 72-input constant-weight
+dot product did not finish in 6 minutes on these machines); the short
 ``strash; dretime; map`` script (the old ``abc -fast``) maps in seconds.  Memories that
 survive synthesis are reported in bits and kept out of the gate total; ROM bits that
 Yosys turns into logic (constant columns) are counted as gates.
@@ -114,6 +115,12 @@ def _version(cmd: tuple[str, ...]) -> str:
 
 def yosys_version(yosys: str | None = None) -> str:
     return _version(tuple(yosys_command(yosys)))
+
+
+def short_version(version: str) -> str:
+    """``Yosys 0.70 (git sha1 28ba3cb92, Release, …)`` → ``Yosys 0.70 (git sha1 28ba3cb92)``."""
+    head = version.split(",")[0]
+    return head + ")" if head.count("(") > head.count(")") else head
 
 
 def _cells(stat: dict) -> dict:

@@ -25,11 +25,13 @@ STYLES = ("array", "unrolled")
 @dataclass(frozen=True)
 class GatesResult:
     style: str
-    throughput: int
+    throughput: int  # MACs per cycle asked for
     layer: str
     rows: list
     seconds: float
     yosys_version: str
+    #: Every design's schedule delivers the same dense MACs per cycle (the rows compare equals).
+    equal_throughput: bool = True
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,7 @@ class GatesOptions:
     layer: str | None = None
     bench: str | None = None
     throughput: int = 16
-    sample: int = 4
+    sample: int | None = 4  # None: every channel (measured, not extrapolated)
     jobs: int = 2
 
     def __post_init__(self):
@@ -61,14 +63,14 @@ class GatesOptions:
         if self.bench is not None and self.style == "array":
             raise OptionError(("bench", "style"), "{0} layers have no trained artifact; use {1} unrolled with {0}")
         check_lanes(self.throughput, "throughput")
-        if self.sample < 1:
+        if self.sample is not None and self.sample < 1:
             raise OptionError("sample", f"must be at least 1, got {self.sample}")
         if self.jobs < 1:
             raise OptionError("jobs", f"must be at least 1, got {self.jobs}")
 
 
 def gates_flow(quantizers: list[str], style: str = "array", layer: str | None = None, bench: str | None = None,
-               throughput: int = 16, sample: int = 4, jobs: int = 2, yosys: str | None = None,
+               throughput: int = 16, sample: int | None = 4, jobs: int = 2, yosys: str | None = None,
                out_dir: str | Path = "build/gates", finetune: int = DEFAULT_FINETUNE,
                cache_dir: str | Path = "build/synth-cache", networks: dict | None = None,
                source: ModelSource = DIGITS) -> GatesResult:
@@ -106,7 +108,9 @@ def gates_flow(quantizers: list[str], style: str = "array", layer: str | None = 
     cheapest = min(r["gates_total"] for r in dicts)
     for r in dicts:
         r["ratio_to_cheapest"] = r["gates_total"] / cheapest
+    rates = {round(r["macs_per_cycle"], 9) for r in dicts}
     return GatesResult(style=style, throughput=dicts[0]["throughput"], layer=where, rows=dicts,
+                       equal_throughput=len(rates) == 1,
                        seconds=time.perf_counter() - t0, yosys_version=version)
 
 

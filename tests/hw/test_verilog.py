@@ -50,6 +50,7 @@ def test_description(emitted):
     assert f"module {d['top']}(" in v.read_text()
     assert d["expected_cycles"] > 0 and d["memory_bits"]["weights"] > 0
     assert d["artifact"]["sha256"] and d["parameters"]["lanes"] == 8
+    assert d["artifact"]["file"].endswith(".json") and "/" not in d["artifact"]["file"]  # no machine path
     for port in d["ports"]:
         assert port["name"] in v.read_text()
 

@@ -28,6 +28,7 @@ def test_array_style_small(tmp_path, capsys):
         assert ROW_KEYS <= set(x)
         assert x["style"] == "array" and x["lanes"] == 4 and x["throughput"] == 4 and not x["extrapolated"]
         assert x["datapath_gates"] + x["control_gates"] == x["gates_total"]
+        assert x["macs_per_cycle"] == 4.0  # 3×3 on one channel: 4 groups of 1 lane … 18 cycles per 72 MACs
         assert x["gates_per_mac_per_cycle"] == pytest.approx(x["gates_total"] / 4)
         assert (tmp_path / "v" / "array" / f"{x['top']}.v").is_file()
     assert rows["fixed8"]["datapath_gates"] > rows["shift4"]["datapath_gates"] > rows["binary"]["datapath_gates"]
@@ -36,6 +37,19 @@ def test_array_style_small(tmp_path, capsys):
     assert (tmp_path / "g.png").read_bytes()[:4] == b"\x89PNG"
     out = capsys.readouterr().out
     assert "gates per MAC/cycle" in out and "Yosys" in out
+
+
+@pytest.mark.yosys
+def test_per_mac_figures_use_the_actual_rate(tmp_path, capsys):
+    """conv1 (a 3×3 kernel on one input channel, 8 outputs) cannot keep 16 lanes busy: every
+    design does 9 MACs per cycle, and the rows say so and divide by 9."""
+    r = run_gates(tmp_path, ["--quantizers", "fixed8,binary", "--layer", "conv1", "--throughput", "16",
+                             "--finetune", "0"])
+    for x in r["rows"]:
+        assert x["throughput"] == 16 and x["macs_per_cycle"] == 9.0
+        assert x["gates_per_mac_per_cycle"] == pytest.approx(x["gates_total"] / 9)
+    assert r["equal_throughput"]
+    assert "16 MACs per cycle asked, 9 actual" in capsys.readouterr().out
 
 
 def test_unrolled_style_from_a_model_layer(tmp_path):
@@ -47,6 +61,19 @@ def test_unrolled_style_from_a_model_layer(tmp_path):
         assert x["spread"]["min"] <= x["gates_total"] / 8 <= x["spread"]["max"]
     rows = {x["quantizer"]: x for x in r["rows"]}
     assert rows["fixed8"]["gates_total"] > rows["ternary"]["gates_total"]
+
+
+@pytest.mark.yosys
+def test_sample_all_is_measured_and_equals_the_sum(tmp_path):
+    """``--sample all`` synthesizes every channel: the row is measured, its total the sum of
+    the channels' own Yosys counts; a sample is labelled extrapolated."""
+    full = run_gates(tmp_path, ["--quantizers", "ternary", "--style", "unrolled", "--layer", "conv1",
+                                "--sample", "all", "--finetune", "0"])["rows"][0]
+    assert full["provenance"] == "measured" and not full["extrapolated"] and full["sample"] == 8
+    assert full["gates_total"] == sum(full["spread"]["gates"]) and len(full["spread"]["gates"]) == 8
+    part = run_gates(tmp_path, ["--quantizers", "ternary", "--style", "unrolled", "--layer", "conv1",
+                                "--sample", "2", "--finetune", "0"])["rows"][0]
+    assert part["provenance"] == "extrapolated" and part["extrapolated"]
 
 
 def test_zero_weights_cost_nothing(tmp_path):
