@@ -308,6 +308,9 @@ def test_method_quantize_report(quantized, name):
     r = quantized(name)
     assert r.golden_agreement >= 0.99
     assert r.golden_accuracy == r.quant_accuracy or abs(r.golden_accuracy - r.quant_accuracy) <= 0.01
+    from quantrtl.model.training.net import load_checkpoint
+
+    assert r.float_bits == 32 * sum(p.numel() for p in load_checkpoint().parameters())  # the float model's own count
     assert r.compression_ratio == pytest.approx(r.float_bits / r.coded_bits["total"])
     assert all(l["density"] is not None and l["coded"]["total"] > 0 for l in r.layers if l["format"])
     assert r.training and set(r.density) == {"conv1", "conv2", "fc"}

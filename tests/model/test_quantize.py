@@ -74,10 +74,13 @@ def test_quantizer_accuracy_and_golden_agreement(quantized, name):
     net = artifact.load(r.artifact)
     _, test = load_split()
     assert np.mean(golden.predict(net, test.x) == test.y) == pytest.approx(r.golden_accuracy)
-    from quantrtl.model.numbers.size import coded_size
+    # the fp32 reference counted from the float model itself: every parameter, 32 bits
+    from quantrtl.model.training.net import load_checkpoint
 
-    assert r.compression_ratio == pytest.approx(net.float_bits() / coded_size(net)["total"])
-    assert r.raw_compression_ratio == pytest.approx(net.float_bits() / net.storage_bits()["total"])
+    params = sum(p.numel() for p in load_checkpoint().parameters())
+    assert r.float_bits == 32 * params == 32 * 3818
+    assert r.compression_ratio == pytest.approx(32 * params / r.coded_bits["total"])
+    assert r.raw_compression_ratio == pytest.approx(32 * params / r.storage_bits["total"])
     assert r.compression_ratio >= r.raw_compression_ratio  # coding never costs: the raw layout is a candidate
     assert r.weight_bits == sum(l.weight_count for l in net.layers) * parse_format(name).bits
 

@@ -172,6 +172,24 @@ def test_accumulator_stays_within_derived_width(name):
         assert np.abs(a).max() <= layer.accumulator_bound()
 
 
+@pytest.mark.parametrize("name", ["fixed8", "shift6", "binary", "ternary", "fixed16"])
+def test_worst_case_linear_accumulators_fit_the_derived_width(name):
+    """For each output of the linear layer, the inputs that drive its accumulator furthest up
+    and furthest down (255 where the weight pushes that way, else 0), summed with Python
+    integers here: the golden model agrees, and the value fits ``accumulator_bits``."""
+    net = random_network(parse_format(name), seed=7)
+    fc = net.layers[2]
+    z, bits = int(fc.input.zero_point), fc.accumulator_bits
+    w = fc.values.reshape(fc.values.shape[0], -1)
+    for c in range(w.shape[0]):
+        for direction in (1, -1):
+            x = [255 if direction * int(v) > 0 else 0 for v in w[c]]
+            want = sum(int(v) * (xi - z) for v, xi in zip(w[c], x)) + int(fc.bias[c])
+            got = golden.linear_acc(np.array([x]), fc.values, fc.bias, z)[0, c]
+            assert int(got) == want
+            assert -(1 << (bits - 1)) <= want < 1 << (bits - 1), (c, direction, want, bits)
+
+
 def test_run_rejects_bad_inputs():
     net = random_network(parse_format("fixed8"))
     with pytest.raises(ArtifactError, match="input shape"):
