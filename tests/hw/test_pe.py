@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from amaranth.hdl import Fragment
+from amaranth.hdl import Cat, Elaboratable, Fragment, Module, Signal
 
 from quantrtl.hw.arith import signed_width
 from quantrtl.hw.pe import make_pe, product_range
@@ -12,7 +12,7 @@ from quantrtl.model.numbers.formats import FixedFormat, FormatError, WeightForma
 from tests.factories import FITTED_NAMES, PLAIN_NAMES, fitted_format
 
 #: Exhaustive over code space × all activations; formats with more than 4096 codes
-#: (fixed13..16: up to 65535 codes × 256 activations, 14..115 s each) are marked slow.
+#: (fixed13..16: up to 65535 codes × 256 activations) are marked slow.
 PLAIN = [n for n in PLAIN_NAMES if not parse_format(n).binary_input]
 EXHAUSTIVE = [n for n in PLAIN if len(parse_format(n).code_space()) <= 4096]
 WIDE = [n for n in PLAIN if n not in EXHAUSTIVE]
@@ -24,26 +24,68 @@ def inspected(pe):
     return pe
 
 
+class PeBatch(Elaboratable):
+    """One copy of the real PE per activation, all fed the same code: the simulator then
+    takes one step per code instead of one per (code, activation) pair.  The activations
+    are signals set once, and the products come back as one packed value."""
+
+    def __init__(self, fmt: WeightFormat, acts: list, act_bits: int):
+        self.pes = [make_pe(fmt, act_bits) for _ in acts]
+        self.code = Signal(fmt.bits)
+        self.acts = [Signal(act_bits, name=f"act{i}") for i in range(len(acts))]
+        self.widths = [len(p) for p in self.pes[0].products]
+        self.out = Signal(sum(self.widths) * len(acts))
+
+    def elaborate(self, platform):
+        m = Module()
+        outs = []
+        for i, (pe, a) in enumerate(zip(self.pes, self.acts)):
+            m.submodules[f"pe{i}"] = pe
+            m.d.comb += [pe.code.eq(self.code), pe.act.eq(a)]
+            outs += pe.products
+        m.d.comb += self.out.eq(Cat(*outs))
+        return m
+
+    def unpack(self, value: int) -> list[list[int]]:
+        """Per activation, the signed products."""
+        rows, shift = [], 0
+        for _ in self.acts:
+            row = []
+            for w in self.widths:
+                v = (value >> shift) & ((1 << w) - 1)
+                row.append(v - (1 << w) if v >> (w - 1) else v)
+                shift += w
+            rows.append(row)
+        return rows
+
+
 def check_pe(fmt: WeightFormat, codes, acts, act_bits: int = 8) -> list:
     """Simulate the PE on every (code, act) pair; return the mismatches as (code, act, expected, got)."""
-    pe = make_pe(fmt, act_bits)
-    acts = list(acts)
-    expected = pe.reference(codes, acts)  # (outputs, codes, acts)
+    acts = [int(a) for a in acts]
+    probe = make_pe(fmt, act_bits)
+    expected = probe.reference(codes, acts)  # (outputs, codes, acts), the PE's own NumPy reference
+    Fragment.get(probe, None)
+    per_act = sum(len(p) for p in probe.products)
+    step = max(1, 4096 // per_act)  # packed outputs of at most ~4096 bits (the simulator prints them as literals)
     bad = []
+    for lo in range(0, len(acts), step):
+        chunk = acts[lo:lo + step]
+        batch = PeBatch(fmt, chunk, act_bits)
 
-    async def bench(ctx):
-        for ci, code in enumerate(codes):
-            ctx.set(pe.code, int(code))
-            for ai, a in enumerate(acts):
-                ctx.set(pe.act, int(a))
-                got = [ctx.get(p) for p in pe.products]
-                want = [int(v) for v in expected[:, ci, ai]]
-                if got != want:
-                    bad.append((int(code), int(a), want if len(want) > 1 else want[0], got if len(got) > 1 else got[0]))
+        async def bench(ctx, batch=batch, chunk=chunk, lo=lo):
+            for sig, a in zip(batch.acts, chunk):
+                ctx.set(sig, a)
+            for ci, code in enumerate(codes):
+                ctx.set(batch.code, int(code))
+                wants = expected[:, ci, lo:lo + len(chunk)].T.tolist()
+                for a, want, got in zip(chunk, wants, batch.unpack(ctx.get(batch.out))):
+                    if got != want:
+                        bad.append((int(code), a, want if len(want) > 1 else want[0], got if len(got) > 1 else got[0]))
 
-    sim = Simulator(pe)
-    sim.add_testbench(bench)
-    sim.run()
+        sim = Simulator(batch)
+        sim.add_testbench(bench)
+        sim.run()
+    bad.sort()
     return bad
 
 
