@@ -126,7 +126,7 @@ def test_results_table_replaces_only_its_block(tmp_path):
            "coded_bits": 7088, "compression_ratio": 17.24, "raw_compression_ratio": 6.25, "bit_exact": True,
            "gates_total": 9345, "datapath_gates": 6656, "ratio_to_cheapest": 1.0, "float_accuracy": 0.975,
            "cosim_images": [0, 17, 359], "training": "pruning, retraining, FQ"}
-    result = {"rows": [row], "simulator": "icarus", "lanes": 8, "layer": "conv2", "throughput": 16,
+    result = {"rows": [row], "simulator": "icarus", "lanes": 8, "layer": "conv2", "throughput": 16, "rate": "16",
               "yosys_version": "Yosys 0.70 (git sha1 28ba3cb92, Release, Clang)", "seconds": 1.0,
               "versions": {"quantrtl": "0.1.0"}}
     doc = tmp_path / "r.md"
@@ -136,6 +136,7 @@ def test_results_table_replaces_only_its_block(tmp_path):
     assert text.startswith("# head\n") and text.endswith(f"{DOC_END}\ntail\n") and "old table" not in text
     assert "| focused5 | focused5/shift5 | 0.6/0.12 | 96.94% | 100.00% | 7,088 | 17.24x | 6.25x | yes |" in text
     assert "Yosys 0.70 (git sha1 28ba3cb92)." in text and "* focused5: pruning, retraining, FQ" in text
+    assert "layer conv2, 16 lanes, 16 dense MACs per cycle" in text
     (tmp_path / "none.md").write_text("no markers\n")
     with pytest.raises(ValueError, match="no <!-- methods-table:begin -->"):
         update_doc(tmp_path / "none.md", result)
