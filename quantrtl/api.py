@@ -27,17 +27,17 @@ def _source(model, calib, density, block) -> "flows.ModelSource":
     return flows.ModelSource(module=model, calib=calib, density=density, block=block)
 
 
-def _network(net) -> tuple[str, Any]:
-    """``(quantizer, artifact argument)`` of a network argument."""
+def _network(net) -> tuple[str, Any, Any]:
+    """``(quantizer, artifact argument, network)`` of a network argument (a path is read once)."""
     from quantrtl.model.numbers import artifact
 
     if isinstance(net, flows.QuantizedRun):
-        return net.quantizer, net.qnet
+        return net.quantizer, net.qnet, net.qnet
     if isinstance(net, artifact.QuantizedNetwork):
-        return net.quantizer, net
+        return net.quantizer, net, net
     if isinstance(net, (str, Path)):
         loaded = artifact.load(net)
-        return loaded.quantizer, str(net)
+        return loaded.quantizer, str(net), loaded
     raise flows.OptionError("net", f"must be what quantize() returned, a QuantizedNetwork or an artifact path, "
                                    f"not {type(net).__name__}")
 
@@ -54,7 +54,7 @@ def quantize(quantizer: str, model=None, *, finetune: int | None = None, density
 def verilog(net, out: str | Path, *, layer: str = "all", lanes: int = 8, pipeline: int = 0, taps: bool = False,
             sparse: bool = False, index_bits: int = 4) -> "flows.VerilogResult":
     """Verilog (and its JSON description) of ``net``'s layer, or of the whole network, in ``out``."""
-    quantizer, art = _network(net)
+    quantizer, art, _ = _network(net)
     return flows.verilog_flow(quantizer, out, layer=layer, lanes=lanes, pipeline=pipeline, artifact_path=art,
                               taps=taps, sparse=sparse, index_bits=index_bits)
 
@@ -63,7 +63,7 @@ def cosim(net, *, image: int | str = 0, simulator: str = "icarus", lanes: int = 
           build_root: str | Path = "build/cosim", sparse: bool = False, index_bits: int = 4) -> "flows.CosimResult":
     """One inference of test image ``image`` (or an image file) in RTL, compared bit for bit
     with the golden model layer by layer (``.bit_exact``, ``.first_mismatch``, ``.cycles``)."""
-    quantizer, art = _network(net)
+    quantizer, art, _ = _network(net)
     return flows.cosim_flow(quantizer, image, simulator=simulator, lanes=lanes, waves=waves, artifact_path=art,
                             build_root=build_root, sparse=sparse, index_bits=index_bits)
 
@@ -77,9 +77,9 @@ def gates(nets, *, style: str = "array", layer: str | None = None, throughput: i
         if isinstance(n, str) and not n.endswith(".json"):
             names.append(n)
         else:
-            quantizer, art = _network(n)
+            quantizer, _, network = _network(n)
             names.append(quantizer)
-            networks[quantizer] = art if not isinstance(art, str) else _load(art)
+            networks[quantizer] = network
     return flows.gates_flow(names, style=style, layer=layer, throughput=throughput, sample=sample, jobs=jobs,
                             yosys=yosys, out_dir=out_dir, cache_dir=cache_dir, networks=networks)
 
@@ -92,12 +92,8 @@ def sweep(quantizers: list[str], lanes: list[int], densities: list[float], **opt
     return run(quantizers, lanes, densities, **options)
 
 
-def _load(path):
+def load(path: str | Path):
+    """An artifact from disk (``<stem>.json`` + ``.npz``), validated."""
     from quantrtl.model.numbers import artifact
 
     return artifact.load(path)
-
-
-def load(path: str | Path):
-    """An artifact from disk (``<stem>.json`` + ``.npz``), validated."""
-    return _load(path)

@@ -114,10 +114,6 @@ class QuantizedRun:
     def quantizer(self) -> str:
         return self.qnet.quantizer
 
-    @property
-    def network(self) -> "artifact.QuantizedNetwork":
-        return self.qnet
-
     def save(self, stem: str | Path) -> Path:
         """Write the artifact (``<stem>.json`` + ``.npz``); returns the JSON path."""
         return artifact.save(self.qnet, stem)
