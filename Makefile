@@ -43,7 +43,7 @@ demo: install
 # The methods table of docs/results.md: every seed method quantized, co-simulated on three
 # test images and synthesized, the table rewritten in place (a few minutes; see README).
 results: install
-	PATH=$(abspath $(VENV))/bin:$$PATH $(VENV)/bin/quantrtl demo --quantizers methods --images 0,17,359 \
+	PATH=$(abspath $(VENV))/bin:$$PATH $(VENV)/bin/quantrtl demo --quantizers methods --images all \
 	  --out build/results --update-doc docs/results.md
 
 clean:

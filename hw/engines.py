@@ -9,13 +9,16 @@ __all__ = ["make_engine"]
 
 
 def make_engine(layer: Layer, lanes: int = 8, pipeline: int = 0, groups: int | None = None,
-                source_shape: tuple[int, ...] | None = None, sparse: bool = False, index_bits: int = 4):
-    """The engine for one artifact layer (zero-skipping for conv2d/linear when ``sparse``)."""
+                source_shape: tuple[int, ...] | None = None, sparse: bool = False, index_bits: int = 4,
+                tap_fault: int | None = None):
+    """The engine for one artifact layer (zero-skipping for conv2d/linear when ``sparse``);
+    ``tap_fault`` injects a control fault (``hw/faults.py``)."""
     if layer.has_weights and sparse:
         return SparseConvEngine(layer, lanes=lanes, pipeline=pipeline, source_shape=source_shape,
-                                index_bits=index_bits)
+                                index_bits=index_bits, tap_fault=tap_fault)
     if layer.has_weights:
-        return ConvEngine(layer, lanes=lanes, groups=groups, pipeline=pipeline, source_shape=source_shape)
+        return ConvEngine(layer, lanes=lanes, groups=groups, pipeline=pipeline, source_shape=source_shape,
+                          tap_fault=tap_fault)
     if layer.op == "maxpool":
         return MaxPoolEngine(layer)
     if layer.op == "relu":

@@ -65,6 +65,9 @@ class ConvGeometry:
     pw: int = 0
     lanes: int = 1
     groups: int = 1
+    #: an injected control fault (``hw/faults.py``): this fan-in position's tap table
+    #: entry points at the next position's input (None: the correct table)
+    tap_fault: int | None = None
 
     @property
     def oh(self) -> int:
@@ -128,10 +131,14 @@ class ConvGeometry:
 
     def taps(self) -> list[tuple[int, int, int]]:
         """Fan-in order k → (dy, dx, ci), input channel fastest (matches the stream order)."""
-        return [(dy, dx, ci) for dy in range(self.kh) for dx in range(self.kw) for ci in range(self.cin)]
+        taps = [(dy, dx, ci) for dy in range(self.kh) for dx in range(self.kw) for ci in range(self.cin)]
+        if self.tap_fault is not None:
+            taps[self.tap_fault] = taps[(self.tap_fault + 1) % len(taps)]
+        return taps
 
     @classmethod
-    def from_layer(cls, layer: Layer, lanes: int, groups: int | None = None) -> "ConvGeometry":
+    def from_layer(cls, layer: Layer, lanes: int, groups: int | None = None,
+                   tap_fault: int | None = None) -> "ConvGeometry":
         if layer.op == "conv2d":
             (cin, h, w), cout = layer.in_shape, layer.out_shape[0]
             kw = dict(kh=layer.kernel[0], kw=layer.kernel[1], sh=layer.stride[0], sw=layer.stride[1],
@@ -145,7 +152,9 @@ class ConvGeometry:
             raise ValueError(f"lanes must be at least 1, got {lanes}")
         fan_in = cin * kw.get("kh", 1) * kw.get("kw", 1)
         g = choose_groups(fan_in, cout, lanes, layer.format.block) if groups is None else operator.index(groups)
-        return cls(cin=cin, h=h, w=w, cout=cout, lanes=lanes, groups=g, **kw)
+        if tap_fault is not None and not 0 <= tap_fault < fan_in:
+            raise ValueError(f"layer {layer.name!r}: tap fault at fan-in position {tap_fault}, outside 0..{fan_in - 1}")
+        return cls(cin=cin, h=h, w=w, cout=cout, lanes=lanes, groups=g, tap_fault=tap_fault, **kw)
 
 
 def fanin_codes(layer: Layer, g: ConvGeometry, source_shape: tuple | None = None) -> np.ndarray:

@@ -51,14 +51,17 @@ class ConvEngine(wiring.Component):
     source_shape : tuple, optional
         For a linear layer fed by a feature map: that map's (C, H, W), whose stream
         order (channel fastest) the weight columns are permuted to.
+    tap_fault : int, optional
+        An injected control fault (``hw/faults.py``): this fan-in position's tap table
+        entry points at the next position's input.
     """
 
     def __init__(self, layer: Layer, lanes: int = 8, groups: int | None = None, pipeline: int = 0,
-                 source_shape: tuple[int, ...] | None = None):
+                 source_shape: tuple[int, ...] | None = None, tap_fault: int | None = None):
         if not layer.has_weights:
             raise ValueError(f"layer {layer.name!r} ({layer.op}) has no weights for a MAC engine")
         self.layer = layer
-        self.geometry = ConvGeometry.from_layer(layer, lanes, groups)
+        self.geometry = ConvGeometry.from_layer(layer, lanes, groups, tap_fault)
         self.pipeline = operator.index(pipeline)
         self.acc_width = layer.accumulator_bits
         self.source_shape = tuple(source_shape) if source_shape is not None else None

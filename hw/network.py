@@ -41,10 +41,12 @@ class NetworkTop(wiring.Component):
         MAC array pipeline stages (0..2).
     taps : bool
         Expose ``tap_<layer>`` ports for every layer but the last.
+    tap_faults : dict, optional
+        Injected control faults, layer name → fan-in position (``hw/faults.py``).
     """
 
     def __init__(self, net: QuantizedNetwork, lanes: int = 8, pipeline: int = 0, taps: bool = False,
-                 sparse: bool = False, index_bits: int = 4):
+                 sparse: bool = False, index_bits: int = 4, tap_faults: dict[str, int] | None = None):
         self.net = net
         self.lanes = operator.index(lanes)
         self.pipeline = operator.index(pipeline)
@@ -54,7 +56,8 @@ class NetworkTop(wiring.Component):
         for layer in net.layers:
             self.engines[layer.name] = make_engine(layer, lanes=self.lanes, pipeline=self.pipeline,
                                                    source_shape=prev if layer.op == "linear" else None,
-                                                   sparse=sparse, index_bits=index_bits)
+                                                   sparse=sparse, index_bits=index_bits,
+                                                   tap_fault=(tap_faults or {}).get(layer.name))
             prev = tuple(layer.out_shape)
         self.tap_names = [l.name for l in net.layers[:-1]] if taps else []
         members = {"inp": In(stream.Signature(unsigned(8))), "out": Out(stream.Signature(unsigned(8)))}

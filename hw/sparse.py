@@ -103,7 +103,8 @@ class SparseConvEngine(ConvEngine):
     the width of a relative index.
     """
 
-    def __init__(self, layer: Layer, lanes: int = 8, pipeline: int = 0, source_shape=None, index_bits: int = 4):
+    def __init__(self, layer: Layer, lanes: int = 8, pipeline: int = 0, source_shape=None, index_bits: int = 4,
+                 tap_fault: int | None = None):
         self.index_bits = operator.index(index_bits)
         if layer.input.binary:
             raise ValueError(f"layer {layer.name!r}: {layer.format.name} weights are ±1 (no zeros to skip); "
@@ -111,7 +112,8 @@ class SparseConvEngine(ConvEngine):
         if layer.format.block > 1:
             raise ValueError(f"layer {layer.name!r}: {layer.format.name} weights skip whole blocks, which the "
                              f"per-weight sparse engine cannot express; use the dense engine (no --sparse)")
-        super().__init__(layer, lanes=lanes, groups=1, pipeline=pipeline, source_shape=source_shape)
+        super().__init__(layer, lanes=lanes, groups=1, pipeline=pipeline, source_shape=source_shape,
+                         tap_fault=tap_fault)
         self.schedule = SparseSchedule.build(self.geometry, self.fanin_codes, layer.format, self.index_bits)
 
     @property

@@ -15,12 +15,18 @@ from .flows import (DEFAULT_FINETUNE, ModelSource, artifact_stem, cosim_flow, qu
                     quantize_network)
 
 
+#: Images each simulator co-simulates warm in ``bench cosim`` (Icarus runs ~0.3 images/s here).
+BENCH_IMAGES = {"icarus": "0-9", "verilator": "all"}
+
+
 def bench_cosim(quantizer: str = "shift4", lanes: int = 8, image: int = 0, build_root: str | Path = "build/bench",
-                simulators: tuple[str, ...] = ("icarus", "verilator")) -> dict:
-    """Wall time of a full-image cosim per simulator, cold (build included) and warm (build
-    skipped), simulated cycles per second, and PE utilization per layer."""
+                simulators: tuple[str, ...] = ("icarus", "verilator"), images: dict[str, str] | None = None) -> dict:
+    """Per simulator: a one-image cosim cold (build included), then many images warm in one
+    simulator process (``images``, default :data:`BENCH_IMAGES`): wall time, images and
+    simulated cycles per second, RTL accuracy and PE utilization per layer."""
     import shutil
 
+    images = {**BENCH_IMAGES, **(images or {})}
     qnet_dir = Path(build_root) / "artifact"
     art = quantize_flow(quantizer, qnet_dir).artifact
     rows = []
@@ -28,12 +34,16 @@ def bench_cosim(quantizer: str = "shift4", lanes: int = 8, image: int = 0, build
         sim_root = Path(build_root) / "cosim"
         shutil.rmtree(sim_root / f"digits-{parse_format(quantizer).name}-p{lanes}-{sim_name}", ignore_errors=True)
         cold = cosim_flow(quantizer, image, simulator=sim_name, lanes=lanes, artifact_path=art, build_root=sim_root)
-        warm = cosim_flow(quantizer, image, simulator=sim_name, lanes=lanes, artifact_path=art, build_root=sim_root)
+        warm = cosim_flow(quantizer, simulator=sim_name, lanes=lanes, artifact_path=art, build_root=sim_root,
+                          images=images[sim_name])
         rows.append({
             "simulator": sim_name, "bit_exact": cold.bit_exact and warm.bit_exact, "cycles": warm.cycles,
             "cold_wall_seconds": cold.wall_seconds, "cold_build_seconds": cold.build_seconds,
+            "images": warm.images, "bit_exact_images": warm.bit_exact_images, "image_range": warm.image,
+            "rtl_accuracy": warm.rtl_accuracy, "golden_accuracy": warm.golden_accuracy,
             "warm_wall_seconds": warm.wall_seconds, "run_seconds": warm.run_seconds,
-            "simulated_cycles_per_second": warm.cycles / warm.run_seconds,
+            "images_per_second": warm.images_per_second,
+            "simulated_cycles_per_second": sum(p["cycles"] for p in warm.per_image) / warm.run_seconds,
             "utilization": {l["name"]: l["utilization"] for l in warm.layers if l["utilization"] is not None},
             "layer_cycles": {l["name"]: l["cycles"] for l in warm.layers},
         })

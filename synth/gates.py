@@ -33,7 +33,8 @@ from quantrtl.model.numbers.formats import WeightFormat
 from quantrtl.synth.yosys import SynthResult, synthesize
 from quantrtl.util.errors import OptionError
 
-__all__ = ["GateRow", "array_designs", "unrolled_designs", "array_rows", "unrolled_rows", "sparse_rows", "fq_conv_weights", "BENCHES", "write_verilog"]
+__all__ = ["GateRow", "array_designs", "unrolled_designs", "array_rows", "unrolled_rows", "sparse_rows", "network_rows",
+           "fq_conv_weights", "BENCHES", "write_verilog"]
 
 #: The Focused Quantization paper's comparison layer: 3×3 conv, padding 1, 8×8 map,
 #: 100 → 100 channels.  Float weights ~ N(0, 1) from ``numpy.random.default_rng(0)``.
@@ -234,5 +235,50 @@ def sparse_rows(layers: dict[str, Layer], lanes: dict[str, int], measured: dict[
                      "gates_per_mac_per_cycle": full.gates_total / eff, "nonzero_weights": eng.nonzero_weights,
                      "run_cycles_formula": eng.run_cycles, "top": files[0][1], "verilog": str(files[0][0]),
                      "provenance": "measured",
+                     "yosys_version": full.yosys_version, "yosys_script": full.yosys_script})
+    return rows
+
+
+def network_rows(nets: dict, lanes: int, out_dir: Path, jobs: int = 2, yosys: str | None = None,
+                 cache_dir="build/synth-cache") -> list[dict]:
+    """The whole network top of each quantizer's artifact (``nets``: quantizer →
+    :class:`~quantrtl.model.numbers.artifact.QuantizedNetwork`) at ``lanes`` per engine,
+    the design that co-simulation runs (without its capture harness), synthesized whole,
+    and each layer's engine synthesized apart for the per-layer split.
+
+    The rate is the network's dense MACs per image over its cycles per image (the
+    schedule's; co-simulation confirms them).  The split's sum differs from the whole by
+    what flattening optimizes across engine boundaries; both are measured."""
+    from quantrtl.hw.network import NetworkTop
+
+    out_dir = Path(out_dir)
+    designs = []
+    for q, net in nets.items():
+        top = f"{net.name}_{q}_p{lanes}_network"
+        whole = NetworkTop(net, lanes=lanes)
+        parts = whole.engines  # each engine is also emitted (elaborated) on its own
+        files = [(write_verilog(whole, top, out_dir), top)]
+        files += [(write_verilog(e, f"{top}_{name}", out_dir), f"{top}_{name}") for name, e in parts.items()]
+        designs.append((q, net, whole, parts, files))
+    results = iter(_run_all([j for d in designs for j in d[4]], jobs, yosys, cache_dir))
+    rows = []
+    for q, net, whole, parts, files in designs:
+        full = next(results)
+        macs = sum(l.macs for l in net.layers)
+        cycles = whole.expected_cycles
+        split = []
+        for (name, eng), (v, top) in zip(parts.items(), files[1:]):
+            r = next(results)
+            layer = net.layer(name)
+            split.append({"layer": name, "op": layer.op, "gates_total": r.gates_total, "flipflops": r.flipflops,
+                          "memory_bits": r.memory_bits, "cycles": eng.expected_cycles, "dense_macs": layer.macs,
+                          "top": top, "verilog": str(v)})
+        rows.append({"quantizer": q, "style": "network", "lanes": lanes, "gates_total": full.gates_total,
+                     "gates_by_type": full.gates_by_type, "flipflops": full.flipflops,
+                     "memory_bits": full.memory_bits, "transistors": full.transistors,
+                     "cycles_per_image": cycles, "dense_macs_per_image": macs, "macs_per_cycle": macs / cycles,
+                     "gates_per_mac_per_cycle": full.gates_total / (macs / cycles),
+                     "split_gates_total": sum(s["gates_total"] for s in split), "layers": split,
+                     "top": files[0][1], "verilog": str(files[0][0]), "provenance": "measured",
                      "yosys_version": full.yosys_version, "yosys_script": full.yosys_script})
     return rows

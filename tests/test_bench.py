@@ -9,9 +9,10 @@ from quantrtl.cli import main
 
 @pytest.mark.icarus
 def test_bench_cosim_icarus(tmp_path):
-    r = bench.bench_cosim("ternary", lanes=4, build_root=tmp_path, simulators=("icarus",))
+    r = bench.bench_cosim("ternary", lanes=4, build_root=tmp_path, simulators=("icarus",), images={"icarus": "5-6"})
     row = r["results"][0]
     assert row["simulator"] == "icarus" and row["bit_exact"] and row["cycles"] > 0
+    assert row["images"] == row["bit_exact_images"] == 2 and row["images_per_second"] > 0
     assert row["simulated_cycles_per_second"] > 0 and set(row["utilization"]) == {"conv1", "conv2", "fc"}
 
 

@@ -1,5 +1,6 @@
 """The command line: results, JSON contract and clear errors that write nothing."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -66,20 +67,29 @@ def test_train_command(tmp_path, capsys):
 
 
 def test_demo_prints_table(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path), "--finetune", "1"]) == 0
+    """The demo's pipeline (Icarus and two images here, to keep the suite short; the default,
+    Verilator on the whole split, is what tests/sim/test_cosim.py runs for shift4)."""
+    assert main(["demo", "--out", str(tmp_path), "--finetune", "1", "--images", "0,1", "--simulator", "icarus"]) == 0
     out = capsys.readouterr().out
     for q in ("fixed8", "shift4", "ternary", "binary"):
         assert q in out
-    assert "bit-exact" in out and "gates/MAC/cycle" in out and "total time" in out
+    assert "bit-exact" in out and "gates/MAC/cycle" in out and "total time" in out and "whole network" in out
     r = json.loads((tmp_path / "results.json").read_text())
     assert [row["quantizer"] for row in r["rows"]] == ["fixed8", "shift4", "ternary", "binary"]
-    assert all(row["bit_exact"] and row["cycles"] == row["expected_cycles"] for row in r["rows"])
+    for row in r["rows"]:
+        assert row["bit_exact"] and row["images"] == row["bit_exact_images"] == 2
+        assert row["cycles"] == row["expected_cycles"] and row["cycles_all_images_equal"]
+        assert row["rtl_accuracy"] in (0.0, 0.5, 1.0)
+        # the network synthesized is the one co-simulated: same artifact, same lanes, no harness
+        assert row["network_gates"] > row["network_layers"]["conv2"] > 0 and row["network_macs_per_cycle"] > 0
+        assert Path(row["network_verilog"]).name == f"digits_{row['quantizer']}_p8_network.v"
     for f in ("report.md", "gates.png", "accuracy_vs_gates.png", "compression_vs_accuracy.png"):
         assert (tmp_path / f).is_file(), f
     report = (tmp_path / "report.md").read_text()
-    assert "Yosys" in report and "bit-exact" in report
+    assert "Yosys" in report and "bit-exact" in report and "test[0]..test[1] (2 images)" in report
     for row in r["rows"]:
         assert f"{row['gates_total']:,}" in report  # the report prints the measured numbers
+        assert f"{row['network_gates']:,}" in report
         assert (tmp_path / "verilog" / f"digits_{row['quantizer']}_top.v").is_file()
 
 

@@ -510,22 +510,3 @@ def _validate_weights(layer: Layer, w: str) -> None:
     # Golden accumulates in int64: the bound must leave room (docs/integer-semantics.md).
     if layer.accumulator_bits > 63:
         raise ArtifactError(f"{w}: accumulator needs {layer.accumulator_bits} bits, more than the 63 supported")
-
-
-def with_corrupted_code(net: QuantizedNetwork, layer: str, index: int) -> QuantizedNetwork:
-    """A copy of ``net`` whose weight code at flat ``index`` of ``layer`` is replaced by
-    another legal code (a fault to inject, so tests can show that a check can fail)."""
-    import copy
-
-    bad = copy.deepcopy(net)
-    lay = bad.layer(layer)
-    if not lay.has_weights:
-        raise ArtifactError(f"layer {layer!r} has no weights to corrupt")
-    flat = lay.codes.reshape(-1)
-    if not 0 <= index < flat.size:
-        raise ArtifactError(f"code index {index} outside 0..{flat.size - 1} of layer {layer!r}")
-    space = lay.format.code_space()
-    values = lay.format.decode(space)
-    current = lay.format.decode(flat[index:index + 1])[0]
-    flat[index] = space[np.argmax(np.abs(values - current))]  # the most different legal value
-    return bad

@@ -1,41 +1,66 @@
-"""The cosim flow: one inference in RTL (cocotb on Icarus or Verilator) against golden."""
+"""The cosim flow: inferences in RTL (cocotb on Icarus or Verilator) against golden.
+
+Many images run through one simulator build and one simulator process; a fault can be
+injected into the generated design (``hw/faults.py``) to see that the comparison
+catches it."""
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+
 from quantrtl.flows.common import DEFAULT_FINETUNE, DIGITS, HardwareOptions, ModelSource, load_data
 from quantrtl.flows.quantize import network_for
-from quantrtl.model.numbers import artifact
 from quantrtl.model.numbers.families import parse_format
 from quantrtl.util.atomic import atomic_write
 from quantrtl.util.errors import OptionError
 
-__all__ = ["CosimOptions", "CosimResult", "resolve_image", "cosim_flow"]
+__all__ = ["CosimOptions", "CosimResult", "resolve_image", "resolve_images", "parse_images", "cosim_flow"]
+
+#: The most images one ``--images`` list may name (more: use ``all`` or a range).
+MAX_IMAGE_ITEMS = 10_000
 
 
 @dataclass(frozen=True)
 class CosimOptions(HardwareOptions):
-    """One co-simulation (:class:`HardwareOptions`, and the image, the simulator, waves,
-    the build folder), validated on construction.  ``fault=(layer, index)`` (tests)
-    corrupts one weight code in the generated hardware only."""
+    """A co-simulation (:class:`HardwareOptions`, and the images, the simulator, waves,
+    the build folder, an injected fault), validated on construction.
+
+    ``image`` is one test index or an image file; ``images`` (overrides it) is ``all``,
+    a range ``0-99`` or a list ``3,5,8`` (ranges allowed) of test indices.  ``inject`` is
+    a fault kind of ``hw/faults.py`` (weight, bias, requant, control) at ``at``
+    (``layer:index``; default the first layer with weights, index 0)."""
 
     image: str | int = 0
+    images: str | None = None
     simulator: str = "icarus"
     waves: bool = False
     build_root: str | Path = "build/cosim"
-    fault: tuple[str, int] | None = None
+    inject: str | None = None
+    at: str | None = None
 
     def __post_init__(self):
+        from quantrtl.hw.faults import FAULT_KINDS
         from quantrtl.sim.runner import check_simulator
 
         super().__post_init__()
+        if self.images is not None:
+            parse_images(self.images, None)
+        if self.inject is not None and self.inject not in FAULT_KINDS:
+            raise OptionError("inject", f"{self.inject!r} is not a fault kind; choose one of {', '.join(FAULT_KINDS)}")
+        if self.at is not None and self.inject is None:
+            raise OptionError(("at", "inject"), "{0} places a fault: give {1} too")
         check_simulator(self.simulator)
 
 
 @dataclass(frozen=True)
 class CosimResult:
+    """A co-simulation of one or more images.  ``label``, ``predicted``,
+    ``golden_predicted`` and ``cycles`` are the first image's; ``per_image`` has every
+    image's; ``layers`` sums mismatches over the images."""
+
     quantizer: str
     image: str
     label: int | None
@@ -54,6 +79,57 @@ class CosimResult:
     timed_out: bool
     verilog: str
     waves: str | None
+    images: int = 1
+    bit_exact_images: int = 1
+    rtl_accuracy: float | None = None
+    golden_accuracy: float | None = None
+    rtl_golden_agree: int = 1
+    fault: str | None = None
+    per_image: list | None = None
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.run_seconds if self.run_seconds > 0 else float("inf")
+
+
+def parse_images(text: str, count: int | None) -> list[int]:
+    """``all``, ``A-B`` (inclusive) or a comma list of indices and ranges → sorted unique
+    indices, each in ``0..count-1`` (``count`` None: the syntax only)."""
+    text = str(text).strip()
+    if count is not None and text == "all":
+        return list(range(count))
+    if text == "all":
+        return []
+    chosen: set[int] = set()
+    items = text.split(",")
+    if len(items) > MAX_IMAGE_ITEMS:
+        raise OptionError("images", f"names {len(items)} items, at most {MAX_IMAGE_ITEMS}; use a range A-B or all")
+    for item in items:
+        lo, sep, hi = item.strip().partition("-")
+        if not lo.isdigit() or (sep and not hi.isdigit()):
+            raise OptionError("images", f"{item.strip()!r} is not an index or a range A-B; "
+                                        "give all, A-B or a comma list such as 3,5,8")
+        a, b = int(lo), int(hi) if sep else int(lo)
+        if a > b:
+            raise OptionError("images", f"range {a}-{b} is empty")
+        if count is not None and b >= count:
+            raise OptionError("images", f"{b} is outside the {count} images 0..{count - 1}")
+        chosen.update(range(a, b + 1) if count is not None else (a, b))
+    return sorted(chosen)
+
+
+def resolve_images(images: str, source: ModelSource = DIGITS):
+    """``--images`` → (integer inputs (N, ...), labels or None, descriptions)."""
+    _, test, _, labelled = load_data(source)
+    what = "test" if labelled else "calib"
+    try:
+        chosen = parse_images(images, len(test.x))
+    except OptionError as e:
+        if labelled:
+            raise
+        raise OptionError(("images", "calib"), f"{e.text} of {{1}} {source.calib}") from None
+    labels = [int(test.y[i]) for i in chosen] if labelled else None
+    return test.x[chosen], labels, [f"{what}[{i}]" for i in chosen]
 
 
 def resolve_image(image: str | int, source: ModelSource = DIGITS):
@@ -74,16 +150,24 @@ def resolve_image(image: str | int, source: ModelSource = DIGITS):
     return load_image(text), None, text
 
 
+def _describe(descs: list[str]) -> str:
+    if len(descs) == 1:
+        return descs[0]
+    return f"{descs[0]}..{descs[-1]} ({len(descs)} images)"
+
+
 def cosim_flow(quantizer: str, image: str | int = 0, simulator: str = "icarus", lanes: int = 8,
                waves: bool = False, artifact_path: str | Path | None = None, finetune: int = DEFAULT_FINETUNE,
-               build_root: str | Path = "build/cosim", fault: tuple[str, int] | None = None,
-               source: ModelSource = DIGITS, sparse: bool = False, index_bits: int = 4) -> CosimResult:
-    """One inference in RTL (cocotb on Icarus or Verilator) checked against the golden model
+               build_root: str | Path = "build/cosim", source: ModelSource = DIGITS, sparse: bool = False,
+               index_bits: int = 4, images: str | None = None, inject: str | None = None,
+               at: str | None = None) -> CosimResult:
+    """Inferences in RTL (cocotb on Icarus or Verilator) checked against the golden model
     (:class:`CosimOptions` says what each argument means)."""
-    CosimOptions(quantizer=quantizer, image=image, simulator=simulator, lanes=lanes, waves=waves,
-                 artifact=artifact_path, finetune=finetune, build_root=build_root, fault=fault, source=source,
-                 sparse=sparse, index_bits=index_bits)
+    CosimOptions(quantizer=quantizer, image=image, images=images, simulator=simulator, lanes=lanes, waves=waves,
+                 artifact=artifact_path, finetune=finetune, build_root=build_root, inject=inject, at=at,
+                 source=source, sparse=sparse, index_bits=index_bits)
     fmt = parse_format(quantizer)
+    from quantrtl.hw.faults import FaultError, faulty_network, parse_fault
     from quantrtl.hw.harness import CaptureHarness
     from quantrtl.hw.network import NetworkTop
     from quantrtl.hw.verilog import to_verilog
@@ -91,14 +175,26 @@ def cosim_flow(quantizer: str, image: str | int = 0, simulator: str = "icarus", 
     from quantrtl.sim import cosim, golden
     from quantrtl.sim.runner import run_cocotb
 
-    x, label, desc = resolve_image(image, source)
+    if images is not None:
+        xs, labels, descs = resolve_images(images, source)
+    else:
+        x, label, desc = resolve_image(image, source)
+        xs, labels, descs = x[None], None if label is None else [label], [desc]
     t0 = time.perf_counter()
     qnet = network_for(fmt, artifact_path, finetune, source)
-    if tuple(x.shape) != tuple(qnet.input_shape):
-        raise OptionError("image", f"{desc} has shape {tuple(x.shape)}, the model's input is {tuple(qnet.input_shape)}")
-    gold = golden.run(qnet, x)
-    hw_net = qnet if fault is None else artifact.with_corrupted_code(qnet, *fault)
-    harness = CaptureHarness(NetworkTop(hw_net, lanes=lanes, taps=True, sparse=sparse, index_bits=index_bits))
+    if tuple(xs.shape[1:]) != tuple(qnet.input_shape):
+        raise OptionError("image", f"{descs[0]} has shape {tuple(xs.shape[1:])}, "
+                                   f"the model's input is {tuple(qnet.input_shape)}")
+    gold = golden.run(qnet, xs)
+    hw_net, tap_faults, fault = qnet, {}, None
+    if inject is not None:
+        try:
+            fault = parse_fault(inject, at, qnet)
+        except FaultError as e:
+            raise OptionError(("at", "inject"), f"{{0}} {at or '(default)'} for {{1}} {inject}: {e}") from None
+        hw_net, tap_faults = faulty_network(qnet, fault)
+    harness = CaptureHarness(NetworkTop(hw_net, lanes=lanes, taps=True, sparse=sparse, index_bits=index_bits,
+                                        tap_faults=tap_faults))
     top = f"{qnet.name}_{qnet.quantizer}_cosim"
     text = to_verilog(harness, top)
     variant = (f"-sparse{index_bits}" if sparse else "") + ("-fault" if fault else "") + ("-waves" if waves else "")
@@ -106,15 +202,36 @@ def cosim_flow(quantizer: str, image: str | int = 0, simulator: str = "icarus", 
     v_path = build_dir / f"{top}.v"
     if not v_path.is_file() or v_path.read_text() != text:  # unchanged Verilog keeps the simulator build
         atomic_write(v_path, text)
-    job = {"input": [int(v) for v in to_stream(x, qnet.input_shape)], "captures": harness.captures,
+    job = {"inputs": [[int(v) for v in to_stream(x, qnet.input_shape)] for x in xs], "captures": harness.captures,
            "timeout_cycles": 4 * harness.expected_cycles + 1000}
     run = run_cocotb(v_path, top, simulator, build_dir, job, waves=waves)
-    report = cosim.compare(qnet, gold, run.result, lanes, [n for n, _ in harness.captures], sparse=sparse)
+    names = [n for n, _ in harness.captures]
+    raws = run.result["images"]
+    if len(raws) != len(xs):
+        from quantrtl.sim.runner import SimulationError
+        raise SimulationError(f"{simulator} run of {top} returned {len(raws)} of {len(xs)} images; see {run.build_dir}")
+    reports = [cosim.compare(qnet, gold, raw, lanes, names, sparse=sparse, index=i) for i, raw in enumerate(raws)]
+    per_image, first = [], None
+    for i, (d, r) in enumerate(zip(descs, reports)):
+        mm = None if r.first_mismatch is None else {"image": d, **asdict(r.first_mismatch)}
+        first = first or mm
+        per_image.append({"image": d, "label": None if labels is None else labels[i], "predicted": r.predicted,
+                          "golden_predicted": r.golden_predicted, "bit_exact": r.bit_exact, "cycles": r.cycles,
+                          "timed_out": r.timed_out, "first_mismatch": mm})
+    rtl_acc = gold_acc = None
+    if labels is not None:
+        y = np.asarray(labels)
+        rtl_acc = float(np.mean([r.predicted == t for r, t in zip(reports, y)]))
+        gold_acc = float(np.mean(gold.predicted == y))
+    head = reports[0]
     return CosimResult(
-        quantizer=qnet.quantizer, image=desc, label=label, predicted=report.predicted,
-        golden_predicted=report.golden_predicted, bit_exact=report.bit_exact, cycles=report.cycles,
+        quantizer=qnet.quantizer, image=_describe(descs), label=None if labels is None else labels[0],
+        predicted=head.predicted, golden_predicted=head.golden_predicted,
+        bit_exact=all(r.bit_exact for r in reports), cycles=head.cycles,
         expected_cycles=harness.expected_cycles, simulator=simulator, lanes=lanes,
         wall_seconds=time.perf_counter() - t0, build_seconds=run.build_seconds, run_seconds=run.run_seconds,
-        layers=[asdict(l) for l in report.layers],
-        first_mismatch=None if report.first_mismatch is None else asdict(report.first_mismatch),
-        timed_out=report.timed_out, verilog=str(v_path), waves=run.waves)
+        layers=[asdict(l) for l in cosim.merge_layers(reports)], first_mismatch=first,
+        timed_out=any(r.timed_out for r in reports), verilog=str(v_path), waves=run.waves,
+        images=len(reports), bit_exact_images=sum(r.bit_exact for r in reports), rtl_accuracy=rtl_acc,
+        golden_accuracy=gold_acc, rtl_golden_agree=sum(r.predicted == r.golden_predicted for r in reports),
+        fault=None if fault is None else str(fault), per_image=per_image)

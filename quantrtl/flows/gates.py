@@ -19,7 +19,9 @@ from quantrtl.util.errors import OptionError
 
 __all__ = ["STYLES", "GatesOptions", "GatesResult", "gates_flow", "sparse_gates_flow"]
 
-STYLES = ("array", "unrolled")
+#: array: one layer's engine at T lanes; unrolled: one layer hard-wired; network: the whole
+#: network top at T lanes per engine (what cosim runs), with a per-layer split.
+STYLES = ("array", "unrolled", "network")
 
 
 @dataclass(frozen=True)
@@ -60,8 +62,10 @@ class GatesOptions:
             raise OptionError(("layer", "bench"), "give either {0} or {1}, not both")
         if self.bench is not None and self.bench not in BENCHES:
             raise OptionError("bench", f"unknown {{0}} {self.bench!r}; available: {', '.join(BENCHES)}")
-        if self.bench is not None and self.style == "array":
+        if self.bench is not None and self.style != "unrolled":
             raise OptionError(("bench", "style"), "{0} layers have no trained artifact; use {1} unrolled with {0}")
+        if self.layer is not None and self.style == "network":
+            raise OptionError(("layer", "style"), "{1} network synthesizes every layer; drop {0}")
         check_lanes(self.throughput, "throughput")
         if self.sample is not None and self.sample < 1:
             raise OptionError("sample", f"must be at least 1, got {self.sample}")
@@ -74,8 +78,9 @@ def gates_flow(quantizers: list[str], style: str = "array", layer: str | None = 
                out_dir: str | Path = "build/gates", finetune: int = DEFAULT_FINETUNE,
                cache_dir: str | Path = "build/synth-cache", networks: dict | None = None,
                source: ModelSource = DIGITS) -> GatesResult:
-    """Synthesize every quantizer's design at equal throughput and compare gate counts."""
-    from quantrtl.synth.gates import array_rows, fq_conv_weights, unrolled_rows
+    """Synthesize every quantizer's design at equal throughput and compare gate counts
+    (``style`` network: ``throughput`` is the lanes of every engine of the network top)."""
+    from quantrtl.synth.gates import array_rows, fq_conv_weights, network_rows, unrolled_rows
     from quantrtl.synth.yosys import yosys_version
 
     GatesOptions(tuple(quantizers), style, layer, bench, throughput, sample, jobs)
@@ -90,6 +95,13 @@ def gates_flow(quantizers: list[str], style: str = "array", layer: str | None = 
         rows = unrolled_rows(weights, out, sample=sample, jobs=jobs, yosys=yosys, cache_dir=cache_dir,
                              name=bench.replace("-", ""))
         where = bench
+    elif style == "network":
+        nets = {f.name: (networks or {}).get(f.name) or quantize_network(f.name, finetune, source).qnet for f in fmts}
+        rows = network_rows(nets, throughput, out, jobs=jobs, yosys=yosys, cache_dir=cache_dir)
+        for r in rows:
+            r.update(throughput=throughput, layer="all", datapath_gates=None, control_gates=None, extrapolated=False,
+                     sample=None)
+        where = "all"
     else:
         nets = {f.name: (networks or {}).get(f.name) or quantize_network(f.name, finetune, source).qnet for f in fmts}
         first = next(iter(nets.values()))
@@ -104,7 +116,7 @@ def gates_flow(quantizers: list[str], style: str = "array", layer: str | None = 
         else:
             rows = unrolled_rows({q: n.layer(where) for q, n in nets.items()}, out, sample=sample, jobs=jobs,
                                  yosys=yosys, cache_dir=cache_dir, name=f"{first.name}_{where}")
-    dicts = [asdict(r) for r in rows]
+    dicts = [r if isinstance(r, dict) else asdict(r) for r in rows]
     cheapest = min(r["gates_total"] for r in dicts)
     for r in dicts:
         r["ratio_to_cheapest"] = r["gates_total"] / cheapest

@@ -21,34 +21,99 @@ def build_root(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ICARUS_QUANTIZERS)
 def test_icarus_bit_exact_on_three_images(quantized, build_root, name):
+    """Three images through one simulator process (reset between images)."""
     art = quantized(name).artifact
-    for image in (0, 17, 359):
-        r = flows.cosim_flow(name, image, simulator="icarus", artifact_path=art, build_root=build_root)
-        assert r.bit_exact, f"{name} image {image}: {r.first_mismatch}"
-        assert r.cycles == r.expected_cycles
-        assert r.predicted == r.golden_predicted
-        assert [l["name"] for l in r.layers] == ["conv1", "conv2", "pool", "fc"]
-        assert all(l["bit_exact"] and l["mismatches"] == 0 for l in r.layers)
+    r = flows.cosim_flow(name, simulator="icarus", artifact_path=art, build_root=build_root, images="0,17,359")
+    assert r.bit_exact, f"{name}: {r.first_mismatch}"
+    assert r.images == r.bit_exact_images == 3
+    assert [p["image"] for p in r.per_image] == ["test[0]", "test[17]", "test[359]"]
+    for p in r.per_image:
+        assert p["bit_exact"] and p["cycles"] == r.expected_cycles and p["predicted"] == p["golden_predicted"]
+    assert [l["name"] for l in r.layers] == ["conv1", "conv2", "pool", "fc"]
+    assert all(l["bit_exact"] and l["mismatches"] == 0 and l["mismatching_images"] == 0 for l in r.layers)
 
 
 @pytest.mark.verilator
 @pytest.mark.slow
-def test_verilator_bit_exact(quantized, build_root):
-    r = flows.cosim_flow("shift4", 3, simulator="verilator", artifact_path=quantized("shift4").artifact,
-                         build_root=build_root)
-    assert r.bit_exact and r.cycles == r.expected_cycles, r.first_mismatch
+def test_verilator_whole_test_split(quantized, build_root):
+    """Every test image in one Verilator process: all bit-exact, and the RTL's accuracy is
+    the golden model's (counted here from the labels, independently of the flow)."""
+    from quantrtl.model.digits import load_split
+    from quantrtl.sim import golden
+    from quantrtl.model.numbers import artifact
+
+    art = quantized("shift4").artifact
+    r = flows.cosim_flow("shift4", simulator="verilator", artifact_path=art, build_root=build_root, images="all")
+    _, test = load_split()
+    assert r.images == r.bit_exact_images == len(test.y) == 360, r.first_mismatch
+    assert r.bit_exact and all(p["cycles"] == r.expected_cycles for p in r.per_image)
+    rtl = np.array([p["predicted"] for p in r.per_image])
+    want = golden.run(artifact.load(art), test.x).predicted
+    assert np.array_equal(rtl, want)
+    assert r.rtl_accuracy == r.golden_accuracy == float(np.mean(want == test.y))
+
+
+def _most_active(values) -> int:
+    """The channel (axis 1 of a golden output) with the most distinct values over the map."""
+    return int(np.argmax([len(np.unique(values[0, c])) for c in range(values.shape[1])]))
 
 
 @pytest.mark.icarus
-def test_injected_fault_is_reported(quantized, build_root):
-    """One corrupted weight code in the generated memory: cosim must see it and say where."""
-    r = flows.cosim_flow("shift4", 0, artifact_path=quantized("shift4").artifact, build_root=build_root,
-                         fault=("conv1", 2 * 9 + 4))  # channel 2, centre tap
-    assert not r.bit_exact
+@pytest.mark.parametrize("kind", ["weight", "bias", "requant", "control"])
+def test_injected_faults_are_caught_and_localized(quantized, build_root, kind):
+    """Each fault kind, placed in conv1 (in the generated design only): cosim fails and its
+    first mismatch names conv1 and a position of the faulty channel (stream order:
+    channel fastest) or, for a control fault, of the layer."""
+    from quantrtl.model.numbers import artifact
+    from quantrtl.sim import golden
+
+    art = quantized("shift4").artifact
+    net = artifact.load(art)
+    conv1 = net.layer("conv1")
+    gold = golden.run(net, flows.resolve_image(0)[0])
+    channel = _most_active(gold.outputs["conv1"])
+    taps = int(np.prod(conv1.codes.shape[1:]))
+    at = {"weight": channel * taps + taps // 2,  # the channel's centre tap
+          "bias": channel, "requant": channel,
+          "control": int(np.argmax(np.abs(conv1.values).sum(axis=0).reshape(-1)))}[kind]
+    r = flows.cosim_flow("shift4", 0, artifact_path=art, build_root=build_root, inject=kind, at=f"conv1:{at}")
+    assert not r.bit_exact and r.fault == f"{kind} fault at conv1:{at}"
     mm = r.first_mismatch
     assert mm["layer"] == "conv1" and mm["expected"] != mm["got"] and mm["mismatches"] > 0
-    assert mm["index"] % 8 == 2  # stream order: channel fastest, so the first bad value is channel 2
-    assert not r.layers[0]["bit_exact"]
+    if kind != "control":
+        assert mm["index"] % conv1.out_shape[0] == channel
+    assert not r.layers[0]["bit_exact"] and r.layers[0]["mismatching_images"] == 1
+
+
+@pytest.mark.verilator
+@pytest.mark.slow
+def test_cli_weight_fault_caught_over_the_whole_split(quantized, build_root, tmp_path, capsys, monkeypatch):
+    """The last weight of the classifier: some image must exercise it; cosim exits 1 and
+    names the layer and the position."""
+    monkeypatch.chdir(tmp_path)
+    rc = main(["cosim", "--quantizer", "shift4", "--artifact", quantized("shift4").artifact, "--simulator",
+               "verilator", "--images", "all", "--inject", "weight", "--at", "fc:2559", "--json", "f.json"])
+    out = capsys.readouterr().out
+    assert rc == 1
+    r = json.loads((tmp_path / "f.json").read_text())
+    mm = r["first_mismatch"]
+    assert mm["layer"] == "fc" and mm["index"] == 9  # output 9 holds row 9 of the weights (2559 = 9 * 256 + 255)
+    assert f"layer 'fc', index 9" in out and "MISMATCH: test[" in out
+    assert r["layers"][-1]["mismatching_images"] > 0 and all(l["bit_exact"] for l in r["layers"][:-1])
+
+
+def test_cli_fault_and_images_arguments(quantized, capsys):
+    for args, msg in ((["--inject", "clock"], "--inject 'clock' is not a fault kind; choose one of weight, bias"),
+                      (["--at", "fc:1"], "--at places a fault: give --inject too"),
+                      (["--inject", "weight", "--at", "fc"], "is not LAYER:INDEX"),
+                      (["--inject", "weight", "--at", "pool:0"], "layer 'pool' is not a layer with weights"),
+                      (["--inject", "bias", "--at", "fc:10"], "bias index 10 is outside 0..9 of layer 'fc'"),
+                      (["--images", "5-2"], "--images range 5-2 is empty"),
+                      (["--images", "0-360"], "--images 360 is outside the 360 images 0..359"),
+                      (["--images", "1,x"], "--images 'x' is not an index or a range")):
+        assert main(["cosim", "--quantizer", "shift4", "--artifact", quantized("shift4").artifact, *args]) == 2, args
+        err = [l for l in capsys.readouterr().err.splitlines() if not l.startswith("co-simulating")]
+        assert len(err) == 1 and err[0].startswith("quantrtl: error: ") and msg in err[0], (args, err)
 
 
 @pytest.mark.icarus
