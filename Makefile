@@ -40,8 +40,9 @@ test: install
 demo: install
 	PATH=$(abspath $(VENV))/bin:$$PATH $(VENV)/bin/quantrtl demo --out $(DEMO_OUT)
 
-# The methods table of docs/results.md: every seed method quantized, co-simulated on three
-# test images and synthesized, the table rewritten in place (a few minutes; see README).
+# The methods table of docs/results.md: every seed method quantized, co-simulated on the
+# whole test split (Verilator) and synthesized (whole network and the conv2 engine), the
+# table rewritten in place (about 15 minutes on these machines; see README).
 results: install
 	PATH=$(abspath $(VENV))/bin:$$PATH $(VENV)/bin/quantrtl demo --quantizers methods --images all \
 	  --out build/results --update-doc docs/results.md

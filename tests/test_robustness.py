@@ -270,3 +270,35 @@ def test_npz_arrays_are_read_by_name_after_their_declared_shape(tmp_path, quanti
     (tmp_path / "n.json").write_text(json.dumps(doc))
     with pytest.raises(artifact.ArtifactError, match=r"array 'unreferenced' is int64 \(4194304,\), expected"):
         artifact.load(tmp_path / "n.json")
+
+
+def test_quantize_cache_reuses_and_repairs(tmp_path, monkeypatch):
+    """Commands without --artifact quantize the shipped model once per set of inputs: a
+    second run loads the cached network (no training), a damaged entry is made again, and
+    another option (fine-tuning epochs) is another entry."""
+    from quantrtl import flows
+    from quantrtl.flows import quantize as qmod
+    from quantrtl.model.numbers import artifact
+    from quantrtl.model.numbers.families import parse_format
+    import numpy as np
+
+    def same(a, b):
+        return [l.name for l in a.layers] == [l.name for l in b.layers] and all(
+            np.array_equal(x.codes, y.codes) and np.array_equal(x.bias, y.bias) and np.array_equal(x.m0, y.m0)
+            for x, y in zip(a.layers, b.layers) if x.has_weights)
+
+    monkeypatch.setenv("QUANTRTL_CACHE", str(tmp_path / "cache"))
+    first = flows.network_for(parse_format("ternary"), None, 0)
+    entries = list((tmp_path / "cache").iterdir())
+    assert len(entries) == 1 and (entries[0] / "network.json").is_file()
+    calls = []
+    real = qmod.quantize_network
+    monkeypatch.setattr(qmod, "quantize_network", lambda *a, **k: calls.append(a) or real(*a, **k))
+    again = flows.network_for(parse_format("ternary"), None, 0)
+    assert calls == [] and same(again, first)
+    (entries[0] / "network.npz").write_bytes(b"not a zip")
+    repaired = flows.network_for(parse_format("ternary"), None, 0)
+    assert len(calls) == 1 and same(repaired, first)
+    assert artifact.load(entries[0] / "network.json") is not None
+    flows.network_for(parse_format("ternary"), None, 1)
+    assert len(calls) == 2 and len([p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]) == 2

@@ -89,11 +89,16 @@ def test_batch_norm_folding_is_exact(user_model):
     torch.testing.assert_close(seq(x), original(x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.icarus
 def test_user_model_with_calibration_file(user_model, tmp_path):
+    """Calibration data that is not centred on 0 gives the input a non-zero zero point:
+    ``b - Z * sum(w)`` folding and zero-point padding (the first conv pads by 1) then run
+    through the whole RTL flow, bit-exact on calibration images."""
     from quantrtl.model.digits import load_split
+    from quantrtl.model.numbers import artifact
     from quantrtl import flows
 
-    x = load_split()[0].float_inputs()[:200]
+    x = load_split()[0].float_inputs()[:200] - 0.3
     np.save(tmp_path / "calib.npy", x)
     src = flows.ModelSource(model=f"{user_model / 'mynet.py'}:factory", weights=str(user_model / "mynet.pt"),
                             calib=str(tmp_path / "calib.npy"))
@@ -101,6 +106,13 @@ def test_user_model_with_calibration_file(user_model, tmp_path):
     assert r.golden_accuracy is None and r.golden_agreement >= 0.99
     with pytest.raises(ValueError, match="fine-tuning needs labels"):
         flows.quantize_network("fixed8", 2, src)
+    net = artifact.load(r.artifact)
+    first = net.layers[0]
+    assert net.input.zero_point == first.input.zero_point == 77 and tuple(first.padding) == (1, 1)
+    c = flows.cosim_flow("fixed8", artifact_path=r.artifact, source=src, images="0-2", lanes=4,
+                         build_root=tmp_path / "cosim")
+    assert c.bit_exact and c.images == 3 and c.rtl_accuracy is None, c.first_mismatch
+    assert c.image == "calib[0]..calib[2] (3 images)" and c.rtl_golden_agree == 3
 
 
 @pytest.mark.parametrize("spec,match", [

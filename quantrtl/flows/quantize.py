@@ -12,7 +12,7 @@ from quantrtl.model.numbers.families import families, family, parse_format
 from quantrtl.util.errors import OptionError
 
 __all__ = ["QuantizeOptions", "QuantizeResult", "QuantizedRun", "method_format", "method_finetune",
-           "quantize_network", "quantize_flow", "network_for"]
+           "quantize_network", "quantize_flow", "network_for", "cached_network", "QUANTIZE_CACHE"]
 
 
 @dataclass(frozen=True)
@@ -214,12 +214,75 @@ def quantize_flow(quantizer: str, out_dir: str | Path, finetune: int | None = No
     )
 
 
+#: Where :func:`network_for` keeps the networks it quantized (``QUANTRTL_CACHE`` overrides).
+QUANTIZE_CACHE = "build/cache/quantize"
+
+
+def _cache_key(quantizer: str, finetune: int | None, source: ModelSource) -> str | None:
+    """A digest of everything a quantization of the shipped model depends on: the options,
+    the checkpoint's bytes, the source of every module of ``quantrtl.model`` and of this
+    flow, torch's version and CPU kernels (training is exact run to run only on one kind).
+    None for a user model or calibration file (not cached)."""
+    import hashlib
+    import json
+
+    if source.model is not None or source.module is not None or source.calib is not None:
+        return None
+    import torch
+
+    import quantrtl.model as model_pkg
+    from quantrtl.model.training import net
+
+    h = hashlib.sha256()
+    options = {"quantizer": quantizer, "finetune": finetune, "density": source.density, "block": source.block,
+               "torch": torch.__version__, "cpu": net.cpu_capability()}
+    h.update(json.dumps(options, sort_keys=True).encode())
+    h.update(Path(source.checkpoint or net.CHECKPOINT).read_bytes())
+    root = Path(model_pkg.__file__).parent
+    for f in sorted(root.rglob("*.py")) + [Path(__file__)]:
+        h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()[:32]
+
+
+def cached_network(quantizer: str, finetune: int | None, source: ModelSource = DIGITS) -> "artifact.QuantizedNetwork":
+    """:func:`quantize_network`'s network, kept in :data:`QUANTIZE_CACHE` for the shipped
+    model (a second run with the same inputs loads it instead of training again); written
+    whole into a folder of its own and renamed into place, so concurrent runs never see half
+    of one."""
+    import os
+    import shutil
+    import tempfile
+
+    key = _cache_key(quantizer, finetune, source)
+    if key is None:
+        return quantize_network(quantizer, finetune, source, density=source.density).qnet
+    root = Path(os.environ.get("QUANTRTL_CACHE", QUANTIZE_CACHE))
+    entry = root / key
+    if (entry / "network.json").is_file():
+        try:
+            return artifact.load(entry / "network.json")
+        except (artifact.ArtifactError, OSError):
+            pass  # a damaged entry: quantize again and replace it
+    qnet = quantize_network(quantizer, finetune, source, density=source.density).qnet
+    tmp = None
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
+        artifact.save(qnet, tmp / "network")
+        shutil.rmtree(entry, ignore_errors=True)
+        os.replace(tmp, entry)
+    except OSError:  # a cache that cannot be written (or another run's entry just landed): keep going
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return qnet
+
+
 def network_for(fmt, artifact_path, finetune: int, source: ModelSource = DIGITS):
     """The network of ``artifact_path`` (an artifact file, or an in-memory
     :class:`~quantrtl.model.numbers.artifact.QuantizedNetwork` or :class:`QuantizedRun`),
-    which must use ``fmt``; None quantizes the model now."""
+    which must use ``fmt``; None quantizes the model now (:func:`cached_network`)."""
     if artifact_path is None:
-        return quantize_network(fmt.name, finetune, source, density=source.density).qnet
+        return cached_network(fmt.name, finetune, source)
     if isinstance(artifact_path, QuantizedRun):
         artifact_path = artifact_path.qnet
     qnet = artifact_path if isinstance(artifact_path, artifact.QuantizedNetwork) else artifact.load(artifact_path)
