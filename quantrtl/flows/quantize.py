@@ -12,7 +12,7 @@ from quantrtl.model.numbers.families import families, family, parse_format
 from quantrtl.util.errors import OptionError
 
 __all__ = ["QuantizeOptions", "QuantizeResult", "QuantizedRun", "method_format", "method_finetune",
-           "quantize_network", "quantize_flow", "network_for", "cached_network", "QUANTIZE_CACHE"]
+           "quantize_network", "quantize_flow", "network_for", "QUANTIZE_CACHE"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,7 @@ class QuantizeResult:
     layers: list = field(default_factory=list)
     seconds: float = 0.0
     versions: dict = field(default_factory=dict)
+    cached: bool = False  # taken from the quantize cache (measurements of the run that made it)
 
 
 def method_finetune(fmt, finetune: int | None) -> int:
@@ -109,6 +110,7 @@ class QuantizedRun:
     golden_agreement: float
     test_images: int
     seconds: float
+    cached: bool = False  # taken from the quantize cache (the measurements are those of the run that made it)
 
     @property
     def quantizer(self) -> str:
@@ -131,12 +133,99 @@ def _train(float_model, fmt, train, finetune: int, seed: int, input_fmt, density
     return done.model, done.description, done.plan
 
 
+#: Where :func:`quantize_network` keeps what it quantized (``QUANTRTL_CACHE`` overrides).
+QUANTIZE_CACHE = "build/cache/quantize"
+#: What a cache entry keeps beside the network: the run's measurements.
+_RUN_FIELDS = ("float_accuracy", "quant_accuracy", "golden_accuracy", "golden_agreement", "test_images", "seconds")
+
+
+def _cache_key(opts: "QuantizeOptions") -> str | None:
+    """A digest of everything a quantization of the shipped model depends on: the resolved
+    options, the checkpoint's bytes, the source of every module of ``quantrtl.model`` and
+    of this flow, torch's version and CPU kernels (training is exact run to run only on one
+    kind).  None for a user model or a calibration file (never cached)."""
+    import hashlib
+    import json
+
+    source = opts.source
+    if source.model is not None or source.module is not None or source.calib is not None:
+        return None
+    import torch
+
+    import quantrtl.model as model_pkg
+    from quantrtl.model.training import net
+
+    h = hashlib.sha256()
+    key = {"quantizer": opts.format.name, "format": repr(opts.format), "epochs": opts.epochs, "seed": opts.seed,
+           "density": str(opts.plan), "inq": opts.inq, "torch": torch.__version__, "cpu": net.cpu_capability()}
+    h.update(json.dumps(key, sort_keys=True).encode())
+    h.update(Path(source.checkpoint or net.CHECKPOINT).read_bytes())
+    root = Path(model_pkg.__file__).parent
+    for f in sorted(root.rglob("*.py")) + [Path(__file__)]:
+        h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()[:32]
+
+
+def _cache_root() -> Path:
+    import os
+
+    return Path(os.environ.get("QUANTRTL_CACHE", QUANTIZE_CACHE))
+
+
+def _cache_load(key: str) -> QuantizedRun | None:
+    import json
+
+    entry = _cache_root() / key
+    try:
+        run = json.loads((entry / "run.json").read_text())
+        qnet = artifact.load(entry / "network.json")
+        return QuantizedRun(qnet=qnet, cached=True, **{k: run[k] for k in _RUN_FIELDS})
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # missing or damaged: quantize again (and replace it)
+
+
+def _cache_store(key: str, run: QuantizedRun) -> None:
+    """Written whole into a folder of its own and renamed into place: concurrent runs never
+    see half of an entry; a cache that cannot be written is skipped."""
+    import json
+    import os
+    import shutil
+    import tempfile
+
+    root, tmp = _cache_root(), None
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
+        artifact.save(run.qnet, tmp / "network")
+        (tmp / "run.json").write_text(json.dumps({k: getattr(run, k) for k in _RUN_FIELDS}))
+        shutil.rmtree(root / key, ignore_errors=True)
+        os.replace(tmp, root / key)
+    except OSError:  # (or another run's entry landed first)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def quantize_network(quantizer: str, finetune: int | None = None, source: ModelSource = DIGITS,
                      seed: int = 0, density=None, inq: bool = False) -> QuantizedRun:
     """Quantize the model and evaluate float, fake-quant and golden (accuracy when labelled).
 
-    ``density`` None is the method's default (pruning pipelines start pruned)."""
+    ``density`` None is the method's default (pruning pipelines start pruned).  The shipped
+    model's runs are cached in :data:`QUANTIZE_CACHE` (keyed on every input, see
+    :func:`_cache_key`): the same run again loads the network and its measurements."""
     opts = QuantizeOptions(quantizer, finetune, seed, source, density, inq)
+    key = _cache_key(opts)
+    if key is not None:
+        hit = _cache_load(key)
+        if hit is not None:
+            return hit
+    run = _quantize(opts)
+    if key is not None:
+        _cache_store(key, run)
+    return run
+
+
+def _quantize(opts: "QuantizeOptions") -> QuantizedRun:
+    source, seed, inq = opts.source, opts.seed, opts.inq
     fmt, finetune, density = opts.format, opts.epochs, opts.plan
     from quantrtl.model.training import net
     from quantrtl.model.training.export import export
@@ -209,80 +298,17 @@ def quantize_flow(quantizer: str, out_dir: str | Path, finetune: int | None = No
         float_bits=qnet.float_bits(), compression_ratio=qnet.float_bits() / coded["total"],
         raw_compression_ratio=qnet.float_bits() / bits["total"], coded_bits=coded,
         weight_compression_ratio=32 * n_w / (bits["weights"] + bits["params"]), artifact=str(path),
-        test_images=q.test_images, layers=layers, seconds=q.seconds, versions=qnet.metadata["versions"],
+        test_images=q.test_images, layers=layers, seconds=q.seconds, versions=qnet.metadata["versions"], cached=q.cached,
         training=qnet.metadata["training"], density=qnet.metadata["density"],
     )
-
-
-#: Where :func:`network_for` keeps the networks it quantized (``QUANTRTL_CACHE`` overrides).
-QUANTIZE_CACHE = "build/cache/quantize"
-
-
-def _cache_key(quantizer: str, finetune: int | None, source: ModelSource) -> str | None:
-    """A digest of everything a quantization of the shipped model depends on: the options,
-    the checkpoint's bytes, the source of every module of ``quantrtl.model`` and of this
-    flow, torch's version and CPU kernels (training is exact run to run only on one kind).
-    None for a user model or calibration file (not cached)."""
-    import hashlib
-    import json
-
-    if source.model is not None or source.module is not None or source.calib is not None:
-        return None
-    import torch
-
-    import quantrtl.model as model_pkg
-    from quantrtl.model.training import net
-
-    h = hashlib.sha256()
-    options = {"quantizer": quantizer, "finetune": finetune, "density": source.density, "block": source.block,
-               "torch": torch.__version__, "cpu": net.cpu_capability()}
-    h.update(json.dumps(options, sort_keys=True).encode())
-    h.update(Path(source.checkpoint or net.CHECKPOINT).read_bytes())
-    root = Path(model_pkg.__file__).parent
-    for f in sorted(root.rglob("*.py")) + [Path(__file__)]:
-        h.update(f.name.encode() + f.read_bytes())
-    return h.hexdigest()[:32]
-
-
-def cached_network(quantizer: str, finetune: int | None, source: ModelSource = DIGITS) -> "artifact.QuantizedNetwork":
-    """:func:`quantize_network`'s network, kept in :data:`QUANTIZE_CACHE` for the shipped
-    model (a second run with the same inputs loads it instead of training again); written
-    whole into a folder of its own and renamed into place, so concurrent runs never see half
-    of one."""
-    import os
-    import shutil
-    import tempfile
-
-    key = _cache_key(quantizer, finetune, source)
-    if key is None:
-        return quantize_network(quantizer, finetune, source, density=source.density).qnet
-    root = Path(os.environ.get("QUANTRTL_CACHE", QUANTIZE_CACHE))
-    entry = root / key
-    if (entry / "network.json").is_file():
-        try:
-            return artifact.load(entry / "network.json")
-        except (artifact.ArtifactError, OSError):
-            pass  # a damaged entry: quantize again and replace it
-    qnet = quantize_network(quantizer, finetune, source, density=source.density).qnet
-    tmp = None
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
-        artifact.save(qnet, tmp / "network")
-        shutil.rmtree(entry, ignore_errors=True)
-        os.replace(tmp, entry)
-    except OSError:  # a cache that cannot be written (or another run's entry just landed): keep going
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return qnet
 
 
 def network_for(fmt, artifact_path, finetune: int, source: ModelSource = DIGITS):
     """The network of ``artifact_path`` (an artifact file, or an in-memory
     :class:`~quantrtl.model.numbers.artifact.QuantizedNetwork` or :class:`QuantizedRun`),
-    which must use ``fmt``; None quantizes the model now (:func:`cached_network`)."""
+    which must use ``fmt``; None quantizes the model now (or takes it from the cache)."""
     if artifact_path is None:
-        return cached_network(fmt.name, finetune, source)
+        return quantize_network(fmt.name, finetune, source, density=source.density).qnet
     if isinstance(artifact_path, QuantizedRun):
         artifact_path = artifact_path.qnet
     qnet = artifact_path if isinstance(artifact_path, artifact.QuantizedNetwork) else artifact.load(artifact_path)

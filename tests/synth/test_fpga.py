@@ -78,7 +78,7 @@ def test_ecp5_without_dsps_maps_multipliers_to_luts(nets, tmp_path):
 
 def test_ice40_and_xilinx(nets, tmp_path):
     ice = _conv1(nets, tmp_path, "ice40", quantizers=("shift4",)).rows[0]["fpga"]
-    assert ice["luts"] > 0 and ice["carry"] > 0 and ice["fmax_mhz"] > 0 and "UP5K" in ice["device"]
+    assert ice["luts"] > 0 and ice["carry"] > 0 and ice["fmax_mhz"] > 0 and "HX8K" in ice["device"] and ice["dsps"] == 0
     xil = _conv1(nets, tmp_path, "xilinx", quantizers=("shift4",)).rows[0]["fpga"]
     assert xil["luts"] > 0 and xil["fmax_mhz"] is None and xil["nextpnr_command"] is None
 
