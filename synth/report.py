@@ -7,17 +7,23 @@ from pathlib import Path
 
 from quantrtl.util.atomic import atomic_write
 
-CSV_COLUMNS = ["quantizer", "style", "density", "layer", "lanes", "throughput", "gates_total", "datapath_gates", "control_gates",
-               "flipflops", "memory_bits", "transistors", "gates_per_mac_per_cycle", "ratio_to_cheapest",
-               "extrapolated", "sample", "bit_exact", "cycles", "top", "verilog", "yosys_version"]
+CSV_COLUMNS = ["quantizer", "style", "density", "layer", "lanes", "throughput", "macs_per_cycle", "gates_total",
+               "datapath_gates", "control_gates", "flipflops", "memory_bits", "transistors", "gates_per_mac_per_cycle",
+               "ratio_to_cheapest", "extrapolated", "sample", "provenance", "bit_exact", "cycles", "top", "verilog",
+               "yosys_version"]
+#: With an FPGA target (``gates --target``): the row's ``fpga`` entries, as ``fpga_<name>`` columns.
+FPGA_COLUMNS = ["target", "device", "dsp", "luts", "carry", "ffs", "dsps", "brams", "lutram", "fmax_mhz",
+                "macs_per_second", "luts_per_gmacs", "nextpnr_version"]
 
 
 def write_csv(rows: list[dict], path: str | Path) -> Path:
+    fpga = any("fpga" in r for r in rows)
+    columns = CSV_COLUMNS + ([f"fpga_{c}" for c in FPGA_COLUMNS] if fpga else [])
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     for r in rows:
-        w.writerow(r)
+        w.writerow({**r, **{f"fpga_{c}": r["fpga"].get(c) for c in FPGA_COLUMNS}} if "fpga" in r else r)
     return atomic_write(path, buf.getvalue())
 
 

@@ -25,9 +25,12 @@ def test_bench_sparse_bound(tmp_path):
 
 
 @pytest.mark.yosys
+@pytest.mark.nextpnr
 def test_bench_synth_cold_and_warm(tmp_path):
     r = bench.bench_synth(quantizers=("binary",), throughput=4, build_root=tmp_path)
-    assert {x["style"] for x in r["results"]} == {"array", "unrolled"}
+    assert {x["style"] for x in r["results"]} == {"array", "unrolled", "fpga ecp5"}
+    fpga = [x for x in r["results"] if x["style"] == "fpga ecp5"]
+    assert len(fpga) == 1 and fpga[0]["luts"] > 0 and fpga[0]["fmax_mhz"] > 0
     assert all(x["warm_cached"] and x["warm_seconds"] < x["cold_seconds"] for x in r["results"])
 
 
