@@ -13,6 +13,7 @@ from quantrtl.synth.yosys import short_version
 
 from . import bench, flows
 from .table import format_table, pct
+from .progress import Progress
 
 #: Errors that mean "your input is wrong": one line, exit status 2, no traceback.
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -258,13 +259,15 @@ def cmd_gates(args) -> int:
     _say(f"synthesizing {', '.join(qs)} ({args.style} style) with Yosys{onto}, {args.jobs} jobs ...")
     r = flows.gates_flow(qs, style=args.style, layer=args.layer, bench=args.bench, throughput=args.throughput,
                          sample=args.sample, jobs=args.jobs, yosys=args.yosys, out_dir=args.out,
-                         finetune=args.finetune, source=_source(args), target=args.target, dsp=not args.no_dsp)
+                         finetune=args.finetune, source=_source(args), target=args.target, dsp=not args.no_dsp,
+                         progress=None if args.target == "gates" else Progress(len(qs), args.target).step)
     extrap = r.rows[0]["extrapolated"]
     headers = ["quantizer", "lanes", "MACs/cycle", "gates", "datapath", "FFs", "memory bits", "gates per MAC/cycle",
-               "x cheapest"]
+               "x cheapest", "logic depth"]
     rows = [[x["quantizer"], x["lanes"], f"{x['macs_per_cycle']:.4g}", f"{x['gates_total']:,}",
              "-" if x["datapath_gates"] is None else f"{x['datapath_gates']:,}", f"{x['flipflops']:,}",
-             f"{x['memory_bits']:,}", f"{x['gates_per_mac_per_cycle']:.1f}", f"{x['ratio_to_cheapest']:.2f}"]
+             f"{x['memory_bits']:,}", f"{x['gates_per_mac_per_cycle']:.1f}", f"{x['ratio_to_cheapest']:.2f}",
+             x.get("logic_depth") or "-"]
             for x in r.rows]
     rates = sorted({round(x["macs_per_cycle"], 4) for x in r.rows})
     actual = (f"{rates[0]:g} actual (the schedule's)" if len(rates) == 1
@@ -340,19 +343,27 @@ def cmd_sweep(args) -> int:
               _csv_list(args.densities, float, "--densities"),
               _csv_list(args.layers, str, "--layers") if args.layers else None, jobs=args.jobs,
               scheduler=args.scheduler, finetune=args.finetune, image=args.image, cosim=not args.no_cosim,
-              out_dir=args.out)
+              out_dir=args.out, target=args.target)
     rows = r["rows"]
+    fpga = args.target != "gates"
     headers = ["quantizer", "density", "layer", "lanes", "gates", "datapath", "gates/MAC/cycle", "golden acc"]
+    if fpga:
+        headers += [f"{args.target} LUTs", "DSPs", "Fmax MHz", "GMAC/s"]
     if not args.no_cosim:
         headers += ["bit-exact", "cycles"]
     print(format_table(headers, [[x["quantizer"], f"{x['density']:g}", x["layer"], x["lanes"], f"{x['gates_total']:,}",
                                   f"{x['datapath_gates']:,}", f"{x['gates_per_mac_per_cycle']:.1f}",
                                   pct(x["golden_accuracy"])]
+                                 + ([f"{x['fpga']['luts']:,}", x["fpga"]["dsps"],
+                                     "-" if x["fpga"]["fmax_mhz"] is None else f"{x['fpga']['fmax_mhz']:.1f}",
+                                     "-" if x["fpga"]["macs_per_second"] is None
+                                     else f"{x['fpga']['macs_per_second'] / 1e9:.3f}"] if fpga else [])
                                  + ([("yes" if x["bit_exact"] else "NO"), x["cycles"]] if not args.no_cosim else [])
                                  for x in rows]))
     print(f"\n{len(rows)} designs on the {r['executor']} executor in {r['seconds']:.1f} s")
     if args.json:
-        flows.write_json(args.json, {"rows": rows, "image": r["image"], "finetune": r["finetune"]})
+        flows.write_json(args.json, {"rows": rows, "image": r["image"], "finetune": r["finetune"],
+                                     "target": r["target"]})
     if args.csv:
         write_csv(rows, args.csv)
     if args.plot:
@@ -556,6 +567,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--finetune", type=int, default=None, metavar="EPOCHS", help=finetune_help)
     w.add_argument("--image", type=int, default=0, help="test image for the cosim jobs")
     w.add_argument("--no-cosim", action="store_true", help="synthesis only")
+    w.add_argument("--target", default="gates", help="gates (default), or ecp5, ice40, xilinx: also map, place and "
+                                                     "route each engine on that FPGA (see gates --target)")
     w.add_argument("--out", default="build/sweep")
     _row_outputs(w, "write gates against lanes (PNG)")
     w.set_defaults(func=cmd_sweep)

@@ -78,6 +78,9 @@ class GateRow:
     macs_per_cycle: float = 0.0
     #: ``measured`` (Yosys ran on the whole design) or ``extrapolated`` (derived from ``extrapolated``).
     provenance: str = ""
+    #: Two-input gate levels on the design's longest register-to-register path (``ltp -noff``;
+    #: unrolled rows: the deepest sampled channel).
+    logic_depth: int | None = None
 
     def __post_init__(self):
         self.provenance = "extrapolated" if self.extrapolated else "measured"
@@ -146,6 +149,7 @@ def array_rows(layers: dict[str, Layer], throughput: int, out_dir: Path, jobs: i
             gates_per_mac_per_cycle=full.gates_total / rate, macs_per_cycle=rate, top=top, verilog=str(v),
             yosys_version=full.yosys_version, yosys_script=full.yosys_script, extrapolated=False, sample=None,
             transistors=full.transistors, datapath_gates=dp.gates_total, control_gates=full.gates_total - dp.gates_total,
+            logic_depth=full.logic_depth,
             datapath_top=atop, datapath_verilog=str(av), layer=layer.name,
             extra={"groups": g.groups, "accumulator_bits": eng.acc_width,
                    "effective_macs_per_cycle": layer.macs / g.run_cycles, "cycles": eng.expected_cycles,
@@ -194,7 +198,7 @@ def unrolled_rows(weights: dict, out_dir: Path, sample: int | None = 4, jobs: in
             spread={"channels": channels, "gates": gates, "min": min(gates), "max": max(gates),
                     "stdev": statistics.pstdev(gates),
                     "verilog": [str(v) for _, _, v, _ in per], "tops": [t for _, _, _, t in per]},
-            layer=name,
+            layer=name, logic_depth=max((r.logic_depth or 0 for _, r, _, _ in per), default=None) or None,
             extra={"nonzero_weights_per_channel": [int(np.count_nonzero(values.reshape(cout, -1)[c])) for c in channels],
                    "cout": cout, "fan_in": fan_in}))
     return rows
@@ -274,6 +278,7 @@ def network_rows(nets: dict, lanes: int, out_dir: Path, jobs: int = 2, yosys: st
                           "memory_bits": r.memory_bits, "cycles": eng.expected_cycles, "dense_macs": layer.macs,
                           "top": top, "verilog": str(v)})
         rows.append({"quantizer": q, "style": "network", "lanes": lanes, "gates_total": full.gates_total,
+                     "logic_depth": full.logic_depth,
                      "gates_by_type": full.gates_by_type, "flipflops": full.flipflops,
                      "memory_bits": full.memory_bits, "transistors": full.transistors,
                      "cycles_per_image": cycles, "dense_macs_per_image": macs, "macs_per_cycle": macs / cycles,

@@ -9,7 +9,8 @@ from quantrtl.util.atomic import atomic_write
 
 CSV_COLUMNS = ["quantizer", "style", "density", "layer", "lanes", "throughput", "macs_per_cycle", "gates_total",
                "datapath_gates", "control_gates", "flipflops", "memory_bits", "transistors", "gates_per_mac_per_cycle",
-               "ratio_to_cheapest", "extrapolated", "sample", "provenance", "bit_exact", "cycles", "top", "verilog",
+               "ratio_to_cheapest", "logic_depth", "extrapolated", "sample", "provenance", "bit_exact", "cycles", "top",
+               "verilog",
                "yosys_version"]
 #: With an FPGA target (``gates --target``): the row's ``fpga`` entries, as ``fpga_<name>`` columns.
 FPGA_COLUMNS = ["target", "device", "dsp", "luts", "carry", "ffs", "dsps", "brams", "lutram", "fmax_mhz",

@@ -10,7 +10,11 @@ Script (recorded with every result)::
     opt -fast
     abc -g AND,NAND,OR,NOR,XOR,XNOR,ANDNOT,ORNOT,MUX -script +strash;dretime;map
     opt -fast
-    stat -json / stat -tech cmos / the remaining $mem_v2 cells
+    stat -json / stat -tech cmos / ltp -noff / the remaining $mem_v2 cells
+
+``ltp -noff`` gives the logic depth: the most cells on a path between flip-flops,
+memories and ports, i.e. two-input gate levels (MUX and NOT count as one), the ASIC-style
+stand-in for the clock a design can reach.
 
 ABC's default script can take many minutes on wide arithmetic (a 72-input constant-weight
 dot product did not finish in 6 minutes on these machines); the short
@@ -63,6 +67,7 @@ class SynthResult:
     seconds: float
     cached: bool = False
     log: str | None = None
+    logic_depth: int | None = None  # gate levels on the longest register-to-register path
 
 
 def script_for(verilog_name: str, top: str, map_memories: tuple[str, ...] = ()) -> str:
@@ -80,6 +85,7 @@ def script_for(verilog_name: str, top: str, map_memories: tuple[str, ...] = ()) 
         "opt -fast",
         "tee -q -o stat.json stat -json",
         "tee -q -o cmos.txt stat -tech cmos",
+        "tee -q -o ltp.txt ltp -noff",
         "select t:$mem_v2",
         "write_json -selected mems.json",
     ]) + "\n"
@@ -126,6 +132,14 @@ def short_version(version: str) -> str:
 def _cells(stat: dict) -> dict:
     design = stat.get("design") or next(iter(stat["modules"].values()))
     return dict(design.get("num_cells_by_type", {}))
+
+
+def parse_depth(ltp_text: str) -> int | None:
+    """``Longest topological path in <top> (length=N)`` → N."""
+    import re
+
+    m = re.search(r"Longest topological path in \S+ \(length=(\d+)\)", ltp_text)
+    return int(m.group(1)) if m else None
 
 
 def parse(stat: dict, cmos_text: str, mems: dict) -> dict:
@@ -177,7 +191,7 @@ def synthesize(verilog: str | Path, top: str, yosys: str | None = None, workdir:
         work = Path(tempfile.mkdtemp(prefix=f".synth-{top}-", dir=verilog.parent))
     shutil.copyfile(verilog, work / verilog.name)
     (work / "synth.ys").write_text(script)
-    for f in ("stat.json", "cmos.txt", "mems.json"):
+    for f in ("stat.json", "cmos.txt", "mems.json", "ltp.txt"):
         (work / f).unlink(missing_ok=True)
     log = work / "yosys.log"
     t0 = time.perf_counter()
@@ -193,9 +207,11 @@ def synthesize(verilog: str | Path, top: str, yosys: str | None = None, workdir:
                    json.loads((work / "mems.json").read_text()) if (work / "mems.json").is_file() else {})
     if not workdir:  # keep the log beside the Verilog, drop the scratch (a failed run keeps it, named above)
         log = Path(shutil.move(str(log), str(verilog.parent / f"{top}.yosys.log")))
+    depth = parse_depth((work / "ltp.txt").read_text()) if (work / "ltp.txt").is_file() else None
+    if not workdir:
         shutil.rmtree(work, ignore_errors=True)
     result = SynthResult(top=top, verilog=str(verilog), yosys_version=version, yosys_script=script,
-                         seconds=seconds, log=str(log), **parsed)
+                         seconds=seconds, log=str(log), logic_depth=depth, **parsed)
     if cache_file is not None:
         atomic_write(cache_file, json.dumps(asdict(result)))
     return result

@@ -34,6 +34,7 @@ def test_dask_matches_local(tmp_path):
     (["--densities", "1.5"], "--densities 1.5 out of range"),
     (["--densities", "half"], "cannot read 'half'"),
     (["--layers", "pool"], "--layers 'pool' is not a conv2d/linear layer"),
+    (["--target", "stratix"], "unknown --target 'stratix'; choose one of gates, ecp5, ice40, xilinx"),
     (["--scheduler", "tcp://127.0.0.1:9", "--lanes", "4", "--quantizers", "fixed8", "--finetune", "0"],
      "--scheduler tcp://127.0.0.1:9: cannot connect"),
 ])
@@ -57,3 +58,17 @@ def test_sweep_checks_layers_and_image_before_work(quantized):
         sweep_mod.sweep(["binary"], [4], [1.0], layers=["pool"])
     with pytest.raises(OptionError, match="image 360: the digits test split has images 0..359"):
         sweep_mod.sweep(["binary"], [4], [1.0], image=360)
+
+
+@pytest.mark.yosys
+@pytest.mark.nextpnr
+def test_sweep_jobs_map_place_and_route_on_an_fpga(tmp_path, capsys):
+    """FPGA mapping as sweep jobs (the local pool here; a Dask executor runs the same job)."""
+    assert main(["sweep", "--quantizers", "ternary", "--lanes", "2", "--densities", "1.0", "--layers", "conv1",
+                 "--finetune", "0", "--no-cosim", "--target", "ecp5", "--out", str(tmp_path / "o"),
+                 "--json", str(tmp_path / "s.json")]) == 0
+    r = json.loads((tmp_path / "s.json").read_text())
+    f = r["rows"][0]["fpga"]
+    assert r["target"] == "ecp5" and f["luts"] > 0 and f["fmax_mhz"] > 0
+    assert f["macs_per_second"] == pytest.approx(r["rows"][0]["macs_per_cycle"] * f["fmax_mhz"] * 1e6)
+    assert "ecp5 LUTs" in capsys.readouterr().out

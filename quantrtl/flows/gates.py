@@ -89,15 +89,23 @@ class GatesOptions:
             raise OptionError(("dsp", "target"), "no-DSP mapping is for an FPGA {1} (ecp5, ice40, xilinx)")
 
 
-def _fpga_columns(rows: list[dict], target: str, dsp: bool, jobs: int, yosys: str | None, cache_dir) -> None:
+def _fpga_columns(rows: list[dict], target: str, dsp: bool, jobs: int, yosys: str | None, cache_dir,
+                  progress=None) -> None:
     """Map each row's design onto ``target`` (in parallel) and add its resources, its
-    post-route Fmax and the throughput per second it gives."""
-    from concurrent.futures import ThreadPoolExecutor
+    post-route Fmax and the throughput per second it gives; ``progress(text)`` hears of
+    each design as it finishes."""
+    from concurrent.futures import ThreadPoolExecutor, as_completed
 
     from quantrtl.synth.fpga import fpga_map
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        futures = [pool.submit(fpga_map, r["verilog"], r["top"], target, dsp, yosys, cache_dir) for r in rows]
+        futures = {pool.submit(fpga_map, r["verilog"], r["top"], target, dsp, yosys, cache_dir): r for r in rows}
+        for f in as_completed(futures):
+            if progress is not None:
+                x = f.result()
+                fmax = "" if x.fmax_mhz is None else f", {x.fmax_mhz:.1f} MHz"
+                progress(f"{futures[f]['quantizer']}: {x.luts:,} LUTs, {x.dsps} DSPs{fmax}"
+                         + (" (cached)" if x.cached else ""))
         results = [f.result() for f in futures]
     for r, f in zip(rows, results):
         per_second = r["macs_per_cycle"] * f.fmax_mhz * 1e6 if f.fmax_mhz else None
@@ -110,9 +118,11 @@ def gates_flow(quantizers: list[str], style: str = "array", layer: str | None = 
                throughput: int = 16, sample: int | None = 4, jobs: int = 2, yosys: str | None = None,
                out_dir: str | Path = "build/gates", finetune: int = DEFAULT_FINETUNE,
                cache_dir: str | Path = "build/synth-cache", networks: dict | None = None,
-               source: ModelSource = DIGITS, target: str = "gates", dsp: bool = True) -> GatesResult:
+               source: ModelSource = DIGITS, target: str = "gates", dsp: bool = True,
+               progress=None) -> GatesResult:
     """Synthesize every quantizer's design at equal throughput and compare gate counts
-    (``style`` network: ``throughput`` is the lanes of every engine of the network top)."""
+    (``style`` network: ``throughput`` is the lanes of every engine of the network top;
+    ``progress(text)``: one call per design an FPGA ``target`` has mapped)."""
     from quantrtl.synth.gates import array_rows, fq_conv_weights, network_rows, unrolled_rows
     from quantrtl.synth.yosys import yosys_version
 
@@ -155,7 +165,7 @@ def gates_flow(quantizers: list[str], style: str = "array", layer: str | None = 
         r["ratio_to_cheapest"] = r["gates_total"] / cheapest
     rates = {round(r["macs_per_cycle"], 9) for r in dicts}
     if target != "gates":
-        _fpga_columns(dicts, target, dsp, jobs, yosys, cache_dir)
+        _fpga_columns(dicts, target, dsp, jobs, yosys, cache_dir, progress)
     return GatesResult(style=style, throughput=dicts[0]["throughput"], layer=where, rows=dicts,
                        equal_throughput=len(rates) == 1, target=target, dsp=dsp,
                        seconds=time.perf_counter() - t0, yosys_version=version)

@@ -34,18 +34,29 @@ def _unpack(files: dict[str, bytes], where: Path):
     return artifact.load(where / next(n for n in files if n.endswith(".json")))
 
 
-def synth_job(files: dict[str, bytes], layer: str, lanes: int) -> dict:
-    """Synthesize one layer engine (and its MAC array) of the artifact at ``lanes``."""
+def synth_job(files: dict[str, bytes], layer: str, lanes: int, target: str = "gates") -> dict:
+    """Synthesize one layer engine (and its MAC array) of the artifact at ``lanes``; with an
+    FPGA ``target``, also map, place and route the engine (``synth/fpga.py``)."""
     from quantrtl.synth.gates import array_rows
 
     with tempfile.TemporaryDirectory(prefix="quantrtl-synth-") as d:
         net = _unpack(files, Path(d))
         row = array_rows({net.quantizer: net.layer(layer)}, lanes, Path(d) / "v", jobs=1, cache_dir=None)[0]
         text = Path(row.verilog).read_bytes()
-        return {"gates_total": row.gates_total, "datapath_gates": row.datapath_gates,
-                "control_gates": row.control_gates, "flipflops": row.flipflops, "memory_bits": row.memory_bits,
-                "gates_per_mac_per_cycle": row.gates_per_mac_per_cycle, "top": row.top,
-                "verilog_sha256": hashlib.sha256(text).hexdigest(), "yosys_version": row.yosys_version}
+        out = {"gates_total": row.gates_total, "datapath_gates": row.datapath_gates,
+               "control_gates": row.control_gates, "flipflops": row.flipflops, "memory_bits": row.memory_bits,
+               "gates_per_mac_per_cycle": row.gates_per_mac_per_cycle, "macs_per_cycle": row.macs_per_cycle,
+               "logic_depth": row.logic_depth, "top": row.top,
+               "verilog_sha256": hashlib.sha256(text).hexdigest(), "yosys_version": row.yosys_version}
+        if target != "gates":
+            from quantrtl.synth.fpga import fpga_map
+
+            f = fpga_map(row.verilog, row.top, target, cache_dir=None)
+            per_second = row.macs_per_cycle * f.fmax_mhz * 1e6 if f.fmax_mhz else None
+            out["fpga"] = {"target": target, "device": f.device, "luts": f.luts, "carry": f.carry, "ffs": f.ffs,
+                           "dsps": f.dsps, "brams": f.brams, "lutram": f.lutram, "fmax_mhz": f.fmax_mhz,
+                           "macs_per_second": per_second, "nextpnr_version": f.nextpnr_version}
+        return out
 
 
 def cosim_job(files: dict[str, bytes], lanes: int, image: int) -> dict:
@@ -84,7 +95,7 @@ def _executor(jobs: int, scheduler: str | None) -> Executor:
 
 def sweep(quantizers: list[str], lanes: list[int], densities: list[float], layers: list[str] | None = None,
           jobs: int = 2, scheduler: str | None = None, finetune: int = 10, image: int = 0, cosim: bool = True,
-          out_dir: str | Path = "build/sweep") -> dict:
+          out_dir: str | Path = "build/sweep", target: str = "gates") -> dict:
     from quantrtl.model.digits import TEST_IMAGES
     from quantrtl.model.numbers import artifact
     from quantrtl.model.numbers.families import parse_format
@@ -103,6 +114,10 @@ def sweep(quantizers: list[str], lanes: list[int], densities: list[float], layer
             raise OptionError("densities", f"{d} out of range (0, 1]")
     if jobs < 1:
         raise OptionError("jobs", f"must be at least 1, got {jobs}")
+    from quantrtl.flows.gates import TARGETS
+
+    if target not in TARGETS:
+        raise OptionError("target", f"unknown {{0}} {target!r}; choose one of {', '.join(TARGETS)}")
     if finetune is not None and finetune < 0:
         raise OptionError("finetune", f"must be 0 or more epochs, got {finetune}")
     if cosim and not 0 <= image < TEST_IMAGES:
@@ -125,7 +140,7 @@ def sweep(quantizers: list[str], lanes: list[int], densities: list[float], layer
             nets[(q, d)] = (qr, files)
         keys = [(q, d, p, layer) for (q, d) in nets for p in lanes for layer in layers]
         ckeys = [(q, d, p) for (q, d) in nets for p in lanes] if cosim else []
-        sfut = [ex.submit(synth_job, nets[(q, d)][1], layer, p) for q, d, p, layer in keys]
+        sfut = [ex.submit(synth_job, nets[(q, d)][1], layer, p, target) for q, d, p, layer in keys]
         cfut = [ex.submit(cosim_job, nets[(q, d)][1], p, image) for q, d, p in ckeys]
         synth = [f.result() for f in sfut]
         cos = {k: f.result() for k, f in zip(ckeys, cfut)}
@@ -139,5 +154,5 @@ def sweep(quantizers: list[str], lanes: list[int], densities: list[float], layer
             row.update(bit_exact=c["bit_exact"], cycles=c["cycles"], expected_cycles=c["expected_cycles"],
                        first_mismatch=c["first_mismatch"])
         rows.append(row)
-    return {"rows": rows, "image": image if cosim else None, "finetune": finetune,
+    return {"rows": rows, "image": image if cosim else None, "finetune": finetune, "target": target,
             "executor": "dask" if scheduler else "local", "seconds": time.perf_counter() - t0}

@@ -45,6 +45,7 @@ def test_parser_on_known_design(tmp_path):
     assert r.flipflops == 1
     assert r.memory_bits == 128 and r.memories[0]["width"] == 8 and r.memories[0]["depth"] == 16
     assert r.transistors and r.transistors > 0
+    assert r.logic_depth == 2  # a -> AND -> XOR -> y: two gate levels (the memory read is one)
     assert r.yosys_version.startswith("Yosys") and "abc -g AND,NAND,OR,NOR,XOR,XNOR,ANDNOT,ORNOT,MUX" in r.yosys_script
 
 
