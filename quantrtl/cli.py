@@ -215,12 +215,32 @@ def cmd_cosim(args) -> int:
     return 1
 
 
+def _print_fpga(rows: list[dict], name) -> None:
+    """The FPGA columns of gate rows (``gates --target``); ``name(row)`` labels a row."""
+    f0 = rows[0]["fpga"]
+    dsp = "" if f0["dsp"] else ", no DSPs"
+    print(f"\n{f0['device']}{dsp}: mapped by Yosys {f0['yosys_script'].splitlines()[1].split()[0]}"
+          + (f", placed and routed by {f0['nextpnr_version']} at {f0['target_mhz']} MHz asked (seed fixed)"
+             if f0["fmax_mhz"] is not None else " (no open place-and-route: resources only)"))
+    print(format_table(
+        ["design", "LUTs", "carry", "FFs", "DSPs", "BRAMs", "LUT RAM", "Fmax MHz", "MACs/cycle", "GMAC/s",
+         "LUTs per GMAC/s"],
+        [[name(x), f"{x['fpga']['luts']:,}", f"{x['fpga']['carry']:,}", f"{x['fpga']['ffs']:,}",
+          x["fpga"]["dsps"], x["fpga"]["brams"], x["fpga"]["lutram"],
+          "-" if x["fpga"]["fmax_mhz"] is None else f"{x['fpga']['fmax_mhz']:.1f}", f"{x['macs_per_cycle']:.4g}",
+          "-" if x["fpga"]["macs_per_second"] is None else f"{x['fpga']['macs_per_second'] / 1e9:.3f}",
+          "-" if x["fpga"]["luts_per_gmacs"] is None else f"{x['fpga']['luts_per_gmacs']:,.0f}"]
+         for x in rows]))
+
+
 def cmd_gates_sparse(args, qs) -> int:
     densities = [args.density] if args.density is not None else _csv_list(args.densities, float, "--densities")
     _say(f"dense vs zero-skipping engines for {', '.join(qs)} at densities {args.densities} (cosim + Yosys) ...")
     r = flows.sparse_gates_flow(qs, densities, throughput=args.throughput, layer=args.layer,
                                 index_bits=args.index_bits, jobs=args.jobs, yosys=args.yosys, out_dir=args.out,
-                                finetune=args.finetune)
+                                finetune=args.finetune, target=args.target, dsp=not args.no_dsp,
+                                progress=None if args.target == "gates"
+                                else Progress(len(qs) * (1 + len(densities)), args.target).step)
     print(f"layer {r['layer']}; dense engine {r['throughput']} lanes; each sparse engine gets the fewest lanes "
           "that match its cycles; cycles measured in cosim (Icarus); activation memory mapped to logic "
           "(its read ports, the gather, count as gates; its storage as FFs)")
@@ -232,6 +252,8 @@ def cmd_gates_sparse(args, qs) -> int:
                          x["measured_cycles"], f"{x['effective_macs_per_cycle']:.1f}",
                          f"{x['gates_total'] / x['effective_macs_per_cycle']:.1f}",
                          "yes" if x["bit_exact"] else "NO"] for x in r["rows"]]))
+    if r["target"] != "gates":
+        _print_fpga(r["rows"], lambda x: f"{x['quantizer']} {x['style']} d={x['density']:g}")
     for q, d in r["crossover"].items():
         print(f"{q}: sparse hardware is cheaper " + (f"at density <= {d:g}" if d else "at none of these densities"))
     print(f"{short_version(r['yosys_version'])}; time {r['seconds']:.1f} s")
@@ -251,9 +273,8 @@ def cmd_gates(args) -> int:
 
     qs = [q.strip() for q in args.quantizers.split(",") if q.strip()]
     if args.sparse:
-        if args.target != "gates":
-            raise OptionError(("target", "sparse"), "{0} with {1} is not supported yet: map the sparse engines' "
-                                                    "Verilog with {0} on gates --style array files instead")
+        if args.no_dsp and args.target == "gates":
+            raise OptionError(("dsp", "target"), "no-DSP mapping is for an FPGA {1} (ecp5, ice40, xilinx)")
         return cmd_gates_sparse(args, qs)
     onto = "" if args.target == "gates" else f", then {args.target}{' without DSPs' if args.no_dsp else ''} (Yosys + nextpnr)"
     _say(f"synthesizing {', '.join(qs)} ({args.style} style) with Yosys{onto}, {args.jobs} jobs ...")
@@ -291,19 +312,7 @@ def cmd_gates(args) -> int:
               f"{x['extra']['cout']} channels; per-channel spread: "
               + "; ".join(f"{y['quantizer']} {y['spread']['min']:,}..{y['spread']['max']:,}" for y in r.rows))
     if r.target != "gates":
-        f0 = r.rows[0]["fpga"]
-        print(f"\n{f0['device']}{'' if r.dsp else ', no DSPs'}: mapped by Yosys {f0['yosys_script'].splitlines()[1].split()[0]}"
-              + (f", placed and routed by {f0['nextpnr_version']} at {f0['target_mhz']} MHz asked (seed fixed)"
-                 if f0["fmax_mhz"] is not None else " (no open place-and-route: resources only)"))
-        print(format_table(
-            ["quantizer", "LUTs", "carry", "FFs", "DSPs", "BRAMs", "LUT RAM", "Fmax MHz", "MACs/cycle", "GMAC/s",
-             "LUTs per GMAC/s"],
-            [[x["quantizer"], f"{x['fpga']['luts']:,}", f"{x['fpga']['carry']:,}", f"{x['fpga']['ffs']:,}",
-              x["fpga"]["dsps"], x["fpga"]["brams"], x["fpga"]["lutram"],
-              "-" if x["fpga"]["fmax_mhz"] is None else f"{x['fpga']['fmax_mhz']:.1f}", f"{x['macs_per_cycle']:.4g}",
-              "-" if x["fpga"]["macs_per_second"] is None else f"{x['fpga']['macs_per_second'] / 1e9:.3f}",
-              "-" if x["fpga"]["luts_per_gmacs"] is None else f"{x['fpga']['luts_per_gmacs']:,.0f}"]
-             for x in r.rows]))
+        _print_fpga(r.rows, lambda x: x["quantizer"])
     print(f"\n{r.yosys_version}; script: abc -g AND,NAND,OR,NOR,XOR,XNOR,ANDNOT,ORNOT,MUX (full script in JSON)")
     print(f"time {r.seconds:.1f} s")
     title = (f"{r.style} style, layer {r.layer}, {' / '.join(f'{v:g}' for v in rates)} MACs/cycle (actual)"

@@ -65,7 +65,8 @@ def sparse_comparison(fmts: list[WeightFormat], densities: list[float], throughp
                      "datapath_gates": drow["datapath_gates"], "decoder_gates": 0,
                      "memory_bits": drow["memory_bits"], "measured_cycles": dense.cycles,
                      "effective_macs_per_cycle": dl.macs / dense.cycles, "bit_exact": dense.bit_exact,
-                     "verilog": drow["verilog"], "yosys_version": version, "provenance": "measured"})
+                     "verilog": drow["verilog"], "top": drow["top"], "yosys_version": version,
+                     "provenance": "measured"})
         cheaper = []
         for d in densities:
             net, accuracy = run.quantize(f.name, d)

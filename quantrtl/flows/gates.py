@@ -174,7 +174,8 @@ def gates_flow(quantizers: list[str], style: str = "array", layer: str | None = 
 def sparse_gates_flow(quantizers: list[str], densities: list[float], throughput: int = 16, layer: str | None = None,
                       index_bits: int = 4, jobs: int = 2, yosys: str | None = None, out_dir: str | Path = "build/gates",
                       finetune: int = DEFAULT_FINETUNE, image: int = 0,
-                      cache_dir: str | Path = "build/synth-cache") -> dict:
+                      cache_dir: str | Path = "build/synth-cache", target: str = "gates", dsp: bool = True,
+                      progress=None) -> dict:
     """Dense vs zero-skipping engines at equal throughput, over weight density
     (:mod:`quantrtl.synth.sparse`): the models are quantized and the layer co-simulated
     on test image ``image`` here, in a scratch folder of this run."""
@@ -189,6 +190,8 @@ def sparse_gates_flow(quantizers: list[str], densities: list[float], throughput:
     check_stream_options(index_bits, DIGITS)
     if jobs < 1:
         raise OptionError("jobs", f"must be at least 1, got {jobs}")
+    if target not in TARGETS:
+        raise OptionError("target", f"unknown {{0}} {target!r}; choose one of {', '.join(TARGETS)}")
     version = yosys_version(yosys)
     t0 = time.perf_counter()
     Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -212,5 +215,10 @@ def sparse_gates_flow(quantizers: list[str], densities: list[float], throughput:
                                             Collaborators(quantize=quantize, cosim=cosim))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    if target != "gates":  # per second: the MACs per cycle cosim measured x the post-route Fmax
+        for r in rows:
+            r["macs_per_cycle"] = r["effective_macs_per_cycle"]
+        _fpga_columns(rows, target, dsp, jobs, yosys, cache_dir, progress)
     return {"layer": rows[0]["layer"], "throughput": throughput, "index_bits": index_bits, "rows": rows,
-            "crossover": crossover, "yosys_version": version, "seconds": time.perf_counter() - t0}
+            "crossover": crossover, "yosys_version": version, "seconds": time.perf_counter() - t0,
+            "target": target}

@@ -103,7 +103,7 @@ def test_a_design_that_does_not_fit_is_a_tool_error(tmp_path, capsys, monkeypatc
     (["--target", "virtex"], "unknown --target 'virtex'; choose one of gates, ecp5, ice40, xilinx"),
     (["--no-dsp"], "no-DSP mapping is for an FPGA --target"),
     (["--target", "ecp5", "--style", "unrolled"], "FPGA targets map whole designs"),
-    (["--target", "ecp5", "--sparse"], "--target with --sparse is not supported yet"),
+    (["--sparse", "--no-dsp"], "no-DSP mapping is for an FPGA --target"),
 ])
 def test_target_options(capsys, argv, match):
     assert main(["gates", "--quantizers", "fixed8", *argv]) == 2
