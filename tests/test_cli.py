@@ -67,22 +67,26 @@ def test_train_command(tmp_path, capsys):
 
 
 def test_demo_prints_table(tmp_path, capsys):
-    """The demo's pipeline (Icarus and two images here, to keep the suite short; the default,
-    Verilator on the whole split, is what tests/sim/test_cosim.py runs for shift4)."""
-    assert main(["demo", "--out", str(tmp_path), "--finetune", "1", "--images", "0,1", "--simulator", "icarus"]) == 0
+    """The demo's pipeline, made small to keep the suite short: two quantizers, Icarus on two
+    images, 4 lanes (the default, Verilator on the whole split, is what
+    tests/sim/test_cosim.py runs for shift4; the default quantizers are the same code)."""
+    assert main(["demo", "--out", str(tmp_path), "--finetune", "1", "--images", "0,1", "--simulator", "icarus",
+                 "--quantizers", "fixed8,binary", "--lanes", "4", "--throughput", "4"]) == 0
     out = capsys.readouterr().out
-    for q in ("fixed8", "shift4", "ternary", "binary"):
+    for q in ("fixed8", "binary"):
         assert q in out
     assert "bit-exact" in out and "gates/MAC/cycle" in out and "total time" in out and "whole network" in out
+    assert "ECP5 LUTs" in out and "Fmax MHz" in out
     r = json.loads((tmp_path / "results.json").read_text())
-    assert [row["quantizer"] for row in r["rows"]] == ["fixed8", "shift4", "ternary", "binary"]
+    assert [row["quantizer"] for row in r["rows"]] == ["fixed8", "binary"]
     for row in r["rows"]:
         assert row["bit_exact"] and row["images"] == row["bit_exact_images"] == 2
         assert row["cycles"] == row["expected_cycles"] and row["cycles_all_images_equal"]
         assert row["rtl_accuracy"] in (0.0, 0.5, 1.0)
         # the network synthesized is the one co-simulated: same artifact, same lanes, no harness
         assert row["network_gates"] > row["network_layers"]["conv2"] > 0 and row["network_macs_per_cycle"] > 0
-        assert Path(row["network_verilog"]).name == f"digits_{row['quantizer']}_p8_network.v"
+        assert Path(row["network_verilog"]).name == f"digits_{row['quantizer']}_p4_network.v"
+        assert row["ecp5"]["luts"] > 0 and row["ecp5"]["fmax_mhz"] > 0
     for f in ("report.md", "gates.png", "accuracy_vs_gates.png", "compression_vs_accuracy.png"):
         assert (tmp_path / f).is_file(), f
     report = (tmp_path / "report.md").read_text()
@@ -135,18 +139,25 @@ def test_results_table_replaces_only_its_block(tmp_path):
            "density": {"conv1": 0.6, "fc": 0.12}, "golden_accuracy": 0.9694, "golden_agreement": 1.0,
            "coded_bits": 7088, "compression_ratio": 17.24, "raw_compression_ratio": 6.25, "bit_exact": True,
            "gates_total": 9345, "datapath_gates": 6656, "ratio_to_cheapest": 1.0, "float_accuracy": 0.975,
-           "cosim_images": [0, 17, 359], "training": "pruning, retraining, FQ"}
-    result = {"rows": [row], "simulator": "icarus", "lanes": 8, "layer": "conv2", "throughput": 16, "rate": "16",
-              "yosys_version": "Yosys 0.70 (git sha1 28ba3cb92, Release, Clang)", "seconds": 1.0,
-              "versions": {"quantrtl": "0.1.0"}}
+           "cosim_images": "all", "cosim_image": "test[0]..test[359] (360 images)", "images": 360,
+           "bit_exact_images": 360, "rtl_accuracy": 0.9694, "network_gates": 22413, "network_flipflops": 928,
+           "network_memory_bits": 36214, "network_gates_per_mac_per_cycle": 3109.4, "network_split_total": 22446,
+           "network_layers": {"conv1": 11181, "conv2": 5741, "pool": 247, "fc": 5277},
+           "training": "pruning, retraining, FQ"}
+    result = {"rows": [row], "simulator": "verilator", "lanes": 8, "layer": "conv2", "throughput": 16, "rate": "16",
+              "network_rate": "7.2081", "yosys_version": "Yosys 0.70 (git sha1 28ba3cb92, Release, Clang)",
+              "seconds": 1.0, "versions": {"quantrtl": "0.1.0"}}
     doc = tmp_path / "r.md"
     doc.write_text(f"# head\n{DOC_BEGIN}\nold table\n{DOC_END}\ntail\n")
     update_doc(doc, result)
     text = doc.read_text()
     assert text.startswith("# head\n") and text.endswith(f"{DOC_END}\ntail\n") and "old table" not in text
-    assert "| focused5 | focused5/shift5 | 0.6/0.12 | 96.94% | 100.00% | 7,088 | 17.24x | 6.25x | yes |" in text
+    assert ("| focused5 | focused5/shift5 | 0.6/0.12 | 96.94% | 96.94% | 100.00% | 7,088 | 17.24x | 6.25x | 360/360 | "
+            "22,413 | 9,345 | 6,656 | 1.00 |") in text
+    assert "test[0]..test[359] (360 images) (verilator, 8 lanes per engine" in text
+    assert "focused5   11,181  5,741   247  5,277         22,446         22,413" in text  # the per-layer split
     assert "Yosys 0.70 (git sha1 28ba3cb92)." in text and "* focused5: pruning, retraining, FQ" in text
-    assert "layer conv2, 16 lanes, 16 dense MACs per cycle" in text
+    assert "layer conv2 alone, 16 lanes, 16 dense MACs per cycle" in text
     (tmp_path / "none.md").write_text("no markers\n")
     with pytest.raises(ValueError, match="no <!-- methods-table:begin -->"):
         update_doc(tmp_path / "none.md", result)

@@ -98,7 +98,7 @@ def test_user_model_with_calibration_file(user_model, tmp_path):
     from quantrtl.model.numbers import artifact
     from quantrtl import flows
 
-    x = load_split()[0].float_inputs()[:200] - 0.3
+    x = load_split()[0].float_inputs()[:200]
     np.save(tmp_path / "calib.npy", x)
     src = flows.ModelSource(model=f"{user_model / 'mynet.py'}:factory", weights=str(user_model / "mynet.pt"),
                             calib=str(tmp_path / "calib.npy"))
@@ -106,6 +106,11 @@ def test_user_model_with_calibration_file(user_model, tmp_path):
     assert r.golden_accuracy is None and r.golden_agreement >= 0.99
     with pytest.raises(ValueError, match="fine-tuning needs labels"):
         flows.quantize_network("fixed8", 2, src)
+    # inputs shifted off 0: the model sees data it was not trained on (agreement is not the
+    # point here), the RTL must still compute exactly what the golden model computes
+    np.save(tmp_path / "shifted.npy", x - 0.3)
+    src = flows.ModelSource(model=src.model, weights=src.weights, calib=str(tmp_path / "shifted.npy"))
+    r = flows.quantize_flow("fixed8", tmp_path / "b", finetune=0, source=src)
     net = artifact.load(r.artifact)
     first = net.layers[0]
     assert net.input.zero_point == first.input.zero_point == 77 and tuple(first.padding) == (1, 1)

@@ -155,11 +155,14 @@ def _cache_key(opts: "QuantizeOptions") -> str | None:
     import quantrtl.model as model_pkg
     from quantrtl.model.training import net
 
+    checkpoint = Path(source.checkpoint or net.CHECKPOINT)
+    if not checkpoint.is_file():
+        return None  # the quantization itself says what is wrong with it
     h = hashlib.sha256()
     key = {"quantizer": opts.format.name, "format": repr(opts.format), "epochs": opts.epochs, "seed": opts.seed,
            "density": str(opts.plan), "inq": opts.inq, "torch": torch.__version__, "cpu": net.cpu_capability()}
     h.update(json.dumps(key, sort_keys=True).encode())
-    h.update(Path(source.checkpoint or net.CHECKPOINT).read_bytes())
+    h.update(checkpoint.read_bytes())
     root = Path(model_pkg.__file__).parent
     for f in sorted(root.rglob("*.py")) + [Path(__file__)]:
         h.update(f.name.encode() + f.read_bytes())

@@ -84,13 +84,13 @@ def test_ice40_and_xilinx(nets, tmp_path):
 
 
 def test_a_design_that_does_not_fit_is_a_tool_error(tmp_path, capsys, monkeypatch):
-    """The smallest iCE40 (384 LUTs) cannot hold conv2's 16-lane engine: exit 3, one line
+    """The smallest iCE40 (384 LUTs) cannot hold conv1's 4-lane engine: exit 3, one line
     naming the device and the log, no JSON written."""
     tiny = replace(fpga.TARGETS["ice40"], device="Lattice iCE40 LP384, QN32", pnr_args=("--lp384", "--package", "qn32"))
     monkeypatch.setitem(fpga.TARGETS, "ice40", tiny)
     monkeypatch.setenv("QUANTRTL_CACHE", str(tmp_path / "qcache"))
-    rc = main(["gates", "--quantizers", "fixed8", "--target", "ice40", "--out", str(tmp_path / "g"),
-               "--json", str(tmp_path / "g.json")])
+    rc = main(["gates", "--quantizers", "fixed8", "--target", "ice40", "--layer", "conv1", "--throughput", "4",
+               "--finetune", "0", "--out", str(tmp_path / "g"), "--json", str(tmp_path / "g.json")])
     err = [l for l in capsys.readouterr().err.splitlines() if l.startswith("quantrtl: error:")]
     assert rc == 3 and len(err) == 1, err
     assert "iCE40 LP384" in err[0] and "nextpnr.log" in err[0]
