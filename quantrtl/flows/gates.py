@@ -17,7 +17,7 @@ from quantrtl.model.numbers import artifact
 from quantrtl.model.numbers.families import parse_format
 from quantrtl.util.errors import OptionError
 
-__all__ = ["STYLES", "TARGETS", "GatesOptions", "GatesResult", "gates_flow", "sparse_gates_flow"]
+__all__ = ["STYLES", "TARGETS", "check_target", "GatesOptions", "GatesResult", "gates_flow", "sparse_gates_flow"]
 
 #: array: one layer's engine at T lanes; unrolled: one layer hard-wired; network: the whole
 #: network top at T lanes per engine (what cosim runs), with a per-layer split.
@@ -27,6 +27,11 @@ STYLES = ("array", "unrolled", "network")
 #: gates: two-input gates (the ASIC-style measure); the others map onto an FPGA family
 #: (``synth/fpga.py``) and place and route it where an open tool exists.
 TARGETS = ("gates", "ecp5", "ice40", "xilinx")
+
+
+def check_target(target: str) -> None:
+    if target not in TARGETS:
+        raise OptionError("target", f"unknown {{0}} {target!r}; choose one of {', '.join(TARGETS)}")
 
 
 @dataclass(frozen=True)
@@ -80,8 +85,7 @@ class GatesOptions:
             raise OptionError("sample", f"must be at least 1, got {self.sample}")
         if self.jobs < 1:
             raise OptionError("jobs", f"must be at least 1, got {self.jobs}")
-        if self.target not in TARGETS:
-            raise OptionError("target", f"unknown {{0}} {self.target!r}; choose one of {', '.join(TARGETS)}")
+        check_target(self.target)
         if self.target != "gates" and self.style == "unrolled":
             raise OptionError(("target", "style"), "FPGA targets map whole designs: use {1} array or network "
                                                    "(unrolled rows are extrapolated from sampled channels)")
@@ -138,27 +142,27 @@ def gates_flow(quantizers: list[str], style: str = "array", layer: str | None = 
         rows = unrolled_rows(weights, out, sample=sample, jobs=jobs, yosys=yosys, cache_dir=cache_dir,
                              name=bench.replace("-", ""))
         where = bench
-    elif style == "network":
-        nets = {f.name: (networks or {}).get(f.name) or quantize_network(f.name, finetune, source).qnet for f in fmts}
-        rows = network_rows(nets, throughput, out, jobs=jobs, yosys=yosys, cache_dir=cache_dir)
-        for r in rows:
-            r.update(throughput=throughput, layer="all", datapath_gates=None, control_gates=None, extrapolated=False,
-                     sample=None)
-        where = "all"
     else:
         nets = {f.name: (networks or {}).get(f.name) or quantize_network(f.name, finetune, source).qnet for f in fmts}
-        first = next(iter(nets.values()))
-        convs = [l for l in first.layers if l.op == "conv2d"] or [l for l in first.layers if l.has_weights]
-        where = layer or max(convs, key=lambda l: l.macs).name
-        names = [l.name for l in first.layers if l.has_weights]
-        if where not in names:
-            raise OptionError("layer", f"{where!r} is not a conv2d/linear layer of the model; choose one of {names}")
-        if style == "array":
-            rows = array_rows({q: n.layer(where) for q, n in nets.items()}, throughput, out, jobs=jobs, yosys=yosys,
-                              cache_dir=cache_dir, prefix=first.name)
+        if style == "network":
+            rows = network_rows(nets, throughput, out, jobs=jobs, yosys=yosys, cache_dir=cache_dir)
+            for r in rows:
+                r.update(throughput=throughput, layer="all", datapath_gates=None, control_gates=None,
+                         extrapolated=False, sample=None)
+            where = "all"
         else:
-            rows = unrolled_rows({q: n.layer(where) for q, n in nets.items()}, out, sample=sample, jobs=jobs,
-                                 yosys=yosys, cache_dir=cache_dir, name=f"{first.name}_{where}")
+            first = next(iter(nets.values()))
+            convs = [l for l in first.layers if l.op == "conv2d"] or [l for l in first.layers if l.has_weights]
+            where = layer or max(convs, key=lambda l: l.macs).name
+            names = [l.name for l in first.layers if l.has_weights]
+            if where not in names:
+                raise OptionError("layer", f"{where!r} is not a conv2d/linear layer of the model; choose one of {names}")
+            if style == "array":
+                rows = array_rows({q: n.layer(where) for q, n in nets.items()}, throughput, out, jobs=jobs,
+                                  yosys=yosys, cache_dir=cache_dir, prefix=first.name)
+            else:
+                rows = unrolled_rows({q: n.layer(where) for q, n in nets.items()}, out, sample=sample, jobs=jobs,
+                                     yosys=yosys, cache_dir=cache_dir, name=f"{first.name}_{where}")
     dicts = [r if isinstance(r, dict) else asdict(r) for r in rows]
     cheapest = min(r["gates_total"] for r in dicts)
     for r in dicts:
@@ -190,8 +194,7 @@ def sparse_gates_flow(quantizers: list[str], densities: list[float], throughput:
     check_stream_options(index_bits, DIGITS)
     if jobs < 1:
         raise OptionError("jobs", f"must be at least 1, got {jobs}")
-    if target not in TARGETS:
-        raise OptionError("target", f"unknown {{0}} {target!r}; choose one of {', '.join(TARGETS)}")
+    check_target(target)
     version = yosys_version(yosys)
     t0 = time.perf_counter()
     Path(out_dir).mkdir(parents=True, exist_ok=True)

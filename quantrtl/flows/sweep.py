@@ -114,10 +114,9 @@ def sweep(quantizers: list[str], lanes: list[int], densities: list[float], layer
             raise OptionError("densities", f"{d} out of range (0, 1]")
     if jobs < 1:
         raise OptionError("jobs", f"must be at least 1, got {jobs}")
-    from quantrtl.flows.gates import TARGETS
+    from quantrtl.flows.gates import check_target
 
-    if target not in TARGETS:
-        raise OptionError("target", f"unknown {{0}} {target!r}; choose one of {', '.join(TARGETS)}")
+    check_target(target)
     if finetune is not None and finetune < 0:
         raise OptionError("finetune", f"must be 0 or more epochs, got {finetune}")
     if cosim and not 0 <= image < TEST_IMAGES:

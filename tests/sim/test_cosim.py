@@ -192,9 +192,9 @@ def test_cli_bad_simulator_and_index(capsys):
 
 def test_cli_simulator_not_installed(capsys, monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
-    import quantrtl.sim.tools
+    import quantrtl.util.tools
 
-    monkeypatch.setattr(quantrtl.sim.tools.sys, "prefix", "/nonexistent")
+    monkeypatch.setattr(quantrtl.util.tools.sys, "prefix", "/nonexistent")
     assert main(["cosim", "--quantizer", "shift4", "--simulator", "verilator"]) == 3
     err = capsys.readouterr().err.strip()
     assert "simulator verilator: verilator is not installed" in err and len(err.splitlines()) <= 2

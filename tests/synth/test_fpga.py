@@ -13,7 +13,7 @@ import pytest
 from quantrtl import flows
 from quantrtl.cli import main
 from quantrtl.synth import fpga
-from quantrtl.synth.yosys import SynthesisError, yosys_command
+from quantrtl.synth.yosys import SynthesisError, cells_by_type, yosys_command
 
 pytestmark = [pytest.mark.yosys, pytest.mark.nextpnr]
 
@@ -49,9 +49,7 @@ def test_ecp5_rows_and_the_recorded_commands_reproduce_them(nets, tmp_path):
     shutil.copy(fixed8["verilog"], work)
     (work / "s.ys").write_text(fixed8["yosys_script"])
     subprocess.run([*yosys_command(None), "-q", "s.ys"], cwd=work, check=True, capture_output=True)
-    cells = json.loads((work / "stat.json").read_text())
-    design = cells.get("design") or next(iter(cells["modules"].values()))
-    counts = fpga.classify(fpga.TARGETS["ecp5"], design["num_cells_by_type"])
+    counts = fpga.classify(fpga.TARGETS["ecp5"], cells_by_type(json.loads((work / "stat.json").read_text())))
     assert {k: fixed8[k] for k in counts} == counts
     cmd = [shutil.which(fixed8["nextpnr_command"][0]), *fixed8["nextpnr_command"][1:]]
     subprocess.run(cmd, cwd=work, check=True, capture_output=True)
