@@ -21,7 +21,19 @@ from amaranth.lib.wiring import In, Out
 
 from quantrtl.hw.arith import adder_tree, signed_width
 
-__all__ = ["UnrolledDot"]
+__all__ = ["UnrolledDot", "window_bits"]
+
+
+def window_bits(fmt, codes, act_bits: int = 8) -> tuple[int, int]:
+    """(bits of one channel's input window, bits of it the channel's datapath reads), for
+    :meth:`UnrolledDot.from_codes` of the same arguments: inputs whose every term is zero
+    are never read (synthesis removes their ``register_inputs`` flip-flops)."""
+    codes = np.asarray(codes)
+    bits = 1 if fmt.binary_input else act_bits
+    groups = fmt.unrolled_groups(codes) or [(1, fmt.decode(codes))]
+    terms = [np.asarray(ts).ravel() for c, ts in groups if c]
+    used = sum(1 for i in range(codes.size) if any(int(t[i]) for t in terms))
+    return codes.size * bits, used * bits
 
 
 class UnrolledDot(wiring.Component):
@@ -38,9 +50,14 @@ class UnrolledDot(wiring.Component):
         group's terms are summed first and multiplied by its constant ``c_g`` once
         (ABC-Net's basis scales, focused quantization's means, a unified block's
         magnitude).  By default one group ``(1, w)``.
+    register_inputs : bool
+        Register ``x`` inside the design, so that every path runs register to register
+        (what a post-route Fmax needs; in a whole layer this input window register is
+        shared by all output channels).  Off for the gate counts.
     """
 
-    def __init__(self, weights, act_bits: int = 8, groups=None):
+    def __init__(self, weights, act_bits: int = 8, groups=None, register_inputs: bool = False):
+        self.register_inputs = bool(register_inputs)
         self.weights = [int(w) for w in np.asarray(weights).ravel()]
         self.act_bits = int(act_bits)
         self.groups = [(int(c), [int(t) for t in np.asarray(ts).ravel()]) for c, ts in groups] if groups else [(1, self.weights)]
@@ -65,29 +82,31 @@ class UnrolledDot(wiring.Component):
         return min(c * lo, c * hi, 0), max(c * lo, c * hi, 0)
 
     @classmethod
-    def from_codes(cls, fmt, codes, act_bits: int = 8) -> "UnrolledDot":
+    def from_codes(cls, fmt, codes, act_bits: int = 8, register_inputs: bool = False) -> "UnrolledDot":
         """One output channel's codes in ``fmt``, with the format's decomposition.  A
         binary-input (``xnor``) format gets 1-bit activations ``a``: ``sum w * a`` is the
         popcount of the ±1 products up to the constant ``(K - sum w) / 2``."""
         codes = np.asarray(codes)
-        return cls(fmt.decode(codes), 1 if fmt.binary_input else act_bits, fmt.unrolled_groups(codes))
+        return cls(fmt.decode(codes), 1 if fmt.binary_input else act_bits, fmt.unrolled_groups(codes),
+                   register_inputs)
+
 
     @property
     def nonzero(self) -> int:
         return sum(1 for w in self.weights if w)
 
-    def _sum(self, m: Module, ts: list, name: str):
+    def _sum(self, m: Module, x, ts: list, name: str):
         """Positive and negative terms in two adder trees; their difference."""
         pos, neg = [], []
         for i, w in enumerate(ts):
             if w == 0:
                 continue  # a zero weight vanishes
             a = abs(w)
-            x = self.x[i]
+            xi = x[i]
             if a & (a - 1) == 0:
-                term = x << (a.bit_length() - 1)  # power of two: wiring
+                term = xi << (a.bit_length() - 1)  # power of two: wiring
             else:
-                term = x * Const(a, unsigned(a.bit_length()))  # constant multiply
+                term = xi * Const(a, unsigned(a.bit_length()))  # constant multiply
             t = Signal(unsigned(len(term)), name=f"{name}t{i}")
             m.d.comb += t.eq(term)
             (pos if w > 0 else neg).append(t)
@@ -98,15 +117,19 @@ class UnrolledDot(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
+        x = self.x
+        if self.register_inputs:
+            x = Signal.like(self.x, name="x_reg")
+            m.d.sync += x.eq(self.x)
         if len(self.groups) == 1 and self.groups[0][0] == 1:
-            m.d.sync += self.y.eq(self._sum(m, self.groups[0][1], ""))
+            m.d.sync += self.y.eq(self._sum(m, x, self.groups[0][1], ""))
             return m
         scaled = []
         for g, (c, ts) in enumerate(self.groups):
             if c == 0 or not any(ts):
                 continue
             s = Signal(signed(signed_width(*self._range(1, ts, (1 << self.act_bits) - 1))), name=f"g{g}_sum")
-            m.d.comb += s.eq(self._sum(m, ts, f"g{g}_"))
+            m.d.comb += s.eq(self._sum(m, x, ts, f"g{g}_"))
             p = Signal(signed(self.out_width), name=f"g{g}_scaled")
             m.d.comb += p.eq(s * Const(c, signed(max(2, c.bit_length() + 1))) if c != 1 else s)
             scaled.append(p)

@@ -231,6 +231,13 @@ def _print_fpga(rows: list[dict], name) -> None:
           "-" if x["fpga"]["macs_per_second"] is None else f"{x['fpga']['macs_per_second'] / 1e9:.3f}",
           "-" if x["fpga"]["luts_per_gmacs"] is None else f"{x['fpga']['luts_per_gmacs']:,.0f}"]
          for x in rows]))
+    if "sample" in f0:  # unrolled: sampled channels, each with its input window registered
+        n = f"{f0['sample']} sampled channels" if f0["extrapolated"] else "every channel"
+        print(f"unrolled layer from {n} (each placed alone with its input window registered; Fmax is the slowest "
+              f"channel's; FFs count the shared input window once)"
+              + ("" if f0["luts_available"] is None else
+                 "; fits the device (" + f"{f0['luts_available']:,} LUTs, {f0['dsps_available']} DSPs): "
+                 + ", ".join(f"{name(x)} {'yes' if x['fpga']['fits'] else 'NO'}" for x in rows)))
 
 
 def cmd_gates_sparse(args, qs) -> int:
@@ -281,7 +288,8 @@ def cmd_gates(args) -> int:
     r = flows.gates_flow(qs, style=args.style, layer=args.layer, bench=args.bench, throughput=args.throughput,
                          sample=args.sample, jobs=args.jobs, yosys=args.yosys, out_dir=args.out,
                          finetune=args.finetune, source=_source(args), target=args.target, dsp=not args.no_dsp,
-                         progress=None if args.target == "gates" else Progress(len(qs), args.target).step)
+                         progress=None if args.target == "gates" else Progress(
+                             len(qs) * ((args.sample or 1) if args.style == "unrolled" else 1), args.target).step)
     extrap = r.rows[0]["extrapolated"]
     headers = ["quantizer", "lanes", "MACs/cycle", "gates", "datapath", "FFs", "memory bits", "gates per MAC/cycle",
                "x cheapest", "logic depth"]

@@ -14,7 +14,7 @@ class Progress:
 
     def step(self, what: str = "") -> None:
         self.done += 1
-        filled = self.width * self.done // self.total
+        filled = min(self.width, self.width * self.done // self.total)
         bar = "#" * filled + "." * (self.width - filled)
         line = f"{self.label} [{bar}] {self.done}/{self.total} {what} ({time.perf_counter() - self.t0:.0f} s)"
         if self.tty:

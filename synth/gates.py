@@ -24,7 +24,7 @@ import numpy as np
 
 from quantrtl.hw.array import MacArray
 from quantrtl.hw.layer import ConvEngine
-from quantrtl.hw.unrolled import UnrolledDot
+from quantrtl.hw.unrolled import UnrolledDot, window_bits
 from quantrtl.hw.verilog import to_verilog
 from quantrtl.model.numbers.artifact import Layer
 from quantrtl.util.atomic import atomic_write
@@ -33,7 +33,8 @@ from quantrtl.model.numbers.formats import WeightFormat
 from quantrtl.synth.yosys import SynthResult, synthesize
 from quantrtl.util.errors import OptionError
 
-__all__ = ["GateRow", "array_designs", "unrolled_designs", "array_rows", "unrolled_rows", "sparse_rows", "network_rows",
+__all__ = ["GateRow", "array_designs", "unrolled_designs", "array_rows", "unrolled_rows", "unrolled_fpga", "sparse_rows",
+           "network_rows",
            "fq_conv_weights", "BENCHES", "write_verilog"]
 
 #: The Focused Quantization paper's comparison layer: 3×3 conv, padding 1, 8×8 map,
@@ -116,8 +117,11 @@ def array_designs(layers: dict[str, Layer], throughput: int, out_dir: Path, pipe
     return designs
 
 
-def unrolled_designs(weights: dict[str, np.ndarray], out_dir: Path, sample: int, name: str, seed: int = 0):
-    """The sampled channels (same for every quantizer) and per design (quantizer, channel, Verilog, top)."""
+def unrolled_designs(weights: dict[str, np.ndarray], out_dir: Path, sample: int, name: str, seed: int = 0,
+                     register_inputs: bool = False):
+    """The sampled channels (same for every quantizer) and per design (quantizer, channel,
+    Verilog, top); ``register_inputs``: each channel registers its input window too (the
+    designs an FPGA place-and-route times, ``_reg`` tops)."""
     cout = next(iter(weights.values())).codes.shape[0]
     k = cout if sample is None else min(sample, cout)
     if k < 1:
@@ -126,8 +130,9 @@ def unrolled_designs(weights: dict[str, np.ndarray], out_dir: Path, sample: int,
     designs = []
     for q, w in weights.items():
         for c in channels:
-            top = f"{name}_{q}_ch{c}"
-            designs.append((q, c, write_verilog(UnrolledDot.from_codes(w.format, w.codes[c]), top, out_dir), top))
+            top = f"{name}_{q}_ch{c}{'_reg' if register_inputs else ''}"
+            dot = UnrolledDot.from_codes(w.format, w.codes[c], register_inputs=register_inputs)
+            designs.append((q, c, write_verilog(dot, top, out_dir), top))
     return channels, designs
 
 
@@ -202,6 +207,54 @@ def unrolled_rows(weights: dict, out_dir: Path, sample: int | None = 4, jobs: in
             extra={"nonzero_weights_per_channel": [int(np.count_nonzero(values.reshape(cout, -1)[c])) for c in channels],
                    "cout": cout, "fan_in": fan_in}))
     return rows
+
+
+def unrolled_fpga(weights: dict, out_dir: Path, target: str, dsp: bool = True, sample: int | None = 4,
+                  jobs: int = 2, yosys: str | None = None, cache_dir="build/synth-cache", name: str = "fqconv",
+                  seed: int = 0, progress=None) -> dict[str, dict]:
+    """FPGA columns of the unrolled rows (quantizer → dict): the same sampled channels as
+    :func:`unrolled_rows`, each with its input window registered (so that nextpnr times
+    register-to-register paths), mapped and placed on ``target`` one by one.
+
+    The layer is extrapolated like the gate count: LUTs, carry, DSPs, … are the sample
+    mean times Cout; flip-flops count each channel's output register (its flip-flops less
+    the input bits it reads, :func:`~quantrtl.hw.unrolled.window_bits`) times
+    Cout plus the input window register once (all channels of a layer share it); the Fmax
+    is the slowest sampled channel's.  ``fits`` says whether the layer's LUTs and DSPs fit
+    the named device."""
+    from quantrtl.synth.fpga import TARGETS, fpga_map_all
+
+    cout = next(iter(weights.values())).codes.shape[0]
+    channels, designs = unrolled_designs(weights, Path(out_dir), sample, name, seed, register_inputs=True)
+    results = fpga_map_all([(v, top, f"{q} ch{c}") for q, c, v, top in designs], target, dsp, jobs, yosys,
+                           cache_dir, progress)
+    k = len(channels)
+    t = TARGETS[target]
+    out = {}
+    for q, w in weights.items():
+        per = [(c, r) for (qq, c, _, _), r in zip(designs, results) if qq == q]
+        bits = {c: window_bits(w.format, w.codes[c]) for c, _ in per}
+        window = bits[per[0][0]][0]
+        mean = {kind: statistics.fmean(getattr(r, kind) for _, r in per)
+                for kind in ("luts", "carry", "dsps", "brams", "lutram", "muxes")}
+        layer = {kind: round(v * cout) for kind, v in mean.items()}
+        layer["ffs"] = round(statistics.fmean(r.ffs - bits[c][1] for c, r in per) * cout) + window
+        fits = None if t.luts_available is None else (layer["luts"] <= t.luts_available
+                                                      and layer["dsps"] <= t.dsps_available)
+        slowest = min((r for _, r in per if r.fmax_mhz is not None), key=lambda r: r.fmax_mhz, default=per[0][1])
+        out[q] = {"target": target, "device": slowest.device, "dsp": dsp, **layer,
+                  "fmax_mhz": slowest.fmax_mhz, "target_mhz": slowest.target_mhz,
+                  "critical_path": slowest.critical_path, "top": slowest.top, "verilog": slowest.verilog,
+                  "netlist": slowest.netlist, "report": slowest.report,
+                  "extrapolated": k < cout, "sample": k, "input_window_ffs": window,
+                  "fits": fits, "luts_available": t.luts_available, "dsps_available": t.dsps_available,
+                  "channels": [{"channel": c, "top": r.top, "verilog": r.verilog, "luts": r.luts, "carry": r.carry,
+                                "ffs": r.ffs, "dsps": r.dsps, "fmax_mhz": r.fmax_mhz, "cached": r.cached}
+                               for c, r in per],
+                  "yosys_version": slowest.yosys_version, "yosys_script": slowest.yosys_script,
+                  "nextpnr_version": slowest.nextpnr_version, "nextpnr_command": slowest.nextpnr_command,
+                  "seconds": sum(r.seconds for _, r in per), "cached": all(r.cached for _, r in per)}
+    return out
 
 
 def sparse_rows(layers: dict[str, Layer], lanes: dict[str, int], measured: dict[str, int], out_dir: Path,

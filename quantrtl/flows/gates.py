@@ -86,9 +86,6 @@ class GatesOptions:
         if self.jobs < 1:
             raise OptionError("jobs", f"must be at least 1, got {self.jobs}")
         check_target(self.target)
-        if self.target != "gates" and self.style == "unrolled":
-            raise OptionError(("target", "style"), "FPGA targets map whole designs: use {1} array or network "
-                                                   "(unrolled rows are extrapolated from sampled channels)")
         if not self.dsp and self.target == "gates":
             raise OptionError(("dsp", "target"), "no-DSP mapping is for an FPGA {1} (ecp5, ice40, xilinx)")
 
@@ -98,24 +95,20 @@ def _fpga_columns(rows: list[dict], target: str, dsp: bool, jobs: int, yosys: st
     """Map each row's design onto ``target`` (in parallel) and add its resources, its
     post-route Fmax and the throughput per second it gives; ``progress(text)`` hears of
     each design as it finishes."""
-    from concurrent.futures import ThreadPoolExecutor, as_completed
+    from quantrtl.synth.fpga import fpga_map_all
 
-    from quantrtl.synth.fpga import fpga_map
-
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        futures = {pool.submit(fpga_map, r["verilog"], r["top"], target, dsp, yosys, cache_dir): r for r in rows}
-        for f in as_completed(futures):
-            if progress is not None:
-                x = f.result()
-                fmax = "" if x.fmax_mhz is None else f", {x.fmax_mhz:.1f} MHz"
-                progress(f"{futures[f]['quantizer']}: {x.luts:,} LUTs, {x.dsps} DSPs{fmax}"
-                         + (" (cached)" if x.cached else ""))
-        results = [f.result() for f in futures]
+    results = fpga_map_all([(r["verilog"], r["top"], r.get("quantizer") or r.get("design")) for r in rows],
+                           target, dsp, jobs, yosys, cache_dir, progress)
     for r, f in zip(rows, results):
-        per_second = r["macs_per_cycle"] * f.fmax_mhz * 1e6 if f.fmax_mhz else None
-        r["fpga"] = {**asdict(f), "macs_per_second": per_second,
-                     "luts_per_gmacs": f.luts / (per_second / 1e9) if per_second else None,
-                     "dsps_per_gmacs": f.dsps / (per_second / 1e9) if per_second else None}
+        r["fpga"] = _per_second(asdict(f), r["macs_per_cycle"])
+
+
+def _per_second(fpga: dict, macs_per_cycle: float) -> dict:
+    """An FPGA result with the dense MACs per second its Fmax gives and resources per GMAC/s."""
+    per_second = macs_per_cycle * fpga["fmax_mhz"] * 1e6 if fpga["fmax_mhz"] else None
+    return {**fpga, "macs_per_second": per_second,
+            "luts_per_gmacs": fpga["luts"] / (per_second / 1e9) if per_second else None,
+            "dsps_per_gmacs": fpga["dsps"] / (per_second / 1e9) if per_second else None}
 
 
 def gates_flow(quantizers: list[str], style: str = "array", layer: str | None = None, bench: str | None = None,
@@ -127,7 +120,7 @@ def gates_flow(quantizers: list[str], style: str = "array", layer: str | None = 
     """Synthesize every quantizer's design at equal throughput and compare gate counts
     (``style`` network: ``throughput`` is the lanes of every engine of the network top;
     ``progress(text)``: one call per design an FPGA ``target`` has mapped)."""
-    from quantrtl.synth.gates import array_rows, fq_conv_weights, network_rows, unrolled_rows
+    from quantrtl.synth.gates import array_rows, fq_conv_weights, network_rows, unrolled_fpga, unrolled_rows
     from quantrtl.synth.yosys import yosys_version
 
     GatesOptions(tuple(quantizers), style, layer, bench, throughput, sample, jobs, target, dsp)
@@ -139,8 +132,8 @@ def gates_flow(quantizers: list[str], style: str = "array", layer: str | None = 
         bench = bench or "fq-conv"
         w = fq_conv_weights(bench)
         weights = {f.name: f.encode(w) for f in fmts}
-        rows = unrolled_rows(weights, out, sample=sample, jobs=jobs, yosys=yosys, cache_dir=cache_dir,
-                             name=bench.replace("-", ""))
+        name = bench.replace("-", "")
+        rows = unrolled_rows(weights, out, sample=sample, jobs=jobs, yosys=yosys, cache_dir=cache_dir, name=name)
         where = bench
     else:
         nets = {f.name: (networks or {}).get(f.name) or quantize_network(f.name, finetune, source).qnet for f in fmts}
@@ -161,14 +154,20 @@ def gates_flow(quantizers: list[str], style: str = "array", layer: str | None = 
                 rows = array_rows({q: n.layer(where) for q, n in nets.items()}, throughput, out, jobs=jobs,
                                   yosys=yosys, cache_dir=cache_dir, prefix=first.name)
             else:
-                rows = unrolled_rows({q: n.layer(where) for q, n in nets.items()}, out, sample=sample, jobs=jobs,
-                                     yosys=yosys, cache_dir=cache_dir, name=f"{first.name}_{where}")
+                weights = {q: n.layer(where) for q, n in nets.items()}
+                name = f"{first.name}_{where}"
+                rows = unrolled_rows(weights, out, sample=sample, jobs=jobs, yosys=yosys, cache_dir=cache_dir,
+                                     name=name)
     dicts = [r if isinstance(r, dict) else asdict(r) for r in rows]
     cheapest = min(r["gates_total"] for r in dicts)
     for r in dicts:
         r["ratio_to_cheapest"] = r["gates_total"] / cheapest
     rates = {round(r["macs_per_cycle"], 9) for r in dicts}
-    if target != "gates":
+    if target != "gates" and style == "unrolled":  # sampled channels, registered, extrapolated like the gates
+        fpga = unrolled_fpga(weights, out, target, dsp, sample, jobs, yosys, cache_dir, name, progress=progress)
+        for r in dicts:
+            r["fpga"] = _per_second(fpga[r["quantizer"]], r["macs_per_cycle"])
+    elif target != "gates":
         _fpga_columns(dicts, target, dsp, jobs, yosys, cache_dir, progress)
     return GatesResult(style=style, throughput=dicts[0]["throughput"], layer=where, rows=dicts,
                        equal_throughput=len(rates) == 1, target=target, dsp=dsp,

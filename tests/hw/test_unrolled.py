@@ -3,15 +3,18 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from quantrtl.hw.unrolled import UnrolledDot
+from quantrtl.hw.unrolled import UnrolledDot, window_bits
 from tests.factories import REPRESENTATIVES, format_for_test
 
 
 def simulate(dot: UnrolledDot, xs) -> list[int]:
+    """One input per cycle; the outputs from the first cycle whose output is ``xs[0]``'s
+    (one cycle later with ``register_inputs``)."""
     out = []
+    delay = 1 if dot.register_inputs else 0
 
     async def bench(ctx):
-        for x in xs:
+        for x in [*xs, *[xs[-1]] * delay]:
             for i, v in enumerate(x):
                 ctx.set(dot.x[i], int(v))
             await ctx.tick()
@@ -21,7 +24,7 @@ def simulate(dot: UnrolledDot, xs) -> list[int]:
     sim.add_clock(1e-8)
     sim.add_testbench(bench)
     sim.run()
-    return out
+    return out[delay:]
 
 
 @pytest.mark.parametrize("name", list(dict.fromkeys(REPRESENTATIVES + ["fixed8", "shift3"])))
@@ -43,3 +46,23 @@ def test_unrolled_decomposition_is_exact(name):
 def test_groups_must_sum_to_the_weights():
     with pytest.raises(ValueError, match="do not sum"):
         UnrolledDot([3, 1], groups=[(2, [1, 1])])
+
+
+@pytest.mark.parametrize("name", ["fixed8", "shift3", "binary", "xnor", "abcnet5"])
+def test_registered_inputs_compute_the_same_one_cycle_later(name):
+    """The FPGA variant (input window registered) against the NumPy dot product; the
+    window's bits and the bits it reads against a count of the weights."""
+    fmt = format_for_test(name)
+    rng = np.random.default_rng(5)
+    w = rng.normal(0, 0.2, size=(2, 3, 3, 3)) * (rng.random((2, 3, 3, 3)) < 0.5)
+    q = fmt.encode(w)
+    dot = UnrolledDot.from_codes(q.format, q.codes[0], register_inputs=True)
+    amax = (1 << dot.act_bits) - 1
+    xs = [rng.integers(0, amax + 1, size=27) for _ in range(5)] + [np.full(27, amax)]
+    assert simulate(dot, xs) == [int((q.values[0].ravel() * x).sum()) for x in xs]
+    window, read = window_bits(q.format, q.codes[0])
+    assert window == 27 * dot.act_bits
+    if name in ("fixed8", "shift3", "binary", "xnor"):  # no decomposition: a zero weight is an input not read
+        assert read == np.count_nonzero(q.values[0]) * dot.act_bits
+    else:
+        assert np.count_nonzero(q.values[0]) * dot.act_bits <= read <= window

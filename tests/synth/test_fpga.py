@@ -81,6 +81,28 @@ def test_ice40_and_xilinx(nets, tmp_path):
     assert xil["luts"] > 0 and xil["fmax_mhz"] is None and xil["nextpnr_command"] is None
 
 
+def test_unrolled_rows_on_ecp5(nets, tmp_path):
+    """Sampled channels, each with its input window registered, placed and routed; the
+    layer extrapolated like its gate count (FFs: each channel's output register, times
+    Cout, plus the shared window once; conv1's weights are all nonzero, so every channel
+    reads its whole 9 x 8-bit window)."""
+    r = flows.gates_flow(["fixed8", "shift4"], style="unrolled", layer="conv1", sample=2, out_dir=tmp_path / "g",
+                         cache_dir=tmp_path / "cache", networks=nets, target="ecp5")
+    for row in r.rows:
+        f = row["fpga"]
+        assert f["extrapolated"] and f["sample"] == 2 and len(f["channels"]) == 2
+        assert all(c["top"].endswith("_reg") and c["fmax_mhz"] > 0 for c in f["channels"])
+        assert f["fmax_mhz"] == min(c["fmax_mhz"] for c in f["channels"])
+        assert row["extra"]["nonzero_weights_per_channel"] == [9, 9] and f["input_window_ffs"] == 72
+        cout = row["extra"]["cout"]
+        assert f["ffs"] == round(sum(c["ffs"] - 72 for c in f["channels"]) / 2 * cout) + 72
+        assert f["ffs"] - 72 >= row["flipflops"] > 0  # the gate flow's output registers, fewer or equal
+        assert f["luts"] == round(sum(c["luts"] for c in f["channels"]) / 2 * row["extra"]["cout"])
+        assert f["fits"] is True and f["macs_per_second"] == pytest.approx(row["macs_per_cycle"] * f["fmax_mhz"] * 1e6)
+    fixed8, shift4 = (x["fpga"] for x in r.rows)
+    assert fixed8["dsps"] > 0 == shift4["dsps"]
+
+
 def test_a_design_that_does_not_fit_is_a_tool_error(tmp_path, capsys, monkeypatch):
     """The smallest iCE40 (384 LUTs) cannot hold conv1's 4-lane engine: exit 3, one line
     naming the device and the log, no JSON written."""
@@ -100,7 +122,6 @@ def test_a_design_that_does_not_fit_is_a_tool_error(tmp_path, capsys, monkeypatc
 @pytest.mark.parametrize("argv,match", [
     (["--target", "virtex"], "unknown --target 'virtex'; choose one of gates, ecp5, ice40, xilinx"),
     (["--no-dsp"], "no-DSP mapping is for an FPGA --target"),
-    (["--target", "ecp5", "--style", "unrolled"], "FPGA targets map whole designs"),
     (["--sparse", "--no-dsp"], "no-DSP mapping is for an FPGA --target"),
 ])
 def test_target_options(capsys, argv, match):
