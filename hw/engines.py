@@ -23,4 +23,5 @@ def make_engine(layer: Layer, lanes: int = 8, pipeline: int = 0, groups: int | N
         return MaxPoolEngine(layer)
     if layer.op == "relu":
         return ReluEngine(layer)
-    raise ValueError(f"layer {layer.name!r}: no engine for op {layer.op!r}")
+    raise ValueError(f"layer {layer.name!r}: op {layer.op!r} has no RTL engine yet (quantize and the golden model "
+                     "take it; verilog, cosim and gates do not)")

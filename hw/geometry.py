@@ -139,6 +139,9 @@ class ConvGeometry:
     @classmethod
     def from_layer(cls, layer: Layer, lanes: int, groups: int | None = None,
                    tap_fault: int | None = None) -> "ConvGeometry":
+        if layer.op == "conv2d" and layer.groups != 1:
+            raise ValueError(f"layer {layer.name!r}: a grouped conv2d (groups {layer.groups}) has no RTL engine yet "
+                             "(quantize and the golden model take it; verilog, cosim and gates do not)")
         if layer.op == "conv2d":
             (cin, h, w), cout = layer.in_shape, layer.out_shape[0]
             kw = dict(kh=layer.kernel[0], kw=layer.kernel[1], sh=layer.stride[0], sw=layer.stride[1],

@@ -52,6 +52,11 @@ class NetworkTop(wiring.Component):
         self.pipeline = operator.index(pipeline)
         self.sparse = bool(sparse)
         self.engines = {}
+        if not net.is_chain:
+            branch = next(l for l in net.layers if len(net.sources(l)) > 1 or net.sources(l)[0] != (
+                net.layers[net.layers.index(l) - 1].name if net.layers.index(l) else "input"))
+            raise ValueError(f"layer {branch.name!r} reads {list(net.sources(branch))}: the network top chains "
+                             "engines and has no fork or skip buffer yet (quantize and the golden model take graphs)")
         prev = tuple(net.input_shape)
         for layer in net.layers:
             self.engines[layer.name] = make_engine(layer, lanes=self.lanes, pipeline=self.pipeline,

@@ -59,8 +59,10 @@ def _source(args) -> "flows.ModelSource":
 
 
 def cmd_train(args) -> int:
-    _say(f"training the digits CNN ({args.epochs or 'default'} epochs) ...")
-    r = flows.train_flow(args.out, epochs=args.epochs, seed=args.seed)
+    _say(f"training the shipped model {args.model} ({args.epochs or 'default'} epochs) ...")
+    stem = "digits_cnn" if args.model == "digits" else args.model.replace("-", "_")
+    r = flows.train_flow(args.out or f"build/train/{stem}.pt", epochs=args.epochs,
+                         seed=args.seed, model=args.model)
     print(f"checkpoint         {r.checkpoint}")
     print(f"test accuracy      {pct(r.test_accuracy)}")
     print(f"parameter digest   {r.digest}")
@@ -91,7 +93,8 @@ def _params_text(params: dict | None) -> str:
 def cmd_quantize(args) -> int:
 
     parse_format(args.quantizer)
-    _say(f"quantizing the digits model with {args.quantizer} (fine-tune {args.finetune or 'default'} epochs) ...")
+    _say(f"quantizing the {_source(args).name} model with {args.quantizer} (fine-tune "
+         f"{'default' if args.finetune is None else args.finetune} epochs) ...")
     r = flows.quantize_flow(args.quantizer, args.out, finetune=args.finetune, seed=args.seed, source=_source(args),
                             density=args.density, inq=args.inq)
     print(format_table(QUANT_HEADERS, [_quant_row(r)]))
@@ -443,11 +446,13 @@ def _checks_passed(checks) -> int:
 def _model_options() -> argparse.ArgumentParser:
     m = argparse.ArgumentParser(add_help=False)
     g = m.add_argument_group("model (default: the shipped digits CNN on the digits data)")
-    g.add_argument("--model", default=None, metavar="FILE.py:FACTORY",
-                   help="your nn.Module (Conv2d/Linear/ReLU/MaxPool2d/BatchNorm/Flatten) from a Python file")
-    g.add_argument("--weights", default=None, help="state dict for --model")
+    g.add_argument("--model", default=None, metavar="NAME|FILE.py:FACTORY",
+                   help="a shipped model (digits, digits-res: the residual digits network) or your nn.Module from a "
+                        "Python file, traced with torch.fx (conv incl. depthwise/grouped, linear, ReLU/ReLU6, max and "
+                        "average pooling, global average pooling, batch norm, flatten, residual add, channel concat)")
+    g.add_argument("--weights", default=None, help="state dict for --model FILE.py:FACTORY")
     g.add_argument("--calib", default=None, help=".npy float model inputs (N, C, H, W) to calibrate on instead of digits")
-    g.add_argument("--checkpoint", default=None, help="another checkpoint of the digits CNN")
+    g.add_argument("--checkpoint", default=None, help="another checkpoint of the shipped model")
     g.add_argument("--block", type=int, default=None, help="unified: weights per block (default 4)")
     return m
 
@@ -495,8 +500,11 @@ def build_parser() -> argparse.ArgumentParser:
     model_opts = _model_options()
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    t = sub.add_parser("train", help="train the default digits CNN (reproduces the shipped checkpoint)")
-    t.add_argument("--out", default="build/train/digits_cnn.pt", help="checkpoint to write (default %(default)s)")
+    t = sub.add_parser("train", help="train a shipped model from scratch (reproduces its shipped checkpoint)")
+    t.add_argument("--model", default="digits", choices=flows.SHIPPED_MODELS,
+                   help="the shipped model (default %(default)s)")
+    t.add_argument("--out", default=None, help="checkpoint to write (default build/train/<model>.pt; "
+                                                "build/train/digits_cnn.pt for digits)")
     t.add_argument("--epochs", type=int, default=None, help="training epochs (default 60)")
     t.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     t.add_argument("--json", help="write results as JSON")

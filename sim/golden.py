@@ -11,10 +11,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from quantrtl.model.numbers.artifact import ArtifactError, Layer, QuantizedNetwork
+from quantrtl.model.numbers.artifact import INPUT, ArtifactError, Layer, QuantizedNetwork
 from quantrtl.model.numbers.formats import centered
 
-__all__ = ["requantize", "conv2d_acc", "linear_acc", "maxpool", "relu", "run_layer", "run", "GoldenResult", "predict"]
+__all__ = ["requantize", "conv2d_acc", "linear_acc", "maxpool", "avgpool", "add", "concat", "relu", "run_layer", "run",
+           "GoldenResult", "predict"]
 
 
 def requantize(acc, m0, shift, zero_point: int, lo: int, hi: int) -> np.ndarray:
@@ -32,30 +33,40 @@ def requantize(acc, m0, shift, zero_point: int, lo: int, hi: int) -> np.ndarray:
     return np.clip(y + zero_point, lo, hi).astype(np.int64)
 
 
-def _check_input(x: np.ndarray, layer: Layer) -> np.ndarray:
+def _check_input(x: np.ndarray, layer: Layer, fmt=None) -> np.ndarray:
     x = np.asarray(x)
     if x.dtype.kind not in "iu":
         raise ArtifactError(f"layer {layer.name!r}: input must be integers, got dtype {x.dtype}")
-    if x.shape[1:] != tuple(layer.in_shape) and not (layer.op == "linear" and int(np.prod(x.shape[1:])) == int(np.prod(layer.in_shape))):
+    flat = layer.op == "linear" and int(np.prod(x.shape[1:])) == int(np.prod(layer.in_shape))
+    if x.shape[1:] != tuple(layer.in_shape) and not flat and layer.op != "concat":
         raise ArtifactError(f"layer {layer.name!r}: input shape {x.shape[1:]} does not match {tuple(layer.in_shape)}")
-    q = layer.input
+    q = fmt or layer.input
     if x.size and (x.min() < q.qmin or x.max() > q.qmax):
         raise ArtifactError(f"layer {layer.name!r}: input values must lie in [{q.qmin}, {q.qmax}], got [{x.min()}, {x.max()}]")
     return x.astype(np.int64)
 
 
-def conv2d_acc(x, w, bias, stride, padding, zero_point: int, binary: bool = False) -> np.ndarray:
+def conv2d_acc(x, w, bias, stride, padding, zero_point: int, binary: bool = False, groups: int = 1) -> np.ndarray:
     """§2 accumulators of a 2-D convolution (N, Cin, H, W) → (N, Cout, OH, OW).
 
     The input is offset by its zero point first and padded with 0 (the real zero),
     then ``acc = sum w * (x - Z_x) + b`` in int64.  Binary (±1) inputs (§7) are
-    ``2q - 1`` and padded with -1: a 1-bit activation has no zero.
+    ``2q - 1`` and padded with -1: a 1-bit activation has no zero.  With ``groups`` g,
+    output channel group j reads only input channel group j (w is (Cout, Cin/g, kh, kw)).
     """
     x = centered(x, zero_point, binary)  # §1, §7: q - Z, or 2q - 1 for binary inputs
     w = np.asarray(w, dtype=np.int64)
+    b = np.asarray(bias, dtype=np.int64)
+    cg, og = x.shape[1] // groups, w.shape[0] // groups
+    return np.concatenate([_conv(x[:, g * cg:(g + 1) * cg], w[g * og:(g + 1) * og], b[g * og:(g + 1) * og],
+                                 stride, padding, -1 if binary else 0) for g in range(groups)], axis=1)
+
+
+def _conv(x, w, bias, stride, padding, pad_value: int) -> np.ndarray:
+    """The convolution of a centered input ``x`` padded with ``pad_value``."""
     (sh, sw), (ph, pw) = stride, padding
     cout, cin, kh, kw = w.shape
-    x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=-1 if binary else 0)
+    x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=pad_value)
     n, _, hp, wp = x.shape
     oh, ow = (hp - kh) // sh + 1, (wp - kw) // sw + 1
     # im2col: (N, OH, OW, Cin, KH, KW) by strided view, then an exact integer matmul
@@ -64,7 +75,7 @@ def conv2d_acc(x, w, bias, stride, padding, zero_point: int, binary: bool = Fals
         x, shape=(n, oh, ow, cin, kh, kw), strides=(s[0], s[2] * sh, s[3] * sw, s[1], s[2], s[3]), writeable=False
     )
     acc = cols.reshape(n, oh * ow, cin * kh * kw) @ w.reshape(cout, -1).T
-    acc = acc + np.asarray(bias, dtype=np.int64)
+    acc = acc + bias
     return acc.transpose(0, 2, 1).reshape(n, cout, oh, ow)
 
 
@@ -74,18 +85,48 @@ def linear_acc(x, w, bias, zero_point: int, binary: bool = False) -> np.ndarray:
     return x @ np.asarray(w, dtype=np.int64).T + np.asarray(bias, dtype=np.int64)
 
 
-def maxpool(x, kernel, stride, padding, pad_value: int = 0) -> np.ndarray:
-    """§4 integer max pooling; padding uses ``pad_value`` (qmin, below every real value)."""
+def _windows(x, kernel, stride, padding, pad_value: int) -> np.ndarray:
+    """(N, C, OH, OW, kh, kw) view of the padded map's pooling windows."""
     x = np.asarray(x, dtype=np.int64)
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
     x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=pad_value)
     n, c, hp, wp = x.shape
     oh, ow = (hp - kh) // sh + 1, (wp - kw) // sw + 1
     s = x.strides
-    win = np.lib.stride_tricks.as_strided(
-        x, shape=(n, c, oh, ow, kh, kw), strides=(s[0], s[1], s[2] * sh, s[3] * sw, s[2], s[3]), writeable=False
-    )
-    return win.max(axis=(4, 5))
+    return np.lib.stride_tricks.as_strided(
+        x, shape=(n, c, oh, ow, kh, kw), strides=(s[0], s[1], s[2] * sh, s[3] * sw, s[2], s[3]), writeable=False)
+
+
+def maxpool(x, kernel, stride, padding, pad_value: int = 0) -> np.ndarray:
+    """§4 integer max pooling; padding uses ``pad_value`` (qmin, below every real value)."""
+    return _windows(x, kernel, stride, padding, pad_value).max(axis=(4, 5))
+
+
+def avgpool(x, kernel, stride, padding, zero_point: int, m0: int, shift: int, lo: int, hi: int) -> np.ndarray:
+    """§9 average pooling (global average: the kernel is the whole map): the window sum of
+    ``x − Z`` (padding is the real zero, counted in the divisor), times ``M0 · 2^(−n) ≈
+    1/k²`` with §3's rounding, in the input's format."""
+    acc = _windows(np.asarray(x, dtype=np.int64) - zero_point, kernel, stride, padding, 0).sum(axis=(4, 5))
+    return requantize(acc, [m0] * acc.shape[1], [shift] * acc.shape[1], zero_point, lo, hi)
+
+
+def add(a, b, za: int, zb: int, m0, shift: int, zero_point: int, lo: int, hi: int) -> np.ndarray:
+    """§8 ``y = clamp(Z_y + ((M_a·(a − Z_a) + M_b·(b − Z_b) + 2^(n−1)) >> n), lo, hi)``."""
+    acc = (np.asarray(a, dtype=np.int64) - za) * int(m0[0]) + (np.asarray(b, dtype=np.int64) - zb) * int(m0[1])
+    return _round_shift(acc, shift, zero_point, lo, hi)
+
+
+def _round_shift(acc, shift: int, zero_point: int, lo: int, hi: int) -> np.ndarray:
+    """§3's rounding shift of an exact sum, offset and clamped."""
+    y = (np.asarray(acc).astype(object) + (1 << (int(shift) - 1))) >> int(shift)
+    return np.clip(y + zero_point, lo, hi).astype(np.int64)
+
+
+def concat(xs, fmts, m0, shift, out) -> np.ndarray:
+    """§10 every input requantized to the output format (``M_i · 2^(−n_i) ≈ S_i / S_y``),
+    then joined along the channels."""
+    return np.concatenate([_round_shift((np.asarray(x, dtype=np.int64) - f.zero_point) * int(m), n, out.zero_point,
+                                        out.qmin, out.qmax) for x, f, m, n in zip(xs, fmts, m0, shift)], axis=1)
 
 
 def relu(x, zero_point: int) -> np.ndarray:
@@ -93,16 +134,26 @@ def relu(x, zero_point: int) -> np.ndarray:
     return np.maximum(np.asarray(x, dtype=np.int64), zero_point)
 
 
-def run_layer(layer: Layer, x: np.ndarray, acc_out: dict | None = None) -> np.ndarray:
-    """One layer on a batch ``x`` (N, *in_shape) of integers."""
+def run_layer(layer: Layer, x, acc_out: dict | None = None) -> np.ndarray:
+    """One layer on a batch ``x`` (N, *in_shape) of integers (add, concat: a list, one
+    batch per input)."""
+    if layer.op in ("add", "concat"):
+        xs = [_check_input(v, layer, f) for v, f in zip(x, layer.input_formats)]
+        if layer.op == "add":
+            return add(xs[0], xs[1], layer.input_formats[0].zero_point, layer.input_formats[1].zero_point,
+                       layer.m0, int(layer.shift[0]), layer.output.zero_point, layer.out_min, layer.out_max)
+        return concat(xs, layer.input_formats, layer.m0, layer.shift, layer.output)
     x = _check_input(x, layer)
+    if layer.op in ("avgpool", "gap"):
+        return avgpool(x, layer.kernel, layer.stride, layer.padding, layer.input.zero_point, int(layer.m0[0]),
+                       int(layer.shift[0]), layer.output.qmin, layer.output.qmax)
     if layer.op == "maxpool":
         return maxpool(x, layer.kernel, layer.stride, layer.padding, pad_value=layer.input.qmin)
     if layer.op == "relu":
         return relu(x, layer.input.zero_point)
     zx, binary = layer.input.zero_point, layer.input.binary
     if layer.op == "conv2d":
-        acc = conv2d_acc(x, layer.values, layer.bias, layer.stride, layer.padding, zx, binary)
+        acc = conv2d_acc(x, layer.values, layer.bias, layer.stride, layer.padding, zx, binary, layer.groups)
     else:
         acc = linear_acc(x, layer.values, layer.bias, zx, binary)
     bound = 1 << (layer.accumulator_bits - 1)
@@ -139,10 +190,11 @@ def run(net: QuantizedNetwork, x) -> GoldenResult:
         x = x[None]
     if x.shape[1:] != tuple(net.input_shape):
         raise ArtifactError(f"input shape {x.shape} does not match the network input {tuple(net.input_shape)} (or a batch of it)")
-    outputs, accs = {}, {}
+    outputs, accs = {INPUT: x}, {}
     for layer in net.layers:
-        x = run_layer(layer, x, accs)
-        outputs[layer.name] = x
+        srcs = [outputs[s] for s in net.sources(layer)]
+        outputs[layer.name] = run_layer(layer, srcs if layer.op in ("add", "concat") else srcs[0], accs)
+    del outputs[INPUT]
     return GoldenResult(outputs=outputs, accumulators=accs)
 
 

@@ -28,8 +28,17 @@ from quantrtl.model.numbers.formats import ActivationFormat, FormatError, Weight
 from quantrtl.model.numbers.families import format_from_dict
 
 SCHEMA = "quantrtl.artifact"
-SCHEMA_VERSION = 1
-OPS = ("conv2d", "linear", "maxpool", "relu")
+SCHEMA_VERSION = 2
+#: Versions this reader accepts (version 1: a chain of layers, no ``inputs``).
+READS_VERSIONS = (1, 2)
+OPS = ("conv2d", "linear", "maxpool", "relu", "avgpool", "gap", "add", "concat")
+#: Ops with requantization constants ``m0``/``shift`` and no weights: add and concat one
+#: per input, average pooling one for the layer (docs/integer-semantics.md §8–§10).
+REQUANT_OPS = ("avgpool", "gap", "add", "concat")
+#: Ops that read a window of a (C, H, W) map.
+WINDOW_OPS = ("conv2d", "maxpool", "avgpool", "gap")
+#: The name layers use for the network's input in ``inputs``.
+INPUT = "input"
 ACTIVATIONS = ("none", "relu", "sign")  # sign: binary (pm1) output, q = [acc >= 0]
 #: Requantization multiplier: ``M0`` is an unsigned integer in [2**30, 2**31) (31 bits).
 M0_BITS = 31
@@ -45,12 +54,16 @@ class ArtifactError(ValueError):
 class Layer:
     """One layer of a quantized network.
 
-    ``conv2d``/``linear`` layers carry ``codes`` (weight codes in ``format``), ``bias``
-    (integer, in the accumulator's scale ``S_w[c] * S_x``), ``m0``/``shift`` per output
-    channel and the output clamp ``[out_min, out_max]`` (ReLU fused as ``out_min =
-    output.zero_point``).  ``maxpool``/``relu`` carry only geometry.
-    Shapes are (C, H, W) for feature maps and (F,) for vectors; a linear layer reads
-    its input flattened in C, H, W order.
+    ``conv2d``/``linear`` layers carry ``codes`` (weight codes in ``format``; a conv2d
+    with ``groups`` g has codes (Cout, Cin/g, kh, kw)), ``bias`` (integer, in the
+    accumulator's scale ``S_w[c] * S_x``), ``m0``/``shift`` per output channel and the
+    output clamp ``[out_min, out_max]`` (ReLU fused as ``out_min = output.zero_point``).
+    ``add``/``concat`` carry ``m0``/``shift`` per input and ``input_formats``;
+    ``avgpool``/``gap`` one ``m0``/``shift`` (``1/k²``) and keep the input format;
+    ``maxpool``/``relu`` carry only geometry.  ``inputs`` names the layers (or
+    :data:`INPUT`) read, in order; empty means the layer before (the network input for
+    the first).  Shapes are (C, H, W) for feature maps and (F,) for vectors; a linear
+    layer reads its input flattened in C, H, W order.
     """
 
     name: str
@@ -69,10 +82,18 @@ class Layer:
     m0: np.ndarray | None = None
     shift: np.ndarray | None = None
     weight_scale: np.ndarray | None = None
+    groups: int = 1
+    inputs: tuple[str, ...] = ()
+    input_formats: tuple[ActivationFormat, ...] = ()
 
     @property
     def has_weights(self) -> bool:
         return self.op in ("conv2d", "linear")
+
+    @property
+    def arrays(self) -> tuple[str, ...]:
+        """The names of the integer arrays this layer stores."""
+        return _LAYER_ARRAYS if self.has_weights else ("m0", "shift") if self.op in REQUANT_OPS else ()
 
     @property
     def out_min(self) -> int:
@@ -131,6 +152,18 @@ class QuantizedNetwork:
     layers: list[Layer]
     metadata: dict[str, Any] = field(default_factory=dict)
 
+    def sources(self, layer: Layer) -> tuple[str, ...]:
+        """The names ``layer`` reads (:data:`INPUT` for the network input)."""
+        if layer.inputs:
+            return tuple(layer.inputs)
+        i = self.layers.index(layer)
+        return (self.layers[i - 1].name if i else INPUT,)
+
+    @property
+    def is_chain(self) -> bool:
+        """Every layer reads only the layer before it (the networks the engines' top chains)."""
+        return all(self.sources(l) == ((self.layers[i - 1].name if i else INPUT),) for i, l in enumerate(self.layers))
+
     def layer(self, name: str) -> Layer:
         for layer in self.layers:
             if layer.name == name:
@@ -153,6 +186,9 @@ class QuantizedNetwork:
         """
         codes = bias = requant = params = 0
         for layer in self.layers:
+            if layer.op in REQUANT_OPS:  # add, concat, average pooling: their constants only
+                requant += (M0_BITS + int(layer.shift.max()).bit_length()) * len(set(zip(layer.m0.tolist(),
+                                                                                          layer.shift.tolist())))
             if not layer.has_weights:
                 continue
             st = layer.format.storage(layer.codes)
@@ -192,28 +228,43 @@ def quantize_multiplier(m: float) -> tuple[int, int]:
     return m0, n
 
 
+def add_multipliers(scales, out_scale: float) -> list[tuple[int, int]]:
+    """§8: ``S_i / S_y ≈ M_i · 2^(−n)`` for every input ``i`` of an add, with one shift
+    ``n`` chosen so that the largest ``M_i`` lies in [2**30, 2**31) (the others are
+    smaller, each at least 1)."""
+    ms = [float(s) / float(out_scale) for s in scales]
+    _, n = quantize_multiplier(max(ms))
+    out = [(round(m * 2.0 ** n), n) for m in ms]
+    if min(m for m, _ in out) < 1:
+        raise ArtifactError(f"add input scales {list(scales)} differ too much (more than 2**31) to share one shift")
+    return out
+
+
 # ---- writing --------------------------------------------------------------------
 
-def _layer_to_json(layer: Layer) -> dict:
+def _layer_to_json(layer: Layer, inputs: tuple[str, ...]) -> dict:
     d: dict[str, Any] = {
         "name": layer.name,
         "op": layer.op,
         "in_shape": list(layer.in_shape),
         "out_shape": list(layer.out_shape),
+        "inputs": list(inputs),
         "input": layer.input.to_dict(),
         "output": layer.output.to_dict(),
     }
-    if layer.op in ("conv2d", "maxpool"):
+    if layer.op in WINDOW_OPS:
         d.update(kernel=list(layer.kernel), stride=list(layer.stride), padding=list(layer.padding))
+    if layer.op == "conv2d":
+        d["groups"] = layer.groups
+    if layer.op in ("add", "concat"):
+        d["input_formats"] = [f.to_dict() for f in layer.input_formats]
+    if layer.has_weights or layer.op == "add":
+        d["activation"] = layer.activation
     if layer.has_weights:
-        d.update(
-            activation=layer.activation,
-            format=layer.format.to_dict(),
-            out_min=layer.out_min,
-            out_max=layer.out_max,
-            accumulator_bits=layer.accumulator_bits,
-            arrays={k: f"{layer.name}/{k}" for k in _LAYER_ARRAYS},
-        )
+        d.update(format=layer.format.to_dict(), out_min=layer.out_min, out_max=layer.out_max,
+                 accumulator_bits=layer.accumulator_bits)
+    if layer.arrays:
+        d["arrays"] = {k: f"{layer.name}/{k}" for k in layer.arrays}
     return d
 
 
@@ -230,9 +281,8 @@ def save(net: QuantizedNetwork, stem: str | os.PathLike) -> Path:
     stem = Path(stem)
     arrays = {}
     for layer in net.layers:
-        if layer.has_weights:
-            for k in _LAYER_ARRAYS:
-                arrays[f"{layer.name}/{k}"] = getattr(layer, k)
+        for k in layer.arrays:
+            arrays[f"{layer.name}/{k}"] = getattr(layer, k)
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     npz_bytes = buf.getvalue()
@@ -243,7 +293,7 @@ def save(net: QuantizedNetwork, stem: str | os.PathLike) -> Path:
         "quantizer": net.quantizer,
         "input": {"shape": list(net.input_shape), **net.input.to_dict()},
         "arrays": {"file": stem.name + ".npz", "sha256": hashlib.sha256(npz_bytes).hexdigest()},
-        "layers": [_layer_to_json(l) for l in net.layers],
+        "layers": [_layer_to_json(l, net.sources(l)) for l in net.layers],
         "metadata": net.metadata,
     }
     json_path = stem.parent / (stem.name + ".json")  # not with_suffix: stems may contain dots
@@ -298,11 +348,17 @@ def _file_sha256(path: Path) -> str:
 
 
 def _array_shapes(op: str, kw: dict, where: str) -> dict[str, tuple]:
-    """The shape each array of a conv2d/linear layer must have, from the layer's JSON."""
+    """The shape each array of a layer must have, from the layer's JSON."""
     if not kw["out_shape"] or not kw["in_shape"]:
         raise ArtifactError(f"{where}: empty in_shape or out_shape")
+    if op in REQUANT_OPS:
+        n = len(kw.get("inputs", ())) if op in ("add", "concat") else 1
+        return {"m0": (n,), "shift": (n,)}
     cout = kw["out_shape"][0]
-    codes = (cout, kw["in_shape"][0], *kw["kernel"]) if op == "conv2d" else (cout, math.prod(kw["in_shape"]))
+    groups = kw.get("groups", 1)
+    if op == "conv2d" and (groups < 1 or kw["in_shape"][0] % groups):
+        raise ArtifactError(f"{where}: groups {groups} does not divide the {kw['in_shape'][0]} input channels")
+    codes = (cout, kw["in_shape"][0] // groups, *kw["kernel"]) if op == "conv2d" else (cout, math.prod(kw["in_shape"]))
     return {"codes": codes, **{k: (cout,) for k in _LAYER_ARRAYS if k != "codes"}}
 
 
@@ -345,8 +401,9 @@ def load(path: str | os.PathLike) -> QuantizedNetwork:
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
         raise ArtifactError(f"{where}: not a quantrtl artifact (schema is {doc.get('schema') if isinstance(doc, dict) else None!r}, expected {SCHEMA!r})")
     version = doc.get("version")
-    if version != SCHEMA_VERSION:
-        raise ArtifactError(f"{where}: artifact schema version {version!r} is not supported (this quantrtl reads version {SCHEMA_VERSION})")
+    if version not in READS_VERSIONS:
+        raise ArtifactError(f"{where}: artifact schema version {version!r} is not supported (this quantrtl reads "
+                            f"versions {', '.join(map(str, READS_VERSIONS))})")
     arrays_doc = _need(doc, "arrays", where, dict)
     npz_path = json_path.parent / _need(arrays_doc, "file", where + ": arrays", str)
     if not npz_path.is_file():
@@ -369,18 +426,29 @@ def load(path: str | os.PathLike) -> QuantizedNetwork:
             input=_qparams(_need(ld, "input", lw, dict), lw + " input"),
             output=_qparams(_need(ld, "output", lw, dict), lw + " output"),
         )
-        if op in ("conv2d", "maxpool"):
+        if version >= 2:
+            kw["inputs"] = tuple(_need(ld, "inputs", lw, list))
+            if not kw["inputs"] or not all(isinstance(v, str) for v in kw["inputs"]):
+                raise ArtifactError(f"{lw}: 'inputs' must be a non-empty list of layer names")
+        if op in WINDOW_OPS:
             kw.update(kernel=_int_tuple(ld, "kernel", lw, 2), stride=_int_tuple(ld, "stride", lw, 2),
                       padding=_int_tuple(ld, "padding", lw, 2))
-        if op in ("conv2d", "linear"):
+        if op == "conv2d" and version >= 2:
+            kw["groups"] = _need(ld, "groups", lw, int)
+        if op in ("add", "concat"):
+            fmts = _need(ld, "input_formats", lw, list)
+            kw["input_formats"] = tuple(_qparams(f, f"{lw} input_formats[{i}]") for i, f in enumerate(fmts))
+        if op in ("conv2d", "linear", "add"):
             kw["activation"] = _need(ld, "activation", lw, str)
+        if op in ("conv2d", "linear"):
             try:
                 kw["format"] = format_from_dict(_need(ld, "format", lw, dict))
             except FormatError as e:
                 raise ArtifactError(f"{lw}: {e}") from None
+        if op in ("conv2d", "linear") or op in REQUANT_OPS:
             refs = _need(ld, "arrays", lw, dict)
             shapes = _array_shapes(op, kw, lw)
-            for k in _LAYER_ARRAYS:
+            for k in shapes:
                 kw[k] = _read_array(npz_path, _need(refs, k, lw + " arrays", str), shapes[k], lw)
         layers.append(Layer(**kw))
     net = QuantizedNetwork(
@@ -399,15 +467,21 @@ def conv_out_size(n: int, k: int, s: int, p: int) -> int:
     return (n + 2 * p - k) // s + 1
 
 
-def expected_out_shape(layer: Layer) -> tuple[int, ...]:
-    """Output shape implied by the layer's geometry (validation and generators)."""
-    if layer.op in ("conv2d", "maxpool"):
-        c, h, w = layer.in_shape
+def expected_out_shape(layer: Layer, in_shapes: list[tuple] | None = None) -> tuple[int, ...]:
+    """Output shape implied by the layer's geometry and its inputs' shapes (``in_shapes``,
+    by default ``[layer.in_shape]``)."""
+    in_shapes = [tuple(s) for s in (in_shapes or [layer.in_shape])]
+    if layer.op in ("conv2d", "maxpool", "avgpool"):
+        c, h, w = in_shapes[0]
         oc = layer.codes.shape[0] if layer.op == "conv2d" else c
         return (oc,) + tuple(conv_out_size(n, k, s, p) for n, k, s, p in zip((h, w), layer.kernel, layer.stride, layer.padding))
+    if layer.op == "gap":
+        return (in_shapes[0][0], 1, 1)
     if layer.op == "linear":
         return (layer.codes.shape[0],)
-    return layer.in_shape
+    if layer.op == "concat":
+        return (sum(s[0] for s in in_shapes),) + in_shapes[0][1:]
+    return in_shapes[0]
 
 
 #: Network and layer names become Verilog module and file names: letters, digits and
@@ -431,37 +505,90 @@ def validate(net: QuantizedNetwork) -> None:
         raise ArtifactError("network has no layers")
     for layer in net.layers:
         check_name(layer.name, "layer name")
+        if layer.name == INPUT:
+            raise ArtifactError(f"layer name {INPUT!r} is reserved for the network input")
     names = [l.name for l in net.layers]
     if len(set(names)) != len(names):
         raise ArtifactError(f"layer names are not unique: {names}")
-    shape, qp = tuple(net.input_shape), net.input
+    shapes, fmts = {INPUT: tuple(net.input_shape)}, {INPUT: net.input}
+    used: set[str] = set()
     for layer in net.layers:
         w = f"layer {layer.name!r}"
         if layer.op not in OPS:
             raise ArtifactError(f"{w}: unknown op {layer.op!r} (supported: {', '.join(OPS)})")
+        srcs = net.sources(layer)
+        for s in srcs:
+            if s not in shapes:
+                raise ArtifactError(f"{w}: input {s!r} is not the network input or a layer before it")
+        used.update(srcs)
+        n_in = len(srcs)
+        if (layer.op in ("add",) and n_in != 2) or (layer.op == "concat" and n_in < 2) or \
+                (layer.op not in ("add", "concat") and n_in != 1):
+            raise ArtifactError(f"{w}: {layer.op} cannot read {n_in} inputs")
+        in_shapes = [shapes[s] for s in srcs]
+        in_fmts = [fmts[s] for s in srcs]
+        shape, qp = in_shapes[0], in_fmts[0]
         in_shape = tuple(layer.in_shape)
         if layer.op == "linear" and in_shape != shape:
             if int(np.prod(in_shape)) != int(np.prod(shape)) or len(in_shape) != 1:
-                raise ArtifactError(f"{w}: in_shape {in_shape} does not flatten the previous output {shape}")
+                raise ArtifactError(f"{w}: in_shape {in_shape} does not flatten the input {shape}")
         elif in_shape != shape:
-            raise ArtifactError(f"{w}: in_shape {in_shape} does not match the previous output {shape}")
-        if layer.input != qp:
-            raise ArtifactError(f"{w}: input quantization {layer.input} differs from the previous output {qp}")
-        if layer.op in ("conv2d", "maxpool"):
+            raise ArtifactError(f"{w}: in_shape {in_shape} does not match its input {shape}")
+        if layer.op in ("add", "concat"):
+            if tuple(layer.input_formats) != tuple(in_fmts):
+                raise ArtifactError(f"{w}: input_formats {list(layer.input_formats)} differ from its inputs' {in_fmts}")
+            if any(f.binary for f in in_fmts) or layer.output.binary:
+                raise ArtifactError(f"{w}: {layer.op} takes and gives affine (not binary) activations")
+            if layer.op == "add" and in_shapes[1] != shape:
+                raise ArtifactError(f"{w}: add of shapes {in_shapes[0]} and {in_shapes[1]}")
+            if layer.op == "concat" and (any(len(s) != 3 or s[1:] != shape[1:] for s in in_shapes)):
+                raise ArtifactError(f"{w}: concat needs (C, H, W) inputs of one H, W, got {in_shapes}")
+        elif layer.input != qp:
+            raise ArtifactError(f"{w}: input quantization {layer.input} differs from its input's {qp}")
+        if layer.op in WINDOW_OPS:
             if len(in_shape) != 3:
                 raise ArtifactError(f"{w}: {layer.op} needs a (C, H, W) input, got {in_shape}")
             if min(layer.kernel) < 1 or min(layer.stride) < 1 or min(layer.padding) < 0:
                 raise ArtifactError(f"{w}: kernel {layer.kernel}, stride {layer.stride}, padding {layer.padding} out of range")
-            if layer.op == "maxpool" and any(2 * p > k for p, k in zip(layer.padding, layer.kernel)):
-                raise ArtifactError(f"{w}: maxpool padding {layer.padding} must be less than half the kernel {layer.kernel}")
-        if layer.op in ("maxpool", "relu") and layer.output != layer.input:
+            if layer.op in ("maxpool", "avgpool") and any(2 * p > k for p, k in zip(layer.padding, layer.kernel)):
+                raise ArtifactError(f"{w}: {layer.op} padding {layer.padding} must be at most half the kernel {layer.kernel}")
+            if layer.op == "gap" and (tuple(layer.kernel) != in_shape[1:] or any(layer.padding)):
+                raise ArtifactError(f"{w}: gap's kernel {layer.kernel} must be the whole map {in_shape[1:]}, unpadded")
+        if layer.op in ("maxpool", "relu", "avgpool", "gap") and layer.output != layer.input:
             raise ArtifactError(f"{w}: {layer.op} must keep the input quantization")
         if layer.has_weights:
             _validate_weights(layer, w)
-        out = expected_out_shape(layer)
+        elif layer.op in REQUANT_OPS:
+            _validate_requant(layer, w, n_in if layer.op in ("add", "concat") else 1)
+        out = expected_out_shape(layer, in_shapes)
         if min(out) < 1 or tuple(layer.out_shape) != out:
             raise ArtifactError(f"{w}: out_shape {tuple(layer.out_shape)} but the geometry gives {out}")
-        shape, qp = out, layer.output
+        shapes[layer.name], fmts[layer.name] = out, layer.output
+    unread = [n for n in names[:-1] if n not in used]
+    if unread:
+        raise ArtifactError(f"layer {unread[0]!r}: nothing reads its output (the network's output is the last layer)")
+
+
+def _validate_requant(layer: Layer, w: str, n: int) -> None:
+    """§8–§10 constants: ``m0``/``shift`` per input (add, concat) or one (average pooling)."""
+    for k in ("m0", "shift"):
+        a = getattr(layer, k)
+        if not isinstance(a, np.ndarray) or a.dtype.kind not in "iu" or a.shape != (n,):
+            raise ArtifactError(f"{w}: {k} must be {n} integer(s)")
+    lo, hi = SHIFT_RANGE
+    if np.any((layer.shift < lo) | (layer.shift > hi)):
+        raise ArtifactError(f"{w}: shift must lie in {lo}..{hi}, got {layer.shift.tolist()}")
+    if layer.op == "add":  # one shift, the largest multiplier normalized, the other at least 1
+        if len(set(layer.shift.tolist())) != 1 or np.any(layer.m0 < 1) or np.any(layer.m0 >= 1 << M0_BITS) \
+                or layer.m0.max() < 1 << (M0_BITS - 1):
+            raise ArtifactError(f"{w}: add needs one shift and multipliers in [1, 2**{M0_BITS}), the largest at "
+                                f"least 2**{M0_BITS - 1}; got m0 {layer.m0.tolist()}, shift {layer.shift.tolist()}")
+    elif np.any((layer.m0 < 1 << (M0_BITS - 1)) | (layer.m0 >= 1 << M0_BITS)):
+        raise ArtifactError(f"{w}: m0 must lie in [2**{M0_BITS - 1}, 2**{M0_BITS}), got {layer.m0.tolist()}")
+    if layer.activation not in ("none", "relu") or (layer.activation == "relu" and layer.op != "add"):
+        raise ArtifactError(f"{w}: {layer.op} cannot have activation {layer.activation!r}")
+    if not layer.output.qmin <= layer.out_min <= layer.out_max:
+        raise ArtifactError(f"{w}: output clamp [{layer.out_min}, {layer.out_max}] is empty")
 
 
 def _validate_weights(layer: Layer, w: str) -> None:
@@ -482,8 +609,11 @@ def _validate_weights(layer: Layer, w: str) -> None:
             raise ArtifactError(f"{w}: {k} has dtype {a.dtype}, expected {'float' if kind == 'f' else 'integer'}")
     codes = layer.codes
     cout = codes.shape[0] if codes.ndim else 0
+    if layer.op == "conv2d" and (layer.groups < 1 or layer.in_shape[0] % layer.groups or cout % layer.groups):
+        raise ArtifactError(f"{w}: groups {layer.groups} must divide the input channels {layer.in_shape[0]} and "
+                            f"the output channels {cout}")
     if layer.op == "conv2d":
-        cin = layer.in_shape[0]
+        cin = layer.in_shape[0] // layer.groups
         if codes.ndim != 4 or codes.shape[1] != cin or tuple(codes.shape[2:]) != tuple(layer.kernel):
             raise ArtifactError(f"{w}: weight codes shape {codes.shape} does not match (Cout, {cin}, {layer.kernel[0]}, {layer.kernel[1]})")
     else:

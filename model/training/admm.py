@@ -22,6 +22,7 @@ from torch import nn
 
 from quantrtl.model.numbers.formats import ActivationFormat
 from quantrtl.model.training.net import fit, single_thread
+from quantrtl.model.training.graph import INPUT, FloatGraph, apply, trace
 from quantrtl.model.training.quantize import QuantLayer, QuantModel
 from quantrtl.model.numbers.unified import UnifiedFormat, project
 from quantrtl.model.training.procedures import TrainRequest, Trained, no_inq
@@ -30,16 +31,16 @@ __all__ = ["AdmmState", "admm_unify", "unified_quantize", "layer_sources", "proc
 
 
 @torch.no_grad()
-def layer_sources(model: nn.Sequential, probe: torch.Tensor) -> dict[str, tuple | None]:
-    """For each Linear layer reading a flattened feature map, that map's (C, H, W): its
-    unified blocks follow the map's stream order, as in the quantized model."""
-    shapes, x, pending = {}, probe, None
-    for name, m in model.named_children():
-        if isinstance(m, nn.Flatten):
-            pending = tuple(x.shape[1:])
-        elif isinstance(m, nn.Linear):
-            shapes[name], pending = pending, None
-        x = m(x)
+def layer_sources(model: nn.Module, probe: torch.Tensor) -> dict[str, tuple | None]:
+    """For each Linear layer reading a feature map, that map's (C, H, W): its unified
+    blocks follow the map's stream order, as in the quantized model."""
+    graph = model if isinstance(model, FloatGraph) else trace(model)
+    vals, shapes = {INPUT: probe}, {}
+    for n in graph.nodes:
+        xs = [vals[i] for i in n.inputs]
+        if n.kind == "linear":
+            shapes[n.name] = tuple(xs[0].shape[1:]) if xs[0].dim() > 2 else None
+        vals[n.name] = apply(n, xs)
     return shapes
 
 

@@ -4,7 +4,9 @@ The integer constants follow docs/integer-semantics.md §1:
 
 * weight codes and per-channel scale ``S_w`` from the format's codec;
 * ``bias_int = round_half_even(b / (S_w[c] * S_x))``;
-* ``M = S_w[c] * S_x / S_y`` → ``(M0, n)`` by :func:`quantrtl.model.numbers.artifact.quantize_multiplier`.
+* ``M = S_w[c] * S_x / S_y`` → ``(M0, n)`` by :func:`quantrtl.model.numbers.artifact.quantize_multiplier`;
+* add (§8): ``S_a / S_y`` and ``S_b / S_y`` with one shift (:func:`~quantrtl.model.numbers.artifact.add_multipliers`);
+  average pooling (§9): ``1 / k²``; concat (§10): ``S_i / S_y`` per input.
 """
 from __future__ import annotations
 
@@ -13,9 +15,11 @@ import copy
 import numpy as np
 from torch import nn
 
-from quantrtl.model.numbers.artifact import Layer, QuantizedNetwork, quantize_multiplier, validate
+from quantrtl.model.numbers.artifact import Layer, QuantizedNetwork, add_multipliers, expected_out_shape, \
+    quantize_multiplier, validate
 from quantrtl.model.numbers.formats import ActivationFormat
-from quantrtl.model.training.quantize import QuantLayer, QuantModel
+from quantrtl.model.training.graph import INPUT
+from quantrtl.model.training.quantize import QuantAdd, QuantAvgPool, QuantConcat, QuantLayer, QuantModel
 
 
 def _qp(fmt: ActivationFormat) -> ActivationFormat:
@@ -27,34 +31,55 @@ def _qp(fmt: ActivationFormat) -> ActivationFormat:
 def export(qm: QuantModel, input_shape: tuple[int, ...], name: str = "digits", metadata: dict | None = None) -> QuantizedNetwork:
     """Build the validated :class:`QuantizedNetwork` of ``qm`` for inputs of ``input_shape`` (C, H, W)."""
     layers: list[Layer] = []
-    shape = tuple(input_shape)
-    pending_flatten = False
-    for lname, step, in_fmt in qm.walk():
-        qin = _qp(in_fmt)
-        if isinstance(step, nn.Flatten):
-            pending_flatten = True  # a linear layer reads its input flattened in C, H, W order
-            continue
+    shapes = {INPUT: tuple(input_shape)}
+    for lname, step, ins, in_fmts in qm.walk():
+        qins = tuple(_qp(f) for f in in_fmts)
+        qin, shape = qins[0], shapes[ins[0]]
         if isinstance(step, QuantLayer):
-            layer = _weight_layer(lname, step, shape, qin, pending_flatten)
+            layer = _weight_layer(lname, step, shape, qin)
+        elif isinstance(step, (QuantAdd, QuantConcat)):
+            out = _qp(step.out_q.fmt)
+            if isinstance(step, QuantAdd):
+                consts = add_multipliers([f.scale for f in qins], out.scale)
+                activation = "relu" if step.relu else "none"
+            else:
+                consts = [quantize_multiplier(f.scale / out.scale) for f in qins]
+                activation = "none"
+            layer = Layer(name=lname, op="add" if isinstance(step, QuantAdd) else "concat", in_shape=shape,
+                          out_shape=shape, input=qin, output=out, activation=activation, inputs=tuple(ins),
+                          input_formats=qins, m0=np.array([c[0] for c in consts], dtype=np.int64),
+                          shift=np.array([c[1] for c in consts], dtype=np.int64))
+        elif isinstance(step, QuantAvgPool):
+            m = step.module
+            kernel = shape[1:] if m is None else _pair(m.kernel_size)
+            m0, n = quantize_multiplier(1.0 / (kernel[0] * kernel[1]))
+            layer = Layer(name=lname, op="gap" if m is None else "avgpool", in_shape=shape, out_shape=shape,
+                          input=qin, output=qin, kernel=tuple(kernel),
+                          stride=tuple(kernel) if m is None else _pair(m.stride if m.stride is not None else m.kernel_size),
+                          padding=(0, 0) if m is None else _pair(m.padding),
+                          m0=np.array([m0], dtype=np.int64), shift=np.array([n], dtype=np.int64))
         elif isinstance(step, nn.MaxPool2d):
-            pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (int(v), int(v))
             layer = Layer(name=lname, op="maxpool", in_shape=shape, out_shape=shape, input=qin, output=qin,
-                          kernel=pair(step.kernel_size), stride=pair(step.stride if step.stride is not None else step.kernel_size),
-                          padding=pair(step.padding))
-        else:  # a ReLU not fused into a preceding conv/linear
+                          kernel=_pair(step.kernel_size),
+                          stride=_pair(step.stride if step.stride is not None else step.kernel_size),
+                          padding=_pair(step.padding))
+        else:  # a ReLU not fused into the conv/linear/add before it
             layer = Layer(name=lname, op="relu", in_shape=shape, out_shape=shape, input=qin, output=qin)
-        from quantrtl.model.numbers.artifact import expected_out_shape
-        layer.out_shape = expected_out_shape(layer)
+        layer.inputs = tuple(ins)
+        layer.out_shape = expected_out_shape(layer, [shapes[i] for i in ins])
         layers.append(layer)
-        shape = layer.out_shape
-        pending_flatten = False if isinstance(step, QuantLayer) else pending_flatten
+        shapes[lname] = layer.out_shape
     net = QuantizedNetwork(name=name, quantizer=qm.fmt.name, input_shape=tuple(input_shape),
                            input=_qp(qm.input_fmt), layers=layers, metadata=copy.deepcopy(metadata or {}))
     validate(net)
     return net
 
 
-def _weight_layer(name: str, step: QuantLayer, shape, qin: ActivationFormat, flatten: bool) -> Layer:
+def _pair(v) -> tuple[int, int]:
+    return tuple(int(a) for a in v) if isinstance(v, (tuple, list)) else (int(v), int(v))
+
+
+def _weight_layer(name: str, step: QuantLayer, shape, qin: ActivationFormat) -> Layer:
     m = step.module
     w = m.weight.detach().cpu().double().numpy()
     q = step.quantized(shape)
@@ -74,6 +99,6 @@ def _weight_layer(name: str, step: QuantLayer, shape, qin: ActivationFormat, fla
                   weight_scale=np.asarray(q.scale, dtype=np.float64))
     if isinstance(m, nn.Conv2d):
         return Layer(op="conv2d", in_shape=shape, out_shape=shape, kernel=tuple(m.kernel_size),
-                     stride=tuple(m.stride), padding=tuple(m.padding), **common)
-    in_shape = (int(np.prod(shape)),) if flatten or len(shape) != 1 else shape
+                     stride=tuple(m.stride), padding=tuple(m.padding), groups=int(m.groups), **common)
+    in_shape = (int(np.prod(shape)),)  # read flattened in C, H, W order
     return Layer(op="linear", in_shape=in_shape, out_shape=(w.shape[0],), **common)

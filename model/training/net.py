@@ -29,7 +29,8 @@ from quantrtl.util.atomic import atomic_write
 from quantrtl.util.errors import first_line
 from quantrtl.model.digits import INPUT_SHAPE, NUM_CLASSES, Split, load_split
 
-CHECKPOINT = Path(__file__).resolve().parent.parent / "data" / "digits_cnn.pt"
+DATA = Path(__file__).resolve().parent.parent / "data"
+CHECKPOINT = DATA / "digits_cnn.pt"
 
 
 def digits_cnn() -> nn.Sequential:
@@ -42,6 +43,60 @@ def digits_cnn() -> nn.Sequential:
         ("flatten", nn.Flatten()),
         ("fc", nn.Linear(16 * 4 * 4, NUM_CLASSES)),
     ]))
+
+
+class DigitsRes(nn.Module):
+    """The residual digits network: every graph operation quantrtl takes, on 8×8 digits::
+
+        stem   Conv2d(1, 8, 3, padding=1) + BatchNorm + ReLU        8×8×8
+        dw     Conv2d(8, 8, 3, padding=1, groups=8) + ReLU           depthwise
+        pw     Conv2d(8, 8, 1)                                       pointwise
+        add    ReLU(stem + pw)                                       residual
+        conv2  Conv2d(8, 16, 3, padding=1) + ReLU                   16×8×8
+        pool   AvgPool2d(2)                                         16×4×4
+        conv3  Conv2d(16, 16, 3, padding=1) + ReLU                  16×4×4
+        cat    cat([pool, conv3], dim=1)                            32×4×4
+        gap    AdaptiveAvgPool2d(1), flatten                        32
+        fc     Linear(32, 10)                                       logits
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.pw = nn.Conv2d(8, 8, 1)
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
+        self.pool = nn.AvgPool2d(2)
+        self.conv3 = nn.Conv2d(16, 16, 3, padding=1)
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(32, NUM_CLASSES)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.stem(x)))
+        x = torch.relu(x + self.pw(torch.relu(self.dw(x))))
+        p = self.pool(torch.relu(self.conv2(x)))
+        z = torch.cat([p, torch.relu(self.conv3(p))], dim=1)
+        return self.fc(torch.flatten(self.gap(z), 1))
+
+
+@dataclass(frozen=True)
+class Shipped:
+    """A model shipped with its trained checkpoint (``--model <name>``)."""
+
+    name: str
+    factory: object
+    checkpoint: Path
+    description: str
+
+
+#: The shipped models by ``--model`` name (the default first).
+SHIPPED = {
+    "digits": Shipped("digits", digits_cnn, CHECKPOINT, "the digits CNN (conv, conv, max pool, linear)"),
+    "digits-res": Shipped("digits-res", DigitsRes, DATA / "digits_res.pt",
+                          "the residual digits network (depthwise, residual add, average pooling, concat, "
+                          "global average pooling)"),
+}
 
 
 @dataclass(frozen=True)
@@ -118,11 +173,12 @@ def single_thread():
         torch.set_num_threads(threads)
 
 
-def train(cfg: TrainConfig = TRAIN_DEFAULTS) -> tuple[nn.Module, float]:
-    """Train the digits CNN from scratch; returns the model and its test accuracy."""
+def train(cfg: TrainConfig = TRAIN_DEFAULTS, factory=digits_cnn) -> tuple[nn.Module, float]:
+    """Train a shipped model (``factory``, the digits CNN by default) from scratch on the
+    digits data; returns the model and its test accuracy."""
     with single_thread():
         torch.manual_seed(cfg.seed)
-        model = digits_cnn()
+        model = factory()
         train_split, test_split = load_split()
         fit(model, train_split, cfg.epochs, cfg.lr, cfg.batch_size, cfg.seed, cfg.weight_decay)
     return model, accuracy(predict(model, test_split), test_split.y)
@@ -134,10 +190,10 @@ def cpu_capability() -> str:
     return torch.backends.cpu.get_cpu_capability()
 
 
-def retrained_digest() -> str | None:
+def retrained_digest(checkpoint: Path = CHECKPOINT) -> str | None:
     """The digest :func:`train` gives on this machine's CPU capability, as recorded next to
-    the shipped checkpoint (None when none is recorded for it)."""
-    meta = CHECKPOINT.with_suffix(".json")
+    the shipped ``checkpoint`` (None when none is recorded for it)."""
+    meta = checkpoint.with_suffix(".json")
     if not meta.is_file():
         return None
     return json.loads(meta.read_text()).get("retrained_digests", {}).get(cpu_capability())

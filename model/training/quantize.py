@@ -5,30 +5,26 @@ forward pass, so the weights seen in training are exactly the ones exported: one
 codec, no torch re-implementation to drift from it.  Gradients pass straight
 through to the latent float weights (STE).
 
-A :class:`QuantModel` is built from a float ``nn.Sequential`` of Conv2d, Linear,
-ReLU, MaxPool2d and Flatten.  A ReLU right after a Conv2d/Linear is fused into it
-(the quantized output clamps at its zero point), as the artifact and the hardware do.
-Activations are unsigned 8-bit with scales calibrated on training data.
+A :class:`QuantModel` mirrors a float model traced into a graph
+(:mod:`quantrtl.model.training.graph`) node by node.  A ReLU right after a
+Conv2d/Linear/add is fused into it (the quantized output clamps at its zero point), as
+the artifact and the hardware do.  Activations are unsigned 8-bit with scales calibrated
+on training data.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from torch import nn
 
 from quantrtl.model.digits import INPUT_SCALE, INPUT_ZERO_POINT, Split
 from quantrtl.model.numbers.formats import ActivationFormat, FormatError, Quantized, WeightFormat, XnorFormat
+from quantrtl.model.training.graph import INPUT, FloatGraph, UnsupportedLayerError, trace
 from quantrtl.model.training.net import batches, fit, single_thread
 
-SUPPORTED = (nn.Conv2d, nn.Linear, nn.ReLU, nn.MaxPool2d, nn.Flatten)
-
-
-class UnsupportedLayerError(ValueError):
-    """A module that the quantizer, the artifact and the hardware cannot express."""
-
+__all__ = ["QuantModel", "QuantLayer", "QuantAdd", "QuantConcat", "QuantAvgPool", "ActQuant", "UnsupportedLayerError",
+           "quantize_model", "inq_quantize", "fake_quant_act", "fake_quant_weight", "straight_through", "BINARY_ACT"]
 
 class _StraightThrough(torch.autograd.Function):
     """Forward returns ``y`` exactly; backward passes the gradient to ``x`` unchanged."""
@@ -136,7 +132,7 @@ class QuantLayer(nn.Module):
                 ph, pw = padding
                 x = nn.functional.pad(x, (pw, pw, ph, ph), value=-in_fmt.scale)
                 padding = (0, 0)
-            op = lambda x_, w_, b_: nn.functional.conv2d(x_, w_, b_, m.stride, padding)
+            op = lambda x_, w_, b_: nn.functional.conv2d(x_, w_, b_, m.stride, padding, 1, m.groups)
         else:
             op = lambda x_, w_, b_: nn.functional.linear(x_.flatten(1), w_, b_)
         y = op(x, w, b)
@@ -163,94 +159,142 @@ class QuantLayer(nn.Module):
         return (acc * (sw * in_fmt.scale).reshape(out_shape)).to(x.dtype)
 
 
-@dataclass
-class Step:
-    """One element of the quantized plan: a QuantLayer or a pass-through module."""
+class QuantAdd(nn.Module):
+    """A residual addition (optional fused ReLU) and its output activation quantizer."""
 
-    name: str
-    module: nn.Module
+    def __init__(self, name: str, relu: bool):
+        super().__init__()
+        self.name, self.relu = name, relu
+        self.out_q = ActQuant()
+
+    def forward(self, a, b):
+        y = a + b
+        return self.out_q(torch.relu(y) if self.relu else y)
 
 
-def _check_module(name: str, m: nn.Module) -> None:
-    if not isinstance(m, SUPPORTED):
-        raise UnsupportedLayerError(
-            f"layer {name!r} of type {type(m).__name__} is not supported; supported: "
-            + ", ".join(t.__name__ for t in SUPPORTED)
-        )
-    if isinstance(m, nn.Conv2d):
-        if m.groups != 1 or tuple(m.dilation) != (1, 1) or m.padding_mode != "zeros" or isinstance(m.padding, str):
-            raise UnsupportedLayerError(
-                f"layer {name!r}: Conv2d needs groups=1, dilation=1, numeric zero padding "
-                f"(got groups={m.groups}, dilation={m.dilation}, padding={m.padding!r}, mode={m.padding_mode!r})"
-            )
-    if isinstance(m, nn.MaxPool2d):
-        if m.dilation not in (1, (1, 1)) or m.ceil_mode or m.return_indices:
-            raise UnsupportedLayerError(f"layer {name!r}: MaxPool2d needs dilation=1, ceil_mode=False")
+class QuantConcat(nn.Module):
+    """Channel concatenation; every input is requantized to one output format."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.name = name
+        self.out_q = ActQuant()
+
+    def forward(self, *xs):
+        return self.out_q(torch.cat(xs, 1))
+
+
+class QuantAvgPool(nn.Module):
+    """Average (``module``) or global average (``module`` None) pooling; the output keeps
+    the input's format and rounds half up, as the integer model does."""
+
+    def __init__(self, name: str, module: nn.Module | None):
+        super().__init__()
+        self.name, self.module = name, module
+
+    def forward(self, x, in_fmt: ActivationFormat | None):
+        y = self.module(x) if self.module is not None else x.mean((2, 3), keepdim=True)
+        if in_fmt is None:  # calibrating: float
+            return y
+        q = torch.clamp(torch.floor(y / in_fmt.scale + 0.5) + in_fmt.zero_point, in_fmt.qmin, in_fmt.qmax)
+        return straight_through(y, (q - in_fmt.zero_point) * in_fmt.scale)
+
+
+#: Steps whose output has its own calibrated format (the others keep their input's).
+_REQUANTIZING = (QuantLayer, QuantAdd, QuantConcat)
+
+
+def _as_graph(float_model: nn.Module) -> FloatGraph:
+    return float_model if isinstance(float_model, FloatGraph) else trace(float_model)
 
 
 class QuantModel(nn.Module):
-    """Fake-quantized version of a float ``nn.Sequential``; shares its parameters."""
+    """Fake-quantized version of a float model (a :class:`FloatGraph`, or a module
+    :func:`~quantrtl.model.training.graph.trace` accepts); shares its parameters.
 
-    def __init__(self, float_model: nn.Sequential, fmt: WeightFormat, input_fmt: ActivationFormat | None = None):
+    A ReLU whose input is a conv2d/linear/add read by nothing else is fused into it (the
+    quantized output clamps at its zero point), as the artifact and the hardware do."""
+
+    def __init__(self, float_model: nn.Module, fmt: WeightFormat, input_fmt: ActivationFormat | None = None):
         super().__init__()
         if input_fmt is None:  # the digits data: pixel / 16, exact
             input_fmt = ActivationFormat(scale=INPUT_SCALE, zero_point=INPUT_ZERO_POINT)
-        if not isinstance(float_model, nn.Sequential):
-            raise UnsupportedLayerError(f"model must be an nn.Sequential, got {type(float_model).__name__}")
+        graph = _as_graph(float_model)
         self.fmt = fmt
         self.input_q = ActQuant(input_fmt)
-        mods = list(float_model.named_children())
-        for name, m in mods:
-            _check_module(name, m)
-        weighted = [n for n, m in mods if isinstance(m, (nn.Conv2d, nn.Linear))]
-        steps, i = nn.ModuleDict(), 0
-        while i < len(mods):
-            name, m = mods[i]
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                relu = i + 1 < len(mods) and isinstance(mods[i + 1][1], nn.ReLU)
-                layer_fmt, binarize = fmt, False
-                if isinstance(fmt, XnorFormat):  # 8-bit input to the first layer, 8-bit logits out
-                    layer_fmt = fmt.layer_format(first=name == weighted[0])
-                    binarize = name != weighted[-1]
-                steps[name] = QuantLayer(name, m, layer_fmt, relu, binarize)
-                i += 2 if relu else 1
-            else:
-                steps[name] = m
-                i += 1
-        if not any(isinstance(s, QuantLayer) for s in steps.values()):
+        users = graph.consumers()
+        kinds = {n.name: n.kind for n in graph.nodes}
+        weighted = [n.name for n in graph.nodes if n.kind in ("conv2d", "linear")]
+        if not weighted:
             raise UnsupportedLayerError("model has no Conv2d or Linear layer to quantize")
+        xnor = isinstance(fmt, XnorFormat)
+        if xnor:
+            other = [n for n in graph.nodes if n.kind not in ("conv2d", "linear", "relu", "maxpool")]
+            if other:
+                raise UnsupportedLayerError(f"node {other[0].name!r} ({other[0].kind}): {fmt.name} (binary activations) "
+                                            "needs a chain of conv2d, linear, ReLU and max pooling")
+        fused = {n.name: n.inputs[0] for n in graph.nodes if n.kind == "relu" and n.inputs[0] in kinds
+                 and kinds[n.inputs[0]] in ("conv2d", "linear", "add") and users[n.inputs[0]] == [n.name]}
+        relu_of = set(fused.values())
+        steps, sources = nn.ModuleDict(), {}
+        rename = {}  # a fused ReLU stands for its producer
+        for n in graph.nodes:
+            if n.name in fused:
+                rename[n.name] = fused[n.name]
+                continue
+            relu = n.name in relu_of
+            if n.kind in ("conv2d", "linear"):
+                layer_fmt, binarize = fmt, False
+                if xnor:  # 8-bit input to the first layer, 8-bit logits out
+                    layer_fmt = fmt.layer_format(first=n.name == weighted[0])
+                    binarize = n.name != weighted[-1]
+                step = QuantLayer(n.name, n.module, layer_fmt, relu, binarize)
+            elif n.kind == "add":
+                step = QuantAdd(n.name, relu)
+            elif n.kind == "concat":
+                step = QuantConcat(n.name)
+            elif n.kind in ("avgpool", "gap"):
+                step = QuantAvgPool(n.name, n.module)
+            elif n.kind == "maxpool":
+                step = n.module
+            else:
+                step = nn.ReLU()
+            steps[n.name] = step
+            sources[n.name] = tuple(rename.get(i, i) for i in n.inputs)
         self.steps = steps
+        self.sources = sources
 
     @property
     def input_fmt(self) -> ActivationFormat:
         return self.input_q.fmt
 
     def walk(self):
-        """Yield ``(name, step, input activation format)`` in order (used by export)."""
-        fmt = self.input_fmt
+        """Yield ``(name, step, input names, input activation formats)`` in topological
+        order (used by export)."""
+        fmts = {INPUT: self.input_fmt}
         for name, s in self.steps.items():
-            yield name, s, fmt
-            if isinstance(s, QuantLayer):
-                fmt = s.out_q.fmt
+            ins = self.sources[name]
+            in_fmts = tuple(fmts[i] for i in ins)
+            yield name, s, ins, in_fmts
+            fmts[name] = s.out_q.fmt if isinstance(s, _REQUANTIZING) else in_fmts[0]
 
     def forward(self, x):
-        x = self.input_q(x)
-        in_shape = None  # a linear layer after Flatten reads a feature map of this shape
-        for _, s, fmt in self.walk():
+        vals = {INPUT: self.input_q(x)}
+        for name, s, ins, fmts in self.walk():
+            xs = [vals[i] for i in ins]
             if isinstance(s, QuantLayer):
-                s.in_shape = in_shape or tuple(x.shape[1:])
-                x = s(x, fmt)
-                in_shape = None
+                s.in_shape = tuple(xs[0].shape[1:])  # a linear layer reads this map flattened
+                vals[name] = s(xs[0], fmts[0])
+            elif isinstance(s, QuantAvgPool):
+                vals[name] = s(xs[0], fmts[0])
             else:
-                if isinstance(s, nn.Flatten):
-                    in_shape = tuple(x.shape[1:])
-                x = s(x)
-        return x
+                vals[name] = s(*xs)
+        return vals[name]
 
     @torch.no_grad()
     def calibrate(self, split: Split, batch_size: int = 512) -> None:
         """Set every output activation format from min/max over ``split`` (float activations)."""
-        qs = [s.out_q for s in self.steps.values() if isinstance(s, QuantLayer) and not s.out_q.fixed]
+        qs = [s.out_q for s in self.steps.values() if isinstance(s, _REQUANTIZING) and not s.out_q.fixed]
         for q in qs:
             q.fmt, q.observing, q.lo, q.hi = None, True, np.inf, -np.inf
         was_training = self.training

@@ -1,29 +1,25 @@
 """Bring your own model: a PyTorch module from a file, batch norm folded, checked up front.
 
 ``--model path/to/file.py:factory`` names a function (or class) in a Python file outside
-the repo that returns an ``nn.Module`` built from Conv2d, Linear, ReLU, MaxPool2d,
-BatchNorm2d/BatchNorm1d and Flatten, in the order its ``forward`` applies them
-(``nn.Sequential``, nested or not, or a module whose children run in order).
+the repo that returns an ``nn.Module`` whose ``forward`` ``torch.fx`` can trace, built
+from the operations of :data:`quantrtl.model.training.graph.SUPPORTED_TEXT` (residual
+adds, concatenation, depthwise convolutions, average pooling included).
 ``--weights ckpt.pt`` loads a state dict into it.  Batch norms are folded into the
 preceding conv/linear (eval-mode statistics) before quantization.
 """
 from __future__ import annotations
 
-import copy
 import importlib.util
 import re
 import sys
-from collections import OrderedDict
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from quantrtl.model.training.graph import FloatGraph, trace
 from quantrtl.model.training.net import CheckpointError
-from quantrtl.model.training.quantize import SUPPORTED, UnsupportedLayerError
 from quantrtl.util.errors import first_line
-
-ACCEPTED = SUPPORTED + (nn.BatchNorm2d, nn.BatchNorm1d)
 
 
 class ModelSpecError(ValueError):
@@ -53,64 +49,15 @@ def load_factory(spec: str):
     return factory
 
 
-def _flatten(module: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
-    out = []
-    for name, child in module.named_children():
-        full = f"{prefix}{name}"
-        if isinstance(child, nn.Sequential):
-            out += _flatten(child, full + "_")
-        else:
-            out.append((re.sub(r"\W", "_", full), child))
-    return out
-
-
-def check_layers(layers: list[tuple[str, nn.Module]]) -> None:
-    """Reject any unsupported layer, naming it, before any work."""
-    for name, m in layers:
-        if not isinstance(m, ACCEPTED):
-            raise UnsupportedLayerError(
-                f"layer {name!r} of type {type(m).__name__} is not supported; supported: "
-                + ", ".join(t.__name__ for t in ACCEPTED))
-
-
-def fold_batch_norm(layers: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.Module]]:
-    """Fold each BatchNorm into the conv/linear before it: ``w' = w·γ/σ``, ``b' = (b − μ)·γ/σ + β``."""
-    out: list[tuple[str, nn.Module]] = []
-    for name, m in layers:
-        if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
-            if not out or not isinstance(out[-1][1], (nn.Conv2d, nn.Linear)):
-                raise UnsupportedLayerError(f"layer {name!r} ({type(m).__name__}) must follow a Conv2d or Linear to be folded")
-            pname, prev = out[-1]
-            if prev.weight.shape[0] != m.num_features:
-                raise UnsupportedLayerError(f"layer {name!r}: {m.num_features} features after {pname!r} with "
-                                            f"{prev.weight.shape[0]} outputs")
-            with torch.no_grad():
-                std = torch.sqrt(m.running_var + m.eps)
-                gamma = m.weight if m.affine else torch.ones_like(std)
-                beta = m.bias if m.affine else torch.zeros_like(std)
-                k = gamma / std
-                folded = copy.deepcopy(prev)
-                folded.weight = nn.Parameter(prev.weight * k.reshape(-1, *([1] * (prev.weight.dim() - 1))))
-                b = prev.bias if prev.bias is not None else torch.zeros_like(m.running_mean)
-                folded.bias = nn.Parameter((b - m.running_mean) * k + beta)
-            out[-1] = (pname, folded)
-        else:
-            out.append((name, m))
-    return out
-
-
 def _what(e: BaseException) -> str:
     if isinstance(e, SystemExit):
         return f"it called sys.exit({e.code!r})"
     return f"{type(e).__name__}: {e}"
 
 
-def load_user_model(spec: str, weights: str | None = None, probe: torch.Tensor | None = None) -> nn.Sequential:
-    """Build, load, check and fold a user model into the ``nn.Sequential`` quantization expects.
-
-    ``probe`` (a few inputs) verifies that a non-Sequential module's forward equals running
-    its children in order, and that folding kept the outputs.
-    """
+def load_user_model(spec: str, weights: str | None = None, probe: torch.Tensor | None = None) -> FloatGraph:
+    """Build, load, check and trace a user model into the graph quantization expects
+    (``probe``: a few inputs on which the graph must compute what the model computes)."""
     factory = load_factory(spec)
     try:
         model = factory()
@@ -130,19 +77,18 @@ def load_user_model(spec: str, weights: str | None = None, probe: torch.Tensor |
 
 
 def prepare_module(model: nn.Module, what: str = "the model", source: str | None = None,
-                   probe: torch.Tensor | None = None) -> nn.Sequential:
-    """Check a float module's parameters and layers, fold batch norm, and return the
-    ``nn.Sequential`` quantization expects (``probe`` checks that folding kept the outputs).
-    ``what`` names the model in errors, ``source`` where its parameters came from."""
+                   probe: torch.Tensor | None = None) -> FloatGraph:
+    """Check a float module's parameters, trace it into the graph quantization expects
+    (batch norm folded; :func:`~quantrtl.model.training.graph.trace`) and, on ``probe``
+    inputs, check that the graph computes what the module computes.  ``what`` names the
+    model in errors, ``source`` where its parameters came from."""
     if not isinstance(model, nn.Module):
         raise ModelSpecError(f"{what}: expected an nn.Module, got {type(model).__name__}")
     for name, t in model.state_dict().items():
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise CheckpointError(f"{source or what}: parameter {name!r} contains NaN or infinity")
     model.eval()
-    layers = _flatten(model)
-    check_layers(layers)
-    seq = nn.Sequential(OrderedDict(fold_batch_norm(layers))).eval()
+    graph = trace(model, what)
     if probe is not None:
         with torch.no_grad():
             try:
@@ -150,15 +96,14 @@ def prepare_module(model: nn.Module, what: str = "the model", source: str | None
             except (Exception, SystemExit) as e:
                 raise ModelSpecError(f"{what}: forward on the calibration data failed: {_what(e)}") from None
             try:
-                got = seq(probe)
-            except Exception as e:  # children registered in another order than forward uses them
-                raise ModelSpecError(f"{what}: its layers applied in the order they are registered fail "
-                                     f"({type(e).__name__}: {first_line(e, 160)}); quantrtl needs a "
-                                     "sequence of layers registered in the order forward uses them") from None
-        if want.shape != got.shape or not torch.allclose(want, got, rtol=1e-4, atol=1e-4):
-            raise ModelSpecError(f"{what}: its forward is not its layers applied in order "
-                                 "(quantrtl needs a sequence of layers)")
-    return seq
+                got = graph(probe)
+            except Exception as e:  # shapes that do not fit (a node's input is not what it expects)
+                raise ModelSpecError(f"{what}: its traced graph fails on the calibration data "
+                                     f"({type(e).__name__}: {first_line(e, 160)})") from None
+        if not isinstance(want, torch.Tensor) or want.reshape(len(want), -1).shape != got.reshape(len(got), -1).shape \
+                or not torch.allclose(want.reshape(len(want), -1), got.reshape(len(got), -1), rtol=1e-4, atol=1e-4):
+            raise ModelSpecError(f"{what}: its traced graph does not compute what its forward computes")
+    return graph
 
 
 class ArraySplit:

@@ -12,7 +12,7 @@ from quantrtl.util.atomic import atomic_write
 from quantrtl.util.errors import OptionError
 from quantrtl.util.provenance import package_versions
 
-__all__ = ["DEFAULT_FINETUNE", "DEMO_QUANTIZERS", "MAX_LANES", "OptionError", "ModelSource", "DIGITS", "load_data",
+__all__ = ["DEFAULT_FINETUNE", "DEMO_QUANTIZERS", "SHIPPED_MODELS", "MAX_LANES", "OptionError", "ModelSource", "DIGITS", "load_data",
            "tool_versions", "check_density", "check_lanes", "check_stream_options", "artifact_stem", "write_json",
            "HardwareOptions"]
 
@@ -22,16 +22,21 @@ DEFAULT_FINETUNE = 10
 DEMO_QUANTIZERS = ("fixed8", "shift4", "ternary", "binary")
 
 
+#: The shipped models (``--model NAME``; each has its checkpoint in ``model/data``).
+SHIPPED_MODELS = ("digits", "digits-res")
+
+
 def tool_versions() -> dict[str, str]:
     return package_versions("quantrtl", "numpy", "torch", python=True)
 
 
 @dataclass(frozen=True)
 class ModelSource:
-    """Which float model and data: the shipped digits CNN (default) or a user model, from a
-    file (``model``) or in memory (``module``, an ``nn.Module``: the Python API)."""
+    """Which float model and data: a shipped model (``model`` None: the digits CNN, or a
+    name of :data:`SHIPPED_MODELS`) or a user model, from a file (``model``
+    ``path/to/file.py:factory``) or in memory (``module``, an ``nn.Module``: the Python API)."""
 
-    model: str | None = None  # path/to/file.py:factory
+    model: str | None = None  # a shipped model's name, or path/to/file.py:factory
     weights: str | None = None  # state dict for the user model
     calib: str | None = None  # .npy float inputs instead of the digits data
     checkpoint: str | None = None  # another checkpoint of the digits CNN
@@ -42,13 +47,27 @@ class ModelSource:
     def __post_init__(self):
         if self.model is not None and self.module is not None:
             raise OptionError(("model", "module"), "give either {0} (a file) or {1} (an nn.Module), not both")
+        if self.shipped is not None and self.weights is not None:
+            raise OptionError(("weights", "model"), "{0} loads a state dict into a {1} FILE.py:FACTORY; a shipped "
+                                                    "model takes --checkpoint")
+        if self.shipped is None and self.checkpoint is not None:
+            raise OptionError(("checkpoint", "model"), "{0} is for a shipped model; give {1}'s weights with --weights")
+
+    @property
+    def shipped(self) -> str | None:
+        """The shipped model's name (None: a user model)."""
+        if self.module is not None:
+            return None
+        if self.model is None:
+            return "digits"
+        return self.model if self.model in SHIPPED_MODELS else None
 
     @property
     def name(self) -> str:
         if self.module is not None:
             stem = type(self.module).__name__.lower()
-        elif self.model is None:
-            return "digits"
+        elif self.shipped is not None:
+            return self.shipped.replace("-", "_")
         else:
             stem = Path(self.model.rpartition(":")[0]).stem
         ident = "".join(c if c.isascii() and c.isalnum() else "_" for c in stem)

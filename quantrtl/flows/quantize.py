@@ -148,19 +148,20 @@ def _cache_key(opts: "QuantizeOptions") -> str | None:
     import json
 
     source = opts.source
-    if source.model is not None or source.module is not None or source.calib is not None:
+    if source.shipped is None or source.calib is not None:
         return None
     import torch
 
     import quantrtl.model as model_pkg
     from quantrtl.model.training import net
 
-    checkpoint = Path(source.checkpoint or net.CHECKPOINT)
+    checkpoint = Path(source.checkpoint or net.SHIPPED[source.shipped].checkpoint)
     if not checkpoint.is_file():
         return None  # the quantization itself says what is wrong with it
     h = hashlib.sha256()
     key = {"quantizer": opts.format.name, "format": repr(opts.format), "epochs": opts.epochs, "seed": opts.seed,
-           "density": str(opts.plan), "inq": opts.inq, "torch": torch.__version__, "cpu": net.cpu_capability()}
+           "density": str(opts.plan), "inq": opts.inq, "torch": torch.__version__, "cpu": net.cpu_capability(),
+           "model": source.shipped}
     h.update(json.dumps(key, sort_keys=True).encode())
     h.update(checkpoint.read_bytes())
     root = Path(model_pkg.__file__).parent
@@ -238,7 +239,7 @@ def _quantize(opts: "QuantizeOptions") -> QuantizedRun:
     train, test, input_fmt, labelled = load_data(source)
     if finetune and not labelled:
         raise OptionError(("finetune", "calib"), "fine-tuning needs labels: use the digits data (no {1}) or {0} 0")
-    if source.model is not None or source.module is not None:
+    if source.shipped is None:
         import copy
 
         import torch
@@ -251,15 +252,18 @@ def _quantize(opts: "QuantizeOptions") -> QuantizedRun:
         else:
             float_model = load_user_model(source.model, source.weights, probe=probe)
     else:
-        float_model = net.load_checkpoint(source.checkpoint)
+        shipped = net.SHIPPED[source.shipped]
+        float_model = net.load_checkpoint(source.checkpoint or shipped.checkpoint, shipped.factory)
     acc = (lambda pred: net.accuracy(pred, test.y)) if labelled else (lambda pred: None)
     float_acc = acc(net.predict(float_model, test))
     qm, training, plan = _train(float_model, fmt, train, finetune, seed, input_fmt, density, inq)
     fq_pred = net.predict(qm, test)
-    model_name = source.model or (f"{type(source.module).__name__} (in memory)" if source.module is not None
-                                  else "digits_cnn")
-    params = ("in memory" if source.module is not None
-              else Path(source.weights or source.checkpoint or net.CHECKPOINT).name)
+    model_name = (f"{type(source.module).__name__} (in memory)" if source.module is not None
+                  else source.model if source.shipped is None
+                  else "digits_cnn" if source.shipped == "digits" else source.shipped)
+    params = ("in memory" if source.module is not None else Path(source.weights).name if source.weights
+              else "the factory's initial parameters" if source.shipped is None
+              else Path(source.checkpoint or net.SHIPPED[source.shipped].checkpoint).name)
     meta = {"finetune_epochs": finetune, "seed": seed, "model": model_name, "density": plan,
             "training": training, "checkpoint": params,
             "calibration": Path(source.calib).name if source.calib else "digits train split",

@@ -53,7 +53,7 @@ def edit_json(path, fn):
 
 
 @pytest.mark.parametrize("edit,match", [
-    (lambda d: d.update(version=2), r"schema version 2 is not supported \(this quantrtl reads version 1\)"),
+    (lambda d: d.update(version=3), r"schema version 3 is not supported \(this quantrtl reads versions 1, 2\)"),
     (lambda d: d.update(version="1"), r"version '1' is not supported"),
     (lambda d: d.update(schema="other"), r"not a quantrtl artifact"),
     (lambda d: d.pop("layers"), r"missing key 'layers'"),
