@@ -65,6 +65,9 @@ class ConvGeometry:
     pw: int = 0
     lanes: int = 1
     groups: int = 1
+    #: the convolution's own groups (depthwise: ``cin``): output channel ``c`` reads only
+    #: input channels ``(c // (cout/conv_groups)) * (cin/conv_groups) + 0 … cin/conv_groups − 1``
+    conv_groups: int = 1
     #: an injected control fault (``hw/faults.py``): this fan-in position's tap table
     #: entry points at the next position's input (None: the correct table)
     tap_fault: int | None = None
@@ -79,7 +82,13 @@ class ConvGeometry:
 
     @property
     def fan_in(self) -> int:
-        return self.cin * self.kh * self.kw
+        return self.cin // self.conv_groups * self.kh * self.kw
+
+    def channel_base(self, c: int) -> int:
+        """The first input channel output channel ``c`` reads (0 unless grouped)."""
+        if c >= self.cout:
+            return 0
+        return c // (self.cout // self.conv_groups) * (self.cin // self.conv_groups)
 
     @property
     def lanes_per_group(self) -> int:
@@ -130,8 +139,10 @@ class ConvGeometry:
         return [(dy * self.w + dx) * self.cin + ci for dy, dx, ci in self.taps()]
 
     def taps(self) -> list[tuple[int, int, int]]:
-        """Fan-in order k → (dy, dx, ci), input channel fastest (matches the stream order)."""
-        taps = [(dy, dx, ci) for dy in range(self.kh) for dx in range(self.kw) for ci in range(self.cin)]
+        """Fan-in order k → (dy, dx, ci), input channel fastest (matches the stream order);
+        ``ci`` counts from the output channel's :meth:`channel_base`."""
+        taps = [(dy, dx, ci) for dy in range(self.kh) for dx in range(self.kw)
+                for ci in range(self.cin // self.conv_groups)]
         if self.tap_fault is not None:
             taps[self.tap_fault] = taps[(self.tap_fault + 1) % len(taps)]
         return taps
@@ -139,13 +150,10 @@ class ConvGeometry:
     @classmethod
     def from_layer(cls, layer: Layer, lanes: int, groups: int | None = None,
                    tap_fault: int | None = None) -> "ConvGeometry":
-        if layer.op == "conv2d" and layer.groups != 1:
-            raise ValueError(f"layer {layer.name!r}: a grouped conv2d (groups {layer.groups}) has no RTL engine yet "
-                             "(quantize and the golden model take it; verilog, cosim and gates do not)")
         if layer.op == "conv2d":
             (cin, h, w), cout = layer.in_shape, layer.out_shape[0]
             kw = dict(kh=layer.kernel[0], kw=layer.kernel[1], sh=layer.stride[0], sw=layer.stride[1],
-                      ph=layer.padding[0], pw=layer.padding[1])
+                      ph=layer.padding[0], pw=layer.padding[1], conv_groups=layer.groups)
         elif layer.op == "linear":
             (cin,), h, w, cout, kw = layer.in_shape, 1, 1, layer.out_shape[0], {}
         else:
@@ -153,7 +161,7 @@ class ConvGeometry:
         lanes = operator.index(lanes)
         if lanes < 1:
             raise ValueError(f"lanes must be at least 1, got {lanes}")
-        fan_in = cin * kw.get("kh", 1) * kw.get("kw", 1)
+        fan_in = cin // kw.get("conv_groups", 1) * kw.get("kh", 1) * kw.get("kw", 1)
         g = choose_groups(fan_in, cout, lanes, layer.format.block) if groups is None else operator.index(groups)
         if tap_fault is not None and not 0 <= tap_fault < fan_in:
             raise ValueError(f"layer {layer.name!r}: tap fault at fan-in position {tap_fault}, outside 0..{fan_in - 1}")

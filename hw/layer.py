@@ -1,4 +1,4 @@
-"""Layer engines: conv2d/linear on a MAC array, max pooling, ReLU.
+"""Layer engines: conv2d/linear on a MAC array, max and average pooling, ReLU.
 
 Every engine has the same ports: ``inp`` and ``out``, 8-bit ``amaranth.lib.stream``
 links (valid/ready) carrying a feature map in stream order (:mod:`hw.layout`, channel
@@ -22,17 +22,18 @@ from __future__ import annotations
 import operator
 
 import numpy as np
-from amaranth.hdl import Module, Mux, Signal, unsigned
+from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 
+from quantrtl.hw.arith import signed_width
 from quantrtl.hw.array import MacArray, term_widths
-from quantrtl.hw.geometry import ConvGeometry, conv_memory_bits, fanin_codes, maxpool_cycles, relu_cycles
+from quantrtl.hw.geometry import ConvGeometry, conv_memory_bits, fanin_codes, maxpool_cycles, relu_cycles, uint_bits
 from quantrtl.hw.parts import (ActivationBuffer, OutputBank, PixelWalker, pack, requant_layout, rom, stream_ports,
                                tap_layout)
 from quantrtl.hw.requant import Requantizer
 from quantrtl.model.numbers.artifact import Layer
 
-__all__ = ["ConvEngine", "MaxPoolEngine", "ReluEngine"]
+__all__ = ["ConvEngine", "PoolEngine", "ReluEngine"]
 
 
 class ConvEngine(wiring.Component):
@@ -131,7 +132,8 @@ class ConvEngine(wiring.Component):
         bits, kc, W = layer.format.bits, g.lanes_per_group, self.acc_width
         zx = layer.input.zero_point
 
-        load = ActivationBuffer(m, self, g.in_size, kc, width=layer.input.bits)
+        grouped = g.conv_groups > 1  # each lane group reads its own output channel's inputs
+        load = ActivationBuffer(m, self, g.in_size, g.lanes if grouped else kc, width=layer.input.bits)
         walker = PixelWalker(m, g, "px")
         arr = m.submodules.array = self.mac_array()
         bank = OutputBank(m, self, W, g.groups, g.out_size)
@@ -162,10 +164,19 @@ class ConvEngine(wiring.Component):
         m.d.comb += issuing.eq(load.running & ~issued_all)
         lane_ok = []
         tap_entries = data.View(data.ArrayLayout(entry, kc), tap_rom.data)
-        for j, rp in enumerate(load.rps):
+        bases = [0] * g.groups
+        if grouped:  # per lane group, the first input channel of its output channel
+            bw = uint_bits(g.cin)
+            base_rom = rom(m, "chan_base_rom", [sum(g.channel_base(cgi * g.groups + gi) << (gi * bw)
+                                                    for gi in range(g.groups)) for cgi in range(g.channel_groups)],
+                           g.groups * bw)
+            m.d.comb += base_rom.addr.eq(cg)
+            bases = [base_rom.data[gi * bw:(gi + 1) * bw] for gi in range(g.groups)]
+        for i, rp in enumerate(load.rps):
+            j = i % kc
             tap = tap_entries[j]
-            m.d.comb += [rp.addr.eq(walker.address(tap.off)), rp.en.eq(en)]
-            kv_b, inb_b = Signal(name=f"kvalid{j}"), Signal(name=f"inb{j}")
+            m.d.comb += [rp.addr.eq(walker.address(tap.off + bases[i // kc])), rp.en.eq(en)]
+            kv_b, inb_b = Signal(name=f"kvalid{i}"), Signal(name=f"inb{i}")
             with m.If(en):
                 m.d.sync += [kv_b.eq(tap.valid), inb_b.eq(walker.in_bounds(tap.dy, tap.dx))]
             lane_ok.append((rp.data, kv_b, inb_b))
@@ -177,7 +188,8 @@ class ConvEngine(wiring.Component):
         m.d.comb += [arr.valid.eq(v_b), arr.first.eq(first_b), arr.last.eq(last_b)]
         for gi in range(g.groups):
             m.d.comb += arr.init[gi].eq(bmem.data[gi * W:(gi + 1) * W].as_signed())
-            for j, (data_, kv_b, inb_b) in enumerate(lane_ok):
+            for j in range(kc):
+                data_, kv_b, inb_b = lane_ok[gi * kc + j if grouped else j]
                 lane = gi * kc + j
                 m.d.comb += [arr.act[lane].eq(Mux(kv_b, Mux(inb_b, data_, zx), 0)),
                              arr.code[lane].eq(wmem.data[lane * bits:(lane + 1) * bits])]
@@ -219,18 +231,23 @@ class ConvEngine(wiring.Component):
             m.d.sync += load.running.eq(0)
 
 
-class MaxPoolEngine(wiring.Component):
-    """Integer max pooling (docs/integer-semantics.md §4), one window tap per cycle.
+class PoolEngine(wiring.Component):
+    """Integer max pooling (docs/integer-semantics.md §4), average and global average
+    pooling (§9), one window tap per cycle.
 
-    Loop nest: output pixel → channel → window tap; out-of-bounds (padding) taps read
-    as 0, the smallest code.  Output order is the stream order (channel fastest).
+    Loop nest: output pixel → channel → window tap; out-of-bounds (padding) taps read as
+    0 for the max (the smallest code) and as the zero point for the average (the real
+    zero).  The average sums ``x − Z`` over the window and requantizes the sum with the
+    layer's ``M0 · 2^(−n) ≈ 1/(kh·kw)`` on the way out.  Output order is the stream order
+    (channel fastest).
     """
 
     def __init__(self, layer: Layer):
-        if layer.op != "maxpool":
-            raise ValueError(f"layer {layer.name!r} is {layer.op}, not maxpool")
+        if layer.op not in ("maxpool", "avgpool", "gap"):
+            raise ValueError(f"layer {layer.name!r} is {layer.op}, not a pooling layer")
         c, h, w = layer.in_shape
         self.layer = layer
+        self.average = layer.op != "maxpool"
         self.geometry = ConvGeometry(cin=c, h=h, w=w, cout=c, kh=layer.kernel[0], kw=layer.kernel[1],
                                      sh=layer.stride[0], sw=layer.stride[1], ph=layer.padding[0], pw=layer.padding[1])
         super().__init__(stream_ports())
@@ -238,6 +255,12 @@ class MaxPoolEngine(wiring.Component):
     @property
     def taps(self) -> int:
         return self.geometry.kh * self.geometry.kw
+
+    @property
+    def sum_width(self) -> int:
+        """Signed width of a window sum of ``x − Z`` (average pooling)."""
+        z = self.layer.input.zero_point
+        return signed_width(-z * self.taps, (255 - z) * self.taps)
 
     @property
     def expected_cycles(self) -> int:
@@ -249,10 +272,12 @@ class MaxPoolEngine(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        g = self.geometry
-        load = ActivationBuffer(m, self, g.in_size, 1, width=self.layer.input.bits)
+        g, layer = self.geometry, self.layer
+        zx = layer.input.zero_point
+        width = self.sum_width if self.average else 9
+        load = ActivationBuffer(m, self, g.in_size, 1, width=layer.input.bits)
         walker = PixelWalker(m, g, "px")
-        bank = OutputBank(m, self, 9, 1, g.out_size)
+        bank = OutputBank(m, self, width, 1, g.out_size)
         done = Signal(name="done")
         en = Signal(name="en")
         m.d.comb += [en.eq(~done | bank.free), bank.capture.eq(done & bank.free)]
@@ -274,16 +299,28 @@ class MaxPoolEngine(wiring.Component):
         with m.If(en):
             m.d.sync += [v_b.eq(issuing), first_b.eq(tap == 0), last_b.eq(tap == self.taps - 1),
                          inb_b.eq(walker.in_bounds(t.dy, t.dx))]
-        value = Mux(inb_b, rp.data, 0)
-        best = Signal(unsigned(8), name="best")
         with m.If(en):
             m.d.sync += done.eq(v_b & last_b)
-            with m.If(v_b):
-                m.d.sync += best.eq(Mux(first_b | (value > best), value, best))
+        if self.average:  # sum of x - Z; a padding tap adds 0
+            term = Signal(signed(width), name="term")
+            m.d.comb += term.eq(Mux(inb_b, rp.data, zx) - zx)
+            result = Signal(signed(width), name="sum")
+            with m.If(en & v_b):
+                m.d.sync += result.eq(Mux(first_b, term, result + term))
+            rq = m.submodules.requant = Requantizer(width, (int(layer.shift[0]), int(layer.shift[0])), zx,
+                                                    layer.output.qmin, layer.output.qmax)
+            m.d.comb += [rq.acc.eq(bank.current), rq.m0.eq(int(layer.m0[0])), rq.shift.eq(int(layer.shift[0]))]
+            out = rq.q
+        else:
+            value = Mux(inb_b, rp.data, 0)
+            result = Signal(unsigned(8), name="best")
+            with m.If(en & v_b):
+                m.d.sync += result.eq(Mux(first_b | (value > result), value, result))
+            out = bank.current[:8]
 
         walker.loop(m, load.start, en & issuing, tap, self.taps, ch, g.cin, issued_all)
 
-        bank.connect(m, [best], 1, bank.current[:8])
+        bank.connect(m, [result], 1, out)
         with m.If(bank.finished):
             m.d.sync += load.running.eq(0)
         return m

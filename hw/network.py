@@ -1,9 +1,16 @@
-"""The network top: the layer engines of a whole artifact, chained by streams.
+"""The network top: the layer engines of a whole artifact, joined by streams as its
+graph says.
+
+A layer's output feeds every layer that reads it: one reader by a plain stream link, more
+through a *fork* (each reader sees ``valid`` only when all the others are ready, and the
+value moves on when all take it).  A residual block's skip path is a fork to the add's
+first input, whose join engine buffers the whole map while the branch computes
+(``hw/join.py``), so neither branch waits for the other.
 
 Ports: ``inp`` (the image, stream order), ``out`` (the last layer's outputs, e.g. the
 logits) and, with ``taps=True``, one observe-only port per inner layer,
-``tap_<layer>`` = {payload, valid}, that pulses with each handshake between that layer
-and the next (so a testbench can check every layer without slowing the design).
+``tap_<layer>`` = {payload, valid}, that pulses with each handshake of that layer's
+output (so a testbench can check every layer without slowing the design).
 """
 from __future__ import annotations
 
@@ -15,9 +22,10 @@ from amaranth.hdl import Module, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out, connect
 
-from quantrtl.model.numbers.artifact import QuantizedNetwork
+from quantrtl.model.numbers.artifact import INPUT, QuantizedNetwork
 
 from quantrtl.hw.engines import make_engine
+from quantrtl.hw.join import JoinEngine
 
 __all__ = ["NetworkTop", "TapSignature"]
 
@@ -52,36 +60,43 @@ class NetworkTop(wiring.Component):
         self.pipeline = operator.index(pipeline)
         self.sparse = bool(sparse)
         self.engines = {}
-        if not net.is_chain:
-            branch = next(l for l in net.layers if len(net.sources(l)) > 1 or net.sources(l)[0] != (
-                net.layers[net.layers.index(l) - 1].name if net.layers.index(l) else "input"))
-            raise ValueError(f"layer {branch.name!r} reads {list(net.sources(branch))}: the network top chains "
-                             "engines and has no fork or skip buffer yet (quantize and the golden model take graphs)")
-        prev = tuple(net.input_shape)
+        shapes = {INPUT: tuple(net.input_shape)}
         for layer in net.layers:
-            self.engines[layer.name] = make_engine(layer, lanes=self.lanes, pipeline=self.pipeline,
-                                                   source_shape=prev if layer.op == "linear" else None,
-                                                   sparse=sparse, index_bits=index_bits,
-                                                   tap_fault=(tap_faults or {}).get(layer.name))
-            prev = tuple(layer.out_shape)
+            srcs = net.sources(layer)
+            self.engines[layer.name] = make_engine(
+                layer, lanes=self.lanes, pipeline=self.pipeline,
+                source_shape=shapes[srcs[0]] if layer.op == "linear" else None,
+                source_shapes=[shapes[s] for s in srcs] if layer.op == "concat" else None,
+                sparse=sparse, index_bits=index_bits,
+                tap_fault=(tap_faults or {}).get(layer.name))
+            shapes[layer.name] = tuple(layer.out_shape)
         self.tap_names = [l.name for l in net.layers[:-1]] if taps else []
         members = {"inp": In(stream.Signature(unsigned(8))), "out": Out(stream.Signature(unsigned(8)))}
         members.update({f"tap_{n}": Out(TapSignature()) for n in self.tap_names})
         super().__init__(members)
 
+    def _input_ports(self, name: str) -> list:
+        e = self.engines[name]
+        return e.inputs if isinstance(e, JoinEngine) else [e.inp]
+
     @property
     def expected_cycles(self) -> int:
         """Cycles for one image, first input handshake to last output handshake.
 
-        Layer i+1 loads while layer i emits, and its last input handshake *is* layer i's
-        last output handshake, so each layer adds its cycles after its last input:
-        ``in_size(first) + sum(cycles(layer) - in_size(layer))``.
+        A layer loads while the layers it reads emit; its last input handshake *is* the
+        last output handshake of the last of them to finish, after which it needs a fixed
+        tail (its cycles less its largest input).  So, with ``T(input) = in_size``:
+        ``T(layer) = max(T(its inputs)) + cycles(layer) − max(in_size of its inputs)``,
+        and the network's cycles are ``T(last layer)``; for a chain, ``in_size(first) +
+        sum(cycles(layer) − in_size(layer))``.  Exact for one image: a fork waits for all
+        its readers, and every reader is loading then.
         """
-        first = self.net.layers[0]
-        total = prod(first.in_shape)
-        for layer, e in zip(self.net.layers, self.engines.values()):
-            total += e.expected_cycles - prod(layer.in_shape)
-        return total
+        t = {INPUT: prod(self.net.input_shape)}
+        for layer in self.net.layers:
+            e = self.engines[layer.name]
+            biggest = max(e.in_sizes) if isinstance(e, JoinEngine) else prod(layer.in_shape)
+            t[layer.name] = max(t[s] for s in self.net.sources(layer)) + e.expected_cycles - biggest
+        return t[self.net.layers[-1].name]
 
     @property
     def memory_bits(self) -> dict[str, int]:
@@ -93,14 +108,31 @@ class NetworkTop(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        engines = list(self.engines.items())
-        for name, e in engines:
+        for name, e in self.engines.items():
             m.submodules[name] = e
-        connect(m, wiring.flipped(self.inp), engines[0][1].inp)
-        for (name, a), (_, b) in zip(engines, engines[1:]):
-            connect(m, a.out, b.inp)
-            if name in self.tap_names:
-                tap = getattr(self, f"tap_{name}")
-                m.d.comb += [tap.payload.eq(a.out.payload), tap.valid.eq(a.out.valid & b.inp.ready)]
-        connect(m, engines[-1][1].out, wiring.flipped(self.out))
+        readers: dict[str, list] = {INPUT: []}
+        for layer in self.net.layers:
+            readers.setdefault(layer.name, [])
+            for src, port in zip(self.net.sources(layer), self._input_ports(layer.name)):
+                readers[src].append(port)
+        for src, ports in readers.items():
+            producer = self.inp if src == INPUT else self.engines[src].out
+            if not ports:  # the last layer: the network's output
+                connect(m, producer, wiring.flipped(self.out))
+                continue
+            # a fork: each reader sees valid when every other reader is ready too, and the
+            # producer moves on when all of them take the value (one handshake for all)
+            all_ready = ports[0].ready
+            for p in ports[1:]:
+                all_ready = all_ready & p.ready
+            m.d.comb += producer.ready.eq(all_ready)
+            for i, p in enumerate(ports):
+                others = producer.valid
+                for j, q in enumerate(ports):
+                    if j != i:
+                        others = others & q.ready
+                m.d.comb += [p.valid.eq(others), p.payload.eq(producer.payload)]
+            if src in self.tap_names:
+                tap = getattr(self, f"tap_{src}")
+                m.d.comb += [tap.payload.eq(producer.payload), tap.valid.eq(producer.valid & all_ready)]
         return m

@@ -164,14 +164,14 @@ class ActivationBuffer:
     ``running`` is high from the last accepted input until the engine clears it after
     its last output; ``start`` pulses once when the whole map has arrived."""
 
-    def __init__(self, m: Module, engine, size: int, read_ports: int, name: str = "act", width: int = 8):
+    def __init__(self, m: Module, engine, size: int, read_ports: int, name: str = "act", width: int = 8, inp=None):
         self.mem = m.submodules[f"{name}_mem"] = Memory(shape=unsigned(width), depth=size, init=[])
         self.wp = self.mem.write_port()
         self.rps = [self.mem.read_port(domain="sync") for _ in range(read_ports)]
-        self.running = Signal(name="running")
+        self.running = Signal(name="running" if name == "act" else f"{name}_running")
         self.count = Signal(range(max(2, size)), name=f"{name}_count")
-        self.start = Signal(name="start")  # one cycle: the last input was accepted
-        inp = engine.inp
+        self.start = Signal(name=f"{name}_start" if name != "act" else "start")  # the last input was accepted
+        inp = engine.inp if inp is None else inp
         m.d.comb += [inp.ready.eq(~self.running), self.wp.addr.eq(self.count), self.wp.data.eq(inp.payload[:width])]
         with m.If(inp.valid & inp.ready):
             m.d.comb += self.wp.en.eq(1)

@@ -112,6 +112,9 @@ class SparseConvEngine(ConvEngine):
         if layer.format.block > 1:
             raise ValueError(f"layer {layer.name!r}: {layer.format.name} weights skip whole blocks, which the "
                              f"per-weight sparse engine cannot express; use the dense engine (no --sparse)")
+        if layer.op == "conv2d" and layer.groups != 1:
+            raise ValueError(f"layer {layer.name!r}: the zero-skipping engine takes groups=1 convolutions, this one "
+                             f"has groups {layer.groups}; use the dense engine (no --sparse)")
         super().__init__(layer, lanes=lanes, groups=1, pipeline=pipeline, source_shape=source_shape,
                          tap_fault=tap_fault)
         self.schedule = SparseSchedule.build(self.geometry, self.fanin_codes, layer.format, self.index_bits)

@@ -15,12 +15,13 @@ from amaranth.back import verilog
 from amaranth.hdl import Shape
 from amaranth.lib import wiring
 
-from quantrtl.model.numbers.artifact import QuantizedNetwork
+from quantrtl.model.numbers.artifact import INPUT, QuantizedNetwork
 from quantrtl.util.atomic import atomic_write
 from quantrtl.util.provenance import package_versions
 
 from quantrtl.hw.engines import make_engine
 from quantrtl.hw.geometry import MAXPOOL_CYCLE_FORMULA, ConvGeometry, SparseSchedule
+from quantrtl.hw.join import JOIN_CYCLE_FORMULA, JoinEngine
 from quantrtl.hw.layer import ConvEngine
 from quantrtl.hw.network import NetworkTop
 
@@ -81,13 +82,17 @@ class Design:
                          cycle_formula=SparseSchedule.CYCLE_FORMULA)
             elif isinstance(e, ConvEngine):
                 g = e.geometry
-                d.update(format=layer.format.name, lanes=g.lanes, groups=g.groups, lanes_per_group=g.lanes_per_group,
+                d.update(format=layer.format.name, lanes=g.lanes, groups=g.groups, conv_groups=g.conv_groups,
+                         lanes_per_group=g.lanes_per_group,
                          chunks=g.chunks, channel_groups=g.channel_groups, pixels=g.pixels,
                          accumulator_bits=e.acc_width, pipeline=e.pipeline, dense_macs=layer.macs,
                          cycle_formula=ConvGeometry.CYCLE_FORMULA)
-            elif layer.op == "maxpool":
+            elif layer.op in ("maxpool", "avgpool", "gap"):
                 d.update(kernel=list(layer.kernel), stride=list(layer.stride), padding=list(layer.padding),
                          cycle_formula=MAXPOOL_CYCLE_FORMULA)
+            elif isinstance(e, JoinEngine):
+                d.update(inputs=list(self.net.sources(layer)), memory_bits=e.memory_bits,
+                         cycle_formula=JOIN_CYCLE_FORMULA)
             layers.append(d)
         return {"quantizer": self.net.quantizer, "lanes": self.lanes, "pipeline": self.pipeline, "layers": layers}
 
@@ -101,10 +106,9 @@ def build_design(net: QuantizedNetwork, layer: str = "all", lanes: int = 8, pipe
         comp = NetworkTop(net, lanes=lanes, pipeline=pipeline, taps=taps, sparse=sparse, index_bits=index_bits)
     else:
         lay = net.layer(layer)
-        i = net.layers.index(lay)
-        source = tuple(net.layers[i - 1].out_shape) if i else tuple(net.input_shape)
-        comp = make_engine(lay, lanes=lanes, pipeline=pipeline, source_shape=source if lay.op == "linear" else None,
-                           sparse=sparse, index_bits=index_bits)
+        shapes = [tuple(net.input_shape) if s == INPUT else tuple(net.layer(s).out_shape) for s in net.sources(lay)]
+        comp = make_engine(lay, lanes=lanes, pipeline=pipeline, source_shape=shapes[0] if lay.op == "linear" else None,
+                           sparse=sparse, index_bits=index_bits, source_shapes=shapes)
     return Design(top=top, component=comp, net=net, layer=layer, lanes=lanes, pipeline=pipeline, artifact=artifact)
 
 
@@ -116,6 +120,9 @@ def _ports(design: Design) -> list[dict]:
         meaning = _MEANING.get(name)
         if meaning is None and name.startswith("tap_"):
             meaning = f"observe-only tap after layer {name[4:].rsplit('__', 1)[0]!r}: {path[-1]}"
+        if meaning is None and name.startswith("inp") and "__" in name:  # a join's input j
+            j, what = name[3:].split("__", 1)
+            meaning = f"input {j} of the join, " + _MEANING.get(f"inp__{what}", what)
         ports.append({"name": name, "direction": "input" if member.flow == wiring.In else "output",
                       "width": Shape.cast(member.shape).width,
                       "meaning": meaning or ""})

@@ -74,7 +74,9 @@ class CosimBench:
         count = int(dut.rd_count.value)
         mem = getattr(dut, f"cap_{name}")
         size = len(mem)
-        values = [int(mem[addr].value) for addr in range(min(count, size))]
+        # a value with X or Z bits (a 4-state simulator) is recorded as -1: a mismatch, shown as X
+        values = [v.to_unsigned() if v.is_resolvable else X_VALUE
+                  for v in (mem[addr].value for addr in range(min(count, size)))]
         return {"values": values, "count": count, "first": int(dut.rd_first.value), "last": int(dut.rd_last.value)}
 
     async def infer(self, stream) -> dict:
@@ -86,6 +88,10 @@ class CosimBench:
         for sel, (name, _) in enumerate(self.job["captures"]):
             result["captures"][name] = await self.read(sel, name)
         return result
+
+
+#: How a captured value with X or Z bits is recorded (no code is negative).
+X_VALUE = -1
 
 
 @cocotb.test()

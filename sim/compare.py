@@ -17,8 +17,9 @@ class Mismatch:
     mismatches: int  # how many positions differ (missing/extra values count)
 
     def __str__(self) -> str:
+        got = "X (unknown bits)" if self.got == -1 else self.got  # the testbench records X as -1
         return (f"layer {self.layer!r}: {self.mismatches} mismatches; first at index {self.index}: "
-                f"expected {self.expected}, got {self.got}")
+                f"expected {self.expected}, got {got}")
 
 
 def first_mismatch(layer: str, expected, got) -> Mismatch | None:

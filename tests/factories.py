@@ -78,3 +78,103 @@ def random_network(fmt: WeightFormat, seed: int = 0, cin: int = 2, hw: int | tup
                output=_qp(rng), activation="none", **_weights(rng, fmt, (classes, fan)))
     return QuantizedNetwork(name="random", quantizer=fmt.name, input_shape=(cin, h, w), input=qin,
                             layers=[conv, pool, fc], metadata={"seed": seed})
+
+
+def pool_layer(op: str, in_shape, kernel=(2, 2), stride=None, padding=(0, 0), seed: int = 0) -> Layer:
+    """An ``avgpool``/``gap``/``maxpool`` layer on ``in_shape`` with a random input format
+    (a non-zero zero point) and §9's constants for ``1/(kh·kw)``."""
+    from quantrtl.model.numbers.artifact import quantize_multiplier
+
+    rng = np.random.default_rng(seed)
+    qin = _qp(rng)
+    if op == "gap":
+        kernel, stride, padding = tuple(in_shape[1:]), tuple(in_shape[1:]), (0, 0)
+    kernel, stride = tuple(kernel), tuple(stride or kernel)
+    m0, n = quantize_multiplier(1.0 / (kernel[0] * kernel[1]))
+    layer = Layer(name=op, op=op, in_shape=tuple(in_shape), out_shape=tuple(in_shape), input=qin, output=qin,
+                  kernel=kernel, stride=stride, padding=tuple(padding),
+                  m0=np.array([m0]) if op != "maxpool" else None, shift=np.array([n]) if op != "maxpool" else None)
+    layer.out_shape = expected_out_shape(layer)
+    return layer
+
+
+def grouped_conv_layer(fmt: WeightFormat, seed: int = 0, cin: int = 4, cout: int = 4, groups: int = 4, hw=5,
+                       kernel=(3, 3), stride=(1, 1), padding=(1, 1), relu: bool = True) -> Layer:
+    """A conv2d with ``groups`` (depthwise when groups == cin), random codes and constants."""
+    rng = np.random.default_rng(seed)
+    h, w = (hw, hw) if isinstance(hw, int) else hw
+    layer = Layer(name="gconv", op="conv2d", in_shape=(cin, h, w), out_shape=(cout, h, w), input=_qp(rng),
+                  output=_qp(rng, relu_out=relu), kernel=tuple(kernel), stride=tuple(stride), padding=tuple(padding),
+                  activation="relu" if relu else "none", groups=groups,
+                  **_weights(rng, fmt, (cout, cin // groups) + tuple(kernel)))
+    layer.out_shape = expected_out_shape(layer)
+    return layer
+
+
+def join_layer(op: str, shapes: list[tuple], seed: int = 0, relu: bool = False) -> Layer:
+    """An ``add`` (two inputs of ``shapes[0]``) or ``concat`` (inputs of ``shapes``) layer with
+    random input and output formats (non-zero zero points) and their §8/§10 constants."""
+    from quantrtl.model.numbers.artifact import add_multipliers, quantize_multiplier
+
+    rng = np.random.default_rng(seed)
+    fmts = tuple(_qp(rng) for _ in shapes)
+    out = ActivationFormat(scale=float(rng.uniform(0.01, 0.1)), zero_point=int(rng.integers(0, 256)))
+    if op == "add":
+        consts = add_multipliers([f.scale for f in fmts], out.scale)
+        out_shape = tuple(shapes[0])
+    else:
+        consts = [quantize_multiplier(f.scale / out.scale) for f in fmts]
+        out_shape = (sum(s[0] for s in shapes),) + tuple(shapes[0][1:])
+    return Layer(name=op, op=op, in_shape=tuple(shapes[0]), out_shape=out_shape, input=fmts[0], output=out,
+                 activation="relu" if relu else "none", inputs=tuple(f"in{j}" for j in range(len(shapes))),
+                 input_formats=fmts, m0=np.array([c[0] for c in consts]), shift=np.array([c[1] for c in consts]))
+
+
+def random_graph_network(fmt: WeightFormat, seed: int = 0, c: int = 2, hw: int = 4, classes: int = 3,
+                         relu: bool = True) -> QuantizedNetwork:
+    """A residual block, depthwise conv, average pooling, concat and global average pooling,
+    random codes and constants, non-zero zero points::
+
+        conv (c→c, 3×3) → dw (groups c) → pw (1×1) ─┐
+           └──────────── skip ──────────────────── add (ReLU) → avgpool 2×2 ─┬→ conv3 ─┐
+                                                                             └─────── cat → gap → fc
+    """
+    from quantrtl.model.numbers.artifact import add_multipliers, quantize_multiplier
+
+    rng = np.random.default_rng(seed)
+    qin = _qp(rng)
+
+    def conv(name, src, inp, groups=1, k=3, act=True):
+        layer = Layer(name=name, op="conv2d", in_shape=(c, hw, hw), out_shape=(c, hw, hw), input=inp,
+                      output=_qp(rng, relu_out=act and relu), kernel=(k, k), stride=(1, 1), padding=(k // 2, k // 2),
+                      activation="relu" if act and relu else "none", groups=groups, inputs=(src,),
+                      **_weights(rng, fmt, (c, c // groups, k, k)))
+        return layer
+
+    first = conv("conv", "input", qin)
+    dw = conv("dw", "conv", first.output, groups=c)
+    pw = conv("pw", "dw", dw.output, k=1, act=False)
+    out = ActivationFormat(scale=float(rng.uniform(0.01, 0.1)), zero_point=0 if relu else int(rng.integers(0, 256)))
+    consts = add_multipliers([first.output.scale, pw.output.scale], out.scale)
+    add = Layer(name="add", op="add", in_shape=(c, hw, hw), out_shape=(c, hw, hw), input=first.output, output=out,
+                activation="relu" if relu else "none", inputs=("conv", "pw"), input_formats=(first.output, pw.output),
+                m0=np.array([m for m, _ in consts]), shift=np.array([n for _, n in consts]))
+    m0, n = quantize_multiplier(0.25)
+    h2 = hw // 2
+    pool = Layer(name="pool", op="avgpool", in_shape=(c, hw, hw), out_shape=(c, h2, h2), input=out, output=out,
+                 kernel=(2, 2), stride=(2, 2), inputs=("add",), m0=np.array([m0]), shift=np.array([n]))
+    conv3 = Layer(name="conv3", op="conv2d", in_shape=(c, h2, h2), out_shape=(c, h2, h2), input=out, output=_qp(rng),
+                  kernel=(3, 3), stride=(1, 1), padding=(1, 1), activation="none", inputs=("pool",),
+                  **_weights(rng, fmt, (c, c, 3, 3)))
+    cat_out = _qp(rng)
+    cc = [quantize_multiplier(f.scale / cat_out.scale) for f in (out, conv3.output)]
+    cat = Layer(name="cat", op="concat", in_shape=(c, h2, h2), out_shape=(2 * c, h2, h2), input=out, output=cat_out,
+                inputs=("pool", "conv3"), input_formats=(out, conv3.output), m0=np.array([m for m, _ in cc]),
+                shift=np.array([s for _, s in cc]))
+    g0, gn = quantize_multiplier(1.0 / (h2 * h2))
+    gap = Layer(name="gap", op="gap", in_shape=(2 * c, h2, h2), out_shape=(2 * c, 1, 1), input=cat_out, output=cat_out,
+                kernel=(h2, h2), stride=(h2, h2), inputs=("cat",), m0=np.array([g0]), shift=np.array([gn]))
+    fc = Layer(name="fc", op="linear", in_shape=(2 * c,), out_shape=(classes,), input=cat_out, output=_qp(rng),
+               activation="none", inputs=("gap",), **_weights(rng, fmt, (classes, 2 * c)))
+    return QuantizedNetwork(name="graph", quantizer=fmt.name, input_shape=(c, hw, hw), input=qin,
+                            layers=[first, dw, pw, add, pool, conv3, cat, gap, fc], metadata={"seed": seed})

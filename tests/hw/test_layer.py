@@ -136,3 +136,56 @@ def test_all_zero_layer_generates_and_is_exact(name):
     for layer, mm, cycles, expected in run_layers(net, x, lanes=4):
         assert mm is None, str(mm)
         assert cycles == expected, (layer, cycles, expected)
+
+
+@pytest.mark.parametrize("op,in_shape,kernel,stride,padding", [
+    ("avgpool", (3, 6, 6), (2, 2), (2, 2), (0, 0)),
+    ("avgpool", (2, 5, 7), (3, 3), (2, 1), (1, 1)),
+    ("avgpool", (4, 4, 4), (3, 2), (1, 2), (1, 0)),
+    ("gap", (5, 4, 4), None, None, None),
+    ("gap", (3, 7, 5), None, None, None),  # 35 taps: 1/35 is not a power of two
+    ("maxpool", (3, 5, 5), (3, 3), (2, 2), (1, 1)),
+])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_pool_engines_bit_exact_with_formula_cycles(op, in_shape, kernel, stride, padding, seed):
+    """Average and global average pooling (a non-zero input zero point, padding counted as
+    the real zero) and max pooling against the golden model, under back-pressure too."""
+    from tests.factories import pool_layer
+
+    layer = pool_layer(op, in_shape, kernel or (1, 1), stride, padding or (0, 0), seed=seed)
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, size=in_shape)
+    x.flat[0], x.flat[-1] = 0, 255
+    want = to_stream(golden.run_layer(layer, x[None])[0], layer.out_shape)
+    eng = make_engine(layer)
+    got, cycles = run_stream(eng, list(to_stream(x, in_shape)), len(want))
+    assert first_mismatch(op, want, got) is None, str(first_mismatch(op, want, got))
+    assert cycles == eng.expected_cycles
+    got, _ = run_stream(make_engine(layer), list(to_stream(x, in_shape)), len(want), ready_prob=0.4,
+                        valid_prob=0.6, seed=seed)
+    assert first_mismatch(op, want, got) is None
+
+
+@pytest.mark.parametrize("name", ["fixed8", "shift4", "ternary", "binary"])
+@pytest.mark.parametrize("cin,cout,groups,lanes,kernel,stride,padding", [
+    (4, 4, 4, 8, (3, 3), (1, 1), (1, 1)),   # depthwise
+    (6, 6, 6, 3, (3, 3), (2, 2), (1, 1)),   # depthwise, strided
+    (4, 8, 2, 4, (3, 3), (1, 1), (0, 0)),   # two groups, two outputs per input group
+    (6, 3, 3, 16, (1, 1), (1, 1), (0, 0)),  # grouped pointwise
+    (3, 6, 3, 1, (2, 3), (1, 2), (1, 1)),   # depthwise multiplier 2, one lane
+])
+def test_grouped_convolution_engine(name, cin, cout, groups, lanes, kernel, stride, padding):
+    """Depthwise and grouped convolutions: each lane group reads its own output channel's
+    input channels (a non-zero input zero point; padding reads it)."""
+    from tests.factories import format_for_test, grouped_conv_layer
+
+    layer = grouped_conv_layer(format_for_test(name), seed=lanes, cin=cin, cout=cout, groups=groups, hw=(5, 6),
+                               kernel=kernel, stride=stride, padding=padding)
+    x = np.random.default_rng(groups).integers(0, 256, size=layer.in_shape)
+    want = to_stream(golden.run_layer(layer, x[None])[0], layer.out_shape)
+    eng = make_engine(layer, lanes=lanes)
+    got, cycles = run_stream(eng, list(to_stream(x, layer.in_shape)), len(want), ready_prob=0.7, seed=lanes)
+    assert first_mismatch("gconv", want, got) is None, str(first_mismatch("gconv", want, got))
+    got, cycles = run_stream(make_engine(layer, lanes=lanes), list(to_stream(x, layer.in_shape)), len(want))
+    assert first_mismatch("gconv", want, got) is None and cycles == eng.expected_cycles
+    assert eng.geometry.fan_in == cin // groups * kernel[0] * kernel[1]

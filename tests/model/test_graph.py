@@ -341,9 +341,84 @@ def test_graph_validation(residual_run, name, kw, match):
         artifact.validate(_edit(residual_run.qnet, name, **kw))
 
 
-def test_hardware_flows_refuse_graph_networks_clearly(residual_run, capsys, tmp_path):
+USER_RESIDUAL = """
+import torch
+from torch import nn
+
+
+class MyResNet(nn.Module):
+    # a user's residual network: x + f(x), groups=C, AdaptiveAvgPool2d(1), view(n, -1)
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.pw = nn.Conv2d(8, 8, 1)
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
+        self.pool = nn.AvgPool2d(2)
+        self.conv3 = nn.Conv2d(16, 16, 3, padding=1)
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = nn.functional.relu(self.bn(self.stem(x)))
+        y = self.pw(nn.functional.relu(self.dw(x)))
+        x = torch.relu(x + y)
+        p = self.pool(torch.relu(self.conv2(x)))
+        z = torch.cat([p, torch.relu(self.conv3(p))], dim=1)
+        z = self.gap(z)
+        return self.fc(z.view(z.size(0), -1))
+
+
+def factory():
+    return MyResNet()
+"""
+
+
+@pytest.mark.icarus
+def test_user_residual_model_quantize_and_cosim_every_node_in_icarus(tmp_path, capsys):
+    """A residual + depthwise + global-average-pooling model written as a user would, with
+    trained weights (the shipped residual network's, whose module names it shares):
+    quantize, then co-simulate in Icarus, every node bit-exact."""
+    import json
+
+    from quantrtl.cli import main
+    from quantrtl.model.training import net as tnet
+
+    f = tmp_path / "myresnet.py"
+    f.write_text(USER_RESIDUAL)
+    weights = str(tnet.SHIPPED["digits-res"].checkpoint)
+    model = ["--model", f"{f}:factory", "--weights", weights]
+    assert main(["quantize", "--quantizer", "fixed8", *model, "--finetune", "0", "--out", str(tmp_path / "a"),
+                 "--json", str(tmp_path / "q.json")]) == 0
+    q = json.loads((tmp_path / "q.json").read_text())
+    assert q["golden_agreement"] >= 0.99 and q["golden_accuracy"] >= 0.9
+    assert main(["cosim", "--quantizer", "fixed8", *model, "--artifact", q["artifact"], "--images", "0-1",
+                 "--simulator", "icarus", "--lanes", "8", "--json", str(tmp_path / "c.json")]) == 0
+    c = json.loads((tmp_path / "c.json").read_text())
+    assert c["bit_exact"] and c["bit_exact_images"] == 2 and c["cycles"] == c["expected_cycles"]
+    assert [l["name"] for l in c["layers"]] == ["stem", "dw", "pw", "add", "conv2", "pool", "conv3", "cat", "gap", "fc"]
+    assert all(l["bit_exact"] for l in c["layers"])
+
+
+def test_graph_network_verilog_and_gates(residual_run, tmp_path):
+    """Every command takes the residual network: one layer's engine (the depthwise conv),
+    the whole top (its skip and join buffers in the memory report), and the gate
+    comparison of its largest conv across quantizers."""
+    import json
+
+    from quantrtl import flows
     from quantrtl.cli import main
 
-    assert main(["verilog", "--quantizer", "fixed8", "--model", "digits-res", "--layer", "dw",
-                 "--out", str(tmp_path / "v")]) == 2
-    assert "grouped conv2d (groups 8) has no RTL engine yet" in capsys.readouterr().err
+    src = ["--model", "digits-res"]
+    assert main(["verilog", "--quantizer", "fixed8", *src, "--layer", "dw", "--out", str(tmp_path / "v")]) == 0
+    d = json.loads(next((tmp_path / "v").glob("*_dw.json")).read_text())
+    assert d["parameters"]["layers"][0]["conv_groups"] == 8
+    assert main(["verilog", "--quantizer", "fixed8", *src, "--out", str(tmp_path / "t")]) == 0
+    top = json.loads(next((tmp_path / "t").glob("*_top.json")).read_text())
+    assert top["memory_bits"]["join_buffers"] == 8 * (2 * 512 + 256 + 256)
+    ops = {l["name"]: l for l in top["parameters"]["layers"]}
+    assert ops["cat"]["inputs"] == ["pool", "conv3"] and ops["gap"]["cycle_formula"]
+    r = flows.gates_flow(["fixed8", "shift4"], throughput=8, out_dir=tmp_path / "g", cache_dir=tmp_path / "c",
+                         source=flows.ModelSource(model="digits-res"))
+    assert r.layer == "conv2" and r.equal_throughput and all(x["gates_total"] > 0 for x in r.rows)

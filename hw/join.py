@@ -1,0 +1,170 @@
+"""Engines that join streams: residual addition (docs/integer-semantics.md §8) and channel
+concatenation (§10).
+
+Each input has its own activation memory and loads on its own (``inp0``, ``inp1``, …
+accept whenever their memory does not hold an unfinished image), so a join never makes
+one branch wait for another: in a network top whose producer feeds both a branch and a
+join (a residual block's skip path), the producer's stream forks to the branch and to
+the join's skip input, which buffers the whole map (the *skip buffer*, in
+``memory_bits``) while the branch computes.  When every input has arrived, the join
+emits its output map in stream order, one value per cycle::
+
+    add:     y[i] = clamp(Z_y + ((M_a·(a[i] − Z_a) + M_b·(b[i] − Z_b) + 2^(n−1)) >> n), lo, 255)
+    concat:  pixel p, channel c of input j: clamp(Z_y + (((x_j − Z_j)·M_j + 2^(n_j−1)) >> n_j), 0, 255)
+
+Cycles, all inputs valid and ``out`` ready: the last input's arrival, then
+``out_size + 2`` (:data:`JOIN_CYCLE_FORMULA`).
+"""
+from __future__ import annotations
+
+from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from quantrtl.hw.arith import signed_width
+from quantrtl.hw.parts import ActivationBuffer, pack, requant_layout, rom
+from quantrtl.hw.requant import Requantizer
+from quantrtl.model.numbers.artifact import Layer
+
+__all__ = ["JoinEngine", "JOIN_CYCLE_FORMULA", "join_tail"]
+
+#: :meth:`JoinEngine.expected_cycles`, as the Verilog description JSON states it.
+JOIN_CYCLE_FORMULA = "max_j(in_size_j) + out_size + 2"
+
+
+def join_tail(out_size: int) -> int:
+    """Cycles after a join's last input handshake until its last output handshake (inclusive)."""
+    return out_size + 2
+
+
+class JoinEngine(wiring.Component):
+    """An ``add`` or ``concat`` layer: input streams ``inp0 … inp{n−1}``, one ``out``."""
+
+    def __init__(self, layer: Layer, source_shapes: list[tuple] | None = None):
+        if layer.op not in ("add", "concat"):
+            raise ValueError(f"layer {layer.name!r} is {layer.op}, not add or concat")
+        if layer.op == "add":
+            source_shapes = [tuple(layer.in_shape)] * 2
+        elif source_shapes is None or len(source_shapes) != len(layer.input_formats) or any(
+                len(s) != 3 or tuple(s[1:]) != tuple(layer.out_shape[1:]) for s in source_shapes) or \
+                sum(s[0] for s in source_shapes) != layer.out_shape[0]:
+            raise ValueError(f"layer {layer.name!r}: concat needs its inputs' (C, H, W) shapes, one per input, "
+                             f"whose channels sum to {layer.out_shape[0]}; got {source_shapes}")
+        self.in_shapes = [tuple(s) for s in source_shapes]
+        for q in (*layer.input_formats, layer.output):
+            if q.binary or q.bits != 8:
+                raise ValueError(f"layer {layer.name!r}: joins take 8-bit affine activations")
+        self.layer = layer
+        self.fmts = tuple(layer.input_formats)
+        self.channels = [s[0] for s in self.in_shapes]
+        members = {f"inp{j}": In(stream.Signature(unsigned(8))) for j in range(len(self.fmts))}
+        members["out"] = Out(stream.Signature(unsigned(8)))
+        super().__init__(members)
+
+    @property
+    def inputs(self) -> list:
+        return [getattr(self, f"inp{j}") for j in range(len(self.fmts))]
+
+    @property
+    def in_sizes(self) -> list[int]:
+        return [s[0] * s[1] * s[2] if len(s) == 3 else s[0] for s in self.in_shapes]
+
+    @property
+    def out_size(self) -> int:
+        n = 1
+        for d in self.layer.out_shape:
+            n *= d
+        return n
+
+    @property
+    def expected_cycles(self) -> int:
+        return max(self.in_sizes) + join_tail(self.out_size)
+
+    @property
+    def memory_bits(self) -> dict[str, int]:
+        """Every input's buffer (an add's first input is the residual block's skip buffer)."""
+        return {"join_buffers": 8 * sum(self.in_sizes)}
+
+    def elaborate(self, platform):
+        m = Module()
+        layer, n = self.layer, len(self.fmts)
+        bufs = [ActivationBuffer(m, self, size, 1, name=f"in{j}", inp=port)
+                for j, (size, port) in enumerate(zip(self.in_sizes, self.inputs))]
+        go = Signal(name="go")
+        m.d.comb += go.eq(sum_and([b.running for b in bufs]))
+        out = self.out
+        en = Signal(name="en")
+        m.d.comb += en.eq(~out.valid | out.ready)
+        issued = Signal(range(self.out_size + 1), name="issued")
+        issuing = Signal(name="issuing")
+        m.d.comb += issuing.eq(go & (issued != self.out_size))
+        v_b = Signal(name="valid_b")
+        with m.If(en):
+            m.d.sync += v_b.eq(issuing)
+            with m.If(issuing):
+                m.d.sync += issued.eq(issued + 1)
+        for b in bufs:
+            m.d.comb += b.rps[0].en.eq(en)
+
+        if layer.op == "add":
+            (za, zb), (ma, mb), shift = (f.zero_point for f in self.fmts), (int(v) for v in layer.m0), int(layer.shift[0])
+            for b in bufs:
+                m.d.comb += b.rps[0].addr.eq(issued)
+            width = signed_width(-255 * (ma + mb), 255 * (ma + mb))
+            total = Signal(signed(width), name="sum")
+            m.d.comb += total.eq((bufs[0].rps[0].data - za) * ma + (bufs[1].rps[0].data - zb) * mb)
+            rq = m.submodules.requant = Requantizer(width, (shift, shift), layer.output.zero_point, layer.out_min,
+                                                    layer.out_max)
+            m.d.comb += [rq.acc.eq(total), rq.m0.eq(1), rq.shift.eq(shift)]
+        else:
+            # per output pixel: input 0's channels, then input 1's, ...; each input's pixel
+            # base advances by its channel count after the pixel
+            sel = Signal(range(max(2, n)), name="sel")
+            sel_b = Signal.like(sel, name="sel_b")
+            bases = [Signal(range(max(2, size)), name=f"base{j}") for j, size in enumerate(self.in_sizes)]
+            local = Signal(range(max(2, max(self.channels))), name="local")
+            with m.If(en & issuing):
+                for j in range(n):
+                    with m.If(sel == j):
+                        with m.If(local == self.channels[j] - 1):
+                            m.d.sync += [local.eq(0), sel.eq(0 if j == n - 1 else j + 1)]
+                            if j == n - 1:
+                                m.d.sync += [bb.eq(bb + c) for bb, c in zip(bases, self.channels)]
+                        with m.Else():
+                            m.d.sync += local.eq(local + 1)
+            with m.If(en):
+                m.d.sync += sel_b.eq(sel)
+            with m.If(~go):
+                m.d.sync += [sel.eq(0), local.eq(0)] + [bb.eq(0) for bb in bases]
+            for j, b in enumerate(bufs):
+                m.d.comb += b.rps[0].addr.eq(bases[j] + local)
+            shifts = [int(v) for v in layer.shift]
+            rq = m.submodules.requant = Requantizer(10, (min(shifts), max(shifts)), layer.output.zero_point,
+                                                    layer.output.qmin, layer.output.qmax)
+            # each input's M0 and shift from a ROM (a read port, not a case statement: a
+            # 4-state simulator evaluates it before the selector first changes)
+            consts = requant_layout(max(shifts))
+            rq_rom = rom(m, "requant_rom", [pack(consts, [dict(m0=int(mj), shift=nj)])
+                                            for mj, nj in zip(layer.m0, shifts)], consts.size)
+            m.d.comb += rq_rom.addr.eq(sel_b)
+            c = data.View(consts, rq_rom.data)
+            x = Signal(signed(10), name="centered")
+            with m.Switch(sel_b):
+                for j, f in enumerate(self.fmts):
+                    with m.Case(j):
+                        m.d.comb += x.eq(bufs[j].rps[0].data - f.zero_point)
+            m.d.comb += [rq.acc.eq(x), rq.m0.eq(c.m0), rq.shift.eq(c.shift)]
+
+        with m.If(en):
+            m.d.sync += [out.valid.eq(v_b), out.payload.eq(rq.q)]
+        with m.If(out.valid & out.ready & (issued == self.out_size) & ~v_b):
+            m.d.sync += [issued.eq(0)] + [b.running.eq(0) for b in bufs]
+        return m
+
+
+def sum_and(signals):
+    """The AND of ``signals``."""
+    result = signals[0]
+    for s in signals[1:]:
+        result = result & s
+    return result
