@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from quantrtl.model.numbers.artifact import QuantizedNetwork
+from quantrtl.model.numbers.artifact import INPUT, QuantizedNetwork
 from quantrtl.model.numbers.layout import to_stream
 
 from quantrtl.sim.compare import Mismatch, first_mismatch
@@ -22,7 +22,7 @@ class LayerReport:
     name: str
     bit_exact: bool
     mismatches: int  # positions that differ (over every image of a run)
-    cycles: int  # from this layer's last input handshake to its last output handshake (first image)
+    cycles: int  # from this layer's last input handshake (the last of its inputs) to its last output handshake
     first_mismatch: dict | None = None
     dense_macs: int = 0
     utilization: float | None = None
@@ -50,11 +50,12 @@ def compare(net: QuantizedNetwork, golden: GoldenResult, raw: dict, lanes: int, 
     PE utilization counts the MACs the lanes must do: every dense MAC for dense engines,
     the nonzero-weight MACs for zero-skipping (``sparse``) engines."""
     layers, first = [], None
-    prev_last = raw["in_last"]
+    lasts = {INPUT: raw["in_last"]}  # the cycle stamp of each node's last output handshake
     for layer in net.layers:
         if layer.name not in captures:
             continue  # a layer without a tap (none today: every inner layer has one)
         cap = raw["captures"][layer.name]
+        prev_last = max(lasts.get(s, raw["in_last"]) for s in net.sources(layer))
         want = to_stream(golden.outputs[layer.name][index], layer.out_shape)
         # the capture memory holds the expected number of values; one more counts as "extra" (-1)
         got = cap["values"][:min(cap["count"], len(want))] + [-1] * max(0, cap["count"] - len(want))
@@ -69,7 +70,7 @@ def compare(net: QuantizedNetwork, golden: GoldenResult, raw: dict, lanes: int, 
             first_mismatch=None if mm is None else {"index": mm.index, "expected": mm.expected, "got": mm.got},
             dense_macs=layer.macs, utilization=util, mismatching_images=int(mm is not None)))
         first = first or mm
-        prev_last = cap["last"]
+        lasts[layer.name] = cap["last"]
     out = raw["captures"][net.layers[-1].name]
     complete = raw["done"] and out["count"] == int(np.prod(net.layers[-1].out_shape))
     predicted = int(np.argmax(out["values"])) if complete else None
