@@ -26,7 +26,7 @@ from torch.nn import functional as F
 __all__ = ["KINDS", "GraphNode", "FloatGraph", "trace", "apply", "SUPPORTED_TEXT", "UnsupportedLayerError", "INPUT"]
 
 #: The node kinds of a graph (and of the artifact).
-KINDS = ("conv2d", "linear", "relu", "maxpool", "avgpool", "gap", "add", "concat")
+KINDS = ("conv2d", "linear", "relu", "relu6", "maxpool", "avgpool", "gap", "add", "concat")
 #: The name every graph gives its input.
 INPUT = "input"
 
@@ -89,6 +89,8 @@ def apply(node: GraphNode, xs: list):
         return node.module(xs[0].flatten(1))
     if k == "relu":
         return torch.relu(xs[0])
+    if k == "relu6":
+        return torch.clamp(xs[0], 0.0, 6.0)
     if k == "gap":
         return xs[0].mean((2, 3), keepdim=True)
     if k == "add":
@@ -141,7 +143,9 @@ def _module_kind(node, m: nn.Module):
         return "conv2d", m
     if isinstance(m, nn.Linear):
         return "linear", m
-    if isinstance(m, (nn.ReLU, nn.ReLU6)):
+    if isinstance(m, nn.ReLU6):
+        return "relu6", None
+    if isinstance(m, nn.ReLU):
         return "relu", None
     if isinstance(m, nn.MaxPool2d):
         if _pair(m.dilation) != (1, 1) or m.ceil_mode or m.return_indices:
@@ -166,17 +170,26 @@ def _module_kind(node, m: nn.Module):
     raise _reject(node, type(m).__name__)
 
 
-def _is_relu6_clamp(node) -> bool:
+def _clamp_kind(node, what: str) -> str:
+    """``clamp(0)`` is a ReLU, ``clamp(0, 6)`` a ReLU6; other bounds are not supported."""
     lo, hi = _arg(node, 1, "min"), _arg(node, 2, "max")
-    return lo == 0 and hi in (6, 6.0, None)
+    if lo == 0 and hi is None:
+        return "relu"
+    if lo == 0 and hi == 6:
+        return "relu6"
+    raise _reject(node, f"{what}({lo}, {hi})", "only clamp(0) (ReLU) and clamp(0, 6) (ReLU6)")
 
 
 def _function_kind(node):
     t = node.target
-    if t in _RELU_FUNCS or t is F.relu6 or (t is torch.clamp and _is_relu6_clamp(node)):
+    if t in _RELU_FUNCS:
         return "relu"
+    if t is F.relu6:
+        return "relu6"
+    if t is torch.clamp:
+        return _clamp_kind(node, "clamp")
     if t is F.hardtanh and _arg(node, 1, "min_val") == 0 and _arg(node, 2, "max_val") == 6:
-        return "relu"
+        return "relu6"
     if t in _ADD_FUNCS:
         if _arg(node, 2, "alpha", 1) != 1:
             raise _reject(node, "torch.add", "alpha must be 1")
@@ -208,8 +221,10 @@ def _mean_kind(node):
 
 def _method_kind(node):
     t = node.target
-    if t in ("relu", "relu_") or (t == "clamp" and _is_relu6_clamp(node)):
+    if t in ("relu", "relu_"):
         return "relu"
+    if t == "clamp":
+        return _clamp_kind(node, ".clamp")
     if t == "add":
         return "add"
     if t == "flatten":

@@ -101,6 +101,7 @@ class QuantLayer(nn.Module):
         self.frozen: torch.Tensor | None = None  # INQ: weights already quantized and fixed
         self.shared: nn.Module | None = None  # Deep Compression: weights drawn from trained centroids
         self.in_shape: tuple | None = None  # the input's (C, H, W) before a Flatten (set by QuantModel)
+        self.cap: float | None = None  # ReLU6: the float clamp before the output quantizer
 
     def layer_format(self, in_shape: tuple) -> WeightFormat:
         """The format for this layer's input shape (C, H, W) or (F,) (unified blocks of a
@@ -139,7 +140,7 @@ class QuantLayer(nn.Module):
         if self.binarize and in_fmt is not None:
             y = straight_through(y, self._exact(op, x, w, b, scale, in_fmt))
         if self.relu:
-            y = torch.relu(y)
+            y = torch.relu(y) if self.cap is None else torch.clamp(y, 0.0, self.cap)
         return self.out_q(y)
 
 
@@ -165,11 +166,14 @@ class QuantAdd(nn.Module):
     def __init__(self, name: str, relu: bool):
         super().__init__()
         self.name, self.relu = name, relu
+        self.cap: float | None = None  # ReLU6: the float clamp before the output quantizer
         self.out_q = ActQuant()
 
     def forward(self, a, b):
         y = a + b
-        return self.out_q(torch.relu(y) if self.relu else y)
+        if self.relu:
+            y = torch.relu(y) if self.cap is None else torch.clamp(y, 0.0, self.cap)
+        return self.out_q(y)
 
 
 class QuantConcat(nn.Module):
@@ -233,9 +237,16 @@ class QuantModel(nn.Module):
             if other:
                 raise UnsupportedLayerError(f"node {other[0].name!r} ({other[0].kind}): {fmt.name} (binary activations) "
                                             "needs a chain of conv2d, linear, ReLU and max pooling")
-        fused = {n.name: n.inputs[0] for n in graph.nodes if n.kind == "relu" and n.inputs[0] in kinds
+        fused = {n.name: n.inputs[0] for n in graph.nodes if n.kind in ("relu", "relu6") and n.inputs[0] in kinds
                  and kinds[n.inputs[0]] in ("conv2d", "linear", "add") and users[n.inputs[0]] == [n.name]}
         relu_of = set(fused.values())
+        # ReLU6 is fused: the float clamp at 6 precedes calibration, so the output format
+        # ends at or below 6 and the integer clamp at qmax is the cap (no op of its own)
+        capped = {fused[n.name] for n in graph.nodes if n.kind == "relu6" and n.name in fused}
+        lone = next((n for n in graph.nodes if n.kind == "relu6" and n.name not in fused), None)
+        if lone is not None:
+            raise UnsupportedLayerError(f"node {lone.name!r} (ReLU6): a ReLU6 must directly follow a conv, linear or "
+                                        "add whose output nothing else reads (it is fused into it)")
         steps, sources = nn.ModuleDict(), {}
         rename = {}  # a fused ReLU stands for its producer
         for n in graph.nodes:
@@ -249,8 +260,10 @@ class QuantModel(nn.Module):
                     layer_fmt = fmt.layer_format(first=n.name == weighted[0])
                     binarize = n.name != weighted[-1]
                 step = QuantLayer(n.name, n.module, layer_fmt, relu, binarize)
+                step.cap = 6.0 if n.name in capped else None
             elif n.kind == "add":
                 step = QuantAdd(n.name, relu)
+                step.cap = 6.0 if n.name in capped else None
             elif n.kind == "concat":
                 step = QuantConcat(n.name)
             elif n.kind in ("avgpool", "gap"):

@@ -54,7 +54,7 @@ def test_trace_residual_depthwise_gap_concat():
     g = trace(m)
     assert [(n.name, n.kind, n.inputs) for n in g.nodes] == [
         ("stem", "conv2d", ("input",)), ("relu", "relu", ("stem",)), ("dw", "conv2d", ("relu",)),
-        ("clamp", "relu", ("dw",)), ("pw", "conv2d", ("clamp",)), ("add", "add", ("relu", "pw")),
+        ("clamp", "relu6", ("dw",)), ("pw", "conv2d", ("clamp",)), ("add", "add", ("relu", "pw")),
         ("relu_1", "relu", ("add",)), ("cat", "concat", ("relu_1", "pw")), ("pool", "gap", ("cat",)),
         ("fc", "linear", ("pool",))]
     assert not any(isinstance(x, nn.BatchNorm2d) for x in g.modules())  # folded into stem
@@ -91,6 +91,11 @@ class AddConstant(nn.Module):
         return x + 1
 
 
+class Clamp3(nn.Module):
+    def forward(self, x):
+        return torch.clamp(x, 0, 3)
+
+
 class Branchy(nn.Module):
     def forward(self, x):
         return x if x.sum() > 0 else -x
@@ -105,10 +110,35 @@ class Branchy(nn.Module):
     (nn.Sequential(nn.Conv2d(1, 2, 3, dilation=2)), r"node '0' \(Conv2d\) is not supported: needs dilation 1"),
     (nn.Sequential(nn.AdaptiveAvgPool2d(2)), r"only output size 1"),
     (nn.Sequential(nn.ReLU(), nn.BatchNorm2d(1)), r"a batch norm must directly follow a Conv2d or Linear"),
+    (Clamp3(), r"node 'clamp' \(clamp\(0, 3\)\) is not supported: only clamp\(0\) \(ReLU\) and clamp\(0, 6\)"),
 ])
 def test_unsupported_nodes_are_named(model, match):
     with pytest.raises(UnsupportedLayerError, match=match):
         trace(model)
+
+
+def test_relu6_is_fused_and_caps_the_calibrated_range():
+    """ReLU6 after a conv: the float graph clamps at 6, the fake-quant model clamps before
+    its output quantizer, so the calibrated output format ends at or below 6; a ReLU6 with
+    nothing to fuse into is rejected by name."""
+    from quantrtl.model.digits import load_split
+    from quantrtl.model.numbers.families import parse_format
+    from quantrtl.model.training.export import export
+    from quantrtl.model.training.quantize import QuantModel, quantize_model
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU6(), nn.Flatten(), nn.Linear(256, 10)).eval()
+    with torch.no_grad():
+        m[0].weight.mul_(20)  # activations well above 6
+    train, _ = load_split()
+    x = torch.tensor(train.float_inputs()[:16])
+    assert float(torch.relu(m[0](x)).max()) > 6
+    torch.testing.assert_close(trace(m)(x), m(x))
+    net = export(quantize_model(m, parse_format("fixed8"), train), (1, 8, 8))
+    conv = net.layer("0")
+    assert conv.activation == "relu" and conv.output.scale * (255 - conv.output.zero_point) <= 6.0 + 1e-6
+    with pytest.raises(UnsupportedLayerError, match=r"node '2' \(ReLU6\): a ReLU6 must directly follow"):
+        QuantModel(nn.Sequential(nn.Conv2d(1, 2, 3), nn.MaxPool2d(2), nn.ReLU6()), parse_format("fixed8"))
 
 
 def test_cli_rejects_an_unsupported_node_and_writes_nothing(tmp_path, capsys):
