@@ -363,7 +363,7 @@ def cmd_sweep(args) -> int:
               _csv_list(args.densities, float, "--densities"),
               _csv_list(args.layers, str, "--layers") if args.layers else None, jobs=args.jobs,
               scheduler=args.scheduler, finetune=args.finetune, image=args.image, cosim=not args.no_cosim,
-              out_dir=args.out, target=args.target)
+              out_dir=args.out, target=args.target, model=args.model)
     rows = r["rows"]
     fpga = args.target != "gates"
     headers = ["quantizer", "density", "layer", "lanes", "gates", "datapath", "gates/MAC/cycle", "golden acc"]
@@ -382,8 +382,8 @@ def cmd_sweep(args) -> int:
                                  for x in rows]))
     print(f"\n{len(rows)} designs on the {r['executor']} executor in {r['seconds']:.1f} s")
     if args.json:
-        flows.write_json(args.json, {"rows": rows, "image": r["image"], "finetune": r["finetune"],
-                                     "target": r["target"]})
+        flows.write_json(args.json, {"rows": rows, "model": r["model"], "image": r["image"],
+                                     "finetune": r["finetune"], "target": r["target"]})
     if args.csv:
         write_csv(rows, args.csv)
     if args.plot:
@@ -584,6 +584,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     w = sub.add_parser("sweep", help="quantizers x lanes x densities: synthesis and cosim in parallel (local or Dask)")
     w.add_argument("--quantizers", default="fixed8,shift4,ternary,binary")
+    w.add_argument("--model", default="digits", choices=flows.SHIPPED_MODELS,
+                   help="the shipped model (default %(default)s; digits-res: the residual digits network)")
     w.add_argument("--lanes", default="4,8,16", help="comma-separated lane counts (default %(default)s)")
     w.add_argument("--densities", default="1.0", help="comma-separated weight densities after magnitude pruning")
     w.add_argument("--layers", default=None, help="comma-separated layers to synthesize (default: the largest conv)")

@@ -72,3 +72,19 @@ def test_sweep_jobs_map_place_and_route_on_an_fpga(tmp_path, capsys):
     assert r["target"] == "ecp5" and f["luts"] > 0 and f["fmax_mhz"] > 0
     assert f["macs_per_second"] == pytest.approx(r["rows"][0]["macs_per_cycle"] * f["fmax_mhz"] * 1e6)
     assert "ecp5 LUTs" in capsys.readouterr().out
+
+
+@pytest.mark.yosys
+def test_sweep_over_the_residual_network(tmp_path, capsys):
+    """``--model digits-res``: its layers are known from the traced graph before any
+    training (a pooling layer is refused), and its depthwise conv synthesizes as a job."""
+    from quantrtl.flows.sweep import shipped_weight_layers
+
+    assert shipped_weight_layers("digits-res") == ["stem", "dw", "pw", "conv2", "conv3", "fc"]
+    assert main(["sweep", "--model", "digits-res", "--layers", "gap", "--out", str(tmp_path / "x")]) == 2
+    assert "'gap' is not a conv2d/linear layer" in capsys.readouterr().err
+    assert main(["sweep", "--model", "digits-res", "--quantizers", "fixed8", "--lanes", "8", "--layers", "dw",
+                 "--finetune", "0", "--no-cosim", "--out", str(tmp_path / "o"), "--json", str(tmp_path / "s.json")]) == 0
+    r = json.loads((tmp_path / "s.json").read_text())
+    assert r["model"] == "digits-res" and r["rows"][0]["layer"] == "dw" and r["rows"][0]["gates_total"] > 0
+    assert r["rows"][0]["macs_per_cycle"] == pytest.approx(4608 / 576)  # 8 lane groups of one lane, 9 taps

@@ -93,14 +93,24 @@ def _executor(jobs: int, scheduler: str | None) -> Executor:
             yield ex
 
 
+def shipped_weight_layers(model: str) -> list[str]:
+    """The conv2d/linear layers of a shipped model, from its traced graph (no training)."""
+    from quantrtl.model.training.graph import trace
+    from quantrtl.model.training.net import SHIPPED
+
+    return [n.name for n in trace(SHIPPED[model].factory()).nodes if n.kind in ("conv2d", "linear")]
+
+
 def sweep(quantizers: list[str], lanes: list[int], densities: list[float], layers: list[str] | None = None,
           jobs: int = 2, scheduler: str | None = None, finetune: int = 10, image: int = 0, cosim: bool = True,
-          out_dir: str | Path = "build/sweep", target: str = "gates") -> dict:
+          out_dir: str | Path = "build/sweep", target: str = "gates", model: str = "digits") -> dict:
+    """Every (quantizer, density, lanes, layer) of a shipped ``model`` synthesized, and each
+    network co-simulated, as jobs on a local pool or a Dask cluster."""
     from quantrtl.model.digits import TEST_IMAGES
     from quantrtl.model.numbers import artifact
     from quantrtl.model.numbers.families import parse_format
 
-    from quantrtl.flows.common import MAX_LANES
+    from quantrtl.flows.common import MAX_LANES, SHIPPED_MODELS, ModelSource
     from quantrtl.flows.quantize import quantize_network
 
     fmts = [parse_format(q) for q in quantizers]
@@ -121,19 +131,23 @@ def sweep(quantizers: list[str], lanes: list[int], densities: list[float], layer
         raise OptionError("finetune", f"must be 0 or more epochs, got {finetune}")
     if cosim and not 0 <= image < TEST_IMAGES:
         raise OptionError("image", f"{image}: the digits test split has images 0..{TEST_IMAGES - 1}")
-    weighted = list(DIGITS_WEIGHT_LAYERS)  # known without training: every argument is checked before any work
+    if model not in SHIPPED_MODELS:
+        raise OptionError("model", f"{model!r} is not a shipped model; choose one of {', '.join(SHIPPED_MODELS)}")
+    source = ModelSource(model=model)
+    # known without training: every argument is checked before any work
+    weighted = list(DIGITS_WEIGHT_LAYERS) if model == "digits" else shipped_weight_layers(model)
     for name in layers or ():
         if name not in weighted:
             raise OptionError("layers", f"{name!r} is not a conv2d/linear layer; choose from {weighted}")
     t0 = time.perf_counter()
     out = Path(out_dir)
     with _executor(jobs, scheduler) as ex:  # connect first: a bad scheduler fails before any work
-        quantized = {(f.name, d): quantize_network(f.name, finetune, density=d) for f in fmts for d in densities}
+        quantized = {(f.name, d): quantize_network(f.name, finetune, source, density=d) for f in fmts for d in densities}
         first = next(iter(quantized.values())).qnet
         layers = layers or [max((l for l in first.layers if l.op == "conv2d"), key=lambda l: l.macs).name]
         nets = {}
         for (q, d), qr in quantized.items():  # arguments all checked: now write the artifacts
-            stem = out / "artifacts" / f"digits-{q}-d{d:g}"
+            stem = out / "artifacts" / f"{source.name}-{q}-d{d:g}"
             json_path = artifact.save(qr.qnet, stem)
             files = {p.name: p.read_bytes() for p in (json_path, json_path.with_suffix(".npz"))}
             nets[(q, d)] = (qr, files)
@@ -153,5 +167,5 @@ def sweep(quantizers: list[str], lanes: list[int], densities: list[float], layer
             row.update(bit_exact=c["bit_exact"], cycles=c["cycles"], expected_cycles=c["expected_cycles"],
                        first_mismatch=c["first_mismatch"])
         rows.append(row)
-    return {"rows": rows, "image": image if cosim else None, "finetune": finetune, "target": target,
+    return {"rows": rows, "model": model, "image": image if cosim else None, "finetune": finetune, "target": target,
             "executor": "dask" if scheduler else "local", "seconds": time.perf_counter() - t0}
