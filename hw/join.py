@@ -52,8 +52,8 @@ class JoinEngine(wiring.Component):
                              f"whose channels sum to {layer.out_shape[0]}; got {source_shapes}")
         self.in_shapes = [tuple(s) for s in source_shapes]
         for q in (*layer.input_formats, layer.output):
-            if q.binary or q.bits != 8:
-                raise ValueError(f"layer {layer.name!r}: joins take 8-bit affine activations")
+            if q.binary or not 2 <= q.bits <= 8:
+                raise ValueError(f"layer {layer.name!r}: joins take 2- to 8-bit affine activations")
         self.layer = layer
         self.fmts = tuple(layer.input_formats)
         self.channels = [s[0] for s in self.in_shapes]

@@ -67,8 +67,8 @@ class ConvEngine(wiring.Component):
         self.acc_width = layer.accumulator_bits
         self.source_shape = tuple(source_shape) if source_shape is not None else None
         for side, q in (("input", layer.input), ("output", layer.output)):
-            if q.bits != (1 if q.binary else 8):
-                raise ValueError(f"layer {layer.name!r}: engines take 8-bit or binary (pm1) activations, "
+            if not (q.bits == 1 if q.binary else 2 <= q.bits <= 8):
+                raise ValueError(f"layer {layer.name!r}: engines take 2- to 8-bit affine or binary (pm1) activations, "
                                  f"{side} has {q.bits} bits ({q.encoding})")
         if layer.input.binary != layer.format.binary_input:
             raise ValueError(f"layer {layer.name!r}: format {layer.format.name} does not match the "
@@ -237,8 +237,9 @@ class PoolEngine(wiring.Component):
 
     Loop nest: output pixel → channel → window tap; out-of-bounds (padding) taps read as
     0 for the max (the smallest code) and as the zero point for the average (the real
-    zero).  The average sums ``x − Z`` over the window and requantizes the sum with the
-    layer's ``M0 · 2^(−n) ≈ 1/(kh·kw)`` on the way out.  Output order is the stream order
+    zero).  The average sums ``x − Z_in`` over the window and requantizes the sum with the
+    layer's ``M0 · 2^(−n) ≈ S_in / (S_out · kh·kw)`` (``1/(kh·kw)`` when the output keeps
+    the input's format) and ``Z_out`` on the way out.  Output order is the stream order
     (channel fastest).
     """
 
@@ -307,8 +308,8 @@ class PoolEngine(wiring.Component):
             result = Signal(signed(width), name="sum")
             with m.If(en & v_b):
                 m.d.sync += result.eq(Mux(first_b, term, result + term))
-            rq = m.submodules.requant = Requantizer(width, (int(layer.shift[0]), int(layer.shift[0])), zx,
-                                                    layer.output.qmin, layer.output.qmax)
+            rq = m.submodules.requant = Requantizer(width, (int(layer.shift[0]), int(layer.shift[0])),
+                                                    layer.output.zero_point, layer.output.qmin, layer.output.qmax)
             m.d.comb += [rq.acc.eq(bank.current), rq.m0.eq(int(layer.m0[0])), rq.shift.eq(int(layer.shift[0]))]
             out = rq.q
         else:

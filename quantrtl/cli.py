@@ -91,10 +91,10 @@ def _params_text(params: dict | None) -> str:
 
 
 def cmd_quantize(args) -> int:
-
-    parse_format(args.quantizer)
-    _say(f"quantizing the {_source(args).name} model with {args.quantizer} (fine-tune "
-         f"{'default' if args.finetune is None else args.finetune} epochs) ...")
+    flows.resolve_quantizer(args.quantizer, _source(args))
+    _say(f"importing the {_source(args).name} model's own quantization (QONNX) ..." if args.quantizer == flows.KEEP
+         else f"quantizing the {_source(args).name} model with {args.quantizer} (fine-tune "
+              f"{'default' if args.finetune is None else args.finetune} epochs) ...")
     r = flows.quantize_flow(args.quantizer, args.out, finetune=args.finetune, seed=args.seed, source=_source(args),
                             density=args.density, inq=args.inq)
     print(format_table(QUANT_HEADERS, [_quant_row(r)]))

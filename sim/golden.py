@@ -102,12 +102,13 @@ def maxpool(x, kernel, stride, padding, pad_value: int = 0) -> np.ndarray:
     return _windows(x, kernel, stride, padding, pad_value).max(axis=(4, 5))
 
 
-def avgpool(x, kernel, stride, padding, zero_point: int, m0: int, shift: int, lo: int, hi: int) -> np.ndarray:
+def avgpool(x, kernel, stride, padding, zero_point: int, m0: int, shift: int, out_zero_point: int, lo: int,
+            hi: int) -> np.ndarray:
     """§9 average pooling (global average: the kernel is the whole map): the window sum of
-    ``x − Z`` (padding is the real zero, counted in the divisor), times ``M0 · 2^(−n) ≈
-    1/k²`` with §3's rounding, in the input's format."""
+    ``x − Z_in`` (padding is the real zero, counted in the divisor), times ``M0 · 2^(−n) ≈
+    S_in / (S_out · k²)`` with §3's rounding, plus ``Z_out``."""
     acc = _windows(np.asarray(x, dtype=np.int64) - zero_point, kernel, stride, padding, 0).sum(axis=(4, 5))
-    return requantize(acc, [m0] * acc.shape[1], [shift] * acc.shape[1], zero_point, lo, hi)
+    return requantize(acc, [m0] * acc.shape[1], [shift] * acc.shape[1], out_zero_point, lo, hi)
 
 
 def add(a, b, za: int, zb: int, m0, shift: int, zero_point: int, lo: int, hi: int) -> np.ndarray:
@@ -146,7 +147,7 @@ def run_layer(layer: Layer, x, acc_out: dict | None = None) -> np.ndarray:
     x = _check_input(x, layer)
     if layer.op in ("avgpool", "gap"):
         return avgpool(x, layer.kernel, layer.stride, layer.padding, layer.input.zero_point, int(layer.m0[0]),
-                       int(layer.shift[0]), layer.output.qmin, layer.output.qmax)
+                       int(layer.shift[0]), layer.output.zero_point, layer.output.qmin, layer.output.qmax)
     if layer.op == "maxpool":
         return maxpool(x, layer.kernel, layer.stride, layer.padding, pad_value=layer.input.qmin)
     if layer.op == "relu":

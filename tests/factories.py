@@ -80,9 +80,11 @@ def random_network(fmt: WeightFormat, seed: int = 0, cin: int = 2, hw: int | tup
                             layers=[conv, pool, fc], metadata={"seed": seed})
 
 
-def pool_layer(op: str, in_shape, kernel=(2, 2), stride=None, padding=(0, 0), seed: int = 0) -> Layer:
+def pool_layer(op: str, in_shape, kernel=(2, 2), stride=None, padding=(0, 0), seed: int = 0,
+               rescale: bool = False) -> Layer:
     """An ``avgpool``/``gap``/``maxpool`` layer on ``in_shape`` with a random input format
-    (a non-zero zero point) and §9's constants for ``1/(kh·kw)``."""
+    (a non-zero zero point) and §9's constants for ``1/(kh·kw)``; ``rescale``: an average
+    with an output format of its own (``S_in / (S_out·kh·kw)``, as imported models have)."""
     from quantrtl.model.numbers.artifact import quantize_multiplier
 
     rng = np.random.default_rng(seed)
@@ -90,8 +92,9 @@ def pool_layer(op: str, in_shape, kernel=(2, 2), stride=None, padding=(0, 0), se
     if op == "gap":
         kernel, stride, padding = tuple(in_shape[1:]), tuple(in_shape[1:]), (0, 0)
     kernel, stride = tuple(kernel), tuple(stride or kernel)
-    m0, n = quantize_multiplier(1.0 / (kernel[0] * kernel[1]))
-    layer = Layer(name=op, op=op, in_shape=tuple(in_shape), out_shape=tuple(in_shape), input=qin, output=qin,
+    qout = _qp(rng) if rescale else qin
+    m0, n = quantize_multiplier(qin.scale / (qout.scale * kernel[0] * kernel[1]))
+    layer = Layer(name=op, op=op, in_shape=tuple(in_shape), out_shape=tuple(in_shape), input=qin, output=qout,
                   kernel=kernel, stride=stride, padding=tuple(padding),
                   m0=np.array([m0]) if op != "maxpool" else None, shift=np.array([n]) if op != "maxpool" else None)
     layer.out_shape = expected_out_shape(layer)

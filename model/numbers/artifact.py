@@ -59,7 +59,8 @@ class Layer:
     accumulator's scale ``S_w[c] * S_x``), ``m0``/``shift`` per output channel and the
     output clamp ``[out_min, out_max]`` (ReLU fused as ``out_min = output.zero_point``).
     ``add``/``concat`` carry ``m0``/``shift`` per input and ``input_formats``;
-    ``avgpool``/``gap`` one ``m0``/``shift`` (``1/k²``) and keep the input format;
+    ``avgpool``/``gap`` one ``m0``/``shift`` (``S_in / (S_out · k²)``; models from PyTorch keep
+    the input format, ``1/k²``);
     ``maxpool``/``relu`` carry only geometry.  ``inputs`` names the layers (or
     :data:`INPUT`) read, in order; empty means the layer before (the network input for
     the first).  Shapes are (C, H, W) for feature maps and (F,) for vectors; a linear
@@ -554,7 +555,7 @@ def validate(net: QuantizedNetwork) -> None:
                 raise ArtifactError(f"{w}: {layer.op} padding {layer.padding} must be at most half the kernel {layer.kernel}")
             if layer.op == "gap" and (tuple(layer.kernel) != in_shape[1:] or any(layer.padding)):
                 raise ArtifactError(f"{w}: gap's kernel {layer.kernel} must be the whole map {in_shape[1:]}, unpadded")
-        if layer.op in ("maxpool", "relu", "avgpool", "gap") and layer.output != layer.input:
+        if layer.op in ("maxpool", "relu") and layer.output != layer.input:
             raise ArtifactError(f"{w}: {layer.op} must keep the input quantization")
         if layer.has_weights:
             _validate_weights(layer, w)

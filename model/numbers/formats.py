@@ -272,6 +272,13 @@ class FixedFormat(WeightFormat):
     def _decode(self, codes):
         return _from_twos(codes, self.bits)
 
+    def codes_of(self, values) -> np.ndarray:
+        """The codes of exact integer weight values (an imported model's own quantization)."""
+        v = np.asarray(values, dtype=np.int64)
+        if v.size and np.abs(v).max() > self.qmax:
+            raise FormatError(f"{self.name}: values must lie in [-{self.qmax}, {self.qmax}], got [{v.min()}, {v.max()}]")
+        return _twos(v, self.bits)
+
     def code_space(self):
         return np.sort(_twos(np.arange(-self.qmax, self.qmax + 1, dtype=np.int64), self.bits))
 
@@ -399,6 +406,13 @@ class BinaryFormat(WeightFormat):
 
     def _decode(self, codes):
         return 1 - 2 * codes
+
+    def codes_of(self, values) -> np.ndarray:
+        """The codes of exact ±1 weight values (an imported model's own quantization)."""
+        v = np.asarray(values, dtype=np.int64)
+        if v.size and not np.isin(v, (-1, 1)).all():
+            raise FormatError(f"binary: values must be -1 or +1, got {sorted(set(v.ravel().tolist()))[:4]}")
+        return (v < 0).astype(np.int64)
 
 
 @dataclass(frozen=True)

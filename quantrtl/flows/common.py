@@ -12,7 +12,7 @@ from quantrtl.util.atomic import atomic_write
 from quantrtl.util.errors import OptionError
 from quantrtl.util.provenance import package_versions
 
-__all__ = ["DEFAULT_FINETUNE", "DEMO_QUANTIZERS", "SHIPPED_MODELS", "MAX_LANES", "OptionError", "ModelSource", "DIGITS", "load_data",
+__all__ = ["DEFAULT_FINETUNE", "DEMO_QUANTIZERS", "SHIPPED_MODELS", "KEEP", "KeepQuantizer", "resolve_quantizer", "MAX_LANES", "OptionError", "ModelSource", "DIGITS", "load_data",
            "tool_versions", "check_density", "check_lanes", "check_stream_options", "artifact_stem", "write_json",
            "HardwareOptions"]
 
@@ -20,6 +20,31 @@ __all__ = ["DEFAULT_FINETUNE", "DEMO_QUANTIZERS", "SHIPPED_MODELS", "MAX_LANES",
 DEFAULT_FINETUNE = 10
 #: The quantizers ``make demo`` compares.
 DEMO_QUANTIZERS = ("fixed8", "shift4", "ternary", "binary")
+
+
+#: ``--quantizer keep``: an imported (QONNX) model's own quantization.
+KEEP = "keep"
+
+
+@dataclass(frozen=True)
+class KeepQuantizer:
+    """What ``resolve_quantizer`` gives for ``keep`` (a name, like a format's)."""
+
+    name: str = KEEP
+    finetune_epochs: int = 0
+
+
+def resolve_quantizer(quantizer: str, source: "ModelSource"):
+    """A quantizer name → its format, or :class:`KeepQuantizer` for ``keep`` (which needs
+    an ONNX model); bad names fail here, before any work."""
+    if quantizer == KEEP:
+        if source.onnx is None:
+            raise OptionError("quantizer", "keep takes an imported model's own quantization: give --model model.onnx "
+                                           "(QONNX, e.g. exported by Brevitas)")
+        return KeepQuantizer()
+    from quantrtl.model.numbers.families import parse_format
+
+    return parse_format(quantizer)
 
 
 #: The shipped models (``--model NAME``; each has its checkpoint in ``model/data``).
@@ -52,6 +77,13 @@ class ModelSource:
                                                     "model takes --checkpoint")
         if self.shipped is None and self.checkpoint is not None:
             raise OptionError(("checkpoint", "model"), "{0} is for a shipped model; give {1}'s weights with --weights")
+        if self.onnx is not None and self.weights is not None:
+            raise OptionError(("weights", "model"), "an ONNX {1} carries its weights; drop {0}")
+
+    @property
+    def onnx(self) -> str | None:
+        """The ONNX/QONNX file of ``--model model.onnx`` (None: not an ONNX model)."""
+        return self.model if self.model is not None and self.model.lower().endswith(".onnx") else None
 
     @property
     def shipped(self) -> str | None:
@@ -68,6 +100,8 @@ class ModelSource:
             stem = type(self.module).__name__.lower()
         elif self.shipped is not None:
             return self.shipped.replace("-", "_")
+        elif self.onnx is not None:
+            stem = Path(self.onnx).stem
         else:
             stem = Path(self.model.rpartition(":")[0]).stem
         ident = "".join(c if c.isascii() and c.isalnum() else "_" for c in stem)
@@ -148,8 +182,6 @@ class HardwareOptions:
     index_bits: int = 4
 
     def __post_init__(self):
-        from quantrtl.model.numbers.families import parse_format
-
-        parse_format(self.quantizer)
+        resolve_quantizer(self.quantizer, self.source)
         check_lanes(self.lanes)
         check_stream_options(self.index_bits, self.source)

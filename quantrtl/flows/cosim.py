@@ -11,9 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from quantrtl.flows.common import DEFAULT_FINETUNE, DIGITS, HardwareOptions, ModelSource, load_data
+from quantrtl.flows.common import DEFAULT_FINETUNE, DIGITS, HardwareOptions, ModelSource, load_data, resolve_quantizer
 from quantrtl.flows.quantize import network_for
-from quantrtl.model.numbers.families import parse_format
 from quantrtl.util.atomic import atomic_write
 from quantrtl.util.errors import OptionError
 
@@ -166,7 +165,7 @@ def cosim_flow(quantizer: str, image: str | int = 0, simulator: str = "icarus", 
     CosimOptions(quantizer=quantizer, image=image, images=images, simulator=simulator, lanes=lanes, waves=waves,
                  artifact=artifact_path, finetune=finetune, build_root=build_root, inject=inject, at=at,
                  source=source, sparse=sparse, index_bits=index_bits)
-    fmt = parse_format(quantizer)
+    fmt = resolve_quantizer(quantizer, source)
     from quantrtl.hw.faults import FaultError, faulty_network, parse_fault
     from quantrtl.hw.harness import CaptureHarness
     from quantrtl.hw.network import NetworkTop
@@ -182,6 +181,9 @@ def cosim_flow(quantizer: str, image: str | int = 0, simulator: str = "icarus", 
         xs, labels, descs = x[None], None if label is None else [label], [desc]
     t0 = time.perf_counter()
     qnet = network_for(fmt, artifact_path, finetune, source)
+    data_fmt = load_data(source)[2]
+    if qnet.input != data_fmt:  # an imported model's own input format: the same real inputs, re-quantized
+        xs = qnet.input.quantize(data_fmt.dequantize(xs))
     if tuple(xs.shape[1:]) != tuple(qnet.input_shape):
         raise OptionError("image", f"{descs[0]} has shape {tuple(xs.shape[1:])}, "
                                    f"the model's input is {tuple(qnet.input_shape)}")

@@ -9,7 +9,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from quantrtl.flows.common import DEFAULT_FINETUNE, DIGITS, MAX_LANES, ModelSource, check_lanes, \
+from quantrtl.flows.common import DEFAULT_FINETUNE, DIGITS, KEEP, MAX_LANES, ModelSource, check_lanes, resolve_quantizer, \
     check_stream_options
 from quantrtl.flows.cosim import cosim_flow
 from quantrtl.flows.quantize import quantize_network
@@ -61,11 +61,12 @@ class GatesOptions:
     jobs: int = 2
     target: str = "gates"
     dsp: bool = True
+    source: ModelSource = DIGITS
 
     def __post_init__(self):
         from quantrtl.synth.gates import BENCHES
 
-        fmts = [parse_format(q) for q in self.quantizers]
+        fmts = [resolve_quantizer(q, self.source) for q in self.quantizers]
         if not fmts:
             raise OptionError("quantizers", "needs at least one quantizer")
         if len({f.name for f in fmts}) != len(fmts):
@@ -76,6 +77,9 @@ class GatesOptions:
             raise OptionError(("layer", "bench"), "give either {0} or {1}, not both")
         if self.bench is not None and self.bench not in BENCHES:
             raise OptionError("bench", f"unknown {{0}} {self.bench!r}; available: {', '.join(BENCHES)}")
+        if KEEP in self.quantizers and (self.bench is not None or (self.style == "unrolled" and self.layer is None)):
+            raise OptionError(("quantizers", "bench"), "keep is an imported model's own quantization; a {1} layer "
+                                                       "has none (give --layer for the unrolled style)")
         if self.bench is not None and self.style != "unrolled":
             raise OptionError(("bench", "style"), "{0} layers have no trained artifact; use {1} unrolled with {0}")
         if self.layer is not None and self.style == "network":
@@ -123,8 +127,8 @@ def gates_flow(quantizers: list[str], style: str = "array", layer: str | None = 
     from quantrtl.synth.gates import array_rows, fq_conv_weights, network_rows, unrolled_fpga, unrolled_rows
     from quantrtl.synth.yosys import yosys_version
 
-    GatesOptions(tuple(quantizers), style, layer, bench, throughput, sample, jobs, target, dsp)
-    fmts = [parse_format(q) for q in quantizers]
+    GatesOptions(tuple(quantizers), style, layer, bench, throughput, sample, jobs, target, dsp, source)
+    fmts = [resolve_quantizer(q, source) for q in quantizers]
     version = yosys_version(yosys)  # a missing Yosys fails before any work
     t0 = time.perf_counter()
     out = Path(out_dir) / style
@@ -136,7 +140,8 @@ def gates_flow(quantizers: list[str], style: str = "array", layer: str | None = 
         rows = unrolled_rows(weights, out, sample=sample, jobs=jobs, yosys=yosys, cache_dir=cache_dir, name=name)
         where = bench
     else:
-        nets = {f.name: (networks or {}).get(f.name) or quantize_network(f.name, finetune, source).qnet for f in fmts}
+        nets = {f.name: (networks or {}).get(f.name) or quantize_network(
+            f.name, None if f.name == KEEP else finetune, source).qnet for f in fmts}  # keep trains nothing
         if style == "network":
             rows = network_rows(nets, throughput, out, jobs=jobs, yosys=yosys, cache_dir=cache_dir)
             for r in rows:

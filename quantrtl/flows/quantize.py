@@ -5,13 +5,13 @@ import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-from quantrtl.flows.common import DEFAULT_FINETUNE, DIGITS, ModelSource, artifact_stem, check_density, load_data, \
-    tool_versions
+from quantrtl.flows.common import DEFAULT_FINETUNE, DIGITS, KEEP, ModelSource, artifact_stem, check_density, \
+    load_data, resolve_quantizer, tool_versions
 from quantrtl.model.numbers import artifact
 from quantrtl.model.numbers.families import families, family, parse_format
 from quantrtl.util.errors import OptionError
 
-__all__ = ["QuantizeOptions", "QuantizeResult", "QuantizedRun", "method_format", "method_finetune",
+__all__ = ["QuantizeOptions", "QuantizeResult", "QuantizedRun", "method_format", "method_finetune", "compare_with_qonnx",
            "quantize_network", "quantize_flow", "network_for", "QUANTIZE_CACHE"]
 
 
@@ -78,18 +78,30 @@ class QuantizeOptions:
 
     def __post_init__(self):
         check_density(self.density)
+        if self.keep:
+            resolve_quantizer(self.quantizer, self.source)
+            for name, value in (("finetune", self.finetune or None), ("density", self.density), ("inq", self.inq or None)):
+                if value is not None:
+                    raise OptionError(name, "keeps an imported model's own quantization: {0} does not apply to keep")
+            return
         method_finetune(self.format, self.finetune)
 
     @property
+    def keep(self) -> bool:
+        return self.quantizer == KEEP
+
+    @property
     def format(self):
-        return method_format(self.quantizer, self.source.block)
+        return resolve_quantizer(KEEP, self.source) if self.keep else method_format(self.quantizer, self.source.block)
 
     @property
     def epochs(self) -> int:
-        return method_finetune(self.format, self.finetune)
+        return 0 if self.keep else method_finetune(self.format, self.finetune)
 
     @property
     def plan(self):
+        if self.keep:
+            return None
         return self.format.default_density if self.density is None else self.density
 
 
@@ -228,7 +240,81 @@ def quantize_network(quantizer: str, finetune: int | None = None, source: ModelS
     return run
 
 
+def _quantize_keep(opts: "QuantizeOptions") -> QuantizedRun:
+    """An imported (QONNX) model's own quantization as the artifact; its accuracies: the
+    dequantized float model, QONNX's own execution (the model's fake-quant), the golden
+    model, and golden vs QONNX agreement."""
+    import torch
+
+    from quantrtl.model.training import net
+    from quantrtl.model.training.onnx_import import float_graph, keep_network, load_onnx, qonnx_execute
+    from quantrtl.sim import golden
+
+    t0 = time.perf_counter()
+    source = opts.source
+    m = load_onnx(source.onnx)
+    train, test, _, labelled = load_data(source)
+    _check_input_shape(m.input_shape, test, source)
+    meta = {"finetune_epochs": 0, "seed": opts.seed, "model": source.onnx, "density": None,
+            "training": "the model's own quantization (QONNX Quant nodes), no training",
+            "checkpoint": Path(source.onnx).name,
+            "calibration": Path(source.calib).name if source.calib else "digits train split",
+            "versions": tool_versions()}
+    qnet = keep_network(m, train.float_inputs(), source.name, meta)
+    x = test.float_inputs()
+    acc = (lambda pred: net.accuracy(pred, test.y)) if labelled else (lambda pred: None)
+    with torch.no_grad():
+        float_pred = float_graph(m)(torch.tensor(x)).reshape(len(x), -1).argmax(1).numpy()
+    qonnx_pred = qonnx_execute(m, x)[m.output_name].reshape(len(x), -1).argmax(1)
+    g_pred = golden.run(qnet, qnet.input.quantize(x)).predicted
+    qnet.metadata["qonnx_comparison"] = compare_with_qonnx(m, qnet, x)
+    return QuantizedRun(qnet=qnet, float_accuracy=acc(float_pred), quant_accuracy=acc(qonnx_pred),
+                        golden_accuracy=acc(g_pred), golden_agreement=net.accuracy(g_pred, qonnx_pred),
+                        test_images=len(x), seconds=time.perf_counter() - t0)
+
+
+def compare_with_qonnx(m, net, x) -> dict:
+    """Golden (integer) vs QONNX (float) on float inputs ``x``: argmax agreement of the
+    whole networks, and per node the largest difference in codes when the golden layer is
+    fed QONNX's own inputs of that node (QONNX's float tensors turned into codes with the
+    formats of the artifact), so a difference is that node's, not carried from before."""
+    import numpy as np
+
+    from quantrtl.model.numbers.artifact import INPUT
+    from quantrtl.model.training.onnx_import import qonnx_execute
+    from quantrtl.sim import golden
+
+    ctx = qonnx_execute(m, x)
+    tensors = net.metadata.get("onnx_tensors", {})
+    fmts = {INPUT: net.input, **{l.name: l.output for l in net.layers}}
+
+    def codes(name):
+        return fmts[name].quantize(ctx[tensors[name]])
+
+    worst = {}
+    for layer in net.layers:
+        srcs = net.sources(layer)
+        if any(s not in tensors for s in srcs) or layer.name not in tensors:
+            continue
+        ins = [codes(s) for s in srcs]
+        got = golden.run_layer(layer, ins if layer.op in ("add", "concat") else ins[0])
+        worst[layer.name] = int(np.abs(codes(layer.name).reshape(got.shape) - got).max())
+    g = golden.run(net, net.input.quantize(x))
+    logits = ctx[m.output_name].reshape(len(x), -1)
+    agree = float((logits.argmax(axis=1) == g.predicted).mean())
+    return {"agreement": agree, "max_code_difference": worst, "images": len(x)}
+
+
+def _check_input_shape(shape, split, source) -> None:
+    if tuple(split.x.shape[1:]) != tuple(shape):
+        where = f"--calib {source.calib}" if source.calib else "the digits data (1, 8, 8)"
+        raise OptionError("model", f"{source.model}: takes inputs of shape {tuple(shape)}, {where} has "
+                                   f"{tuple(split.x.shape[1:])}")
+
+
 def _quantize(opts: "QuantizeOptions") -> QuantizedRun:
+    if opts.keep:
+        return _quantize_keep(opts)
     source, seed, inq = opts.source, opts.seed, opts.inq
     fmt, finetune, density = opts.format, opts.epochs, opts.plan
     from quantrtl.model.training import net
@@ -247,7 +333,13 @@ def _quantize(opts: "QuantizeOptions") -> QuantizedRun:
         from quantrtl.model.training.user import load_user_model, prepare_module
 
         probe = torch.tensor(train.float_inputs()[:8])
-        if source.module is not None:  # training changes the model: work on a copy
+        if source.onnx is not None:  # its float weights, re-quantized by the chosen quantizer
+            from quantrtl.model.training.onnx_import import float_graph, load_onnx
+
+            m = load_onnx(source.onnx)
+            _check_input_shape(m.input_shape, train, source)
+            float_model = float_graph(m)
+        elif source.module is not None:  # training changes the model: work on a copy
             float_model = prepare_module(copy.deepcopy(source.module), "model", probe=probe)
         else:
             float_model = load_user_model(source.model, source.weights, probe=probe)
@@ -262,6 +354,7 @@ def _quantize(opts: "QuantizeOptions") -> QuantizedRun:
                   else source.model if source.shipped is None
                   else "digits_cnn" if source.shipped == "digits" else source.shipped)
     params = ("in memory" if source.module is not None else Path(source.weights).name if source.weights
+              else Path(source.onnx).name if source.onnx
               else "the factory's initial parameters" if source.shipped is None
               else Path(source.checkpoint or net.SHIPPED[source.shipped].checkpoint).name)
     meta = {"finetune_epochs": finetune, "seed": seed, "model": model_name, "density": plan,
@@ -315,6 +408,8 @@ def network_for(fmt, artifact_path, finetune: int, source: ModelSource = DIGITS)
     :class:`~quantrtl.model.numbers.artifact.QuantizedNetwork` or :class:`QuantizedRun`),
     which must use ``fmt``; None quantizes the model now (or takes it from the cache)."""
     if artifact_path is None:
+        if fmt.name == KEEP:  # the imported model's own quantization: nothing to train
+            return quantize_network(KEEP, None, source).qnet
         return quantize_network(fmt.name, finetune, source, density=source.density).qnet
     if isinstance(artifact_path, QuantizedRun):
         artifact_path = artifact_path.qnet

@@ -7,10 +7,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from quantrtl.flows.common import DEFAULT_FINETUNE, DIGITS, HardwareOptions, ModelSource, artifact_stem
+from quantrtl.flows.common import DEFAULT_FINETUNE, DIGITS, HardwareOptions, ModelSource, artifact_stem, \
+    resolve_quantizer
 from quantrtl.flows.quantize import network_for
 from quantrtl.model.numbers import artifact
-from quantrtl.model.numbers.families import parse_format
 from quantrtl.util.errors import OptionError
 
 __all__ = ["VerilogOptions", "VerilogResult", "verilog_flow"]
@@ -56,7 +56,7 @@ def verilog_flow(quantizer: str, out_dir: str | Path, layer: str = "all", lanes:
     """
     opts = VerilogOptions(quantizer=quantizer, layer=layer, lanes=lanes, pipeline=pipeline, artifact=artifact_path,
                           finetune=finetune, taps=taps, source=source, sparse=sparse, index_bits=index_bits)
-    fmt = parse_format(quantizer)
+    fmt = resolve_quantizer(quantizer, source)
     from quantrtl.hw.verilog import build_design, emit, render
 
     t0 = time.perf_counter()

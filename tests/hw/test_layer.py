@@ -138,21 +138,23 @@ def test_all_zero_layer_generates_and_is_exact(name):
         assert cycles == expected, (layer, cycles, expected)
 
 
-@pytest.mark.parametrize("op,in_shape,kernel,stride,padding", [
-    ("avgpool", (3, 6, 6), (2, 2), (2, 2), (0, 0)),
-    ("avgpool", (2, 5, 7), (3, 3), (2, 1), (1, 1)),
-    ("avgpool", (4, 4, 4), (3, 2), (1, 2), (1, 0)),
-    ("gap", (5, 4, 4), None, None, None),
-    ("gap", (3, 7, 5), None, None, None),  # 35 taps: 1/35 is not a power of two
-    ("maxpool", (3, 5, 5), (3, 3), (2, 2), (1, 1)),
+@pytest.mark.parametrize("op,in_shape,kernel,stride,padding,rescale", [
+    ("avgpool", (3, 6, 6), (2, 2), (2, 2), (0, 0), False),
+    ("avgpool", (3, 6, 6), (2, 2), (2, 2), (0, 0), True),  # an output format of its own
+    ("gap", (4, 3, 3), None, None, None, True),
+    ("avgpool", (2, 5, 7), (3, 3), (2, 1), (1, 1), False),
+    ("avgpool", (4, 4, 4), (3, 2), (1, 2), (1, 0), False),
+    ("gap", (5, 4, 4), None, None, None, False),
+    ("gap", (3, 7, 5), None, None, None, False),  # 35 taps: 1/35 is not a power of two
+    ("maxpool", (3, 5, 5), (3, 3), (2, 2), (1, 1), False),
 ])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_pool_engines_bit_exact_with_formula_cycles(op, in_shape, kernel, stride, padding, seed):
+def test_pool_engines_bit_exact_with_formula_cycles(op, in_shape, kernel, stride, padding, rescale, seed):
     """Average and global average pooling (a non-zero input zero point, padding counted as
     the real zero) and max pooling against the golden model, under back-pressure too."""
     from tests.factories import pool_layer
 
-    layer = pool_layer(op, in_shape, kernel or (1, 1), stride, padding or (0, 0), seed=seed)
+    layer = pool_layer(op, in_shape, kernel or (1, 1), stride, padding or (0, 0), seed=seed, rescale=rescale)
     rng = np.random.default_rng(seed)
     x = rng.integers(0, 256, size=in_shape)
     x.flat[0], x.flat[-1] = 0, 255

@@ -211,7 +211,7 @@ def test_average_pooling_against_fractions(z, c, h, w, k, s, p, seed, global_):
     kernel = (h, w) if global_ else (k, k)
     stride = kernel if global_ else (s, s)
     m0, n = quantize_multiplier(1.0 / (kernel[0] * kernel[1]))
-    got = golden.avgpool(x, kernel, stride, (p, p), z, m0, n, 0, 255)
+    got = golden.avgpool(x, kernel, stride, (p, p), z, m0, n, z, 0, 255)
     oh, ow = (h + 2 * p - kernel[0]) // stride[0] + 1, (w + 2 * p - kernel[1]) // stride[1] + 1
     assert got.shape == (2, c, oh, ow)
     for b in range(2):

@@ -1,0 +1,66 @@
+"""Brevitas models for the QONNX import tests, and the recipe of the shipped example
+``model/data/digits_brevitas.onnx`` (``python -m tests.brevitas_models`` rewrites it).
+
+Brevitas is a test-only dependency; nothing in quantrtl imports it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "model" / "data" / "digits_brevitas.onnx"
+
+
+class QuantResidual(nn.Module):
+    """QuantConv2d (incl. depthwise), QuantReLU, a residual add, average pooling and
+    QuantLinear, with ``wbits``-bit weights and ``abits``-bit activations inside (8-bit
+    input, stem weights and head)."""
+
+    def __init__(self, wbits: int = 4, abits: int = 4):
+        super().__init__()
+        import brevitas.nn as qnn
+
+        self.inp = qnn.QuantIdentity(bit_width=8)
+        self.stem = qnn.QuantConv2d(1, 8, 3, padding=1, weight_bit_width=8, bias=True)
+        self.relu1 = qnn.QuantReLU(bit_width=abits)
+        self.dw = qnn.QuantConv2d(8, 8, 3, padding=1, groups=8, weight_bit_width=wbits, bias=True)
+        self.relu2 = qnn.QuantReLU(bit_width=abits)
+        self.pw = qnn.QuantConv2d(8, 8, 1, weight_bit_width=wbits, bias=True)
+        self.pwq = qnn.QuantIdentity(bit_width=abits)
+        self.relu3 = qnn.QuantReLU(bit_width=abits)
+        self.pool = nn.AvgPool2d(2)
+        self.poolq = qnn.QuantIdentity(bit_width=8)
+        self.fc = qnn.QuantLinear(8 * 16, 10, weight_bit_width=8, bias=True)
+
+    def forward(self, x):
+        x = self.inp(x)
+        x = self.relu1(self.stem(x))
+        y = self.pwq(self.pw(self.relu2(self.dw(x))))
+        x = self.relu3(x + y)
+        x = self.poolq(self.pool(x))
+        return self.fc(torch.flatten(x, 1))
+
+
+def train_and_export(path: str | Path, epochs: int, wbits: int = 4, abits: int = 4, seed: int = 0) -> float:
+    """Quantization-aware training on the digits data, then Brevitas' QONNX export;
+    returns the test accuracy of the trained Brevitas model."""
+    from brevitas.export import export_qonnx
+
+    from quantrtl.model.digits import load_split
+    from quantrtl.model.training.net import accuracy, fit, predict, single_thread
+
+    train, test = load_split()
+    with single_thread():
+        torch.manual_seed(seed)
+        model = QuantResidual(wbits, abits)
+        fit(model, train, epochs, 2e-3, 32, seed)
+    model.eval()
+    acc = accuracy(predict(model, test), test.y)
+    export_qonnx(model, input_t=torch.tensor(test.float_inputs()[:1]), export_path=str(path), dynamo=False)
+    return acc
+
+
+if __name__ == "__main__":
+    print(f"test accuracy {train_and_export(EXAMPLE, epochs=20):.4f}; wrote {EXAMPLE}")

@@ -1,0 +1,107 @@
+"""QONNX / ONNX import: the shipped Brevitas example and a freshly exported Brevitas model
+keep their own quantization, agree with QONNX's execution, and co-simulate bit-exactly;
+bad files and unsupported nodes are refused by name."""
+import json
+
+import numpy as np
+import pytest
+
+from quantrtl.cli import main
+from quantrtl.flows.quantize import compare_with_qonnx
+from quantrtl.model.training.onnx_import import keep_network, load_onnx
+from tests.brevitas_models import EXAMPLE
+
+
+def _quantize_keep(path, tmp_path, capsys=None):
+    out = tmp_path / "a"
+    assert main(["quantize", "--quantizer", "keep", "--model", str(path), "--out", str(out),
+                 "--json", str(tmp_path / "q.json")]) == 0
+    q = json.loads((tmp_path / "q.json").read_text())
+    return q, next(out.glob("*.json"))
+
+
+@pytest.mark.icarus
+def test_shipped_example_keeps_its_quantization_and_cosims_bit_exact(tmp_path):
+    """model/data/digits_brevitas.onnx (Brevitas: 8-bit input, stem and head; 4-bit
+    depthwise and pointwise weights and activations; a residual add; average pooling)."""
+    from quantrtl.model.numbers import artifact
+
+    q, art = _quantize_keep(EXAMPLE, tmp_path)
+    net = artifact.load(art)
+    cmp = net.metadata["qonnx_comparison"]
+    assert q["quantizer"] == "keep" and q["golden_agreement"] >= 0.99 and cmp["agreement"] >= 0.99
+    assert cmp["max_code_difference"] and max(cmp["max_code_difference"].values()) <= 1, cmp
+    assert {l.format.name for l in net.layers if l.has_weights} == {"fixed8", "fixed4"}
+    assert net.layer("dw").groups == 8 and net.layer("pool").output != net.layer("pool").input
+    assert main(["cosim", "--quantizer", "keep", "--model", str(EXAMPLE), "--artifact", str(art), "--images", "0-1",
+                 "--simulator", "icarus", "--json", str(tmp_path / "c.json")]) == 0
+    c = json.loads((tmp_path / "c.json").read_text())
+    assert c["bit_exact"] and c["bit_exact_images"] == 2 and all(l["bit_exact"] for l in c["layers"])
+
+
+@pytest.mark.yosys
+def test_gates_compares_the_models_quantization_with_ours(tmp_path):
+    r = json.loads("{}")
+    assert main(["gates", "--model", str(EXAMPLE), "--quantizers", "keep,shift3,ternary", "--throughput", "4",
+                 "--finetune", "0", "--out", str(tmp_path / "g"), "--json", str(tmp_path / "g.json")]) == 0
+    r = json.loads((tmp_path / "g.json").read_text())
+    assert [x["quantizer"] for x in r["rows"]] == ["keep", "shift3", "ternary"] and r["equal_throughput"]
+    assert all(x["gates_total"] > 0 for x in r["rows"])
+
+
+def test_fresh_brevitas_export_agrees_with_qonnx(tmp_path):
+    """A Brevitas model trained for six epochs here (8-bit weights and activations this
+    time), exported with Brevitas' QONNX exporter, imported with its own quantization."""
+    pytest.importorskip("brevitas")  # a dev dependency: make test installs it
+    from quantrtl.model.digits import load_split
+    from tests.brevitas_models import train_and_export
+
+    path = tmp_path / "fresh.onnx"
+    acc = train_and_export(path, epochs=6, wbits=8, abits=8, seed=1)
+    m = load_onnx(path)
+    train, test = load_split()
+    net = keep_network(m, train.float_inputs(), "fresh")
+    cmp = compare_with_qonnx(m, net, test.float_inputs())
+    assert cmp["agreement"] >= 0.99 and max(cmp["max_code_difference"].values()) <= 1, cmp
+    assert {l.format.name for l in net.layers if l.has_weights} == {"fixed8"} and acc > 0.5
+
+
+def _onnx_model(tmp_path, nodes, inits, name="m.onnx", shape=(1, 1, 8, 8)):
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, list(shape))
+    graph = helper.make_graph(nodes, "g", [x], [y], [helper.make_tensor(k, TensorProto.FLOAT, np.shape(v),
+                                                                          np.ravel(v).tolist())
+                                                       for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("qonnx.custom_op.general", 1)])
+    onnx.save(model, str(tmp_path / name))
+    return tmp_path / name
+
+
+def _quant(name, x, out, bits=8, signed=1, mode="ROUND"):
+    from onnx import helper
+
+    return helper.make_node("Quant", [x, f"{name}_s", f"{name}_z", f"{name}_b"], [out], name=name,
+                            domain="qonnx.custom_op.general", signed=signed, narrow=0, rounding_mode=mode)
+
+
+def test_bad_files_and_unsupported_nodes_are_named(tmp_path, capsys):
+    from onnx import helper
+
+    (tmp_path / "junk.onnx").write_bytes(b"not a model at all")
+    sig = _onnx_model(tmp_path, [helper.make_node("Sigmoid", ["x"], ["y"], name="/head/Sigmoid")], {}, "sig.onnx")
+    floor = _onnx_model(tmp_path, [_quant("/act/Quant", "x", "y", bits=3, signed=0, mode="FLOOR")],
+                        {"/act/Quant_s": 0.1, "/act/Quant_z": 0.0, "/act/Quant_b": 3.0}, "floor.onnx")
+    for path, match in [(tmp_path / "junk.onnx", "not a valid ONNX model"),
+                        (sig, "node '/head/Sigmoid' (Sigmoid) is not supported; supported: Quant"),
+                        (floor, "node '/act/Quant' (Quant): rounding mode FLOOR is not supported"),
+                        (tmp_path / "missing.onnx", "file not found")]:
+        out = tmp_path / "o"
+        rc = main(["quantize", "--quantizer", "keep", "--model", str(path), "--out", str(out)])
+        err = capsys.readouterr().err
+        assert rc == 2 and match in err and "Traceback" not in err, err
+        assert not out.exists()
+    assert main(["quantize", "--quantizer", "keep", "--out", str(tmp_path / "o")]) == 2
+    assert "keep takes an imported model's own quantization" in capsys.readouterr().err
