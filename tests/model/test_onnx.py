@@ -49,9 +49,11 @@ def test_gates_compares_the_models_quantization_with_ours(tmp_path):
     assert all(x["gates_total"] > 0 for x in r["rows"])
 
 
+@pytest.mark.icarus
 def test_fresh_brevitas_export_agrees_with_qonnx(tmp_path):
     """A Brevitas model trained for six epochs here (8-bit weights and activations this
-    time), exported with Brevitas' QONNX exporter, imported with its own quantization."""
+    time), exported with Brevitas' QONNX exporter, imported with its own quantization,
+    co-simulated in Icarus."""
     pytest.importorskip("brevitas")  # a dev dependency: make test installs it
     from quantrtl.model.digits import load_split
     from tests.brevitas_models import train_and_export
@@ -64,6 +66,11 @@ def test_fresh_brevitas_export_agrees_with_qonnx(tmp_path):
     cmp = compare_with_qonnx(m, net, test.float_inputs())
     assert cmp["agreement"] >= 0.99 and max(cmp["max_code_difference"].values()) <= 1, cmp
     assert {l.format.name for l in net.layers if l.has_weights} == {"fixed8"} and acc > 0.5
+    from quantrtl import flows
+
+    c = flows.cosim_flow("keep", images="0", artifact_path=net, source=flows.ModelSource(model=str(path)),
+                         build_root=tmp_path / "cosim")
+    assert c.bit_exact and all(l["bit_exact"] for l in c.layers), c.first_mismatch
 
 
 def _onnx_model(tmp_path, nodes, inits, name="m.onnx", shape=(1, 1, 8, 8)):
