@@ -371,38 +371,18 @@ def test_graph_validation(residual_run, name, kw, match):
         artifact.validate(_edit(residual_run.qnet, name, **kw))
 
 
-USER_RESIDUAL = """
-import torch
-from torch import nn
+def _user_residual_source() -> str:
+    """The residual network as a user's file: the shipped class's source under another
+    name, flattened with ``view(n, -1)`` as many users write it."""
+    import inspect
 
+    from quantrtl.model.training.net import DigitsRes
 
-class MyResNet(nn.Module):
-    # a user's residual network: x + f(x), groups=C, AdaptiveAvgPool2d(1), view(n, -1)
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Conv2d(1, 8, 3, padding=1)
-        self.bn = nn.BatchNorm2d(8)
-        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
-        self.pw = nn.Conv2d(8, 8, 1)
-        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
-        self.pool = nn.AvgPool2d(2)
-        self.conv3 = nn.Conv2d(16, 16, 3, padding=1)
-        self.gap = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(32, 10)
-
-    def forward(self, x):
-        x = nn.functional.relu(self.bn(self.stem(x)))
-        y = self.pw(nn.functional.relu(self.dw(x)))
-        x = torch.relu(x + y)
-        p = self.pool(torch.relu(self.conv2(x)))
-        z = torch.cat([p, torch.relu(self.conv3(p))], dim=1)
-        z = self.gap(z)
-        return self.fc(z.view(z.size(0), -1))
-
-
-def factory():
-    return MyResNet()
-"""
+    body = inspect.getsource(DigitsRes).replace("class DigitsRes", "class MyResNet").replace(
+        "return self.fc(torch.flatten(self.gap(z), 1))", "z = self.gap(z)\n        return self.fc(z.view(z.size(0), -1))")
+    assert "z.view(z.size(0), -1)" in body
+    return ("import torch\nfrom torch import nn\n\nNUM_CLASSES = 10\n\n\n" + body
+            + "\n\ndef factory():\n    return MyResNet()\n")
 
 
 @pytest.mark.icarus
@@ -416,7 +396,7 @@ def test_user_residual_model_quantize_and_cosim_every_node_in_icarus(tmp_path, c
     from quantrtl.model.training import net as tnet
 
     f = tmp_path / "myresnet.py"
-    f.write_text(USER_RESIDUAL)
+    f.write_text(_user_residual_source())
     weights = str(tnet.SHIPPED["digits-res"].checkpoint)
     model = ["--model", f"{f}:factory", "--weights", weights]
     assert main(["quantize", "--quantizer", "fixed8", *model, "--finetune", "0", "--out", str(tmp_path / "a"),
