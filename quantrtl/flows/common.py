@@ -34,11 +34,11 @@ class KeepQuantizer:
     finetune_epochs: int = 0
 
 
-def resolve_quantizer(quantizer: str, source: "ModelSource"):
+def resolve_quantizer(quantizer: str, source: "ModelSource", artifact=None):
     """A quantizer name → its format, or :class:`KeepQuantizer` for ``keep`` (which needs
-    an ONNX model); bad names fail here, before any work."""
+    an ONNX model, or a keep ``artifact`` already made); bad names fail here, before any work."""
     if quantizer == KEEP:
-        if source.onnx is None:
+        if source.onnx is None and artifact is None:
             raise OptionError("quantizer", "keep takes an imported model's own quantization: give --model model.onnx "
                                            "(QONNX, e.g. exported by Brevitas)")
         return KeepQuantizer()
@@ -182,6 +182,6 @@ class HardwareOptions:
     index_bits: int = 4
 
     def __post_init__(self):
-        resolve_quantizer(self.quantizer, self.source)
+        resolve_quantizer(self.quantizer, self.source, self.artifact)
         check_lanes(self.lanes)
         check_stream_options(self.index_bits, self.source)

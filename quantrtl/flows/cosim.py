@@ -165,7 +165,7 @@ def cosim_flow(quantizer: str, image: str | int = 0, simulator: str = "icarus", 
     CosimOptions(quantizer=quantizer, image=image, images=images, simulator=simulator, lanes=lanes, waves=waves,
                  artifact=artifact_path, finetune=finetune, build_root=build_root, inject=inject, at=at,
                  source=source, sparse=sparse, index_bits=index_bits)
-    fmt = resolve_quantizer(quantizer, source)
+    fmt = resolve_quantizer(quantizer, source, artifact_path)
     from quantrtl.hw.faults import FaultError, faulty_network, parse_fault
     from quantrtl.hw.harness import CaptureHarness
     from quantrtl.hw.network import NetworkTop

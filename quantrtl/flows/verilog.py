@@ -56,7 +56,7 @@ def verilog_flow(quantizer: str, out_dir: str | Path, layer: str = "all", lanes:
     """
     opts = VerilogOptions(quantizer=quantizer, layer=layer, lanes=lanes, pipeline=pipeline, artifact=artifact_path,
                           finetune=finetune, taps=taps, source=source, sparse=sparse, index_bits=index_bits)
-    fmt = resolve_quantizer(quantizer, source)
+    fmt = resolve_quantizer(quantizer, source, artifact_path)
     from quantrtl.hw.verilog import build_design, emit, render
 
     t0 = time.perf_counter()
