@@ -164,7 +164,7 @@ class ConvEngine(wiring.Component):
         m.d.comb += issuing.eq(load.running & ~issued_all)
         lane_ok = []
         tap_entries = data.View(data.ArrayLayout(entry, kc), tap_rom.data)
-        bases = [0] * g.groups
+        bases = []
         if grouped:  # per lane group, the first input channel of its output channel
             bw = uint_bits(g.cin)
             base_rom = rom(m, "chan_base_rom", [sum(g.channel_base(cgi * g.groups + gi) << (gi * bw)
@@ -175,7 +175,8 @@ class ConvEngine(wiring.Component):
         for i, rp in enumerate(load.rps):
             j = i % kc
             tap = tap_entries[j]
-            m.d.comb += [rp.addr.eq(walker.address(tap.off + bases[i // kc])), rp.en.eq(en)]
+            off = tap.off + bases[i // kc] if grouped else tap.off  # (ungrouped: the netlist as before)
+            m.d.comb += [rp.addr.eq(walker.address(off)), rp.en.eq(en)]
             kv_b, inb_b = Signal(name=f"kvalid{i}"), Signal(name=f"inb{i}")
             with m.If(en):
                 m.d.sync += [kv_b.eq(tap.valid), inb_b.eq(walker.in_bounds(tap.dy, tap.dx))]
@@ -300,23 +301,25 @@ class PoolEngine(wiring.Component):
         with m.If(en):
             m.d.sync += [v_b.eq(issuing), first_b.eq(tap == 0), last_b.eq(tap == self.taps - 1),
                          inb_b.eq(walker.in_bounds(t.dy, t.dx))]
+        if self.average:  # sum of x - Z; a padding tap adds 0
+            value = Signal(signed(width), name="term")
+            m.d.comb += value.eq(Mux(inb_b, rp.data, zx) - zx)
+            result = Signal(signed(width), name="sum")
+            update = Mux(first_b, value, result + value)
+        else:
+            value = Mux(inb_b, rp.data, 0)
+            result = Signal(unsigned(8), name="best")
+            update = Mux(first_b | (value > result), value, result)
         with m.If(en):
             m.d.sync += done.eq(v_b & last_b)
-        if self.average:  # sum of x - Z; a padding tap adds 0
-            term = Signal(signed(width), name="term")
-            m.d.comb += term.eq(Mux(inb_b, rp.data, zx) - zx)
-            result = Signal(signed(width), name="sum")
-            with m.If(en & v_b):
-                m.d.sync += result.eq(Mux(first_b, term, result + term))
+            with m.If(v_b):
+                m.d.sync += result.eq(update)
+        if self.average:
             rq = m.submodules.requant = Requantizer(width, (int(layer.shift[0]), int(layer.shift[0])),
                                                     layer.output.zero_point, layer.output.qmin, layer.output.qmax)
             m.d.comb += [rq.acc.eq(bank.current), rq.m0.eq(int(layer.m0[0])), rq.shift.eq(int(layer.shift[0]))]
             out = rq.q
         else:
-            value = Mux(inb_b, rp.data, 0)
-            result = Signal(unsigned(8), name="best")
-            with m.If(en & v_b):
-                m.d.sync += result.eq(Mux(first_b | (value > result), value, result))
             out = bank.current[:8]
 
         walker.loop(m, load.start, en & issuing, tap, self.taps, ch, g.cin, issued_all)

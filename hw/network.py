@@ -120,6 +120,12 @@ class NetworkTop(wiring.Component):
             if not ports:  # the last layer: the network's output
                 connect(m, producer, wiring.flipped(self.out))
                 continue
+            if len(ports) == 1:  # a plain link
+                connect(m, wiring.flipped(self.inp) if src == INPUT else producer, ports[0])
+                if src in self.tap_names:
+                    tap = getattr(self, f"tap_{src}")
+                    m.d.comb += [tap.payload.eq(producer.payload), tap.valid.eq(producer.valid & ports[0].ready)]
+                continue
             # a fork: each reader sees valid when every other reader is ready too, and the
             # producer moves on when all of them take the value (one handshake for all)
             all_ready = ports[0].ready
