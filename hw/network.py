@@ -26,6 +26,7 @@ from quantrtl.model.numbers.artifact import INPUT, QuantizedNetwork
 
 from quantrtl.hw.engines import make_engine
 from quantrtl.hw.join import JoinEngine
+from quantrtl.util.lanes import check_plan_layers, lanes_for, parse_lanes
 
 __all__ = ["NetworkTop", "TapSignature"]
 
@@ -41,8 +42,9 @@ class NetworkTop(wiring.Component):
     Parameters
     ----------
     net : QuantizedNetwork
-    lanes : int
-        MAC lanes of every conv2d/linear engine.
+    lanes : int or dict
+        MAC lanes of every conv2d/linear engine, or a plan per layer (``{"conv1": 8, "*": 32}``,
+        :mod:`quantrtl.util.lanes`).
     sparse, index_bits : bool, int
         Zero-skipping engines (``hw/sparse.py``) with relative indices of ``index_bits`` bits.
     pipeline : int
@@ -53,10 +55,11 @@ class NetworkTop(wiring.Component):
         Injected control faults, layer name → fan-in position (``hw/faults.py``).
     """
 
-    def __init__(self, net: QuantizedNetwork, lanes: int = 8, pipeline: int = 0, taps: bool = False,
+    def __init__(self, net: QuantizedNetwork, lanes: int | dict = 8, pipeline: int = 0, taps: bool = False,
                  sparse: bool = False, index_bits: int = 4, tap_faults: dict[str, int] | None = None):
         self.net = net
-        self.lanes = operator.index(lanes)
+        self.lanes = parse_lanes(lanes)
+        check_plan_layers(self.lanes, [l.name for l in net.layers], [l.name for l in net.layers if l.has_weights])
         self.pipeline = operator.index(pipeline)
         self.sparse = bool(sparse)
         self.engines = {}
@@ -64,7 +67,7 @@ class NetworkTop(wiring.Component):
         for layer in net.layers:
             srcs = net.sources(layer)
             self.engines[layer.name] = make_engine(
-                layer, lanes=self.lanes, pipeline=self.pipeline,
+                layer, lanes=lanes_for(self.lanes, layer.name) if layer.has_weights else 1, pipeline=self.pipeline,
                 source_shape=shapes[srcs[0]] if layer.op == "linear" else None,
                 source_shapes=[shapes[s] for s in srcs] if layer.op == "concat" else None,
                 sparse=sparse, index_bits=index_bits,

@@ -17,6 +17,7 @@ from amaranth.lib import wiring
 
 from quantrtl.model.numbers.artifact import INPUT, QuantizedNetwork
 from quantrtl.util.atomic import atomic_write
+from quantrtl.util.lanes import lanes_for
 from quantrtl.util.provenance import package_versions
 
 from quantrtl.hw.engines import make_engine
@@ -107,7 +108,8 @@ def build_design(net: QuantizedNetwork, layer: str = "all", lanes: int = 8, pipe
     else:
         lay = net.layer(layer)
         shapes = [tuple(net.input_shape) if s == INPUT else tuple(net.layer(s).out_shape) for s in net.sources(lay)]
-        comp = make_engine(lay, lanes=lanes, pipeline=pipeline, source_shape=shapes[0] if lay.op == "linear" else None,
+        comp = make_engine(lay, lanes=lanes_for(lanes, layer) if lay.has_weights else 1, pipeline=pipeline,
+                           source_shape=shapes[0] if lay.op == "linear" else None,
                            sparse=sparse, index_bits=index_bits, source_shapes=shapes)
     return Design(top=top, component=comp, net=net, layer=layer, lanes=lanes, pipeline=pipeline, artifact=artifact)
 

@@ -524,7 +524,9 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verilog", help="generate Verilog for a layer or the whole network", parents=[model_opts])
     v.add_argument("--quantizer", required=True, help=quantizer_help)
     v.add_argument("--layer", default="all", help="layer name, or 'all' for the network top (default %(default)s)")
-    v.add_argument("--lanes", type=int, default=8, help="MAC lanes P per conv/linear engine (default %(default)s)")
+    v.add_argument("--lanes", default="8", metavar="N|LAYER=N,...,*=N",
+                   help="MAC lanes P per conv/linear engine, or a plan per layer such as conv1=8,*=32 "
+                        "(default %(default)s)")
     v.add_argument("--pipeline", type=int, default=0, help="MAC array register stages, 0..2 (default %(default)s)")
     v.add_argument("--taps", action="store_true", help="expose per-layer tap ports on the network top")
     v.add_argument("--artifact", default=None, help="use this artifact instead of quantizing the digits model")
@@ -548,7 +550,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where --inject puts the fault (default: the first layer with weights, index 0); INDEX is "
                         "the flat weight index, the output channel (bias, requant) or the fan-in position (control)")
     c.add_argument("--simulator", default="icarus", help="icarus or verilator (default %(default)s)")
-    c.add_argument("--lanes", type=int, default=8, help="MAC lanes per conv/linear engine (default %(default)s)")
+    c.add_argument("--lanes", default="8", metavar="N|LAYER=N,...,*=N",
+                   help="MAC lanes per conv/linear engine, or a plan per layer such as conv1=8,*=32 "
+                        "(default %(default)s)")
     c.add_argument("--waves", action="store_true", help="write a waveform (FST/VCD) into the build folder")
     c.add_argument("--artifact", default=None, help="use this artifact instead of quantizing the digits model")
     c.add_argument("--finetune", type=int, default=None, metavar="EPOCHS", help=finetune_help)

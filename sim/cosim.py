@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from quantrtl.model.numbers.artifact import INPUT, QuantizedNetwork
+from quantrtl.util.lanes import lanes_for
 from quantrtl.model.numbers.layout import to_stream
 
 from quantrtl.sim.compare import Mismatch, first_mismatch
@@ -64,7 +65,7 @@ def compare(net: QuantizedNetwork, golden: GoldenResult, raw: dict, lanes: int, 
         work = layer.macs
         if sparse and layer.has_weights:
             work = int(np.count_nonzero(layer.values)) * int(np.prod(layer.out_shape[1:]))
-        util = work / (lanes * cycles) if layer.has_weights and cycles else None
+        util = work / (lanes_for(lanes, layer.name) * cycles) if layer.has_weights and cycles else None
         layers.append(LayerReport(
             name=layer.name, bit_exact=mm is None, mismatches=mm.mismatches if mm else 0, cycles=cycles,
             first_mismatch=None if mm is None else {"index": mm.index, "expected": mm.expected, "got": mm.got},

@@ -10,10 +10,11 @@ import numpy as np
 
 from quantrtl.util.atomic import atomic_write
 from quantrtl.util.errors import OptionError
+from quantrtl.util.lanes import MAX_LANES, lanes_tag, parse_lanes
 from quantrtl.util.provenance import package_versions
 
 __all__ = ["DEFAULT_FINETUNE", "DEMO_QUANTIZERS", "SHIPPED_MODELS", "KEEP", "KeepQuantizer", "resolve_quantizer", "MAX_LANES", "OptionError", "ModelSource", "DIGITS", "load_data",
-           "tool_versions", "check_density", "check_lanes", "check_stream_options", "artifact_stem", "write_json",
+           "tool_versions", "check_density", "check_lanes", "parse_lanes", "lanes_tag", "check_stream_options", "artifact_stem", "write_json",
            "HardwareOptions"]
 
 #: Fine-tuning epochs used when the user does not say (``--finetune 0`` is pure PTQ).
@@ -139,8 +140,6 @@ def artifact_stem(out_dir: str | Path, qnet) -> Path:
     return Path(out_dir) / f"{qnet.name}-{qnet.quantizer}"
 
 
-#: The most MAC lanes an engine may have.
-MAX_LANES = 256
 
 
 def check_lanes(lanes: int, param: str = "lanes") -> None:
@@ -174,7 +173,7 @@ class HardwareOptions:
     zero-skipping engines' relative-index width."""
 
     quantizer: str
-    lanes: int = 8
+    lanes: int | dict | str = 8  # every engine's lanes, or a plan ("conv1=8,*=32")
     artifact: Any = None
     finetune: int = DEFAULT_FINETUNE
     source: ModelSource = DIGITS
@@ -183,5 +182,5 @@ class HardwareOptions:
 
     def __post_init__(self):
         resolve_quantizer(self.quantizer, self.source, self.artifact)
-        check_lanes(self.lanes)
+        parse_lanes(self.lanes)  # a count, or a plan per layer (checked against the network later)
         check_stream_options(self.index_bits, self.source)

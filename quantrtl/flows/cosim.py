@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from quantrtl.flows.common import DEFAULT_FINETUNE, DIGITS, HardwareOptions, ModelSource, load_data, resolve_quantizer
+from quantrtl.flows.common import DEFAULT_FINETUNE, DIGITS, HardwareOptions, ModelSource, lanes_tag, load_data, \
+    parse_lanes, resolve_quantizer
 from quantrtl.flows.quantize import network_for
 from quantrtl.util.atomic import atomic_write
 from quantrtl.util.errors import OptionError
@@ -166,6 +167,7 @@ def cosim_flow(quantizer: str, image: str | int = 0, simulator: str = "icarus", 
                  artifact=artifact_path, finetune=finetune, build_root=build_root, inject=inject, at=at,
                  source=source, sparse=sparse, index_bits=index_bits)
     fmt = resolve_quantizer(quantizer, source, artifact_path)
+    lanes = parse_lanes(lanes)  # a count, or a plan per layer
     from quantrtl.hw.faults import FaultError, faulty_network, parse_fault
     from quantrtl.hw.harness import CaptureHarness
     from quantrtl.hw.network import NetworkTop
@@ -200,7 +202,7 @@ def cosim_flow(quantizer: str, image: str | int = 0, simulator: str = "icarus", 
     top = f"{qnet.name}_{qnet.quantizer}_cosim"
     text = to_verilog(harness, top)
     variant = (f"-sparse{index_bits}" if sparse else "") + ("-fault" if fault else "") + ("-waves" if waves else "")
-    build_dir = Path(build_root) / f"{qnet.name}-{qnet.quantizer}-p{lanes}-{simulator}{variant}"
+    build_dir = Path(build_root) / f"{qnet.name}-{qnet.quantizer}-{lanes_tag(lanes)}-{simulator}{variant}"
     v_path = build_dir / f"{top}.v"
     if not v_path.is_file() or v_path.read_text() != text:  # unchanged Verilog keeps the simulator build
         atomic_write(v_path, text)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from quantrtl.flows.common import DEFAULT_FINETUNE, DIGITS, HardwareOptions, ModelSource, artifact_stem, \
-    resolve_quantizer
+    parse_lanes, resolve_quantizer
 from quantrtl.flows.quantize import network_for
 from quantrtl.model.numbers import artifact
 from quantrtl.util.errors import OptionError
@@ -57,6 +57,7 @@ def verilog_flow(quantizer: str, out_dir: str | Path, layer: str = "all", lanes:
     opts = VerilogOptions(quantizer=quantizer, layer=layer, lanes=lanes, pipeline=pipeline, artifact=artifact_path,
                           finetune=finetune, taps=taps, source=source, sparse=sparse, index_bits=index_bits)
     fmt = resolve_quantizer(quantizer, source, artifact_path)
+    lanes = parse_lanes(lanes)  # a count, or a plan per layer
     from quantrtl.hw.verilog import build_design, emit, render
 
     t0 = time.perf_counter()
