@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["KINDS", "GraphNode", "FloatGraph", "trace", "apply", "SUPPORTED_TEXT", "UnsupportedLayerError", "INPUT"]
+__all__ = ["KINDS", "GraphNode", "FloatGraph", "trace", "apply", "fold_batch_norm", "SUPPORTED_TEXT", "UnsupportedLayerError", "INPUT"]
 
 #: The node kinds of a graph (and of the artifact).
 KINDS = ("conv2d", "linear", "relu", "relu6", "maxpool", "avgpool", "gap", "add", "concat")
@@ -248,7 +248,7 @@ def _method_kind(node):
     raise _reject(node, f"method .{t}()")
 
 
-def _fold(conv: nn.Module, bn: nn.Module) -> nn.Module:
+def fold_batch_norm(conv: nn.Module, bn: nn.Module) -> nn.Module:
     """``w' = w·γ/σ``, ``b' = (b − μ)·γ/σ + β`` (eval-mode statistics)."""
     with torch.no_grad():
         std = torch.sqrt(bn.running_var + bn.eps)
@@ -338,7 +338,7 @@ def trace(model: nn.Module, what: str = "the model") -> FloatGraph:
             if prev.module.weight.shape[0] != module.num_features:
                 raise UnsupportedLayerError(f"node {node.name!r}: {module.num_features} features after "
                                             f"{prev.name!r} with {prev.module.weight.shape[0]} outputs")
-            prev.module = _fold(prev.module, module)
+            prev.module = fold_batch_norm(prev.module, module)
             alias[node.name] = prev.name
             continue
         name = _node_name(node)

@@ -142,7 +142,6 @@ class _WeightQ:
     scale: np.ndarray  # per output channel (axis 0 of ``values`` once oriented)
     fmt: object
     node: str
-    real: np.ndarray  # the float weights the Quant node reads (what other quantizers start from)
 
 
 @dataclass
@@ -197,7 +196,7 @@ def _weight_q(m: OnnxModel, node, w: np.ndarray) -> _WeightQ:
         scale = np.broadcast_to(np.asarray(m.init(node.input[1]), dtype=np.float64), w.shape)
         s = _per_channel_scale(node, scale)
         values = np.where(w >= 0, 1, -1).astype(np.int64)
-        return _WeightQ(values, s, BinaryFormat(), node.name, w)
+        return _WeightQ(values, s, BinaryFormat(), node.name)
     a = _attrs(node)
     mode = a.get("rounding_mode", b"ROUND")
     mode = mode.decode() if isinstance(mode, bytes) else mode
@@ -213,7 +212,7 @@ def _weight_q(m: OnnxModel, node, w: np.ndarray) -> _WeightQ:
     lo, hi = -(1 << (bits - 1)) + (1 if narrow else 0), (1 << (bits - 1)) - 1
     values = np.clip(np.rint(w / scale), lo, hi).astype(np.int64)
     fmt_bits = bits if narrow else bits + 1  # fixedN has no -2^(N-1): one more bit holds it
-    return _WeightQ(values, _per_channel_scale(node, scale), parse_format(f"fixed{fmt_bits}"), node.name, w)
+    return _WeightQ(values, _per_channel_scale(node, scale), parse_format(f"fixed{fmt_bits}"), node.name)
 
 
 def _per_channel_scale(node, scale: np.ndarray) -> np.ndarray:
@@ -227,7 +226,7 @@ def _per_channel_scale(node, scale: np.ndarray) -> np.ndarray:
 def _orient(weight: _WeightQ, transpose: bool) -> _WeightQ:
     if not transpose:
         return weight
-    return _WeightQ(weight.values.T.copy(), weight.scale, weight.fmt, weight.node, weight.real.T.copy())
+    return _WeightQ(weight.values.T.copy(), weight.scale, weight.fmt, weight.node)
 
 
 # ---- the walk ---------------------------------------------------------------------
@@ -243,7 +242,6 @@ class _Walk:
     layers: list = field(default_factory=list)
     taken: set = field(default_factory=set)
     tensor_of: dict = field(default_factory=dict)  # layer name -> the ONNX tensor holding its output
-    floats: dict = field(default_factory=dict)  # conv/linear layer name -> (float weights, float bias)
     input_format: ActivationFormat | None = None
 
 
@@ -399,8 +397,7 @@ def _fold_bn(m: OnnxModel, node, p: _Pending) -> None:
     k = gamma / np.sqrt(var + _attrs(node).get("epsilon", 1e-5))
     wq = p.weight
     sign = np.where(k < 0, -1, 1).reshape((-1,) + (1,) * (wq.values.ndim - 1))
-    p.weight = _WeightQ(wq.values * sign, wq.scale * np.abs(k), wq.fmt, wq.node,
-                        wq.real * k.reshape((-1,) + (1,) * (wq.real.ndim - 1)))
+    p.weight = _WeightQ(wq.values * sign, wq.scale * np.abs(k), wq.fmt, wq.node)
     b = p.bias if p.bias is not None else np.zeros_like(mean)
     p.bias = (b - mean) * k + beta
 
@@ -419,7 +416,6 @@ def _finish(w: _Walk, p: _Pending, fmt: ActivationFormat, tensor: str) -> None:
             raise OnnxImportError(f"node {_label(p.node)}: {e}") from None
         acc_scale = wq.scale * qin.scale
         bias = np.zeros(len(acc_scale)) if p.bias is None else p.bias
-        w.floats[name] = (wq.real, bias)
         consts = [quantize_multiplier(float(s) / fmt.scale) for s in acc_scale]
         common = dict(name=name, input=qin, output=fmt, activation=activation, format=wq.fmt, codes=codes,
                       bias=np.rint(bias / acc_scale).astype(np.int64),
@@ -477,6 +473,9 @@ def qonnx_execute(m: OnnxModel, x: np.ndarray) -> dict:
 def keep_network(m: OnnxModel, calib: np.ndarray, name: str, metadata: dict | None = None) -> QuantizedNetwork:
     """The model's own quantization as a validated integer network; ``calib`` (float
     inputs) calibrates an output that has no Quant of its own (the logits)."""
+    if not any(n.op_type in ("Quant", "BipolarQuant") for n in m.nodes):
+        raise OnnxImportError(f"--model {m.path}: a float ONNX model (no Quant node) has no quantization to keep; "
+                              "quantize it with one of quantrtl's quantizers instead")
     w = _walk(m)
     if w.input_format is None:
         raise OnnxImportError(f"--model {m.path}: the input must go through a Quant node first (its format is the "
@@ -498,46 +497,97 @@ def keep_network(m: OnnxModel, calib: np.ndarray, name: str, metadata: dict | No
 
 
 def float_graph(m: OnnxModel):
-    """The float model (the float weights the weight Quant nodes read, biases as stored,
-    activation Quant nodes dropped, batch norms folded) as a :class:`FloatGraph` whose node
-    names are the integer layers' names."""
+    """The float model as a :class:`FloatGraph`: the float weights (the initializers a weight
+    Quant node reads, or plain ONNX initializers), biases as stored, activation Quant nodes
+    passed through, batch norms folded; what any quantizer but ``keep`` starts from.  Plain
+    ONNX (no Quant node at all) takes this path too."""
     import torch
     from torch import nn
 
-    from quantrtl.model.training.graph import FloatGraph, GraphNode
+    from quantrtl.model.training.graph import FloatGraph, GraphNode, fold_batch_norm
 
-    w = _walk(m)
-    out = m.output_name
-    if out in w.pending:
-        _finish(w, w.pending.pop(out), ActivationFormat(scale=1.0, zero_point=0), out)
-    nodes = []
-    for layer in w.layers:
-        srcs = tuple(layer.inputs)
-        if layer.op in ("conv2d", "linear"):
-            real, bias = w.floats[layer.name]
-            if layer.op == "conv2d":
-                mod = nn.Conv2d(layer.in_shape[0], layer.codes.shape[0], layer.kernel, layer.stride, layer.padding,
-                                groups=layer.groups)
+    alias: dict[str, str] = {m.input_name: INPUT}  # tensor -> the node (or INPUT) computing it
+    weights: dict[str, np.ndarray] = {}  # tensor -> float weights behind a weight Quant node
+    nodes: dict[str, GraphNode] = {}
+    users: dict[str, int] = {}
+    for node in m.nodes:
+        for i in node.input:
+            users[i] = users.get(i, 0) + 1
+    taken: set = set()
+
+    def src(node, t):
+        if t not in alias:
+            raise OnnxImportError(f"node {_label(node)} ({node.op_type}): input {t!r} is not an operation's output")
+        return alias[t]
+
+    def const(t):
+        v = m.init(t)
+        return weights.get(t) if v is None else np.asarray(v, dtype=np.float64)
+
+    def add(node, kind, inputs, module=None):
+        name = layer_name(node, taken)
+        nodes[name] = GraphNode(name, kind, tuple(inputs), module)
+        alias[node.output[0]] = name
+
+    for node in m.nodes:
+        op, ins = node.op_type, list(node.input)
+        if op in ("Quant", "BipolarQuant"):
+            if m.init(ins[0]) is not None:
+                weights[node.output[0]] = np.asarray(m.init(ins[0]), dtype=np.float64)
             else:
-                mod = nn.Linear(layer.codes.shape[1], layer.codes.shape[0])
+                alias[node.output[0]] = src(node, ins[0])
+        elif op in ("Conv", "Gemm", "MatMul"):
+            w = const(ins[1])
+            if w is None:
+                raise OnnxImportError(f"node {_label(node)} ({op}): its weights must be a constant")
+            b = const(ins[2]) if len(ins) > 2 and ins[2] else None
+            a = _attrs(node)
+            if op == "Conv":
+                c = _conv_attrs(node)
+                mod = nn.Conv2d(w.shape[1] * c["groups"], w.shape[0], c["kernel"], c["stride"], c["padding"],
+                                groups=c["groups"], bias=True)
+            else:
+                if (op == "Gemm" and not a.get("transB", 0)) or op == "MatMul":
+                    w = w.T
+                mod = nn.Linear(w.shape[1], w.shape[0], bias=True)
             with torch.no_grad():
-                mod.weight.copy_(torch.from_numpy(np.asarray(real, dtype=np.float32).reshape(mod.weight.shape)))
-                mod.bias.copy_(torch.from_numpy(np.asarray(bias, dtype=np.float32)))
-            nodes.append(GraphNode(layer.name, layer.op, srcs, mod))
-            if layer.activation == "relu":
-                nodes.append(GraphNode(f"{layer.name}_relu", "relu", (layer.name,)))
-        elif layer.op == "add":
-            nodes.append(GraphNode(layer.name, "add", srcs))
-            if layer.activation == "relu":
-                nodes.append(GraphNode(f"{layer.name}_relu", "relu", (layer.name,)))
-        elif layer.op in ("maxpool", "avgpool"):
-            cls = nn.MaxPool2d if layer.op == "maxpool" else nn.AvgPool2d
-            nodes.append(GraphNode(layer.name, layer.op, srcs, cls(layer.kernel, layer.stride, layer.padding)))
-        else:  # gap, concat, relu
-            nodes.append(GraphNode(layer.name, layer.op, srcs))
-    # a fused ReLU node stands for its layer: readers of the layer read the ReLU
-    relu_of = {n.inputs[0]: n.name for n in nodes if n.name.endswith("_relu") and n.kind == "relu"}
-    for n in nodes:
-        if n.kind != "relu" or n.name not in relu_of.values():
-            n.inputs = tuple(relu_of.get(i, i) for i in n.inputs)
-    return FloatGraph(nodes).eval()
+                mod.weight.copy_(torch.from_numpy(w.astype(np.float32)).reshape(mod.weight.shape))
+                mod.bias.copy_(torch.zeros(w.shape[0]) if b is None else torch.from_numpy(b.astype(np.float32)))
+            add(node, "conv2d" if op == "Conv" else "linear", [src(node, ins[0])], mod)
+        elif op == "Add" and any(m.init(i) is not None for i in ins):  # a MatMul's bias
+            t = next(i for i in ins if m.init(i) is None)
+            prev = nodes[src(node, t)]
+            if prev.kind != "linear":
+                raise OnnxImportError(f"node {_label(node)} (Add): a constant is added only to a MatMul (its bias)")
+            with torch.no_grad():
+                prev.module.bias.add_(torch.from_numpy(const(next(i for i in ins if m.init(i) is not None))
+                                                       .astype(np.float32).ravel()))
+            alias[node.output[0]] = prev.name
+        elif op in ("Add", "Concat"):
+            add(node, "add" if op == "Add" else "concat", [src(node, i) for i in ins])
+        elif op == "Relu":
+            add(node, "relu", [src(node, ins[0])])
+        elif op == "BatchNormalization":
+            prev = nodes.get(src(node, ins[0]))
+            if prev is None or prev.kind not in ("conv2d", "linear") or users.get(ins[0], 0) != 1:
+                raise OnnxImportError(f"node {_label(node)} (BatchNormalization): must directly follow a Conv or Gemm")
+            gamma, beta, mean, var = (torch.from_numpy(const(i).astype(np.float32)) for i in ins[1:5])
+            bn = nn.BatchNorm2d(len(mean), eps=_attrs(node).get("epsilon", 1e-5))
+            with torch.no_grad():
+                bn.weight.copy_(gamma), bn.bias.copy_(beta), bn.running_mean.copy_(mean), bn.running_var.copy_(var)
+            prev.module = fold_batch_norm(prev.module, bn)
+            alias[node.output[0]] = prev.name
+        elif op in ("MaxPool", "AveragePool"):
+            a = _pool_attrs(node)
+            cls = nn.MaxPool2d if op == "MaxPool" else nn.AvgPool2d
+            add(node, "maxpool" if op == "MaxPool" else "avgpool", [src(node, ins[0])],
+                cls(a["kernel"], a["stride"], a["padding"]))
+        elif op == "GlobalAveragePool":
+            add(node, "gap", [src(node, ins[0])])
+        else:  # Flatten, Reshape, Identity, Dropout: the linear layer flattens its input itself
+            alias[node.output[0]] = src(node, ins[0])
+    out = alias.get(m.output_name)
+    order = list(nodes)
+    if out not in nodes or order[-1] != out:
+        raise OnnxImportError(f"--model {m.path}: the output must be the last operation's output")
+    return FloatGraph(list(nodes.values())).eval()

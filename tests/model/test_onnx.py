@@ -112,3 +112,26 @@ def test_bad_files_and_unsupported_nodes_are_named(tmp_path, capsys):
         assert not out.exists()
     assert main(["quantize", "--quantizer", "keep", "--out", str(tmp_path / "o")]) == 2
     assert "keep takes an imported model's own quantization" in capsys.readouterr().err
+
+
+def test_plain_onnx_is_requantized_and_keep_needs_quant_nodes(tmp_path, capsys):
+    """A float ONNX export (the shipped residual network through torch.onnx): its float
+    weights, re-quantized with fixed8, give the PyTorch model's float accuracy and the usual
+    agreement; ``keep`` has no quantization to keep and says so."""
+    import torch
+
+    from quantrtl.model.training.net import SHIPPED, load_checkpoint
+
+    shipped = SHIPPED["digits-res"]
+    path = tmp_path / "plain.onnx"
+    torch.onnx.export(load_checkpoint(shipped.checkpoint, shipped.factory), torch.zeros(1, 1, 8, 8), str(path),
+                      dynamo=False)
+    assert main(["quantize", "--quantizer", "fixed8", "--model", str(path), "--finetune", "0",
+                 "--out", str(tmp_path / "a"), "--json", str(tmp_path / "q.json")]) == 0
+    q = json.loads((tmp_path / "q.json").read_text())
+    assert q["float_accuracy"] == pytest.approx(0.9583, abs=1e-3) and q["golden_agreement"] >= 0.99
+    assert [l["op"] for l in q["layers"]] == ["conv2d", "conv2d", "conv2d", "add", "conv2d", "avgpool", "conv2d",
+                                              "concat", "gap", "linear"]
+    assert main(["quantize", "--quantizer", "keep", "--model", str(path), "--out", str(tmp_path / "b")]) == 2
+    assert "a float ONNX model (no Quant node) has no quantization to keep" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
