@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from amaranth.hdl import Module, Shape, Signal, signed
 
-__all__ = ["signed_width", "sum_shape", "adder_tree"]
+__all__ = ["signed_width", "sum_shape", "adder_tree", "all_of"]
+
+
+def all_of(signals):
+    """The AND of one or more 1-bit ``signals`` (an expression)."""
+    result = signals[0]
+    for s in signals[1:]:
+        result = result & s
+    return result
 
 
 def signed_width(lo: int, hi: int) -> int:

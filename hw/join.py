@@ -17,11 +17,13 @@ Cycles, all inputs valid and ``out`` ready: the last input's arrival, then
 """
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from math import prod
+
+from amaranth.hdl import Module, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from quantrtl.hw.arith import signed_width
+from quantrtl.hw.arith import all_of, signed_width
 from quantrtl.hw.parts import ActivationBuffer, pack, requant_layout, rom
 from quantrtl.hw.requant import Requantizer
 from quantrtl.model.numbers.artifact import Layer
@@ -67,14 +69,11 @@ class JoinEngine(wiring.Component):
 
     @property
     def in_sizes(self) -> list[int]:
-        return [s[0] * s[1] * s[2] if len(s) == 3 else s[0] for s in self.in_shapes]
+        return [prod(s) for s in self.in_shapes]
 
     @property
     def out_size(self) -> int:
-        n = 1
-        for d in self.layer.out_shape:
-            n *= d
-        return n
+        return prod(self.layer.out_shape)
 
     @property
     def expected_cycles(self) -> int:
@@ -91,7 +90,7 @@ class JoinEngine(wiring.Component):
         bufs = [ActivationBuffer(m, self, size, 1, name=f"in{j}", inp=port)
                 for j, (size, port) in enumerate(zip(self.in_sizes, self.inputs))]
         go = Signal(name="go")
-        m.d.comb += go.eq(sum_and([b.running for b in bufs]))
+        m.d.comb += go.eq(all_of([b.running for b in bufs]))
         out = self.out
         en = Signal(name="en")
         m.d.comb += en.eq(~out.valid | out.ready)
@@ -161,10 +160,3 @@ class JoinEngine(wiring.Component):
             m.d.sync += [issued.eq(0)] + [b.running.eq(0) for b in bufs]
         return m
 
-
-def sum_and(signals):
-    """The AND of ``signals``."""
-    result = signals[0]
-    for s in signals[1:]:
-        result = result & s
-    return result

@@ -24,6 +24,7 @@ from amaranth.lib.wiring import In, Out, connect
 
 from quantrtl.model.numbers.artifact import INPUT, QuantizedNetwork
 
+from quantrtl.hw.arith import all_of
 from quantrtl.hw.engines import make_engine
 from quantrtl.hw.join import JoinEngine
 from quantrtl.util.lanes import check_plan_layers, lanes_for, parse_lanes
@@ -131,15 +132,10 @@ class NetworkTop(wiring.Component):
                 continue
             # a fork: each reader sees valid when every other reader is ready too, and the
             # producer moves on when all of them take the value (one handshake for all)
-            all_ready = ports[0].ready
-            for p in ports[1:]:
-                all_ready = all_ready & p.ready
+            all_ready = all_of([p.ready for p in ports])
             m.d.comb += producer.ready.eq(all_ready)
             for i, p in enumerate(ports):
-                others = producer.valid
-                for j, q in enumerate(ports):
-                    if j != i:
-                        others = others & q.ready
+                others = all_of([producer.valid] + [q.ready for j, q in enumerate(ports) if j != i])
                 m.d.comb += [p.valid.eq(others), p.payload.eq(producer.payload)]
             if src in self.tap_names:
                 tap = getattr(self, f"tap_{src}")

@@ -18,6 +18,8 @@ import cocotb
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, FallingEdge, First, RisingEdge, Timer
 
+from quantrtl.sim.compare import X_VALUE
+
 CLOCK_NS = 10
 
 
@@ -88,10 +90,6 @@ class CosimBench:
         for sel, (name, _) in enumerate(self.job["captures"]):
             result["captures"][name] = await self.read(sel, name)
         return result
-
-
-#: How a captured value with X or Z bits is recorded (no code is negative).
-X_VALUE = -1
 
 
 @cocotb.test()

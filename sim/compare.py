@@ -5,7 +5,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Mismatch", "first_mismatch"]
+__all__ = ["Mismatch", "first_mismatch", "X_VALUE"]
+
+#: How the testbench records a captured value with X or Z bits (no code is negative).
+X_VALUE = -1
 
 
 @dataclass(frozen=True)
@@ -17,7 +20,7 @@ class Mismatch:
     mismatches: int  # how many positions differ (missing/extra values count)
 
     def __str__(self) -> str:
-        got = "X (unknown bits)" if self.got == -1 else self.got  # the testbench records X as -1
+        got = "X (unknown bits)" if self.got == X_VALUE else self.got
         return (f"layer {self.layer!r}: {self.mismatches} mismatches; first at index {self.index}: "
                 f"expected {self.expected}, got {got}")
 

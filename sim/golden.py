@@ -22,7 +22,7 @@ def requantize(acc, m0, shift, zero_point: int, lo: int, hi: int) -> np.ndarray:
     """§3 ``q = clamp(Z + ((acc * M0 + 2**(n-1)) >> n), lo, hi)`` per output channel.
 
     ``acc`` has the channel on axis 1 (N, C, ...) or is (N, C); ``m0``/``shift`` are
-    per channel.  ``>>`` is an arithmetic (flooring) shift, so the rounding is
+    per channel, or one value for every channel.  ``>>`` is an arithmetic (flooring) shift, so the rounding is
     half toward +infinity.  The product is formed in exact Python integers.
     """
     acc = np.asarray(acc, dtype=np.int64)
@@ -108,26 +108,20 @@ def avgpool(x, kernel, stride, padding, zero_point: int, m0: int, shift: int, ou
     ``x − Z_in`` (padding is the real zero, counted in the divisor), times ``M0 · 2^(−n) ≈
     S_in / (S_out · k²)`` with §3's rounding, plus ``Z_out``."""
     acc = _windows(np.asarray(x, dtype=np.int64) - zero_point, kernel, stride, padding, 0).sum(axis=(4, 5))
-    return requantize(acc, [m0] * acc.shape[1], [shift] * acc.shape[1], out_zero_point, lo, hi)
+    return requantize(acc, [m0], [shift], out_zero_point, lo, hi)
 
 
 def add(a, b, za: int, zb: int, m0, shift: int, zero_point: int, lo: int, hi: int) -> np.ndarray:
     """§8 ``y = clamp(Z_y + ((M_a·(a − Z_a) + M_b·(b − Z_b) + 2^(n−1)) >> n), lo, hi)``."""
     acc = (np.asarray(a, dtype=np.int64) - za) * int(m0[0]) + (np.asarray(b, dtype=np.int64) - zb) * int(m0[1])
-    return _round_shift(acc, shift, zero_point, lo, hi)
-
-
-def _round_shift(acc, shift: int, zero_point: int, lo: int, hi: int) -> np.ndarray:
-    """§3's rounding shift of an exact sum, offset and clamped."""
-    y = (np.asarray(acc).astype(object) + (1 << (int(shift) - 1))) >> int(shift)
-    return np.clip(y + zero_point, lo, hi).astype(np.int64)
+    return requantize(acc, [1], [shift], zero_point, lo, hi)  # §3 with the multiply already in the sum
 
 
 def concat(xs, fmts, m0, shift, out) -> np.ndarray:
     """§10 every input requantized to the output format (``M_i · 2^(−n_i) ≈ S_i / S_y``),
     then joined along the channels."""
-    return np.concatenate([_round_shift((np.asarray(x, dtype=np.int64) - f.zero_point) * int(m), n, out.zero_point,
-                                        out.qmin, out.qmax) for x, f, m, n in zip(xs, fmts, m0, shift)], axis=1)
+    return np.concatenate([requantize(np.asarray(x, dtype=np.int64) - f.zero_point, [m], [n], out.zero_point, out.qmin,
+                                      out.qmax) for x, f, m, n in zip(xs, fmts, m0, shift)], axis=1)
 
 
 def relu(x, zero_point: int) -> np.ndarray:

@@ -18,7 +18,7 @@ from torch import nn
 from quantrtl.model.numbers.artifact import Layer, QuantizedNetwork, add_multipliers, expected_out_shape, \
     quantize_multiplier, validate
 from quantrtl.model.numbers.formats import ActivationFormat
-from quantrtl.model.training.graph import INPUT
+from quantrtl.model.training.graph import INPUT, pool_geometry
 from quantrtl.model.training.quantize import QuantAdd, QuantAvgPool, QuantConcat, QuantLayer, QuantModel
 
 
@@ -51,18 +51,15 @@ def export(qm: QuantModel, input_shape: tuple[int, ...], name: str = "digits", m
                           shift=np.array([c[1] for c in consts], dtype=np.int64))
         elif isinstance(step, QuantAvgPool):
             m = step.module
-            kernel = shape[1:] if m is None else _pair(m.kernel_size)
-            m0, n = quantize_multiplier(1.0 / (kernel[0] * kernel[1]))
+            geo = pool_geometry(m) if m is not None else {"kernel": tuple(shape[1:]), "stride": tuple(shape[1:]),
+                                                          "padding": (0, 0)}  # global: the whole map
+            m0, n = quantize_multiplier(1.0 / (geo["kernel"][0] * geo["kernel"][1]))
             layer = Layer(name=lname, op="gap" if m is None else "avgpool", in_shape=shape, out_shape=shape,
-                          input=qin, output=qin, kernel=tuple(kernel),
-                          stride=tuple(kernel) if m is None else _pair(m.stride if m.stride is not None else m.kernel_size),
-                          padding=(0, 0) if m is None else _pair(m.padding),
-                          m0=np.array([m0], dtype=np.int64), shift=np.array([n], dtype=np.int64))
+                          input=qin, output=qin, m0=np.array([m0], dtype=np.int64),
+                          shift=np.array([n], dtype=np.int64), **geo)
         elif isinstance(step, nn.MaxPool2d):
             layer = Layer(name=lname, op="maxpool", in_shape=shape, out_shape=shape, input=qin, output=qin,
-                          kernel=_pair(step.kernel_size),
-                          stride=_pair(step.stride if step.stride is not None else step.kernel_size),
-                          padding=_pair(step.padding))
+                          **pool_geometry(step))
         else:  # a ReLU not fused into the conv/linear/add before it
             layer = Layer(name=lname, op="relu", in_shape=shape, out_shape=shape, input=qin, output=qin)
         layer.inputs = tuple(ins)
@@ -73,10 +70,6 @@ def export(qm: QuantModel, input_shape: tuple[int, ...], name: str = "digits", m
                            input=_qp(qm.input_fmt), layers=layers, metadata=copy.deepcopy(metadata or {}))
     validate(net)
     return net
-
-
-def _pair(v) -> tuple[int, int]:
-    return tuple(int(a) for a in v) if isinstance(v, (tuple, list)) else (int(v), int(v))
 
 
 def _weight_layer(name: str, step: QuantLayer, shape, qin: ActivationFormat) -> Layer:

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["KINDS", "GraphNode", "FloatGraph", "trace", "apply", "fold_batch_norm", "SUPPORTED_TEXT", "UnsupportedLayerError", "INPUT"]
+__all__ = ["KINDS", "GraphNode", "FloatGraph", "trace", "apply", "fold_batch_norm", "pool_geometry", "SUPPORTED_TEXT", "UnsupportedLayerError", "INPUT"]
 
 #: The node kinds of a graph (and of the artifact).
 KINDS = ("conv2d", "linear", "relu", "relu6", "maxpool", "avgpool", "gap", "add", "concat")
@@ -121,6 +121,13 @@ def _reject(node, what: str, why: str = "") -> UnsupportedLayerError:
 
 def _pair(v) -> tuple[int, int]:
     return tuple(int(a) for a in v) if isinstance(v, (tuple, list)) else (int(v), int(v))
+
+
+def pool_geometry(m: nn.Module) -> dict:
+    """A MaxPool2d/AvgPool2d's ``kernel``, ``stride`` (the kernel when None) and ``padding``
+    as pairs, the artifact's geometry fields."""
+    return {"kernel": _pair(m.kernel_size), "stride": _pair(m.stride if m.stride is not None else m.kernel_size),
+            "padding": _pair(m.padding)}
 
 
 def _arg(node, i: int, key: str, default=None):

@@ -238,7 +238,7 @@ class _Walk:
     m: OnnxModel
     q: dict = field(default_factory=dict)  # tensor -> (layer name or INPUT, format, shape)
     pending: dict = field(default_factory=dict)  # tensor -> _Pending
-    weights: dict = field(default_factory=dict)  # tensor -> _WeightQ (keep) or float array
+    weights: dict = field(default_factory=dict)  # tensor -> _WeightQ
     layers: list = field(default_factory=list)
     taken: set = field(default_factory=set)
     tensor_of: dict = field(default_factory=dict)  # layer name -> the ONNX tensor holding its output

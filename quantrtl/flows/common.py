@@ -13,8 +13,9 @@ from quantrtl.util.errors import OptionError
 from quantrtl.util.lanes import MAX_LANES, lanes_tag, parse_lanes
 from quantrtl.util.provenance import package_versions
 
-__all__ = ["DEFAULT_FINETUNE", "DEMO_QUANTIZERS", "SHIPPED_MODELS", "KEEP", "KeepQuantizer", "resolve_quantizer", "MAX_LANES", "OptionError", "ModelSource", "DIGITS", "load_data",
-           "tool_versions", "check_density", "check_lanes", "parse_lanes", "lanes_tag", "check_stream_options", "artifact_stem", "write_json",
+__all__ = ["DEFAULT_FINETUNE", "DEMO_QUANTIZERS", "SHIPPED_MODELS", "KEEP", "KeepQuantizer", "resolve_quantizer",
+           "MAX_LANES", "OptionError", "ModelSource", "DIGITS", "load_data", "tool_versions", "check_density",
+           "check_lanes", "parse_lanes", "lanes_tag", "check_stream_options", "artifact_stem", "write_json",
            "HardwareOptions"]
 
 #: Fine-tuning epochs used when the user does not say (``--finetune 0`` is pure PTQ).
@@ -140,11 +141,9 @@ def artifact_stem(out_dir: str | Path, qnet) -> Path:
     return Path(out_dir) / f"{qnet.name}-{qnet.quantizer}"
 
 
-
-
 def check_lanes(lanes: int, param: str = "lanes") -> None:
-    if not 1 <= lanes <= MAX_LANES:
-        raise OptionError(param, f"must be in 1..{MAX_LANES}, got {lanes}")
+    """One lane count in 1..MAX_LANES (:func:`quantrtl.util.lanes.parse_lanes`'s check)."""
+    parse_lanes(lanes, param)
 
 
 def check_stream_options(index_bits: int, source: "ModelSource") -> None:

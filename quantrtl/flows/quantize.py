@@ -265,26 +265,28 @@ def _quantize_keep(opts: "QuantizeOptions") -> QuantizedRun:
     acc = (lambda pred: net.accuracy(pred, test.y)) if labelled else (lambda pred: None)
     with torch.no_grad():
         float_pred = float_graph(m)(torch.tensor(x)).reshape(len(x), -1).argmax(1).numpy()
-    qonnx_pred = qonnx_execute(m, x)[m.output_name].reshape(len(x), -1).argmax(1)
-    g_pred = golden.run(qnet, qnet.input.quantize(x)).predicted
-    qnet.metadata["qonnx_comparison"] = compare_with_qonnx(m, qnet, x)
+    ctx = qonnx_execute(m, x)  # QONNX and the golden model each run once on the test split
+    g = golden.run(qnet, qnet.input.quantize(x))
+    qonnx_pred, g_pred = ctx[m.output_name].reshape(len(x), -1).argmax(1), g.predicted
+    qnet.metadata["qonnx_comparison"] = compare_with_qonnx(m, qnet, x, ctx, g)
     return QuantizedRun(qnet=qnet, float_accuracy=acc(float_pred), quant_accuracy=acc(qonnx_pred),
                         golden_accuracy=acc(g_pred), golden_agreement=net.accuracy(g_pred, qonnx_pred),
                         test_images=len(x), seconds=time.perf_counter() - t0)
 
 
-def compare_with_qonnx(m, net, x) -> dict:
+def compare_with_qonnx(m, net, x, ctx: dict | None = None, golden_result=None) -> dict:
     """Golden (integer) vs QONNX (float) on float inputs ``x``: argmax agreement of the
     whole networks, and per node the largest difference in codes when the golden layer is
     fed QONNX's own inputs of that node (QONNX's float tensors turned into codes with the
-    formats of the artifact), so a difference is that node's, not carried from before."""
+    formats of the artifact), so a difference is that node's, not carried from before.
+    ``ctx`` (QONNX's tensors) and ``golden_result`` of ``x``, when the caller has them."""
     import numpy as np
 
     from quantrtl.model.numbers.artifact import INPUT
     from quantrtl.model.training.onnx_import import qonnx_execute
     from quantrtl.sim import golden
 
-    ctx = qonnx_execute(m, x)
+    ctx = qonnx_execute(m, x) if ctx is None else ctx
     tensors = net.metadata.get("onnx_tensors", {})
     fmts = {INPUT: net.input, **{l.name: l.output for l in net.layers}}
 
@@ -299,7 +301,7 @@ def compare_with_qonnx(m, net, x) -> dict:
         ins = [codes(s) for s in srcs]
         got = golden.run_layer(layer, ins if layer.op in ("add", "concat") else ins[0])
         worst[layer.name] = int(np.abs(codes(layer.name).reshape(got.shape) - got).max())
-    g = golden.run(net, net.input.quantize(x))
+    g = golden.run(net, net.input.quantize(x)) if golden_result is None else golden_result
     logits = ctx[m.output_name].reshape(len(x), -1)
     agree = float((logits.argmax(axis=1) == g.predicted).mean())
     return {"agreement": agree, "max_code_difference": worst, "images": len(x)}
