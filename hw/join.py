@@ -1,12 +1,13 @@
 """Engines that join streams: residual addition (docs/integer-semantics.md §8) and channel
 concatenation (§10).
 
-Each input has its own activation memory and loads on its own (``inp0``, ``inp1``, …
-accept whenever their memory does not hold an unfinished image), so a join never makes
-one branch wait for another: in a network top whose producer feeds both a branch and a
-join (a residual block's skip path), the producer's stream forks to the branch and to
-the join's skip input, which buffers the whole map (the *skip buffer*, in
-``memory_bits``) while the branch computes.  When every input has arrived, the join
+Each input has its own activation memory, a double buffer of two maps, and loads on its
+own (``inp0``, ``inp1``, … accept while their memory has a free map), so a join never
+makes one branch wait for another: in a network top whose producer feeds both a branch
+and a join (a residual block's skip path), the producer's stream forks to the branch and
+to the join's skip input, which buffers the whole map (the *skip buffer*, in
+``memory_bits``) while the branch computes, and takes the next image's map meanwhile
+(images streamed back to back do not wait for the whole block to drain).  When every input has arrived, the join
 emits its output map in stream order, one value per cycle::
 
     add:     y[i] = clamp(Z_y + ((M_a·(a[i] − Z_a) + M_b·(b[i] − Z_b) + 2^(n−1)) >> n), lo, 255)
@@ -81,14 +82,15 @@ class JoinEngine(wiring.Component):
 
     @property
     def memory_bits(self) -> dict[str, int]:
-        """Every input's buffer (an add's first input is the residual block's skip buffer)."""
-        return {"join_buffers": 8 * sum(self.in_sizes)}
+        """Every input's double buffer (an add's skip input is the residual block's skip buffer)."""
+        return {"join_buffers": 8 * 2 * sum(self.in_sizes)}
 
     def elaborate(self, platform):
         m = Module()
         layer, n = self.layer, len(self.fmts)
-        bufs = [ActivationBuffer(m, self, size, 1, name=f"in{j}", inp=port)
+        bufs = [ActivationBuffer(m, self, size, 1, name=f"in{j}", inp=port, slots=2)
                 for j, (size, port) in enumerate(zip(self.in_sizes, self.inputs))]
+        finish = Signal(name="finish")  # the last output is taken: every input's map is released
         go = Signal(name="go")
         m.d.comb += go.eq(all_of([b.running for b in bufs]))
         out = self.out
@@ -108,7 +110,7 @@ class JoinEngine(wiring.Component):
         if layer.op == "add":
             (za, zb), (ma, mb), shift = (f.zero_point for f in self.fmts), (int(v) for v in layer.m0), int(layer.shift[0])
             for b in bufs:
-                m.d.comb += b.rps[0].addr.eq(issued)
+                m.d.comb += b.rps[0].addr.eq(b.read_base + issued)
             width = signed_width(-255 * (ma + mb), 255 * (ma + mb))
             total = Signal(signed(width), name="sum")
             m.d.comb += total.eq((bufs[0].rps[0].data - za) * ma + (bufs[1].rps[0].data - zb) * mb)
@@ -133,10 +135,10 @@ class JoinEngine(wiring.Component):
                             m.d.sync += local.eq(local + 1)
             with m.If(en):
                 m.d.sync += sel_b.eq(sel)
-            with m.If(~go):
+            with m.If(finish):
                 m.d.sync += [sel.eq(0), local.eq(0)] + [bb.eq(0) for bb in bases]
             for j, b in enumerate(bufs):
-                m.d.comb += b.rps[0].addr.eq(bases[j] + local)
+                m.d.comb += b.rps[0].addr.eq(b.read_base + bases[j] + local)
             shifts = [int(v) for v in layer.shift]
             rq = m.submodules.requant = Requantizer(10, (min(shifts), max(shifts)), layer.output.zero_point,
                                                     layer.output.qmin, layer.output.qmax)
@@ -156,7 +158,9 @@ class JoinEngine(wiring.Component):
 
         with m.If(en):
             m.d.sync += [out.valid.eq(v_b), out.payload.eq(rq.q)]
-        with m.If(out.valid & out.ready & (issued == self.out_size) & ~v_b):
-            m.d.sync += [issued.eq(0)] + [b.running.eq(0) for b in bufs]
+        m.d.comb += finish.eq(out.valid & out.ready & (issued == self.out_size) & ~v_b)
+        with m.If(finish):
+            m.d.sync += issued.eq(0)
+        m.d.comb += [b.release.eq(finish) for b in bufs]
         return m
 

@@ -102,6 +102,37 @@ class NetworkTop(wiring.Component):
             t[layer.name] = max(t[s] for s in self.net.sources(layer)) + e.expected_cycles - biggest
         return t[self.net.layers[-1].name]
 
+    def tails(self) -> dict[str, int]:
+        """Per node, the cycles from its last input handshake to its last output handshake
+        (the input: its size, one value per cycle)."""
+        tails = {INPUT: prod(self.net.input_shape)}
+        for layer in self.net.layers:
+            e = self.engines[layer.name]
+            tails[layer.name] = e.expected_cycles - (max(e.in_sizes) if isinstance(e, JoinEngine) else prod(layer.in_shape))
+        return tails
+
+    def occupancy(self) -> dict[str, int]:
+        """Per layer, the cycles its engine is busy with one image when images stream
+        back to back: a single-buffered engine takes its input at its producer's pace (the
+        producer's tail) and then needs its own tail before it takes the next image; a join
+        loads into its second buffer meanwhile, so only its tail counts."""
+        tails = self.tails()
+        occ = {}
+        for layer in self.net.layers:
+            loading = 0 if isinstance(self.engines[layer.name], JoinEngine) else \
+                max(tails[s] for s in self.net.sources(layer))
+            occ[layer.name] = loading + tails[layer.name]
+        return occ
+
+    @property
+    def initiation_interval(self) -> int:
+        """Cycles between successive images streamed back to back, by the formula: the
+        slowest layer's :meth:`occupancy`.  An upper bound, tight to a few tens of cycles:
+        the slowest layer's producer computes its first groups of the next image while it
+        waits, so it emits that image slightly faster than its tail says (cosim measures
+        the interval; docs/cosim.md)."""
+        return max(self.occupancy().values())
+
     @property
     def memory_bits(self) -> dict[str, int]:
         total: dict[str, int] = {}

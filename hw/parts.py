@@ -15,7 +15,7 @@ Memory words are ``amaranth.lib.data`` layouts, packed at generation time with
 """
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Shape, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, signed, unsigned
 from amaranth.lib import data, enum, stream
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -162,16 +162,27 @@ class ActivationBuffer:
     activation memory with ``read_ports`` synchronous read ports (``rps``).
 
     ``running`` is high from the last accepted input until the engine clears it after
-    its last output; ``start`` pulses once when the whole map has arrived."""
+    its last output; ``start`` pulses once when the whole map has arrived.
 
-    def __init__(self, m: Module, engine, size: int, read_ports: int, name: str = "act", width: int = 8, inp=None):
-        self.mem = m.submodules[f"{name}_mem"] = Memory(shape=unsigned(width), depth=size, init=[])
+    With ``slots=2`` the memory holds two maps (a double buffer): the next map loads
+    while the engine works on this one.  ``running`` then says a whole map is there,
+    the engine pulses ``release`` (instead of clearing ``running``) after its last
+    output, and reads at ``read_base`` + its address."""
+
+    def __init__(self, m: Module, engine, size: int, read_ports: int, name: str = "act", width: int = 8, inp=None,
+                 slots: int = 1):
+        if slots not in (1, 2):
+            raise ValueError(f"an activation buffer holds 1 or 2 maps, not {slots}")
+        self.mem = m.submodules[f"{name}_mem"] = Memory(shape=unsigned(width), depth=size * slots, init=[])
         self.wp = self.mem.write_port()
         self.rps = [self.mem.read_port(domain="sync") for _ in range(read_ports)]
         self.running = Signal(name="running" if name == "act" else f"{name}_running")
         self.count = Signal(range(max(2, size)), name=f"{name}_count")
         self.start = Signal(name=f"{name}_start" if name != "act" else "start")  # the last input was accepted
         inp = engine.inp if inp is None else inp
+        if slots == 2:
+            self._double(m, size, width, inp, name)
+            return
         m.d.comb += [inp.ready.eq(~self.running), self.wp.addr.eq(self.count), self.wp.data.eq(inp.payload[:width])]
         with m.If(inp.valid & inp.ready):
             m.d.comb += self.wp.en.eq(1)
@@ -180,6 +191,25 @@ class ActivationBuffer:
                 m.d.comb += self.start.eq(1)
             with m.Else():
                 m.d.sync += self.count.eq(self.count + 1)
+
+
+    def _double(self, m: Module, size: int, width: int, inp, name: str) -> None:
+        full = Signal(range(3), name=f"{name}_full")  # whole maps held
+        wslot, rslot = Signal(name=f"{name}_wslot"), Signal(name=f"{name}_rslot")
+        self.release = Signal(name=f"{name}_release")
+        self.read_base = Mux(rslot, size, 0)
+        m.d.comb += [inp.ready.eq(full != 2), self.running.eq(full != 0),
+                     self.wp.addr.eq(self.count + Mux(wslot, size, 0)), self.wp.data.eq(inp.payload[:width])]
+        with m.If(inp.valid & inp.ready):
+            m.d.comb += self.wp.en.eq(1)
+            with m.If(self.count == size - 1):
+                m.d.sync += [self.count.eq(0), wslot.eq(~wslot)]
+                m.d.comb += self.start.eq(1)
+            with m.Else():
+                m.d.sync += self.count.eq(self.count + 1)
+        with m.If(self.release):
+            m.d.sync += rslot.eq(~rslot)
+        m.d.sync += full.eq(full + self.start - self.release)
 
 
 class OutputBank:

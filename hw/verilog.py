@@ -64,17 +64,26 @@ class Design:
         return self.component.expected_cycles
 
     @property
+    def initiation_interval(self) -> int:
+        """Cycles between images streamed back to back (a single engine: its cycles)."""
+        comp = self.component
+        return comp.initiation_interval if isinstance(comp, NetworkTop) else comp.expected_cycles
+
+    @property
     def memory_bits(self) -> dict[str, int]:
         return self.component.memory_bits
 
     def parameters(self) -> dict:
         comp = self.component
         engines = comp.engines if isinstance(comp, NetworkTop) else {self.layer: comp}
+        occupancy = comp.occupancy() if isinstance(comp, NetworkTop) else {}
         layers = []
         for name, e in engines.items():
             layer = self.net.layer(name)
             d = {"name": name, "op": layer.op, "in_shape": list(layer.in_shape), "out_shape": list(layer.out_shape),
                  "expected_cycles": e.expected_cycles}
+            if name in occupancy:
+                d["occupancy_cycles"] = occupancy[name]
             if hasattr(e, "ideal_cycles"):  # zero-skipping engine
                 d.update(format=layer.format.name, lanes=e.geometry.lanes, sparse=True, index_bits=e.index_bits,
                          nonzero_weights=e.nonzero_weights, channel_words=e.channel_words(),
@@ -156,6 +165,7 @@ def render(design: Design) -> tuple[str, dict]:
         "stream_protocol": STREAM_PROTOCOL,
         "parameters": design.parameters(),
         "expected_cycles": design.expected_cycles,
+        "initiation_interval": design.initiation_interval,
         "memory_bits": design.memory_bits,
         # the artifact by file name and content, so the description is the same on every machine
         "artifact": {"file": Path(design.artifact).name if design.artifact else None, "sha256": artifact_sha},

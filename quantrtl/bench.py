@@ -19,36 +19,46 @@ from .flows import (DEFAULT_FINETUNE, ModelSource, artifact_stem, cosim_flow, qu
 BENCH_IMAGES = {"icarus": "0-9", "verilator": "all"}
 
 
-def bench_cosim(quantizer: str = "shift4", lanes: int = 8, image: int = 0, build_root: str | Path = "build/bench",
-                simulators: tuple[str, ...] = ("icarus", "verilator"), images: dict[str, str] | None = None) -> dict:
-    """Per simulator: a one-image cosim cold (build included), then many images warm in one
-    simulator process (``images``, default :data:`BENCH_IMAGES`): wall time, images and
-    simulated cycles per second, RTL accuracy and PE utilization per layer."""
+def bench_cosim(quantizer: str = "shift4", lanes: int | str = 8, image: int = 0, build_root: str | Path = "build/bench",
+                simulators: tuple[str, ...] = ("icarus", "verilator"), images: dict[str, str] | None = None,
+                model: str = "digits") -> dict:
+    """Per simulator: a one-image cosim cold (build included; the image is streamed 3
+    times back to back), then warm in the same build: many images for the digits model
+    (``images``, default :data:`BENCH_IMAGES`), the same image again for a model without
+    labelled data.  Wall, build and run times, simulated cycles per second, latency and
+    initiation interval, RTL accuracy and PE utilization per layer."""
     import shutil
 
     images = {**BENCH_IMAGES, **(images or {})}
+    source = ModelSource(model=model)
     qnet_dir = Path(build_root) / "artifact"
-    art = quantize_flow(quantizer, qnet_dir).artifact
+    art = quantize_flow(quantizer, qnet_dir, source=source).artifact
     rows = []
     for sim_name in simulators:
-        sim_root = Path(build_root) / "cosim"
-        shutil.rmtree(sim_root / f"digits-{parse_format(quantizer).name}-p{lanes}-{sim_name}", ignore_errors=True)
-        cold = cosim_flow(quantizer, image, simulator=sim_name, lanes=lanes, artifact_path=art, build_root=sim_root)
-        warm = cosim_flow(quantizer, simulator=sim_name, lanes=lanes, artifact_path=art, build_root=sim_root,
-                          images=images[sim_name])
+        sim_root = Path(build_root) / "cosim" / model
+        shutil.rmtree(sim_root, ignore_errors=True)  # cold: no simulator build to reuse
+        run = dict(simulator=sim_name, lanes=lanes, artifact_path=art, build_root=sim_root, source=source)
+        cold = cosim_flow(quantizer, image, **run)
+        warm = cosim_flow(quantizer, images=images[sim_name] if source.labelled else str(image), **run)
+        t = warm.throughput
         rows.append({
             "simulator": sim_name, "bit_exact": cold.bit_exact and warm.bit_exact, "cycles": warm.cycles,
+            "expected_cycles": warm.expected_cycles, "latency_cycles": t["latency_cycles"],
+            "initiation_interval": t["initiation_interval"],
+            "expected_initiation_interval": t["expected_initiation_interval"],
             "cold_wall_seconds": cold.wall_seconds, "cold_build_seconds": cold.build_seconds,
+            "cold_run_seconds": cold.run_seconds,
             "images": warm.images, "bit_exact_images": warm.bit_exact_images, "image_range": warm.image,
             "rtl_accuracy": warm.rtl_accuracy, "golden_accuracy": warm.golden_accuracy,
-            "warm_wall_seconds": warm.wall_seconds, "run_seconds": warm.run_seconds,
-            "images_per_second": warm.images_per_second,
-            "simulated_cycles_per_second": sum(p["cycles"] for p in warm.per_image) / warm.run_seconds,
+            "warm_wall_seconds": warm.wall_seconds, "warm_build_seconds": warm.build_seconds,
+            "run_seconds": warm.run_seconds, "images_per_second": warm.images_per_second,
+            "simulated_cycles": warm.simulated_cycles,
+            "simulated_cycles_per_second": warm.simulated_cycles / warm.run_seconds,
             "utilization": {l["name"]: l["utilization"] for l in warm.layers if l["utilization"] is not None},
             "layer_cycles": {l["name"]: l["cycles"] for l in warm.layers},
         })
-    return {"benchmark": "cosim", "quantizer": quantizer, "lanes": lanes, "image": image, "results": rows,
-            "versions": package_versions("quantrtl", "cocotb", "amaranth", python=True)}
+    return {"benchmark": "cosim", "model": model, "quantizer": quantizer, "lanes": lanes, "image": image,
+            "results": rows, "versions": package_versions("quantrtl", "cocotb", "amaranth", python=True)}
 
 
 def bench_synth(quantizers: tuple[str, ...] = ("fixed8", "shift3", "ternary", "binary"), throughput: int = 16,

@@ -159,11 +159,16 @@ def cmd_verilog(args) -> int:
     print(f"verilog      {r.verilog}")
     print(f"description  {r.description}")
     print(f"artifact     {r.artifact}")
-    print(f"cycles       {r.expected_cycles} per image (formula; cosim measures them)")
+    print(f"cycles       {r.expected_cycles} per image (latency, formula; cosim measures them)")
+    busy = {l["name"]: l["occupancy_cycles"] for l in r.layers if "occupancy_cycles" in l}
+    slowest = f" = the slowest layer's busy cycles ({max(busy, key=busy.get)})" if busy else ""
+    print(f"II           {r.initiation_interval} cycles at most between images streamed back to back{slowest} "
+          "(cosim measures it)")
     print(f"memory bits  " + ", ".join(f"{k} {v}" for k, v in r.memory_bits.items()))
     rows = [[l["name"], l["op"], l.get("lanes", "-"), l.get("groups", "-"), l.get("accumulator_bits", "-"),
-             l["expected_cycles"]] for l in r.layers]
-    print(format_table(["layer", "op", "lanes", "groups", "acc bits", "cycles"], rows))
+             l["expected_cycles"]] + ([busy[l["name"]]] if busy else []) for l in r.layers]
+    print(format_table(["layer", "op", "lanes", "groups", "acc bits", "cycles"] + (["busy per image"] if busy else []),
+                       rows))
     print(f"time         {r.seconds:.1f} s")
     if args.json:
         flows.write_json(args.json, asdict(r))
@@ -177,7 +182,7 @@ def cmd_cosim(args) -> int:
     r = flows.cosim_flow(args.quantizer, args.image, simulator=args.simulator, lanes=args.lanes, waves=args.waves,
                          artifact_path=args.artifact, finetune=args.finetune, source=_source(args),
                          sparse=args.sparse, index_bits=args.index_bits, images=args.images, inject=args.inject,
-                         at=args.at)
+                         at=args.at, stream=args.stream)
     many = r.images > 1
     rows = [[l["name"], "yes" if l["bit_exact"] else "NO"] + ([l["mismatching_images"]] if many else [])
             + [l["mismatches"], l["cycles"], "-" if l["utilization"] is None else pct(l["utilization"])]
@@ -195,6 +200,12 @@ def cmd_cosim(args) -> int:
         print(f"\nimage            {r.image}" + (f" (label {r.label})" if r.label is not None else ""))
         print(f"predicted        {r.predicted}   golden {r.golden_predicted}")
         print(f"cycles           {r.cycles} simulated ({r.expected_cycles} by the formula)")
+    t = r.throughput
+    if t["initiation_interval"] is not None:
+        print(f"streamed         {t['images_streamed']} images back to back: latency "
+              + ", ".join(map(str, t["latency_cycles"])) + " cycles; initiation interval "
+              + ", ".join(map(str, t["initiation_intervals"]))
+              + f" cycles (at most {t['expected_initiation_interval']} by the formula)")
     print(f"simulator        {r.simulator}: build {r.build_seconds:.1f} s, run {r.run_seconds:.1f} s"
           + (f" ({r.images_per_second:.1f} images/s)" if many else "") + f", total {r.wall_seconds:.1f} s")
     if r.fault:
@@ -396,7 +407,13 @@ def cmd_bench(args) -> int:
         raise ValueError(f"unknown benchmark {args.what!r}; available: cosim, synth, sparse")
     if args.what == "sparse":
         _say("benchmarking zero-skipping engines: cosim at densities 0.1, 0.3, 1.0 ...")
-        r = bench.bench_sparse(lanes=args.lanes)
+        from quantrtl.util.errors import OptionError
+        from quantrtl.util.lanes import parse_lanes
+
+        lanes = parse_lanes(args.lanes)
+        if not isinstance(lanes, int):
+            raise OptionError("lanes", "bench sparse takes one lane count for every engine, not a plan")
+        r = bench.bench_sparse(lanes=lanes)
         print(format_table(["quantizer", "density", "layer", "bit-exact", "measured", "ideal", "ratio", "bound ok",
                             "dense run"],
                            [[x["quantizer"], f"{x['density']:g}", x["layer"], "yes" if x["bit_exact"] else "NO",
@@ -418,15 +435,20 @@ def cmd_bench(args) -> int:
         if args.json:
             flows.write_json(args.json, r)
         return 0
-    _say(f"benchmarking cosim ({args.quantizer}, {args.lanes} lanes): one image cold, then test images "
-         f"{bench.BENCH_IMAGES['icarus']} on icarus and {bench.BENCH_IMAGES['verilator']} on verilator warm ...")
-    r = bench.bench_cosim(args.quantizer, args.lanes)
-    rows = [[x["simulator"], "yes" if x["bit_exact"] else "NO", x["cycles"], f"{x['cold_wall_seconds']:.1f}",
-             f"{x['cold_build_seconds']:.1f}", x["images"], pct(x["rtl_accuracy"]), f"{x['warm_wall_seconds']:.1f}",
-             f"{x['run_seconds']:.2f}", f"{x['images_per_second']:.2f}", f"{x['simulated_cycles_per_second']:.0f}"]
+    warm = (f"test images {bench.BENCH_IMAGES['icarus']} on icarus and {bench.BENCH_IMAGES['verilator']} on "
+            f"verilator" if args.model in ("digits", "digits-res") else "the same image")
+    _say(f"benchmarking cosim ({args.model}, {args.quantizer}, {args.lanes} lanes): one image cold, then {warm} warm "
+         "(each batch streams 3 images back to back) ...")
+    from quantrtl.util.lanes import parse_lanes
+
+    r = bench.bench_cosim(args.quantizer, parse_lanes(args.lanes), model=args.model)
+    rows = [[x["simulator"], "yes" if x["bit_exact"] else "NO", x["cycles"], x["initiation_interval"],
+             x["expected_initiation_interval"], f"{x['cold_wall_seconds']:.1f}", f"{x['cold_build_seconds']:.1f}",
+             x["images"], pct(x["rtl_accuracy"]), f"{x['warm_wall_seconds']:.1f}", f"{x['run_seconds']:.2f}",
+             f"{x['images_per_second']:.2f}", f"{x['simulated_cycles_per_second']:,.0f}"]
             for x in r["results"]]
-    print(format_table(["simulator", "bit-exact", "cycles/image", "cold wall s (1 image)", "build s", "warm images",
-                        "RTL accuracy", "warm wall s", "run s", "images/s", "cycles/s"], rows))
+    print(format_table(["simulator", "bit-exact", "latency", "II", "II formula", "cold wall s (1 image)", "build s",
+                        "warm images", "RTL accuracy", "warm wall s", "run s", "images/s", "cycles/s"], rows))
     first = r["results"][0]
     print("\nPE utilization (dense MACs / (lanes x layer cycles)): "
           + ", ".join(f"{k} {pct(v)}" for k, v in first["utilization"].items()))
@@ -554,6 +576,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MAC lanes per conv/linear engine, or a plan per layer such as conv1=8,*=32 "
                         "(default %(default)s)")
     c.add_argument("--waves", action="store_true", help="write a waveform (FST/VCD) into the build folder")
+    c.add_argument("--stream", type=int, default=3, metavar="N",
+                   help="images streamed back to back per simulator batch, 1..8, to measure latency and initiation "
+                        "interval (fewer images than N are repeated to fill the batch; default %(default)s)")
     c.add_argument("--artifact", default=None, help="use this artifact instead of quantizing the digits model")
     c.add_argument("--finetune", type=int, default=None, metavar="EPOCHS", help=finetune_help)
     _sparse_options(c)
@@ -607,7 +632,9 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="benchmarks (results as JSON): cosim, synth, sparse")
     b.add_argument("what", help="cosim, synth or sparse")
     b.add_argument("--quantizer", default="shift4")
-    b.add_argument("--lanes", type=int, default=8)
+    b.add_argument("--lanes", default="8", metavar="N|LAYER=N,...,*=N", help="MAC lanes, or a plan per layer")
+    b.add_argument("--model", default="digits", choices=flows.SHIPPED_MODELS,
+                   help="the shipped model to co-simulate (cosim only; default %(default)s)")
     b.add_argument("--json", help="write results as JSON")
     b.set_defaults(func=cmd_bench)
 

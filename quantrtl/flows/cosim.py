@@ -21,6 +21,8 @@ __all__ = ["CosimOptions", "CosimResult", "resolve_image", "resolve_images", "pa
 
 #: The most images one ``--images`` list may name (more: use ``all`` or a range).
 MAX_IMAGE_ITEMS = 10_000
+#: Images streamed back to back per simulator batch (latency and initiation interval).
+DEFAULT_STREAM = 3
 
 
 @dataclass(frozen=True)
@@ -40,9 +42,11 @@ class CosimOptions(HardwareOptions):
     build_root: str | Path = "build/cosim"
     inject: str | None = None
     at: str | None = None
+    stream: int = DEFAULT_STREAM
 
     def __post_init__(self):
         from quantrtl.hw.faults import FAULT_KINDS
+        from quantrtl.hw.harness import MAX_BATCH
         from quantrtl.sim.runner import check_simulator
 
         super().__post_init__()
@@ -50,6 +54,8 @@ class CosimOptions(HardwareOptions):
             parse_images(self.images, None)
         if self.inject is not None and self.inject not in FAULT_KINDS:
             raise OptionError("inject", f"{self.inject!r} is not a fault kind; choose one of {', '.join(FAULT_KINDS)}")
+        if not isinstance(self.stream, int) or not 1 <= self.stream <= MAX_BATCH:
+            raise OptionError("stream", f"{self.stream!r}: give 1..{MAX_BATCH} images streamed back to back")
         if self.at is not None and self.inject is None:
             raise OptionError(("at", "inject"), "{0} places a fault: give {1} too")
         check_simulator(self.simulator)
@@ -86,6 +92,8 @@ class CosimResult:
     rtl_golden_agree: int = 1
     fault: str | None = None
     per_image: list | None = None
+    throughput: dict | None = None
+    simulated_cycles: int = 0  # every batch's cycles, first input to last output
 
     @property
     def images_per_second(self) -> float:
@@ -160,12 +168,12 @@ def cosim_flow(quantizer: str, image: str | int = 0, simulator: str = "icarus", 
                waves: bool = False, artifact_path: str | Path | None = None, finetune: int = DEFAULT_FINETUNE,
                build_root: str | Path = "build/cosim", source: ModelSource = DIGITS, sparse: bool = False,
                index_bits: int = 4, images: str | None = None, inject: str | None = None,
-               at: str | None = None) -> CosimResult:
+               at: str | None = None, stream: int = DEFAULT_STREAM) -> CosimResult:
     """Inferences in RTL (cocotb on Icarus or Verilator) checked against the golden model
     (:class:`CosimOptions` says what each argument means)."""
     CosimOptions(quantizer=quantizer, image=image, images=images, simulator=simulator, lanes=lanes, waves=waves,
                  artifact=artifact_path, finetune=finetune, build_root=build_root, inject=inject, at=at,
-                 source=source, sparse=sparse, index_bits=index_bits)
+                 source=source, sparse=sparse, index_bits=index_bits, stream=stream)
     fmt = resolve_quantizer(quantizer, source, artifact_path)
     lanes = parse_lanes(lanes)  # a count, or a plan per layer
     from quantrtl.hw.faults import FaultError, faulty_network, parse_fault
@@ -197,31 +205,42 @@ def cosim_flow(quantizer: str, image: str | int = 0, simulator: str = "icarus", 
         except FaultError as e:
             raise OptionError(("at", "inject"), f"{{0}} {at or '(default)'} for {{1}} {inject}: {e}") from None
         hw_net, tap_faults = faulty_network(qnet, fault)
+    batch = stream
     harness = CaptureHarness(NetworkTop(hw_net, lanes=lanes, taps=True, sparse=sparse, index_bits=index_bits,
-                                        tap_faults=tap_faults))
+                                        tap_faults=tap_faults), batch=batch)
     top = f"{qnet.name}_{qnet.quantizer}_cosim"
-    text = to_verilog(harness, top)
+    text = harness.verilog(top)
     variant = (f"-sparse{index_bits}" if sparse else "") + ("-fault" if fault else "") + ("-waves" if waves else "")
-    build_dir = Path(build_root) / f"{qnet.name}-{qnet.quantizer}-{lanes_tag(lanes)}-{simulator}{variant}"
+    build_dir = Path(build_root) / f"{qnet.name}-{qnet.quantizer}-{lanes_tag(lanes)}-{simulator}{variant}-b{batch}"
     v_path = build_dir / f"{top}.v"
     if not v_path.is_file() or v_path.read_text() != text:  # unchanged Verilog keeps the simulator build
         atomic_write(v_path, text)
-    job = {"inputs": [[int(v) for v in to_stream(x, qnet.input_shape)] for x in xs], "captures": harness.captures,
-           "timeout_cycles": 4 * harness.expected_cycles + 1000}
-    run = run_cocotb(v_path, top, simulator, build_dir, job, waves=waves)
+    # fewer images than one batch: the batch repeats them, so latency and II are measured
+    order = [i % len(xs) for i in range(max(len(xs), batch))]
+    job = {"inputs": [[int(v) for v in to_stream(xs[i], qnet.input_shape)] for i in order],
+           "captures": harness.captures, "batch": batch, "timeout_cycles": 4 * harness.expected_cycles + 1000}
+    run = run_cocotb(v_path, top, simulator, build_dir, job, waves=waves, ports=harness.testbench_ports)
     names = [n for n, _ in harness.captures]
     raws = run.result["images"]
-    if len(raws) != len(xs):
+    if len(raws) != len(order):
         from quantrtl.sim.runner import SimulationError
-        raise SimulationError(f"{simulator} run of {top} returned {len(raws)} of {len(xs)} images; see {run.build_dir}")
-    reports = [cosim.compare(qnet, gold, raw, lanes, names, sparse=sparse, index=i) for i, raw in enumerate(raws)]
+        raise SimulationError(f"{simulator} run of {top} returned {len(raws)} of {len(order)} images; "
+                              f"see {run.build_dir}")
+    streamed = [cosim.compare(qnet, gold, raw, lanes, names, sparse=sparse, index=i) for i, raw in zip(order, raws)]
+    reports = streamed[:len(xs)]
+    throughput = cosim.throughput(raws[:batch], harness.top.initiation_interval)
     per_image, first = [], None
     for i, (d, r) in enumerate(zip(descs, reports)):
         mm = None if r.first_mismatch is None else {"image": d, **asdict(r.first_mismatch)}
         first = first or mm
         per_image.append({"image": d, "label": None if labels is None else labels[i], "predicted": r.predicted,
                           "golden_predicted": r.golden_predicted, "bit_exact": r.bit_exact, "cycles": r.cycles,
-                          "timed_out": r.timed_out, "first_mismatch": mm})
+                          "batch_position": raws[i]["batch_position"], "timed_out": r.timed_out,
+                          "first_mismatch": mm})
+    for i, r in enumerate(streamed[len(xs):], len(xs)):  # a repeat that differs is a failure too
+        if r.first_mismatch is not None and first is None:
+            first = {"image": f"{descs[order[i]]} (streamed again, position {raws[i]['batch_position']})",
+                     **asdict(r.first_mismatch)}
     rtl_acc = gold_acc = None
     if labels is not None:
         y = np.asarray(labels)
@@ -231,11 +250,12 @@ def cosim_flow(quantizer: str, image: str | int = 0, simulator: str = "icarus", 
     return CosimResult(
         quantizer=qnet.quantizer, image=_describe(descs), label=None if labels is None else labels[0],
         predicted=head.predicted, golden_predicted=head.golden_predicted,
-        bit_exact=all(r.bit_exact for r in reports), cycles=head.cycles,
+        bit_exact=all(r.bit_exact for r in streamed), cycles=head.cycles,
         expected_cycles=harness.expected_cycles, simulator=simulator, lanes=lanes,
         wall_seconds=time.perf_counter() - t0, build_seconds=run.build_seconds, run_seconds=run.run_seconds,
         layers=[asdict(l) for l in cosim.merge_layers(reports)], first_mismatch=first,
-        timed_out=any(r.timed_out for r in reports), verilog=str(v_path), waves=run.waves,
+        timed_out=any(r.timed_out for r in streamed), verilog=str(v_path), waves=run.waves,
         images=len(reports), bit_exact_images=sum(r.bit_exact for r in reports), rtl_accuracy=rtl_acc,
         golden_accuracy=gold_acc, rtl_golden_agree=sum(r.predicted == r.golden_predicted for r in reports),
-        fault=None if fault is None else str(fault), per_image=per_image)
+        fault=None if fault is None else str(fault), per_image=per_image, throughput=throughput,
+        simulated_cycles=sum(r["batch_cycles"] for r in raws if r["batch_position"] == 0))

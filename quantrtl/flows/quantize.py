@@ -96,7 +96,9 @@ class QuantizeOptions:
 
     @property
     def epochs(self) -> int:
-        return 0 if self.keep else method_finetune(self.format, self.finetune)
+        if self.keep or (self.finetune is None and not self.source.labelled):
+            return 0  # nothing to train on without labels (unless asked, which then fails by name)
+        return method_finetune(self.format, self.finetune)
 
     @property
     def plan(self):
@@ -167,15 +169,15 @@ def _cache_key(opts: "QuantizeOptions") -> str | None:
     import quantrtl.model as model_pkg
     from quantrtl.model.training import net
 
-    checkpoint = Path(source.checkpoint or net.SHIPPED[source.shipped].checkpoint)
-    if not checkpoint.is_file():
+    checkpoint = source.checkpoint or net.SHIPPED[source.shipped].checkpoint
+    if checkpoint is not None and not Path(checkpoint).is_file():
         return None  # the quantization itself says what is wrong with it
     h = hashlib.sha256()
     key = {"quantizer": opts.format.name, "format": repr(opts.format), "epochs": opts.epochs, "seed": opts.seed,
            "density": str(opts.plan), "inq": opts.inq, "torch": torch.__version__, "cpu": net.cpu_capability(),
            "model": source.shipped}
     h.update(json.dumps(key, sort_keys=True).encode())
-    h.update(checkpoint.read_bytes())
+    h.update(Path(checkpoint).read_bytes() if checkpoint is not None else b"seeded")  # seeded: net.py's code
     root = Path(model_pkg.__file__).parent
     for f in sorted(root.rglob("*.py")) + [Path(__file__)]:
         h.update(f.name.encode() + f.read_bytes())
@@ -258,7 +260,7 @@ def _quantize_keep(opts: "QuantizeOptions") -> QuantizedRun:
     meta = {"finetune_epochs": 0, "seed": opts.seed, "model": source.onnx, "density": None,
             "training": "the model's own quantization (QONNX Quant nodes), no training",
             "checkpoint": Path(source.onnx).name,
-            "calibration": Path(source.calib).name if source.calib else "digits train split",
+            "calibration": source.data_name,
             "versions": tool_versions()}
     qnet = keep_network(m, train.float_inputs(), source.name, meta)
     x = test.float_inputs()
@@ -326,6 +328,9 @@ def _quantize(opts: "QuantizeOptions") -> QuantizedRun:
     t0 = time.perf_counter()
     train, test, input_fmt, labelled = load_data(source)
     if finetune and not labelled:
+        if source.synthetic:
+            raise OptionError("finetune", f"fine-tuning needs labels and {source.shipped} has no labelled data "
+                                          "here: give {0} 0")
         raise OptionError(("finetune", "calib"), "fine-tuning needs labels: use the digits data (no {1}) or {0} 0")
     if source.shipped is None:
         import copy
@@ -346,8 +351,7 @@ def _quantize(opts: "QuantizeOptions") -> QuantizedRun:
         else:
             float_model = load_user_model(source.model, source.weights, probe=probe)
     else:
-        shipped = net.SHIPPED[source.shipped]
-        float_model = net.load_checkpoint(source.checkpoint or shipped.checkpoint, shipped.factory)
+        float_model = net.SHIPPED[source.shipped].build(source.checkpoint)
     acc = (lambda pred: net.accuracy(pred, test.y)) if labelled else (lambda pred: None)
     float_acc = acc(net.predict(float_model, test))
     qm, training, plan = _train(float_model, fmt, train, finetune, seed, input_fmt, density, inq)
@@ -358,10 +362,12 @@ def _quantize(opts: "QuantizeOptions") -> QuantizedRun:
     params = ("in memory" if source.module is not None else Path(source.weights).name if source.weights
               else Path(source.onnx).name if source.onnx
               else "the factory's initial parameters" if source.shipped is None
-              else Path(source.checkpoint or net.SHIPPED[source.shipped].checkpoint).name)
+              else Path(source.checkpoint).name if source.checkpoint
+              else Path(net.SHIPPED[source.shipped].checkpoint).name if net.SHIPPED[source.shipped].checkpoint
+              else "seeded (untrained)")
     meta = {"finetune_epochs": finetune, "seed": seed, "model": model_name, "density": plan,
             "training": training, "checkpoint": params,
-            "calibration": Path(source.calib).name if source.calib else "digits train split",
+            "calibration": source.data_name,
             "versions": tool_versions()}
     qnet = export(qm, tuple(test.x.shape[1:]), name=source.name, metadata=meta)
     g_pred = golden.run(qnet, test.x).predicted

@@ -41,6 +41,7 @@ class VerilogResult:
     memory_bits: dict
     seconds: float
     layers: list
+    initiation_interval: int | None = None
 
 
 def verilog_flow(quantizer: str, out_dir: str | Path, layer: str = "all", lanes: int = 8, pipeline: int = 0,
@@ -85,4 +86,5 @@ def verilog_flow(quantizer: str, out_dir: str | Path, layer: str = "all", lanes:
         raise
     return VerilogResult(top=design.top, verilog=str(v_path), description=str(j_path), artifact=design.artifact,
                          expected_cycles=design.expected_cycles, memory_bits=design.memory_bits,
+                         initiation_interval=design.initiation_interval,
                          seconds=time.perf_counter() - t0, layers=design.parameters()["layers"])

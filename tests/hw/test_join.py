@@ -34,7 +34,7 @@ def test_join_engines_bit_exact(op, shapes, relu, seed):
     got, _ = run_stream(make_engine(layer, source_shapes=shapes), feeds, len(want), ready_prob=0.5, valid_prob=0.3,
                         seed=seed)
     assert first_mismatch(op, want, got) is None
-    assert eng.memory_bits == {"join_buffers": 8 * sum(int(np.prod(s)) for s in shapes)}
+    assert eng.memory_bits == {"join_buffers": 2 * 8 * sum(int(np.prod(s)) for s in shapes)}  # double buffers
 
 
 def test_concat_needs_its_input_shapes():

@@ -55,7 +55,8 @@ def test_graph_network_top_every_node_bit_exact(name, lanes, seed):
     x = np.random.default_rng(seed).integers(0, 256, size=net.input_shape)
     top, cycles = _run_graph(net, x, lanes)
     assert cycles == top.expected_cycles
-    assert top.memory_bits["join_buffers"] == 8 * (2 * 2 * 16 + 2 * 2 * 4)  # add: two 2x4x4 maps; cat: two 2x2x2
+    # double buffers of the add (two 2x4x4 maps) and the concat (two 2x2x2)
+    assert top.memory_bits["join_buffers"] == 2 * 8 * (2 * 2 * 16 + 2 * 2 * 4)
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -21,14 +21,23 @@ def build_root(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ICARUS_QUANTIZERS)
 def test_icarus_bit_exact_on_three_images(quantized, build_root, name):
-    """Three images through one simulator process (reset between images)."""
+    """Three images streamed back to back through one simulator process: the first takes
+    the formula's cycles, the others' latency and the initiation interval are measured."""
     art = quantized(name).artifact
     r = flows.cosim_flow(name, simulator="icarus", artifact_path=art, build_root=build_root, images="0,17,359")
     assert r.bit_exact, f"{name}: {r.first_mismatch}"
     assert r.images == r.bit_exact_images == 3
     assert [p["image"] for p in r.per_image] == ["test[0]", "test[17]", "test[359]"]
+    t = r.throughput
+    assert [p["batch_position"] for p in r.per_image] == [0, 1, 2] and t["images_streamed"] == 3
     for p in r.per_image:
-        assert p["bit_exact"] and p["cycles"] == r.expected_cycles and p["predicted"] == p["golden_predicted"]
+        assert p["bit_exact"] and p["cycles"] == t["latency_cycles"][p["batch_position"]]
+        assert p["predicted"] == p["golden_predicted"]
+    assert r.per_image[0]["cycles"] == r.expected_cycles <= min(t["latency_cycles"])
+    # back to back, an image follows the one before it by the initiation interval, less than one image's
+    # latency; the formula (the slowest layer's busy cycles) is an upper bound, tight to its producer's head start
+    assert 0 <= t["expected_initiation_interval"] - t["initiation_interval"] <= 0.01 * t["initiation_interval"]
+    assert t["initiation_interval"] < r.expected_cycles
     assert [l["name"] for l in r.layers] == ["conv1", "conv2", "pool", "fc"]
     assert all(l["bit_exact"] and l["mismatches"] == 0 and l["mismatching_images"] == 0 for l in r.layers)
 
@@ -46,7 +55,9 @@ def test_verilator_whole_test_split(quantized, build_root):
     r = flows.cosim_flow("shift4", simulator="verilator", artifact_path=art, build_root=build_root, images="all")
     _, test = load_split()
     assert r.images == r.bit_exact_images == len(test.y) == 360, r.first_mismatch
-    assert r.bit_exact and all(p["cycles"] == r.expected_cycles for p in r.per_image)
+    lat = r.throughput["latency_cycles"]
+    assert r.bit_exact and all(p["cycles"] == lat[p["batch_position"]] for p in r.per_image)
+    assert lat[0] == r.expected_cycles
     rtl = np.array([p["predicted"] for p in r.per_image])
     want = golden.run(artifact.load(art), test.x).predicted
     assert np.array_equal(rtl, want)
