@@ -59,18 +59,19 @@ def verilog(net, out: str | Path, *, layer: str = "all", lanes: int = 8, pipelin
                               taps=taps, sparse=sparse, index_bits=index_bits)
 
 
-def cosim(net, *, image: int | str = 0, images: str | None = None, simulator: str = "icarus", lanes: int = 8,
+def cosim(net, *, image: int | str = 0, images: str | None = None, simulator: str = "icarus", lanes: int | str = 8,
           waves: bool = False, build_root: str | Path = "build/cosim", sparse: bool = False, index_bits: int = 4,
-          inject: str | None = None, at: str | None = None) -> "flows.CosimResult":
+          inject: str | None = None, at: str | None = None, stream: int = 3) -> "flows.CosimResult":
     """Inference of test image ``image`` (or an image file), or of ``images`` (``"all"``,
     ``"0-99"``, ``"3,5,8"``) in one simulator process, in RTL, compared bit for bit with the
     golden model layer by layer (``.bit_exact``, ``.first_mismatch``, ``.cycles``,
-    ``.rtl_accuracy``).  ``inject`` (weight, bias, requant, control) ``at`` ``"layer:index"``
-    puts a fault into the generated design only."""
+    ``.rtl_accuracy``), ``stream`` images back to back per batch (``.throughput``: latency
+    and initiation interval).  ``inject`` (weight, bias, requant, control) ``at``
+    ``"layer:index"`` puts a fault into the generated design only."""
     quantizer, art, _ = _network(net)
     return flows.cosim_flow(quantizer, image, simulator=simulator, lanes=lanes, waves=waves, artifact_path=art,
                             build_root=build_root, sparse=sparse, index_bits=index_bits, images=images,
-                            inject=inject, at=at)
+                            inject=inject, at=at, stream=stream)
 
 
 def gates(nets, *, style: str = "array", layer: str | None = None, throughput: int = 16, sample: int = 4,

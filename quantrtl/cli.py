@@ -91,14 +91,18 @@ def _params_text(params: dict | None) -> str:
 
 
 def cmd_quantize(args) -> int:
-    flows.resolve_quantizer(args.quantizer, _source(args))
-    _say(f"importing the {_source(args).name} model's own quantization (QONNX) ..." if args.quantizer == flows.KEEP
-         else f"quantizing the {_source(args).name} model with {args.quantizer} (fine-tune "
-              f"{'default' if args.finetune is None else args.finetune} epochs) ...")
+    source = _source(args)
+    flows.resolve_quantizer(args.quantizer, source)
+    epochs = ("default epochs" if source.labelled else "0 epochs: no labels") if args.finetune is None \
+        else f"{args.finetune} epochs"
+    _say(f"importing the {source.name} model's own quantization (QONNX) ..." if args.quantizer == flows.KEEP
+         else f"quantizing the {source.name} model with {args.quantizer} (fine-tune {epochs}) ...")
     r = flows.quantize_flow(args.quantizer, args.out, finetune=args.finetune, seed=args.seed, source=_source(args),
                             density=args.density, inq=args.inq)
     print(format_table(QUANT_HEADERS, [_quant_row(r)]))
-    print(f"\nartifact: {r.artifact}  ({r.test_images} test images; accuracies on the fixed digits test split)")
+    data = ("accuracies on the fixed digits test split" if source.labelled
+            else f"calibration data {source.data_name}, no labels: accuracy -")
+    print(f"\nartifact: {r.artifact}  ({r.test_images} test images; {data})")
     print(f"training: {r.training}" + (f" (from the quantize cache: the same inputs were quantized in "
                                         f"{r.seconds:.0f} s before; docs/cosim.md)" if r.cached else ""))
     c = r.coded_bits
@@ -469,7 +473,8 @@ def _model_options() -> argparse.ArgumentParser:
     m = argparse.ArgumentParser(add_help=False)
     g = m.add_argument_group("model (default: the shipped digits CNN on the digits data)")
     g.add_argument("--model", default=None, metavar="NAME|FILE.py:FACTORY",
-                   help="a shipped model (digits, digits-res: the residual digits network) or your nn.Module from a "
+                   help="a shipped model (digits, digits-res: the residual digits network; resnet8, dscnn: MLPerf Tiny "
+                        "ResNet-8 and DS-CNN, untrained, calibrated on --calib or a synthetic set) or your nn.Module from a "
                         "Python file, traced with torch.fx (conv incl. depthwise/grouped, linear, ReLU/ReLU6, max and "
                         "average pooling, global average pooling, batch norm, flatten, residual add, channel concat)")
     g.add_argument("--weights", default=None, help="state dict for --model FILE.py:FACTORY")

@@ -198,7 +198,7 @@ class HardwareOptions:
     quantizer: str
     lanes: int | dict | str = 8  # every engine's lanes, or a plan ("conv1=8,*=32")
     artifact: Any = None
-    finetune: int = DEFAULT_FINETUNE
+    finetune: int | None = None
     source: ModelSource = DIGITS
     sparse: bool = False
     index_bits: int = 4

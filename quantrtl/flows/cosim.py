@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from quantrtl.flows.common import DEFAULT_FINETUNE, DIGITS, HardwareOptions, ModelSource, lanes_tag, load_data, \
+from quantrtl.flows.common import DIGITS, HardwareOptions, ModelSource, lanes_tag, load_data, \
     parse_lanes, resolve_quantizer
 from quantrtl.flows.quantize import network_for
 from quantrtl.util.atomic import atomic_write
@@ -165,7 +165,7 @@ def _describe(descs: list[str]) -> str:
 
 
 def cosim_flow(quantizer: str, image: str | int = 0, simulator: str = "icarus", lanes: int = 8,
-               waves: bool = False, artifact_path: str | Path | None = None, finetune: int = DEFAULT_FINETUNE,
+               waves: bool = False, artifact_path: str | Path | None = None, finetune: int | None = None,
                build_root: str | Path = "build/cosim", source: ModelSource = DIGITS, sparse: bool = False,
                index_bits: int = 4, images: str | None = None, inject: str | None = None,
                at: str | None = None, stream: int = DEFAULT_STREAM) -> CosimResult:

@@ -9,7 +9,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from quantrtl.flows.common import DEFAULT_FINETUNE, DIGITS, KEEP, MAX_LANES, ModelSource, check_lanes, resolve_quantizer, \
+from quantrtl.flows.common import DIGITS, KEEP, MAX_LANES, ModelSource, check_lanes, resolve_quantizer, \
     check_stream_options
 from quantrtl.flows.cosim import cosim_flow
 from quantrtl.flows.quantize import quantize_network
@@ -117,7 +117,7 @@ def _per_second(fpga: dict, macs_per_cycle: float) -> dict:
 
 def gates_flow(quantizers: list[str], style: str = "array", layer: str | None = None, bench: str | None = None,
                throughput: int = 16, sample: int | None = 4, jobs: int = 2, yosys: str | None = None,
-               out_dir: str | Path = "build/gates", finetune: int = DEFAULT_FINETUNE,
+               out_dir: str | Path = "build/gates", finetune: int | None = None,
                cache_dir: str | Path = "build/synth-cache", networks: dict | None = None,
                source: ModelSource = DIGITS, target: str = "gates", dsp: bool = True,
                progress=None) -> GatesResult:
@@ -181,7 +181,7 @@ def gates_flow(quantizers: list[str], style: str = "array", layer: str | None = 
 
 def sparse_gates_flow(quantizers: list[str], densities: list[float], throughput: int = 16, layer: str | None = None,
                       index_bits: int = 4, jobs: int = 2, yosys: str | None = None, out_dir: str | Path = "build/gates",
-                      finetune: int = DEFAULT_FINETUNE, image: int = 0,
+                      finetune: int | None = None, image: int = 0,
                       cache_dir: str | Path = "build/synth-cache", target: str = "gates", dsp: bool = True,
                       progress=None) -> dict:
     """Dense vs zero-skipping engines at equal throughput, over weight density

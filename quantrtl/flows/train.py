@@ -32,6 +32,9 @@ def train_flow(out: str | Path, epochs: int | None = None, seed: int | None = No
     if model not in net.SHIPPED:
         raise OptionError("model", f"{model!r} is not a shipped model; choose one of {', '.join(net.SHIPPED)}")
     shipped_model = net.SHIPPED[model]
+    if not shipped_model.labelled:
+        raise OptionError("model", f"{model} is shipped untrained (seeded weights): there is no labelled data here "
+                                   "to train it on")
     cfg = net.TRAIN_DEFAULTS
     cfg = replace(cfg, **{k: v for k, v in (("epochs", epochs), ("seed", seed)) if v is not None})
     if cfg.epochs < 1:

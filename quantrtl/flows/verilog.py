@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from quantrtl.flows.common import DEFAULT_FINETUNE, DIGITS, HardwareOptions, ModelSource, artifact_stem, \
+from quantrtl.flows.common import DIGITS, HardwareOptions, ModelSource, artifact_stem, \
     parse_lanes, resolve_quantizer
 from quantrtl.flows.quantize import network_for
 from quantrtl.model.numbers import artifact
@@ -45,7 +45,7 @@ class VerilogResult:
 
 
 def verilog_flow(quantizer: str, out_dir: str | Path, layer: str = "all", lanes: int = 8, pipeline: int = 0,
-                 artifact_path: str | Path | None = None, finetune: int = DEFAULT_FINETUNE,
+                 artifact_path: str | Path | None = None, finetune: int | None = None,
                  taps: bool = False, source: ModelSource = DIGITS, sparse: bool = False,
                  index_bits: int = 4) -> VerilogResult:
     """Verilog for one layer (or ``all``) of the quantized digits model (or of ``artifact_path``:

@@ -282,3 +282,22 @@ def test_damaged_build_is_rebuilt_and_waves_get_their_own(tmp_path, quantized):
     w = flows.cosim_flow("ternary", 0, artifact_path=art, build_root=tmp_path, waves=True)
     assert w.bit_exact and w.waves and Path(w.waves).is_file()
     assert Path(w.verilog).parent != build
+
+
+def test_capture_dump_read_back_marks_unknown_words(tmp_path):
+    """``$writememh`` files: comments and address marks skipped, X/Z words recorded as -1."""
+    from quantrtl.sim.cocotb_cosim import read_hex
+    from quantrtl.sim.compare import X_VALUE
+
+    p = tmp_path / "cap0.hex"
+    p.write_text("// 0x00000000\n0a\nff\nxx\n1z\n// 0x00000004\n@4\n07\n")
+    assert read_hex(p, 5) == [10, 255, X_VALUE, X_VALUE, 7]
+    assert read_hex(p, 2) == [10, 255]
+
+
+@pytest.mark.parametrize("stream", [0, 9, "3"])
+def test_stream_batch_size_checked_before_any_work(stream):
+    from quantrtl.util.errors import OptionError
+
+    with pytest.raises(OptionError, match="1..8 images streamed back to back"):
+        flows.cosim_flow("shift4", stream=stream)
