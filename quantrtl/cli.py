@@ -439,10 +439,10 @@ def cmd_bench(args) -> int:
         if args.json:
             flows.write_json(args.json, r)
         return 0
-    warm = (f"test images {bench.BENCH_IMAGES['icarus']} on icarus and {bench.BENCH_IMAGES['verilator']} on "
-            f"verilator" if args.model in ("digits", "digits-res") else "the same image")
-    _say(f"benchmarking cosim ({args.model}, {args.quantizer}, {args.lanes} lanes): one image cold, then {warm} warm "
-         "(each batch streams 3 images back to back) ...")
+    warm = (f", then test images {bench.BENCH_IMAGES['icarus']} on icarus and {bench.BENCH_IMAGES['verilator']} on "
+            f"verilator warm" if flows.ModelSource(model=args.model).labelled else " (build and run timed apart)")
+    _say(f"benchmarking cosim ({args.model}, {args.quantizer}, {args.lanes} lanes): one image cold{warm}; each batch "
+         "streams 3 images back to back ...")
     from quantrtl.util.lanes import parse_lanes
 
     r = bench.bench_cosim(args.quantizer, parse_lanes(args.lanes), model=args.model)
