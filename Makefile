@@ -35,7 +35,7 @@ install: tools $(STAMP)
 PYTEST_WORKERS ?= 2
 
 test: install
-	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pytest -n $(PYTEST_WORKERS) --durations=25 $(PYTEST_ARGS)
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pytest -n $(PYTEST_WORKERS) --durations=60 $(PYTEST_ARGS)
 
 demo: install
 	PATH=$(abspath $(VENV))/bin:$$PATH $(VENV)/bin/quantrtl demo --out $(DEMO_OUT)

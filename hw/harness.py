@@ -27,7 +27,8 @@ from __future__ import annotations
 
 from math import prod
 
-from amaranth.hdl import Array, ClockDomain, ClockSignal, Instance, Module, Mux, Shape, Signal, unsigned
+from amaranth.hdl import ClockDomain, ClockSignal, Instance, Module, Mux, Shape, Signal, unsigned
+from amaranth.lib.memory import Memory
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -71,22 +72,27 @@ endmodule
 
 class _Tracker:
     """Where one stream is within a batch: image and position counters, the write address,
-    and the cycle stamps of each image's first and last value."""
+    and the cycle stamps of each image's first and last value (two small memories, written
+    on those values only: an event-driven simulator does no work for them in between)."""
 
-    def __init__(self, m: Module, name: str, fire, size: int, batch: int, now, n_images):
+    def __init__(self, m: Module, name: str, fire, size: int, batch: int, now, n_images, rd_img):
         self.img = Signal(range(batch + 1), name=f"img_{name}")
         self.pos = Signal(range(max(2, size)), name=f"pos_{name}")
         self.addr = Signal(ADDR_BITS, name=f"addr_{name}")
         self.extra = Signal(name=f"extra_{name}")  # a value beyond the batch arrived
-        self.first = Array(Signal(COUNTER_BITS, name=f"first_{name}_{k}") for k in range(batch))
-        self.last = Array(Signal(COUNTER_BITS, name=f"last_{name}_{k}") for k in range(batch))
         self.write = Signal(name=f"we_{name}")
         self.size = size
         m.d.comb += self.write.eq(fire & (self.img < n_images))
+        self.first, self.last = [], []
+        for what, at in (("first", 0), ("last", size - 1)):
+            mem = m.submodules[f"{what}_{name}"] = Memory(shape=unsigned(COUNTER_BITS), depth=batch, init=[])
+            wp, rp = mem.write_port(), mem.read_port(domain="comb")
+            m.d.comb += [wp.addr.eq(self.img), wp.data.eq(now), wp.en.eq(self.write & (self.pos == at)),
+                         rp.addr.eq(rd_img)]
+            getattr(self, what).append(rp.data)
+        self.first, self.last = self.first[0], self.last[0]
         with m.If(self.write):
-            m.d.sync += [self.addr.eq(self.addr + 1), self.last[self.img].eq(now)]
-            with m.If(self.pos == 0):
-                m.d.sync += self.first[self.img].eq(now)
+            m.d.sync += self.addr.eq(self.addr + 1)
             with m.If(self.pos == size - 1):
                 m.d.sync += [self.pos.eq(0), self.img.eq(self.img + 1)]
             with m.Else():
@@ -142,15 +148,17 @@ class CaptureHarness(wiring.Component):
     def testbench_ports(self) -> dict[str, str]:
         """The wrapper's signals a testbench writes ("rw") or reads ("rd"), and nothing
         else: a simulator may optimize all the rest."""
-        ports = {"clk": "rd"}
+        ports = {"clk": "rw"}
         ports.update({name: "rw" if member.flow == In else "rd"
                       for name, member in self.signature.members.items() if name != "clk"})
         return ports
 
-    def verilog(self, top: str) -> str:
-        """Verilog whose top module ``top`` is a testbench wrapper: it makes the clock
-        itself (10 ns) and holds the harness (module ``<top>_harness``) with the support
-        modules, so a simulator runs the clock without the testbench's help."""
+    def verilog(self, top: str, clock: bool = True) -> str:
+        """Verilog whose top module ``top`` is a testbench wrapper holding the harness
+        (module ``<top>_harness``) with the support modules.  ``clock``: the wrapper makes
+        the 10 ns clock itself, so the simulator runs it without the testbench's help (fast
+        in Verilator); otherwise the testbench drives ``clk`` (faster in Icarus, whose
+        own scheduler then has less to do)."""
         from quantrtl.hw.verilog import to_verilog
 
         harness = f"{top}_harness"
@@ -162,9 +170,15 @@ class CaptureHarness(wiring.Component):
             rng = f"[{width - 1}:0] " if width > 1 else ""
             decls.append(f"  {'reg' if member.flow == In else 'wire'} {rng}{name}{' = 0' if member.flow == In else ''};")
             conns.append(f".{name}({name})")
-        wrapper = (f"\nmodule {top};\n  reg clk = 0;\n  always #{CLOCK_NS // 2} clk = ~clk;\n" + "\n".join(decls)
+        clk = f"  reg clk = 0;\n  always #{CLOCK_NS // 2} clk = ~clk;\n" if clock else "  reg clk = 0;\n"
+        wrapper = (f"\nmodule {top};\n{clk}" + "\n".join(decls)
                    + f"\n  {harness} dut(.clk(clk), " + ", ".join(conns) + ");\nendmodule\n")
         return to_verilog(self, harness) + SUPPORT_VERILOG + wrapper
+
+    def testbench_files(self) -> dict:
+        """What the testbench needs to know of the harness (so it imports no hardware code)."""
+        return {"source_file": SOURCE_FILE, "capture_files": [capture_file(i) for i in range(len(self.captures))],
+                "clock_ns": CLOCK_NS}
 
     def elaborate(self, platform):
         m = Module()
@@ -187,7 +201,7 @@ class CaptureHarness(wiring.Component):
         src_data = Signal(8)
         src_valid = Signal()
         in_fire = src_valid & top.inp.ready
-        source = _Tracker(m, "input", in_fire, self.in_size, self.batch, now, n_images)
+        source = _Tracker(m, "input", in_fire, self.in_size, self.batch, now, n_images, self.rd_img)
         m.d.comb += [src_valid.eq(go & (source.img < n_images)), top.inp.valid.eq(src_valid),
                      top.inp.payload.eq(src_data)]
         m.submodules.source = Instance(
@@ -200,7 +214,7 @@ class CaptureHarness(wiring.Component):
         ports = [(getattr(top, f"tap_{n}"), n) for n in top.tap_names] + [(top.out, self.captures[-1][0])]
         for i, ((port, name), (_, size)) in enumerate(zip(ports, self.captures)):
             fire = port.valid & (port.ready if port is top.out else 1)
-            t = _Tracker(m, name, fire, size, self.batch, now, n_images)
+            t = _Tracker(m, name, fire, size, self.batch, now, n_images, self.rd_img)
             m.submodules[f"cap_{name}"] = Instance(
                 "quantrtl_capture", p_DEPTH=size * self.batch, p_FILE=capture_file(i),
                 i_clk=ClockSignal(), i_we=t.write, i_waddr=t.addr, i_wdata=port.payload, i_dump=self.dump)
@@ -210,6 +224,5 @@ class CaptureHarness(wiring.Component):
         with m.Switch(self.rd_sel):
             for i, t in enumerate(trackers):
                 with m.Case(i):
-                    m.d.comb += [self.rd_count.eq(t.count), self.rd_first.eq(t.first[self.rd_img]),
-                                 self.rd_last.eq(t.last[self.rd_img])]
+                    m.d.comb += [self.rd_count.eq(t.count), self.rd_first.eq(t.first), self.rd_last.eq(t.last)]
         return m

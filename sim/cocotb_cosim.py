@@ -19,9 +19,9 @@ import os
 from pathlib import Path
 
 import cocotb
+from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, FallingEdge, First, RisingEdge, Timer
 
-from quantrtl.hw.harness import CLOCK_NS, SOURCE_FILE, capture_file
 from quantrtl.sim.compare import X_VALUE
 
 
@@ -39,14 +39,16 @@ def read_hex(path: Path, count: int) -> list[int]:
 
 
 class CosimBench:
-    """Owns the reset, the batch loading and the capture read-out (the Verilog wrapper
-    makes the clock, so no Python or VPI call happens per cycle)."""
+    """Owns the reset, the batch loading and the capture read-out, and the clock when the
+    Verilog wrapper does not make it (cocotb's GPI clock: no Python per cycle either)."""
 
     def __init__(self, dut, job: dict):
         self.dut, self.job = dut, job
         self.n_captures = len(job["captures"])
 
     async def start(self):
+        if self.job["testbench_clock"]:  # (else the Verilog wrapper makes the clock)
+            cocotb.start_soon(Clock(self.dut.clk, self.job["clock_ns"], unit="ns", impl="gpi").start())
         for sig in (self.dut.reset, self.dut.load, self.dut.go, self.dut.dump, self.dut.n_images, self.dut.rd_sel, self.dut.rd_img):
             sig.value = 0
         await FallingEdge(self.dut.clk)
@@ -69,7 +71,7 @@ class CosimBench:
     async def wait_done(self, timeout_cycles: int) -> bool:
         if int(self.dut.done.value):
             return True
-        await First(RisingEdge(self.dut.done), Timer(timeout_cycles * CLOCK_NS, unit="ns"))
+        await First(RisingEdge(self.dut.done), Timer(timeout_cycles * self.job["clock_ns"], unit="ns"))
         await FallingEdge(self.dut.clk)
         return bool(int(self.dut.done.value))
 
@@ -90,7 +92,7 @@ class CosimBench:
         dut, n = self.dut, len(streams)
         values = [v for s in streams for v in s]
         values += [0] * (len(streams[0]) * self.job["batch"] - len(values))  # a short batch fills the memory up
-        Path(SOURCE_FILE).write_text("\n".join(f"{v:02x}" for v in values) + "\n")
+        Path(self.job["source_file"]).write_text("\n".join(f"{v:02x}" for v in values) + "\n")
         await self.reset()
         await self.pulse(dut.load)
         dut.n_images.value = n
@@ -107,7 +109,7 @@ class CosimBench:
         for sel, (name, size) in enumerate(self.job["captures"]):
             count, firsts, lasts = await self.stamps(sel, n)
             # one value more than the batch holds shows as "extra" (-1) on the last image
-            values = read_hex(Path(capture_file(sel)), min(count, size * n))
+            values = read_hex(Path(self.job["capture_files"][sel]), min(count, size * n))
             for k, r in enumerate(results):
                 got = values[k * size:(k + 1) * size]
                 taken = max(0, min(count - k * size, size))

@@ -209,7 +209,8 @@ def cosim_flow(quantizer: str, image: str | int = 0, simulator: str = "icarus", 
     harness = CaptureHarness(NetworkTop(hw_net, lanes=lanes, taps=True, sparse=sparse, index_bits=index_bits,
                                         tap_faults=tap_faults), batch=batch)
     top = f"{qnet.name}_{qnet.quantizer}_cosim"
-    text = harness.verilog(top)
+    wrapper_clock = simulator == "verilator"  # Verilator runs its own clock fastest, Icarus cocotb's
+    text = harness.verilog(top, clock=wrapper_clock)
     variant = (f"-sparse{index_bits}" if sparse else "") + ("-fault" if fault else "") + ("-waves" if waves else "")
     build_dir = Path(build_root) / f"{qnet.name}-{qnet.quantizer}-{lanes_tag(lanes)}-{simulator}{variant}-b{batch}"
     v_path = build_dir / f"{top}.v"
@@ -218,7 +219,8 @@ def cosim_flow(quantizer: str, image: str | int = 0, simulator: str = "icarus", 
     # fewer images than one batch: the batch repeats them, so latency and II are measured
     order = [i % len(xs) for i in range(max(len(xs), batch))]
     job = {"inputs": [[int(v) for v in to_stream(xs[i], qnet.input_shape)] for i in order],
-           "captures": harness.captures, "batch": batch, "timeout_cycles": 4 * harness.expected_cycles + 1000}
+           "captures": harness.captures, "batch": batch, "timeout_cycles": 4 * harness.expected_cycles + 1000,
+           "testbench_clock": not wrapper_clock, **harness.testbench_files()}
     run = run_cocotb(v_path, top, simulator, build_dir, job, waves=waves, ports=harness.testbench_ports)
     names = [n for n, _ in harness.captures]
     raws = run.result["images"]

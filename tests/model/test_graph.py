@@ -426,7 +426,7 @@ def test_graph_network_verilog_and_gates(residual_run, tmp_path):
     assert d["parameters"]["layers"][0]["conv_groups"] == 8
     assert main(["verilog", "--quantizer", "fixed8", *src, "--out", str(tmp_path / "t")]) == 0
     top = json.loads(next((tmp_path / "t").glob("*_top.json")).read_text())
-    assert top["memory_bits"]["join_buffers"] == 8 * (2 * 512 + 256 + 256)
+    assert top["memory_bits"]["join_buffers"] == 2 * 8 * (2 * 512 + 256 + 256)  # double buffers
     ops = {l["name"]: l for l in top["parameters"]["layers"]}
     assert ops["cat"]["inputs"] == ["pool", "conv3"] and ops["gap"]["cycle_formula"]
     r = flows.gates_flow(["fixed8", "shift4"], throughput=8, out_dir=tmp_path / "g", cache_dir=tmp_path / "c",
