@@ -81,16 +81,9 @@ class _Tracker:
         self.addr = Signal(ADDR_BITS, name=f"addr_{name}")
         self.extra = Signal(name=f"extra_{name}")  # a value beyond the batch arrived
         self.write = Signal(name=f"we_{name}")
-        self.size = size
         m.d.comb += self.write.eq(fire & (self.img < n_images))
-        self.first, self.last = [], []
-        for what, at in (("first", 0), ("last", size - 1)):
-            mem = m.submodules[f"{what}_{name}"] = Memory(shape=unsigned(COUNTER_BITS), depth=batch, init=[])
-            wp, rp = mem.write_port(), mem.read_port(domain="comb")
-            m.d.comb += [wp.addr.eq(self.img), wp.data.eq(now), wp.en.eq(self.write & (self.pos == at)),
-                         rp.addr.eq(rd_img)]
-            getattr(self, what).append(rp.data)
-        self.first, self.last = self.first[0], self.last[0]
+        self.first = self._stamps(m, f"first_{name}", 0, batch, now, rd_img)
+        self.last = self._stamps(m, f"last_{name}", size - 1, batch, now, rd_img)
         with m.If(self.write):
             m.d.sync += self.addr.eq(self.addr + 1)
             with m.If(self.pos == size - 1):
@@ -99,6 +92,14 @@ class _Tracker:
                 m.d.sync += self.pos.eq(self.pos + 1)
         with m.Elif(fire):
             m.d.sync += self.extra.eq(1)
+
+    def _stamps(self, m: Module, name: str, at: int, batch: int, now, rd_img):
+        """A memory of the cycle stamp of each image's value at position ``at``; its read data at ``rd_img``."""
+        mem = m.submodules[name] = Memory(shape=unsigned(COUNTER_BITS), depth=batch, init=[])
+        wp, rp = mem.write_port(), mem.read_port(domain="comb")
+        m.d.comb += [wp.addr.eq(self.img), wp.data.eq(now), wp.en.eq(self.write & (self.pos == at)),
+                     rp.addr.eq(rd_img)]
+        return rp.data
 
     @property
     def count(self):

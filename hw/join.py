@@ -7,8 +7,8 @@ makes one branch wait for another: in a network top whose producer feeds both a 
 and a join (a residual block's skip path), the producer's stream forks to the branch and
 to the join's skip input, which buffers the whole map (the *skip buffer*, in
 ``memory_bits``) while the branch computes, and takes the next image's map meanwhile
-(images streamed back to back do not wait for the whole block to drain).  When every input has arrived, the join
-emits its output map in stream order, one value per cycle::
+(images streamed back to back do not wait for the whole block to drain).  When every
+input has arrived, the join emits its output map in stream order, one value per cycle::
 
     add:     y[i] = clamp(Z_y + ((M_a·(a[i] − Z_a) + M_b·(b[i] − Z_b) + 2^(n−1)) >> n), lo, 255)
     concat:  pixel p, channel c of input j: clamp(Z_y + (((x_j − Z_j)·M_j + 2^(n_j−1)) >> n_j), 0, 255)

@@ -95,11 +95,10 @@ class NetworkTop(wiring.Component):
         sum(cycles(layer) − in_size(layer))``.  Exact for one image: a fork waits for all
         its readers, and every reader is loading then.
         """
-        t = {INPUT: prod(self.net.input_shape)}
+        tails = self.tails()
+        t = {INPUT: tails[INPUT]}
         for layer in self.net.layers:
-            e = self.engines[layer.name]
-            biggest = max(e.in_sizes) if isinstance(e, JoinEngine) else prod(layer.in_shape)
-            t[layer.name] = max(t[s] for s in self.net.sources(layer)) + e.expected_cycles - biggest
+            t[layer.name] = max(t[s] for s in self.net.sources(layer)) + tails[layer.name]
         return t[self.net.layers[-1].name]
 
     def tails(self) -> dict[str, int]:

@@ -180,36 +180,27 @@ class ActivationBuffer:
         self.count = Signal(range(max(2, size)), name=f"{name}_count")
         self.start = Signal(name=f"{name}_start" if name != "act" else "start")  # the last input was accepted
         inp = engine.inp if inp is None else inp
+        if slots == 2:  # whole maps held, the slot being written and the one being read
+            full = Signal(range(3), name=f"{name}_full")
+            wslot, rslot = Signal(name=f"{name}_wslot"), Signal(name=f"{name}_rslot")
+            self.release = Signal(name=f"{name}_release")
+            self.read_base = Mux(rslot, size, 0)
+            ready, held, addr, on_last = full != 2, [self.running.eq(full != 0)], self.count + Mux(wslot, size, 0), \
+                [wslot.eq(~wslot)]
+        else:
+            ready, held, addr, on_last = ~self.running, [], self.count, [self.running.eq(1)]
+        m.d.comb += [inp.ready.eq(ready), *held, self.wp.addr.eq(addr), self.wp.data.eq(inp.payload[:width])]
+        with m.If(inp.valid & inp.ready):
+            m.d.comb += self.wp.en.eq(1)
+            with m.If(self.count == size - 1):
+                m.d.sync += [self.count.eq(0), *on_last]
+                m.d.comb += self.start.eq(1)
+            with m.Else():
+                m.d.sync += self.count.eq(self.count + 1)
         if slots == 2:
-            self._double(m, size, width, inp, name)
-            return
-        m.d.comb += [inp.ready.eq(~self.running), self.wp.addr.eq(self.count), self.wp.data.eq(inp.payload[:width])]
-        with m.If(inp.valid & inp.ready):
-            m.d.comb += self.wp.en.eq(1)
-            with m.If(self.count == size - 1):
-                m.d.sync += [self.count.eq(0), self.running.eq(1)]
-                m.d.comb += self.start.eq(1)
-            with m.Else():
-                m.d.sync += self.count.eq(self.count + 1)
-
-
-    def _double(self, m: Module, size: int, width: int, inp, name: str) -> None:
-        full = Signal(range(3), name=f"{name}_full")  # whole maps held
-        wslot, rslot = Signal(name=f"{name}_wslot"), Signal(name=f"{name}_rslot")
-        self.release = Signal(name=f"{name}_release")
-        self.read_base = Mux(rslot, size, 0)
-        m.d.comb += [inp.ready.eq(full != 2), self.running.eq(full != 0),
-                     self.wp.addr.eq(self.count + Mux(wslot, size, 0)), self.wp.data.eq(inp.payload[:width])]
-        with m.If(inp.valid & inp.ready):
-            m.d.comb += self.wp.en.eq(1)
-            with m.If(self.count == size - 1):
-                m.d.sync += [self.count.eq(0), wslot.eq(~wslot)]
-                m.d.comb += self.start.eq(1)
-            with m.Else():
-                m.d.sync += self.count.eq(self.count + 1)
-        with m.If(self.release):
-            m.d.sync += rslot.eq(~rslot)
-        m.d.sync += full.eq(full + self.start - self.release)
+            with m.If(self.release):
+                m.d.sync += rslot.eq(~rslot)
+            m.d.sync += full.eq(full + self.start - self.release)
 
 
 class OutputBank:

@@ -25,7 +25,6 @@ from cocotb.triggers import ClockCycles, FallingEdge, First, RisingEdge, Timer
 from quantrtl.sim.compare import X_VALUE
 
 
-
 def read_hex(path: Path, count: int) -> list[int]:
     """The first ``count`` words of a ``$writememh`` file; a word with X or Z digits
     (a 4-state simulator's unwritten or unknown bits) is recorded as -1."""
@@ -49,7 +48,8 @@ class CosimBench:
     async def start(self):
         if self.job["testbench_clock"]:  # (else the Verilog wrapper makes the clock)
             cocotb.start_soon(Clock(self.dut.clk, self.job["clock_ns"], unit="ns", impl="gpi").start())
-        for sig in (self.dut.reset, self.dut.load, self.dut.go, self.dut.dump, self.dut.n_images, self.dut.rd_sel, self.dut.rd_img):
+        dut = self.dut
+        for sig in (dut.reset, dut.load, dut.go, dut.dump, dut.n_images, dut.rd_sel, dut.rd_img):
             sig.value = 0
         await FallingEdge(self.dut.clk)
 

@@ -205,21 +205,20 @@ def cosim_flow(quantizer: str, image: str | int = 0, simulator: str = "icarus", 
         except FaultError as e:
             raise OptionError(("at", "inject"), f"{{0}} {at or '(default)'} for {{1}} {inject}: {e}") from None
         hw_net, tap_faults = faulty_network(qnet, fault)
-    batch = stream
     harness = CaptureHarness(NetworkTop(hw_net, lanes=lanes, taps=True, sparse=sparse, index_bits=index_bits,
-                                        tap_faults=tap_faults), batch=batch)
+                                        tap_faults=tap_faults), batch=stream)
     top = f"{qnet.name}_{qnet.quantizer}_cosim"
     wrapper_clock = simulator == "verilator"  # Verilator runs its own clock fastest, Icarus cocotb's
     text = harness.verilog(top, clock=wrapper_clock)
     variant = (f"-sparse{index_bits}" if sparse else "") + ("-fault" if fault else "") + ("-waves" if waves else "")
-    build_dir = Path(build_root) / f"{qnet.name}-{qnet.quantizer}-{lanes_tag(lanes)}-{simulator}{variant}-b{batch}"
+    build_dir = Path(build_root) / f"{qnet.name}-{qnet.quantizer}-{lanes_tag(lanes)}-{simulator}{variant}-b{stream}"
     v_path = build_dir / f"{top}.v"
     if not v_path.is_file() or v_path.read_text() != text:  # unchanged Verilog keeps the simulator build
         atomic_write(v_path, text)
     # fewer images than one batch: the batch repeats them, so latency and II are measured
-    order = [i % len(xs) for i in range(max(len(xs), batch))]
+    order = [i % len(xs) for i in range(max(len(xs), stream))]
     job = {"inputs": [[int(v) for v in to_stream(xs[i], qnet.input_shape)] for i in order],
-           "captures": harness.captures, "batch": batch, "timeout_cycles": 4 * harness.expected_cycles + 1000,
+           "captures": harness.captures, "batch": stream, "timeout_cycles": 4 * harness.expected_cycles + 1000,
            "testbench_clock": not wrapper_clock, **harness.testbench_files()}
     run = run_cocotb(v_path, top, simulator, build_dir, job, waves=waves, ports=harness.testbench_ports)
     names = [n for n, _ in harness.captures]
@@ -230,7 +229,7 @@ def cosim_flow(quantizer: str, image: str | int = 0, simulator: str = "icarus", 
                               f"see {run.build_dir}")
     streamed = [cosim.compare(qnet, gold, raw, lanes, names, sparse=sparse, index=i) for i, raw in zip(order, raws)]
     reports = streamed[:len(xs)]
-    throughput = cosim.throughput(raws[:batch], harness.top.initiation_interval)
+    throughput = cosim.throughput(raws[:stream], harness.top.initiation_interval)
     per_image, first = [], None
     for i, (d, r) in enumerate(zip(descs, reports)):
         mm = None if r.first_mismatch is None else {"image": d, **asdict(r.first_mismatch)}
