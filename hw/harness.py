@@ -34,7 +34,7 @@ from amaranth.lib.wiring import In, Out
 
 from quantrtl.hw.network import NetworkTop
 
-__all__ = ["CaptureHarness", "SUPPORT_VERILOG", "MAX_BATCH", "CLOCK_NS", "capture_file", "SOURCE_FILE"]
+__all__ = ["CaptureHarness", "SUPPORT_VERILOG", "SUPPORT_STUBS", "MAX_BATCH", "CLOCK_NS", "capture_file", "SOURCE_FILE"]
 
 COUNTER_BITS = 32
 #: The clock period of the testbench wrapper (:meth:`CaptureHarness.verilog`).
@@ -66,6 +66,17 @@ module quantrtl_capture #(parameter DEPTH = 1, parameter FILE = "cap0.hex") (
   reg [7:0] mem [0:DEPTH-1];
   always @(posedge clk) if (we) mem[waddr] <= wdata;
   always @(posedge dump) $writememh(FILE, mem);
+endmodule
+"""
+
+#: The support modules' ports alone, for a tool that reads the harness without them
+#: (``keep``: the capture memories have no outputs, yet they are the point).
+SUPPORT_STUBS = """
+(* blackbox, keep *) module quantrtl_source #(parameter DEPTH = 1, parameter FILE = "inputs.hex") (
+  input clk, input load, input [31:0] raddr, output [7:0] rdata);
+endmodule
+(* blackbox, keep *) module quantrtl_capture #(parameter DEPTH = 1, parameter FILE = "cap0.hex") (
+  input clk, input we, input [31:0] waddr, input [7:0] wdata, input dump);
 endmodule
 """
 
@@ -154,13 +165,15 @@ class CaptureHarness(wiring.Component):
                       for name, member in self.signature.members.items() if name != "clk"})
         return ports
 
-    def verilog(self, top: str, clock: bool = True) -> str:
+    def verilog(self, top: str, clock: bool = True, netlist=None) -> str:
         """Verilog whose top module ``top`` is a testbench wrapper holding the harness
         (module ``<top>_harness``) with the support modules.  ``clock``: the wrapper makes
         the 10 ns clock itself, so the simulator runs it without the testbench's help (fast
         in Verilator); otherwise the testbench drives ``clk`` (faster in Icarus, whose
-        own scheduler then has less to do)."""
-        from quantrtl.hw.verilog import to_verilog
+        own scheduler then has less to do).  ``netlist(rtlil, module, stubs)``, if given,
+        turns the harness's own design (RTLIL text) into the Verilog the simulator runs
+        (``stubs``: :data:`SUPPORT_STUBS`); the support modules and the wrapper follow it."""
+        from quantrtl.hw.verilog import to_rtlil, to_verilog
 
         harness = f"{top}_harness"
         decls, conns = [], []
@@ -174,7 +187,9 @@ class CaptureHarness(wiring.Component):
         clk = f"  reg clk = 0;\n  always #{CLOCK_NS // 2} clk = ~clk;\n" if clock else "  reg clk = 0;\n"
         wrapper = (f"\nmodule {top};\n{clk}" + "\n".join(decls)
                    + f"\n  {harness} dut(.clk(clk), " + ", ".join(conns) + ");\nendmodule\n")
-        return to_verilog(self, harness) + SUPPORT_VERILOG + wrapper
+        design = to_verilog(self, harness) if netlist is None else netlist(to_rtlil(self, harness), harness,
+                                                                            SUPPORT_STUBS)
+        return design + SUPPORT_VERILOG + wrapper
 
     def testbench_files(self) -> dict:
         """What the testbench needs to know of the harness (so it imports no hardware code)."""

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from amaranth.back import verilog
+from amaranth.back import rtlil, verilog
 from amaranth.hdl import Shape
 from amaranth.lib import wiring
 
@@ -148,6 +148,11 @@ def to_verilog(component: wiring.Component, top: str) -> str:
     """Verilog of ``component`` as module ``top``; no source locations, so the text depends
     only on the design (byte-identical across checkouts and runs)."""
     return verilog.convert(component, name=top, emit_src=False)
+
+
+def to_rtlil(component: wiring.Component, top: str) -> str:
+    """The same design as :func:`to_verilog` in Yosys's RTLIL, before any Yosys pass."""
+    return rtlil.convert(component, name=top, emit_src=False)
 
 
 def render(design: Design) -> tuple[str, dict]:

@@ -6,6 +6,7 @@ catches it."""
 from __future__ import annotations
 
 import time
+from functools import partial
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -182,6 +183,7 @@ def cosim_flow(quantizer: str, image: str | int = 0, simulator: str = "icarus", 
     from quantrtl.hw.verilog import to_verilog
     from quantrtl.model.numbers.layout import to_stream
     from quantrtl.sim import cosim, golden
+    from quantrtl.sim.netlist import simulation_netlist
     from quantrtl.sim.runner import run_cocotb
 
     if images is not None:
@@ -209,7 +211,9 @@ def cosim_flow(quantizer: str, image: str | int = 0, simulator: str = "icarus", 
                                         tap_faults=tap_faults), batch=stream)
     top = f"{qnet.name}_{qnet.quantizer}_cosim"
     wrapper_clock = simulator == "verilator"  # Verilator runs its own clock fastest, Icarus cocotb's
-    text = harness.verilog(top, clock=wrapper_clock)
+    # the simulators run the design after Yosys `proc; opt` (sim/netlist.py), cached under the build root
+    text = harness.verilog(top, clock=wrapper_clock,
+                           netlist=partial(simulation_netlist, cache_dir=Path(build_root) / "netlists"))
     variant = (f"-sparse{index_bits}" if sparse else "") + ("-fault" if fault else "") + ("-waves" if waves else "")
     build_dir = Path(build_root) / f"{qnet.name}-{qnet.quantizer}-{lanes_tag(lanes)}-{simulator}{variant}-b{stream}"
     v_path = build_dir / f"{top}.v"
