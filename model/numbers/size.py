@@ -7,7 +7,8 @@ each layer every layout is sized and the smallest is kept:
 * **raw**: the uncoded codes (when a Huffman table costs more than it saves);
 * **dense**: every weight's code, Huffman coded;
 * **sparse** (formats with a zero code): relative-index entries (``model.sparse``, with
-  fillers), codes and indices Huffman coded as two streams.
+  fillers), codes and indices Huffman coded as two streams, plus each row's entry count
+  (without which the decoder cannot tell where a row ends; ``sparse.stream_bits``).
 
 Every Huffman stream also pays for its table: canonical code lengths, 5 bits per
 symbol of the alphabet.  Formats add their own fixed streams (unified: one magnitude
@@ -20,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from quantrtl.model.numbers.huffman import code_lengths
-from quantrtl.model.numbers.sparse import zero_code, encode_matrix
+from quantrtl.model.numbers.sparse import COUNT_WIDTH_BITS, count_bits, encode_matrix, zero_code
 
 __all__ = ["huffman_bits", "layer_size", "coded_size", "LENGTH_BITS"]
 
@@ -60,9 +61,10 @@ def layer_size(layer, index_bits: int = 4) -> dict:
         ent_codes = np.concatenate([r.codes for r in rows]) if rows else np.zeros(0)
         runs = np.concatenate([r.runs for r in rows]) if rows else np.zeros(0)
         sparse_codes = huffman_bits(ent_codes, alphabet)
-        sparse_index = huffman_bits(runs, 1 << index_bits)
+        counts = COUNT_WIDTH_BITS + len(rows) * count_bits(rows)  # where each row's entries end
+        sparse_index = huffman_bits(runs, 1 << index_bits) + counts
         if sparse_codes + sparse_index < best["codes"]:
-            best = {"layout": "sparse", "codes": sparse_codes, "index": sparse_index}
+            best = {"layout": "sparse", "codes": sparse_codes, "index": sparse_index, "counts": counts}
     best["params"] = params
     best["total"] = best["codes"] + best["index"] + params
     return best

@@ -9,6 +9,13 @@ extra flag bit per entry.  Trailing zeros after the last entry are implicit (the
 length is known).
 
 Decoding walks ``position += run + 1`` and places each entry's code there.
+
+A layer's rows are stored one after the other, so the decoder must know where each row's
+entries end: without it the rows ``[x,0,0,0], [0,y,0,0]`` and ``[x,0,y,0], [0,0,0,0]``
+give the same entries ``(0,x) (1,y)``.  The stored stream (:func:`serialize`) therefore
+starts with each row's entry count (EIE keeps a pointer per column for the same reason),
+:data:`COUNT_WIDTH_BITS` bits giving the counts' width first; :func:`stream_bits` counts
+them.
 """
 from __future__ import annotations
 
@@ -18,7 +25,11 @@ import numpy as np
 
 from quantrtl.model.numbers.formats import WeightFormat
 
-__all__ = ["SparseRow", "encode_row", "decode_row", "encode_matrix", "stream_bits"]
+__all__ = ["SparseRow", "encode_row", "decode_row", "encode_matrix", "stream_bits", "count_bits", "serialize",
+           "deserialize", "COUNT_WIDTH_BITS"]
+
+#: Bits of the stream header that give the width of the per-row entry counts.
+COUNT_WIDTH_BITS = 5
 
 
 @dataclass(frozen=True)
@@ -89,11 +100,72 @@ def encode_matrix(codes, fmt: WeightFormat, index_bits: int = 4) -> list[SparseR
     return [encode_row(r, fmt, index_bits) for r in codes.reshape(codes.shape[0], -1)]
 
 
+def count_bits(rows: list[SparseRow]) -> int:
+    """Width of each row's entry count: enough for the longest row (at least 1)."""
+    return max(1, max((r.entries for r in rows), default=0).bit_length())
+
+
 def stream_bits(rows: list[SparseRow], fmt: WeightFormat) -> dict[str, int]:
-    """Exact storage: per entry ``index_bits`` + code bits (+1 filler flag without a zero code)."""
+    """Exact storage of :func:`serialize`'s stream: the counts' width, one entry count per
+    row, and per entry ``index_bits`` + code bits (+1 filler flag without a zero code)."""
     flag = 0 if zero_code(fmt) is not None else 1
     entries = sum(r.entries for r in rows)
     index_bits = rows[0].index_bits if rows else 0
-    return {"entries": entries, "fillers": int(sum(r.filler.sum() for r in rows)),
+    counts = COUNT_WIDTH_BITS + len(rows) * count_bits(rows)
+    return {"entries": entries, "fillers": int(sum(r.filler.sum() for r in rows)), "counts": counts,
             "index": entries * index_bits, "codes": entries * fmt.bits, "flags": entries * flag,
-            "total": entries * (index_bits + fmt.bits + flag)}
+            "total": counts + entries * (index_bits + fmt.bits + flag)}
+
+
+def _bits(value: int, width: int) -> list[int]:
+    return [(int(value) >> i) & 1 for i in range(width)]
+
+
+def _field(bits, pos: int, width: int) -> tuple[int, int]:
+    if pos + width > len(bits):
+        raise ValueError(f"sparse stream ends inside a field (bit {pos} of {len(bits)})")
+    return sum(int(b) << i for i, b in enumerate(bits[pos:pos + width])), pos + width
+
+
+def serialize(rows: list[SparseRow], fmt: WeightFormat) -> np.ndarray:
+    """The stored bit stream of a layer's rows (LSB first per field): the counts' width
+    (:data:`COUNT_WIDTH_BITS`), each row's entry count, then every row's entries
+    (run, code and, for a format without a zero code, the filler flag)."""
+    flag = zero_code(fmt) is None
+    width = count_bits(rows)
+    out = _bits(width, COUNT_WIDTH_BITS)
+    for r in rows:
+        out += _bits(r.entries, width)
+    for r in rows:
+        for run, code, fill in zip(r.runs, r.codes, r.filler):
+            out += _bits(run, r.index_bits) + _bits(int(code) & ((1 << fmt.bits) - 1), fmt.bits)
+            out += [int(fill)] if flag else []
+    return np.array(out, dtype=np.uint8)
+
+
+def deserialize(bits, fmt: WeightFormat, rows: int, length: int, index_bits: int) -> np.ndarray:
+    """Dense codes (``rows`` x ``length``) of a stream written by :func:`serialize`."""
+    flag = zero_code(fmt) is None
+    width, pos = _field(bits, 0, COUNT_WIDTH_BITS)
+    counts = []
+    for _ in range(rows):
+        n, pos = _field(bits, pos, width)
+        counts.append(n)
+    out = []
+    for n in counts:
+        runs, codes, filler = [], [], []
+        for _ in range(n):
+            run, pos = _field(bits, pos, index_bits)
+            code, pos = _field(bits, pos, fmt.bits)
+            fill = 0
+            if flag:
+                fill, pos = _field(bits, pos, 1)
+            runs.append(run)
+            codes.append(code)
+            filler.append(bool(fill))
+        row = SparseRow(np.array(runs, dtype=np.int64), np.array(codes, dtype=np.int64),
+                        np.array(filler, dtype=bool), length, index_bits)
+        out.append(decode_row(row, fmt))
+    if pos != len(bits):
+        raise ValueError(f"sparse stream has {len(bits) - pos} bits after its last entry")
+    return np.array(out, dtype=np.int64).reshape(rows, length)

@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 from quantrtl.model.numbers import huffman
 from quantrtl.model.numbers.families import parse_format
-from quantrtl.model.numbers.sparse import decode_row, encode_matrix, encode_row, stream_bits
+from quantrtl.model.numbers.sparse import (COUNT_WIDTH_BITS, decode_row, deserialize, encode_matrix, encode_row,
+                                           serialize, stream_bits)
 
 FORMATS = ["fixed8", "shift3", "ternary", "binary"]
 
@@ -62,9 +63,50 @@ def test_bit_accounting():
     rows = encode_matrix(codes, fmt, index_bits=4)
     bits = stream_bits(rows, fmt)
     assert bits["entries"] == 3 + 20 and bits["fillers"] == 1
-    assert bits["total"] == 23 * (4 + 3) and bits["flags"] == 0
+    assert bits["counts"] == 5 + 2 * 5  # the counts' width (5 bits), then 3 and 20 in 5 bits each
+    assert bits["total"] == bits["counts"] + 23 * (4 + 3) and bits["flags"] == 0
+    assert len(serialize(rows, fmt)) == bits["total"]
     b = stream_bits(encode_matrix(np.array([[0, 1, 1]]), parse_format("binary"), 2), parse_format("binary"))
     assert b["flags"] == b["entries"] == 3  # binary has no zero code: fillers need a flag bit
+
+
+def test_rows_end_where_their_counts_say():
+    """Without per-row counts the two layers below store the same entries (0,x) (1,y): the
+    stream must tell them apart, and each must decode to itself."""
+    fmt = parse_format("shift3")
+    x, y = 3, 5
+    a = np.array([[x, 0, 0, 0], [0, y, 0, 0]])
+    b = np.array([[x, 0, y, 0], [0, 0, 0, 0]])
+    ra, rb = encode_matrix(a, fmt, 2), encode_matrix(b, fmt, 2)
+    entries = [[(int(r), int(c)) for row in rows for r, c in zip(row.runs, row.codes)] for rows in (ra, rb)]
+    assert entries[0] == entries[1] == [(0, x), (1, y)]  # the ambiguity
+    sa, sb = serialize(ra, fmt), serialize(rb, fmt)
+    assert not np.array_equal(sa, sb)
+    assert np.array_equal(deserialize(sa, fmt, 2, 4, 2), a)
+    assert np.array_equal(deserialize(sb, fmt, 2, 4, 2), b)
+    with pytest.raises(ValueError, match="ends inside a field"):
+        deserialize(sa[:-1], fmt, 2, 4, 2)
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), name=st.sampled_from(["shift3", "ternary", "binary", "fixed8", "fixed4"]),
+       rows=st.integers(1, 6), length=st.integers(1, 70), index_bits=st.integers(1, 5))
+def test_stream_round_trip(data, name, rows, length, index_bits):
+    """Random sparse layers (any density, any gap length) through the stored bits and back;
+    the stream is exactly as long as the size accounting says."""
+    fmt = parse_format(name)
+    cs = fmt.code_space()
+    zero = cs[fmt.decode(cs) == 0]
+    pick = st.sampled_from(cs.tolist())
+    codes = np.array(data.draw(st.lists(pick, min_size=rows * length, max_size=rows * length))).reshape(rows, length)
+    if len(zero):  # a pruned layer: many zeros
+        mask = np.array(data.draw(st.lists(st.booleans(), min_size=rows * length, max_size=rows * length)))
+        codes = np.where(mask.reshape(rows, length), codes, zero[0])
+    enc = encode_matrix(codes, fmt, index_bits)
+    bits = serialize(enc, fmt)
+    assert len(bits) == stream_bits(enc, fmt)["total"] >= COUNT_WIDTH_BITS + rows
+    want = np.where(fmt.decode(codes) == 0, zero[0] if len(zero) else -1, codes)  # a zero weight: the zero code
+    assert np.array_equal(deserialize(bits, fmt, rows, length, index_bits), want)
 
 
 @settings(max_examples=100, deadline=None)
