@@ -95,6 +95,7 @@ class CosimResult:
     per_image: list | None = None
     throughput: dict | None = None
     simulated_cycles: int = 0  # every batch's cycles, first input to last output
+    netlist: str = ""  # how the simulated Verilog was made from the design (sim/netlist.py)
 
     @property
     def images_per_second(self) -> float:
@@ -263,4 +264,5 @@ def cosim_flow(quantizer: str, image: str | int = 0, simulator: str = "icarus", 
         images=len(reports), bit_exact_images=sum(r.bit_exact for r in reports), rtl_accuracy=rtl_acc,
         golden_accuracy=gold_acc, rtl_golden_agree=sum(r.predicted == r.golden_predicted for r in reports),
         fault=None if fault is None else str(fault), per_image=per_image, throughput=throughput,
-        simulated_cycles=sum(r["batch_cycles"] for r in raws if r["batch_position"] == 0))
+        simulated_cycles=sum(r["batch_cycles"] for r in raws if r["batch_position"] == 0),
+        netlist=text.splitlines()[0].removeprefix("// "))

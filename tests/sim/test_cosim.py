@@ -40,6 +40,7 @@ def test_icarus_bit_exact_on_three_images(quantized, build_root, name):
     assert t["initiation_interval"] < r.expected_cycles
     assert [l["name"] for l in r.layers] == ["conv1", "conv2", "pool", "fc"]
     assert all(l["bit_exact"] and l["mismatches"] == 0 and l["mismatching_images"] == 0 for l in r.layers)
+    assert r.netlist.startswith(f"digits_{name}_cosim_harness: the emitted Verilog after Yosys `proc; opt`")
 
 
 @pytest.mark.verilator
