@@ -29,6 +29,8 @@ def bench_cosim(quantizer: str = "shift4", lanes: int | str = 8, image: int = 0,
     second, latency and initiation interval, RTL accuracy and PE utilization per layer."""
     import shutil
 
+    from quantrtl.sim.tools import simulator_version
+
     images = {**BENCH_IMAGES, **(images or {})}
     source = ModelSource(model=model)
     qnet_dir = Path(build_root) / "artifact"
@@ -43,7 +45,8 @@ def bench_cosim(quantizer: str = "shift4", lanes: int | str = 8, image: int = 0,
         warm = cosim_flow(quantizer, images=images[sim_name], **run) if source.labelled else cold
         t = warm.throughput
         rows.append({
-            "simulator": sim_name, "bit_exact": cold.bit_exact and warm.bit_exact, "cycles": warm.cycles,
+            "simulator": sim_name, "simulator_version": simulator_version(sim_name), "netlist": warm.netlist,
+            "bit_exact": cold.bit_exact and warm.bit_exact, "cycles": warm.cycles,
             "expected_cycles": warm.expected_cycles, "latency_cycles": t["latency_cycles"],
             "initiation_interval": t["initiation_interval"],
             "expected_initiation_interval": t["expected_initiation_interval"],

@@ -454,7 +454,9 @@ def cmd_bench(args) -> int:
     print(format_table(["simulator", "bit-exact", "latency", "II", "II formula", "cold wall s (1 image)", "build s",
                         "warm images", "RTL accuracy", "warm wall s", "run s", "images/s", "cycles/s"], rows))
     first = r["results"][0]
-    print("\nPE utilization (dense MACs / (lanes x layer cycles)): "
+    print("\n" + "; ".join(f"{x['simulator']}: {x['simulator_version']}" for x in r["results"])
+          + f"; simulated netlist: {first['netlist']}")
+    print("PE utilization (dense MACs / (lanes x layer cycles)): "
           + ", ".join(f"{k} {pct(v)}" for k, v in first["utilization"].items()))
     if args.json:
         flows.write_json(args.json, r)

