@@ -125,6 +125,20 @@ class ConvEngine(wiring.Component):
     def expected_cycles(self) -> int:
         return self.geometry.cycles(self.pipeline)
 
+    @property
+    def head_start(self) -> int:
+        """Cycles of its next image the engine computes while its output is blocked (its
+        consumer still busy with the previous image), saved when the consumer takes it.
+        The first finished group goes to the output bank and the output register takes one
+        of its values; with one value per group the bank is then free for a second group
+        and a third waits in the accumulators, with more the second waits there.  Each
+        group is ``chunks`` cycles, plus the array's register stage(s).  Once unblocked,
+        the waiting group leaves the accumulators when the bank is free again, after
+        ``groups - 2`` more outputs: that much of the lead is lost."""
+        g = self.geometry
+        groups_ahead = min(3 if g.groups == 1 else 2, g.pixels * g.channel_groups)
+        return max(0, groups_ahead * g.chunks + 1 + self.pipeline - max(0, g.groups - 2))
+
     # ---- hardware ----------------------------------------------------------------
     def elaborate(self, platform):
         m = Module()

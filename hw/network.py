@@ -112,24 +112,33 @@ class NetworkTop(wiring.Component):
 
     def occupancy(self) -> dict[str, int]:
         """Per layer, the cycles its engine is busy with one image when images stream
-        back to back: a single-buffered engine takes its input at its producer's pace (the
-        producer's tail) and then needs its own tail before it takes the next image; a join
-        loads into its second buffer meanwhile, so only its tail counts."""
+        back to back.  A single-buffered engine takes its input at its producer's pace and
+        then needs its own tail before it takes the next image; its producer meanwhile
+        loads its own next input and computes ahead until its output blocks (a dense
+        engine's ``head_start``; as far as the consumer's tail leaves time for), so the
+        input phase is the producer's tail less that.  A join loads into its second buffer
+        meanwhile, so only its tail counts."""
         tails = self.tails()
-        occ = {}
+        occ: dict[str, int] = {}
         for layer in self.net.layers:
-            loading = 0 if isinstance(self.engines[layer.name], JoinEngine) else \
-                max(tails[s] for s in self.net.sources(layer))
-            occ[layer.name] = loading + tails[layer.name]
+            name = layer.name
+            if isinstance(self.engines[name], JoinEngine):
+                occ[name] = tails[name]
+                continue
+            loading = 0
+            for src in self.net.sources(layer):
+                ahead = 0
+                if src != INPUT:
+                    spare = tails[name] - (occ[src] - tails[src])  # the consumer's tail less the producer's loading
+                    ahead = max(0, min(getattr(self.engines[src], "head_start", 0), spare))
+                loading = max(loading, tails[src] - ahead)
+            occ[name] = loading + tails[name]
         return occ
 
     @property
     def initiation_interval(self) -> int:
         """Cycles between successive images streamed back to back, by the formula: the
-        slowest layer's :meth:`occupancy`.  An upper bound, tight to a few tens of cycles:
-        the slowest layer's producer computes its first groups of the next image while it
-        waits, so it emits that image slightly faster than its tail says (cosim measures
-        the interval; docs/cosim.md)."""
+        slowest layer's :meth:`occupancy` (cosim measures the interval; docs/cosim.md)."""
         return max(self.occupancy().values())
 
     @property

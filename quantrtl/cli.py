@@ -166,8 +166,8 @@ def cmd_verilog(args) -> int:
     print(f"cycles       {r.expected_cycles} per image (latency, formula; cosim measures them)")
     busy = {l["name"]: l["occupancy_cycles"] for l in r.layers if "occupancy_cycles" in l}
     slowest = f" = the slowest layer's busy cycles ({max(busy, key=busy.get)})" if busy else ""
-    print(f"II           {r.initiation_interval} cycles at most between images streamed back to back{slowest} "
-          "(cosim measures it)")
+    print(f"II           {r.initiation_interval} cycles between images streamed back to back{slowest} "
+          "(formula; cosim measures it)")
     print(f"memory bits  " + ", ".join(f"{k} {v}" for k, v in r.memory_bits.items()))
     rows = [[l["name"], l["op"], l.get("lanes", "-"), l.get("groups", "-"), l.get("accumulator_bits", "-"),
              l["expected_cycles"]] + ([busy[l["name"]]] if busy else []) for l in r.layers]
@@ -209,7 +209,7 @@ def cmd_cosim(args) -> int:
         print(f"streamed         {t['images_streamed']} images back to back: latency "
               + ", ".join(map(str, t["latency_cycles"])) + " cycles; initiation interval "
               + ", ".join(map(str, t["initiation_intervals"]))
-              + f" cycles (at most {t['expected_initiation_interval']} by the formula)")
+              + f" cycles ({t['expected_initiation_interval']} by the formula)")
     print(f"simulator        {r.simulator}: build {r.build_seconds:.1f} s, run {r.run_seconds:.1f} s"
           + (f" ({r.images_per_second:.1f} images/s)" if many else "") + f", total {r.wall_seconds:.1f} s")
     if r.fault:

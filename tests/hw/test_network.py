@@ -68,3 +68,21 @@ def test_graph_network_top_never_deadlocks_under_back_pressure(seed):
     net = random_graph_network(format_for_test("fixed8"), seed=seed)
     x = np.random.default_rng(seed).integers(0, 256, size=net.input_shape)
     _run_graph(net, x, 4, ready_prob=0.3 + 0.15 * seed, valid_prob=0.5, seed=seed, max_cycles=200_000)
+
+
+def test_initiation_interval_deducts_the_producers_head_start(quantized):
+    """Digits shift4 at 8 lanes, by hand: the pool is the slowest layer; it loads conv2's
+    output (conv2's tail 9 220 cycles) less what conv2 computed while blocked: one value per
+    group (8 lanes on one channel, 9 chunks), so the output register, the bank and the
+    accumulators hold three groups, 3 x 9 cycles, plus the array's register stage; then the
+    pool's own 1 028.  The cosims check the same numbers in Icarus (test_cosim)."""
+    top = NetworkTop(artifact.load(quantized("shift4").artifact), lanes=8)
+    conv2 = top.engines["conv2"]
+    assert (conv2.geometry.groups, conv2.geometry.chunks) == (1, 9)
+    assert conv2.head_start == 3 * 9 + 1
+    tails = top.tails()
+    assert (tails["conv2"], tails["pool"]) == (9220, 1028)
+    assert top.occupancy()["pool"] == 9220 - 28 + 1028 == top.initiation_interval
+    conv1 = top.engines["conv1"]  # 8 groups of one lane: two groups ahead, 6 outputs lost before the third starts
+    assert (conv1.geometry.groups, conv1.geometry.chunks) == (8, 9)
+    assert conv1.head_start == 2 * 9 + 1 - (8 - 2)
