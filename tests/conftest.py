@@ -10,6 +10,14 @@ settings.register_profile("explore", max_examples=1000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "default"))
 
 
+def pytest_collection_modifyitems(config, items):
+    """Modules with slow tests run first (each module's tests kept together and in order,
+    so module fixtures are made once): the two xdist workers then finish on short tests
+    together, instead of one running a long test alone at the end."""
+    slow_modules = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.module.__name__ not in slow_modules)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def quantize_cache(tmp_path_factory, worker_id):
     """The quantize cache of this test session (shared by the xdist workers): a run starts

@@ -30,6 +30,7 @@ def test_bench_sparse_bound(tmp_path):
                for x in r["results"])
 
 
+@pytest.mark.slow
 @pytest.mark.yosys
 @pytest.mark.nextpnr
 def test_bench_synth_cold_and_warm(tmp_path):

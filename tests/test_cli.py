@@ -66,6 +66,7 @@ def test_train_command(tmp_path, capsys):
     assert "test accuracy" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_demo_prints_table(tmp_path, capsys):
     """The demo's pipeline, made small to keep the suite short: two quantizers, Icarus on two
     images, 4 lanes (the default, Verilator on the whole split, is what

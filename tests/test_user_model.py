@@ -49,6 +49,7 @@ def user_model(tmp_path_factory):
     return d
 
 
+@pytest.mark.slow
 def test_user_model_end_to_end(user_model, tmp_path, capsys):
     spec = ["--model", f"{user_model / 'mynet.py'}:factory", "--weights", str(user_model / "mynet.pt")]
     assert main(["quantize", "--quantizer", "shift4", *spec, "--out", str(tmp_path / "a"),

@@ -33,6 +33,7 @@ def run_layers(net, x, lanes, layers=None, ready_prob=1.0, valid_prob=1.0, pipel
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", DIGITS_FORMATS)
 def test_digits_layers_bit_exact_with_formula_cycles(quantized, name):
     net = artifact.load(quantized(name).artifact)

@@ -28,6 +28,7 @@ def emitted(quantized, tmp_path_factory):
     return paths, seconds
 
 
+@pytest.mark.slow
 def test_generation_time_under_30s(emitted):
     _, seconds = emitted
     assert max(seconds.values()) < 30, seconds

@@ -411,6 +411,7 @@ def test_user_residual_model_quantize_and_cosim_every_node_in_icarus(tmp_path, c
     assert all(l["bit_exact"] for l in c["layers"])
 
 
+@pytest.mark.slow
 def test_graph_network_verilog_and_gates(residual_run, tmp_path):
     """Every command takes the residual network: one layer's engine (the depthwise conv),
     the whole top (its skip and join buffers in the memory report), and the gate

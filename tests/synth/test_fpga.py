@@ -74,6 +74,7 @@ def test_ecp5_without_dsps_maps_multipliers_to_luts(nets, tmp_path):
     assert without.fmax_mhz is None and without.nextpnr_command is None
 
 
+@pytest.mark.slow
 def test_ice40_and_xilinx(nets, tmp_path):
     ice = _conv1(nets, tmp_path, "ice40", quantizers=("shift4",)).rows[0]["fpga"]
     assert ice["luts"] > 0 and ice["carry"] > 0 and ice["fmax_mhz"] > 0 and "HX8K" in ice["device"] and ice["dsps"] == 0

@@ -126,6 +126,7 @@ def test_acceptance_unrolled_fq_conv(tmp_path):
     assert rows["fixed8"]["gates_total"] > rows["binary"]["gates_total"]
 
 
+@pytest.mark.slow
 @pytest.mark.icarus
 @pytest.mark.nextpnr
 def test_sparse_vs_dense_at_equal_throughput(tmp_path, capsys):
