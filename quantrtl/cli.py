@@ -407,8 +407,26 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    if args.what not in ("cosim", "synth", "sparse"):
-        raise ValueError(f"unknown benchmark {args.what!r}; available: cosim, synth, sparse")
+    if args.what not in ("cosim", "synth", "sparse", "verilog"):
+        raise ValueError(f"unknown benchmark {args.what!r}; available: cosim, synth, sparse, verilog")
+    if args.what == "verilog":
+        from quantrtl.util.lanes import parse_lanes
+
+        from quantrtl.util.errors import OptionError
+
+        qs = tuple(q.strip() for q in args.quantizer.split(",") if q.strip())
+        if not qs:
+            raise OptionError("quantizer", f"{args.quantizer!r} names no quantizer")
+        lanes = parse_lanes(args.lanes)
+        _say(f"benchmarking Verilog generation ({args.model}, {', '.join(qs)}, {args.lanes} lanes): the whole "
+             "network with taps, elaborated and written ...")
+        r = bench.bench_verilog(qs, lanes, model=args.model)
+        print(format_table(["quantizer", "top", "seconds", "lines", "bytes"],
+                           [[x["quantizer"], x["top"], f"{x['seconds']:.2f}", f"{x['verilog_lines']:,}",
+                             f"{x['verilog_bytes']:,}"] for x in r["results"]]))
+        if args.json:
+            flows.write_json(args.json, r)
+        return 0
     if args.what == "sparse":
         _say("benchmarking zero-skipping engines: cosim at densities 0.1, 0.3, 1.0 ...")
         from quantrtl.util.errors import OptionError
@@ -636,9 +654,9 @@ def build_parser() -> argparse.ArgumentParser:
     _row_outputs(w, "write gates against lanes (PNG)")
     w.set_defaults(func=cmd_sweep)
 
-    b = sub.add_parser("bench", help="benchmarks (results as JSON): cosim, synth, sparse")
-    b.add_argument("what", help="cosim, synth or sparse")
-    b.add_argument("--quantizer", default="shift4")
+    b = sub.add_parser("bench", help="benchmarks (results as JSON): cosim, synth, sparse, verilog")
+    b.add_argument("what", help="cosim, synth, sparse or verilog")
+    b.add_argument("--quantizer", default="shift4", help="the quantizer (verilog: a comma list)")
     b.add_argument("--lanes", default="8", metavar="N|LAYER=N,...,*=N", help="MAC lanes, or a plan per layer")
     b.add_argument("--model", default="digits", choices=flows.SHIPPED_MODELS,
                    help="the shipped model to co-simulate (cosim only; default %(default)s)")

@@ -41,6 +41,21 @@ def test_bench_synth_cold_and_warm(tmp_path):
     assert all(x["warm_cached"] and x["warm_seconds"] < x["cold_seconds"] for x in r["results"])
 
 
+def test_bench_verilog(tmp_path, capsys):
+    """Generation time is a benchmark (a figure in the JSON), not a timed test."""
+    r = bench.bench_verilog(("binary", "shift4"), lanes=4, build_root=tmp_path)
+    assert [x["quantizer"] for x in r["results"]] == ["binary", "shift4"] and r["benchmark"] == "verilog"
+    for x in r["results"]:
+        assert x["seconds"] > 0 and x["top"] == f"digits_{x['quantizer']}_top"
+        assert x["verilog_lines"] > 100 and x["verilog_bytes"] == len(open(x["verilog"], "rb").read())
+    j = tmp_path / "v.json"
+    assert main(["bench", "verilog", "--quantizer", "binary", "--lanes", "4", "--json", str(j)]) == 0
+    assert json.loads(j.read_text())["results"][0]["quantizer"] == "binary"
+    assert "digits_binary_top" in capsys.readouterr().out
+    assert main(["bench", "verilog", "--quantizer", ","]) == 2
+    assert "--quantizer ',' names no quantizer" in capsys.readouterr().err
+
+
 def test_bench_unknown(capsys):
     assert main(["bench", "disk"]) == 2
     assert "unknown benchmark 'disk'; available: cosim, synth, sparse" in capsys.readouterr().err

@@ -1,7 +1,6 @@
 """Verilog emission: determinism, the JSON description, and lint by Verilator and Icarus."""
 import json
 import subprocess
-import time
 
 import pytest
 
@@ -18,31 +17,23 @@ FORMATS = list(dict.fromkeys(REPRESENTATIVES + ["shift3", "shift4", "shift6"]))
 def emitted(quantized, tmp_path_factory):
     """Whole-network Verilog for every format (with taps), emitted once."""
     out = tmp_path_factory.mktemp("verilog")
-    paths, seconds = {}, {}
+    paths = {}
     for name in FORMATS:
         net = artifact.load(quantized(name).artifact)
-        t0 = time.perf_counter()
         design = build_design(net, "all", lanes=8, taps=True, artifact=quantized(name).artifact)
         paths[name] = emit(design, out)
-        seconds[name] = time.perf_counter() - t0
-    return paths, seconds
-
-
-@pytest.mark.slow
-def test_generation_time_under_30s(emitted):
-    _, seconds = emitted
-    assert max(seconds.values()) < 30, seconds
+    return paths  # (generation time is a benchmark: quantrtl bench verilog)
 
 
 def test_verilog_is_deterministic(quantized, emitted):
-    paths, _ = emitted
+    paths = emitted
     net = artifact.load(quantized("shift4").artifact)
     again, _ = render(build_design(net, "all", lanes=8, taps=True))
     assert again == paths["shift4"][0].read_text()
 
 
 def test_description(emitted):
-    v, j = emitted[0]["fixed8"]
+    v, j = emitted["fixed8"]
     d = json.loads(j.read_text())
     names = {p["name"]: p for p in d["ports"]}
     assert {"clk", "rst", "inp__payload", "inp__valid", "inp__ready", "out__payload", "out__valid", "out__ready"} <= set(names)
@@ -56,11 +47,12 @@ def test_description(emitted):
         assert port["name"] in v.read_text()
 
 
+@pytest.mark.slow  # (with the module's fixture: every format's whole network emitted)
 @pytest.mark.verilator
 @pytest.mark.parametrize("name", FORMATS)
 def test_verilator_lint(emitted, name):
     verilator = find_tool("verilator")
-    v, _ = emitted[0][name]
+    v, _ = emitted[name]
     r = subprocess.run([verilator, "--lint-only", "-Wno-fatal", str(v)], capture_output=True, text=True)
     assert r.returncode == 0 and "%Error" not in r.stderr, r.stderr[-2000:]
 
@@ -69,7 +61,7 @@ def test_verilator_lint(emitted, name):
 @pytest.mark.parametrize("name", FORMATS)
 def test_icarus_compiles(emitted, name, tmp_path):
     iverilog = find_tool("iverilog")
-    v, _ = emitted[0][name]
+    v, _ = emitted[name]
     r = subprocess.run([iverilog, "-g2012", "-o", str(tmp_path / "a.vvp"), str(v)], capture_output=True, text=True)
     assert r.returncode == 0 and not r.stderr.strip(), r.stderr[-2000:]
 
