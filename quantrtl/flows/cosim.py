@@ -181,7 +181,6 @@ def cosim_flow(quantizer: str, image: str | int = 0, simulator: str = "icarus", 
     from quantrtl.hw.faults import FaultError, faulty_network, parse_fault
     from quantrtl.hw.harness import CaptureHarness
     from quantrtl.hw.network import NetworkTop
-    from quantrtl.hw.verilog import to_verilog
     from quantrtl.model.numbers.layout import to_stream
     from quantrtl.sim import cosim, golden
     from quantrtl.sim.netlist import simulation_netlist
