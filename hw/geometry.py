@@ -16,10 +16,10 @@ import numpy as np
 from quantrtl.model.numbers.artifact import M0_BITS, Layer
 from quantrtl.model.numbers.formats import WeightFormat
 from quantrtl.model.numbers.layout import stream_to_chw_index
-from quantrtl.model.numbers.sparse import encode_row
+from quantrtl.model.numbers.sparse import encode_row, zero_code
 
 __all__ = ["uint_bits", "choose_groups", "ConvGeometry", "fanin_codes", "conv_memory_bits", "maxpool_cycles",
-           "relu_cycles", "SparseSchedule", "MAXPOOL_CYCLE_FORMULA"]
+           "relu_cycles", "SparseSchedule", "BroadcastSchedule", "MAXPOOL_CYCLE_FORMULA"]
 
 
 def uint_bits(n: int) -> int:
@@ -267,3 +267,163 @@ class SparseSchedule:
                 "bias": g.cout * acc_width,
                 "requant": 0 if shift_max is None else g.cout * (M0_BITS + uint_bits(shift_max)),
                 "activations": g.in_size * 8}
+
+
+@dataclass(frozen=True)
+class BroadcastSchedule:
+    """The activation-broadcast engine's tables (``hw/broadcast.py``): output channels
+    assigned to lanes, and per lane and input channel a *column*: the lane's weights that
+    an input activation of that channel meets, in the order (kernel row, kernel column,
+    the lane's channel), as relative-index entries (:func:`encode_row`).
+
+    Channels go to lanes largest nonzero count first, each to the least loaded lane that
+    has room for it (at most ``ceil(Cout / P)`` per lane), so every lane holds about the
+    same number of nonzero weights.  ``lanes`` is ``min(P, Cout)``: a lane owns at least
+    one output channel.
+    """
+
+    geometry: ConvGeometry
+    #: per lane, its output channels (position ``cl`` = the lane's channel index)
+    channels: tuple
+    #: per lane, per input channel, the column's relative-index row
+    columns: tuple
+    index_bits: int
+    code_bits: int
+
+    #: :meth:`cycles`, as the Verilog description JSON and docs/hardware.md state it.
+    CYCLE_FORMULA = "max(in_size + 3, busiest lane walk + 6) + out_size (a lower bound; the walk depends on the input)"
+
+    @classmethod
+    def build(cls, g: ConvGeometry, weights: np.ndarray, fmt: WeightFormat, index_bits: int) -> "BroadcastSchedule":
+        """``weights``: codes as (cout, K) in the engine's fan-in order (:func:`fanin_codes`)."""
+        if g.sh != 1 or g.sw != 1:
+            raise ValueError(f"stride {g.sh}x{g.sw}: the activation-broadcast engine takes stride 1")
+        if g.conv_groups != 1:
+            raise ValueError(f"groups {g.conv_groups}: the activation-broadcast engine takes groups=1")
+        weights = np.asarray(weights, dtype=np.int64)
+        nonzero = (fmt.decode(weights) != 0).sum(axis=1)
+        lanes = min(g.lanes, g.cout)
+        per_lane = math.ceil(g.cout / lanes)
+        owned, load = [[] for _ in range(lanes)], [0] * lanes
+        for c in sorted(range(g.cout), key=lambda c: (-int(nonzero[c]), c)):
+            lane = min((l for l in range(lanes) if len(owned[l]) < per_lane), key=lambda l: (load[l], l))
+            owned[lane].append(c)
+            load[lane] += int(nonzero[c])
+        zero = zero_code(fmt)
+        taps = g.kh * g.kw
+        # (cout, kh*kw, cin): fan-in order is (dy, dx, ci) with ci fastest
+        w3 = weights.reshape(g.cout, taps, g.cin)
+        columns = []
+        for chans in owned:
+            block = np.full((g.cin, taps, per_lane), zero, dtype=np.int64)
+            block[:, :, :len(chans)] = np.transpose(w3[chans], (2, 1, 0))
+            columns.append(tuple(encode_row(block[ci].ravel(), fmt, index_bits) for ci in range(g.cin)))
+        return cls(g, tuple(tuple(c) for c in owned), tuple(columns), index_bits, fmt.bits)
+
+    @classmethod
+    def for_layer(cls, layer: Layer, lanes: int, index_bits: int, source_shape: tuple | None = None
+                  ) -> "BroadcastSchedule":
+        g = ConvGeometry.from_layer(layer, lanes, groups=1)
+        return cls.build(g, fanin_codes(layer, g, source_shape), layer.format, index_bits)
+
+    @property
+    def lanes(self) -> int:
+        return len(self.channels)
+
+    @property
+    def lane_channels(self) -> int:
+        """CL: output channels per lane (the last lanes may own one fewer)."""
+        return max(len(c) for c in self.channels)
+
+    @property
+    def positions(self) -> int:
+        """Length of a column: kernel taps x the lane's channels."""
+        return self.geometry.kh * self.geometry.kw * self.lane_channels
+
+    def position(self, pos: int) -> tuple[int, int, int]:
+        """A column position → (kernel row, kernel column, the lane's channel index)."""
+        cl = self.lane_channels
+        return pos // (self.geometry.kw * cl), (pos // cl) % self.geometry.kw, pos % cl
+
+    @property
+    def entry_width(self) -> int:
+        """run + code + a 2-bit kind (absent, weight, filler)."""
+        return self.index_bits + self.code_bits + 2
+
+    def lane_entries(self) -> list[int]:
+        """Entries stored in each lane's bank."""
+        return [sum(r.entries for r in cols) for cols in self.columns]
+
+    @property
+    def nonzero_weights(self) -> int:
+        return int(sum((~r.filler).sum() for cols in self.columns for r in cols))
+
+    def lane(self, c: int) -> tuple[int, int]:
+        """Output channel ``c`` → (its lane, its index in the lane)."""
+        for l, chans in enumerate(self.channels):
+            if c in chans:
+                return l, chans.index(c)
+        raise ValueError(f"no output channel {c}")
+
+    def cycles(self, activations: np.ndarray | None = None) -> int:
+        """Cycles of one map, first input to last output handshake, input valid and output
+        ready throughout: the input and three cycles (the last activation queued, the
+        lanes seen idle, the first output read) or, for the map ``activations``, the
+        busiest lane's walk (:meth:`lane_work`) and six (queue, entry memory, accumulator,
+        idle, read, output register) if later; then the drain, one output per cycle.  A
+        lower bound: a lane whose queue is full stalls the input; cosim measures it."""
+        g = self.geometry
+        walk = 0 if activations is None else max(self.lane_work(activations)) + 6
+        return max(g.in_size + 3, walk) + g.out_size
+
+    def lane_work(self, activations: np.ndarray) -> list[int]:
+        """Per lane, the entries it walks for one input map ``activations`` (stream order):
+        its column of each nonzero activation's channel (one cycle per entry, taps outside
+        the output map and fillers included)."""
+        g = self.geometry
+        per_channel = (np.asarray(activations).reshape(-1, g.cin) != 0).sum(axis=0)
+        return [int(sum(int(n) * r.entries for n, r in zip(per_channel, cols))) for cols in self.columns]
+
+    def ideal_cycles(self, activations: np.ndarray) -> int:
+        """``ceil(MACs / lanes)`` counting only nonzero weight x nonzero activation products
+        of taps inside the map, for one input map ``activations`` in stream order."""
+        return math.ceil(self.useful_macs(activations) / self.lanes)
+
+    def useful_macs(self, activations: np.ndarray) -> int:
+        """Nonzero weight x nonzero activation products over every output pixel and its
+        in-bounds taps (the work an ideal zero-skipping engine does)."""
+        g = self.geometry
+        x = np.asarray(activations).reshape(g.h, g.w, g.cin) != 0
+        per = np.zeros((g.cin, g.kh, g.kw), dtype=np.int64)  # nonzero weights per (ci, dy, dx)
+        for l, cols in enumerate(self.columns):
+            for ci, r in enumerate(cols):
+                pos = np.cumsum(r.runs + 1) - 1
+                for p, f in zip(pos, r.filler):
+                    if not f:
+                        dy, dx, _ = self.position(int(p))
+                        per[ci, dy, dx] += 1
+        total = 0
+        for dy in range(g.kh):
+            for dx in range(g.kw):
+                for oy in range(g.oh):
+                    iy = oy - g.ph + dy
+                    if not 0 <= iy < g.h:
+                        continue
+                    for ox in range(g.ow):
+                        ix = ox - g.pw + dx
+                        if 0 <= ix < g.w:
+                            total += int((x[iy, ix] * per[:, dy, dx]).sum())
+        return total
+
+    def memory_bits(self, acc_word: int, acc_width: int, shift_max: int | None, bias_words: int) -> dict[str, int]:
+        """Entry banks, column pointers (start and end per input channel and lane),
+        accumulators (one ``acc_word`` per output of a lane), biases and requantization
+        constants; no activation memory (activations are broadcast as they arrive)."""
+        g = self.geometry
+        pointer = uint_bits(max(self.lane_entries()))
+        depth = g.pixels * self.lane_channels
+        return {"entries": sum(self.lane_entries()) * self.entry_width,
+                "pointers": self.lanes * g.cin * 2 * pointer,
+                "accumulators": self.lanes * depth * acc_word,
+                "bias": bias_words * acc_width,
+                "requant": 0 if shift_max is None else g.cout * (M0_BITS + uint_bits(shift_max))}

@@ -25,7 +25,7 @@ from amaranth.lib.wiring import In, Out, connect
 from quantrtl.model.numbers.artifact import INPUT, QuantizedNetwork
 
 from quantrtl.hw.arith import all_of
-from quantrtl.hw.engines import make_engine
+from quantrtl.hw.engines import make_engine, sparse_mode
 from quantrtl.hw.join import JoinEngine
 from quantrtl.util.lanes import check_plan_layers, lanes_for, parse_lanes
 
@@ -46,8 +46,9 @@ class NetworkTop(wiring.Component):
     lanes : int or dict
         MAC lanes of every conv2d/linear engine, or a plan per layer (``{"conv1": 8, "*": 32}``,
         :mod:`quantrtl.util.lanes`).
-    sparse, index_bits : bool, int
-        Zero-skipping engines (``hw/sparse.py``) with relative indices of ``index_bits`` bits.
+    sparse, index_bits : str, int
+        Zero-skipping engines, ``"row"`` (``hw/sparse.py``) or ``"broadcast"``
+        (``hw/broadcast.py``), with relative indices of ``index_bits`` bits (False: dense).
     pipeline : int
         MAC array pipeline stages (0..2).
     taps : bool
@@ -57,12 +58,12 @@ class NetworkTop(wiring.Component):
     """
 
     def __init__(self, net: QuantizedNetwork, lanes: int | dict = 8, pipeline: int = 0, taps: bool = False,
-                 sparse: bool = False, index_bits: int = 4, tap_faults: dict[str, int] | None = None):
+                 sparse: bool | str = False, index_bits: int = 4, tap_faults: dict[str, int] | None = None):
         self.net = net
         self.lanes = parse_lanes(lanes)
         check_plan_layers(self.lanes, [l.name for l in net.layers], [l.name for l in net.layers if l.has_weights])
         self.pipeline = operator.index(pipeline)
-        self.sparse = bool(sparse)
+        self.sparse = sparse_mode(sparse)
         self.engines = {}
         shapes = {INPUT: tuple(net.input_shape)}
         for layer in net.layers:

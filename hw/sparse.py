@@ -33,7 +33,7 @@ from quantrtl.hw.parts import (ActivationBuffer, EntryKind, OutputBank, PixelWal
                                tap_layout)
 from quantrtl.model.numbers.artifact import Layer
 
-__all__ = ["SparseConvEngine", "SparseDecoder"]
+__all__ = ["SparseConvEngine", "SparseDecoder", "check_zero_skipping"]
 
 
 class SparseDecoder(wiring.Component):
@@ -96,6 +96,16 @@ class SparseDecoder(wiring.Component):
         return m
 
 
+def check_zero_skipping(layer: Layer) -> None:
+    """Refuse a layer whose weights a zero-skipping engine cannot skip one by one."""
+    if layer.input.binary:
+        raise ValueError(f"layer {layer.name!r}: {layer.format.name} weights are ±1 (no zeros to skip); "
+                         f"use the dense engine (no --sparse)")
+    if layer.format.block > 1:
+        raise ValueError(f"layer {layer.name!r}: {layer.format.name} weights skip whole blocks, which the "
+                         f"per-weight sparse engine cannot express; use the dense engine (no --sparse)")
+
+
 class SparseConvEngine(ConvEngine):
     """A conv2d/linear layer whose zero weights are neither stored nor computed.
 
@@ -106,12 +116,7 @@ class SparseConvEngine(ConvEngine):
     def __init__(self, layer: Layer, lanes: int = 8, pipeline: int = 0, source_shape=None, index_bits: int = 4,
                  tap_fault: int | None = None):
         self.index_bits = operator.index(index_bits)
-        if layer.input.binary:
-            raise ValueError(f"layer {layer.name!r}: {layer.format.name} weights are ±1 (no zeros to skip); "
-                             f"use the dense engine (no --sparse)")
-        if layer.format.block > 1:
-            raise ValueError(f"layer {layer.name!r}: {layer.format.name} weights skip whole blocks, which the "
-                             f"per-weight sparse engine cannot express; use the dense engine (no --sparse)")
+        check_zero_skipping(layer)
         if layer.op == "conv2d" and layer.groups != 1:
             raise ValueError(f"layer {layer.name!r}: the zero-skipping engine takes groups=1 convolutions, this one "
                              f"has groups {layer.groups}; use the dense engine (no --sparse)")

@@ -20,8 +20,9 @@ from quantrtl.util.atomic import atomic_write
 from quantrtl.util.lanes import lanes_for
 from quantrtl.util.provenance import package_versions
 
-from quantrtl.hw.engines import make_engine
-from quantrtl.hw.geometry import MAXPOOL_CYCLE_FORMULA, ConvGeometry, SparseSchedule
+from quantrtl.hw.broadcast import BroadcastConvEngine
+from quantrtl.hw.engines import make_engine, sparse_mode
+from quantrtl.hw.geometry import MAXPOOL_CYCLE_FORMULA, BroadcastSchedule, ConvGeometry, SparseSchedule
 from quantrtl.hw.join import JOIN_CYCLE_FORMULA, JoinEngine
 from quantrtl.hw.layer import ConvEngine
 from quantrtl.hw.network import NetworkTop
@@ -84,8 +85,14 @@ class Design:
                  "expected_cycles": e.expected_cycles}
             if name in occupancy:
                 d["occupancy_cycles"] = occupancy[name]
-            if hasattr(e, "ideal_cycles"):  # zero-skipping engine
-                d.update(format=layer.format.name, lanes=e.geometry.lanes, sparse=True, index_bits=e.index_bits,
+            if isinstance(e, BroadcastConvEngine):
+                d.update(format=layer.format.name, lanes=e.lanes, sparse="broadcast", index_bits=e.index_bits,
+                         nonzero_weights=e.nonzero_weights, lane_channels=[list(c) for c in e.schedule.channels],
+                         lane_entries=e.schedule.lane_entries(), queue_depth=e.queue_depth,
+                         accumulator_bits=e.acc_width, dense_macs=layer.macs,
+                         cycle_formula=BroadcastSchedule.CYCLE_FORMULA)
+            elif hasattr(e, "ideal_cycles"):  # row-wise zero-skipping engine
+                d.update(format=layer.format.name, lanes=e.geometry.lanes, sparse="row", index_bits=e.index_bits,
                          nonzero_weights=e.nonzero_weights, channel_words=e.channel_words(),
                          run_cycles=e.run_cycles, ideal_cycles=e.ideal_cycles, accumulator_bits=e.acc_width,
                          dense_macs=layer.macs,
@@ -108,10 +115,14 @@ class Design:
 
 
 def build_design(net: QuantizedNetwork, layer: str = "all", lanes: int = 8, pipeline: int = 0,
-                 taps: bool = False, artifact: str | None = None, sparse: bool = False, index_bits: int = 4) -> Design:
+                 taps: bool = False, artifact: str | None = None, sparse: bool | str = False,
+                 index_bits: int = 4) -> Design:
     """The network top (``layer="all"``) or one layer's engine, named
-    ``<model>_<quantizer>_<layer|top>`` (``_sparse`` appended for zero-skipping engines)."""
-    top = f"{net.name}_{net.quantizer}_{'top' if layer == 'all' else layer}{'_sparse' if sparse else ''}"
+    ``<model>_<quantizer>_<layer|top>`` (``_sparse`` appended for row-wise zero-skipping
+    engines, ``_broadcast`` for activation-broadcast ones)."""
+    mode = sparse_mode(sparse)
+    suffix = {None: "", "row": "_sparse", "broadcast": "_broadcast"}[mode]
+    top = f"{net.name}_{net.quantizer}_{'top' if layer == 'all' else layer}{suffix}"
     if layer == "all":
         comp = NetworkTop(net, lanes=lanes, pipeline=pipeline, taps=taps, sparse=sparse, index_bits=index_bits)
     else:

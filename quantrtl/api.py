@@ -52,7 +52,7 @@ def quantize(quantizer: str, model=None, *, finetune: int | None = None, density
 
 
 def verilog(net, out: str | Path, *, layer: str = "all", lanes: int = 8, pipeline: int = 0, taps: bool = False,
-            sparse: bool = False, index_bits: int = 4) -> "flows.VerilogResult":
+            sparse: bool | str = False, index_bits: int = 4) -> "flows.VerilogResult":
     """Verilog (and its JSON description) of ``net``'s layer, or of the whole network, in ``out``."""
     quantizer, art, _ = _network(net)
     return flows.verilog_flow(quantizer, out, layer=layer, lanes=lanes, pipeline=pipeline, artifact_path=art,
@@ -60,7 +60,7 @@ def verilog(net, out: str | Path, *, layer: str = "all", lanes: int = 8, pipelin
 
 
 def cosim(net, *, image: int | str = 0, images: str | None = None, simulator: str = "icarus", lanes: int | str = 8,
-          waves: bool = False, build_root: str | Path = "build/cosim", sparse: bool = False, index_bits: int = 4,
+          waves: bool = False, build_root: str | Path = "build/cosim", sparse: bool | str = False, index_bits: int = 4,
           inject: str | None = None, at: str | None = None, stream: int = 3) -> "flows.CosimResult":
     """Inference of test image ``image`` (or an image file), or of ``images`` (``"all"``,
     ``"0-99"``, ``"3,5,8"``) in one simulator process, in RTL, compared bit for bit with the

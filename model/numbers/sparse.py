@@ -25,7 +25,7 @@ import numpy as np
 
 from quantrtl.model.numbers.formats import WeightFormat
 
-__all__ = ["SparseRow", "encode_row", "decode_row", "encode_matrix", "stream_bits", "count_bits", "serialize",
+__all__ = ["SparseRow", "zero_code", "encode_row", "decode_row", "encode_matrix", "stream_bits", "count_bits", "serialize",
            "deserialize", "COUNT_WIDTH_BITS"]
 
 #: Bits of the stream header that give the width of the per-row entry counts.
@@ -48,6 +48,7 @@ class SparseRow:
 
 
 def zero_code(fmt: WeightFormat) -> int | None:
+    """A code that decodes to 0 (None for a format without one, e.g. binary)."""
     cs = fmt.code_space()
     zero = cs[fmt.decode(cs) == 0]
     return int(zero[0]) if len(zero) else None

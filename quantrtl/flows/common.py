@@ -15,7 +15,7 @@ from quantrtl.util.provenance import package_versions
 
 __all__ = ["DEFAULT_FINETUNE", "DEMO_QUANTIZERS", "SHIPPED_MODELS", "KEEP", "KeepQuantizer", "resolve_quantizer",
            "MAX_LANES", "OptionError", "ModelSource", "DIGITS", "load_data", "tool_versions", "check_density",
-           "check_lanes", "parse_lanes", "lanes_tag", "check_stream_options", "artifact_stem", "write_json",
+           "check_lanes", "parse_lanes", "lanes_tag", "check_sparse", "check_stream_options", "artifact_stem", "write_json",
            "HardwareOptions"]
 
 #: Fine-tuning epochs used when the user does not say (``--finetune 0`` is pure PTQ).
@@ -170,6 +170,17 @@ def check_lanes(lanes: int, param: str = "lanes") -> None:
     parse_lanes(lanes, param)
 
 
+def check_sparse(sparse) -> str | None:
+    """The zero-skipping engine named by ``sparse`` (``hw/engines.sparse_mode``), or an
+    OptionError naming the choices."""
+    from quantrtl.hw.engines import sparse_mode
+
+    try:
+        return sparse_mode(sparse)
+    except ValueError as e:
+        raise OptionError("sparse", str(e)) from None
+
+
 def check_stream_options(index_bits: int, source: "ModelSource") -> None:
     """Relative-index width and pruning density, checked before any work."""
     if not 1 <= index_bits <= 16:
@@ -200,10 +211,11 @@ class HardwareOptions:
     artifact: Any = None
     finetune: int | None = None
     source: ModelSource = DIGITS
-    sparse: bool = False
+    sparse: bool | str = False  # False (dense), "row" or "broadcast" (True: "row")
     index_bits: int = 4
 
     def __post_init__(self):
         resolve_quantizer(self.quantizer, self.source, self.artifact)
+        check_sparse(self.sparse)
         parse_lanes(self.lanes)  # a count, or a plan per layer (checked against the network later)
         check_stream_options(self.index_bits, self.source)

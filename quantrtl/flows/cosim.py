@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from quantrtl.flows.common import DIGITS, HardwareOptions, ModelSource, lanes_tag, load_data, \
-    parse_lanes, resolve_quantizer
+    check_sparse, parse_lanes, resolve_quantizer
 from quantrtl.flows.quantize import network_for
 from quantrtl.util.atomic import atomic_write
 from quantrtl.util.errors import OptionError
@@ -168,7 +168,7 @@ def _describe(descs: list[str]) -> str:
 
 def cosim_flow(quantizer: str, image: str | int = 0, simulator: str = "icarus", lanes: int = 8,
                waves: bool = False, artifact_path: str | Path | None = None, finetune: int | None = None,
-               build_root: str | Path = "build/cosim", source: ModelSource = DIGITS, sparse: bool = False,
+               build_root: str | Path = "build/cosim", source: ModelSource = DIGITS, sparse: bool | str = False,
                index_bits: int = 4, images: str | None = None, inject: str | None = None,
                at: str | None = None, stream: int = DEFAULT_STREAM) -> CosimResult:
     """Inferences in RTL (cocotb on Icarus or Verilator) checked against the golden model
@@ -214,7 +214,8 @@ def cosim_flow(quantizer: str, image: str | int = 0, simulator: str = "icarus", 
     # the simulators run the design after Yosys `proc; opt` (sim/netlist.py), cached under the build root
     text = harness.verilog(top, clock=wrapper_clock,
                            netlist=partial(simulation_netlist, cache_dir=Path(build_root) / "netlists"))
-    variant = (f"-sparse{index_bits}" if sparse else "") + ("-fault" if fault else "") + ("-waves" if waves else "")
+    mode = check_sparse(sparse)
+    variant = (f"-{'sparse' if mode == 'row' else mode}{index_bits}" if mode else "") + ("-fault" if fault else "") + ("-waves" if waves else "")
     build_dir = Path(build_root) / f"{qnet.name}-{qnet.quantizer}-{lanes_tag(lanes)}-{simulator}{variant}-b{stream}"
     v_path = build_dir / f"{top}.v"
     if not v_path.is_file() or v_path.read_text() != text:  # unchanged Verilog keeps the simulator build
@@ -231,7 +232,7 @@ def cosim_flow(quantizer: str, image: str | int = 0, simulator: str = "icarus", 
         from quantrtl.sim.runner import SimulationError
         raise SimulationError(f"{simulator} run of {top} returned {len(raws)} of {len(order)} images; "
                               f"see {run.build_dir}")
-    streamed = [cosim.compare(qnet, gold, raw, lanes, names, sparse=sparse, index=i) for i, raw in zip(order, raws)]
+    streamed = [cosim.compare(qnet, gold, raw, lanes, names, sparse=mode is not None, index=i) for i, raw in zip(order, raws)]
     reports = streamed[:len(xs)]
     throughput = cosim.throughput(raws[:stream], harness.top.initiation_interval)
     per_image, first = [], None

@@ -46,7 +46,7 @@ class VerilogResult:
 
 def verilog_flow(quantizer: str, out_dir: str | Path, layer: str = "all", lanes: int = 8, pipeline: int = 0,
                  artifact_path: str | Path | None = None, finetune: int | None = None,
-                 taps: bool = False, source: ModelSource = DIGITS, sparse: bool = False,
+                 taps: bool = False, source: ModelSource = DIGITS, sparse: bool | str = False,
                  index_bits: int = 4) -> VerilogResult:
     """Verilog for one layer (or ``all``) of the quantized digits model (or of ``artifact_path``:
     an artifact file, or an in-memory network).

@@ -1,7 +1,10 @@
-"""Zero-skipping engines in the Amaranth simulator: bit-exact, cycles == formula, edge-case rows."""
+"""Zero-skipping engines in the Amaranth simulator: bit-exact, cycles against their
+formulas, edge-case rows; the row-wise engine (``hw/sparse.py``) and the
+activation-broadcast engine (``hw/broadcast.py``)."""
 import numpy as np
 import pytest
 
+from quantrtl.hw.broadcast import BroadcastConvEngine
 from quantrtl.hw.sparse import SparseConvEngine
 from quantrtl.model.numbers import artifact
 from quantrtl.model.digits import load_split
@@ -10,7 +13,7 @@ from quantrtl.model.numbers.layout import to_stream
 from quantrtl import flows
 from quantrtl.sim import golden
 from quantrtl.sim.compare import first_mismatch
-from tests.factories import random_network
+from tests.factories import fitted_format, random_network
 from tests.hw.streams import run_stream
 
 
@@ -28,17 +31,20 @@ def pruned(tmp_path_factory):
     return get
 
 
-def run_sparse(net, x, lanes, index_bits=4, ready_prob=1.0, valid_prob=1.0):
+def run_sparse(net, x, lanes, index_bits=4, ready_prob=1.0, valid_prob=1.0, engine=SparseConvEngine, **kw):
+    """Each weight layer of ``net`` alone on ``engine``, fed the golden model's input map:
+    (layer, first mismatch, cycles, engine, input stream) per layer."""
     res = golden.run(net, x[None])
     prev, inp, out = tuple(net.input_shape), x, []
     for layer in net.layers:
         if layer.has_weights:
-            eng = SparseConvEngine(layer, lanes=lanes, index_bits=index_bits,
-                                   source_shape=prev if layer.op == "linear" else None)
+            eng = engine(layer, lanes=lanes, index_bits=index_bits, source_shape=prev if layer.op == "linear" else None,
+                         **kw)
             want = to_stream(res.outputs[layer.name][0], layer.out_shape)
-            got, cycles = run_stream(eng, list(to_stream(inp, prev)), len(want), ready_prob=ready_prob,
+            stream = to_stream(inp, prev)
+            got, cycles = run_stream(eng, list(stream), len(want), ready_prob=ready_prob,
                                      valid_prob=valid_prob, seed=lanes)
-            out.append((layer.name, first_mismatch(layer.name, want, got), cycles, eng))
+            out.append((layer.name, first_mismatch(layer.name, want, got), cycles, eng, stream))
         inp, prev = res.outputs[layer.name][0], tuple(layer.out_shape)
     return out
 
@@ -48,7 +54,7 @@ def run_sparse(net, x, lanes, index_bits=4, ready_prob=1.0, valid_prob=1.0):
 def test_digits_layers_sparse(pruned, name, density):
     net = pruned(name, density)
     x = load_split()[1].x[5]
-    for layer, mm, cycles, eng in run_sparse(net, x, lanes=8):
+    for layer, mm, cycles, eng, _ in run_sparse(net, x, lanes=8):
         assert mm is None, str(mm)
         assert cycles == eng.expected_cycles, (layer, cycles, eng.expected_cycles)
         run = cycles - eng.geometry.in_size
@@ -72,7 +78,7 @@ def test_decoder_edge_rows(index_bits):
     codes[2, -1] = 3                      # a single nonzero at the very end: a run of K-1 zeros
     codes[3, ::9] = zero                  # scattered zeros
     x = np.random.default_rng(0).integers(0, 256, size=net.input_shape)
-    for layer, mm, cycles, eng in run_sparse(net, x, lanes=4, index_bits=index_bits):
+    for layer, mm, cycles, eng, _ in run_sparse(net, x, lanes=4, index_bits=index_bits):
         assert mm is None, str(mm)
         assert cycles == eng.expected_cycles
         if layer == "conv":
@@ -85,7 +91,7 @@ def test_random_geometry_sparse_with_back_pressure(name, lanes):
     net = random_network(parse_format(name), seed=7, cin=2, hw=(6, 7), cout=5, kernel=(3, 2), stride=(2, 1),
                          padding=(1, 1))
     x = np.random.default_rng(1).integers(0, 256, size=net.input_shape)
-    for layer, mm, cycles, eng in run_sparse(net, x, lanes=lanes, ready_prob=0.6, valid_prob=0.8):
+    for layer, mm, cycles, eng, _ in run_sparse(net, x, lanes=lanes, ready_prob=0.6, valid_prob=0.8):
         assert mm is None, str(mm)
         assert cycles >= eng.expected_cycles
 
@@ -138,3 +144,124 @@ def test_decoder_unit_matches_numpy_decoder(seed, k, density, lanes, index_bits)
     sim.add_testbench(bench)
     sim.run()
     assert np.array_equal(got, decode_row(row, fmt)), (codes, row)
+
+
+# ---- the activation-broadcast engine ---------------------------------------------------
+
+def broadcast_bounds(eng, stream):
+    """Cycles of one map on a broadcast engine, input valid and output ready throughout:
+    at least the input or the busiest lane's walk, then the drain (the schedule's lower
+    bound); at most every activation serialized behind the busiest lane's column."""
+    s, g = eng.schedule, eng.geometry
+    low = s.cycles(stream)
+    cin = np.arange(len(stream)) % g.cin
+    worst = [max(cols[c].entries for cols in s.columns) if v else 0 for v, c in zip(stream, cin)]
+    return low, sum(max(1, w) for w in worst) + g.out_size + 6 + eng.queue_depth
+
+
+@pytest.mark.parametrize("name", ["shift3", "fixed8"])
+@pytest.mark.parametrize("density", [0.1, 1.0])
+def test_digits_layers_broadcast(pruned, name, density):
+    net = pruned(name, density)
+    x = load_split()[1].x[5]
+    for layer, mm, cycles, eng, stream in run_sparse(net, x, lanes=4, engine=BroadcastConvEngine):
+        assert mm is None, str(mm)
+        low, high = broadcast_bounds(eng, stream)
+        assert low <= cycles <= high, (layer, low, cycles, high)
+        assert cycles >= eng.expected_cycles
+
+
+@pytest.mark.parametrize("name,lanes,geometry", [
+    ("focused5", 3, dict(cin=2, hw=(6, 7), cout=5, kernel=(3, 2), padding=(1, 1))),
+    ("kmeans4", 8, dict(cin=3, hw=4, cout=4)),          # more lanes than channels: capped at 4
+    ("shift3", 1, dict(cin=2, hw=5, cout=3, padding=(0, 0))),
+    ("ternary", 2, dict(cin=4, hw=5, cout=6, kernel=(1, 1), padding=(0, 0))),
+    ("fixed4", 4, dict(cin=3, hw=5, cout=4, kernel=(3, 3), padding=(2, 1))),
+])
+@pytest.mark.parametrize("queue_depth", [1, 4])
+def test_random_geometry_broadcast_with_back_pressure(name, lanes, geometry, queue_depth):
+    """Multi-term (focused) and codebook PEs, padding with a nonzero input zero point (the
+    border-class biases), a linear layer after a map, shallow and deeper queues, random
+    bubbles and back-pressure."""
+    net = random_network(fitted_format(name), seed=5, **geometry)
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, size=net.input_shape) * (rng.random(net.input_shape) < 0.5)
+    assert net.layers[0].input.zero_point != 0
+    for layer, mm, cycles, eng, _ in run_sparse(net, x, lanes=lanes, ready_prob=0.6, valid_prob=0.8,
+                                                engine=BroadcastConvEngine, queue_depth=queue_depth):
+        assert mm is None, str(mm)
+        assert eng.lanes == min(lanes, eng.geometry.cout)
+        assert cycles >= eng.expected_cycles
+
+
+def test_broadcast_all_zero_input_and_all_zero_channels():
+    """A map of zeros broadcasts nothing (the outputs are the biases alone, after the
+    input and the drain: exactly the formula); a channel without weights and a lane
+    without entries for an input channel are skipped."""
+    fmt = parse_format("fixed4")
+    net = random_network(fmt, seed=2, cin=3, hw=5, cout=4)
+    conv = net.layers[0]
+    conv.codes[1] = 0          # output channel 1: no weights at all
+    conv.codes[:, 2] = 0       # input channel 2 meets no weight
+    zero = np.zeros(net.input_shape, dtype=np.int64)
+    for x in (zero, np.random.default_rng(3).integers(0, 256, size=net.input_shape)):
+        for layer, mm, cycles, eng, stream in run_sparse(net, x, lanes=2, engine=BroadcastConvEngine):
+            assert mm is None, str(mm)
+            if not np.any(stream):
+                assert cycles == eng.expected_cycles
+            if layer == "conv":
+                assert all(cols[2].entries == 0 for cols in eng.schedule.columns)
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(stride=(2, 1)), "takes stride 1"),
+    (dict(tap_fault=0), "control faults"),
+    (dict(pipeline=1), "pipeline 0 only"),
+    (dict(queue_depth=0), "queue_depth must be at least 1"),
+])
+def test_broadcast_refuses_what_it_cannot_build(change, message):
+    net = random_network(parse_format("fixed4"), seed=1, cin=2, hw=6, cout=3, stride=change.get("stride", (1, 1)))
+    kw = {k: v for k, v in change.items() if k != "stride"}
+    with pytest.raises(ValueError, match=message):
+        BroadcastConvEngine(net.layers[0], lanes=2, **kw)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), cin=st.integers(1, 5), cout=st.integers(1, 9), k=st.sampled_from([1, 2, 3]),
+       density=st.floats(0.0, 1.0), lanes=st.integers(1, 10), index_bits=st.integers(1, 5))
+def test_broadcast_schedule_columns_hold_the_layer(seed, cin, cout, k, density, lanes, index_bits):
+    """Every lane's columns decode back to exactly its channels' weights; channels are
+    spread so that no lane holds more than one channel's worth of nonzeros above
+    another; the ideal MACs equal a brute-force count over the convolution."""
+    from quantrtl.hw.geometry import BroadcastSchedule, ConvGeometry
+    from quantrtl.model.numbers.sparse import decode_row
+
+    fmt = parse_format("shift3")
+    rng = np.random.default_rng(seed)
+    hw = 4
+    w = np.where(rng.random((cout, cin, k, k)) < density, rng.choice([1, 2, 3, 5, 6, 7], (cout, cin, k, k)), 0)
+    g = ConvGeometry(cin=cin, h=hw, w=hw, cout=cout, kh=k, kw=k, ph=k // 2, pw=k // 2, lanes=lanes)
+    s = BroadcastSchedule.build(g, np.transpose(w, (0, 2, 3, 1)).reshape(cout, -1), fmt, index_bits)
+    assert s.lanes == min(lanes, cout) and sorted(c for ch in s.channels for c in ch) == list(range(cout))
+    for chans, cols in zip(s.channels, s.columns):
+        for ci, row in enumerate(cols):
+            dense = decode_row(row, fmt).reshape(k, k, s.lane_channels)
+            for cl, c in enumerate(chans):
+                assert np.array_equal(dense[:, :, cl], w[c, ci]), (c, ci)
+            assert not dense[:, :, len(chans):].any()
+    loads = [sum(int(np.count_nonzero(w[c])) for c in chans) for chans in s.channels]
+    assert max(loads) - min(loads) <= max(int(np.count_nonzero(w[c])) for c in range(cout))
+    x = np.where(rng.random((cin, hw, hw)) < 0.5, rng.integers(1, 256, (cin, hw, hw)), 0)
+    brute = 0
+    for c in range(cout):
+        for oy in range(g.oh):
+            for ox in range(g.ow):
+                for ci in range(cin):
+                    for dy in range(k):
+                        for dx in range(k):
+                            iy, ix = oy - k // 2 + dy, ox - k // 2 + dx
+                            if 0 <= iy < hw and 0 <= ix < hw:
+                                brute += bool(w[c, ci, dy, dx]) and bool(x[ci, iy, ix])
+    stream = np.transpose(x, (1, 2, 0)).ravel()  # stream order: channel fastest
+    assert s.useful_macs(stream) == brute
+    assert s.ideal_cycles(stream) == -(-brute // s.lanes)

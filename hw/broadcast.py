@@ -1,0 +1,363 @@
+"""Activation-broadcast zero-skipping engine (EIE-style): one activation read, no gather.
+
+Dataflow: **input-stationary broadcast**.  The input map streams in one activation per
+cycle, as into every engine; there is no activation memory.  A nonzero activation
+``x`` at input pixel ``(iy, ix)``, channel ``ci`` is broadcast once, with its
+coordinates, to all lanes (zeros are dropped at the input: nothing downstream sees
+them).  Lane ``l`` owns a few output channels (:class:`~quantrtl.hw.geometry.BroadcastSchedule`
+balances their nonzero weights) and, in its own bank, for each input channel the
+*column* of its weights that such an activation meets: kernel row, kernel column and
+the lane's channel, as relative-index entries (``model/numbers/sparse.py``) with a
+start/end pointer per input channel.  A lane queues the activations that have entries
+in its bank (a small FIFO, as in EIE, so lanes with more work for one activation do not
+hold the others back) and walks one entry per cycle, back to back across activations:
+
+* A: entry bank read at the column pointer (or the next entry of the current column);
+* B: the entry's run moves the column position (``pos += run + 1``), a position ROM
+  gives the kernel offset ``(dy, dx)`` and the lane channel; the output pixel is
+  ``(iy + ph − dy, ix + pw − dx)`` (skipped when outside the output map, or for a
+  filler); the lane's accumulator memory is read there;
+* C: the PE's products are added and written back (the read is transparent to this
+  write, so consecutive updates of one accumulator see each other).
+
+Each lane's accumulator memory holds the partial sums of its channels for the whole
+output map (one word per output: a term accumulator per term of the format).  When the
+last input has arrived and every lane is idle, the drain reads the outputs in stream
+order (pixel, channel fastest) from the owning lane, adds the bias (with the zero point
+of the taps that fell outside the map folded in per border class) and the format's
+term coefficients, requantizes as every engine does, and clears each word for the next
+map.  Why input-stationary: every nonzero activation meets ``kh · kw · Cout · density``
+weights, many more than the ``Cout · density`` of one output pixel's window tap, so the
+lanes stay busy at low densities, and a lane's imbalance averages over the whole map
+instead of one pixel.  Cost: an accumulator word per output (a memory), and the outputs
+leave after the last input (``out_size`` cycles of drain).
+
+Cycles (docs/hardware.md): ``in_size + 3 + out_size`` when the lanes keep pace with the
+input; a lane with more work than the input gives it time adds its backlog.  Limits:
+stride 1, ``groups=1``, no control-fault injection.
+"""
+from __future__ import annotations
+
+import operator
+
+import numpy as np
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data
+from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.memory import Memory
+
+from quantrtl.hw.array import term_widths
+from quantrtl.hw.geometry import BroadcastSchedule, uint_bits
+from quantrtl.hw.layer import ConvEngine
+from quantrtl.hw.parts import EntryKind, pack, requant_layout, rom, sparse_entry_layout
+from quantrtl.hw.pe import make_pe
+from quantrtl.hw.requant import Requantizer
+from quantrtl.hw.sparse import check_zero_skipping
+from quantrtl.model.numbers.artifact import Layer
+
+__all__ = ["BroadcastConvEngine"]
+
+
+class BroadcastConvEngine(ConvEngine):
+    """A conv2d/linear layer on activation-broadcast lanes (module docstring).
+
+    Parameters are those of :class:`ConvEngine` plus ``index_bits`` (relative index
+    width) and ``queue_depth`` (each lane's activation queue); ``lanes`` is capped at the
+    output channels.
+    """
+
+    def __init__(self, layer: Layer, lanes: int = 8, pipeline: int = 0, source_shape=None, index_bits: int = 4,
+                 queue_depth: int = 4, tap_fault: int | None = None):
+        self.index_bits = operator.index(index_bits)
+        self.queue_depth = operator.index(queue_depth)
+        check_zero_skipping(layer)
+        if tap_fault is not None:
+            raise ValueError(f"layer {layer.name!r}: control faults are injected into a tap table, which the "
+                             f"broadcast engine does not have (use --sparse row or the dense engine)")
+        if pipeline != 0:
+            raise ValueError(f"layer {layer.name!r}: the broadcast engine has a fixed pipeline (pipeline 0 only, "
+                             f"got {pipeline})")
+        if self.queue_depth < 1:
+            raise ValueError(f"queue_depth must be at least 1, got {queue_depth}")
+        super().__init__(layer, lanes=lanes, groups=1, pipeline=0, source_shape=source_shape)
+        try:
+            self.schedule = BroadcastSchedule.build(self.geometry, self.fanin_codes, layer.format, self.index_bits)
+        except ValueError as e:
+            raise ValueError(f"layer {layer.name!r}: {e}; use --sparse row or the dense engine") from None
+        fmt = layer.format
+        self.terms = fmt.terms
+        self.acc_widths = (term_widths(fmt, self.fanin_codes, layer.input.bits) if fmt.terms > 1
+                           else [self.acc_width])
+
+    # ---- generation-time tables --------------------------------------------------
+    def border_classes(self) -> tuple[list[int], list[int], list[tuple[int, int]]]:
+        """Output rows and columns grouped by which kernel rows (columns) fall inside the
+        input map: per output row its class, per output column its class, and the classes'
+        (first row, first column) representatives.  One class when the input zero point
+        is 0 (then the taps outside the map change no sum)."""
+        g = self.geometry
+
+        def classes(n_out, n_in, k, pad):
+            keys, index, first = {}, [], []
+            for o in range(n_out):
+                key = tuple(0 <= o - pad + d < n_in for d in range(k))
+                if key not in keys:
+                    keys[key] = len(keys)
+                    first.append(o)
+                index.append(keys[key])
+            return index, first
+
+        if self.layer.input.zero_point == 0:  # the padding adds nothing: one class
+            return [0] * g.oh, [0] * g.ow, [(0, 0)]
+        rows, ry = classes(g.oh, g.h, g.kh, g.ph)
+        cols, rx = classes(g.ow, g.w, g.kw, g.pw)
+        return rows, cols, [(y, x) for y in ry for x in rx]
+
+    def biases(self) -> list[int]:
+        """Per (border class, channel): ``b − Z_x · Σ w`` over the taps inside the map (the
+        lanes never see the padding, which holds the zero point)."""
+        g, layer = self.geometry, self.layer
+        values = layer.format.decode(self.fanin_codes).astype(object).reshape(g.cout, g.kh, g.kw, -1)
+        zx = layer.input.zero_point
+        out = []
+        for oy, ox in self.border_classes()[2]:
+            inside = np.zeros((g.kh, g.kw), dtype=bool)
+            for dy in range(g.kh):
+                for dx in range(g.kw):
+                    inside[dy, dx] = 0 <= oy - g.ph + dy < g.h and 0 <= ox - g.pw + dx < g.w
+            out += [layer.bias[c] - zx * values[c][inside].sum() for c in range(g.cout)]
+        return [int(b) for b in out]
+
+    def lane_tables(self, lane: int) -> tuple[list[int], list[int]]:
+        """A lane's entry bank words and its pointer words (start | end << width) per input channel."""
+        s = self.schedule
+        layout = sparse_entry_layout(self.index_bits, self.layer.format.bits)
+        words, pointers = [], []
+        for row in s.columns[lane]:
+            start = len(words)
+            words += [pack(layout, [dict(run=int(r), code=int(c),
+                                         kind=EntryKind.FILLER if f else EntryKind.WEIGHT)])
+                      for r, c, f in zip(row.runs, row.codes, row.filler)]
+            pointers.append((start, len(words)))
+        aw = self.pointer_bits
+        return words, [st | (en << aw) for st, en in pointers]
+
+    @property
+    def pointer_bits(self) -> int:
+        return uint_bits(max(self.schedule.lane_entries()))
+
+    @property
+    def acc_word(self) -> int:
+        return sum(self.acc_widths)
+
+    # ---- figures -----------------------------------------------------------------
+    @property
+    def lanes(self) -> int:
+        return self.schedule.lanes
+
+    @property
+    def nonzero_weights(self) -> int:
+        return self.schedule.nonzero_weights
+
+    @property
+    def expected_cycles(self) -> int:
+        return self.schedule.cycles()
+
+    @property
+    def head_start(self) -> int:
+        return 0  # it computes while it loads; nothing of the next map before its drain ends
+
+    @property
+    def memory_bits(self) -> dict[str, int]:
+        return self.schedule.memory_bits(self.acc_word, self.acc_width, self.shift_max, len(self.biases()))
+
+    # ---- hardware ----------------------------------------------------------------
+    def elaborate(self, platform):
+        m = Module()
+        g, layer, s = self.geometry, self.layer, self.schedule
+        fmt, P, CL, W = layer.format, s.lanes, s.lane_channels, self.acc_width
+        entry = sparse_entry_layout(self.index_bits, fmt.bits)
+
+        # ---- input: coordinates of the arriving activation; nonzero ones are broadcast
+        iy, ix = Signal(range(max(2, g.h)), name="in_y"), Signal(range(max(2, g.w)), name="in_x")
+        ci = Signal(range(max(2, g.cin)), name="in_ch")
+        received, draining = Signal(name="received"), Signal(name="draining")
+        item = data.StructLayout({"x": unsigned(layer.input.bits), "ci": unsigned(len(ci)),
+                                  "iy": unsigned(len(iy)), "ix": unsigned(len(ix))})
+        queues = []
+        for l in range(P):
+            queues.append(SyncFIFO(width=item.size, depth=self.queue_depth))
+            m.submodules[f"queue{l}"] = queues[-1]
+        has = rom(m, "column_mask_rom", [sum(1 << l for l in range(P) if s.columns[l][c].entries)
+                                         for c in range(g.cin)], P)
+        x = self.inp.payload[:layer.input.bits]
+        take = Signal(name="take_input")
+        m.d.comb += [self.inp.ready.eq(~received & Cat(*[q.w_rdy for q in queues]).all()),
+                     take.eq(self.inp.valid & self.inp.ready), has.addr.eq(ci)]
+        for l, q in enumerate(queues):
+            m.d.comb += [q.w_data.eq(Cat(x, ci, iy, ix)), q.w_en.eq(take & (x != 0) & has.data[l])]
+        last_in = (ci == g.cin - 1) & (ix == g.w - 1) & (iy == g.h - 1)
+        with m.If(take):
+            m.d.sync += ci.eq(Mux(ci == g.cin - 1, 0, ci + 1))
+            with m.If(ci == g.cin - 1):
+                m.d.sync += ix.eq(Mux(ix == g.w - 1, 0, ix + 1))
+                with m.If(ix == g.w - 1):
+                    m.d.sync += iy.eq(Mux(iy == g.h - 1, 0, iy + 1))
+            with m.If(last_in):
+                m.d.sync += received.eq(1)
+
+        # ---- lanes
+        pos_layout = data.StructLayout({"dy": unsigned(uint_bits(g.kh - 1)), "dx": unsigned(uint_bits(g.kw - 1)),
+                                        "cl": unsigned(uint_bits(CL - 1))})
+        pos_mem = m.submodules.position_rom = Memory(
+            shape=unsigned(pos_layout.size), depth=s.positions,
+            init=[pack(pos_layout, [dict(zip(("dy", "dx", "cl"), s.position(p)))]) for p in range(s.positions)])
+        depth = g.pixels * CL
+        aw = self.pointer_bits
+        busy, acc_ports = [], []
+        for l in range(P):
+            words, pointers = self.lane_tables(l)
+            q = queues[l]
+            head = data.View(item, q.r_data)
+            ptr = rom(m, f"pointer_rom{l}", pointers, 2 * aw)
+            bank = rom(m, f"entry_mem{l}", words, entry.size, domain="sync")
+            acc = m.submodules[f"acc_mem{l}"] = Memory(shape=unsigned(self.acc_word), depth=depth, init=[])
+            wp = acc.write_port()
+            rp = acc.read_port(domain="sync", transparent_for=[wp])
+            acc_ports.append((rp, wp))
+
+            # stage A: next entry of the current column, or the first of the queue head's
+            cur_addr = Signal(range(max(2, len(words) + 1)), name=f"lane{l}_addr")
+            cur_end = Signal.like(cur_addr, name=f"lane{l}_end")
+            cur_more = Signal(name=f"lane{l}_more")
+            cur = Signal(item, name=f"lane{l}_item")
+            b_valid, b_first = Signal(name=f"lane{l}_b_valid"), Signal(name=f"lane{l}_b_first")
+            b_item = Signal(item, name=f"lane{l}_b_item")
+            m.d.comb += [ptr.addr.eq(head.ci), q.r_en.eq(~cur_more)]
+            start, end = ptr.data[:aw], ptr.data[aw:]
+            m.d.sync += b_valid.eq(cur_more | q.r_rdy)
+            with m.If(cur_more):
+                m.d.comb += bank.addr.eq(cur_addr)
+                m.d.sync += [cur_addr.eq(cur_addr + 1), cur_more.eq(cur_addr + 1 != cur_end),
+                             b_first.eq(0), b_item.eq(cur)]
+            with m.Elif(q.r_rdy):
+                m.d.comb += bank.addr.eq(start)
+                m.d.sync += [cur_addr.eq(start + 1), cur_end.eq(end), cur_more.eq(start + 1 != end),
+                             cur.eq(q.r_data), b_first.eq(1), b_item.eq(q.r_data)]
+
+            # stage B: relative index → column position → output pixel and lane channel
+            e = data.View(entry, bank.data)
+            pos = Signal(range(max(2, s.positions)), name=f"lane{l}_pos")
+            here = Signal.like(pos, name=f"lane{l}_here")
+            m.d.comb += here.eq(Mux(b_first, 0, pos + 1) + e.run)
+            with m.If(b_valid):
+                m.d.sync += pos.eq(here)
+            pr = pos_mem.read_port(domain="comb")
+            m.d.comb += pr.addr.eq(here)
+            pt = data.View(pos_layout, pr.data)
+            oy = Signal(range(-g.kh, g.h + g.ph + 1), name=f"lane{l}_oy")
+            ox = Signal(range(-g.kw, g.w + g.pw + 1), name=f"lane{l}_ox")
+            m.d.comb += [oy.eq(b_item.iy + g.ph - pt.dy), ox.eq(b_item.ix + g.pw - pt.dx)]
+            inside = (oy >= 0) & (oy < g.oh) & (ox >= 0) & (ox < g.ow)
+            c_valid = Signal(name=f"lane{l}_c_valid")
+            c_addr = Signal(range(max(2, depth)), name=f"lane{l}_c_addr")
+            c_code, c_x = Signal(fmt.bits, name=f"lane{l}_c_code"), Signal(layer.input.bits, name=f"lane{l}_c_x")
+            addr = (oy.as_unsigned() * g.ow + ox.as_unsigned()) * CL + pt.cl
+            m.d.comb += [rp.addr.eq(addr[:len(c_addr)]), rp.en.eq(1)]
+            m.d.sync += [c_valid.eq(b_valid & inside & (e.kind == EntryKind.WEIGHT)), c_addr.eq(addr[:len(c_addr)]),
+                         c_code.eq(e.code), c_x.eq(b_item.x)]
+
+            # stage C: products into the term accumulators, written back
+            pe = m.submodules[f"pe{l}"] = make_pe(fmt, layer.input.bits)
+            m.d.comb += [pe.act.eq(c_x), pe.code.eq(c_code)]
+            fields, lo = [], 0
+            for k, w in enumerate(self.acc_widths):
+                fields.append((rp.data[lo:lo + w].as_signed() + pe.products[k])[:w])
+                lo += w
+            m.d.comb += [wp.addr.eq(c_addr), wp.data.eq(Cat(*fields)), wp.en.eq(c_valid)]
+            busy.append(cur_more | q.r_rdy | b_valid | c_valid)
+
+        # ---- drain: outputs in stream order from their lanes, cleared behind
+        start_drain = received & ~draining & ~Cat(*busy).any()
+        with m.If(start_drain):
+            m.d.sync += draining.eq(1)
+        op = Signal(range(max(2, g.pixels)), name="out_pixel")
+        oc = Signal(range(max(2, g.cout)), name="out_channel")
+        oy_d, ox_d = Signal(range(max(2, g.oh)), name="out_y"), Signal(range(max(2, g.ow)), name="out_x")
+        issued = Signal(name="drain_issued")  # every output's read has been issued
+        lane_of = [s.lane(c) for c in range(g.cout)]
+        lw = uint_bits(max(P - 1, 1))
+        cw = uint_bits(max(CL - 1, 1))
+        where = rom(m, "channel_lane_rom", [ln | (cl << lw) for ln, cl in lane_of], lw + cw)
+        m.d.comb += where.addr.eq(oc)
+        d_lane, d_cl = where.data[:lw], where.data[lw:lw + cw]
+        out = self.out
+        advance = ~out.valid | out.ready
+        issue = draining & ~issued & advance
+        local = op * CL + d_cl
+        s1_valid, s1_lane, s1_c = Signal(name="s1_valid"), Signal(lw, name="s1_lane"), Signal.like(oc, name="s1_c")
+        s1_addr = Signal(range(max(2, depth)), name="s1_addr")
+        rows, cols, classes = self.border_classes()
+        ncols = max(cols) + 1
+        row_rom = rom(m, "row_class_rom", rows, uint_bits(max(rows)))
+        col_rom = rom(m, "col_class_rom", cols, uint_bits(max(cols)))
+        s1_class = Signal(range(max(2, len(classes))), name="s1_class")
+        m.d.comb += [row_rom.addr.eq(oy_d), col_rom.addr.eq(ox_d)]
+        for l, (rp, wp) in enumerate(acc_ports):
+            with m.If(draining):
+                m.d.comb += [rp.addr.eq(local), rp.en.eq(advance)]
+                with m.If(s1_valid & (s1_lane == l)):  # clear the word read before (its value is held)
+                    m.d.comb += [wp.addr.eq(s1_addr), wp.data.eq(0), wp.en.eq(1)]
+        with m.If(advance):
+            m.d.sync += [s1_valid.eq(issue), s1_lane.eq(d_lane), s1_c.eq(oc), s1_addr.eq(local),
+                         s1_class.eq(row_rom.data * ncols + col_rom.data)]
+        with m.If(issue):
+            with m.If(oc == g.cout - 1):
+                m.d.sync += oc.eq(0)
+                with m.If(op == g.pixels - 1):
+                    m.d.sync += [op.eq(0), oy_d.eq(0), ox_d.eq(0), issued.eq(1)]
+                with m.Else():
+                    m.d.sync += op.eq(op + 1)
+                    with m.If(ox_d == g.ow - 1):
+                        m.d.sync += [ox_d.eq(0), oy_d.eq(oy_d + 1)]
+                    with m.Else():
+                        m.d.sync += ox_d.eq(ox_d + 1)
+            with m.Else():
+                m.d.sync += oc.eq(oc + 1)
+
+        # the finished output: bias + sum of coefficient x term accumulator
+        word = Signal(self.acc_word, name="drain_word")
+        m.d.comb += word.eq(Cat(*[rp.data for rp, _ in acc_ports]).word_select(s1_lane, self.acc_word)
+                            if P > 1 else acc_ports[0][0].data)
+        bias_rom = rom(m, "bias_rom", [b % (1 << W) for b in self.biases()], W)
+        m.d.comb += bias_rom.addr.eq(s1_class * g.cout + s1_c)
+        total = bias_rom.data.as_signed()
+        lo = 0
+        for k, w in enumerate(self.acc_widths):
+            term = word[lo:lo + w].as_signed()
+            coeff = fmt.coefficients[k] if self.terms > 1 else 1
+            total = total + (term if coeff == 1 else term * Const(int(coeff), signed(max(2, int(coeff).bit_length() + 1))))
+            lo += w
+        value = Signal(signed(W), name="drain_value")
+        m.d.comb += value.eq(total[:W])
+        if layer.activation == "sign":
+            converted = ~value[-1]
+        else:
+            consts = requant_layout(self.shift_max)
+            rq_rom = rom(m, "requant_rom", [pack(consts, [dict(m0=int(m0), shift=int(n))])
+                                            for m0, n in zip(layer.m0, layer.shift)], consts.size)
+            m.d.comb += rq_rom.addr.eq(s1_c)
+            rq = m.submodules.requant = Requantizer(W, (int(layer.shift.min()), int(layer.shift.max())),
+                                                    layer.output.zero_point, layer.out_min, layer.out_max)
+            c = data.View(consts, rq_rom.data)
+            m.d.comb += [rq.acc.eq(value), rq.m0.eq(c.m0), rq.shift.eq(c.shift)]
+            converted = rq.q
+        with m.If(advance):
+            m.d.sync += [out.valid.eq(s1_valid), out.payload.eq(converted)]
+        sent = Signal(range(max(2, g.out_size)), name="sent")
+        with m.If(out.valid & out.ready):
+            with m.If(sent == g.out_size - 1):
+                m.d.sync += [sent.eq(0), received.eq(0), draining.eq(0), issued.eq(0)]
+            with m.Else():
+                m.d.sync += sent.eq(sent + 1)
+        return m
