@@ -4,6 +4,7 @@ Wall times are measured here, on the machine at hand; compare ratios within one 
 """
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from quantrtl.model.numbers import artifact
 from quantrtl.model.numbers.families import parse_format
 from quantrtl.util.provenance import package_versions
 
-from .flows import (DEFAULT_FINETUNE, ModelSource, artifact_stem, cosim_flow, quantize_flow,
+from .flows import (DEFAULT_FINETUNE, DIGITS, ModelSource, cosim_flow, load_data, quantize_flow,
                     quantize_network)
 
 
@@ -142,33 +143,52 @@ def bench_synth(quantizers: tuple[str, ...] = ("fixed8", "shift3", "ternary", "b
 
 
 def bench_sparse(quantizers: tuple[str, ...] = ("shift3", "fixed8"), densities: tuple[float, ...] = (0.1, 0.3, 1.0),
-                 lanes: int = 8, index_bits: int = 4, image: int = 0, build_root: str | Path = "build/bench") -> dict:
-    """Zero-skipping cosim per (quantizer, density): measured cycles per layer against the ideal
-    ``ceil(nonzero MACs / lanes)`` and the documented bound ``1.25 · ideal + pixels · Cout + pipeline + 5``."""
-    from quantrtl.hw.geometry import ConvGeometry, SparseSchedule
+                 lanes: int = 8, index_bits: int = 4, image: int = 0, build_root: str | Path = "build/bench",
+                 engines: tuple[str, ...] = ("row", "broadcast")) -> dict:
+    """Zero-skipping engines per (engine, quantizer, density): each weight layer's engine
+    simulated alone on the golden input of test image ``image`` (first input to last
+    output handshake; bit-exact checked), against the ideal ``ceil(nonzero weight x
+    nonzero activation MACs / lanes)`` (taps inside the map only) and each engine's bound:
+    row, ``in_size + 1.25 · ideal over nonzero weights + pixels · Cout + 5`` (it does not
+    skip zero activations); broadcast, its formula's lower bound (the input, or the
+    busiest lane's walk, then the drain) and the walk's distance from the ideal."""
+    from quantrtl.hw.engines import make_engine
+    from quantrtl.hw.geometry import BroadcastSchedule, ConvGeometry
+    from quantrtl.sim import golden
+    from quantrtl.sim.stream import layer_io, measure_layer
 
+    x = load_data(DIGITS)[1].x[image]
     rows = []
     for q in quantizers:
         for d in densities:
-            src = ModelSource(density=d)
-            qnet = quantize_network(q, DEFAULT_FINETUNE, src, density=d).qnet
-            stem = artifact_stem(Path(build_root) / "sparse-artifacts", qnet)
-            stem = stem.parent / f"{stem.name}-d{d:g}"
-            path = artifact.save(qnet, stem)
-            r = cosim_flow(q, image, lanes=lanes, artifact_path=path, build_root=Path(build_root) / "cosim",
-                           sparse=True, index_bits=index_bits)
-            prev = tuple(qnet.input_shape)
-            for layer, rep in zip(qnet.layers, r.layers):
-                if layer.has_weights:
-                    eng = SparseSchedule.for_layer(layer, lanes, index_bits,
-                                                   source_shape=prev if layer.op == "linear" else None)
-                    overhead = eng.geometry.pixels * eng.geometry.cout + 5  # the cosim engines have no pipeline stages
-                    rows.append({"quantizer": q, "density": d, "layer": layer.name, "bit_exact": rep["bit_exact"],
-                                 "measured_cycles": rep["cycles"], "ideal_cycles": eng.ideal_cycles,
-                                 "ratio": rep["cycles"] / eng.ideal_cycles, "overhead": overhead,
-                                 "within_bound": rep["cycles"] <= 1.25 * eng.ideal_cycles + overhead,
-                                 "dense_cycles": ConvGeometry.from_layer(layer, lanes).run_cycles,
-                                 "utilization": rep["utilization"]})
-                prev = tuple(layer.out_shape)
-    return {"benchmark": "sparse", "lanes": lanes, "index_bits": index_bits, "results": rows,
-            "versions": package_versions("quantrtl", "cocotb", "amaranth", python=True)}
+            qnet = quantize_network(q, DEFAULT_FINETUNE, ModelSource(density=d), density=d).qnet
+            gold = golden.run(qnet, x[None])
+            for kind in engines:
+                for layer in (l for l in qnet.layers if l.has_weights):
+                    io = layer_io(qnet, gold, layer.name, x)
+                    eng = make_engine(layer, lanes=lanes, sparse=kind, index_bits=index_bits,
+                                      source_shape=io.source_shape)
+                    cycles, exact = measure_layer(eng, io)
+                    g = eng.geometry
+                    s = BroadcastSchedule.for_layer(layer, lanes, index_bits, io.source_shape)
+                    ideal = math.ceil(s.useful_macs(io.inputs) / lanes)
+                    row = {"engine": kind, "quantizer": q, "density": d, "layer": layer.name, "lanes": lanes,
+                           "bit_exact": exact, "measured_cycles": cycles, "ideal_cycles": ideal,
+                           "in_size": g.in_size, "out_size": g.out_size,
+                           "dense_cycles": ConvGeometry.from_layer(layer, lanes).cycles(0)}
+                    if kind == "row":
+                        bound = g.in_size + 1.25 * eng.ideal_cycles + g.pixels * g.cout + 5
+                        row.update(ideal_weight_cycles=eng.ideal_cycles, bound=bound, within_bound=cycles <= bound,
+                                   compute_cycles=cycles - g.in_size)
+                    else:
+                        walk = max(eng.schedule.lane_work(io.inputs))
+                        low = eng.schedule.cycles(io.inputs)
+                        row.update(lanes=eng.lanes, walk_cycles=walk, bound=low, within_bound=cycles >= low,
+                                   compute_cycles=cycles - g.out_size - 6, walk_over_ideal=walk / max(ideal, 1),
+                                   queue_stall_cycles=cycles - low)
+                    row["compute_over_ideal"] = row["compute_cycles"] / max(ideal, 1)
+                    rows.append(row)
+    return {"benchmark": "sparse", "lanes": lanes, "index_bits": index_bits, "image": image, "results": rows,
+            "measurement": "each layer's engine simulated alone (Amaranth simulator) on its golden input, one value "
+                           "per cycle, output always ready",
+            "versions": package_versions("quantrtl", "amaranth", python=True)}

@@ -265,27 +265,36 @@ def _print_fpga(rows: list[dict], name) -> None:
 
 def cmd_gates_sparse(args, qs) -> int:
     densities = [args.density] if args.density is not None else _csv_list(args.densities, float, "--densities")
-    _say(f"dense vs zero-skipping engines for {', '.join(qs)} at densities {args.densities} (cosim + Yosys) ...")
+    engines = [e.strip() for e in args.sparse.split(",") if e.strip()]
+    _say(f"dense vs {' and '.join(engines)} zero-skipping engines for {', '.join(qs)} at densities "
+         f"{', '.join(f'{d:g}' for d in densities)} (simulation + Yosys) ...")
     r = flows.sparse_gates_flow(qs, densities, throughput=args.throughput, layer=args.layer,
                                 index_bits=args.index_bits, jobs=args.jobs, yosys=args.yosys, out_dir=args.out,
-                                finetune=args.finetune, target=args.target, dsp=not args.no_dsp,
+                                finetune=args.finetune, target=args.target, dsp=not args.no_dsp, engines=engines,
                                 progress=None if args.target == "gates"
-                                else Progress(len(qs) * (1 + len(densities)), args.target).step)
-    print(f"layer {r['layer']}; dense engine {r['throughput']} lanes; each sparse engine gets the fewest lanes "
-          "that match its cycles; cycles measured in cosim (Icarus); activation memory mapped to logic "
-          "(its read ports, the gather, count as gates; its storage as FFs)")
-    print(format_table(["quantizer", "design", "density", "lanes", "act ports", "gates", "datapath", "decoder",
-                        "FFs", "memory bits", "cycles", "MACs/cycle", "gates per MAC/cycle", "bit-exact"],
-                       [[x["quantizer"], x["style"], f"{x['density']:g}", x["lanes"], x["activation_read_ports"],
-                         f"{x['gates_total']:,}", f"{x['datapath_gates']:,}", f"{x['decoder_gates']:,}",
-                         f"{x['flipflops']:,}", f"{x['memory_bits']:,}",
-                         x["measured_cycles"], f"{x['effective_macs_per_cycle']:.1f}",
+                                else Progress(len(qs) * (2 + len(engines) * len(densities)), args.target).step)
+    print(f"layer {r['layer']}; the dense engine with {r['throughput']} lanes sets the throughput; each design's "
+          "cycles measured by simulating its engine alone (golden input, one value per cycle); gates: activation "
+          "memory as logic (the gather's read ports count); all-logic: every run-time memory as logic")
+    print(format_table(["quantizer", "design", "density", "lanes", "groups", "act ports", "gates", "all-logic",
+                        "FFs", "memory bits", "cycles", "meets", "MACs/cycle", "gates per MAC/cycle", "bit-exact"],
+                       [[x["quantizer"], x["style"] + (" (best)" if x.get("best_dense") else ""), f"{x['density']:g}",
+                         x["lanes"], x["groups"], x["activation_read_ports"], f"{x['gates_total']:,}",
+                         f"{x['gates_all_logic']:,}", f"{x['flipflops']:,}", f"{x['memory_bits']:,}",
+                         x["measured_cycles"], "yes" if x["meets_throughput"] else "NO",
+                         f"{x['effective_macs_per_cycle']:.1f}",
                          f"{x['gates_total'] / x['effective_macs_per_cycle']:.1f}",
                          "yes" if x["bit_exact"] else "NO"] for x in r["rows"]]))
     if r["target"] != "gates":
         _print_fpga(r["rows"], lambda x: f"{x['quantizer']} {x['style']} d={x['density']:g}")
-    for q, d in r["crossover"].items():
-        print(f"{q}: sparse hardware is cheaper " + (f"at density <= {d:g}" if d else "at none of these densities"))
+    for q, per in r["crossover"].items():
+        for e, d in per.items():
+            print(f"{q}: {e} zero-skipping hardware is cheaper than the best dense design "
+                  + (f"at density <= {d:g}" if d else "at none of these densities"))
+    missed = [x for x in r["rows"] if not x["meets_throughput"]]
+    for x in missed:
+        print(f"{x['quantizer']} {x['style']} d={x['density']:g}: no lane count up to {x['lanes']} reaches the "
+              f"dense throughput ({x['measured_cycles']} > {x['target_cycles']} cycles); left out of the crossover")
     print(f"{short_version(r['yosys_version'])}; time {r['seconds']:.1f} s")
     if args.json:
         flows.write_json(args.json, r)
@@ -383,7 +392,7 @@ def cmd_sweep(args) -> int:
               _csv_list(args.densities, float, "--densities"),
               _csv_list(args.layers, str, "--layers") if args.layers else None, jobs=args.jobs,
               scheduler=args.scheduler, finetune=args.finetune, image=args.image, cosim=not args.no_cosim,
-              out_dir=args.out, target=args.target, model=args.model)
+              out_dir=args.out, target=args.target, model=args.model, sparse=args.sparse)
     rows = r["rows"]
     fpga = args.target != "gates"
     headers = ["quantizer", "density", "layer", "lanes", "gates", "datapath", "gates/MAC/cycle", "golden acc"]
@@ -392,7 +401,8 @@ def cmd_sweep(args) -> int:
     if not args.no_cosim:
         headers += ["bit-exact", "cycles"]
     print(format_table(headers, [[x["quantizer"], f"{x['density']:g}", x["layer"], x["lanes"], f"{x['gates_total']:,}",
-                                  f"{x['datapath_gates']:,}", f"{x['gates_per_mac_per_cycle']:.1f}",
+                                  "-" if x["datapath_gates"] is None else f"{x['datapath_gates']:,}",
+                                  f"{x['gates_per_mac_per_cycle']:.1f}",
                                   pct(x["golden_accuracy"])]
                                  + ([f"{x['fpga']['luts']:,}", x["fpga"]["dsps"],
                                      "-" if x["fpga"]["fmax_mhz"] is None else f"{x['fpga']['fmax_mhz']:.1f}",
@@ -432,17 +442,27 @@ def cmd_bench(args) -> int:
             flows.write_json(args.json, r)
         return 0
     if args.what == "sparse":
-        _say("benchmarking zero-skipping engines: cosim at densities 0.1, 0.3, 1.0 ...")
+        engines = tuple(e.strip() for e in (args.sparse or "row,broadcast").split(",") if e.strip())
+        for e in engines:
+            flows.check_sparse(e)
+        _say(f"benchmarking zero-skipping engines ({', '.join(engines)}): each layer simulated alone at densities "
+             "0.1, 0.3, 1.0 ...")
         lanes = parse_lanes(args.lanes)
         if not isinstance(lanes, int):
             raise OptionError("lanes", "bench sparse takes one lane count for every engine, not a plan")
-        r = bench.bench_sparse(lanes=lanes)
-        print(format_table(["quantizer", "density", "layer", "bit-exact", "measured", "ideal", "ratio", "bound ok",
-                            "dense run"],
-                           [[x["quantizer"], f"{x['density']:g}", x["layer"], "yes" if x["bit_exact"] else "NO",
-                             x["measured_cycles"], x["ideal_cycles"], f"{x['ratio']:.2f}",
-                             "yes" if x["within_bound"] else "NO", x["dense_cycles"]] for x in r["results"]]))
-        print(f"\nbound: measured <= 1.25 * ceil(nonzero MACs / {r['lanes']}) + pixels * Cout + pipeline + 5")
+        r = bench.bench_sparse(lanes=lanes, engines=engines)
+        print(format_table(["engine", "quantizer", "density", "layer", "lanes", "bit-exact", "measured", "compute",
+                            "ideal", "compute / ideal", "lane walk", "bound", "bound ok", "dense"],
+                           [[x["engine"], x["quantizer"], f"{x['density']:g}", x["layer"], x["lanes"],
+                             "yes" if x["bit_exact"] else "NO", x["measured_cycles"], x["compute_cycles"],
+                             x["ideal_cycles"], f"{x['compute_over_ideal']:.2f}", x.get("walk_cycles", "-"),
+                             f"{x['bound']:.0f}", "yes" if x["within_bound"] else "NO", x["dense_cycles"]]
+                            for x in r["results"]]))
+        print("\nideal: ceil(nonzero weight x nonzero activation MACs / lanes), taps inside the map\n"
+              "row: compute = measured - in_size; bound: in_size + 1.25 * ceil(nonzero-weight MACs / lanes) + "
+              "pixels * Cout + 5 (it computes every activation)\n"
+              "broadcast: compute = measured - out_size - 6 (the drain); bound: the formula's lower bound "
+              "max(in_size + 3, lane walk + 6) + out_size, measured >= it (the excess: queue stalls)")
         if args.json:
             flows.write_json(args.json, r)
         return _checks_passed(x["bit_exact"] and x["within_bound"] for x in r["results"])
@@ -622,7 +642,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sample", type=_sample, default=4,
                    help="unrolled style: output channels to synthesize, or 'all' (measured, not extrapolated; "
                         "default %(default)s)")
-    g.add_argument("--sparse", action="store_true", help="dense vs zero-skipping engines at equal throughput")
+    g.add_argument("--sparse", nargs="?", const="row,broadcast", default=None, metavar="row,broadcast",
+                   help="dense vs zero-skipping engines at equal measured throughput (default: both engines)")
     g.add_argument("--densities", default="0.1,0.3,0.5,1.0", help="with --sparse: weight densities (default %(default)s)")
     g.add_argument("--density", type=float, default=None, help="with --sparse: one weight density")
     g.add_argument("--index-bits", type=int, default=4, help="with --sparse: relative index width")
@@ -648,6 +669,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--scheduler", default=None, help="a Dask scheduler address, tcp://host:port, instead of local jobs")
     w.add_argument("--finetune", type=int, default=None, metavar="EPOCHS", help=finetune_help)
     w.add_argument("--image", type=int, default=0, help="test image for the cosim jobs")
+    w.add_argument("--sparse", default=None, metavar="row|broadcast",
+                   help="zero-skipping engines (synthesized whole; their MACs per cycle simulated on the image)")
     w.add_argument("--no-cosim", action="store_true", help="synthesis only")
     w.add_argument("--target", default="gates", help="gates (default), or ecp5, ice40, xilinx: also map, place and "
                                                      "route each engine on that FPGA (see gates --target)")
@@ -661,6 +684,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--lanes", default="8", metavar="N|LAYER=N,...,*=N", help="MAC lanes, or a plan per layer")
     b.add_argument("--model", default="digits", choices=flows.SHIPPED_MODELS,
                    help="the shipped model to co-simulate (cosim only; default %(default)s)")
+    b.add_argument("--sparse", default=None, metavar="row,broadcast",
+                   help="sparse: the zero-skipping engines to benchmark (default both)")
     b.add_argument("--json", help="write results as JSON")
     b.set_defaults(func=cmd_bench)
 

@@ -33,9 +33,8 @@ from quantrtl.model.numbers.formats import WeightFormat
 from quantrtl.synth.yosys import SynthResult, synthesize
 from quantrtl.util.errors import OptionError
 
-__all__ = ["GateRow", "array_designs", "unrolled_designs", "array_rows", "unrolled_rows", "unrolled_fpga", "sparse_rows",
-           "network_rows",
-           "fq_conv_weights", "BENCHES", "write_verilog"]
+__all__ = ["GateRow", "array_designs", "unrolled_designs", "array_rows", "unrolled_rows", "unrolled_fpga", "network_rows",
+           "fq_conv_weights", "BENCHES", "write_verilog", "run_all"]
 
 #: The Focused Quantization paper's comparison layer: 3×3 conv, padding 1, 8×8 map,
 #: 100 → 100 channels.  Float weights ~ N(0, 1) from ``numpy.random.default_rng(0)``.
@@ -96,8 +95,9 @@ def write_verilog(component, top: str, out_dir: Path) -> Path:
     return path
 
 
-def _run_all(jobs: list[tuple[Path, str]], n_jobs: int, yosys: str | None, cache_dir,
-             map_memories: tuple[str, ...] = ()) -> list[SynthResult]:
+def run_all(jobs: list[tuple[Path, str]], n_jobs: int, yosys: str | None, cache_dir,
+            map_memories: tuple[str, ...] = ()) -> list[SynthResult]:
+    """Synthesize each (Verilog, top) of ``jobs``, ``n_jobs`` Yosys runs at a time (cached)."""
     with ThreadPoolExecutor(max_workers=max(1, n_jobs)) as pool:
         futures = [pool.submit(synthesize, v, top, yosys, None, cache_dir, map_memories) for v, top in jobs]
         return [f.result() for f in futures]
@@ -141,7 +141,7 @@ def array_rows(layers: dict[str, Layer], throughput: int, out_dir: Path, jobs: i
                map_memories: tuple[str, ...] = ()) -> list[GateRow]:
     """``layers``: quantizer name → the same layer of each quantizer's artifact."""
     designs = array_designs(layers, throughput, Path(out_dir), pipeline, prefix)
-    results = _run_all([j for d in designs for j in ((d[3], d[4]), (d[5], d[6]))], jobs, yosys, cache_dir,
+    results = run_all([j for d in designs for j in ((d[3], d[4]), (d[5], d[6]))], jobs, yosys, cache_dir,
                        map_memories)
     rows = []
     for i, (q, layer, eng, v, top, av, atop) in enumerate(designs):
@@ -177,7 +177,7 @@ def unrolled_rows(weights: dict, out_dir: Path, sample: int | None = 4, jobs: in
     cout = next(iter(weights.values())).codes.shape[0]
     channels, designs = unrolled_designs(weights, Path(out_dir), sample, name, seed)
     k = len(channels)
-    results = _run_all([(v, top) for _, _, v, top in designs], jobs, yosys, cache_dir)
+    results = run_all([(v, top) for _, _, v, top in designs], jobs, yosys, cache_dir)
     rows = []
     for q, w in weights.items():
         values = w.values
@@ -257,45 +257,6 @@ def unrolled_fpga(weights: dict, out_dir: Path, target: str, dsp: bool = True, s
     return out
 
 
-def sparse_rows(layers: dict[str, Layer], lanes: dict[str, int], measured: dict[str, int], out_dir: Path,
-                index_bits: int = 4, jobs: int = 2, yosys: str | None = None, cache_dir="build/synth-cache",
-                prefix: str = "", map_memories: tuple[str, ...] = ()) -> list[dict]:
-    """Zero-skipping engines: ``layers``/``lanes``/``measured`` keyed by a design label.
-
-    Each engine, its MAC array and its sparse decoder are synthesized apart; the decoder's
-    gates are reported on their own.  ``measured`` is the layer's cycle count from cosim.
-    """
-    from quantrtl.hw.sparse import SparseConvEngine, SparseDecoder
-
-    out_dir = Path(out_dir)
-    designs = []
-    for key, layer in layers.items():
-        p = lanes[key]
-        eng = SparseConvEngine(layer, lanes=p, index_bits=index_bits)
-        g = eng.geometry
-        arr = eng.mac_array()
-        dec = SparseDecoder(g, p, index_bits, layer.format.bits)
-        top = f"{prefix + '_' if prefix else ''}{layer.name}_{key}_sparse_p{p}"
-        designs.append((key, layer, eng, [(write_verilog(eng, top, out_dir), top),
-                                          (write_verilog(arr, top + "_array", out_dir), top + "_array"),
-                                          (write_verilog(dec, top + "_decoder", out_dir), top + "_decoder")]))
-    results = _run_all([j for d in designs for j in d[3]], jobs, yosys, cache_dir, map_memories)
-    rows = []
-    for i, (key, layer, eng, files) in enumerate(designs):
-        full, arr, dec = results[3 * i:3 * i + 3]
-        eff = layer.macs / measured[key]
-        rows.append({"design": key, "style": "sparse", "lanes": eng.geometry.lanes, "gates_total": full.gates_total,
-                     "datapath_gates": arr.gates_total, "decoder_gates": dec.gates_total,
-                     "control_gates": full.gates_total - arr.gates_total - dec.gates_total,
-                     "flipflops": full.flipflops, "memory_bits": full.memory_bits,
-                     "measured_cycles": measured[key], "effective_macs_per_cycle": eff,
-                     "gates_per_mac_per_cycle": full.gates_total / eff, "nonzero_weights": eng.nonzero_weights,
-                     "run_cycles_formula": eng.run_cycles, "top": files[0][1], "verilog": str(files[0][0]),
-                     "provenance": "measured",
-                     "yosys_version": full.yosys_version, "yosys_script": full.yosys_script})
-    return rows
-
-
 def network_rows(nets: dict, lanes: int, out_dir: Path, jobs: int = 2, yosys: str | None = None,
                  cache_dir="build/synth-cache") -> list[dict]:
     """The whole network top of each quantizer's artifact (``nets``: quantizer →
@@ -317,7 +278,7 @@ def network_rows(nets: dict, lanes: int, out_dir: Path, jobs: int = 2, yosys: st
         files = [(write_verilog(whole, top, out_dir), top)]
         files += [(write_verilog(e, f"{top}_{name}", out_dir), f"{top}_{name}") for name, e in parts.items()]
         designs.append((q, net, whole, parts, files))
-    results = iter(_run_all([j for d in designs for j in d[4]], jobs, yosys, cache_dir))
+    results = iter(run_all([j for d in designs for j in d[4]], jobs, yosys, cache_dir))
     rows = []
     for q, net, whole, parts, files in designs:
         full = next(results)

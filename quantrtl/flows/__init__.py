@@ -6,8 +6,8 @@ frozen result dataclass; the command line only parses arguments and formats thes
 and :mod:`quantrtl` exposes them as the Python API.
 """
 from quantrtl.flows.common import (DEFAULT_FINETUNE, DEMO_QUANTIZERS, DIGITS, KEEP, MAX_LANES, SHIPPED_MODELS,
-                                   HardwareOptions, ModelSource, OptionError, artifact_stem, load_data,
-                                   resolve_quantizer, tool_versions, write_json)
+                                   HardwareOptions, ModelSource, OptionError, artifact_stem, check_sparse,
+                                   load_data, resolve_quantizer, tool_versions, write_json)
 from quantrtl.flows.cosim import CosimOptions, CosimResult, cosim_flow, resolve_image
 from quantrtl.flows.gates import STYLES, GatesOptions, GatesResult, gates_flow, sparse_gates_flow
 from quantrtl.flows.quantize import (QuantizedRun, QuantizeOptions, QuantizeResult, method_finetune, method_format,
@@ -16,7 +16,7 @@ from quantrtl.flows.train import TrainResult, train_flow
 from quantrtl.flows.verilog import VerilogOptions, VerilogResult, verilog_flow
 
 __all__ = ["DEFAULT_FINETUNE", "DEMO_QUANTIZERS", "DIGITS", "KEEP", "MAX_LANES", "SHIPPED_MODELS", "resolve_quantizer",
-           "HardwareOptions", "ModelSource", "OptionError", "artifact_stem",
+           "HardwareOptions", "ModelSource", "OptionError", "artifact_stem", "check_sparse",
            "load_data", "tool_versions", "write_json", "CosimOptions", "CosimResult", "cosim_flow", "resolve_image",
            "STYLES", "GatesOptions", "GatesResult", "gates_flow", "sparse_gates_flow", "QuantizedRun",
            "QuantizeOptions", "QuantizeResult", "method_finetune", "method_format", "network_for", "quantize_flow",

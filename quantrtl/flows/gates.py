@@ -2,18 +2,13 @@
 unrolled styles), and the dense vs zero-skipping comparison (``synth/sparse.py``)."""
 from __future__ import annotations
 
-import itertools
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from quantrtl.flows.common import DIGITS, KEEP, MAX_LANES, ModelSource, check_lanes, resolve_quantizer, \
-    check_stream_options
-from quantrtl.flows.cosim import cosim_flow
+from quantrtl.flows.common import DIGITS, KEEP, MAX_LANES, ModelSource, check_lanes, check_sparse, \
+    check_stream_options, load_data, resolve_quantizer
 from quantrtl.flows.quantize import quantize_network
-from quantrtl.model.numbers import artifact
 from quantrtl.model.numbers.families import parse_format
 from quantrtl.util.errors import OptionError
 
@@ -183,11 +178,14 @@ def sparse_gates_flow(quantizers: list[str], densities: list[float], throughput:
                       index_bits: int = 4, jobs: int = 2, yosys: str | None = None, out_dir: str | Path = "build/gates",
                       finetune: int | None = None, image: int = 0,
                       cache_dir: str | Path = "build/synth-cache", target: str = "gates", dsp: bool = True,
-                      progress=None) -> dict:
-    """Dense vs zero-skipping engines at equal throughput, over weight density
-    (:mod:`quantrtl.synth.sparse`): the models are quantized and the layer co-simulated
-    on test image ``image`` here, in a scratch folder of this run."""
-    from quantrtl.synth.sparse import Collaborators, LayerRun, sparse_comparison
+                      progress=None, engines: tuple[str, ...] | None = None) -> dict:
+    """Dense vs zero-skipping engines (``engines``: row, broadcast; default both) at equal
+    measured throughput, over weight density (:mod:`quantrtl.synth.sparse`): the models are
+    quantized here and each design's layer simulated alone on the golden input of test
+    image ``image`` (first input to last output handshake, bit-exact checked)."""
+    from quantrtl.sim import golden
+    from quantrtl.sim.stream import layer_io, measure_layer
+    from quantrtl.synth.sparse import ENGINES, Collaborators, LayerRun, sparse_comparison
     from quantrtl.synth.yosys import yosys_version
 
     fmts = [parse_format(q) for q in quantizers]
@@ -195,37 +193,41 @@ def sparse_gates_flow(quantizers: list[str], densities: list[float], throughput:
     for d in densities:
         if not 0.0 < d <= 1.0:
             raise OptionError("densities", f"{d} out of range (0, 1]")
+    engines = tuple(ENGINES if engines is None else engines)
+    if not engines or any(check_sparse(e) is None for e in engines):
+        raise OptionError("sparse", f"names no zero-skipping engine; choose from {', '.join(ENGINES)}")
     check_stream_options(index_bits, DIGITS)
     if jobs < 1:
         raise OptionError("jobs", f"must be at least 1, got {jobs}")
     check_target(target)
     version = yosys_version(yosys)
     t0 = time.perf_counter()
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".sparse-work-", dir=Path(out_dir)))
+    x = load_data(DIGITS)[1].x[image]
+    goldens = {}
 
     def quantize(name, density):
         q = quantize_network(name, finetune) if density is None else quantize_network(name, finetune, density=density)
         return q.qnet, q.golden_accuracy
 
-    serial = itertools.count()
+    def io(net, where):
+        if id(net) not in goldens:  # the network is kept with its golden run (its id stays valid)
+            goldens[id(net)] = (net, golden.run(net, x[None]))
+        return layer_io(net, goldens[id(net)][1], where, x)
 
-    def cosim(name, qnet, lanes, sparse, where):
-        path = artifact.save(qnet, work / f"{'sparse' if sparse else 'dense'}-{name}-{next(serial)}")
-        r = cosim_flow(name, image, lanes=lanes, artifact_path=path, build_root=work / "cosim", sparse=sparse,
-                       index_bits=index_bits)
-        return LayerRun(cycles=next(l["cycles"] for l in r.layers if l["name"] == where), bit_exact=r.bit_exact)
+    def measure(engine, net, where):
+        cycles, exact = measure_layer(engine, io(net, where))
+        return LayerRun(cycles=cycles, bit_exact=exact)
 
-    try:
-        rows, crossover = sparse_comparison(fmts, densities, throughput, layer, index_bits, jobs, yosys,
-                                            Path(out_dir) / "sparse", cache_dir, version,
-                                            Collaborators(quantize=quantize, cosim=cosim))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    if target != "gates":  # per second: the MACs per cycle cosim measured x the post-route Fmax
-        for r in rows:
-            r["macs_per_cycle"] = r["effective_macs_per_cycle"]
+    rows, crossover = sparse_comparison(fmts, densities, throughput, layer, index_bits, jobs, yosys,
+                                        Path(out_dir) / "sparse", cache_dir, version,
+                                        Collaborators(quantize=quantize, measure=measure,
+                                                      layer_input=lambda net, where: io(net, where).inputs,
+                                                      source_shape=lambda net, where: io(net, where).source_shape),
+                                        engines)
+    if target != "gates":  # per second: the MACs per cycle simulation measured x the post-route Fmax
         _fpga_columns(rows, target, dsp, jobs, yosys, cache_dir, progress)
     return {"layer": rows[0]["layer"], "throughput": throughput, "index_bits": index_bits, "rows": rows,
-            "crossover": crossover, "yosys_version": version, "seconds": time.perf_counter() - t0,
-            "target": target}
+            "crossover": crossover, "engines": list(engines), "yosys_version": version,
+            "seconds": time.perf_counter() - t0, "target": target, "image": image,
+            "measurement": "the layer's engine simulated alone (Amaranth simulator) on the golden input of the "
+                           "test image, one value per cycle, output always ready: first input to last output"}

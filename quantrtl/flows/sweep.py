@@ -34,39 +34,70 @@ def _unpack(files: dict[str, bytes], where: Path):
     return artifact.load(where / next(n for n in files if n.endswith(".json")))
 
 
-def synth_job(files: dict[str, bytes], layer: str, lanes: int, target: str = "gates") -> dict:
+def synth_job(files: dict[str, bytes], layer: str, lanes: int, target: str = "gates", sparse: str | None = None,
+              image: int = 0, model: str = "digits") -> dict:
     """Synthesize one layer engine (and its MAC array) of the artifact at ``lanes``; with an
-    FPGA ``target``, also map, place and route the engine (``synth/fpga.py``)."""
-    from quantrtl.synth.gates import array_rows
-
+    FPGA ``target``, also map, place and route the engine (``synth/fpga.py``).  A
+    zero-skipping engine (``sparse``: row, broadcast) is synthesized whole, and its MACs
+    per cycle come from simulating it alone on the golden input of test image ``image``."""
     with tempfile.TemporaryDirectory(prefix="quantrtl-synth-") as d:
         net = _unpack(files, Path(d))
-        row = array_rows({net.quantizer: net.layer(layer)}, lanes, Path(d) / "v", jobs=1, cache_dir=None)[0]
-        text = Path(row.verilog).read_bytes()
-        out = {"gates_total": row.gates_total, "datapath_gates": row.datapath_gates,
-               "control_gates": row.control_gates, "flipflops": row.flipflops, "memory_bits": row.memory_bits,
-               "gates_per_mac_per_cycle": row.gates_per_mac_per_cycle, "macs_per_cycle": row.macs_per_cycle,
-               "logic_depth": row.logic_depth, "top": row.top,
-               "verilog_sha256": hashlib.sha256(text).hexdigest(), "yosys_version": row.yosys_version}
+        if sparse:
+            out, verilog, top = _sparse_synth(net, layer, lanes, sparse, image, model, Path(d) / "v")
+        else:
+            from quantrtl.synth.gates import array_rows
+
+            row = array_rows({net.quantizer: net.layer(layer)}, lanes, Path(d) / "v", jobs=1, cache_dir=None)[0]
+            verilog, top = row.verilog, row.top
+            out = {"gates_total": row.gates_total, "datapath_gates": row.datapath_gates,
+                   "control_gates": row.control_gates, "flipflops": row.flipflops, "memory_bits": row.memory_bits,
+                   "gates_per_mac_per_cycle": row.gates_per_mac_per_cycle, "macs_per_cycle": row.macs_per_cycle,
+                   "logic_depth": row.logic_depth, "top": row.top, "yosys_version": row.yosys_version}
+        out["verilog_sha256"] = hashlib.sha256(Path(verilog).read_bytes()).hexdigest()
         if target != "gates":
             from quantrtl.synth.fpga import fpga_map
-
-            f = fpga_map(row.verilog, row.top, target, cache_dir=None)
-            per_second = row.macs_per_cycle * f.fmax_mhz * 1e6 if f.fmax_mhz else None
+            f = fpga_map(verilog, top, target, cache_dir=None)
+            per_second = out["macs_per_cycle"] * f.fmax_mhz * 1e6 if f.fmax_mhz else None
             out["fpga"] = {"target": target, "device": f.device, "luts": f.luts, "carry": f.carry, "ffs": f.ffs,
                            "dsps": f.dsps, "brams": f.brams, "lutram": f.lutram, "fmax_mhz": f.fmax_mhz,
                            "macs_per_second": per_second, "nextpnr_version": f.nextpnr_version}
         return out
 
 
-def cosim_job(files: dict[str, bytes], lanes: int, image: int) -> dict:
-    """Co-simulate the whole network of the artifact at ``lanes`` on one test image (Icarus)."""
+def _sparse_synth(net, layer: str, lanes: int, sparse: str, image: int, model: str, where: Path):
+    """A zero-skipping engine of ``layer``: simulated alone (its cycles), then synthesized."""
+    from quantrtl.flows.common import ModelSource, load_data
+    from quantrtl.hw.engines import make_engine
+    from quantrtl.sim import golden
+    from quantrtl.sim.stream import layer_io, measure_layer
+    from quantrtl.synth.gates import run_all, write_verilog
+
+    x = load_data(ModelSource(model=model))[1].x[image]
+    io = layer_io(net, golden.run(net, x[None]), layer, x)
+    cycles, exact = measure_layer(make_engine(net.layer(layer), lanes=lanes, sparse=sparse,
+                                              source_shape=io.source_shape), io)
+    top = f"{layer}_{net.quantizer}_{sparse}_p{lanes}"
+    where.mkdir(parents=True, exist_ok=True)
+    verilog = write_verilog(make_engine(net.layer(layer), lanes=lanes, sparse=sparse, source_shape=io.source_shape),
+                            top, where)
+    r = run_all([(verilog, top)], 1, None, None)[0]
+    rate = net.layer(layer).macs / cycles
+    return ({"gates_total": r.gates_total, "datapath_gates": None, "control_gates": None, "flipflops": r.flipflops,
+             "memory_bits": r.memory_bits, "gates_per_mac_per_cycle": r.gates_total / rate, "macs_per_cycle": rate,
+             "logic_depth": r.logic_depth, "top": top, "yosys_version": r.yosys_version, "engine": sparse,
+             "layer_cycles": cycles, "layer_bit_exact": exact}, verilog, top)
+
+
+def cosim_job(files: dict[str, bytes], lanes: int, image: int, sparse: str | None = None) -> dict:
+    """Co-simulate the whole network of the artifact at ``lanes`` on one test image (Icarus),
+    on zero-skipping engines when ``sparse`` names them."""
     from quantrtl.flows.cosim import cosim_flow
 
     with tempfile.TemporaryDirectory(prefix="quantrtl-cosim-") as d:
         net = _unpack(files, Path(d))
         path = next(Path(d).glob("*.json"))
-        r = cosim_flow(net.quantizer, image, artifact_path=path, lanes=lanes, build_root=Path(d) / "build")
+        r = cosim_flow(net.quantizer, image, artifact_path=path, lanes=lanes, build_root=Path(d) / "build",
+                       sparse=sparse or False)
         return {"bit_exact": r.bit_exact, "cycles": r.cycles, "expected_cycles": r.expected_cycles,
                 "predicted": r.predicted, "golden_predicted": r.golden_predicted, "first_mismatch": r.first_mismatch}
 
@@ -103,17 +134,20 @@ def shipped_weight_layers(model: str) -> list[str]:
 
 def sweep(quantizers: list[str], lanes: list[int], densities: list[float], layers: list[str] | None = None,
           jobs: int = 2, scheduler: str | None = None, finetune: int = 10, image: int = 0, cosim: bool = True,
-          out_dir: str | Path = "build/sweep", target: str = "gates", model: str = "digits") -> dict:
+          out_dir: str | Path = "build/sweep", target: str = "gates", model: str = "digits",
+          sparse: str | None = None) -> dict:
     """Every (quantizer, density, lanes, layer) of a shipped ``model`` synthesized, and each
-    network co-simulated, as jobs on a local pool or a Dask cluster."""
+    network co-simulated, as jobs on a local pool or a Dask cluster; ``sparse`` (row,
+    broadcast) puts zero-skipping engines in both."""
     from quantrtl.model.digits import TEST_IMAGES
     from quantrtl.model.numbers import artifact
     from quantrtl.model.numbers.families import parse_format
 
-    from quantrtl.flows.common import MAX_LANES, SHIPPED_MODELS, ModelSource
+    from quantrtl.flows.common import MAX_LANES, SHIPPED_MODELS, ModelSource, check_sparse
     from quantrtl.flows.quantize import quantize_network
 
     fmts = [parse_format(q) for q in quantizers]
+    sparse = check_sparse(sparse)
     if not fmts or not lanes or not densities:
         raise OptionError(("quantizers", "lanes", "densities"), "{0}, {1} and {2} each need at least one value")
     for p in lanes:
@@ -153,8 +187,9 @@ def sweep(quantizers: list[str], lanes: list[int], densities: list[float], layer
             nets[(q, d)] = (qr, files)
         keys = [(q, d, p, layer) for (q, d) in nets for p in lanes for layer in layers]
         ckeys = [(q, d, p) for (q, d) in nets for p in lanes] if cosim else []
-        sfut = [ex.submit(synth_job, nets[(q, d)][1], layer, p, target) for q, d, p, layer in keys]
-        cfut = [ex.submit(cosim_job, nets[(q, d)][1], p, image) for q, d, p in ckeys]
+        sfut = [ex.submit(synth_job, nets[(q, d)][1], layer, p, target, sparse, image, model)
+                for q, d, p, layer in keys]
+        cfut = [ex.submit(cosim_job, nets[(q, d)][1], p, image, sparse) for q, d, p in ckeys]
         synth = [f.result() for f in sfut]
         cos = {k: f.result() for k, f in zip(ckeys, cfut)}
     rows = []
@@ -167,5 +202,6 @@ def sweep(quantizers: list[str], lanes: list[int], densities: list[float], layer
             row.update(bit_exact=c["bit_exact"], cycles=c["cycles"], expected_cycles=c["expected_cycles"],
                        first_mismatch=c["first_mismatch"])
         rows.append(row)
-    return {"rows": rows, "model": model, "image": image if cosim else None, "finetune": finetune, "target": target,
+    return {"rows": rows, "model": model, "image": image if cosim or sparse else None, "finetune": finetune,
+            "target": target, "sparse": sparse,
             "executor": "dask" if scheduler else "local", "seconds": time.perf_counter() - t0}

@@ -243,6 +243,32 @@ def test_icarus_sparse_engines_for_pruned_methods(quantized, build_root, name):
     assert r.cycles == r.expected_cycles and r.cycles < dense.cycles
 
 
+@pytest.mark.icarus
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["shift3", "focused5", "kmeans4"])
+def test_icarus_broadcast_engines_bit_exact(build_root, tmp_path, name):
+    """Activation-broadcast engines on the digits network pruned to 10, 30 and 100 % of its
+    weights: every layer bit-exact in Icarus, at least the formula's cycles (a lower
+    bound), and fewer cycles the sparser the weights."""
+    from quantrtl.model.numbers import artifact
+
+    cycles = {}
+    for density in (0.1, 0.3, 1.0):
+        q = flows.quantize_network(name, 2, density=density)
+        art = artifact.save(q.qnet, tmp_path / f"{name}-d{density:g}")
+        r = flows.cosim_flow(name, 4, artifact_path=art, build_root=build_root, sparse="broadcast", stream=1)
+        assert r.bit_exact and all(l["bit_exact"] for l in r.layers), (density, r.first_mismatch)
+        assert r.cycles >= r.expected_cycles
+        cycles[density] = r.cycles
+    assert cycles[0.1] < cycles[0.3] < cycles[1.0], cycles
+
+
+def test_cosim_names_the_sparse_engines(capsys):
+    assert main(["cosim", "--quantizer", "shift3", "--sparse", "columns"]) == 2
+    err = capsys.readouterr().err
+    assert "sparse engine 'columns' unknown; choose one of row, broadcast" in err and len(err.splitlines()) <= 2
+
+
 @pytest.mark.parametrize("name", ["unified", "xnor"])
 def test_sparse_engine_refuses_block_and_binary_layers(quantized, name):
     from quantrtl.hw.sparse import SparseConvEngine
