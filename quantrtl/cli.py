@@ -286,7 +286,8 @@ def cmd_gates_sparse(args, qs) -> int:
                          f"{x['gates_total'] / x['effective_macs_per_cycle']:.1f}",
                          "yes" if x["bit_exact"] else "NO"] for x in r["rows"]]))
     if r["target"] != "gates":
-        _print_fpga(r["rows"], lambda x: f"{x['quantizer']} {x['style']} d={x['density']:g}")
+        _print_fpga(r["rows"], lambda x: f"{x['quantizer']} {x['style']}"
+                    + (f" groups={x['groups']}" if x["style"] == "dense" else f" d={x['density']:g}"))
     for q, per in r["crossover"].items():
         for e, d in per.items():
             print(f"{q}: {e} zero-skipping hardware is cheaper than the best dense design "
@@ -413,7 +414,7 @@ def cmd_sweep(args) -> int:
     print(f"\n{len(rows)} designs on the {r['executor']} executor in {r['seconds']:.1f} s")
     if args.json:
         flows.write_json(args.json, {"rows": rows, "model": r["model"], "image": r["image"],
-                                     "finetune": r["finetune"], "target": r["target"]})
+                                     "finetune": r["finetune"], "target": r["target"], "sparse": r["sparse"]})
     if args.csv:
         write_csv(rows, args.csv)
     if args.plot:

@@ -35,6 +35,7 @@ def test_dask_matches_local(tmp_path):
     (["--densities", "half"], "cannot read 'half'"),
     (["--layers", "pool"], "--layers 'pool' is not a conv2d/linear layer"),
     (["--target", "stratix"], "unknown --target 'stratix'; choose one of gates, ecp5, ice40, xilinx"),
+    (["--sparse", "columns"], "--sparse sparse engine 'columns' unknown; choose one of row, broadcast"),
     (["--scheduler", "tcp://127.0.0.1:9", "--lanes", "4", "--quantizers", "fixed8", "--finetune", "0"],
      "--scheduler tcp://127.0.0.1:9: cannot connect"),
 ])
@@ -88,3 +89,19 @@ def test_sweep_over_the_residual_network(tmp_path, capsys):
     r = json.loads((tmp_path / "s.json").read_text())
     assert r["model"] == "digits-res" and r["rows"][0]["layer"] == "dw" and r["rows"][0]["gates_total"] > 0
     assert r["rows"][0]["macs_per_cycle"] == pytest.approx(4608 / 576)  # 8 lane groups of one lane, 9 taps
+
+
+@pytest.mark.yosys
+@pytest.mark.icarus
+def test_sweep_on_broadcast_engines(tmp_path):
+    """``--sparse broadcast``: the synthesis job builds the broadcast engine (its MACs per
+    cycle simulated on the image, bit-exact) and the cosim job runs the network on them."""
+    assert main(["sweep", "--quantizers", "shift3", "--lanes", "4", "--densities", "0.3", "--layers", "conv1",
+                 "--finetune", "0", "--sparse", "broadcast", "--out", str(tmp_path / "o"),
+                 "--json", str(tmp_path / "s.json")]) == 0
+    r = json.loads((tmp_path / "s.json").read_text())
+    row = r["rows"][0]
+    assert r["sparse"] == "broadcast" and row["engine"] == "broadcast" and row["top"] == "conv1_shift3_broadcast_p4"
+    assert row["layer_bit_exact"] and row["bit_exact"] and row["cycles"] >= row["expected_cycles"]
+    assert row["macs_per_cycle"] == pytest.approx(8 * 8 * 8 * 9 / row["layer_cycles"])
+    assert row["gates_total"] > 0 and row["datapath_gates"] is None

@@ -130,23 +130,38 @@ def test_acceptance_unrolled_fq_conv(tmp_path):
 @pytest.mark.icarus
 @pytest.mark.nextpnr
 def test_sparse_vs_dense_at_equal_throughput(tmp_path, capsys):
+    """The dense default sets the throughput; the cheapest dense grouping that meets it is
+    the dense side; both zero-skipping engines get the fewest lanes that meet it, measured;
+    every design bit-exact; the FPGA columns per design."""
     j = tmp_path / "s.json"
     rc = main(["gates", "--sparse", "--quantizers", "shift3", "--density", "0.2", "--throughput", "4",
                "--finetune", "1", "--out", str(tmp_path / "v"), "--json", str(j), "--target", "ecp5"])
     assert rc == 0
     r = json.loads(j.read_text())
-    dense, sparse = r["rows"]
-    assert dense["style"] == "dense" and sparse["style"] == "sparse" and sparse["density"] == 0.2
-    assert dense["bit_exact"] and sparse["bit_exact"]
-    assert sparse["measured_cycles"] <= dense["measured_cycles"]  # at least the dense throughput
-    assert sparse["decoder_gates"] > 0 and sparse["lanes"] < dense["lanes"]
-    assert sparse["datapath_gates"] + sparse["decoder_gates"] + sparse["control_gates"] == sparse["gates_total"]
-    for row in (dense, sparse):  # per second: the cosim-measured MACs per cycle x the post-route Fmax
-        f = row["fpga"]
+    dense = [x for x in r["rows"] if x["style"] == "dense"]
+    row, broadcast = ([x for x in r["rows"] if x["style"] == e] for e in ("row", "broadcast"))
+    assert len(row) == len(broadcast) == 1 and row[0]["density"] == broadcast[0]["density"] == 0.2
+    row, broadcast = row[0], broadcast[0]
+    target = dense[0]["measured_cycles"]
+    assert dense[0]["default"] and all(x["target_cycles"] == target for x in r["rows"])
+    assert sum(x["best_dense"] for x in dense) == 1
+    best = next(x for x in dense if x["best_dense"])
+    assert best["gates_total"] == min(x["gates_total"] for x in dense)
+    assert {x["groups"] for x in dense} >= {1, 4}  # groups = lanes: one activation read for all lanes
+    assert next(x for x in dense if x["groups"] == 4)["activation_read_ports"] == 1
+    for x in r["rows"]:
+        assert x["bit_exact"] and x["meets_throughput"] and x["gates_all_logic"] >= x["gates_total"]
+    for x in (row, broadcast):  # at least the dense throughput, measured, with the lanes it needed
+        assert x["measured_cycles"] <= target and x["lanes_tried"][-1]["lanes"] == x["lanes"] <= 4
+    assert row["activation_read_ports"] == row["lanes"] and broadcast["activation_read_ports"] == 1
+    assert set(r["crossover"]["shift3"]) == {"row", "broadcast"}
+    for x in r["rows"]:  # per second: the measured MACs per cycle x the post-route Fmax
+        f = x["fpga"]
         assert f["luts"] > 0 and f["fmax_mhz"] > 0
-        assert f["macs_per_second"] == pytest.approx(row["effective_macs_per_cycle"] * f["fmax_mhz"] * 1e6)
+        assert f["macs_per_second"] == pytest.approx(x["effective_macs_per_cycle"] * f["fmax_mhz"] * 1e6)
     out = capsys.readouterr().out
-    assert "sparse hardware is cheaper" in out and "shift3 sparse d=0.2" in out
+    assert "broadcast zero-skipping hardware is cheaper than the best dense design" in out
+    assert "shift3 broadcast d=0.2" in out
 
 
 @pytest.mark.slow
