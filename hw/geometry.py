@@ -19,7 +19,7 @@ from quantrtl.model.numbers.layout import stream_to_chw_index
 from quantrtl.model.numbers.sparse import encode_row, zero_code
 
 __all__ = ["uint_bits", "choose_groups", "ConvGeometry", "fanin_codes", "conv_memory_bits", "maxpool_cycles",
-           "relu_cycles", "SparseSchedule", "BroadcastSchedule", "MAXPOOL_CYCLE_FORMULA"]
+           "relu_cycles", "ZeroSkipSchedule", "SparseSchedule", "BroadcastSchedule", "MAXPOOL_CYCLE_FORMULA"]
 
 
 def uint_bits(n: int) -> int:
@@ -209,8 +209,31 @@ def relu_cycles(in_shape) -> int:
     return int(np.prod(in_shape))
 
 
+class ZeroSkipSchedule:
+    """What both zero-skipping schedules share: built from a layer's codes in fan-in
+    order, entries of ``index_bits`` + ``code_bits`` + a 2-bit kind."""
+
+    index_bits: int
+    code_bits: int
+
+    @classmethod
+    def build(cls, g: ConvGeometry, weights: np.ndarray, fmt: WeightFormat, index_bits: int):
+        raise NotImplementedError
+
+    @classmethod
+    def for_layer(cls, layer: Layer, lanes: int, index_bits: int, source_shape: tuple | None = None):
+        """The schedule of ``layer`` on a ``lanes``-lane zero-skipping engine (one lane group)."""
+        g = ConvGeometry.from_layer(layer, lanes, groups=1)
+        return cls.build(g, fanin_codes(layer, g, source_shape), layer.format, index_bits)
+
+    @property
+    def entry_width(self) -> int:
+        """run + code + a 2-bit kind (absent, weight, filler)."""
+        return self.index_bits + self.code_bits + 2
+
+
 @dataclass(frozen=True)
-class SparseSchedule:
+class SparseSchedule(ZeroSkipSchedule):
     """The zero-skipping engine's schedule: each (pixel, channel) takes ``words_c =
     max(1, ceil(entries_c / P))`` cycles over the channel's relative-index entries."""
 
@@ -226,18 +249,6 @@ class SparseSchedule:
     def build(cls, g: ConvGeometry, weights: np.ndarray, fmt: WeightFormat, index_bits: int) -> "SparseSchedule":
         """``weights``: codes as (cout, K) in the engine's fan-in order (:func:`fanin_codes`)."""
         return cls(g, tuple(encode_row(r, fmt, index_bits) for r in weights), index_bits, fmt.bits)
-
-    @classmethod
-    def for_layer(cls, layer: Layer, lanes: int, index_bits: int, source_shape: tuple | None = None
-                  ) -> "SparseSchedule":
-        """The schedule of ``layer`` on a ``lanes``-lane zero-skipping engine (one lane group)."""
-        g = ConvGeometry.from_layer(layer, lanes, groups=1)
-        return cls.build(g, fanin_codes(layer, g, source_shape), layer.format, index_bits)
-
-    @property
-    def entry_width(self) -> int:
-        """run + code + a 2-bit kind (absent, weight, filler)."""
-        return self.index_bits + self.code_bits + 2
 
     def channel_words(self) -> list[int]:
         p = self.geometry.lanes
@@ -270,7 +281,7 @@ class SparseSchedule:
 
 
 @dataclass(frozen=True)
-class BroadcastSchedule:
+class BroadcastSchedule(ZeroSkipSchedule):
     """The activation-broadcast engine's tables (``hw/broadcast.py``): output channels
     assigned to lanes, and per lane and input channel a *column*: the lane's weights that
     an input activation of that channel meets, in the order (kernel row, kernel column,
@@ -320,12 +331,6 @@ class BroadcastSchedule:
             columns.append(tuple(encode_row(block[ci].ravel(), fmt, index_bits) for ci in range(g.cin)))
         return cls(g, tuple(tuple(c) for c in owned), tuple(columns), index_bits, fmt.bits)
 
-    @classmethod
-    def for_layer(cls, layer: Layer, lanes: int, index_bits: int, source_shape: tuple | None = None
-                  ) -> "BroadcastSchedule":
-        g = ConvGeometry.from_layer(layer, lanes, groups=1)
-        return cls.build(g, fanin_codes(layer, g, source_shape), layer.format, index_bits)
-
     @property
     def lanes(self) -> int:
         return len(self.channels)
@@ -344,11 +349,6 @@ class BroadcastSchedule:
         """A column position → (kernel row, kernel column, the lane's channel index)."""
         cl = self.lane_channels
         return pos // (self.geometry.kw * cl), (pos // cl) % self.geometry.kw, pos % cl
-
-    @property
-    def entry_width(self) -> int:
-        """run + code + a 2-bit kind (absent, weight, filler)."""
-        return self.index_bits + self.code_bits + 2
 
     def lane_entries(self) -> list[int]:
         """Entries stored in each lane's bank."""
