@@ -8,7 +8,7 @@ them).  Lane ``l`` owns a few output channels (:class:`~quantrtl.hw.geometry.Bro
 balances their nonzero weights) and, in its own bank, for each input channel the
 *column* of its weights that such an activation meets: kernel row, kernel column and
 the lane's channel, as relative-index entries (``model/numbers/sparse.py``) with a
-start/end pointer per input channel.  A lane queues the activations that have entries
+pointer per input channel (where its column starts; the next one's is where it ends).  A lane queues the activations that have entries
 in its bank (a small FIFO, as in EIE, so lanes with more work for one activation do not
 hold the others back) and walks one entry per cycle, back to back across activations:
 
@@ -129,18 +129,18 @@ class BroadcastConvEngine(ConvEngine):
         return [int(b) for b in out]
 
     def lane_tables(self, lane: int) -> tuple[list[int], list[int]]:
-        """A lane's entry bank words and its pointer words (start | end << width) per input channel."""
+        """A lane's entry bank words and its column pointers: where each input channel's
+        column starts, and one past the last (``cin + 1`` words; column ``ci`` is
+        ``[pointer[ci], pointer[ci + 1])``)."""
         s = self.schedule
         layout = sparse_entry_layout(self.index_bits, self.layer.format.bits)
-        words, pointers = [], []
+        words, pointers = [], [0]
         for row in s.columns[lane]:
-            start = len(words)
             words += [pack(layout, [dict(run=int(r), code=int(c),
                                          kind=EntryKind.FILLER if f else EntryKind.WEIGHT)])
                       for r, c, f in zip(row.runs, row.codes, row.filler)]
-            pointers.append((start, len(words)))
-        aw = self.pointer_bits
-        return words, [st | (en << aw) for st, en in pointers]
+            pointers.append(len(words))
+        return words, pointers
 
     @property
     def pointer_bits(self) -> int:
@@ -219,7 +219,9 @@ class BroadcastConvEngine(ConvEngine):
             words, pointers = self.lane_tables(l)
             q = queues[l]
             head = data.View(item, q.r_data)
-            ptr = rom(m, f"pointer_rom{l}", pointers, 2 * aw)
+            ptr_mem = m.submodules[f"pointer_rom{l}"] = Memory(shape=unsigned(aw), depth=len(pointers),
+                                                                init=pointers)
+            first_ptr, end_ptr = ptr_mem.read_port(domain="comb"), ptr_mem.read_port(domain="comb")
             bank = rom(m, f"entry_mem{l}", words, entry.size, domain="sync")
             acc = m.submodules[f"acc_mem{l}"] = Memory(shape=unsigned(self.acc_word), depth=depth, init=[])
             wp = acc.write_port()
@@ -233,8 +235,8 @@ class BroadcastConvEngine(ConvEngine):
             cur = Signal(item, name=f"lane{l}_item")
             b_valid, b_first = Signal(name=f"lane{l}_b_valid"), Signal(name=f"lane{l}_b_first")
             b_item = Signal(item, name=f"lane{l}_b_item")
-            m.d.comb += [ptr.addr.eq(head.ci), q.r_en.eq(~cur_more)]
-            start, end = ptr.data[:aw], ptr.data[aw:]
+            m.d.comb += [first_ptr.addr.eq(head.ci), end_ptr.addr.eq(head.ci + 1), q.r_en.eq(~cur_more)]
+            start, end = first_ptr.data, end_ptr.data
             m.d.sync += b_valid.eq(cur_more | q.r_rdy)
             with m.If(cur_more):
                 m.d.comb += bank.addr.eq(cur_addr)

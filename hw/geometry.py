@@ -416,14 +416,14 @@ class BroadcastSchedule(ZeroSkipSchedule):
         return total
 
     def memory_bits(self, acc_word: int, acc_width: int, shift_max: int | None, bias_words: int) -> dict[str, int]:
-        """Entry banks, column pointers (start and end per input channel and lane),
+        """Entry banks, column pointers (``cin + 1`` per lane: where each column starts),
         accumulators (one ``acc_word`` per output of a lane), biases and requantization
         constants; no activation memory (activations are broadcast as they arrive)."""
         g = self.geometry
         pointer = uint_bits(max(self.lane_entries()))
         depth = g.pixels * self.lane_channels
         return {"entries": sum(self.lane_entries()) * self.entry_width,
-                "pointers": self.lanes * g.cin * 2 * pointer,
+                "pointers": self.lanes * (g.cin + 1) * pointer,
                 "accumulators": self.lanes * depth * acc_word,
                 "bias": bias_words * acc_width,
                 "requant": 0 if shift_max is None else g.cout * (M0_BITS + uint_bits(shift_max))}

@@ -163,7 +163,7 @@ def cmd_verilog(args) -> int:
     print(f"verilog      {r.verilog}")
     print(f"description  {r.description}")
     print(f"artifact     {r.artifact}")
-    print(f"cycles       {r.expected_cycles} per image (latency, formula; cosim measures them)")
+    print(f"cycles       {r.expected_cycles} per image (latency, formula{_bound(args)}; cosim measures them)")
     busy = {l["name"]: l["occupancy_cycles"] for l in r.layers if "occupancy_cycles" in l}
     slowest = f" = the slowest layer's busy cycles ({max(busy, key=busy.get)})" if busy else ""
     print(f"II           {r.initiation_interval} cycles between images streamed back to back{slowest} "
