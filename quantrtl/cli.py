@@ -272,7 +272,7 @@ def cmd_gates_sparse(args, qs) -> int:
                                 index_bits=args.index_bits, jobs=args.jobs, yosys=args.yosys, out_dir=args.out,
                                 finetune=args.finetune, target=args.target, dsp=not args.no_dsp, engines=engines,
                                 progress=None if args.target == "gates"
-                                else Progress(len(qs) * (2 + len(engines) * len(densities)), args.target).step)
+                                else lambda total: Progress(total, args.target).step)
     print(f"layer {r['layer']}; the dense engine with {r['throughput']} lanes sets the throughput; each design's "
           "cycles measured by simulating its engine alone (golden input, one value per cycle); gates: activation "
           "memory as logic (the gather's read ports count); all-logic: every run-time memory as logic")

@@ -119,11 +119,14 @@ def _search(kind, layer, net, where, target, max_lanes, index_bits, source_shape
 
 
 def _synthesize(designs: list[tuple[str, object]], out: Path, jobs, yosys, cache_dir) -> list[tuple]:
-    """Each (top, engine) under both memory mappings: [(gates result, all-logic result, Verilog)]."""
+    """Each (top, engine) under both memory mappings: [(gates result, all-logic result,
+    Verilog)].  Engines whose only run-time memory is the activation memory (dense, row)
+    give the same netlist both ways: they are synthesized once."""
     files = [(write_verilog(eng, top, out), top) for top, eng in designs]
+    more = [i for i, (_, eng) in enumerate(designs) if isinstance(eng, BroadcastConvEngine)]
     gather = run_all(files, jobs, yosys, cache_dir, GATHER_MEMORIES)
-    runtime = run_all(files, jobs, yosys, cache_dir, RUNTIME_MEMORIES)
-    return list(zip(gather, runtime, [f[0] for f in files]))
+    runtime = dict(zip(more, run_all([files[i] for i in more], jobs, yosys, cache_dir, RUNTIME_MEMORIES)))
+    return [(g, runtime.get(i, g), f[0]) for i, (g, f) in enumerate(zip(gather, files))]
 
 
 def _row(quantizer, style, density, eng, r: LayerRun, target: int, layer, synth, version, limit: float | None = None,

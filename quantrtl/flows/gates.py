@@ -182,7 +182,9 @@ def sparse_gates_flow(quantizers: list[str], densities: list[float], throughput:
     """Dense vs zero-skipping engines (``engines``: row, broadcast; default both) at equal
     measured throughput, over weight density (:mod:`quantrtl.synth.sparse`): the models are
     quantized here and each design's layer simulated alone on the golden input of test
-    image ``image`` (first input to last output handshake, bit-exact checked)."""
+    image ``image`` (first input to last output handshake, bit-exact checked).
+    ``progress(total)``, with an FPGA ``target``, returns the callback that hears of each
+    of the ``total`` designs as it is mapped (the number is known once the searches end)."""
     from quantrtl.sim import golden
     from quantrtl.sim.stream import layer_io, measure_layer
     from quantrtl.synth.sparse import ENGINES, Collaborators, LayerRun, sparse_comparison
@@ -225,7 +227,7 @@ def sparse_gates_flow(quantizers: list[str], densities: list[float], throughput:
                                                       source_shape=lambda net, where: io(net, where).source_shape),
                                         engines)
     if target != "gates":  # per second: the MACs per cycle simulation measured x the post-route Fmax
-        _fpga_columns(rows, target, dsp, jobs, yosys, cache_dir, progress)
+        _fpga_columns(rows, target, dsp, jobs, yosys, cache_dir, progress(len(rows)) if progress else None)
     return {"layer": rows[0]["layer"], "throughput": throughput, "index_bits": index_bits, "rows": rows,
             "crossover": crossover, "engines": list(engines), "yosys_version": version,
             "seconds": time.perf_counter() - t0, "target": target, "image": image,
