@@ -24,7 +24,7 @@ def sparse_mode(value) -> str | None:
         return "row"
     if value in SPARSE_MODES:
         return value
-    raise ValueError(f"sparse engine {value!r} unknown; choose one of {', '.join(SPARSE_MODES)}")
+    raise ValueError(f"{value!r} names no zero-skipping engine; choose one of {', '.join(SPARSE_MODES)}")
 
 
 def make_engine(layer: Layer, lanes: int = 8, pipeline: int = 0, groups: int | None = None,

@@ -36,7 +36,7 @@ from typing import Callable
 
 from quantrtl.hw.broadcast import BroadcastConvEngine
 from quantrtl.hw.geometry import BroadcastSchedule, ConvGeometry, SparseSchedule
-from quantrtl.hw.layer import ConvEngine
+from quantrtl.hw.engines import make_engine
 from quantrtl.hw.sparse import SparseConvEngine
 from quantrtl.synth.gates import run_all, write_verilog
 
@@ -85,10 +85,9 @@ def dense_groupings(lanes: int, block: int = 1) -> list[int]:
 
 
 def _engine(kind: str, layer, lanes: int, index_bits: int, source_shape, groups: int | None = None):
-    if kind == "dense":
-        return ConvEngine(layer, lanes=lanes, groups=groups, source_shape=source_shape)
-    cls = {"row": SparseConvEngine, "broadcast": BroadcastConvEngine}[kind]
-    return cls(layer, lanes=lanes, index_bits=index_bits, source_shape=source_shape)
+    """The ``kind`` (dense, row, broadcast) engine of ``layer`` (``hw/engines.make_engine``)."""
+    return make_engine(layer, lanes=lanes, groups=groups, source_shape=source_shape,
+                       sparse=False if kind == "dense" else kind, index_bits=index_bits)
 
 
 def _estimate(kind: str, layer, lanes: int, index_bits: int, source_shape, run: "Collaborators", net, where

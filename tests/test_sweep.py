@@ -35,7 +35,7 @@ def test_dask_matches_local(tmp_path):
     (["--densities", "half"], "cannot read 'half'"),
     (["--layers", "pool"], "--layers 'pool' is not a conv2d/linear layer"),
     (["--target", "stratix"], "unknown --target 'stratix'; choose one of gates, ecp5, ice40, xilinx"),
-    (["--sparse", "columns"], "--sparse sparse engine 'columns' unknown; choose one of row, broadcast"),
+    (["--sparse", "columns"], "--sparse 'columns' names no zero-skipping engine; choose one of row, broadcast"),
     (["--scheduler", "tcp://127.0.0.1:9", "--lanes", "4", "--quantizers", "fixed8", "--finetune", "0"],
      "--scheduler tcp://127.0.0.1:9: cannot connect"),
 ])
