@@ -321,6 +321,8 @@ class BroadcastSchedule(ZeroSkipSchedule):
             owned[lane].append(c)
             load[lane] += int(nonzero[c])
         zero = zero_code(fmt)
+        if zero is None:
+            raise ValueError(f"{fmt.name} weights are never zero: nothing to skip")
         taps = g.kh * g.kw
         # (cout, kh*kw, cin): fan-in order is (dy, dx, ci) with ci fastest
         w3 = weights.reshape(g.cout, taps, g.cin)

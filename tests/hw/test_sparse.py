@@ -215,13 +215,15 @@ def test_broadcast_all_zero_input_and_all_zero_channels():
 
 @pytest.mark.parametrize("change,message", [
     (dict(stride=(2, 1)), "takes stride 1"),
+    (dict(format="binary"), "binary weights are never zero: nothing to skip; use --sparse row or the dense engine"),
     (dict(tap_fault=0), "control faults"),
     (dict(pipeline=1), "pipeline 0 only"),
     (dict(queue_depth=0), "queue_depth must be at least 1"),
 ])
 def test_broadcast_refuses_what_it_cannot_build(change, message):
-    net = random_network(parse_format("fixed4"), seed=1, cin=2, hw=6, cout=3, stride=change.get("stride", (1, 1)))
-    kw = {k: v for k, v in change.items() if k != "stride"}
+    net = random_network(parse_format(change.get("format", "fixed4")), seed=1, cin=2, hw=6, cout=3,
+                         stride=change.get("stride", (1, 1)))
+    kw = {k: v for k, v in change.items() if k not in ("stride", "format")}
     with pytest.raises(ValueError, match=message):
         BroadcastConvEngine(net.layers[0], lanes=2, **kw)
 
