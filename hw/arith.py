@@ -2,9 +2,9 @@
 exact widths and balanced adder trees (no format knowledge)."""
 from __future__ import annotations
 
-from amaranth.hdl import Module, Shape, Signal, signed
+from amaranth.hdl import Const, Module, Shape, Signal, signed
 
-__all__ = ["signed_width", "sum_shape", "adder_tree", "all_of"]
+__all__ = ["signed_width", "sum_shape", "adder_tree", "all_of", "weighted_sum"]
 
 
 def all_of(signals):
@@ -42,3 +42,18 @@ def adder_tree(m: Module, values: list, name: str):
             nxt.append(values[-1])
         values, level = nxt, level + 1
     return values[0]
+
+
+def weighted_sum(m: Module, base, terms: list, coefficients, width: int, name: str):
+    """``base + Σ_k c_k · terms[k]`` modulo ``2**width`` (terms whose coefficient is 0
+    skipped), a named signal per step (``scaled<name>_t<k>``, ``sum<name>_t<k>``): a
+    multi-term format's per-layer coefficients applied once per output."""
+    total = base
+    for k, (term, c) in enumerate(zip(terms, coefficients)):
+        if c:
+            scaled = Signal(signed(width), name=f"scaled{name}_t{k}")
+            m.d.comb += scaled.eq(term * Const(int(c), signed(max(2, int(c).bit_length() + 1))))
+            nxt = Signal(signed(width), name=f"sum{name}_t{k}")
+            m.d.comb += nxt.eq(total + scaled)
+            total = nxt
+    return total

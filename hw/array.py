@@ -29,13 +29,13 @@ import operator
 
 import numpy as np
 
-from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from quantrtl.model.numbers.formats import WeightFormat
 
-from quantrtl.hw.arith import adder_tree
+from quantrtl.hw.arith import adder_tree, weighted_sum
 from quantrtl.hw.pe import make_pe, pe_class
 
 __all__ = ["MacArray", "term_widths"]
@@ -179,13 +179,5 @@ class MacArray(wiring.Component):
                     m.d.sync += bias.eq(init[g])
                 for k in range(K):
                     m.d.sync += accs[k].eq(Mux(first, 0, accs[k]) + sums[k][g])
-            total = bias
-            for k, c in enumerate(fmt.coefficients):
-                if c:
-                    term = Signal(signed(W), name=f"scaled{g}_t{k}")
-                    m.d.comb += term.eq(accs[k] * Const(int(c), signed(max(2, int(c).bit_length() + 1))))
-                    nxt = Signal(signed(W), name=f"sum{g}_t{k}")
-                    m.d.comb += nxt.eq(total + term)
-                    total = nxt
-            m.d.comb += self.acc[g].eq(total)
+            m.d.comb += self.acc[g].eq(weighted_sum(m, bias, accs, fmt.coefficients, W, str(g)))
         return m

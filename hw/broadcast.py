@@ -41,17 +41,17 @@ from __future__ import annotations
 import operator
 
 import numpy as np
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import data
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
 
+from quantrtl.hw.arith import weighted_sum
 from quantrtl.hw.array import term_widths
 from quantrtl.hw.geometry import BroadcastSchedule, uint_bits
 from quantrtl.hw.layer import ConvEngine
-from quantrtl.hw.parts import EntryKind, pack, requant_layout, rom, sparse_entry_layout
+from quantrtl.hw.parts import EntryKind, pack, rom, sparse_entry_layout
 from quantrtl.hw.pe import make_pe
-from quantrtl.hw.requant import Requantizer
 from quantrtl.hw.sparse import check_zero_skipping
 from quantrtl.model.numbers.artifact import Layer
 
@@ -85,7 +85,6 @@ class BroadcastConvEngine(ConvEngine):
         except ValueError as e:
             raise ValueError(f"layer {layer.name!r}: {e}; use --sparse row or the dense engine") from None
         fmt = layer.format
-        self.terms = fmt.terms
         self.acc_widths = (term_widths(fmt, self.fanin_codes, layer.input.bits) if fmt.terms > 1
                            else [self.acc_width])
 
@@ -156,6 +155,10 @@ class BroadcastConvEngine(ConvEngine):
         return self.schedule.lanes
 
     @property
+    def activation_read_ports(self) -> int:
+        return 1  # the input stream: activations are used as they arrive, no activation memory
+
+    @property
     def nonzero_weights(self) -> int:
         return self.schedule.nonzero_weights
 
@@ -169,7 +172,8 @@ class BroadcastConvEngine(ConvEngine):
 
     @property
     def memory_bits(self) -> dict[str, int]:
-        return self.schedule.memory_bits(self.acc_word, self.acc_width, self.shift_max, len(self.biases()))
+        bias_words = len(self.border_classes()[2]) * self.geometry.cout
+        return self.schedule.memory_bits(self.acc_word, self.acc_width, self.shift_max, bias_words)
 
     # ---- hardware ----------------------------------------------------------------
     def elaborate(self, platform):
@@ -333,27 +337,13 @@ class BroadcastConvEngine(ConvEngine):
                             if P > 1 else acc_ports[0][0].data)
         bias_rom = rom(m, "bias_rom", [b % (1 << W) for b in self.biases()], W)
         m.d.comb += bias_rom.addr.eq(s1_class * g.cout + s1_c)
-        total = bias_rom.data.as_signed()
-        lo = 0
-        for k, w in enumerate(self.acc_widths):
-            term = word[lo:lo + w].as_signed()
-            coeff = fmt.coefficients[k] if self.terms > 1 else 1
-            total = total + (term if coeff == 1 else term * Const(int(coeff), signed(max(2, int(coeff).bit_length() + 1))))
+        terms, lo = [], 0
+        for w in self.acc_widths:
+            terms.append(word[lo:lo + w].as_signed())
             lo += w
-        value = Signal(signed(W), name="drain_value")
-        m.d.comb += value.eq(total[:W])
-        if layer.activation == "sign":
-            converted = ~value[-1]
-        else:
-            consts = requant_layout(self.shift_max)
-            rq_rom = rom(m, "requant_rom", [pack(consts, [dict(m0=int(m0), shift=int(n))])
-                                            for m0, n in zip(layer.m0, layer.shift)], consts.size)
-            m.d.comb += rq_rom.addr.eq(s1_c)
-            rq = m.submodules.requant = Requantizer(W, (int(layer.shift.min()), int(layer.shift.max())),
-                                                    layer.output.zero_point, layer.out_min, layer.out_max)
-            c = data.View(consts, rq_rom.data)
-            m.d.comb += [rq.acc.eq(value), rq.m0.eq(c.m0), rq.shift.eq(c.shift)]
-            converted = rq.q
+        value = weighted_sum(m, bias_rom.data.as_signed(), terms, fmt.coefficients if fmt.terms > 1 else (1,), W,
+                             "_drain")
+        converted = self.output_code(m, value, s1_c)
         with m.If(advance):
             m.d.sync += [out.valid.eq(s1_valid), out.payload.eq(converted)]
         sent = Signal(range(max(2, g.out_size)), name="sent")

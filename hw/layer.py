@@ -112,6 +112,19 @@ class ConvEngine(wiring.Component):
                         pipeline=self.pipeline, term_widths=widths)
 
     @property
+    def lanes(self) -> int:
+        """P, the MAC lanes."""
+        return self.geometry.lanes
+
+    @property
+    def activation_read_ports(self) -> int:
+        """Read ports of the activation memory: one per lane of a group (the groups read the
+        same activations), or one per lane when each group reads its own channel's inputs
+        (a grouped convolution)."""
+        g = self.geometry
+        return g.lanes if g.conv_groups > 1 else g.lanes_per_group
+
+    @property
     def shift_max(self) -> int | None:
         """The largest requantization shift (None for a ``sign`` layer: no requantizer)."""
         return None if self.layer.activation == "sign" else int(self.layer.shift.max())
@@ -147,7 +160,7 @@ class ConvEngine(wiring.Component):
         zx = layer.input.zero_point
 
         grouped = g.conv_groups > 1  # each lane group reads its own output channel's inputs
-        load = ActivationBuffer(m, self, g.in_size, g.lanes if grouped else kc, width=layer.input.bits)
+        load = ActivationBuffer(m, self, g.in_size, self.activation_read_ports, width=layer.input.bits)
         walker = PixelWalker(m, g, "px")
         arr = m.submodules.array = self.mac_array()
         bank = OutputBank(m, self, W, g.groups, g.out_size)
@@ -222,28 +235,33 @@ class ConvEngine(wiring.Component):
 
     def drain(self, m: Module, load: ActivationBuffer, bank: OutputBank, arr: MacArray) -> None:
         """Output bank → requantizer (M0, n per channel from a ROM) → out stream; back to load."""
-        g, layer, W = self.geometry, self.layer, self.acc_width
+        g = self.geometry
         out_cg = Signal(range(max(2, g.channel_groups)), name="out_cgroup")
         drain_cg = Signal(range(max(2, g.channel_groups)), name="drain_cgroup")
         with m.If(bank.capture):
             m.d.sync += [drain_cg.eq(out_cg), out_cg.eq(Mux(out_cg == g.channel_groups - 1, 0, out_cg + 1))]
         count = Mux(out_cg == g.channel_groups - 1, g.last_group_size, g.groups)
-        if layer.activation == "sign":  # binary output: acc >= 0 (the threshold is in the bias)
-            bank.connect(m, [arr.acc[gi] for gi in range(g.groups)], count, ~bank.current[-1])
-            with m.If(bank.finished):
-                m.d.sync += load.running.eq(0)
-            return
+        converted = self.output_code(m, bank.current, drain_cg * g.groups + bank.idx)
+        bank.connect(m, [arr.acc[gi] for gi in range(g.groups)], count, converted)
+        with m.If(bank.finished):
+            m.d.sync += load.running.eq(0)
+
+    def output_code(self, m: Module, value, channel):
+        """The output code of the finished dot product ``value`` of output channel
+        ``channel``: ``value >= 0`` for a ``sign`` layer (binary output; the threshold is in
+        the bias), else the requantizer with the channel's ``M0`` and shift from a ROM."""
+        layer = self.layer
+        if layer.activation == "sign":
+            return ~value[-1]
         consts = requant_layout(self.shift_max)
         rq_rom = rom(m, "requant_rom", [pack(consts, [dict(m0=int(m0), shift=int(n))])
                                         for m0, n in zip(layer.m0, layer.shift)], consts.size)
-        m.d.comb += rq_rom.addr.eq(drain_cg * g.groups + bank.idx)
-        rq = m.submodules.requant = Requantizer(W, (int(layer.shift.min()), int(layer.shift.max())),
+        m.d.comb += rq_rom.addr.eq(channel)
+        rq = m.submodules.requant = Requantizer(self.acc_width, (int(layer.shift.min()), int(layer.shift.max())),
                                                 layer.output.zero_point, layer.out_min, layer.out_max)
         c = data.View(consts, rq_rom.data)
-        m.d.comb += [rq.acc.eq(bank.current), rq.m0.eq(c.m0), rq.shift.eq(c.shift)]
-        bank.connect(m, [arr.acc[gi] for gi in range(g.groups)], count, rq.q)
-        with m.If(bank.finished):
-            m.d.sync += load.running.eq(0)
+        m.d.comb += [rq.acc.eq(value), rq.m0.eq(c.m0), rq.shift.eq(c.shift)]
+        return rq.q
 
 
 class PoolEngine(wiring.Component):

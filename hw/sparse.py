@@ -149,6 +149,11 @@ class SparseConvEngine(ConvEngine):
         return self.schedule.cycles(self.pipeline)
 
     @property
+    def activation_read_ports(self) -> int:
+        """One per lane: each lane gathers its own activation."""
+        return self.geometry.lanes
+
+    @property
     def ideal_cycles(self) -> int:
         """``ceil(nonzero MACs / lanes)``: every lane busy on a nonzero weight every cycle."""
         return self.schedule.ideal_cycles
@@ -175,7 +180,7 @@ class SparseConvEngine(ConvEngine):
         p, bits, ib, ew, W = g.lanes, layer.format.bits, self.index_bits, self.entry_width, self.acc_width
         zx = layer.input.zero_point
 
-        load = ActivationBuffer(m, self, g.in_size, p)
+        load = ActivationBuffer(m, self, g.in_size, self.activation_read_ports)
         walker = PixelWalker(m, g, "px")
         arr = m.submodules.array = self.mac_array()
         bank = OutputBank(m, self, W, 1, g.out_size)

@@ -163,16 +163,18 @@ def bench_sparse(quantizers: tuple[str, ...] = ("shift3", "fixed8"), densities: 
         for d in densities:
             qnet = quantize_network(q, DEFAULT_FINETUNE, ModelSource(density=d), density=d).qnet
             gold = golden.run(qnet, x[None])
+            weighted = [l for l in qnet.layers if l.has_weights]
+            ios = {l.name: layer_io(qnet, gold, l.name, x) for l in weighted}
+            ideals = {l.name: math.ceil(BroadcastSchedule.for_layer(l, lanes, index_bits, ios[l.name].source_shape)
+                                        .useful_macs(ios[l.name].inputs) / lanes) for l in weighted}
             for kind in engines:
-                for layer in (l for l in qnet.layers if l.has_weights):
-                    io = layer_io(qnet, gold, layer.name, x)
+                for layer in weighted:
+                    io, ideal = ios[layer.name], ideals[layer.name]
                     eng = make_engine(layer, lanes=lanes, sparse=kind, index_bits=index_bits,
                                       source_shape=io.source_shape)
                     cycles, exact = measure_layer(eng, io)
                     g = eng.geometry
-                    s = BroadcastSchedule.for_layer(layer, lanes, index_bits, io.source_shape)
-                    ideal = math.ceil(s.useful_macs(io.inputs) / lanes)
-                    row = {"engine": kind, "quantizer": q, "density": d, "layer": layer.name, "lanes": lanes,
+                    row = {"engine": kind, "quantizer": q, "density": d, "layer": layer.name, "lanes": eng.lanes,
                            "bit_exact": exact, "measured_cycles": cycles, "ideal_cycles": ideal,
                            "in_size": g.in_size, "out_size": g.out_size,
                            "dense_cycles": ConvGeometry.from_layer(layer, lanes).cycles(0)}
@@ -183,7 +185,7 @@ def bench_sparse(quantizers: tuple[str, ...] = ("shift3", "fixed8"), densities: 
                     else:
                         walk = max(eng.schedule.lane_work(io.inputs))
                         low = eng.schedule.cycles(io.inputs)
-                        row.update(lanes=eng.lanes, walk_cycles=walk, bound=low, within_bound=cycles >= low,
+                        row.update(walk_cycles=walk, bound=low, within_bound=cycles >= low,
                                    compute_cycles=cycles - g.out_size - 6, walk_over_ideal=walk / max(ideal, 1),
                                    queue_stall_cycles=cycles - low)
                     row["compute_over_ideal"] = row["compute_cycles"] / max(ideal, 1)

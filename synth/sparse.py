@@ -37,7 +37,6 @@ from typing import Callable
 from quantrtl.hw.broadcast import BroadcastConvEngine
 from quantrtl.hw.geometry import BroadcastSchedule, ConvGeometry, SparseSchedule
 from quantrtl.hw.engines import make_engine
-from quantrtl.hw.sparse import SparseConvEngine
 from quantrtl.synth.gates import run_all, write_verilog
 
 __all__ = ["DENSE_SLACK", "ENGINES", "GATHER_MEMORIES", "RUNTIME_MEMORIES", "Collaborators", "LayerRun", "dense_groupings",
@@ -131,15 +130,12 @@ def _synthesize(designs: list[tuple[str, object]], out: Path, jobs, yosys, cache
 def _row(quantizer, style, density, eng, r: LayerRun, target: int, layer, synth, version, limit: float | None = None,
          **extra) -> dict:
     gates, logic, verilog = synth
-    read_ports = 1 if isinstance(eng, BroadcastConvEngine) else (
-        eng.geometry.lanes if isinstance(eng, SparseConvEngine) else eng.geometry.lanes_per_group)
-    return {"quantizer": quantizer, "style": style, "density": density, "layer": layer.name,
-            "lanes": eng.lanes if isinstance(eng, BroadcastConvEngine) else eng.geometry.lanes,
-            "groups": eng.geometry.groups, "activation_read_ports": read_ports,
+    return {"quantizer": quantizer, "style": style, "density": density, "layer": layer.name, "lanes": eng.lanes,
+            "groups": eng.geometry.groups, "activation_read_ports": eng.activation_read_ports,
             "gates_total": gates.gates_total, "gates_all_logic": logic.gates_total, "flipflops": gates.flipflops,
             "memory_bits": gates.memory_bits, "measured_cycles": r.cycles, "target_cycles": target,
-            "meets_throughput": r.cycles <= (target if limit is None else limit), "effective_macs_per_cycle": layer.macs / r.cycles,
-            "macs_per_cycle": layer.macs / r.cycles, "bit_exact": r.bit_exact, "verilog": str(verilog),
+            "meets_throughput": r.cycles <= (target if limit is None else limit),
+            "effective_macs_per_cycle": layer.macs / r.cycles, "macs_per_cycle": layer.macs / r.cycles, "bit_exact": r.bit_exact, "verilog": str(verilog),
             "top": gates.top, "yosys_version": version,
             "yosys_script": gates.yosys_script, "provenance": "measured", **extra}
 

@@ -74,12 +74,11 @@ def _sparse_synth(net, layer: str, lanes: int, sparse: str, image: int, model: s
 
     x = load_data(ModelSource(model=model))[1].x[image]
     io = layer_io(net, golden.run(net, x[None]), layer, x)
-    cycles, exact = measure_layer(make_engine(net.layer(layer), lanes=lanes, sparse=sparse,
-                                              source_shape=io.source_shape), io)
+    engine = make_engine(net.layer(layer), lanes=lanes, sparse=sparse, source_shape=io.source_shape)
+    cycles, exact = measure_layer(engine, io)
     top = f"{layer}_{net.quantizer}_{sparse}_p{lanes}"
     where.mkdir(parents=True, exist_ok=True)
-    verilog = write_verilog(make_engine(net.layer(layer), lanes=lanes, sparse=sparse, source_shape=io.source_shape),
-                            top, where)
+    verilog = write_verilog(engine, top, where)
     r = run_all([(verilog, top)], 1, None, None)[0]
     rate = net.layer(layer).macs / cycles
     return ({"gates_total": r.gates_total, "datapath_gates": None, "control_gates": None, "flipflops": r.flipflops,
