@@ -89,9 +89,9 @@ class MacArray(wiring.Component):
             raise ValueError(f"groups ({groups}) must divide lanes ({lanes})")
         if not 2 <= self.acc_width <= 128:
             raise ValueError(f"acc_width must be in 2..128, got {acc_width}")
-        if self.lanes_per_group % fmt.block:
+        if self.lanes_per_group % fmt.lane_block:
             raise ValueError(f"{fmt.name}: lanes per group ({self.lanes_per_group}) must be a multiple of the "
-                             f"block size {fmt.block}")
+                             f"block size {fmt.lane_block}")
         if self.pipeline not in (0, 1, 2):
             raise ValueError(f"pipeline must be 0, 1 or 2, got {pipeline}")
         super().__init__({
@@ -99,12 +99,16 @@ class MacArray(wiring.Component):
             "valid": In(1),
             "first": In(1),
             "last": In(1),
-            "act": In(data.ArrayLayout(unsigned(self.act_bits), self.lanes)),
-            "code": In(data.ArrayLayout(unsigned(fmt.bits), self.lanes)),
+            **self.operand_ports(),
             "init": In(data.ArrayLayout(signed(self.acc_width), self.groups)),
             "acc": Out(data.ArrayLayout(signed(self.acc_width), self.groups)),
             "done": Out(1),
         })
+
+    def operand_ports(self) -> dict:
+        """The ports of a step's operands: an activation and a weight code per lane."""
+        return {"act": In(data.ArrayLayout(unsigned(self.act_bits), self.lanes)),
+                "code": In(data.ArrayLayout(unsigned(self.fmt.bits), self.lanes))}
 
     @property
     def lanes_per_group(self) -> int:
@@ -115,19 +119,24 @@ class MacArray(wiring.Component):
         """Enabled cycles from a step's inputs to its accumulation being visible on ``acc``."""
         return 1 + self.pipeline
 
-    def elaborate(self, platform):
-        m = Module()
-        fmt, K = self.fmt, self.fmt.terms
-        terms = [[] for _ in range(K)]  # terms[k][lane]
+    def products(self, m: Module) -> tuple[list[list], int]:
+        """What the adder trees sum: ``terms[k]`` lists each group's values of term ``k``,
+        group after group, and the count per group.  Here the lanes' PEs (a PE may reduce
+        its lanes first: unified, one value per block of lanes)."""
+        fmt = self.fmt
+        terms = [[] for _ in range(fmt.terms)]  # terms[k][lane]
         for i in range(self.lanes):
             pe = m.submodules[f"pe{i}"] = make_pe(fmt, self.act_bits)
             m.d.comb += [pe.act.eq(self.act[i]), pe.code.eq(self.code[i])]
             for k, p in enumerate(pe.products):
                 terms[k].append(p)
-        per_group = self.lanes_per_group
-        # the PE may reduce its lanes first (unified: one value per block of lanes)
         terms = pe_class(fmt).lane_terms(fmt, m, terms, [self.code[i] for i in range(self.lanes)])
-        per_group //= fmt.block
+        return terms, self.lanes_per_group // fmt.block
+
+    def elaborate(self, platform):
+        m = Module()
+        fmt, K = self.fmt, self.fmt.terms
+        terms, per_group = self.products(m)
 
         ctrl = [self.valid, self.first, self.last]
         init = self.init

@@ -6,8 +6,10 @@ from quantrtl.hw.join import JoinEngine
 from quantrtl.hw.layer import ConvEngine, PoolEngine, ReluEngine
 from quantrtl.hw.sparse import SparseConvEngine
 from quantrtl.model.numbers.artifact import Layer
+from quantrtl.model.numbers.families import family
+from quantrtl.model.numbers.formats import WeightFormat
 
-__all__ = ["SPARSE_MODES", "sparse_mode", "make_engine"]
+__all__ = ["SPARSE_MODES", "sparse_mode", "conv_engine_class", "make_engine"]
 
 #: The zero-skipping engines: ``row`` (each lane gathers its own activation,
 #: ``hw/sparse.py``) and ``broadcast`` (nonzero activations broadcast to all lanes,
@@ -27,6 +29,13 @@ def sparse_mode(value) -> str | None:
     raise ValueError(f"{value!r} names no zero-skipping engine; choose one of {', '.join(SPARSE_MODES)}")
 
 
+def conv_engine_class(fmt: WeightFormat) -> type[ConvEngine]:
+    """The dense conv/linear engine of a format: its family's own (``pq``: table
+    accumulation) or the MAC-array engine."""
+    fam = family(fmt.family)
+    return ConvEngine if fam.engine is None else fam.resolve("engine")
+
+
 def make_engine(layer: Layer, lanes: int = 8, pipeline: int = 0, groups: int | None = None,
                 source_shape: tuple[int, ...] | None = None, sparse: bool | str = False, index_bits: int = 4,
                 tap_fault: int | None = None, source_shapes: list[tuple] | None = None):
@@ -41,7 +50,7 @@ def make_engine(layer: Layer, lanes: int = 8, pipeline: int = 0, groups: int | N
         return SparseConvEngine(layer, lanes=lanes, pipeline=pipeline, source_shape=source_shape,
                                 index_bits=index_bits, tap_fault=tap_fault)
     if layer.has_weights:
-        return ConvEngine(layer, lanes=lanes, groups=groups, pipeline=pipeline, source_shape=source_shape,
+        return conv_engine_class(layer.format)(layer, lanes=lanes, groups=groups, pipeline=pipeline, source_shape=source_shape,
                           tap_fault=tap_fault)
     if layer.op in ("maxpool", "avgpool", "gap"):
         return PoolEngine(layer)

@@ -32,11 +32,11 @@ def choose_groups(fan_in: int, cout: int, lanes: int, block: int = 1) -> int:
 
     Only groups whose output drain (G cycles) fits in the compute time of a group
     (``ceil(K/(P/G))`` cycles) are allowed, so the output never stalls the array;
-    ties go to fewer groups (fewer accumulators).  With ``block > 1`` (unified weights)
-    every group must hold whole blocks.
+    ties go to fewer groups (fewer accumulators).  With ``block > 1`` (unified blocks, pq
+    sub-vectors: the format's ``lane_block``) every group must hold whole blocks.
     """
     if lanes % block:
-        raise ValueError(f"lanes ({lanes}) must be a multiple of the unified block size {block}")
+        raise ValueError(f"lanes ({lanes}) must be a multiple of the format's block size {block}")
     best = None
     for g in range(1, lanes + 1):
         if lanes % g or (lanes // g) % block:
@@ -162,17 +162,18 @@ class ConvGeometry:
         if lanes < 1:
             raise ValueError(f"lanes must be at least 1, got {lanes}")
         fan_in = cin // kw.get("conv_groups", 1) * kw.get("kh", 1) * kw.get("kw", 1)
-        g = choose_groups(fan_in, cout, lanes, layer.format.block) if groups is None else operator.index(groups)
+        g = choose_groups(fan_in, cout, lanes, layer.format.lane_block) if groups is None else operator.index(groups)
         if tap_fault is not None and not 0 <= tap_fault < fan_in:
             raise ValueError(f"layer {layer.name!r}: tap fault at fan-in position {tap_fault}, outside 0..{fan_in - 1}")
         return cls(cin=cin, h=h, w=w, cout=cout, lanes=lanes, groups=g, tap_fault=tap_fault, **kw)
 
 
-def fanin_codes(layer: Layer, g: ConvGeometry, source_shape: tuple | None = None) -> np.ndarray:
-    """A conv/linear layer's codes as (cout, K) in the engines' fan-in order: (dy, dx, ci)
-    with the input channel fastest; a linear layer fed by a (C, H, W) map (``source_shape``)
-    takes its columns in that map's stream order."""
-    codes = layer.codes
+def fanin_codes(layer: Layer, g: ConvGeometry, source_shape: tuple | None = None, values: bool = False) -> np.ndarray:
+    """A conv/linear layer's codes (its decoded integer weights with ``values``) as
+    (cout, K) in the engines' fan-in order: (dy, dx, ci) with the input channel fastest; a
+    linear layer fed by a (C, H, W) map (``source_shape``) takes its columns in that map's
+    stream order."""
+    codes = layer.values if values else layer.codes
     if layer.op == "conv2d":
         return np.transpose(codes, (0, 2, 3, 1)).reshape(g.cout, -1)
     if source_shape is not None and len(source_shape) == 3:

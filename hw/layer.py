@@ -86,7 +86,7 @@ class ConvEngine(wiring.Component):
         Binary (pm1) inputs: the XNOR PE gives ``w * x + 1`` per tap, so ``b - K``."""
         if self.layer.input.binary:
             return self.layer.bias.astype(object) - self.geometry.fan_in
-        values = self.layer.format.decode(self.fanin_codes)
+        values = fanin_codes(self.layer, self.geometry, self.source_shape, values=True)
         return self.layer.bias.astype(object) - self.layer.input.zero_point * values.astype(object).sum(axis=1)
 
     def weight_words(self) -> list[int]:
@@ -216,11 +216,12 @@ class ConvEngine(wiring.Component):
         m.d.comb += [arr.valid.eq(v_b), arr.first.eq(first_b), arr.last.eq(last_b)]
         for gi in range(g.groups):
             m.d.comb += arr.init[gi].eq(bmem.data[gi * W:(gi + 1) * W].as_signed())
+        acts = []
+        for gi in range(g.groups):
             for j in range(kc):
                 data_, kv_b, inb_b = lane_ok[gi * kc + j if grouped else j]
-                lane = gi * kc + j
-                m.d.comb += [arr.act[lane].eq(Mux(kv_b, Mux(inb_b, data_, zx), 0)),
-                             arr.code[lane].eq(wmem.data[lane * bits:(lane + 1) * bits])]
+                acts.append(Mux(kv_b, Mux(inb_b, data_, zx), 0))
+        self.feed(m, arr, acts, wmem.data, t, en)
 
         # stage A: the loop nest pixel → channel group → chunk
         walker.loop(m, load.start, en & issuing, t, g.chunks, cg, g.channel_groups, issued_all)
@@ -232,6 +233,15 @@ class ConvEngine(wiring.Component):
 
         self.drain(m, load, bank, arr)
         return m
+
+    def feed(self, m: Module, arr, acts: list, word, chunk, en) -> None:
+        """Wire a step's operands into the datapath: lane ``i`` gets activation ``acts[i]``
+        (the padding zero point or 0 for a padded lane already chosen) and the ``i``-th
+        code of the weight word ``word`` (read at ``chunk`` of the loop nest, ``en`` its
+        enable)."""
+        bits = self.layer.format.bits
+        for lane, act in enumerate(acts):
+            m.d.comb += [arr.act[lane].eq(act), arr.code[lane].eq(word[lane * bits:(lane + 1) * bits])]
 
     def drain(self, m: Module, load: ActivationBuffer, bank: OutputBank, arr: MacArray) -> None:
         """Output bank → requantizer (M0, n per channel from a ROM) → out stream; back to load."""

@@ -32,6 +32,7 @@ from quantrtl.hw.layer import ConvEngine
 from quantrtl.hw.parts import (ActivationBuffer, EntryKind, OutputBank, PixelWalker, pack, rom, sparse_entry_layout,
                                tap_layout)
 from quantrtl.model.numbers.artifact import Layer
+from quantrtl.model.numbers.families import family
 
 __all__ = ["SparseConvEngine", "SparseDecoder", "check_zero_skipping"]
 
@@ -101,6 +102,10 @@ def check_zero_skipping(layer: Layer) -> None:
     if layer.input.binary:
         raise ValueError(f"layer {layer.name!r}: {layer.format.name} weights are ±1 (no zeros to skip); "
                          f"use the dense engine (no --sparse)")
+    if family(layer.format.family).engine is not None:
+        raise ValueError(f"layer {layer.name!r}: {layer.format.name} stores a codeword index per sub-vector, not "
+                         f"a weight per position, so there are no zero weights to skip; use the dense engine "
+                         f"(no --sparse)")
     if layer.format.block > 1:
         raise ValueError(f"layer {layer.name!r}: {layer.format.name} weights skip whole blocks, which the "
                          f"per-weight sparse engine cannot express; use the dense engine (no --sparse)")

@@ -87,7 +87,10 @@ def _quant_row(r: flows.QuantizeResult) -> list:
 def _params_text(params: dict | None) -> str:
     if not params:
         return "-"
-    return " ".join(f"{k}={v}" for k, v in params.items() if v is not None and k not in ("scale",))
+    def text(v):  # a long list (pq's codebooks) by its length: the artifact holds the values
+        return f"[{len(v)} values]" if isinstance(v, list) and len(v) > 16 else v
+
+    return " ".join(f"{k}={text(v)}" for k, v in params.items() if v is not None and k not in ("scale",))
 
 
 def cmd_quantize(args) -> int:

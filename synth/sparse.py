@@ -157,7 +157,7 @@ def sparse_comparison(fmts: list, densities: list[float], throughput: int, layer
         base = run.measure(default, dense_net, where)
         target = base.cycles
         dense = [(f"dense_{where}_{f.name}_p{throughput}_g{default.geometry.groups}", default, base)]
-        for g in dense_groupings(throughput, dl.format.block):
+        for g in dense_groupings(throughput, dl.format.lane_block):
             if g == default.geometry.groups or \
                     ConvGeometry.from_layer(dl, throughput, g).cycles(0) > DENSE_SLACK * target:
                 continue

@@ -8,6 +8,9 @@ record (:class:`Family`):
   decomposition that the MAC array and the unrolled datapaths use);
 * ``pe``: its processing element, an Amaranth ``ProcessingElement`` subclass
   (``hw/pe.py``), which also carries the NumPy reference of what it computes;
+* ``engine`` (optional): for a family whose datapath is not a MAC array of per-weight
+  PEs, its own dense conv/linear engine (``pq``: table building and accumulation,
+  ``hw/pq.py``); such a family has no ``pe``;
 * ``train``: its training procedure (``model/training/procedures.py``), called with a
   :class:`~quantrtl.model.training.procedures.TrainRequest`;
 * ``widths``: the ``N`` of ``familyN`` names (``None`` for a bare name);
@@ -32,6 +35,7 @@ from quantrtl.model.numbers.codebook import KMeansFormat
 from quantrtl.model.numbers.focused import FocusedFormat
 from quantrtl.model.numbers.formats import (BinaryFormat, FixedFormat, FormatError, ShiftFormat, TernaryFormat,
                                             WeightFormat, XnorFormat)
+from quantrtl.model.numbers.pq import PQFormat
 from quantrtl.model.numbers.unified import UnifiedFormat
 
 __all__ = ["Family", "BUILTIN", "register", "unregister", "families", "family", "parse_format", "format_from_dict",
@@ -47,13 +51,16 @@ class Family:
 
     name: str
     format: type
-    pe: str | type
+    pe: str | type | None
     train: str | Callable
     widths: range | None
     examples: tuple[str, ...]
     summary: str
     #: A seed-paper method (``demo --quantizers methods`` and ``make results`` run these).
     method: bool = False
+    #: The family's own conv/linear engine ("module:Class"), when its datapath is not a
+    #: MAC array of PEs (then ``pe`` is None).
+    engine: str | type | None = None
 
     def __post_init__(self):
         if not _NAME.fullmatch(self.name):
@@ -64,6 +71,8 @@ class Family:
             raise ValueError(f"family {self.name!r}: its format class says family {self.format.family!r}")
         if not self.examples:
             raise ValueError(f"family {self.name!r} needs at least one example name")
+        if (self.pe is None) == (self.engine is None):
+            raise ValueError(f"family {self.name!r} needs either a PE (a MAC array datapath) or an engine of its own")
 
     @property
     def pattern(self) -> str:
@@ -81,8 +90,11 @@ class Family:
         return f"{self.name}N ({w.start}..{w.stop - 1})" if w is not None else self.name
 
     def resolve(self, piece: str) -> Any:
-        """The family's ``pe`` or ``train`` object (imported on first use when named)."""
+        """The family's ``pe``, ``engine`` or ``train`` object (imported on first use when named)."""
         value = getattr(self, piece)
+        if value is None:
+            raise LookupError(f"family {self.name!r} has no {piece}"
+                              + (" (its datapath is its own engine)" if piece == "pe" else ""))
         if not isinstance(value, str):
             return value
         module, _, attr = value.partition(":")
@@ -117,6 +129,9 @@ BUILTIN: tuple[Family, ...] = (
            ("lqnet2", "lqnet1", "lqnet4"), "LQ-Net: K learned binary bases", method=True),
     Family("unified", UnifiedFormat, _PE + "UnifiedPE", "quantrtl.model.training.admm:procedure", None, ("unified",),
            "micro-structured weight unification and pruning (ADMM)", method=True),
+    Family("pq", PQFormat, None, "quantrtl.model.training.pq:procedure", PQFormat.BITS, ("pq4", "pq2", "pq8"),
+           "product quantization: sub-vector codebooks, table accumulation (Q-CNN)", method=True,
+           engine="quantrtl.hw.pq:TableConvEngine"),
 )
 
 _REGISTRY: dict[str, Family] = {f.name: f for f in BUILTIN}

@@ -168,6 +168,12 @@ class WeightFormat:
     #: Weights sharing one multiplier per block of this many consecutive fan-in positions.
     block: ClassVar[int] = 1
 
+    @property
+    def lane_block(self) -> int:
+        """A lane group holds whole runs of this many consecutive fan-in positions (the
+        weights that share structure in the datapath: unified blocks, pq sub-vectors)."""
+        return self.block
+
     def check_layer(self, codes, op: str, source_shape: tuple | None, where: str = "") -> None:
         """Check that a layer's ``codes`` hold the structure the hardware relies on, for an
         engine of ``op`` streaming a ``source_shape`` input (a block-structured format's
