@@ -79,6 +79,13 @@ class ConvEngine(wiring.Component):
         layer.format.check_layer(layer.codes, layer.op, self.source_shape, f"layer {layer.name!r}: ")
         super().__init__(stream_ports())
 
+    @staticmethod
+    def unrolled_parts(fmt, codes, act_bits: int = 8):
+        """The hard-wired (unrolled) style of a layer in ``fmt``, as distinct parts and their
+        counts, for an engine whose datapath is not per-weight; None here: the unrolled
+        style is a dot product per output channel (``hw/unrolled.py``)."""
+        return None
+
     # ---- generation-time tables --------------------------------------------------
     @property
     def folded_bias(self) -> np.ndarray:

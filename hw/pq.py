@@ -21,21 +21,33 @@ accumulation pays when a step serves more output channels than it has codewords.
 datapath: the same loop nest, activation buffer, biases and requantizer; its weight
 memory holds ``G * S`` indices per word (one per sub-vector, not per weight) and a
 codebook ROM holds each chunk's ``S`` codebooks (``S * K * sub`` codewords).
+
+Unrolled (hard-wired) style, :class:`UnrolledTableLayer`: one output pixel per cycle, all
+output channels at once.  Each input sub-vector of the window has a :class:`TableSlice`
+(the codewords some output channel selects there, as constant multiplies: shift-add
+networks); each output channel is a :class:`ChannelSum`, an adder tree over the entries
+its indices select (the selection is wiring).  :func:`unrolled_parts` lists the distinct
+parts and how many of each a layer has (what the gate comparison synthesizes).
 """
 from __future__ import annotations
 
+from collections import Counter
+
+import numpy as np
 from amaranth.hdl import Array, Module, Signal, signed, unsigned
-from amaranth.lib import data
-from amaranth.lib.wiring import In
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
 
 from quantrtl.hw.arith import adder_tree, signed_width
 from quantrtl.hw.array import MacArray
 from quantrtl.hw.geometry import conv_memory_bits
 from quantrtl.hw.layer import ConvEngine
 from quantrtl.hw.parts import rom
+from quantrtl.hw.unrolled import UnrolledDot
 from quantrtl.model.numbers.pq import PQFormat
 
-__all__ = ["TableArray", "TableConvEngine", "chunk_codebooks"]
+__all__ = ["TableArray", "TableConvEngine", "chunk_codebooks", "TableSlice", "ChannelSum", "UnrolledTableLayer",
+           "unrolled_parts"]
 
 
 def chunk_codebooks(fmt: PQFormat, fan_in: int, chunk_width: int, channels: int) -> list[list[int]]:
@@ -134,6 +146,10 @@ class TableConvEngine(ConvEngine):
     def subvectors(self) -> int:
         return self.geometry.lanes_per_group // self.layer.format.sub
 
+    @staticmethod
+    def unrolled_parts(fmt, codes, act_bits: int = 8):
+        return unrolled_parts(fmt, codes, act_bits)
+
     def mac_array(self) -> TableArray:
         """The engine's table array (also synthesized alone as the datapath)."""
         g = self.geometry
@@ -180,3 +196,101 @@ class TableConvEngine(ConvEngine):
         bits["codebooks"] = g.chunks * self.subvectors * fmt.codewords * fmt.sub * fmt.CODEWORD_BITS
         return bits
 
+
+
+def _slice_width(codewords, act_bits: int) -> int:
+    amax = (1 << act_bits) - 1
+    lo = min(sum(min(v, 0) for v in cw) for cw in codewords) * amax
+    hi = max(sum(max(v, 0) for v in cw) for cw in codewords) * amax
+    return signed_width(lo, hi)
+
+
+class TableSlice(wiring.Component):
+    """The hard-wired table of one input sub-vector: ``entry[i] = <codewords[i], x>``
+    (constant codewords: each a shift-add network, ``hw/unrolled.py``), combinational."""
+
+    def __init__(self, codewords, act_bits: int = 8):
+        self.codewords = [tuple(int(v) for v in cw) for cw in codewords]
+        if not self.codewords or len({len(cw) for cw in self.codewords}) != 1:
+            raise ValueError("a table slice needs one or more codewords of one length")
+        self.act_bits = int(act_bits)
+        self.width = _slice_width(self.codewords, self.act_bits)
+        super().__init__({"x": In(data.ArrayLayout(unsigned(self.act_bits), len(self.codewords[0]))),
+                          "entry": Out(data.ArrayLayout(signed(self.width), len(self.codewords)))})
+
+    def elaborate(self, platform):
+        m = Module()
+        for i, cw in enumerate(self.codewords):
+            dot = m.submodules[f"cw{i}"] = UnrolledDot(cw, self.act_bits, register_output=False)
+            m.d.comb += [dot.x.eq(self.x), self.entry[i].eq(dot.y)]
+        return m
+
+
+class ChannelSum(wiring.Component):
+    """One output channel of an unrolled pq layer: the sum of the ``n`` table entries its
+    indices select, registered (one output per cycle)."""
+
+    def __init__(self, n: int, width: int):
+        self.n, self.width = int(n), int(width)
+        super().__init__({"entries": In(data.ArrayLayout(signed(self.width), self.n)),
+                          "y": Out(signed(self.width + (self.n - 1).bit_length()))})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.sync += self.y.eq(adder_tree(m, [self.entries[i] for i in range(self.n)], "sum"))
+        return m
+
+
+def _used(fmt: PQFormat, codes) -> tuple[np.ndarray, dict]:
+    """The layer's (cout, M, P) indices and, per sub-vector (m, p), the codewords selected there."""
+    index = fmt.index(codes)
+    _, M, P = index.shape
+    return index, {(mm, p): sorted(set(index[:, mm, p].tolist())) for mm in range(M) for p in range(P)}
+
+
+class UnrolledTableLayer(wiring.Component):
+    """A whole ``pqN`` layer unrolled: the window ``x`` (PyTorch's flattened fan-in order,
+    channel-major) in, every output channel's dot product ``y`` out one cycle later."""
+
+    def __init__(self, fmt: PQFormat, codes, act_bits: int = 8):
+        self.fmt, self.act_bits = fmt, int(act_bits)
+        self.index, self.used = _used(fmt, codes)
+        cout, M, P = self.index.shape
+        cb = fmt.codebook_array
+        self.width = max(_slice_width([cb[mm][k] for k in ks], self.act_bits) for (mm, _), ks in self.used.items())
+        self.fan_in = M * fmt.sub * P
+        y = self.width + (M * P - 1).bit_length()
+        super().__init__({"x": In(data.ArrayLayout(unsigned(self.act_bits), self.fan_in)),
+                          "y": Out(data.ArrayLayout(signed(y), cout))})
+
+    def elaborate(self, platform):
+        m = Module()
+        fmt, cb = self.fmt, self.fmt.codebook_array
+        cout, M, P = self.index.shape
+        slices = {}
+        for (mm, p), ks in self.used.items():
+            sl = m.submodules[f"slice{mm}_{p}"] = TableSlice([cb[mm][k] for k in ks], self.act_bits)
+            for j in range(fmt.sub):
+                m.d.comb += sl.x[j].eq(self.x[(mm * fmt.sub + j) * P + p])
+            slices[mm, p] = sl
+        for c in range(cout):
+            acc = m.submodules[f"channel{c}"] = ChannelSum(M * P, self.width)
+            for i, (mm, p) in enumerate((mm, p) for mm in range(M) for p in range(P)):
+                sl = slices[mm, p]
+                m.d.comb += acc.entries[i].eq(sl.entry[self.used[mm, p].index(int(self.index[c, mm, p]))])
+            m.d.comb += self.y[c].eq(acc.y)
+        return m
+
+
+def unrolled_parts(fmt: PQFormat, codes, act_bits: int = 8) -> list[tuple[str, wiring.Component, int]]:
+    """The distinct parts of :class:`UnrolledTableLayer` for ``codes`` and how many the
+    layer has: ``(name, component, count)``, one per distinct table slice (a subspace and
+    the codewords used there) and the channel sum (the same for every output channel)."""
+    index, used = _used(fmt, codes)
+    cout, M, P = index.shape
+    cb = fmt.codebook_array
+    kinds = Counter((mm, tuple(ks)) for (mm, _), ks in used.items())
+    parts = [(f"slice{i}", TableSlice([cb[mm][k] for k in ks], act_bits), n)
+             for i, ((mm, ks), n) in enumerate(sorted(kinds.items()))]
+    width = max(p[1].width for p in parts)
+    return parts + [("channel", ChannelSum(M * P, width), cout)]

@@ -54,10 +54,15 @@ class UnrolledDot(wiring.Component):
         Register ``x`` inside the design, so that every path runs register to register
         (what a post-route Fmax needs; in a whole layer this input window register is
         shared by all output channels).  Off for the gate counts.
+    register_output : bool
+        Register ``y`` (the default: one dot product per clock cycle); off, ``y`` is
+        combinational (a part of a larger datapath that registers it: a pq table entry).
     """
 
-    def __init__(self, weights, act_bits: int = 8, groups=None, register_inputs: bool = False):
+    def __init__(self, weights, act_bits: int = 8, groups=None, register_inputs: bool = False,
+                 register_output: bool = True):
         self.register_inputs = bool(register_inputs)
+        self.register_output = bool(register_output)
         self.weights = [int(w) for w in np.asarray(weights).ravel()]
         self.act_bits = int(act_bits)
         self.groups = [(int(c), [int(t) for t in np.asarray(ts).ravel()]) for c, ts in groups] if groups else [(1, self.weights)]
@@ -121,8 +126,9 @@ class UnrolledDot(wiring.Component):
         if self.register_inputs:
             x = Signal.like(self.x, name="x_reg")
             m.d.sync += x.eq(self.x)
+        out = m.d.sync if self.register_output else m.d.comb
         if len(self.groups) == 1 and self.groups[0][0] == 1:
-            m.d.sync += self.y.eq(self._sum(m, x, self.groups[0][1], ""))
+            out += self.y.eq(self._sum(m, x, self.groups[0][1], ""))
             return m
         scaled = []
         for g, (c, ts) in enumerate(self.groups):
@@ -133,5 +139,5 @@ class UnrolledDot(wiring.Component):
             p = Signal(signed(self.out_width), name=f"g{g}_scaled")
             m.d.comb += p.eq(s * Const(c, signed(max(2, c.bit_length() + 1))) if c != 1 else s)
             scaled.append(p)
-        m.d.sync += self.y.eq(adder_tree(m, scaled, "groups") if scaled else 0)
+        out += self.y.eq(adder_tree(m, scaled, "groups") if scaled else 0)
         return m

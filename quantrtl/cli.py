@@ -351,16 +351,28 @@ def cmd_gates(args) -> int:
                            [[x["quantizer"], *[f"{l['gates_total']:,}" for l in x["layers"]],
                              f"{x['split_gates_total']:,}", f"{x['gates_total']:,}"] for x in r.rows]))
     if extrap:
-        x = r.rows[0]
-        print(f"\nextrapolated: {x['sample']} sampled output channels (the same for every quantizer) x "
-              f"{x['extra']['cout']} channels; per-channel spread: "
-              + "; ".join(f"{y['quantizer']} {y['spread']['min']:,}..{y['spread']['max']:,}" for y in r.rows))
+        sampled = [y for y in r.rows if "min" in (y.get("spread") or {})]
+        if sampled:
+            x = sampled[0]
+            print(f"\nextrapolated: {x['sample']} sampled output channels (the same for every quantizer) x "
+                  f"{x['extra']['cout']} channels; per-channel spread: "
+                  + "; ".join(f"{y['quantizer']} {y['spread']['min']:,}..{y['spread']['max']:,}" for y in sampled))
+        for y in r.rows:
+            if "parts" in (y.get("spread") or {}):
+                tables = [p for p in y["spread"]["parts"] if p["part"] != "channel"]
+                sums = [p for p in y["spread"]["parts"] if p["part"] == "channel"]
+                print(f"{y['quantizer']}: composed of parts, each distinct part synthesized: "
+                      f"{len(tables)} distinct table slices ({min(p['gates'] for p in tables):,}.."
+                      f"{max(p['gates'] for p in tables):,} gates) at {sum(p['count'] for p in tables)} input "
+                      f"sub-vectors = {sum(p['gates'] * p['count'] for p in tables):,} gates; "
+                      + "; ".join(f"channel sum {p['gates']:,} x {p['count']} channels = {p['gates'] * p['count']:,}"
+                                  for p in sums))
     if r.target != "gates":
         _print_fpga(r.rows, lambda x: x["quantizer"])
     print(f"\n{r.yosys_version}; script: abc -g AND,NAND,OR,NOR,XOR,XNOR,ANDNOT,ORNOT,MUX (full script in JSON)")
     print(f"time {r.seconds:.1f} s")
     title = (f"{r.style} style, layer {r.layer}, {' / '.join(f'{v:g}' for v in rates)} MACs/cycle (actual)"
-             + (f", extrapolated from {r.rows[0]['sample']} channels" if extrap else "") + f"\n{short_version(r.yosys_version)}")
+             + (f", extrapolated from {r.rows[0]['sample']} channels" if extrap and r.rows[0]['sample'] else "") + f"\n{short_version(r.yosys_version)}")
     if args.json:
         flows.write_json(args.json, asdict(r))
     if args.csv:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from quantrtl.hw.array import MacArray
-from quantrtl.hw.layer import ConvEngine
+from quantrtl.hw.engines import conv_engine_class
 from quantrtl.hw.unrolled import UnrolledDot, window_bits
 from quantrtl.hw.verilog import to_verilog
 from quantrtl.model.numbers.artifact import Layer
@@ -108,7 +108,7 @@ def array_designs(layers: dict[str, Layer], throughput: int, out_dir: Path, pipe
     """Per quantizer: (quantizer, layer, engine, engine Verilog, top, array Verilog, array top)."""
     designs = []
     for q, layer in layers.items():
-        eng = ConvEngine(layer, lanes=throughput, pipeline=pipeline)
+        eng = conv_engine_class(layer.format)(layer, lanes=throughput, pipeline=pipeline)
         g = eng.geometry
         arr = eng.mac_array()
         top = f"{prefix + '_' if prefix else ''}{layer.name}_{q}_p{throughput}"
@@ -175,11 +175,21 @@ def unrolled_rows(weights: dict, out_dir: Path, sample: int | None = 4, jobs: in
     None (or at least Cout) synthesizes every channel: the total is their sum, measured.
     """
     cout = next(iter(weights.values())).codes.shape[0]
-    channels, designs = unrolled_designs(weights, Path(out_dir), sample, name, seed)
+    composed = {q: parts for q, w in weights.items()
+                if (parts := conv_engine_class(w.format).unrolled_parts(w.format, w.codes)) is not None}
+    per_channel = {q: w for q, w in weights.items() if q not in composed}
+    channels, designs = unrolled_designs(per_channel, Path(out_dir), sample, name, seed) if per_channel else ([], [])
     k = len(channels)
-    results = run_all([(v, top) for _, _, v, top in designs], jobs, yosys, cache_dir)
+    part_designs = [(q, part, count, write_verilog(comp, f"{name}_{q}_{part}", Path(out_dir)), f"{name}_{q}_{part}")
+                    for q, parts in composed.items() for part, comp, count in parts]
+    results = run_all([(v, top) for _, _, v, top in designs] + [(v, top) for *_, v, top in part_designs], jobs,
+                      yosys, cache_dir)
+    part_results = results[len(designs):]
     rows = []
     for q, w in weights.items():
+        if q in composed:
+            rows.append(_composed_row(q, w, [(d, r) for d, r in zip(part_designs, part_results) if d[0] == q], name))
+            continue
         values = w.values
         per = [(c, r, v, top) for (qq, c, v, top), r in zip(designs, results) if qq == q]
         gates = [r.gates_total for _, r, _, _ in per]
@@ -209,6 +219,45 @@ def unrolled_rows(weights: dict, out_dir: Path, sample: int | None = 4, jobs: in
     return rows
 
 
+def _composed_row(q: str, w, parts: list, name: str) -> GateRow:
+    """The unrolled row of a layer built from distinct parts (pq: table slices and channel
+    sums, ``hw/pq.py``): each part synthesized, the layer the sum of parts times their
+    counts (no sampling; marked extrapolated all the same, as it is not one Yosys run)."""
+    cout = w.codes.shape[0]
+    fan_in = int(np.prod(w.values.shape[1:]))
+    throughput = fan_in * cout
+    total = sum(r.gates_total * count for (_, _, count, _, _), r in parts)
+    by_type: dict[str, int] = {}
+    for (_, _, count, _, _), r in parts:
+        for t, n in r.gates_by_type.items():
+            by_type[t] = by_type.get(t, 0) + n * count
+    first = parts[0][1]
+    return GateRow(
+        quantizer=q, style="unrolled", lanes=throughput, throughput=throughput, gates_total=total,
+        gates_by_type=dict(sorted(by_type.items())),
+        flipflops=sum(r.flipflops * count for (_, _, count, _, _), r in parts), memory_bits=0,
+        gates_per_mac_per_cycle=total / throughput, macs_per_cycle=float(throughput), top=parts[0][0][4],
+        verilog=str(parts[0][0][3]), yosys_version=first.yosys_version, yosys_script=first.yosys_script,
+        extrapolated=True, sample=None,
+        transistors=None if any(r.transistors is None for _, r in parts)
+        else sum(r.transistors * count for (_, _, count, _, _), r in parts),
+        spread={"parts": [{"part": part, "count": count, "gates": r.gates_total, "top": top, "verilog": str(v)}
+                          for (_, part, count, v, top), r in parts]},
+        layer=name, logic_depth=_composed_depth(parts),
+        extra={"composition": "sum over distinct parts (table slices, channel sums) of gates x count",
+               "cout": cout, "fan_in": fan_in})
+
+
+def _composed_depth(parts: list) -> int | None:
+    """Gate levels from the window to an output register: the deepest table slice (all
+    combinational) and the channel sum after it."""
+    slices = [r.logic_depth for (_, part, _, _, _), r in parts if part != "channel"]
+    channel = [r.logic_depth for (_, part, _, _, _), r in parts if part == "channel"]
+    if any(d is None for d in slices + channel):
+        return None
+    return max(slices, default=0) + max(channel, default=0)
+
+
 def unrolled_fpga(weights: dict, out_dir: Path, target: str, dsp: bool = True, sample: int | None = 4,
                   jobs: int = 2, yosys: str | None = None, cache_dir="build/synth-cache", name: str = "fqconv",
                   seed: int = 0, progress=None) -> dict[str, dict]:
@@ -224,6 +273,10 @@ def unrolled_fpga(weights: dict, out_dir: Path, target: str, dsp: bool = True, s
     the named device."""
     from quantrtl.synth.fpga import TARGETS, fpga_map_all
 
+    composed = [q for q, w in weights.items() if conv_engine_class(w.format).unrolled_parts(w.format, w.codes)]
+    if composed:
+        raise OptionError("target", f"the unrolled style of {', '.join(composed)} (table slices and channel sums) is "
+                                    f"not mapped to an FPGA; use --style array for its FPGA columns")
     cout = next(iter(weights.values())).codes.shape[0]
     channels, designs = unrolled_designs(weights, Path(out_dir), sample, name, seed, register_inputs=True)
     results = fpga_map_all([(v, top, f"{q} ch{c}") for q, c, v, top in designs], target, dsp, jobs, yosys,

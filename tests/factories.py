@@ -4,7 +4,9 @@ from __future__ import annotations
 import numpy as np
 
 from quantrtl.model.numbers.artifact import Layer, QuantizedNetwork, expected_out_shape
-from quantrtl.model.numbers.families import families, method_names
+from dataclasses import replace
+
+from quantrtl.model.numbers.families import families, family, method_names
 from quantrtl.model.numbers.formats import ActivationFormat, ParamFormat, WeightFormat
 
 # Every quantizer list of the tests comes from the family registry: a registered family
@@ -12,10 +14,18 @@ from quantrtl.model.numbers.formats import ActivationFormat, ParamFormat, Weight
 
 #: The seed methods' representative names (fitted per-layer parameters, binary activations).
 METHOD_QUANTIZERS = method_names()
+#: The families whose datapath is a MAC array of per-weight PEs (``pq`` has an engine of its own).
+PE_FAMILIES = [f for f in families() if f.pe is not None]
+#: The representatives of the seed methods that run on a MAC array.
+MAC_METHODS = [f.examples[0] for f in PE_FAMILIES if f.method]
+#: The families with an engine of their own instead of a PE.
+ENGINE_FAMILIES = [f for f in families() if f.pe is None]
 #: Every name of every family whose format has no fitted per-layer parameters.
 PLAIN_NAMES = [n for f in families() if not issubclass(f.format, ParamFormat) for n in f.names]
 #: The example names of the families whose formats fit per-layer parameters.
 FITTED_NAMES = [n for f in families() if issubclass(f.format, ParamFormat) for n in f.examples]
+#: Those of them with a per-weight PE.
+FITTED_PE_NAMES = [n for f in PE_FAMILIES if issubclass(f.format, ParamFormat) for n in f.examples]
 #: Each family's representative (its first example name).
 REPRESENTATIVES = [f.examples[0] for f in families()]
 #: The representatives of the plain families whose layers read 8-bit activations.
@@ -46,11 +56,25 @@ def _qp(rng, relu_out: bool = False) -> ActivationFormat:
     return ActivationFormat(scale=float(rng.uniform(0.01, 0.1)), zero_point=0 if relu_out else int(rng.integers(0, 256)))
 
 
-def _weights(rng, fmt: WeightFormat, shape) -> dict:
+def layer_codes(rng, fmt: WeightFormat, shape, source=None) -> tuple[WeightFormat, np.ndarray]:
+    """Random codes a layer of ``shape`` (reading a ``source`` map, for a linear layer) may
+    hold, and their format: any code at any weight for a PE family; for a family whose
+    format fits its structure to the layer (an engine of its own: pq), the codes of random
+    weights, encoded by the format refitted to this layer."""
+    if family(fmt.family).pe is not None:
+        return fmt, rng.choice(fmt.code_space(), size=shape)
+    spec = replace(fmt, **{p: None for p in fmt.PARAMS})
+    spec = spec.for_input(tuple(source)) if source is not None and len(shape) == 2 else spec
+    q = spec.encode(rng.normal(size=shape))
+    return q.format, q.codes
+
+
+def _weights(rng, fmt: WeightFormat, shape, source=None) -> dict:
     cout = shape[0]
+    fmt, codes = layer_codes(rng, fmt, shape, source)
     return dict(
         format=fmt,
-        codes=rng.choice(fmt.code_space(), size=shape),
+        codes=codes,
         bias=rng.integers(-5000, 5000, size=cout),
         m0=rng.integers(1 << 30, 1 << 31, size=cout),
         shift=rng.integers(20, 45, size=cout),
@@ -75,7 +99,7 @@ def random_network(fmt: WeightFormat, seed: int = 0, cin: int = 2, hw: int | tup
     pool.out_shape = expected_out_shape(pool)
     fan = int(np.prod(pool.out_shape))
     fc = Layer(name="fc", op="linear", in_shape=(fan,), out_shape=(classes,), input=pool.output,
-               output=_qp(rng), activation="none", **_weights(rng, fmt, (classes, fan)))
+               output=_qp(rng), activation="none", **_weights(rng, fmt, (classes, fan), pool.out_shape))
     return QuantizedNetwork(name="random", quantizer=fmt.name, input_shape=(cin, h, w), input=qin,
                             layers=[conv, pool, fc], metadata={"seed": seed})
 
@@ -178,6 +202,6 @@ def random_graph_network(fmt: WeightFormat, seed: int = 0, c: int = 2, hw: int =
     gap = Layer(name="gap", op="gap", in_shape=(2 * c, h2, h2), out_shape=(2 * c, 1, 1), input=cat_out, output=cat_out,
                 kernel=(h2, h2), stride=(h2, h2), inputs=("cat",), m0=np.array([g0]), shift=np.array([gn]))
     fc = Layer(name="fc", op="linear", in_shape=(2 * c,), out_shape=(classes,), input=cat_out, output=_qp(rng),
-               activation="none", inputs=("gap",), **_weights(rng, fmt, (classes, 2 * c)))
+               activation="none", inputs=("gap",), **_weights(rng, fmt, (classes, 2 * c), (2 * c, 1, 1)))
     return QuantizedNetwork(name="graph", quantizer=fmt.name, input_shape=(c, hw, hw), input=qin,
                             layers=[first, dw, pw, add, pool, conv3, cat, gap, fc], metadata={"seed": seed})

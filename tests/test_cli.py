@@ -116,7 +116,7 @@ def test_quantize_density_out_of_range(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv,match", [
-    (["--quantizer", "fixed8", "--block", "4"], "--block sets the block size of 'unified', not of 'fixed8'"),
+    (["--quantizer", "fixed8", "--block", "4"], "--block sets the block size of 'unified', 'pq', not of 'fixed8'"),
     (["--quantizer", "unified", "--block", "0"], "block size must be in 1..64"),
     (["--quantizer", "focused5", "--density", "conv9=0.5"], "unknown layers \\['conv9'\\]"),
     (["--quantizer", "kmeans4", "--density", "fc=half"], "'half' is not a number"),

@@ -25,11 +25,14 @@ def check_complete(fam: families.Family) -> None:
         fmt = families.parse_format(name)
         assert type(fmt) is fam.format and fmt.name == name
     assert set(fam.examples) <= set(fam.names), f"{fam.name}: examples {fam.examples} are not names of the family"
-    pe = fam.resolve("pe")
-    assert isinstance(pe, type) and issubclass(pe, ProcessingElement), f"{fam.name}: PE {pe!r}"
     train = fam.resolve("train")
     assert callable(train) and len(inspect.signature(train).parameters) == 1, f"{fam.name}: training {train!r}"
     assert fam.summary and fam.help in families.quantizer_help()
+    if fam.pe is None:
+        check_engine(fam)
+        return
+    pe = fam.resolve("pe")
+    assert isinstance(pe, type) and issubclass(pe, ProcessingElement), f"{fam.name}: PE {pe!r}"
     rng = np.random.default_rng(0)
     w = rng.normal(0, 0.2, size=(3, 2, 3, 3)) * (rng.random((3, 2, 3, 3)) < 0.7)
     fmt = format_for_test(fam.examples[0])
@@ -59,6 +62,38 @@ def check_complete(fam: families.Family) -> None:
     sim.add_testbench(bench)
     sim.run()
     assert np.array_equal(got, want), f"{fam.name}: PE differs from its reference"
+
+
+def check_engine(fam: families.Family) -> None:
+    """A family with an engine of its own: the engine computes the golden model's layers
+    (a conv with padding and a linear layer reading a map), bit for bit, in the formula's
+    cycles, and the format decodes what it encodes."""
+    from quantrtl.hw.engines import make_engine
+    from quantrtl.hw.layer import ConvEngine
+    from quantrtl.model.numbers.layout import to_stream
+    from quantrtl.sim import golden
+    from quantrtl.sim.compare import first_mismatch
+    from quantrtl.sim.stream import run_stream
+    from tests.factories import random_network
+
+    engine = fam.resolve("engine")
+    assert isinstance(engine, type) and issubclass(engine, ConvEngine), f"{fam.name}: engine {engine!r}"
+    net = random_network(families.parse_format(fam.examples[0]), seed=3, cin=4, hw=5, cout=4)
+    x = np.random.default_rng(3).integers(0, 256, size=net.input_shape)
+    res = golden.run(net, x[None])
+    prev, inp = tuple(net.input_shape), x
+    for layer in net.layers:
+        q = layer.format.decode(layer.codes) if layer.has_weights else None
+        if layer.has_weights:
+            assert type(layer.format) is fam.format and np.array_equal(q, layer.values)
+            eng = make_engine(layer, lanes=8, source_shape=prev if layer.op == "linear" else None)
+            assert isinstance(eng, engine), f"{fam.name}: {layer.name} got {type(eng).__name__}"
+            want = to_stream(res.outputs[layer.name][0], layer.out_shape)
+            got, cycles = run_stream(eng, list(to_stream(inp, prev)), len(want))
+            mm = first_mismatch(layer.name, want, got)
+            assert mm is None, f"{fam.name}: {mm}"
+            assert cycles == eng.expected_cycles, (layer.name, cycles, eng.expected_cycles)
+        inp, prev = res.outputs[layer.name][0], tuple(layer.out_shape)
 
 
 @pytest.mark.parametrize("fam", families.families(), ids=lambda f: f.name)

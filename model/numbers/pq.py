@@ -140,20 +140,20 @@ class PQFormat(ParamFormat):
 
     # ---- the layer's subspace view ---------------------------------------------------
     def channels(self, shape: tuple) -> tuple[int, int]:
-        """``(C, P)``: channels and positions of a layer whose weights have ``shape``."""
+        """``(C, P)``: channels and positions of a layer whose weights have ``shape``
+        (``(cout, C, *positions)``; ``(cout,)``: one channel, one position)."""
         shape = tuple(shape)
-        if len(shape) == 4:
-            return shape[1], shape[2] * shape[3]
-        if len(shape) != 2:
-            raise FormatError(f"{self.name}: decoding needs a whole layer's codes (out, in[, kh, kw]), "
-                              f"got shape {shape}")
-        if self.source is not None:
-            c, h, w = self.source
-            if c * h * w != shape[1]:
-                raise FormatError(f"{self.name}: codebooks were cut for an input {self.source}, "
-                                  f"but the layer has {shape[1]} inputs")
-            return c, h * w
-        return shape[1], 1
+        if len(shape) == 0:
+            raise FormatError(f"{self.name}: decoding needs a whole layer's codes (out, in[, kh, kw]), got a scalar")
+        if len(shape) == 1:
+            return 1, 1
+        if len(shape) > 2 or self.source is None:
+            return shape[1], int(np.prod(shape[2:], dtype=np.int64))
+        c, h, w = self.source
+        if c * h * w != shape[1]:
+            raise FormatError(f"{self.name}: codebooks were cut for an input {self.source}, "
+                              f"but the layer has {shape[1]} inputs")
+        return c, h * w
 
     def subvectors(self, a) -> np.ndarray:
         """A layer's weights (or codes) as ``(cout, M, P, sub)`` sub-vectors."""

@@ -5,7 +5,7 @@ from amaranth.sim import Simulator
 
 from quantrtl.hw.array import MacArray, term_widths
 from quantrtl.model.numbers.families import parse_format
-from tests.factories import METHOD_QUANTIZERS, PLAIN_REPRESENTATIVES, fitted_format, format_for_test
+from tests.factories import MAC_METHODS, PLAIN_REPRESENTATIVES, fitted_format, format_for_test
 
 
 def wrap(v: int, width: int) -> int:
@@ -107,7 +107,7 @@ def method_jobs(fmt, lanes: int, groups: int, rng):
     return jobs
 
 
-@pytest.mark.parametrize("name", METHOD_QUANTIZERS)
+@pytest.mark.parametrize("name", MAC_METHODS)
 @pytest.mark.parametrize("lanes,groups,pipeline", [(8, 1, 0), (8, 2, 1), (16, 4, 2)])
 def test_method_mac_array_random(name, lanes, groups, pipeline):
     """Multi-term accumulators with per-layer coefficients, block multiplies and XNOR

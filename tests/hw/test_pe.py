@@ -9,7 +9,7 @@ from quantrtl.hw.arith import signed_width
 from quantrtl.hw.pe import make_pe, product_range
 from quantrtl.model.numbers.families import parse_format
 from quantrtl.model.numbers.formats import FixedFormat, FormatError, WeightFormat
-from tests.factories import FITTED_NAMES, PLAIN_NAMES, fitted_format
+from tests.factories import FITTED_PE_NAMES, PLAIN_NAMES, fitted_format
 
 #: Exhaustive over code space × all activations; formats with more than 4096 codes
 #: (fixed13..16: up to 65535 codes × 256 activations) are marked slow.
@@ -96,7 +96,7 @@ def test_pe_exhaustive(name):
     assert not bad, f"{name}: {len(bad)} mismatches, first (code, act, expected, got) = {bad[0]}"
 
 
-@pytest.mark.parametrize("name", FITTED_NAMES)
+@pytest.mark.parametrize("name", FITTED_PE_NAMES)
 def test_method_pe_exhaustive(name):
     fmt = fitted_format(name)
     bad = check_pe(fmt, fmt.code_space(), range(256))
