@@ -27,13 +27,14 @@ def uint_bits(n: int) -> int:
     return max(1, int(n).bit_length())
 
 
-def choose_groups(fan_in: int, cout: int, lanes: int, block: int = 1) -> int:
+def choose_groups(fan_in: int, cout: int, lanes: int, block: int = 1, more_groups: bool = False) -> int:
     """Lane groups that minimise run cycles per pixel, ``ceil(cout/G) * ceil(K/(P/G))``.
 
     Only groups whose output drain (G cycles) fits in the compute time of a group
     (``ceil(K/(P/G))`` cycles) are allowed, so the output never stalls the array;
     ties go to fewer groups (fewer accumulators).  With ``block > 1`` (unified blocks, pq
-    sub-vectors: the format's ``lane_block``) every group must hold whole blocks.
+    sub-vectors: the format's ``lane_block``) every group must hold whole blocks;
+    ``more_groups``: ties go to more groups (a datapath whose per-step work the groups share).
     """
     if lanes % block:
         raise ValueError(f"lanes ({lanes}) must be a multiple of the format's block size {block}")
@@ -44,9 +45,9 @@ def choose_groups(fan_in: int, cout: int, lanes: int, block: int = 1) -> int:
         t = math.ceil(fan_in / (lanes // g))
         if g > t and g > 1:
             continue
-        cost = (math.ceil(cout / g) * t, g)
+        cost = (math.ceil(cout / g) * t, -g if more_groups else g)
         best = min(best, cost) if best else cost
-    return best[1]
+    return abs(best[1])
 
 
 @dataclass(frozen=True)
@@ -162,7 +163,8 @@ class ConvGeometry:
         if lanes < 1:
             raise ValueError(f"lanes must be at least 1, got {lanes}")
         fan_in = cin // kw.get("conv_groups", 1) * kw.get("kh", 1) * kw.get("kw", 1)
-        g = choose_groups(fan_in, cout, lanes, layer.format.lane_block) if groups is None else operator.index(groups)
+        g = (choose_groups(fan_in, cout, lanes, layer.format.lane_block, layer.format.prefers_more_groups)
+             if groups is None else operator.index(groups))
         if tap_fault is not None and not 0 <= tap_fault < fan_in:
             raise ValueError(f"layer {layer.name!r}: tap fault at fan-in position {tap_fault}, outside 0..{fan_in - 1}")
         return cls(cin=cin, h=h, w=w, cout=cout, lanes=lanes, groups=g, tap_fault=tap_fault, **kw)

@@ -117,8 +117,9 @@ class TableArray(MacArray):
 
 class TableConvEngine(ConvEngine):
     """A ``pqN`` conv2d/linear layer on a :class:`TableArray` (parameters as
-    :class:`~quantrtl.hw.layer.ConvEngine`; a grouped convolution is refused: its output
-    channels read different inputs, so no table is shared)."""
+    :class:`~quantrtl.hw.layer.ConvEngine`; of ``lanes`` the largest multiple of the
+    sub-vector length is used; a grouped convolution is refused: its output channels read
+    different inputs, so no table is shared)."""
 
     def __init__(self, layer, lanes: int = 8, groups: int | None = None, pipeline: int = 0, source_shape=None,
                  tap_fault: int | None = None):
@@ -127,10 +128,12 @@ class TableConvEngine(ConvEngine):
         if layer.op == "conv2d" and layer.groups != 1:
             raise ValueError(f"layer {layer.name!r}: table accumulation shares one table among output channels; "
                              f"a grouped convolution (groups {layer.groups}) has none to share")
-        if lanes % layer.format.sub:
-            raise ValueError(f"layer {layer.name!r}: lanes ({lanes}) must be a multiple of the sub-vector length "
-                             f"{layer.format.sub} ({layer.format.name})")
-        super().__init__(layer, lanes=lanes, groups=groups, pipeline=pipeline, source_shape=source_shape,
+        sub = layer.format.sub
+        if lanes < sub:
+            raise ValueError(f"layer {layer.name!r}: lanes ({lanes}) must be at least the sub-vector length {sub} "
+                             f"({layer.format.name}: a step takes whole sub-vectors)")
+        # a step takes whole sub-vectors: P - P mod sub lanes work (the actual rate says so)
+        super().__init__(layer, lanes=lanes - lanes % sub, groups=groups, pipeline=pipeline, source_shape=source_shape,
                          tap_fault=tap_fault)
 
     @property

@@ -14,7 +14,7 @@ import numpy as np
 from quantrtl.model.numbers.artifact import INPUT, ArtifactError, Layer, QuantizedNetwork
 from quantrtl.model.numbers.formats import centered
 
-__all__ = ["requantize", "conv2d_acc", "linear_acc", "maxpool", "avgpool", "add", "concat", "relu", "run_layer", "run",
+__all__ = ["requantize", "conv2d_acc", "linear_acc", "table_acc", "maxpool", "avgpool", "add", "concat", "relu", "run_layer", "run",
            "GoldenResult", "predict"]
 
 
@@ -83,6 +83,44 @@ def linear_acc(x, w, bias, zero_point: int, binary: bool = False) -> np.ndarray:
     """§2 accumulators of a fully connected layer; the input is flattened in C, H, W order."""
     x = centered(np.asarray(x).reshape(len(x), -1), zero_point, binary)
     return x @ np.asarray(w, dtype=np.int64).T + np.asarray(bias, dtype=np.int64)
+
+
+def table_acc(layer: Layer, x) -> np.ndarray:
+    """§2 accumulators of a product-quantized (``pqN``) conv2d/linear layer computed the
+    Quantized CNN way, not from decoded weights: per input position and subspace ``m``
+    the table ``T[m][k] = <codeword k of m, x_m - Z>`` (every codeword, once per input
+    pixel), then per output (pixel) and channel the sum of the entries its stored indices
+    select over its window, plus the bias.  Padding contributes nothing (``x - Z = 0``).
+    Equal to :func:`conv2d_acc`/:func:`linear_acc` on the decoded weights."""
+    fmt = layer.format
+    x = _check_input(x, layer) - layer.input.zero_point
+    index, cb, sub = fmt.index(layer.codes), fmt.codebook_array, fmt.sub  # (cout, M, P), (M, K, sub)
+    cout, M, P = index.shape
+    bias = np.asarray(layer.bias, dtype=np.int64)
+    if layer.op == "linear":
+        c, _ = fmt.channels(layer.codes.shape)
+        xs = x.reshape(len(x), c, P)
+        acc = np.tile(bias, (len(x), 1))
+        for m in range(M):
+            table = np.einsum("kj,njp->nkp", cb[m], xs[:, m * sub:(m + 1) * sub])  # (N, K, P)
+            for p in range(P):
+                acc += table[:, index[:, m, p], p]
+        return acc
+    (kh, kw), (sh, sw), (ph, pw), g = layer.kernel, layer.stride, layer.padding, layer.groups
+    n, cin, h, w = x.shape
+    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    cg, og = cin // g, cout // g
+    acc = np.tile(bias[None, :, None, None], (n, 1, oh, ow))
+    for gr in range(g):
+        for m in range(M):
+            xm = x[:, gr * cg + m * sub:gr * cg + (m + 1) * sub]
+            table = np.pad(np.einsum("kj,njhw->nkhw", cb[m], xm), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+            for ky in range(kh):
+                for kx in range(kw):
+                    window = table[:, :, ky:ky + sh * (oh - 1) + 1:sh, kx:kx + sw * (ow - 1) + 1:sw]
+                    chans = range(gr * og, (gr + 1) * og)
+                    acc[:, chans] += window[:, index[chans, m, ky * kw + kx]]
+    return acc
 
 
 def _windows(x, kernel, stride, padding, pad_value: int) -> np.ndarray:

@@ -168,6 +168,10 @@ class WeightFormat:
     #: Weights sharing one multiplier per block of this many consecutive fan-in positions.
     block: ClassVar[int] = 1
 
+    #: Lane groups share work the datapath does once per step (pq: the table), so between
+    #: groupings of equal cycles the engine takes the most groups rather than the fewest.
+    prefers_more_groups: ClassVar[bool] = False
+
     @property
     def lane_block(self) -> int:
         """A lane group holds whole runs of this many consecutive fan-in positions (the

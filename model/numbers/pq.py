@@ -87,6 +87,7 @@ class PQFormat(ParamFormat):
     CODEWORD_BITS: ClassVar[int] = 8
     PARAMS: ClassVar[tuple[str, ...]] = ("sub", "subspaces", "codebooks", "scale")
     finetune_epochs: ClassVar[int] = 10
+    prefers_more_groups: ClassVar[bool] = True
     bits: int = 4
     block: int = 4
     source: tuple | None = None

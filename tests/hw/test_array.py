@@ -12,8 +12,16 @@ def wrap(v: int, width: int) -> int:
     return ((v + (1 << (width - 1))) % (1 << width)) - (1 << (width - 1))
 
 
-def simulate(arr: MacArray, jobs, seed: int, stall_prob: float):
-    """Feed dot-product jobs (codes (T, P), acts (T, P), init (G,)) and collect ``acc`` at ``done``."""
+def lane_operands(ctx, arr: MacArray, codes, acts, t: int) -> None:
+    """Step ``t``'s operands of a MAC array: an activation and a code per lane."""
+    for lane in range(arr.lanes):
+        ctx.set(arr.act[lane], int(acts[t, lane]))
+        ctx.set(arr.code[lane], int(codes[t, lane]))
+
+
+def simulate(arr: MacArray, jobs, seed: int, stall_prob: float, operands=lane_operands):
+    """Feed dot-product jobs (codes (T, ...), acts (T, ...), init (G,)) and collect ``acc`` at
+    ``done``; ``operands(ctx, arr, codes, acts, t)`` sets a step's operand ports."""
     rng = np.random.default_rng(seed)
     steps = [(c, a, i, t, len(c)) for c, a, i in jobs for t in range(len(c))]
     got, cycles = [], [0]
@@ -29,9 +37,7 @@ def simulate(arr: MacArray, jobs, seed: int, stall_prob: float):
                 codes, acts, init, t, T = steps[idx]
                 ctx.set(arr.first, int(t == 0))
                 ctx.set(arr.last, int(t == T - 1))
-                for lane in range(arr.lanes):
-                    ctx.set(arr.act[lane], int(acts[t, lane]))
-                    ctx.set(arr.code[lane], int(codes[t, lane]))
+                operands(ctx, arr, codes, acts, t)
                 for g in range(arr.groups):
                     ctx.set(arr.init[g], int(init[g]))
             if en and ctx.get(arr.done):

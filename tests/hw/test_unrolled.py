@@ -4,21 +4,25 @@ import pytest
 from amaranth.sim import Simulator
 
 from quantrtl.hw.unrolled import UnrolledDot, window_bits
-from tests.factories import REPRESENTATIVES, format_for_test
+from tests.factories import PE_FAMILIES, format_for_test
+
+#: The unrolled dot product per output channel is the style of the PE families (pq's
+#: unrolled layer is tested in test_pq.py).
+REPRESENTATIVES = [f.examples[0] for f in PE_FAMILIES]
 
 
-def simulate(dot: UnrolledDot, xs) -> list[int]:
+def simulate(dot, xs, outputs: int | None = None) -> list:
     """One input per cycle; the outputs from the first cycle whose output is ``xs[0]``'s
-    (one cycle later with ``register_inputs``)."""
+    (one cycle later with ``register_inputs``); ``outputs``: ``y`` is a vector of that many."""
     out = []
-    delay = 1 if dot.register_inputs else 0
+    delay = 1 if getattr(dot, "register_inputs", False) else 0
 
     async def bench(ctx):
         for x in [*xs, *[xs[-1]] * delay]:
             for i, v in enumerate(x):
                 ctx.set(dot.x[i], int(v))
             await ctx.tick()
-            out.append(ctx.get(dot.y))
+            out.append(ctx.get(dot.y) if outputs is None else [ctx.get(dot.y[c]) for c in range(outputs)])
 
     sim = Simulator(dot)
     sim.add_clock(1e-8)
