@@ -92,11 +92,7 @@ def faulty_network(net: QuantizedNetwork, fault: Fault) -> tuple[QuantizedNetwor
     bad = copy.deepcopy(net)
     layer, i = bad.layer(fault.layer), fault.index
     if fault.kind == "weight":
-        flat = layer.codes.reshape(-1)
-        space = layer.format.code_space()
-        values = layer.format.decode(space)
-        current = layer.format.decode(flat[i:i + 1])[0]
-        flat[i] = space[np.argmax(np.abs(values - current))]  # the most different legal value
+        layer.codes = layer.format.faulty_codes(layer.codes, i)
     elif fault.kind == "bias":
         layer.bias = layer.bias.astype(np.int64).copy()
         if layer.activation == "sign":

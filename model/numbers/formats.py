@@ -183,6 +183,17 @@ class WeightFormat:
         engine of ``op`` streaming a ``source_shape`` input (a block-structured format's
         blocks); a :class:`FormatError` naming the layer (``where``) otherwise."""
 
+    def faulty_codes(self, codes, index: int) -> np.ndarray:
+        """A copy of a layer's ``codes`` whose stored code of weight ``index`` (flat) holds
+        the legal value most different from its own (an injected weight fault)."""
+        out = np.array(codes, dtype=np.int64)
+        flat = out.reshape(-1)
+        space = self.code_space()
+        values = self.decode(space)
+        current = self.decode(flat[index:index + 1])[0]
+        flat[index] = space[np.argmax(np.abs(values - current))]
+        return out
+
     def coded_streams(self, codes) -> int | None:
         """Losslessly coded bits of ``codes`` when the format has its own layout
         (:mod:`quantrtl.model.numbers.size`); ``None``: Huffman over dense or relative-index codes."""

@@ -247,6 +247,17 @@ class PQFormat(ParamFormat):
             raise FormatError(f"{where}pq sub-vector (output channel {c}, subspace {m}, position {p}) holds "
                               f"different indices {sorted(set(v[c, m, p].tolist()))}")
 
+    def faulty_codes(self, codes, index: int) -> np.ndarray:
+        """The stored index of weight ``index``'s sub-vector (every weight of it) set to the
+        codeword whose entry at that weight is most different from the current one."""
+        codes = np.asarray(codes, dtype=np.int64)
+        idx = self.index(codes).copy()
+        where = np.argwhere(self.subvectors(np.arange(codes.size).reshape(codes.shape)) == int(index))[0]
+        c, m, p, j = (int(v) for v in where)
+        entries = self.codebook_array[m, :, j]
+        idx[c, m, p] = int(np.argmax(np.abs(entries - entries[idx[c, m, p]])))
+        return self.codes_of(idx, codes.shape)
+
     def index(self, codes) -> np.ndarray:
         """(cout, M, P) codeword index of every sub-vector."""
         return self.subvectors(codes)[..., 0]
