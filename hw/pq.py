@@ -70,15 +70,22 @@ class TableArray(MacArray):
     """The ``pqN`` datapath with the MAC array's control, accumulators and timing.
 
     Parameters are :class:`~quantrtl.hw.array.MacArray`'s (``fmt`` a fitted
-    :class:`PQFormat`; lanes per group a multiple of its ``sub``).  Operand ports: ``act``,
-    the ``P / G`` activations of the step (shared by the groups); ``code``, per group its
-    ``S`` indices; ``codebook``, the step's ``S`` codebooks (signed 8-bit codewords).
+    :class:`PQFormat`; lanes per group a multiple of its ``sub``) and ``books``: per chunk
+    of the loop nest, the flat codewords of its ``S`` sub-vectors' codebooks
+    (:func:`chunk_codebooks`), held in the array's codebook ROM as a MAC array's PEs hold
+    their constants.  Operand ports: ``act``, the ``P / G`` activations of the step
+    (shared by the groups); ``code``, per group its ``S`` indices; ``chunk``, the step's
+    chunk (the ROM address).
     """
 
-    def __init__(self, fmt: PQFormat, lanes: int, acc_width: int, groups: int = 1, act_bits: int = 8,
-                 pipeline: int = 0):
+    def __init__(self, fmt: PQFormat, lanes: int, acc_width: int, books: list[list[int]], groups: int = 1,
+                 act_bits: int = 8, pipeline: int = 0):
         if not isinstance(fmt, PQFormat) or not fmt.fitted:
             raise ValueError(f"a table array needs a fitted pq format, got {getattr(fmt, 'name', fmt)!r}")
+        self.books = [list(b) for b in books]
+        per = (lanes // groups) // fmt.sub * fmt.codewords * fmt.sub if lanes % groups == 0 else None
+        if not self.books or any(len(b) != per for b in self.books):
+            raise ValueError(f"a table array needs, per chunk, {per} codewords (S sub-vectors x K x sub)")
         super().__init__(fmt, lanes, acc_width, groups=groups, act_bits=act_bits, pipeline=pipeline)
 
     @property
@@ -90,18 +97,24 @@ class TableArray(MacArray):
         fmt, s = self.fmt, self.lanes_per_group // self.fmt.sub
         return {"act": In(data.ArrayLayout(unsigned(self.act_bits), self.lanes_per_group)),
                 "code": In(data.ArrayLayout(unsigned(fmt.bits), self.groups * s)),
-                "codebook": In(data.ArrayLayout(signed(fmt.CODEWORD_BITS), s * fmt.codewords * fmt.sub))}
+                "chunk": In(range(max(2, len(self.books))))}
 
     def products(self, m: Module) -> tuple[list[list], int]:
-        """Table builder, then each group's selection: ``G * S`` table entries to add."""
+        """Codebook ROM, table builder, then each group's selection: ``G * S`` table entries to add."""
         fmt, S, K, sub = self.fmt, self.subvectors, self.fmt.codewords, self.fmt.sub
+        cw = fmt.CODEWORD_BITS
+        n = S * K * sub
+        cb_rom = rom(m, "codebook_rom", [sum((v % (1 << cw)) << (i * cw) for i, v in enumerate(b)) for b in self.books],
+                     n * cw)
+        m.d.comb += cb_rom.addr.eq(self.chunk)
+        codebook = data.View(data.ArrayLayout(signed(cw), n), cb_rom.data)
         width = signed_width(*fmt.table_bounds(self.act_bits))
         table = []
         for s in range(S):
             row = []
             for k in range(K):
                 base = (s * K + k) * sub
-                prods = [self.codebook[base + j] * self.act[s * sub + j] for j in range(sub)]
+                prods = [codebook[base + j] * self.act[s * sub + j] for j in range(sub)]
                 entry = Signal(signed(width), name=f"table{s}_{k}")
                 m.d.comb += entry.eq(adder_tree(m, prods, f"tb{s}_{k}"))
                 row.append(entry)
@@ -156,8 +169,9 @@ class TableConvEngine(ConvEngine):
     def mac_array(self) -> TableArray:
         """The engine's table array (also synthesized alone as the datapath)."""
         g = self.geometry
-        return TableArray(self.layer.format, g.lanes, self.acc_width, groups=g.groups, act_bits=self.layer.input.bits,
-                          pipeline=self.pipeline)
+        books = chunk_codebooks(self.layer.format, g.fan_in, g.lanes_per_group, self.channels)
+        return TableArray(self.layer.format, g.lanes, self.acc_width, books, groups=g.groups,
+                          act_bits=self.layer.input.bits, pipeline=self.pipeline)
 
     def weight_words(self) -> list[int]:
         """Per (channel group, chunk): each group's index of each sub-vector of the chunk."""
@@ -177,14 +191,12 @@ class TableConvEngine(ConvEngine):
 
     def feed(self, m: Module, arr: TableArray, acts: list, word, chunk, en) -> None:
         """The chunk's activations (one group's: the groups read the same), the groups'
-        indices from the weight word, the chunk's codebooks from a ROM read with it."""
+        indices from the weight word (read a cycle after ``chunk``), and that chunk."""
         fmt, g = self.layer.format, self.geometry
-        books = chunk_codebooks(fmt, g.fan_in, g.lanes_per_group, self.channels)
-        cw = fmt.CODEWORD_BITS
-        entries = len(books[0])
-        cb_rom = rom(m, "codebook_rom", [sum((v % (1 << cw)) << (i * cw) for i, v in enumerate(b)) for b in books],
-                     entries * cw, domain="sync")
-        m.d.comb += [cb_rom.addr.eq(chunk), cb_rom.en.eq(en), arr.codebook.as_value().eq(cb_rom.data)]
+        chunk_b = Signal.like(chunk, name="chunk_b")
+        with m.If(en):
+            m.d.sync += chunk_b.eq(chunk)
+        m.d.comb += arr.chunk.eq(chunk_b)
         for j in range(g.lanes_per_group):
             m.d.comb += arr.act[j].eq(acts[j])
         for i in range(g.groups * self.subvectors):

@@ -31,34 +31,40 @@ def pq_format(bits: int, sub: int, subspaces: int, rng, extremes: bool = False) 
 
 
 def table_operands(ctx, arr: TableArray, codes, ops, t: int) -> None:
-    """Step ``t`` of a table array: the activations, each group's indices, the codebooks."""
-    acts, books = ops
+    """Step ``t`` of a table array: the activations, each group's indices, the chunk."""
+    acts, chunks = ops
     for j in range(arr.lanes_per_group):
         ctx.set(arr.act[j], int(acts[t, j]))
     for i in range(codes.shape[1]):
         ctx.set(arr.code[i], int(codes[t, i]))
-    cw = arr.fmt.CODEWORD_BITS
-    ctx.set(arr.codebook.as_value(), sum((int(v) % (1 << cw)) << (e * cw) for e, v in enumerate(books[t])))
+    ctx.set(arr.chunk, int(chunks[t]))
 
 
-def table_jobs(fmt: PQFormat, groups: int, per_group: int, rng, act_max: int = 255):
+def table_books(fmt: PQFormat, per_group: int, rng, chunks: int = 5):
+    """Per chunk, its sub-vectors' subspaces (random) and the flat codewords the ROM holds."""
+    S = per_group // fmt.sub
+    m = rng.integers(0, fmt.subspaces, size=(chunks, S))
+    cb = fmt.codebook_array
+    return m, [np.concatenate([cb[m[c, s]].ravel() for s in range(S)]).tolist() for c in range(chunks)]
+
+
+def table_jobs(fmt: PQFormat, groups: int, per_group: int, m, rng, act_max: int = 255):
     """Random jobs and their NumPy dot products of the decoded sub-vectors (not a table)."""
     S, K, sub = per_group // fmt.sub, fmt.codewords, fmt.sub
     cb = fmt.codebook_array
     jobs, want = [], []
     for _ in range(4):
         t = int(rng.integers(1, 4))
-        m = rng.integers(0, fmt.subspaces, size=(t, S))  # which subspace each step's sub-vector is in
+        chunk = rng.integers(0, len(m), size=t)
         codes = rng.integers(0, K, size=(t, groups * S))
         acts = rng.integers(0, act_max + 1, size=(t, per_group))
         if rng.random() < 0.3:
             acts[:] = act_max  # the extreme activations
-        books = np.stack([np.concatenate([cb[m[i, s]].ravel() for s in range(S)]) for i in range(t)])
         init = rng.integers(-(1 << 12), 1 << 12, size=groups)
-        weights = np.array([[[cb[m[i, s], codes[i, g * S + s], j] for s in range(S) for j in range(sub)]
+        weights = np.array([[[cb[m[chunk[i], s], codes[i, g * S + s], j] for s in range(S) for j in range(sub)]
                              for g in range(groups)] for i in range(t)])  # (t, G, per_group)
         want.append([int(init[g]) + int((weights[:, g, :] * acts).sum()) for g in range(groups)])
-        jobs.append((codes, (acts, books), init))
+        jobs.append((codes, (acts, chunk), init))
     return jobs, want
 
 
@@ -73,8 +79,9 @@ def test_table_array_against_numpy(bits, sub, per_group, groups, pipeline):
     rng = np.random.default_rng(bits * 10 + sub)
     fmt = pq_format(bits, sub, 3, rng, extremes=bits == 8)
     width = 28
-    arr = TableArray(fmt, groups * per_group, width, groups=groups, pipeline=pipeline)
-    jobs, want = table_jobs(fmt, groups, per_group, rng)
+    m, books = table_books(fmt, per_group, rng)
+    arr = TableArray(fmt, groups * per_group, width, books, groups=groups, pipeline=pipeline)
+    jobs, want = table_jobs(fmt, groups, per_group, m, rng)
     got, _ = simulate(arr, jobs, seed=bits, stall_prob=0.25, operands=table_operands)
     assert got == [[wrap(v, width) for v in row] for row in want]
 
@@ -87,8 +94,9 @@ def test_table_array_random(bits, sub, s, groups, pipeline, seed, extremes):
     rng = np.random.default_rng(seed)
     fmt = pq_format(bits, sub, 2, rng, extremes)
     width = 30
-    arr = TableArray(fmt, groups * s * sub, width, groups=groups, pipeline=pipeline)
-    jobs, want = table_jobs(fmt, groups, s * sub, rng)
+    m, books = table_books(fmt, s * sub, rng)
+    arr = TableArray(fmt, groups * s * sub, width, books, groups=groups, pipeline=pipeline)
+    jobs, want = table_jobs(fmt, groups, s * sub, m, rng)
     got, _ = simulate(arr, jobs, seed=seed, stall_prob=0.2, operands=table_operands)
     assert got == [[wrap(v, width) for v in row] for row in want]
 
@@ -157,7 +165,9 @@ def test_table_engine_refusals():
         with pytest.raises(ValueError, match="codeword index per sub-vector"):
             make_engine(net.layers[0], lanes=4, sparse=mode)
     with pytest.raises(ValueError, match="fitted pq format"):
-        TableArray(parse_format("fixed8"), 4, 20)
+        TableArray(parse_format("fixed8"), 4, 20, [[0]])
+    with pytest.raises(ValueError, match="per chunk, 64 codewords"):
+        TableArray(net.layers[0].format, 4, 20, [[0] * 63])
 
 
 @pytest.mark.parametrize("bits,block", [(2, 4), (8, 2), (4, 1), (3, 6)])
