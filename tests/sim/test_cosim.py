@@ -47,14 +47,16 @@ def test_icarus_bit_exact_on_three_images(quantized, build_root, name):
 
 @pytest.mark.verilator
 @pytest.mark.slow
-def test_verilator_whole_test_split(quantized, build_root):
+@pytest.mark.parametrize("name", ["shift4", "pq4"])
+def test_verilator_whole_test_split(quantized, build_root, name):
     """Every test image in one Verilator process: all bit-exact, and the RTL's accuracy is
-    the golden model's (counted here from the labels, independently of the flow)."""
+    the golden model's (counted here from the labels, independently of the flow); a MAC
+    array network and a table accumulation (product quantization) network."""
     from quantrtl.model.digits import load_split
     from quantrtl.sim import golden
 
-    art = quantized("shift4").artifact
-    r = flows.cosim_flow("shift4", simulator="verilator", artifact_path=art, build_root=build_root, images="all")
+    art = quantized(name).artifact
+    r = flows.cosim_flow(name, simulator="verilator", artifact_path=art, build_root=build_root, images="all")
     _, test = load_split()
     assert r.images == r.bit_exact_images == len(test.y) == 360, r.first_mismatch
     lat = r.throughput["latency_cycles"]
