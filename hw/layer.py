@@ -96,18 +96,26 @@ class ConvEngine(wiring.Component):
         values = fanin_codes(self.layer, self.geometry, self.source_shape, values=True)
         return self.layer.bias.astype(object) - self.layer.input.zero_point * values.astype(object).sum(axis=1)
 
+    @property
+    def code_stride(self) -> int:
+        """Fan-in positions per stored code: 1, a code per weight (pq: one per sub-vector)."""
+        return 1
+
     def weight_words(self) -> list[int]:
-        g, bits = self.geometry, self.layer.format.bits
+        """Per (channel group, chunk): each lane group's codes of the chunk, one per
+        :attr:`code_stride` fan-in positions."""
+        g, bits, step = self.geometry, self.layer.format.bits, self.code_stride
         kc = g.lanes_per_group
+        n = kc // step
         words = []
         for cg in range(g.channel_groups):
             for t in range(g.chunks):
                 word = 0
                 for gi in range(g.groups):
-                    for j in range(kc):
-                        c, k = cg * g.groups + gi, t * kc + j
+                    for j in range(n):
+                        c, k = cg * g.groups + gi, t * kc + j * step
                         code = int(self.fanin_codes[c, k]) if c < g.cout and k < g.fan_in else 0
-                        word |= code << ((gi * kc + j) * bits)
+                        word |= code << ((gi * n + j) * bits)
                 words.append(word)
         return words
 

@@ -173,21 +173,10 @@ class TableConvEngine(ConvEngine):
         return TableArray(self.layer.format, g.lanes, self.acc_width, books, groups=g.groups,
                           act_bits=self.layer.input.bits, pipeline=self.pipeline)
 
-    def weight_words(self) -> list[int]:
-        """Per (channel group, chunk): each group's index of each sub-vector of the chunk."""
-        g, fmt, S = self.geometry, self.layer.format, self.subvectors
-        kc, bits = g.lanes_per_group, fmt.bits
-        words = []
-        for cg in range(g.channel_groups):
-            for t in range(g.chunks):
-                word = 0
-                for gi in range(g.groups):
-                    for s in range(S):
-                        c, k = cg * g.groups + gi, t * kc + s * fmt.sub
-                        code = int(self.fanin_codes[c, k]) if c < g.cout and k < g.fan_in else 0
-                        word |= code << ((gi * S + s) * bits)
-                words.append(word)
-        return words
+    @property
+    def code_stride(self) -> int:
+        """An index per sub-vector: the weight words hold ``G * S`` indices."""
+        return self.layer.format.sub
 
     def feed(self, m: Module, arr: TableArray, acts: list, word, chunk, en) -> None:
         """The chunk's activations (one group's: the groups read the same), the groups'

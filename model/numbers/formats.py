@@ -28,6 +28,7 @@ __all__ = [
     "FormatError",
     "Quantized",
     "WeightFormat",
+    "BlockSourceFormat",
     "FixedFormat",
     "ShiftFormat",
     "TernaryFormat",
@@ -489,6 +490,29 @@ class ParamFormat(WeightFormat):
 
     def fit(self, w: np.ndarray) -> "ParamFormat":  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+class BlockSourceFormat(ParamFormat):
+    """A fitted format whose structure follows the fan-in order: a ``block`` size and, for
+    a classifier reading a (C, H, W) map, that ``source`` map (whose stream order the
+    blocks follow); both are stored in the artifact beside the fitted parameters
+    (``unified`` blocks, ``pq`` sub-vectors).  Subclasses declare the two fields."""
+
+    def params(self):
+        return {"block": self.block, "source": list(self.source) if self.source else None, **super().params()}
+
+    def with_params(self, d):
+        for key in ("block", "source"):
+            if key not in d:
+                raise FormatError(f"{self.name}: format entry lacks its parameter {key!r}")
+        try:
+            base = dataclasses.replace(self, block=d["block"], source=tuple(d["source"]) if d["source"] else None)
+        except (TypeError, ValueError) as e:
+            raise FormatError(f"{self.name}: bad parameters in format entry: {e}") from None
+        return ParamFormat.with_params(base, d)
+
+    def for_input(self, in_shape):
+        return dataclasses.replace(self, source=tuple(int(v) for v in in_shape) if len(in_shape) == 3 else None)
 
 
 def check_int_list(name: str, what: str, values, n: int, lo: int, hi: int) -> None:

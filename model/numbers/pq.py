@@ -31,7 +31,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from quantrtl.model.numbers.formats import FormatError, ParamFormat, check_scale, quantize_coefficients
+from quantrtl.model.numbers.formats import BlockSourceFormat, FormatError, check_scale, quantize_coefficients
 
 __all__ = ["PQFormat", "kmeans", "sub_length"]
 
@@ -79,7 +79,7 @@ def kmeans(points, k: int, seed: int = 0, iterations: int = 100) -> tuple[np.nda
 
 
 @dataclass(frozen=True)
-class PQFormat(ParamFormat):
+class PQFormat(BlockSourceFormat):
     """``pqN``: an ``N``-bit codeword index per sub-vector, per-subspace codebooks."""
 
     family: ClassVar[str] = "pq"
@@ -122,22 +122,6 @@ class PQFormat(ParamFormat):
     def codewords(self) -> int:
         """K, codewords per subspace."""
         return 1 << self.bits
-
-    def params(self):
-        return {"block": self.block, "source": list(self.source) if self.source else None, **super().params()}
-
-    def with_params(self, d):
-        for key in ("block", "source"):
-            if key not in d:
-                raise FormatError(f"{self.name}: format entry lacks its parameter {key!r}")
-        try:
-            base = replace(self, block=d["block"], source=tuple(d["source"]) if d["source"] else None)
-        except (TypeError, ValueError) as e:
-            raise FormatError(f"{self.name}: bad parameters in format entry: {e}") from None
-        return ParamFormat.with_params(base, d)
-
-    def for_input(self, in_shape):
-        return replace(self, source=tuple(int(v) for v in in_shape) if len(in_shape) == 3 else None)
 
     # ---- the layer's subspace view ---------------------------------------------------
     def channels(self, shape: tuple) -> tuple[int, int]:

@@ -23,7 +23,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from quantrtl.model.numbers.formats import FormatError, ParamFormat, check_scale
+from quantrtl.model.numbers.formats import BlockSourceFormat, FormatError, check_scale
 from quantrtl.model.numbers.layout import stream_to_chw_index
 
 __all__ = ["UnifiedFormat", "project", "fanin_matrix", "from_fanin_matrix", "block_magnitudes"]
@@ -87,7 +87,7 @@ def project(w, block: int, density: float = 1.0, source: tuple | None = None) ->
 
 
 @dataclass(frozen=True)
-class UnifiedFormat(ParamFormat):
+class UnifiedFormat(BlockSourceFormat):
     """Sign bit per weight, one 7-bit magnitude per block of ``block`` weights."""
 
     family: ClassVar[str] = "unified"
@@ -111,22 +111,6 @@ class UnifiedFormat(ParamFormat):
     @property
     def name(self) -> str:
         return "unified"
-
-    def params(self):
-        return {"block": self.block, "source": list(self.source) if self.source else None, **super().params()}
-
-    def with_params(self, d):
-        for key in ("block", "source"):
-            if key not in d:
-                raise FormatError(f"unified: format entry lacks its parameter {key!r}")
-        try:
-            base = replace(self, block=d["block"], source=tuple(d["source"]) if d["source"] else None)
-        except (TypeError, ValueError) as e:
-            raise FormatError(f"unified: bad parameters in format entry: {e}") from None
-        return ParamFormat.with_params(base, d)
-
-    def for_input(self, in_shape):
-        return replace(self, source=tuple(int(v) for v in in_shape) if len(in_shape) == 3 else None)
 
     @property
     def qmax(self) -> int:
