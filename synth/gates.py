@@ -33,7 +33,8 @@ from quantrtl.model.numbers.formats import WeightFormat
 from quantrtl.synth.yosys import SynthResult, synthesize
 from quantrtl.util.errors import OptionError
 
-__all__ = ["GateRow", "array_designs", "unrolled_designs", "array_rows", "unrolled_rows", "unrolled_fpga", "network_rows",
+__all__ = ["GateRow", "array_designs", "unrolled_designs", "array_rows", "unrolled_rows", "unrolled_fpga",
+           "check_unrolled_fpga", "network_rows",
            "fq_conv_weights", "BENCHES", "write_verilog", "run_all"]
 
 #: The Focused Quantization paper's comparison layer: 3×3 conv, padding 1, 8×8 map,
@@ -258,6 +259,15 @@ def _composed_depth(parts: list) -> int | None:
     return max(slices, default=0) + max(channel, default=0)
 
 
+def check_unrolled_fpga(weights: dict) -> None:
+    """Refuse an FPGA mapping of an unrolled layer built from parts (pq), whose timing the
+    parts alone do not give."""
+    composed = [q for q, w in weights.items() if conv_engine_class(w.format).unrolled_parts(w.format, w.codes)]
+    if composed:
+        raise OptionError("target", f"the unrolled style of {', '.join(composed)} (table slices and channel sums) is "
+                                    f"not mapped to an FPGA; use --style array for its FPGA columns")
+
+
 def unrolled_fpga(weights: dict, out_dir: Path, target: str, dsp: bool = True, sample: int | None = 4,
                   jobs: int = 2, yosys: str | None = None, cache_dir="build/synth-cache", name: str = "fqconv",
                   seed: int = 0, progress=None) -> dict[str, dict]:
@@ -273,10 +283,7 @@ def unrolled_fpga(weights: dict, out_dir: Path, target: str, dsp: bool = True, s
     the named device."""
     from quantrtl.synth.fpga import TARGETS, fpga_map_all
 
-    composed = [q for q, w in weights.items() if conv_engine_class(w.format).unrolled_parts(w.format, w.codes)]
-    if composed:
-        raise OptionError("target", f"the unrolled style of {', '.join(composed)} (table slices and channel sums) is "
-                                    f"not mapped to an FPGA; use --style array for its FPGA columns")
+    check_unrolled_fpga(weights)
     cout = next(iter(weights.values())).codes.shape[0]
     channels, designs = unrolled_designs(weights, Path(out_dir), sample, name, seed, register_inputs=True)
     results = fpga_map_all([(v, top, f"{q} ch{c}") for q, c, v, top in designs], target, dsp, jobs, yosys,

@@ -119,7 +119,8 @@ def gates_flow(quantizers: list[str], style: str = "array", layer: str | None = 
     """Synthesize every quantizer's design at equal throughput and compare gate counts
     (``style`` network: ``throughput`` is the lanes of every engine of the network top;
     ``progress(text)``: one call per design an FPGA ``target`` has mapped)."""
-    from quantrtl.synth.gates import array_rows, fq_conv_weights, network_rows, unrolled_fpga, unrolled_rows
+    from quantrtl.synth.gates import (array_rows, check_unrolled_fpga, fq_conv_weights, network_rows, unrolled_fpga,
+                                      unrolled_rows)
     from quantrtl.synth.yosys import yosys_version
 
     GatesOptions(tuple(quantizers), style, layer, bench, throughput, sample, jobs, target, dsp, source)
@@ -131,6 +132,8 @@ def gates_flow(quantizers: list[str], style: str = "array", layer: str | None = 
         bench = bench or "fq-conv"
         w = fq_conv_weights(bench)
         weights = {f.name: f.encode(w) for f in fmts}
+        if target != "gates":
+            check_unrolled_fpga(weights)
         name = bench.replace("-", "")
         rows = unrolled_rows(weights, out, sample=sample, jobs=jobs, yosys=yosys, cache_dir=cache_dir, name=name)
         where = bench
@@ -155,6 +158,8 @@ def gates_flow(quantizers: list[str], style: str = "array", layer: str | None = 
                                   yosys=yosys, cache_dir=cache_dir, prefix=first.name)
             else:
                 weights = {q: n.layer(where) for q, n in nets.items()}
+                if target != "gates":
+                    check_unrolled_fpga(weights)
                 name = f"{first.name}_{where}"
                 rows = unrolled_rows(weights, out, sample=sample, jobs=jobs, yosys=yosys, cache_dir=cache_dir,
                                      name=name)

@@ -130,6 +130,15 @@ def test_target_options(capsys, argv, match):
     assert match in capsys.readouterr().err
 
 
+def test_unrolled_pq_is_not_mapped_to_an_fpga(capsys, tmp_path):
+    """Refused before any synthesis, naming the quantizer and the way that works."""
+    assert main(["gates", "--style", "unrolled", "--quantizers", "fixed8,pq4", "--target", "ecp5",
+                 "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "unrolled style of pq4 (table slices and channel sums) is not mapped to an FPGA" in err
+    assert not any(tmp_path.rglob("*.v"))
+
+
 def test_unknown_target_in_the_library():
     with pytest.raises(SynthesisError, match="unknown FPGA target 'vu9p'"):
         fpga.fpga_map("x.v", "x", "vu9p")
