@@ -70,22 +70,30 @@ def _elements(fmt: PQFormat, shape: tuple) -> tuple[np.ndarray, np.ndarray, np.n
 
 
 def response_gram(x: torch.Tensor, module: nn.Module) -> np.ndarray:
-    """``X Xᵀ`` (fan-in × fan-in, PyTorch's weight order) of a layer's inputs ``x``:
-    every patch of a conv (padding reads the real zero), every row of a linear layer."""
+    """``X Xᵀ`` (fan-in × fan-in, PyTorch's weight order) of a layer's inputs ``x``, one per
+    group of a grouped conv (``(groups, F, F)``): every patch of a conv (padding reads the
+    real zero), every row of a linear layer."""
+    groups = module.groups if isinstance(module, nn.Conv2d) else 1
     if isinstance(module, nn.Conv2d):
         cols = nn.functional.unfold(x, module.kernel_size, padding=module.padding, stride=module.stride)
         cols = cols.transpose(1, 2).reshape(-1, cols.shape[1])
     else:
         cols = x.flatten(1)
-    cols = cols.double()
-    return (cols.T @ cols).numpy()
+    cols = cols.double().reshape(len(cols), groups, -1)
+    return torch.einsum("ngi,ngj->gij", cols, cols).numpy()
+
+
+def _row_grams(gram: np.ndarray, rows: int) -> np.ndarray:
+    """Each output channel's group's ``X Xᵀ`` (rows, F, F): the groups own equal slices."""
+    return np.repeat(gram, rows // len(gram), axis=0)
 
 
 def response_error(w: np.ndarray, wq: np.ndarray, gram: np.ndarray) -> float:
-    """``||(W − Ŵ) X||² / ||W X||²`` from ``X Xᵀ``."""
+    """``||(W − Ŵ) X||² / ||W X||²`` from the groups' ``X Xᵀ`` (:func:`response_gram`)."""
+    g = _row_grams(gram, w.shape[0])
     w2, d2 = w.reshape(w.shape[0], -1), (w - wq).reshape(w.shape[0], -1)
-    total = float(np.einsum("ti,ij,tj->", w2, gram, w2))
-    return float(np.einsum("ti,ij,tj->", d2, gram, d2)) / total if total > 0 else 0.0
+    total = float(np.einsum("ti,tij,tj->", w2, g, w2))
+    return float(np.einsum("ti,tij,tj->", d2, g, d2)) / total if total > 0 else 0.0
 
 
 def _weights(fmt: PQFormat, index: np.ndarray, shape: tuple) -> np.ndarray:
@@ -99,11 +107,11 @@ def _least_squares(w2: np.ndarray, gram: np.ndarray, fmt: PQFormat, index: np.nd
     sub_of, j_of, pos_of, _ = _elements(fmt, shape)
     n = M * K * sub
     H, rhs = np.zeros((n, n)), np.zeros(n)
-    wg = w2 @ gram
+    grams = _row_grams(gram, w2.shape[0])
     for t in range(w2.shape[0]):
         idx = (sub_of * K + index[t, sub_of, pos_of]) * sub + j_of
-        np.add.at(H, (idx[:, None], idx[None, :]), gram)
-        np.add.at(rhs, idx, wg[t])
+        np.add.at(H, (idx[:, None], idx[None, :]), grams[t])
+        np.add.at(rhs, idx, w2[t] @ grams[t])
     current = fmt.scale * fmt.codebook_array.astype(np.float64).ravel()
     lam = 1e-6 * max(float(np.trace(H)) / n, 1e-12)
     return np.linalg.solve(H + lam * np.eye(n), rhs + lam * current).reshape(M, K, sub)
@@ -115,14 +123,17 @@ def _reassign(w2: np.ndarray, gram: np.ndarray, fmt: PQFormat, index: np.ndarray
     real = fmt.scale * fmt.codebook_array.astype(np.float64)
     sub_of, _, pos_of, _ = _elements(fmt, shape)
     delta = w2 - _weights(fmt, index, shape).reshape(w2.shape)
+    per = w2.shape[0] // len(gram)
     for m in range(fmt.subspaces):
         for p in range(index.shape[2]):
             blk = np.flatnonzero((sub_of == m) & (pos_of == p))  # in sub-vector order
-            g_bb = gram[np.ix_(blk, blk)]
-            cross = delta @ gram[:, blk] - delta[:, blk] @ g_bb  # (T, sub): Σ_{B,rest} Δ_rest
-            d = w2[:, None, blk] - real[m][None]  # (T, K, sub)
-            cost = np.einsum("tki,ij,tkj->tk", d, g_bb, d) + 2 * np.einsum("tki,ti->tk", d, cross)
-            index[:, m, p] = cost.argmin(axis=1)
+            for grp, gr in enumerate(gram):  # the output channels of each group see its inputs
+                rows = slice(grp * per, (grp + 1) * per)
+                g_bb = gr[np.ix_(blk, blk)]
+                cross = delta[rows] @ gr[:, blk] - delta[rows, blk] @ g_bb  # (T, sub): Σ_{B,rest} Δ_rest
+                d = w2[rows, None, blk] - real[m][None]  # (T, K, sub)
+                cost = np.einsum("tki,ij,tkj->tk", d, g_bb, d) + 2 * np.einsum("tki,ti->tk", d, cross)
+                index[rows, m, p] = cost.argmin(axis=1)
             delta[:, blk] = w2[:, blk] - real[m][index[:, m, p]]
     return index
 

@@ -104,3 +104,20 @@ def test_response_correction_lowers_the_response_error():
     assert after < 0.9 * before
     wq = fmt.scale * fmt.decode(fmt.codes_of(index, w.shape))
     assert response_error(w, wq, gram) == pytest.approx(after)
+
+
+def test_response_correction_of_a_grouped_conv_uses_each_group_inputs():
+    """Depthwise: each output channel's response is measured on its own input channel."""
+    torch = pytest.importorskip("torch")
+    from quantrtl.model.training.pq import correct, response_error, response_gram
+
+    rng = np.random.default_rng(8)
+    w = rng.normal(size=(8, 1, 3, 3))
+    x = torch.tensor(rng.normal(size=(16, 8, 5, 5)) * np.arange(1, 9)[None, :, None, None])
+    conv = torch.nn.Conv2d(8, 8, 3, padding=1, groups=8)
+    gram = response_gram(x, conv)
+    assert gram.shape == (8, 9, 9)
+    fmt, index, before, after = correct(w, parse_format("pq2").fit(w), gram)
+    assert after <= before
+    wq = fmt.scale * fmt.decode(fmt.codes_of(index, w.shape))
+    assert response_error(w, wq, gram) == pytest.approx(after)
