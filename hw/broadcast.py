@@ -185,7 +185,7 @@ class BroadcastConvEngine(ConvEngine):
         # ---- input: coordinates of the arriving activation; nonzero ones are broadcast
         iy, ix = Signal(range(max(2, g.h)), name="in_y"), Signal(range(max(2, g.w)), name="in_x")
         ci = Signal(range(max(2, g.cin)), name="in_ch")
-        received, draining = Signal(name="received"), Signal(name="draining")
+        received = Signal(name="received")
         item = data.StructLayout({"x": unsigned(layer.input.bits), "ci": unsigned(len(ci)),
                                   "iy": unsigned(len(iy)), "ix": unsigned(len(ix))})
         queues = []
@@ -218,7 +218,8 @@ class BroadcastConvEngine(ConvEngine):
             init=[pack(pos_layout, [dict(zip(("dy", "dx", "cl"), s.position(p)))]) for p in range(s.positions)])
         depth = g.pixels * CL
         aw = self.pointer_bits
-        busy, acc_ports = [], []
+        held, acc_ports = [], []
+        at = data.StructLayout({"ix": unsigned(len(ix)), "iy": unsigned(len(iy))})  # a pixel, raster order
         for l in range(P):
             words, pointers = self.lane_tables(l)
             q = queues[l]
@@ -230,7 +231,6 @@ class BroadcastConvEngine(ConvEngine):
             acc = m.submodules[f"acc_mem{l}"] = Memory(shape=unsigned(self.acc_word), depth=depth, init=[])
             wp = acc.write_port()
             rp = acc.read_port(domain="sync", transparent_for=[wp])
-            acc_ports.append((rp, wp))
 
             # stage A: next entry of the current column, or the first of the queue head's
             cur_addr = Signal(range(max(2, len(words) + 1)), name=f"lane{l}_addr")
@@ -281,16 +281,41 @@ class BroadcastConvEngine(ConvEngine):
                 fields.append((rp.data[lo:lo + w].as_signed() + pe.products[k])[:w])
                 lo += w
             m.d.comb += [wp.addr.eq(c_addr), wp.data.eq(Cat(*fields)), wp.en.eq(c_valid)]
-            busy.append(cur_more | q.r_rdy | b_valid | c_valid)
 
-        # ---- drain: outputs in stream order from their lanes, cleared behind
-        start_drain = received & ~draining & ~Cat(*busy).any()
-        with m.If(start_drain):
-            m.d.sync += draining.eq(1)
+            # the oldest activation still in the lane (stage C, B, A, then the queue head):
+            # the drain may read an output only once every activation feeding it is past
+            c_at = Signal(at, name=f"lane{l}_c_at")
+            m.d.sync += c_at.eq(Cat(b_item.ix, b_item.iy))
+            oldest, holds = Signal(at, name=f"lane{l}_oldest"), Signal(name=f"lane{l}_holds")
+            with m.If(c_valid):
+                m.d.comb += [oldest.eq(c_at), holds.eq(1)]
+            with m.Elif(b_valid):
+                m.d.comb += [oldest.eq(Cat(b_item.ix, b_item.iy)), holds.eq(1)]
+            with m.Elif(cur_more):
+                m.d.comb += [oldest.eq(Cat(cur.ix, cur.iy)), holds.eq(1)]
+            with m.Elif(q.r_rdy):
+                m.d.comb += [oldest.eq(Cat(head.ix, head.iy)), holds.eq(1)]
+            held.append((holds, oldest))
+            acc_ports.append((acc.read_port(domain="sync"), acc.write_port()))  # the drain's read, its clear
+
+        # ---- drain, while the input still streams: outputs in stream order from their
+        # lanes, each output pixel once the last input pixel that feeds it has passed the
+        # input and every lane; words cleared behind for the next map
         op = Signal(range(max(2, g.pixels)), name="out_pixel")
         oc = Signal(range(max(2, g.cout)), name="out_channel")
         oy_d, ox_d = Signal(range(max(2, g.oh)), name="out_y"), Signal(range(max(2, g.ow)), name="out_x")
         issued = Signal(name="drain_issued")  # every output's read has been issued
+        need_y = Signal(range(-g.kh - g.ph, g.h + 1), name="need_y")  # the last input pixel feeding it
+        need_x = Signal(range(-g.kw - g.pw, g.w + 1), name="need_x")
+        m.d.comb += [need_y.eq(Mux(oy_d + (g.kh - 1 - g.ph) > g.h - 1, g.h - 1, oy_d + (g.kh - 1 - g.ph))),
+                     need_x.eq(Mux(ox_d + (g.kw - 1 - g.pw) > g.w - 1, g.w - 1, ox_d + (g.kw - 1 - g.pw)))]
+
+        def past(py, px):  # pixel (py, px) comes after the needed one in raster order
+            return (py > need_y) | ((py == need_y) & (px > need_x))
+
+        ready = Signal(name="drain_ready")
+        m.d.comb += ready.eq((received | past(iy, ix)) &
+                             ~Cat(*[holds & ~past(o.iy, o.ix) for holds, o in held]).any())
         lane_of = [s.lane(c) for c in range(g.cout)]
         lw = uint_bits(max(P - 1, 1))
         cw = uint_bits(max(CL - 1, 1))
@@ -299,7 +324,7 @@ class BroadcastConvEngine(ConvEngine):
         d_lane, d_cl = where.data[:lw], where.data[lw:lw + cw]
         out = self.out
         advance = ~out.valid | out.ready
-        issue = draining & ~issued & advance
+        issue = ~issued & advance & ready
         local = op * CL + d_cl
         s1_valid, s1_lane, s1_c = Signal(name="s1_valid"), Signal(lw, name="s1_lane"), Signal.like(oc, name="s1_c")
         s1_addr = Signal(range(max(2, depth)), name="s1_addr")
@@ -310,10 +335,9 @@ class BroadcastConvEngine(ConvEngine):
         s1_class = Signal(range(max(2, len(classes))), name="s1_class")
         m.d.comb += [row_rom.addr.eq(oy_d), col_rom.addr.eq(ox_d)]
         for l, (rp, wp) in enumerate(acc_ports):
-            with m.If(draining):
-                m.d.comb += [rp.addr.eq(local), rp.en.eq(advance)]
-                with m.If(s1_valid & (s1_lane == l)):  # clear the word read before (its value is held)
-                    m.d.comb += [wp.addr.eq(s1_addr), wp.data.eq(0), wp.en.eq(1)]
+            m.d.comb += [rp.addr.eq(local), rp.en.eq(advance)]
+            with m.If(s1_valid & (s1_lane == l)):  # clear the word read before (its value is held)
+                m.d.comb += [wp.addr.eq(s1_addr), wp.data.eq(0), wp.en.eq(1)]
         with m.If(advance):
             m.d.sync += [s1_valid.eq(issue), s1_lane.eq(d_lane), s1_c.eq(oc), s1_addr.eq(local),
                          s1_class.eq(row_rom.data * ncols + col_rom.data)]
@@ -349,7 +373,7 @@ class BroadcastConvEngine(ConvEngine):
         sent = Signal(range(max(2, g.out_size)), name="sent")
         with m.If(out.valid & out.ready):
             with m.If(sent == g.out_size - 1):
-                m.d.sync += [sent.eq(0), received.eq(0), draining.eq(0), issued.eq(0)]
+                m.d.sync += [sent.eq(0), received.eq(0), issued.eq(0)]
             with m.Else():
                 m.d.sync += sent.eq(sent + 1)
         return m

@@ -305,7 +305,9 @@ class BroadcastSchedule(ZeroSkipSchedule):
     code_bits: int
 
     #: :meth:`cycles`, as the Verilog description JSON and docs/hardware.md state it.
-    CYCLE_FORMULA = "max(in_size + 3, busiest lane walk + 6) + out_size (a lower bound; the walk depends on the input)"
+    CYCLE_FORMULA = ("max over output pixels p of (ready(p) + Cout * (pixels - p)) + 2, ready(p) = the inputs up to "
+                     "the last input pixel feeding p, or the busiest lane's entries up to it + 2 (a lower bound; the walk "
+                     "depends on the input)")
 
     @classmethod
     def build(cls, g: ConvGeometry, weights: np.ndarray, fmt: WeightFormat, index_bits: int) -> "BroadcastSchedule":
@@ -370,16 +372,58 @@ class BroadcastSchedule(ZeroSkipSchedule):
                 return l, chans.index(c)
         raise ValueError(f"no output channel {c}")
 
+    def need_pixels(self) -> np.ndarray:
+        """Per output pixel (raster order), the raster index of the last input pixel that
+        feeds it: the drain reads the pixel once that input pixel has passed the input and
+        every lane (negative: no input pixel feeds it)."""
+        g = self.geometry
+        oy, ox = np.divmod(np.arange(g.oh * g.ow), g.ow)
+        ny = np.minimum(oy + g.kh - 1 - g.ph, g.h - 1)
+        nx = np.minimum(ox + g.kw - 1 - g.pw, g.w - 1)
+        return ny * g.w + nx
+
+    #: cycles between a lane's last entry read and that output's handshake that no rate
+    #: hides: the lane's stages B and C, the drain's read and the output register
+    PIPELINE = 4
+
+    def tail_outputs(self) -> int:
+        """Outputs that wait for the map's last input pixel: from the first output pixel
+        it feeds (raster order) to the end, times Cout.  With :attr:`PIPELINE` it is the
+        per-layer constant of the cycle target (docs/hardware.md)."""
+        g = self.geometry
+        late = np.flatnonzero(self.need_pixels() >= g.h * g.w - 1)
+        return (g.oh * g.ow - (int(late[0]) if len(late) else g.oh * g.ow)) * g.cout
+
+    def target_cycles(self, activations: np.ndarray, slack: float = 1.1) -> int:
+        """The cycle target of issue 17 as we state it: ``max(in_size, out_size, ceil(slack ·
+        ideal)) + tail_outputs + PIPELINE``: the ideal's cycles, or the interface's (one value
+        per cycle in and out) when those are longer, then the outputs that must wait for the
+        last input."""
+        g = self.geometry
+        return (max(g.in_size, g.out_size, math.ceil(slack * self.ideal_cycles(activations)))
+                + self.tail_outputs() + self.PIPELINE)
+
     def cycles(self, activations: np.ndarray | None = None) -> int:
         """Cycles of one map, first input to last output handshake, input valid and output
-        ready throughout: the input and three cycles (the last activation queued, the
-        lanes seen idle, the first output read) or, for the map ``activations``, the
-        busiest lane's walk (:meth:`lane_work`) and six (queue, entry memory, accumulator,
-        idle, read, output register) if later; then the drain, one output per cycle.  A
-        lower bound: a lane whose queue is full stalls the input; cosim measures it."""
+        ready throughout, a lower bound (:attr:`CYCLE_FORMULA`).  The drain emits one output
+        per cycle in stream order and reads output pixel ``p`` once the last input pixel
+        feeding it (:meth:`need_pixels`) has arrived (``cin · (need + 1)`` inputs) and, for
+        the map ``activations``, every lane has walked its entries up to that pixel (a lane
+        walks one entry per cycle from cycle 1; its last entry leaves it two cycles later).
+        Each pixel's outputs and all after it then take a cycle each, and the last one
+        leaves the output register two cycles after its read.  A lower bound: a lane whose
+        queue is full stalls the input, a lane may wait for its input; cosim measures it."""
         g = self.geometry
-        walk = 0 if activations is None else max(self.lane_work(activations)) + 6
-        return max(g.in_size + 3, walk) + g.out_size
+        need = self.need_pixels()
+        ready = np.where(need >= 0, g.cin * (need + 1), 0)
+        if activations is not None:
+            nonzero = (np.asarray(activations).reshape(-1, g.cin) != 0).astype(np.int64)
+            entries = np.array([[r.entries for r in cols] for cols in self.columns], dtype=np.int64)
+            walked = np.cumsum(nonzero @ entries.T, axis=0).max(axis=1)  # busiest lane, up to each input pixel
+            lane = np.where(need >= 0, walked[np.maximum(need, 0)], 0)
+            ready = np.maximum(ready, np.where(lane > 0, lane + 2, 0))
+        outputs_from = (g.oh * g.ow - np.arange(g.oh * g.ow)) * g.cout
+        return int((ready + outputs_from).max()) + 2
 
     def lane_work(self, activations: np.ndarray) -> list[int]:
         """Per lane, the entries it walks for one input map ``activations`` (stream order):
