@@ -21,20 +21,23 @@ hold the others back) and walks one entry per cycle, back to back across activat
   write, so consecutive updates of one accumulator see each other).
 
 Each lane's accumulator memory holds the partial sums of its channels for the whole
-output map (one word per output: a term accumulator per term of the format).  When the
-last input has arrived and every lane is idle, the drain reads the outputs in stream
-order (pixel, channel fastest) from the owning lane, adds the bias (with the zero point
-of the taps that fell outside the map folded in per border class) and the format's
-term coefficients, requantizes as every engine does, and clears each word for the next
-map.  Why input-stationary: every nonzero activation meets ``kh · kw · Cout · density``
-weights, many more than the ``Cout · density`` of one output pixel's window tap, so the
-lanes stay busy at low densities, and a lane's imbalance averages over the whole map
-instead of one pixel.  Cost: an accumulator word per output (a memory), and the outputs
-leave after the last input (``out_size`` cycles of drain).
+output map (one word per output: a term accumulator per term of the format).  The drain
+runs while the input still streams: it reads the outputs in stream order (pixel, channel
+fastest) from the owning lane through a second read port, each output pixel as soon as
+the last input pixel that feeds it has passed the input and every lane (each lane
+reports the oldest activation it still holds), adds the bias (with the zero point of the
+taps that fell outside the map folded in per border class) and the format's term
+coefficients, requantizes as every engine does, and clears each word through a second
+write port for the next map.  Why input-stationary: every nonzero activation meets
+``kh · kw · Cout · density`` weights, many more than the ``Cout · density`` of one output
+pixel's window tap, so the lanes stay busy at low densities, and a lane's imbalance
+averages over the whole map instead of one pixel.  Cost: an accumulator word per output
+(a memory with two read and two write ports).
 
-Cycles (docs/hardware.md): ``in_size + 3 + out_size`` when the lanes keep pace with the
-input; a lane with more work than the input gives it time adds its backlog.  Limits:
-stride 1, ``groups=1``, no control-fault injection.
+Cycles (docs/hardware.md, :meth:`~quantrtl.hw.geometry.BroadcastSchedule.cycles`): per
+output pixel, the later of its inputs' arrival and the busiest lane's walk up to them,
+then one cycle per output from there; only the outputs fed by the last input pixel wait
+for the end of the input.  Limits: stride 1, ``groups=1``, no control-fault injection.
 """
 from __future__ import annotations
 
