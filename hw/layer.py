@@ -195,7 +195,8 @@ class ConvEngine(wiring.Component):
         m.d.comb += tap_rom.addr.eq(t)
 
         # weight and bias memories (synchronous reads, stage A → B)
-        wmem = rom(m, "weight_mem", self.weight_words(), g.lanes * bits, domain="sync")
+        wmem = rom(m, "weight_mem", self.weight_words(), g.groups * (g.lanes_per_group // self.code_stride) * bits,
+                   domain="sync")
         bias = [int(b) % (1 << W) for b in self.folded_bias] + [0] * (g.channel_groups * g.groups - g.cout)
         bwords = [sum(bias[cgi * g.groups + gi] << (gi * W) for gi in range(g.groups)) for cgi in range(g.channel_groups)]
         bmem = rom(m, "bias_mem", bwords, g.groups * W, domain="sync")
