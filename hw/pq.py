@@ -94,7 +94,7 @@ class TableArray(MacArray):
         return self.lanes_per_group // self.fmt.sub
 
     def operand_ports(self) -> dict:
-        fmt, s = self.fmt, self.lanes_per_group // self.fmt.sub
+        fmt, s = self.fmt, self.subvectors
         return {"act": In(data.ArrayLayout(unsigned(self.act_bits), self.lanes_per_group)),
                 "code": In(data.ArrayLayout(unsigned(fmt.bits), self.groups * s)),
                 "chunk": In(range(max(2, len(self.books))))}
