@@ -3,36 +3,41 @@
 Dataflow: **input-stationary broadcast**.  The input map streams in one activation per
 cycle, as into every engine; there is no activation memory.  A nonzero activation
 ``x`` at input pixel ``(iy, ix)``, channel ``ci`` is broadcast once, with its
-coordinates, to all lanes (zeros are dropped at the input: nothing downstream sees
-them).  Lane ``l`` owns a few output channels (:class:`~quantrtl.hw.geometry.BroadcastSchedule`
-balances their nonzero weights) and, in its own bank, for each input channel the
-*column* of its weights that such an activation meets: kernel row, kernel column and
-the lane's channel, as relative-index entries (``model/numbers/sparse.py``) with a
-pointer per input channel (where its column starts; the next one's is where it ends).  A lane queues the activations that have entries
-in its bank (a small FIFO, as in EIE, so lanes with more work for one activation do not
-hold the others back) and walks one entry per cycle, back to back across activations:
+coordinates and the kernel taps whose output lies inside the map, to the lanes that
+have work for it.  The layer's work is split in (output channel, input-channel block,
+kernel tap) units, cut into runs of equal nonzero weights
+(:class:`~quantrtl.hw.geometry.BroadcastSchedule`): a lane holds whole output channels and
+a part of one at each end (its *slots*).  Its bank holds, per input channel and tap, the
+*column* of its weights such an activation meets through that tap, as relative-index
+entries (``model/numbers/sparse.py``) restarting at every column, with a pointer per
+column and a mask of the non-empty ones.  A lane queues the activations it has work for
+(a small FIFO, as in EIE, so lanes with more work for one activation do not hold the
+others back) and walks one entry per cycle, back to back across columns and activations:
 
-* A: entry bank read at the column pointer (or the next entry of the current column);
-* B: the entry's run moves the column position (``pos += run + 1``), a position ROM
-  gives the kernel offset ``(dy, dx)`` and the lane channel; the output pixel is
-  ``(iy + ph − dy, ix + pw − dx)`` (skipped when outside the output map, or for a
-  filler); the lane's accumulator memory is read there;
+* A: entry bank read: the next entry of the current column, or the first of the item's
+  next non-empty column inside the map, or of the queue head's first (border taps are
+  never walked);
+* B: the entry's run moves the column position (``pos += run + 1``), a slot ROM gives
+  the lane's slot, the tap gives ``(dy, dx)``; the output pixel is ``(iy + ph − dy,
+  ix + pw − dx)``; the lane's accumulator memory is read there (not for a filler);
 * C: the PE's products are added and written back (the read is transparent to this
   write, so consecutive updates of one accumulator see each other).
 
-Each lane's accumulator memory holds the partial sums of its channels for the whole
-output map (one word per output: a term accumulator per term of the format).  The drain
-runs while the input still streams: it reads the outputs in stream order (pixel, channel
-fastest) from the owning lane through a second read port, each output pixel as soon as
-the last input pixel that feeds it has passed the input and every lane (each lane
-reports the oldest activation it still holds), adds the bias (with the zero point of the
-taps that fell outside the map folded in per border class) and the format's term
-coefficients, requantizes as every engine does, and clears each word through a second
-write port for the next map.  Why input-stationary: every nonzero activation meets
-``kh · kw · Cout · density`` weights, many more than the ``Cout · density`` of one output
-pixel's window tap, so the lanes stay busy at low densities, and a lane's imbalance
-averages over the whole map instead of one pixel.  Cost: an accumulator word per output
-(a memory with two read and two write ports).
+Each lane's accumulator memory holds the partial sums of its slots for the whole output
+map (one word per output pixel and slot: a term accumulator per term of the format).
+The drain runs while the input still streams: it emits the outputs in stream order
+(pixel, channel fastest), each output pixel as soon as the last input pixel that feeds
+it has passed the input and every lane (each lane reports the oldest activation it
+still holds); every lane reads its part of the channel through a second read port (a
+ROM says whether and in which slot it holds one), the parts are added, then the bias
+(with the zero point of the taps that fell outside the map folded in per border class)
+and the format's term coefficients; the value is requantized as every engine does, and
+each word read is cleared through a second write port for the next map.  Why
+input-stationary: every nonzero activation meets ``kh · kw · Cout · density`` weights,
+many more than the ``Cout · density`` of one output pixel's window tap, so the lanes stay
+busy at low densities, and a lane's imbalance averages over the whole map instead of one
+pixel.  Cost: an accumulator word per output pixel and slot (a memory with two read and
+two write ports) and the column pointers.
 
 Cycles (docs/hardware.md, :meth:`~quantrtl.hw.geometry.BroadcastSchedule.cycles`): per
 output pixel, the later of its inputs' arrival and the busiest lane's walk up to them,
@@ -44,7 +49,7 @@ from __future__ import annotations
 import operator
 
 import numpy as np
-from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
@@ -65,8 +70,8 @@ class BroadcastConvEngine(ConvEngine):
     """A conv2d/linear layer on activation-broadcast lanes (module docstring).
 
     Parameters are those of :class:`ConvEngine` plus ``index_bits`` (relative index
-    width) and ``queue_depth`` (each lane's activation queue); ``lanes`` is capped at the
-    output channels.
+    width) and ``queue_depth`` (each lane's activation queue); ``lanes`` is the schedule's
+    (at most the units of work, fewer when some run of the cut would be empty).
     """
 
     def __init__(self, layer: Layer, lanes: int = 8, pipeline: int = 0, source_shape=None, index_bits: int = 4,
@@ -130,19 +135,22 @@ class BroadcastConvEngine(ConvEngine):
             out += [layer.bias[c] - zx * values[c][inside].sum() for c in range(g.cout)]
         return [int(b) for b in out]
 
-    def lane_tables(self, lane: int) -> tuple[list[int], list[int]]:
-        """A lane's entry bank words and its column pointers: where each input channel's
-        column starts, and one past the last (``cin + 1`` words; column ``ci`` is
-        ``[pointer[ci], pointer[ci + 1])``)."""
-        s = self.schedule
+    def lane_tables(self, lane: int) -> tuple[list[int], list[int], list[int]]:
+        """A lane's entry bank words, its column pointers (column ``(ci, tap)`` is
+        ``[pointer[ci · taps + tap], pointer[ci · taps + tap + 1])``; ``cin · taps + 1``
+        words) and per input channel the mask of its non-empty columns (bit ``tap``)."""
         layout = sparse_entry_layout(self.index_bits, self.layer.format.bits)
-        words, pointers = [], [0]
-        for row in s.columns[lane]:
-            words += [pack(layout, [dict(run=int(r), code=int(c),
-                                         kind=EntryKind.FILLER if f else EntryKind.WEIGHT)])
-                      for r, c, f in zip(row.runs, row.codes, row.filler)]
-            pointers.append(len(words))
-        return words, pointers
+        words, pointers, masks = [], [0], []
+        for cols in self.schedule.columns[lane]:
+            mask = 0
+            for tap, row in enumerate(cols):
+                words += [pack(layout, [dict(run=int(r), code=int(c),
+                                             kind=EntryKind.FILLER if f else EntryKind.WEIGHT)])
+                          for r, c, f in zip(row.runs, row.codes, row.filler)]
+                pointers.append(len(words))
+                mask |= (row.entries > 0) << tap
+            masks.append(mask)
+        return words, pointers, masks
 
     @property
     def pointer_bits(self) -> int:
@@ -183,26 +191,40 @@ class BroadcastConvEngine(ConvEngine):
         m = Module()
         g, layer, s = self.geometry, self.layer, self.schedule
         fmt, P, CL, W = layer.format, s.lanes, s.lane_channels, self.acc_width
+        T, J = g.kh * g.kw, s.tap_units
         entry = sparse_entry_layout(self.index_bits, fmt.bits)
 
-        # ---- input: coordinates of the arriving activation; nonzero ones are broadcast
+        # ---- input: coordinates of the arriving activation, the kernel taps whose output
+        # lies inside the map; a nonzero activation goes to every lane with entries there
         iy, ix = Signal(range(max(2, g.h)), name="in_y"), Signal(range(max(2, g.w)), name="in_x")
         ci = Signal(range(max(2, g.cin)), name="in_ch")
         received = Signal(name="received")
+        blocks = rom(m, "block_rom", [c % s.blocks for c in range(g.cin)], uint_bits(s.blocks - 1))
+        m.d.comb += blocks.addr.eq(ci)
         item = data.StructLayout({"x": unsigned(layer.input.bits), "ci": unsigned(len(ci)),
-                                  "iy": unsigned(len(iy)), "ix": unsigned(len(ix))})
-        queues = []
+                                  "iy": unsigned(len(iy)), "ix": unsigned(len(ix)), "taps": unsigned(T),
+                                  "block": unsigned(len(blocks.data))})
+        row_taps = rom(m, "row_taps_rom", [sum(1 << t for t in range(T) if 0 <= y + g.ph - t // g.kw < g.oh)
+                                           for y in range(g.h)], T)
+        col_taps = rom(m, "col_taps_rom", [sum(1 << t for t in range(T) if 0 <= x + g.pw - t % g.kw < g.ow)
+                                           for x in range(g.w)], T)
+        m.d.comb += [row_taps.addr.eq(iy), col_taps.addr.eq(ix)]
+        inside = row_taps.data & col_taps.data
+        x = self.inp.payload[:layer.input.bits]
+        take = Signal(name="take_input")
+        queues, tables = [], []
         for l in range(P):
             queues.append(SyncFIFO(width=item.size, depth=self.queue_depth))
             m.submodules[f"queue{l}"] = queues[-1]
-        has = rom(m, "column_mask_rom", [sum(1 << l for l in range(P) if s.columns[l][c].entries)
-                                         for c in range(g.cin)], P)
-        x = self.inp.payload[:layer.input.bits]
-        take = Signal(name="take_input")
+            tables.append(self.lane_tables(l))
         m.d.comb += [self.inp.ready.eq(~received & Cat(*[q.w_rdy for q in queues]).all()),
-                     take.eq(self.inp.valid & self.inp.ready), has.addr.eq(ci)]
+                     take.eq(self.inp.valid & self.inp.ready)]
         for l, q in enumerate(queues):
-            m.d.comb += [q.w_data.eq(Cat(x, ci, iy, ix)), q.w_en.eq(take & (x != 0) & has.data[l])]
+            masks = rom(m, f"column_mask_rom{l}", tables[l][2], T)
+            m.d.comb += masks.addr.eq(ci)
+            mine = Signal(T, name=f"lane{l}_in_taps")
+            m.d.comb += [mine.eq(masks.data & inside), q.w_data.eq(Cat(x, ci, iy, ix, mine, blocks.data)),
+                         q.w_en.eq(take & (x != 0) & mine.any())]
         last_in = (ci == g.cin - 1) & (ix == g.w - 1) & (iy == g.h - 1)
         with m.If(take):
             m.d.sync += ci.eq(Mux(ci == g.cin - 1, 0, ci + 1))
@@ -214,66 +236,81 @@ class BroadcastConvEngine(ConvEngine):
                 m.d.sync += received.eq(1)
 
         # ---- lanes
-        pos_layout = data.StructLayout({"dy": unsigned(uint_bits(g.kh - 1)), "dx": unsigned(uint_bits(g.kw - 1)),
-                                        "cl": unsigned(uint_bits(CL - 1))})
-        pos_mem = m.submodules.position_rom = Memory(
-            shape=unsigned(pos_layout.size), depth=s.positions,
-            init=[pack(pos_layout, [dict(zip(("dy", "dx", "cl"), s.position(p)))]) for p in range(s.positions)])
+        tap_of = data.StructLayout({"dy": unsigned(uint_bits(g.kh - 1)), "dx": unsigned(uint_bits(g.kw - 1))})
+        tap_mem = m.submodules.tap_rom = Memory(shape=unsigned(tap_of.size), depth=T,
+                                                init=[pack(tap_of, [dict(dy=t // g.kw, dx=t % g.kw)]) for t in range(T)])
         depth = g.pixels * CL
         aw = self.pointer_bits
+        cw = uint_bits(max(CL - 1, 1))
         held, acc_ports = [], []
         at = data.StructLayout({"ix": unsigned(len(ix)), "iy": unsigned(len(iy))})  # a pixel, raster order
         for l in range(P):
-            words, pointers = self.lane_tables(l)
+            words, pointers, _ = tables[l]
             q = queues[l]
             head = data.View(item, q.r_data)
             ptr_mem = m.submodules[f"pointer_rom{l}"] = Memory(shape=unsigned(aw), depth=len(pointers),
                                                                 init=pointers)
             first_ptr, end_ptr = ptr_mem.read_port(domain="comb"), ptr_mem.read_port(domain="comb")
             bank = rom(m, f"entry_mem{l}", words, entry.size, domain="sync")
+            slot_rom = rom(m, f"slot_rom{l}", [u[j] if j < len(u) else 0 for blk in s.units[l] for u in blk
+                                               for j in range(J)], cw)
             acc = m.submodules[f"acc_mem{l}"] = Memory(shape=unsigned(self.acc_word), depth=depth, init=[])
             wp = acc.write_port()
             rp = acc.read_port(domain="sync", transparent_for=[wp])
 
-            # stage A: next entry of the current column, or the first of the queue head's
+            # stage A: the next entry of the current column; or the first of the item's next
+            # column inside the map; or of the queue head's first (no cycle between columns)
             cur_addr = Signal(range(max(2, len(words) + 1)), name=f"lane{l}_addr")
             cur_end = Signal.like(cur_addr, name=f"lane{l}_end")
-            cur_more = Signal(name=f"lane{l}_more")
-            cur = Signal(item, name=f"lane{l}_item")
+            cur_more = Signal(name=f"lane{l}_more")  # entries left in the current column
+            cur = Signal(item, name=f"lane{l}_item")  # its taps field: the columns still to walk
             b_valid, b_first = Signal(name=f"lane{l}_b_valid"), Signal(name=f"lane{l}_b_first")
-            b_item = Signal(item, name=f"lane{l}_b_item")
-            m.d.comb += [first_ptr.addr.eq(head.ci), end_ptr.addr.eq(head.ci + 1), q.r_en.eq(~cur_more)]
+            b_item, b_tap = Signal(item, name=f"lane{l}_b_item"), Signal(range(max(2, T)), name=f"lane{l}_b_tap")
+            next_col = Signal(name=f"lane{l}_next_column")  # the current item has more columns
+            m.d.comb += next_col.eq(cur.taps.any())
+            pick_from = Signal(item, name=f"lane{l}_pick_from")
+            with m.If(next_col):
+                m.d.comb += pick_from.eq(cur)
+            with m.Else():
+                m.d.comb += pick_from.eq(q.r_data)
+            tap = Signal(range(max(2, T)), name=f"lane{l}_tap")  # the lowest column left to walk
+            for t in reversed(range(T)):
+                with m.If(pick_from.taps[t]):
+                    m.d.comb += tap.eq(t)
+            col = pick_from.ci * T + tap
+            m.d.comb += [first_ptr.addr.eq(col), end_ptr.addr.eq(col + 1), q.r_en.eq(~cur_more & ~next_col)]
             start, end = first_ptr.data, end_ptr.data
-            m.d.sync += b_valid.eq(cur_more | q.r_rdy)
+            m.d.sync += b_valid.eq(cur_more | next_col | q.r_rdy)
             with m.If(cur_more):
                 m.d.comb += bank.addr.eq(cur_addr)
                 m.d.sync += [cur_addr.eq(cur_addr + 1), cur_more.eq(cur_addr + 1 != cur_end),
                              b_first.eq(0), b_item.eq(cur)]
-            with m.Elif(q.r_rdy):
+            with m.Elif(next_col | q.r_rdy):
                 m.d.comb += bank.addr.eq(start)
                 m.d.sync += [cur_addr.eq(start + 1), cur_end.eq(end), cur_more.eq(start + 1 != end),
-                             cur.eq(q.r_data), b_first.eq(1), b_item.eq(q.r_data)]
+                             cur.eq(pick_from), cur.taps.eq(pick_from.taps & ~(1 << tap)),
+                             b_first.eq(1), b_item.eq(pick_from), b_tap.eq(tap)]
 
-            # stage B: relative index → column position → output pixel and lane channel
+            # stage B: relative index → unit of the column → slot; the tap → output pixel
             e = data.View(entry, bank.data)
-            pos = Signal(range(max(2, s.positions)), name=f"lane{l}_pos")
+            pos = Signal(range(max(2, J)), name=f"lane{l}_pos")
             here = Signal.like(pos, name=f"lane{l}_here")
             m.d.comb += here.eq(Mux(b_first, 0, pos + 1) + e.run)
             with m.If(b_valid):
                 m.d.sync += pos.eq(here)
-            pr = pos_mem.read_port(domain="comb")
-            m.d.comb += pr.addr.eq(here)
-            pt = data.View(pos_layout, pr.data)
-            oy = Signal(range(-g.kh, g.h + g.ph + 1), name=f"lane{l}_oy")
-            ox = Signal(range(-g.kw, g.w + g.pw + 1), name=f"lane{l}_ox")
-            m.d.comb += [oy.eq(b_item.iy + g.ph - pt.dy), ox.eq(b_item.ix + g.pw - pt.dx)]
-            inside = (oy >= 0) & (oy < g.oh) & (ox >= 0) & (ox < g.ow)
+            m.d.comb += slot_rom.addr.eq((b_item.block * T + b_tap) * J + here)
+            tr = tap_mem.read_port(domain="comb")
+            m.d.comb += tr.addr.eq(b_tap)
+            kt = data.View(tap_of, tr.data)
+            oy = Signal(range(max(2, g.oh)), name=f"lane{l}_oy")
+            ox = Signal(range(max(2, g.ow)), name=f"lane{l}_ox")
+            m.d.comb += [oy.eq(b_item.iy + g.ph - kt.dy), ox.eq(b_item.ix + g.pw - kt.dx)]
             c_valid = Signal(name=f"lane{l}_c_valid")
             c_addr = Signal(range(max(2, depth)), name=f"lane{l}_c_addr")
             c_code, c_x = Signal(fmt.bits, name=f"lane{l}_c_code"), Signal(layer.input.bits, name=f"lane{l}_c_x")
-            addr = (oy.as_unsigned() * g.ow + ox.as_unsigned()) * CL + pt.cl
+            addr = (oy * g.ow + ox) * CL + slot_rom.data
             m.d.comb += [rp.addr.eq(addr[:len(c_addr)]), rp.en.eq(1)]
-            m.d.sync += [c_valid.eq(b_valid & inside & (e.kind == EntryKind.WEIGHT)), c_addr.eq(addr[:len(c_addr)]),
+            m.d.sync += [c_valid.eq(b_valid & (e.kind == EntryKind.WEIGHT)), c_addr.eq(addr[:len(c_addr)]),
                          c_code.eq(e.code), c_x.eq(b_item.x)]
 
             # stage C: products into the term accumulators, written back
@@ -294,7 +331,7 @@ class BroadcastConvEngine(ConvEngine):
                 m.d.comb += [oldest.eq(c_at), holds.eq(1)]
             with m.Elif(b_valid):
                 m.d.comb += [oldest.eq(Cat(b_item.ix, b_item.iy)), holds.eq(1)]
-            with m.Elif(cur_more):
+            with m.Elif(cur_more | next_col):
                 m.d.comb += [oldest.eq(Cat(cur.ix, cur.iy)), holds.eq(1)]
             with m.Elif(q.r_rdy):
                 m.d.comb += [oldest.eq(Cat(head.ix, head.iy)), holds.eq(1)]
@@ -319,18 +356,22 @@ class BroadcastConvEngine(ConvEngine):
         ready = Signal(name="drain_ready")
         m.d.comb += ready.eq((received | past(iy, ix)) &
                              ~Cat(*[holds & ~past(o.iy, o.ix) for holds, o in held]).any())
-        lane_of = [s.lane(c) for c in range(g.cout)]
-        lw = uint_bits(max(P - 1, 1))
-        cw = uint_bits(max(CL - 1, 1))
-        where = rom(m, "channel_lane_rom", [ln | (cl << lw) for ln, cl in lane_of], lw + cw)
-        m.d.comb += where.addr.eq(oc)
-        d_lane, d_cl = where.data[:lw], where.data[lw:lw + cw]
         out = self.out
         advance = ~out.valid | out.ready
         issue = ~issued & advance & ready
-        local = op * CL + d_cl
-        s1_valid, s1_lane, s1_c = Signal(name="s1_valid"), Signal(lw, name="s1_lane"), Signal.like(oc, name="s1_c")
-        s1_addr = Signal(range(max(2, depth)), name="s1_addr")
+        # per lane, whether it holds a part of the channel and in which slot: every lane
+        # reads its word of the pixel, the parts are added
+        owned, slots = [], []
+        for l in range(P):
+            part = {c: j for j, c in enumerate(s.channels[l])}
+            where = rom(m, f"channel_slot_rom{l}", [(part[c] << 1 | 1) if c in part else 0 for c in range(g.cout)],
+                        cw + 1)
+            m.d.comb += where.addr.eq(oc)
+            owned.append(where.data[0])
+            slots.append(where.data[1:])
+        s1_valid, s1_c = Signal(name="s1_valid"), Signal.like(oc, name="s1_c")
+        s1_owned = Signal(P, name="s1_owned")
+        s1_addr = [Signal(range(max(2, depth)), name=f"s1_addr{l}") for l in range(P)]
         rows, cols, classes = self.border_classes()
         ncols = max(cols) + 1
         row_rom = rom(m, "row_class_rom", rows, uint_bits(max(rows)))
@@ -338,11 +379,14 @@ class BroadcastConvEngine(ConvEngine):
         s1_class = Signal(range(max(2, len(classes))), name="s1_class")
         m.d.comb += [row_rom.addr.eq(oy_d), col_rom.addr.eq(ox_d)]
         for l, (rp, wp) in enumerate(acc_ports):
+            local = op * CL + slots[l]
             m.d.comb += [rp.addr.eq(local), rp.en.eq(advance)]
-            with m.If(s1_valid & (s1_lane == l)):  # clear the word read before (its value is held)
-                m.d.comb += [wp.addr.eq(s1_addr), wp.data.eq(0), wp.en.eq(1)]
+            with m.If(s1_valid & s1_owned[l]):  # clear the word read before (its value is held)
+                m.d.comb += [wp.addr.eq(s1_addr[l]), wp.data.eq(0), wp.en.eq(1)]
+            with m.If(advance):
+                m.d.sync += s1_addr[l].eq(local)
         with m.If(advance):
-            m.d.sync += [s1_valid.eq(issue), s1_lane.eq(d_lane), s1_c.eq(oc), s1_addr.eq(local),
+            m.d.sync += [s1_valid.eq(issue), s1_owned.eq(Cat(*owned)), s1_c.eq(oc),
                          s1_class.eq(row_rom.data * ncols + col_rom.data)]
         with m.If(issue):
             with m.If(oc == g.cout - 1):
@@ -358,15 +402,16 @@ class BroadcastConvEngine(ConvEngine):
             with m.Else():
                 m.d.sync += oc.eq(oc + 1)
 
-        # the finished output: bias + sum of coefficient x term accumulator
-        word = Signal(self.acc_word, name="drain_word")
-        m.d.comb += word.eq(Cat(*[rp.data for rp, _ in acc_ports]).word_select(s1_lane, self.acc_word)
-                            if P > 1 else acc_ports[0][0].data)
+        # the finished output: bias + sum of coefficient x term accumulator, each term the
+        # sum of the channel's parts over the lanes that hold one
         bias_rom = rom(m, "bias_rom", [b % (1 << W) for b in self.biases()], W)
         m.d.comb += bias_rom.addr.eq(s1_class * g.cout + s1_c)
         terms, lo = [], 0
-        for w in self.acc_widths:
-            terms.append(word[lo:lo + w].as_signed())
+        for k, w in enumerate(self.acc_widths):
+            parts = [Mux(s1_owned[l], rp.data[lo:lo + w], 0).as_signed() for l, (rp, _) in enumerate(acc_ports)]
+            term = Signal(signed(w), name=f"drain_term{k}")
+            m.d.comb += term.eq(sum(parts[1:], parts[0])[:w])
+            terms.append(term)
             lo += w
         value = weighted_sum(m, bias_rom.data.as_signed(), terms, fmt.coefficients if fmt.terms > 1 else (1,), W,
                              "_drain")

@@ -285,22 +285,34 @@ class SparseSchedule(ZeroSkipSchedule):
 
 @dataclass(frozen=True)
 class BroadcastSchedule(ZeroSkipSchedule):
-    """The activation-broadcast engine's tables (``hw/broadcast.py``): output channels
-    assigned to lanes, and per lane and input channel a *column*: the lane's weights that
-    an input activation of that channel meets, in the order (kernel row, kernel column,
-    the lane's channel), as relative-index entries (:func:`encode_row`).
+    """The activation-broadcast engine's tables (``hw/broadcast.py``): the layer's work
+    split over lanes, and per lane, input channel and kernel tap a *column*: the lane's
+    weights that an input activation of that channel meets through that tap, as
+    relative-index entries (:func:`encode_row`), the index restarting at every column.
 
-    Channels go to lanes largest nonzero count first, each to the least loaded lane that
-    has room for it (at most ``ceil(Cout / P)`` per lane), so every lane holds about the
-    same number of nonzero weights.  ``lanes`` is ``min(P, Cout)``: a lane owns at least
-    one output channel.
+    The unit of work is an (output channel, input-channel block, kernel tap) triple: the
+    input channels form ``blocks`` interleaved blocks (channel ``ci`` in block ``ci mod
+    blocks``), as few as give at least four units per lane (one block for a conv with a
+    kernel; a classifier, one tap over hundreds of inputs, gets several).  Interleaved, so
+    that a lane's share of the work arrives evenly over the input stream.  Units are laid out channel by channel and cut into ``P``
+    contiguous runs of about equal nonzero weights (a cut moves to the nearest channel
+    boundary when that costs under 3 % of a lane's share), so a lane holds whole channels
+    and at most a part of a channel at each end; the parts of a channel split over lanes
+    are partial sums that the drain adds.  A lane's *slots* are the channels it holds
+    parts of (an accumulator word per output pixel and slot).  ``lanes`` is the number of
+    non-empty runs (at most ``P`` and the number of units).
     """
 
     geometry: ConvGeometry
-    #: per lane, its output channels (position ``cl`` = the lane's channel index)
+    #: per lane, the output channels it holds parts of (slot ``j`` = ``channels[l][j]``)
     channels: tuple
-    #: per lane, per input channel, the column's relative-index row
+    #: per lane, per input-channel block, per kernel tap, the slots of its units there
+    #: (a column's positions, in order)
+    units: tuple
+    #: per lane, per input channel, per kernel tap, the column's relative-index row
     columns: tuple
+    #: input-channel blocks (channel ``ci`` in block ``ci mod blocks``)
+    blocks: int
     index_bits: int
     code_bits: int
 
@@ -308,6 +320,10 @@ class BroadcastSchedule(ZeroSkipSchedule):
     CYCLE_FORMULA = ("max over output pixels p of (ready(p) + Cout * (pixels - p)) + 2, ready(p) = the inputs up to "
                      "the last input pixel feeding p, or the busiest lane's entries up to it + 2 (a lower bound; the walk "
                      "depends on the input)")
+    #: a cut moves to a channel boundary when that changes a lane's share by at most this
+    SNAP = 0.03
+    #: input channels are split into blocks until every lane has this many units
+    UNITS_PER_LANE = 4
 
     @classmethod
     def build(cls, g: ConvGeometry, weights: np.ndarray, fmt: WeightFormat, index_bits: int) -> "BroadcastSchedule":
@@ -316,27 +332,47 @@ class BroadcastSchedule(ZeroSkipSchedule):
             raise ValueError(f"stride {g.sh}x{g.sw}: the activation-broadcast engine takes stride 1")
         if g.conv_groups != 1:
             raise ValueError(f"groups {g.conv_groups}: the activation-broadcast engine takes groups=1")
-        weights = np.asarray(weights, dtype=np.int64)
-        nonzero = (fmt.decode(weights) != 0).sum(axis=1)
-        lanes = min(g.lanes, g.cout)
-        per_lane = math.ceil(g.cout / lanes)
-        owned, load = [[] for _ in range(lanes)], [0] * lanes
-        for c in sorted(range(g.cout), key=lambda c: (-int(nonzero[c]), c)):
-            lane = min((l for l in range(lanes) if len(owned[l]) < per_lane), key=lambda l: (load[l], l))
-            owned[lane].append(c)
-            load[lane] += int(nonzero[c])
         zero = zero_code(fmt)
         if zero is None:
             raise ValueError(f"{fmt.name} weights are never zero: nothing to skip")
         taps = g.kh * g.kw
-        # (cout, kh*kw, cin): fan-in order is (dy, dx, ci) with ci fastest
-        w3 = weights.reshape(g.cout, taps, g.cin)
-        columns = []
-        for chans in owned:
-            block = np.full((g.cin, taps, per_lane), zero, dtype=np.int64)
-            block[:, :, :len(chans)] = np.transpose(w3[chans], (2, 1, 0))
-            columns.append(tuple(encode_row(block[ci].ravel(), fmt, index_bits) for ci in range(g.cin)))
-        return cls(g, tuple(tuple(c) for c in owned), tuple(columns), index_bits, fmt.bits)
+        w3 = np.asarray(weights, dtype=np.int64).reshape(g.cout, taps, g.cin)  # fan-in order (dy, dx, ci)
+        nblocks = min(g.cin, math.ceil(cls.UNITS_PER_LANE * g.lanes / (g.cout * taps)))
+        nonzero = fmt.decode(w3) != 0
+        load = np.stack([nonzero[:, :, b::nblocks].sum(axis=2) for b in range(nblocks)], axis=1)
+        runs = [r for r in cls.cut(load.ravel(), min(g.lanes, load.size), nblocks * taps) if r[1] > r[0]]
+        channels, lane_units, columns = [], [], []
+        for lo, hi in runs:
+            units = [(u // (nblocks * taps), u // taps % nblocks, u % taps) for u in range(lo, hi)]
+            chans = tuple(dict.fromkeys(c for c, _, _ in units))
+            at = [[[c for c, b, t in units if (b, t) == (blk, tap)] for tap in range(taps)] for blk in range(nblocks)]
+            channels.append(chans)
+            lane_units.append(tuple(tuple(tuple(chans.index(c) for c in cs) for cs in per_tap) for per_tap in at))
+            columns.append(tuple(tuple(encode_row(w3[cs, tap, ci] if cs else np.zeros(0, np.int64), fmt, index_bits)
+                                       for tap, cs in enumerate(at[ci % nblocks])) for ci in range(g.cin)))
+        return cls(g, tuple(channels), tuple(lane_units), tuple(columns), nblocks, index_bits, fmt.bits)
+
+    @classmethod
+    def cut(cls, load: np.ndarray, lanes: int, block: int) -> list[tuple[int, int]]:
+        """``lanes`` contiguous runs ``[lo, hi)`` of the units whose ``load`` sums are as
+        equal as the units allow; a cut moves to a multiple of ``block`` (a channel
+        boundary) when that changes the run's sum by at most :attr:`SNAP` of a share.
+        Without any load, runs of equal unit counts."""
+        n = len(load)
+        weight = np.asarray(load, dtype=np.float64) if np.any(load) else np.ones(n)
+        prefix = np.concatenate([[0.0], np.cumsum(weight)])
+        share = prefix[-1] / lanes
+        cuts = [0]
+        for k in range(1, lanes):
+            target = k * share
+            i = int(np.argmin(np.abs(prefix - target)))
+            bounds = np.arange(0, n + 1, block)
+            j = int(bounds[np.argmin(np.abs(prefix[bounds] - target))])
+            if abs(prefix[j] - target) - abs(prefix[i] - target) <= cls.SNAP * share:
+                i = j
+            cuts.append(max(i, cuts[-1]))
+        cuts.append(n)
+        return list(zip(cuts[:-1], cuts[1:]))
 
     @property
     def lanes(self) -> int:
@@ -344,33 +380,48 @@ class BroadcastSchedule(ZeroSkipSchedule):
 
     @property
     def lane_channels(self) -> int:
-        """CL: output channels per lane (the last lanes may own one fewer)."""
-        return max(len(c) for c in self.channels)
+        """CL: slots per lane (accumulator words per output pixel), at least 1."""
+        return max(1, max(len(c) for c in self.channels))
 
     @property
-    def positions(self) -> int:
-        """Length of a column: kernel taps x the lane's channels."""
-        return self.geometry.kh * self.geometry.kw * self.lane_channels
+    def tap_units(self) -> int:
+        """J: the most units a lane holds at one (block, kernel tap): a column's length, at
+        least 1."""
+        return max(1, max(len(u) for lane in self.units for blk in lane for u in blk))
 
-    def position(self, pos: int) -> tuple[int, int, int]:
-        """A column position → (kernel row, kernel column, the lane's channel index)."""
-        cl = self.lane_channels
-        return pos // (self.geometry.kw * cl), (pos // cl) % self.geometry.kw, pos % cl
+    def entries(self) -> np.ndarray:
+        """Entries per (lane, input channel, kernel tap)."""
+        return np.array([[[r.entries for r in taps] for taps in cols] for cols in self.columns],
+                        dtype=np.int64).reshape(self.lanes, self.geometry.cin, -1)
 
     def lane_entries(self) -> list[int]:
         """Entries stored in each lane's bank."""
-        return [sum(r.entries for r in cols) for cols in self.columns]
+        return [int(e) for e in self.entries().sum(axis=(1, 2))]
 
     @property
     def nonzero_weights(self) -> int:
-        return int(sum((~r.filler).sum() for cols in self.columns for r in cols))
+        return int(sum((~r.filler).sum() for cols in self.columns for taps in cols for r in taps))
 
-    def lane(self, c: int) -> tuple[int, int]:
-        """Output channel ``c`` → (its lane, its index in the lane)."""
-        for l, chans in enumerate(self.channels):
-            if c in chans:
-                return l, chans.index(c)
-        raise ValueError(f"no output channel {c}")
+    def owners(self, c: int) -> list[tuple[int, int]]:
+        """Output channel ``c`` → the (lane, slot) pairs holding its parts."""
+        return [(l, chans.index(c)) for l, chans in enumerate(self.channels) if c in chans]
+
+    def valid_taps(self) -> np.ndarray:
+        """(input pixels, kernel taps): whether the tap of an activation at that pixel
+        lands inside the output map (the lanes walk only those)."""
+        g = self.geometry
+        iy, ix = np.divmod(np.arange(g.h * g.w), g.w)
+        dy, dx = np.divmod(np.arange(g.kh * g.kw), g.kw)
+        oy, ox = iy[:, None] + g.ph - dy[None, :], ix[:, None] + g.pw - dx[None, :]
+        return (oy >= 0) & (oy < g.oh) & (ox >= 0) & (ox < g.ow)
+
+    def pixel_work(self, activations: np.ndarray, counts: np.ndarray | None = None) -> np.ndarray:
+        """(input pixels, lanes): entries each lane walks for each input pixel's nonzero
+        activations (``counts``: per (lane, channel, tap) what to count; default entries)."""
+        g = self.geometry
+        nonzero = (np.asarray(activations).reshape(-1, g.cin) != 0).astype(np.int64)
+        counts = self.entries() if counts is None else counts
+        return np.einsum("pc,pt,lct->pl", nonzero, self.valid_taps().astype(np.int64), counts)
 
     def need_pixels(self) -> np.ndarray:
         """Per output pixel (raster order), the raster index of the last input pixel that
@@ -382,9 +433,10 @@ class BroadcastSchedule(ZeroSkipSchedule):
         nx = np.minimum(ox + g.kw - 1 - g.pw, g.w - 1)
         return ny * g.w + nx
 
-    #: cycles between a lane's last entry read and that output's handshake that no rate
-    #: hides: the lane's stages B and C, the drain's read and the output register
-    PIPELINE = 4
+    #: cycles that no rate hides, counted from the last input taken (or a lane's last entry
+    #: read, one cycle later) to the last output's handshake, beyond the tail's outputs:
+    #: the queue write, stages B and C, the drain's read and the output register
+    PIPELINE = 5
 
     def tail_outputs(self) -> int:
         """Outputs that wait for the map's last input pixel: from the first output pixel
@@ -417,9 +469,7 @@ class BroadcastSchedule(ZeroSkipSchedule):
         need = self.need_pixels()
         ready = np.where(need >= 0, g.cin * (need + 1), 0)
         if activations is not None:
-            nonzero = (np.asarray(activations).reshape(-1, g.cin) != 0).astype(np.int64)
-            entries = np.array([[r.entries for r in cols] for cols in self.columns], dtype=np.int64)
-            walked = np.cumsum(nonzero @ entries.T, axis=0).max(axis=1)  # busiest lane, up to each input pixel
+            walked = np.cumsum(self.pixel_work(activations), axis=0).max(axis=1)  # busiest lane, up to each pixel
             lane = np.where(need >= 0, walked[np.maximum(need, 0)], 0)
             ready = np.maximum(ready, np.where(lane > 0, lane + 2, 0))
         outputs_from = (g.oh * g.ow - np.arange(g.oh * g.ow)) * g.cout
@@ -427,11 +477,9 @@ class BroadcastSchedule(ZeroSkipSchedule):
 
     def lane_work(self, activations: np.ndarray) -> list[int]:
         """Per lane, the entries it walks for one input map ``activations`` (stream order):
-        its column of each nonzero activation's channel (one cycle per entry, taps outside
-        the output map and fillers included)."""
-        g = self.geometry
-        per_channel = (np.asarray(activations).reshape(-1, g.cin) != 0).sum(axis=0)
-        return [int(sum(int(n) * r.entries for n, r in zip(per_channel, cols))) for cols in self.columns]
+        its columns of each nonzero activation's channel at the taps inside the output map
+        (one cycle per entry, fillers included)."""
+        return [int(v) for v in self.pixel_work(activations).sum(axis=0)]
 
     def ideal_cycles(self, activations: np.ndarray) -> int:
         """``ceil(MACs / lanes)`` counting only nonzero weight x nonzero activation products
@@ -441,38 +489,23 @@ class BroadcastSchedule(ZeroSkipSchedule):
     def useful_macs(self, activations: np.ndarray) -> int:
         """Nonzero weight x nonzero activation products over every output pixel and its
         in-bounds taps (the work an ideal zero-skipping engine does)."""
-        g = self.geometry
-        x = np.asarray(activations).reshape(g.h, g.w, g.cin) != 0
-        per = np.zeros((g.cin, g.kh, g.kw), dtype=np.int64)  # nonzero weights per (ci, dy, dx)
-        for l, cols in enumerate(self.columns):
-            for ci, r in enumerate(cols):
-                pos = np.cumsum(r.runs + 1) - 1
-                for p, f in zip(pos, r.filler):
-                    if not f:
-                        dy, dx, _ = self.position(int(p))
-                        per[ci, dy, dx] += 1
-        total = 0
-        for dy in range(g.kh):
-            for dx in range(g.kw):
-                for oy in range(g.oh):
-                    iy = oy - g.ph + dy
-                    if not 0 <= iy < g.h:
-                        continue
-                    for ox in range(g.ow):
-                        ix = ox - g.pw + dx
-                        if 0 <= ix < g.w:
-                            total += int((x[iy, ix] * per[:, dy, dx]).sum())
-        return total
+        weights = np.array([[[int((~r.filler).sum()) for r in taps] for taps in cols] for cols in self.columns],
+                           dtype=np.int64).reshape(self.lanes, self.geometry.cin, -1)
+        return int(self.pixel_work(activations, weights).sum())
 
     def memory_bits(self, acc_word: int, acc_width: int, shift_max: int | None, bias_words: int) -> dict[str, int]:
-        """Entry banks, column pointers (``cin + 1`` per lane: where each column starts),
-        accumulators (one ``acc_word`` per output of a lane), biases and requantization
-        constants; no activation memory (activations are broadcast as they arrive)."""
+        """Entry banks, column pointers (``cin · taps + 1`` per lane: where each column
+        starts), the columns' non-empty masks, the slot of each column position, the
+        accumulators (one ``acc_word`` per output pixel and slot of a lane), biases and
+        requantization constants; no activation memory (activations are broadcast as they
+        arrive)."""
         g = self.geometry
+        taps = g.kh * g.kw
         pointer = uint_bits(max(self.lane_entries()))
-        depth = g.pixels * self.lane_channels
         return {"entries": sum(self.lane_entries()) * self.entry_width,
-                "pointers": self.lanes * (g.cin + 1) * pointer,
-                "accumulators": self.lanes * depth * acc_word,
+                "pointers": self.lanes * (g.cin * taps + 1) * pointer,
+                "masks": self.lanes * g.cin * taps,
+                "slots": self.lanes * self.blocks * taps * self.tap_units * uint_bits(self.lane_channels - 1),
+                "accumulators": self.lanes * g.pixels * self.lane_channels * acc_word,
                 "bias": bias_words * acc_width,
                 "requant": 0 if shift_max is None else g.cout * (M0_BITS + uint_bits(shift_max))}

@@ -151,7 +151,7 @@ def bench_sparse(quantizers: tuple[str, ...] = ("shift3", "fixed8"), densities: 
     nonzero activation MACs / lanes)`` (taps inside the map only) and each engine's bound:
     row, ``in_size + 1.25 · ideal over nonzero weights + pixels · Cout + 5`` (it does not
     skip zero activations), a check; broadcast, the cycle target ``max(in_size, out_size,
-    ceil(1.1 · ideal)) + tail_outputs + 4`` (reported, met or not: ``within_bound``) and its
+    ceil(1.1 · ideal)) + tail_outputs + 5`` (reported, met or not: ``within_bound``) and its
     formula's lower bound (a check: ``formula_ok``), with the busiest lane's walk against
     the ideal.  ``bound_kind`` says which term of the target is the largest."""
     from quantrtl.hw.engines import make_engine

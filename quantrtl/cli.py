@@ -480,7 +480,7 @@ def cmd_bench(args) -> int:
               "row: compute = measured - in_size; bound: in_size + 1.25 * ceil(nonzero-weight MACs / lanes) + "
               "pixels * Cout + 5 (it computes every activation; a check)\n"
               "broadcast: compute = measured - tail; bound (the target): max(in_size, out_size, ceil(1.1 * ideal)) + "
-              "tail, tail = the outputs waiting for the last input pixel + 4 (reported, not a check: 'limited by' "
+              "tail, tail = the outputs waiting for the last input pixel + 5 (reported, not a check: 'limited by' "
               "names the largest term); lower bound: the cycle formula (a check: measured >= it)")
         broadcast = [x for x in r["results"] if x["engine"] == "broadcast"]
         if broadcast:

@@ -154,8 +154,9 @@ def broadcast_bounds(eng, stream):
     busiest lane's column, then the whole drain."""
     s, g = eng.schedule, eng.geometry
     low = s.cycles(stream)
-    cin = np.arange(len(stream)) % g.cin
-    worst = [max(cols[c].entries for cols in s.columns) if v else 0 for v, c in zip(stream, cin)]
+    inside, entries = s.valid_taps(), s.entries()  # (pixels, taps), (lanes, cin, taps)
+    worst = [int((entries[:, i % g.cin] * inside[i // g.cin]).sum(axis=1).max()) if v else 0
+             for i, v in enumerate(stream)]
     return low, sum(max(1, w) for w in worst) + g.out_size + 6 + eng.queue_depth
 
 
@@ -173,7 +174,7 @@ def test_digits_layers_broadcast(pruned, name, density):
 
 @pytest.mark.parametrize("name,lanes,geometry", [
     ("focused5", 3, dict(cin=2, hw=(6, 7), cout=5, kernel=(3, 2), padding=(1, 1))),
-    ("kmeans4", 8, dict(cin=3, hw=4, cout=4)),          # more lanes than channels: capped at 4
+    ("kmeans4", 8, dict(cin=3, hw=4, cout=4)),          # more lanes than channels: channels split by tap
     ("shift3", 1, dict(cin=2, hw=5, cout=3, padding=(0, 0))),
     ("ternary", 2, dict(cin=4, hw=5, cout=6, kernel=(1, 1), padding=(0, 0))),
     ("fixed4", 4, dict(cin=3, hw=5, cout=4, kernel=(3, 3), padding=(2, 1))),
@@ -190,7 +191,8 @@ def test_random_geometry_broadcast_with_back_pressure(name, lanes, geometry, que
     for layer, mm, cycles, eng, _ in run_sparse(net, x, lanes=lanes, ready_prob=0.6, valid_prob=0.8,
                                                 engine=BroadcastConvEngine, queue_depth=queue_depth):
         assert mm is None, str(mm)
-        assert eng.lanes == min(lanes, eng.geometry.cout)
+        s = eng.schedule
+        assert eng.lanes <= min(lanes, eng.geometry.cout * s.blocks * eng.geometry.kh * eng.geometry.kw)
         assert cycles >= eng.expected_cycles
 
 
@@ -213,7 +215,7 @@ def test_broadcast_all_zero_input_and_all_zero_channels():
                 # overlaps the input instead of following it
                 assert cycles < eng.geometry.in_size + eng.geometry.out_size
             if layer == "conv":
-                assert all(cols[2].entries == 0 for cols in eng.schedule.columns)
+                assert all(r.entries == 0 for cols in eng.schedule.columns for r in cols[2])
 
 
 @pytest.mark.parametrize("change,message", [
@@ -235,9 +237,11 @@ def test_broadcast_refuses_what_it_cannot_build(change, message):
 @given(seed=st.integers(0, 2**32 - 1), cin=st.integers(1, 5), cout=st.integers(1, 9), k=st.sampled_from([1, 2, 3]),
        density=st.floats(0.0, 1.0), lanes=st.integers(1, 10), index_bits=st.integers(1, 5))
 def test_broadcast_schedule_columns_hold_the_layer(seed, cin, cout, k, density, lanes, index_bits):
-    """Every lane's columns decode back to exactly its channels' weights; channels are
-    spread so that no lane holds more than one channel's worth of nonzeros above
-    another; the ideal MACs equal a brute-force count over the convolution."""
+    """Every (channel, tap) unit of work sits in exactly one lane, and the lanes' columns
+    decode back to exactly the layer's weights; every lane's nonzero weights are within
+    one unit (and the channel-boundary snap) of an equal share; the ideal MACs equal a
+    brute-force count over the convolution, and a lane walks exactly its columns at the
+    taps inside the map."""
     from quantrtl.hw.geometry import BroadcastSchedule, ConvGeometry
     from quantrtl.model.numbers.sparse import decode_row
 
@@ -247,15 +251,25 @@ def test_broadcast_schedule_columns_hold_the_layer(seed, cin, cout, k, density, 
     w = np.where(rng.random((cout, cin, k, k)) < density, rng.choice([1, 2, 3, 5, 6, 7], (cout, cin, k, k)), 0)
     g = ConvGeometry(cin=cin, h=hw, w=hw, cout=cout, kh=k, kw=k, ph=k // 2, pw=k // 2, lanes=lanes)
     s = BroadcastSchedule.build(g, np.transpose(w, (0, 2, 3, 1)).reshape(cout, -1), fmt, index_bits)
-    assert s.lanes == min(lanes, cout) and sorted(c for ch in s.channels for c in ch) == list(range(cout))
-    for chans, cols in zip(s.channels, s.columns):
-        for ci, row in enumerate(cols):
-            dense = decode_row(row, fmt).reshape(k, k, s.lane_channels)
-            for cl, c in enumerate(chans):
-                assert np.array_equal(dense[:, :, cl], w[c, ci]), (c, ci)
-            assert not dense[:, :, len(chans):].any()
-    loads = [sum(int(np.count_nonzero(w[c])) for c in chans) for chans in s.channels]
-    assert max(loads) - min(loads) <= max(int(np.count_nonzero(w[c])) for c in range(cout))
+    assert 1 <= s.lanes <= min(lanes, cout * s.blocks * k * k)
+    rebuilt = np.full((cout, cin, k * k), -1)
+    for chans, units, cols in zip(s.channels, s.units, s.columns):
+        assert any(len(u) for blk in units for u in blk)  # no empty lane
+        for ci, per_tap in enumerate(cols):
+            for t, row in enumerate(per_tap):
+                dense = decode_row(row, fmt)
+                slots = units[ci % s.blocks][t]
+                assert len(dense) == len(slots)
+                for j, slot in enumerate(slots):
+                    assert rebuilt[chans[slot], ci, t] == -1  # one lane per unit
+                    rebuilt[chans[slot], ci, t] = dense[j]
+    assert np.array_equal(rebuilt, w.reshape(cout, cin, k * k))
+    nz = (w != 0).reshape(cout, cin, k * k)
+    unit = np.stack([nz[:, b::s.blocks].sum(axis=1) for b in range(s.blocks)], axis=1)
+    loads = [sum(int(unit[chans[slot], b, t]) for b, blk in enumerate(units) for t, u in enumerate(blk) for slot in u)
+             for chans, units in zip(s.channels, s.units)]
+    share = unit.sum() / min(lanes, unit.size)
+    assert max(loads) <= share + unit.max() + 2 * s.SNAP * share + 1e-9, (loads, share)
     x = np.where(rng.random((cin, hw, hw)) < 0.5, rng.integers(1, 256, (cin, hw, hw)), 0)
     brute = 0
     for c in range(cout):
@@ -270,3 +284,12 @@ def test_broadcast_schedule_columns_hold_the_layer(seed, cin, cout, k, density, 
     stream = np.transpose(x, (1, 2, 0)).ravel()  # stream order: channel fastest
     assert s.useful_macs(stream) == brute
     assert s.ideal_cycles(stream) == -(-brute // s.lanes)
+    walked = [0] * s.lanes  # by hand: every nonzero activation, every tap landing inside the map
+    for l, cols in enumerate(s.columns):
+        for iy in range(hw):
+            for ix in range(hw):
+                for ci in range(cin):
+                    if x[ci, iy, ix]:
+                        walked[l] += sum(cols[ci][dy * k + dx].entries for dy in range(k) for dx in range(k)
+                                         if 0 <= iy + k // 2 - dy < g.oh and 0 <= ix + k // 2 - dx < g.ow)
+    assert s.lane_work(stream) == walked
