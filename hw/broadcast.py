@@ -199,6 +199,7 @@ class BroadcastConvEngine(ConvEngine):
         iy, ix = Signal(range(max(2, g.h)), name="in_y"), Signal(range(max(2, g.w)), name="in_x")
         ci = Signal(range(max(2, g.cin)), name="in_ch")
         received = Signal(name="received")
+        map_done = Signal(name="map_done")  # every output of the map read: the lanes may clear all
         blocks = rom(m, "block_rom", [c % s.blocks for c in range(g.cin)], uint_bits(s.blocks - 1))
         m.d.comb += blocks.addr.eq(ci)
         item = data.StructLayout({"x": unsigned(layer.input.bits), "ci": unsigned(len(ci)),
@@ -217,7 +218,10 @@ class BroadcastConvEngine(ConvEngine):
             queues.append(SyncFIFO(width=item.size, depth=self.queue_depth))
             m.submodules[f"queue{l}"] = queues[-1]
             tables.append(self.lane_tables(l))
-        m.d.comb += [self.inp.ready.eq(~received & Cat(*[q.w_rdy for q in queues]).all()),
+        swept = [Signal(name=f"lane{l}_swept") for l in range(P)]  # the previous map's words all cleared
+        first_in = (ci == 0) & (ix == 0) & (iy == 0)
+        m.d.comb += [self.inp.ready.eq(~received & Cat(*[q.w_rdy for q in queues]).all() &
+                                       (~first_in | Cat(*swept).all())),  # a map starts on cleared words
                      take.eq(self.inp.valid & self.inp.ready)]
         for l, q in enumerate(queues):
             masks = rom(m, f"column_mask_rom{l}", tables[l][2], T)
@@ -228,6 +232,8 @@ class BroadcastConvEngine(ConvEngine):
         last_in = (ci == g.cin - 1) & (ix == g.w - 1) & (iy == g.h - 1)
         with m.If(take):
             m.d.sync += ci.eq(Mux(ci == g.cin - 1, 0, ci + 1))
+            with m.If(first_in):
+                m.d.sync += map_done.eq(0)
             with m.If(ci == g.cin - 1):
                 m.d.sync += ix.eq(Mux(ix == g.w - 1, 0, ix + 1))
                 with m.If(ix == g.w - 1):
@@ -243,6 +249,7 @@ class BroadcastConvEngine(ConvEngine):
         aw = self.pointer_bits
         cw = uint_bits(max(CL - 1, 1))
         held, acc_ports = [], []
+        drained = Signal(range(depth + 1), name="drained")  # local words the drain has read, in every lane
         at = data.StructLayout({"ix": unsigned(len(ix)), "iy": unsigned(len(iy))})  # a pixel, raster order
         for l in range(P):
             words, pointers, _ = tables[l]
@@ -320,7 +327,17 @@ class BroadcastConvEngine(ConvEngine):
             for k, w in enumerate(self.acc_widths):
                 fields.append((rp.data[lo:lo + w].as_signed() + pe.products[k])[:w])
                 lo += w
-            m.d.comb += [wp.addr.eq(c_addr), wp.data.eq(Cat(*fields)), wp.en.eq(c_valid)]
+            # the same write port clears, behind the drain, the words it has read (in local
+            # address order, in cycles stage C does not write); the next map waits for it
+            sweep = Signal(range(depth + 1), name=f"lane{l}_sweep", init=depth)
+            m.d.comb += swept[l].eq(sweep == depth)
+            with m.If(c_valid):
+                m.d.comb += [wp.addr.eq(c_addr), wp.data.eq(Cat(*fields)), wp.en.eq(1)]
+            with m.Elif(sweep < drained):
+                m.d.comb += [wp.addr.eq(sweep[:len(c_addr)]), wp.data.eq(0), wp.en.eq(1)]
+                m.d.sync += sweep.eq(sweep + 1)
+            with m.If(take & first_in):
+                m.d.sync += sweep.eq(0)
 
             # the oldest activation still in the lane (stage C, B, A, then the queue head):
             # the drain may read an output only once every activation feeding it is past
@@ -336,7 +353,7 @@ class BroadcastConvEngine(ConvEngine):
             with m.Elif(q.r_rdy):
                 m.d.comb += [oldest.eq(Cat(head.ix, head.iy)), holds.eq(1)]
             held.append((holds, oldest))
-            acc_ports.append((acc.read_port(domain="sync"), acc.write_port()))  # the drain's read, its clear
+            acc_ports.append(acc.read_port(domain="sync"))  # the drain's read
 
         # ---- drain, while the input still streams: outputs in stream order from their
         # lanes, each output pixel once the last input pixel that feeds it has passed the
@@ -371,20 +388,15 @@ class BroadcastConvEngine(ConvEngine):
             slots.append(where.data[1:])
         s1_valid, s1_c = Signal(name="s1_valid"), Signal.like(oc, name="s1_c")
         s1_owned = Signal(P, name="s1_owned")
-        s1_addr = [Signal(range(max(2, depth)), name=f"s1_addr{l}") for l in range(P)]
         rows, cols, classes = self.border_classes()
         ncols = max(cols) + 1
         row_rom = rom(m, "row_class_rom", rows, uint_bits(max(rows)))
         col_rom = rom(m, "col_class_rom", cols, uint_bits(max(cols)))
         s1_class = Signal(range(max(2, len(classes))), name="s1_class")
         m.d.comb += [row_rom.addr.eq(oy_d), col_rom.addr.eq(ox_d)]
-        for l, (rp, wp) in enumerate(acc_ports):
-            local = op * CL + slots[l]
-            m.d.comb += [rp.addr.eq(local), rp.en.eq(advance)]
-            with m.If(s1_valid & s1_owned[l]):  # clear the word read before (its value is held)
-                m.d.comb += [wp.addr.eq(s1_addr[l]), wp.data.eq(0), wp.en.eq(1)]
-            with m.If(advance):
-                m.d.sync += s1_addr[l].eq(local)
+        m.d.comb += drained.eq(Mux(map_done, depth, op * CL))
+        for l, rp in enumerate(acc_ports):
+            m.d.comb += [rp.addr.eq(op * CL + slots[l]), rp.en.eq(advance)]
         with m.If(advance):
             m.d.sync += [s1_valid.eq(issue), s1_owned.eq(Cat(*owned)), s1_c.eq(oc),
                          s1_class.eq(row_rom.data * ncols + col_rom.data)]
@@ -392,7 +404,7 @@ class BroadcastConvEngine(ConvEngine):
             with m.If(oc == g.cout - 1):
                 m.d.sync += oc.eq(0)
                 with m.If(op == g.pixels - 1):
-                    m.d.sync += [op.eq(0), oy_d.eq(0), ox_d.eq(0), issued.eq(1)]
+                    m.d.sync += [op.eq(0), oy_d.eq(0), ox_d.eq(0), issued.eq(1), map_done.eq(1)]
                 with m.Else():
                     m.d.sync += op.eq(op + 1)
                     with m.If(ox_d == g.ow - 1):
@@ -408,7 +420,7 @@ class BroadcastConvEngine(ConvEngine):
         m.d.comb += bias_rom.addr.eq(s1_class * g.cout + s1_c)
         terms, lo = [], 0
         for k, w in enumerate(self.acc_widths):
-            parts = [Mux(s1_owned[l], rp.data[lo:lo + w], 0).as_signed() for l, (rp, _) in enumerate(acc_ports)]
+            parts = [Mux(s1_owned[l], rp.data[lo:lo + w], 0).as_signed() for l, rp in enumerate(acc_ports)]
             term = Signal(signed(w), name=f"drain_term{k}")
             m.d.comb += term.eq(sum(parts[1:], parts[0])[:w])
             terms.append(term)
