@@ -31,13 +31,14 @@ it has passed the input and every lane (each lane reports the oldest activation 
 still holds); every lane reads its part of the channel through a second read port (a
 ROM says whether and in which slot it holds one), the parts are added, then the bias
 (with the zero point of the taps that fell outside the map folded in per border class)
-and the format's term coefficients; the value is requantized as every engine does, and
-each word read is cleared through a second write port for the next map.  Why
-input-stationary: every nonzero activation meets ``kh · kw · Cout · density`` weights,
-many more than the ``Cout · density`` of one output pixel's window tap, so the lanes stay
-busy at low densities, and a lane's imbalance averages over the whole map instead of one
-pixel.  Cost: an accumulator word per output pixel and slot (a memory with two read and
-two write ports) and the column pointers.
+and the format's term coefficients; the value is requantized as every engine does.  Each
+lane's write port clears, behind the drain, the words it has read (in local address
+order, in cycles its stage C does not write); the next map's input waits until every lane
+has cleared.  Why input-stationary: every nonzero activation meets ``kh · kw · Cout ·
+density`` weights, many more than the ``Cout · density`` of one output pixel's window
+tap, so the lanes stay busy at low densities, and a lane's imbalance averages over the
+whole map instead of one pixel.  Cost: an accumulator word per output pixel and slot (a
+memory with two read ports and one write port) and the column pointers.
 
 Cycles (docs/hardware.md, :meth:`~quantrtl.hw.geometry.BroadcastSchedule.cycles`): per
 output pixel, the later of its inputs' arrival and the busiest lane's walk up to them,
