@@ -206,10 +206,8 @@ class BroadcastConvEngine(ConvEngine):
         item = data.StructLayout({"x": unsigned(layer.input.bits), "ci": unsigned(len(ci)),
                                   "iy": unsigned(len(iy)), "ix": unsigned(len(ix)), "taps": unsigned(T),
                                   "block": unsigned(len(blocks.data))})
-        row_taps = rom(m, "row_taps_rom", [sum(1 << t for t in range(T) if 0 <= y + g.ph - t // g.kw < g.oh)
-                                           for y in range(g.h)], T)
-        col_taps = rom(m, "col_taps_rom", [sum(1 << t for t in range(T) if 0 <= x + g.pw - t % g.kw < g.ow)
-                                           for x in range(g.w)], T)
+        row_masks, col_masks = s.tap_masks()
+        row_taps, col_taps = rom(m, "row_taps_rom", row_masks, T), rom(m, "col_taps_rom", col_masks, T)
         m.d.comb += [row_taps.addr.eq(iy), col_taps.addr.eq(ix)]
         inside = row_taps.data & col_taps.data
         x = self.inp.payload[:layer.input.bits]

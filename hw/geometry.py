@@ -406,14 +406,22 @@ class BroadcastSchedule(ZeroSkipSchedule):
         """Output channel ``c`` → the (lane, slot) pairs holding its parts."""
         return [(l, chans.index(c)) for l, chans in enumerate(self.channels) if c in chans]
 
+    def tap_masks(self) -> tuple[list[int], list[int]]:
+        """Per input row, then per input column, the kernel taps (bit ``dy · kw + dx``)
+        whose output row (column) lies inside the output map; a pixel's taps inside the
+        map are its row's and its column's (the engine's two ROMs)."""
+        g = self.geometry
+        taps = range(g.kh * g.kw)
+        return ([sum(1 << t for t in taps if 0 <= y + g.ph - t // g.kw < g.oh) for y in range(g.h)],
+                [sum(1 << t for t in taps if 0 <= x + g.pw - t % g.kw < g.ow) for x in range(g.w)])
+
     def valid_taps(self) -> np.ndarray:
         """(input pixels, kernel taps): whether the tap of an activation at that pixel
         lands inside the output map (the lanes walk only those)."""
         g = self.geometry
-        iy, ix = np.divmod(np.arange(g.h * g.w), g.w)
-        dy, dx = np.divmod(np.arange(g.kh * g.kw), g.kw)
-        oy, ox = iy[:, None] + g.ph - dy[None, :], ix[:, None] + g.pw - dx[None, :]
-        return (oy >= 0) & (oy < g.oh) & (ox >= 0) & (ox < g.ow)
+        rows, cols = self.tap_masks()
+        masks = np.array([r & c for r in rows for c in cols], dtype=np.int64)
+        return (masks[:, None] >> np.arange(g.kh * g.kw)[None, :]) & 1 == 1
 
     def pixel_work(self, activations: np.ndarray, counts: np.ndarray | None = None) -> np.ndarray:
         """(input pixels, lanes): entries each lane walks for each input pixel's nonzero
