@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 from quantrtl.hw.broadcast import BroadcastConvEngine
-from quantrtl.hw.join import JoinEngine
-from quantrtl.hw.layer import ConvEngine, PoolEngine, ReluEngine
+from quantrtl.hw.layer import ConvEngine
 from quantrtl.hw.sparse import SparseConvEngine
 from quantrtl.model.numbers.artifact import Layer
 from quantrtl.model.numbers.families import family
@@ -41,7 +40,7 @@ def make_engine(layer: Layer, lanes: int = 8, pipeline: int = 0, groups: int | N
                 tap_fault: int | None = None, source_shapes: list[tuple] | None = None):
     """The engine for one artifact layer (a zero-skipping one for conv2d/linear when
     ``sparse`` names one, :func:`sparse_mode`); ``tap_fault`` injects a control fault
-    (``hw/faults.py``); a concat needs its inputs' ``source_shapes``."""
+    (``hw/faults.py``); an op that joins inputs (concat) needs its inputs' ``source_shapes``."""
     mode = sparse_mode(sparse)
     if layer.has_weights and mode == "broadcast":
         return BroadcastConvEngine(layer, lanes=lanes, pipeline=pipeline, source_shape=source_shape,
@@ -52,10 +51,6 @@ def make_engine(layer: Layer, lanes: int = 8, pipeline: int = 0, groups: int | N
     if layer.has_weights:
         return conv_engine_class(layer.format)(layer, lanes=lanes, groups=groups, pipeline=pipeline, source_shape=source_shape,
                           tap_fault=tap_fault)
-    if layer.op in ("maxpool", "avgpool", "gap"):
-        return PoolEngine(layer)
-    if layer.op == "relu":
-        return ReluEngine(layer)
-    if layer.op in ("add", "concat"):
-        return JoinEngine(layer, source_shapes)
-    raise ValueError(f"layer {layer.name!r}: no engine for op {layer.op!r}")
+    # every other op: its registry record's engine (hw/layer.py pooling and ReLU, hw/join.py,
+    # hw/lut.py, a plug-in's), given the shapes of the layer's inputs
+    return layer.kind.resolve("engine")(layer, source_shapes=source_shapes)

@@ -302,7 +302,7 @@ class PoolEngine(wiring.Component):
     (channel fastest).
     """
 
-    def __init__(self, layer: Layer):
+    def __init__(self, layer: Layer, source_shapes: list[tuple] | None = None):
         if layer.op not in ("maxpool", "avgpool", "gap"):
             raise ValueError(f"layer {layer.name!r} is {layer.op}, not a pooling layer")
         c, h, w = layer.in_shape
@@ -391,7 +391,7 @@ class PoolEngine(wiring.Component):
 class ReluEngine(wiring.Component):
     """Unfused ReLU on a stream (§5): ``max(q, Z)``, combinational pass-through."""
 
-    def __init__(self, layer: Layer):
+    def __init__(self, layer: Layer, source_shapes: list[tuple] | None = None):
         self.layer = layer
         super().__init__(stream_ports())
 

@@ -70,8 +70,8 @@ class NetworkTop(wiring.Component):
             srcs = net.sources(layer)
             self.engines[layer.name] = make_engine(
                 layer, lanes=lanes_for(self.lanes, layer.name) if layer.has_weights else 1, pipeline=self.pipeline,
-                source_shape=shapes[srcs[0]] if layer.op == "linear" else None,
-                source_shapes=[shapes[s] for s in srcs] if layer.op == "concat" else None,
+                source_shape=shapes[srcs[0]] if layer.kind.flattens else None,
+                source_shapes=[shapes[s] for s in srcs],
                 sparse=sparse, index_bits=index_bits,
                 tap_fault=(tap_faults or {}).get(layer.name))
             shapes[layer.name] = tuple(layer.out_shape)

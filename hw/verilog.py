@@ -24,7 +24,7 @@ from quantrtl.hw.broadcast import BroadcastConvEngine
 from quantrtl.hw.engines import make_engine, sparse_mode
 from quantrtl.hw.geometry import MAXPOOL_CYCLE_FORMULA, BroadcastSchedule, ConvGeometry, SparseSchedule
 from quantrtl.hw.join import JOIN_CYCLE_FORMULA, JoinEngine
-from quantrtl.hw.layer import ConvEngine
+from quantrtl.hw.layer import ConvEngine, PoolEngine
 from quantrtl.hw.network import NetworkTop
 
 __all__ = ["Design", "build_design", "to_verilog", "render", "emit", "STREAM_PROTOCOL"]
@@ -85,7 +85,9 @@ class Design:
                  "expected_cycles": e.expected_cycles}
             if name in occupancy:
                 d["occupancy_cycles"] = occupancy[name]
-            if isinstance(e, BroadcastConvEngine):
+            if hasattr(e, "describe"):  # an engine that says what it is (hw/lut.py)
+                d.update(e.describe())
+            elif isinstance(e, BroadcastConvEngine):
                 d.update(format=layer.format.name, lanes=e.lanes, sparse="broadcast", index_bits=e.index_bits,
                          nonzero_weights=e.nonzero_weights, lane_channels=[list(c) for c in e.schedule.channels],
                          lane_entries=e.schedule.lane_entries(), queue_depth=e.queue_depth,
@@ -104,7 +106,7 @@ class Design:
                          chunks=g.chunks, channel_groups=g.channel_groups, pixels=g.pixels,
                          accumulator_bits=e.acc_width, pipeline=e.pipeline, dense_macs=layer.macs,
                          cycle_formula=ConvGeometry.CYCLE_FORMULA)
-            elif layer.op in ("maxpool", "avgpool", "gap"):
+            elif isinstance(e, PoolEngine):
                 d.update(kernel=list(layer.kernel), stride=list(layer.stride), padding=list(layer.padding),
                          cycle_formula=MAXPOOL_CYCLE_FORMULA)
             elif isinstance(e, JoinEngine):
@@ -129,7 +131,7 @@ def build_design(net: QuantizedNetwork, layer: str = "all", lanes: int = 8, pipe
         lay = net.layer(layer)
         shapes = [tuple(net.input_shape) if s == INPUT else tuple(net.layer(s).out_shape) for s in net.sources(lay)]
         comp = make_engine(lay, lanes=lanes_for(lanes, layer) if lay.has_weights else 1, pipeline=pipeline,
-                           source_shape=shapes[0] if lay.op == "linear" else None,
+                           source_shape=shapes[0] if lay.kind.flattens else None,
                            sparse=sparse, index_bits=index_bits, source_shapes=shapes)
     return Design(top=top, component=comp, net=net, layer=layer, lanes=lanes, pipeline=pipeline, artifact=artifact)
 

@@ -14,8 +14,9 @@ import numpy as np
 from quantrtl.model.numbers.artifact import INPUT, ArtifactError, Layer, QuantizedNetwork
 from quantrtl.model.numbers.formats import centered
 
-__all__ = ["requantize", "conv2d_acc", "linear_acc", "table_acc", "maxpool", "avgpool", "add", "concat", "relu", "run_layer", "run",
-           "GoldenResult", "predict"]
+__all__ = ["requantize", "conv2d_acc", "linear_acc", "table_acc", "maxpool", "avgpool", "add", "concat", "relu", "lut",
+           "run_layer", "run", "GoldenResult", "predict", "conv2d_layer", "linear_layer", "maxpool_layer", "relu_layer",
+           "avgpool_layer", "add_layer", "concat_layer", "lut_layer"]
 
 
 def requantize(acc, m0, shift, zero_point: int, lo: int, hi: int) -> np.ndarray:
@@ -37,8 +38,8 @@ def _check_input(x: np.ndarray, layer: Layer, fmt=None) -> np.ndarray:
     x = np.asarray(x)
     if x.dtype.kind not in "iu":
         raise ArtifactError(f"layer {layer.name!r}: input must be integers, got dtype {x.dtype}")
-    flat = layer.op == "linear" and int(np.prod(x.shape[1:])) == int(np.prod(layer.in_shape))
-    if x.shape[1:] != tuple(layer.in_shape) and not flat and layer.op != "concat":
+    flat = layer.kind.flattens and int(np.prod(x.shape[1:])) == int(np.prod(layer.in_shape))
+    if x.shape[1:] != tuple(layer.in_shape) and not flat and fmt is None:
         raise ArtifactError(f"layer {layer.name!r}: input shape {x.shape[1:]} does not match {tuple(layer.in_shape)}")
     q = fmt or layer.input
     if x.size and (x.min() < q.qmin or x.max() > q.qmax):
@@ -97,7 +98,7 @@ def table_acc(layer: Layer, x) -> np.ndarray:
     index, cb, sub = fmt.index(layer.codes), fmt.codebook_array, fmt.sub  # (cout, M, P), (M, K, sub)
     cout, M, P = index.shape
     bias = np.asarray(layer.bias, dtype=np.int64)
-    if layer.op == "linear":
+    if not layer.kind.window:  # linear
         c, _ = fmt.channels(layer.codes.shape)
         xs = x.reshape(len(x), c, P)
         acc = np.tile(bias, (len(x), 1))
@@ -167,36 +168,82 @@ def relu(x, zero_point: int) -> np.ndarray:
     return np.maximum(np.asarray(x, dtype=np.int64), zero_point)
 
 
-def run_layer(layer: Layer, x, acc_out: dict | None = None) -> np.ndarray:
-    """One layer on a batch ``x`` (N, *in_shape) of integers (add, concat: a list, one
-    batch per input)."""
-    if layer.op in ("add", "concat"):
-        xs = [_check_input(v, layer, f) for v, f in zip(x, layer.input_formats)]
-        if layer.op == "add":
-            return add(xs[0], xs[1], layer.input_formats[0].zero_point, layer.input_formats[1].zero_point,
-                       layer.m0, int(layer.shift[0]), layer.output.zero_point, layer.out_min, layer.out_max)
-        return concat(xs, layer.input_formats, layer.m0, layer.shift, layer.output)
-    x = _check_input(x, layer)
-    if layer.op in ("avgpool", "gap"):
-        return avgpool(x, layer.kernel, layer.stride, layer.padding, layer.input.zero_point, int(layer.m0[0]),
-                       int(layer.shift[0]), layer.output.zero_point, layer.output.qmin, layer.output.qmax)
-    if layer.op == "maxpool":
-        return maxpool(x, layer.kernel, layer.stride, layer.padding, pad_value=layer.input.qmin)
-    if layer.op == "relu":
-        return relu(x, layer.input.zero_point)
-    zx, binary = layer.input.zero_point, layer.input.binary
-    if layer.op == "conv2d":
-        acc = conv2d_acc(x, layer.values, layer.bias, layer.stride, layer.padding, zx, binary, layer.groups)
-    else:
-        acc = linear_acc(x, layer.values, layer.bias, zx, binary)
+def lut(x, table) -> np.ndarray:
+    """§11 a table activation: ``y = table[q]`` (the table has one entry per input code)."""
+    return np.asarray(table, dtype=np.int64)[np.asarray(x, dtype=np.int64)]
+
+
+# ---- one function per op (the registry's ``golden``: ``(layer, xs, acc_out) -> outputs``) ----
+
+def _weighted(layer: Layer, acc) -> np.ndarray:
     bound = 1 << (layer.accumulator_bits - 1)
     if acc.size and (acc.min() < -bound or acc.max() >= bound):  # §2: cannot happen for valid inputs
         raise ArtifactError(f"layer {layer.name!r}: accumulator exceeds its derived {layer.accumulator_bits}-bit width")
-    if acc_out is not None:
-        acc_out[layer.name] = acc
     if layer.activation == "sign":  # §7 binarization: the threshold is folded into the bias
         return (acc >= 0).astype(np.int64)
     return requantize(acc, layer.m0, layer.shift, layer.output.zero_point, layer.out_min, layer.out_max)
+
+
+def conv2d_layer(layer: Layer, xs, acc_out: dict | None = None) -> np.ndarray:
+    x = _check_input(xs[0], layer)
+    acc = conv2d_acc(x, layer.values, layer.bias, layer.stride, layer.padding, layer.input.zero_point,
+                     layer.input.binary, layer.groups)
+    if acc_out is not None:
+        acc_out[layer.name] = acc
+    return _weighted(layer, acc)
+
+
+def linear_layer(layer: Layer, xs, acc_out: dict | None = None) -> np.ndarray:
+    x = _check_input(xs[0], layer)
+    acc = linear_acc(x, layer.values, layer.bias, layer.input.zero_point, layer.input.binary)
+    if acc_out is not None:
+        acc_out[layer.name] = acc
+    return _weighted(layer, acc)
+
+
+def maxpool_layer(layer: Layer, xs, acc_out=None) -> np.ndarray:
+    return maxpool(_check_input(xs[0], layer), layer.kernel, layer.stride, layer.padding, pad_value=layer.input.qmin)
+
+
+def relu_layer(layer: Layer, xs, acc_out=None) -> np.ndarray:
+    return relu(_check_input(xs[0], layer), layer.input.zero_point)
+
+
+def avgpool_layer(layer: Layer, xs, acc_out=None) -> np.ndarray:
+    """Average and global average pooling (§9)."""
+    return avgpool(_check_input(xs[0], layer), layer.kernel, layer.stride, layer.padding, layer.input.zero_point,
+                   int(layer.m0[0]), int(layer.shift[0]), layer.output.zero_point, layer.output.qmin,
+                   layer.output.qmax)
+
+
+def _join_inputs(layer: Layer, xs) -> list[np.ndarray]:
+    if len(xs) != len(layer.input_formats):
+        raise ArtifactError(f"layer {layer.name!r}: reads {len(layer.input_formats)} inputs, got {len(xs)}")
+    return [_check_input(v, layer, f) for v, f in zip(xs, layer.input_formats)]
+
+
+def add_layer(layer: Layer, xs, acc_out=None) -> np.ndarray:
+    a, b = _join_inputs(layer, xs)
+    for v in (a, b):
+        if v.shape[1:] != tuple(layer.in_shape):
+            raise ArtifactError(f"layer {layer.name!r}: input shape {v.shape[1:]} does not match {tuple(layer.in_shape)}")
+    return add(a, b, layer.input_formats[0].zero_point, layer.input_formats[1].zero_point, layer.m0,
+               int(layer.shift[0]), layer.output.zero_point, layer.out_min, layer.out_max)
+
+
+def concat_layer(layer: Layer, xs, acc_out=None) -> np.ndarray:
+    return concat(_join_inputs(layer, xs), layer.input_formats, layer.m0, layer.shift, layer.output)
+
+
+def lut_layer(layer: Layer, xs, acc_out=None) -> np.ndarray:
+    return lut(_check_input(xs[0], layer), layer.table)
+
+
+def run_layer(layer: Layer, x, acc_out: dict | None = None) -> np.ndarray:
+    """One layer on a batch ``x`` (N, *in_shape) of integers (an op that reads several
+    inputs, such as add and concat: a list, one batch per input), by its op's golden function."""
+    kind = layer.kind
+    return kind.resolve("golden")(layer, list(x) if kind.joins else [x], acc_out)
 
 
 @dataclass
@@ -226,7 +273,7 @@ def run(net: QuantizedNetwork, x) -> GoldenResult:
     outputs, accs = {INPUT: x}, {}
     for layer in net.layers:
         srcs = [outputs[s] for s in net.sources(layer)]
-        outputs[layer.name] = run_layer(layer, srcs if layer.op in ("add", "concat") else srcs[0], accs)
+        outputs[layer.name] = run_layer(layer, srcs if layer.kind.joins else srcs[0], accs)
     del outputs[INPUT]
     return GoldenResult(outputs=outputs, accumulators=accs)
 

@@ -84,7 +84,7 @@ def layer_io(net, gold, where: str, x: np.ndarray, index: int = 0) -> LayerIO:
     shape = tuple(net.input_shape) if src == INPUT else tuple(net.layer(src).out_shape)
     inp = x if src == INPUT else gold.outputs[src][index]
     return LayerIO(inputs=to_stream(inp, shape), expected=to_stream(gold.outputs[where][index], layer.out_shape),
-                   source_shape=shape if layer.op == "linear" and len(shape) == 3 else None)
+                   source_shape=shape if layer.kind.flattens and len(shape) == 3 else None)
 
 
 def measure_layer(engine, io: LayerIO) -> tuple[int, bool]:

@@ -26,20 +26,14 @@ from quantrtl.util.atomic import atomic_write
 from quantrtl.util.errors import first_line
 from quantrtl.model.numbers.formats import ActivationFormat, FormatError, WeightFormat
 from quantrtl.model.numbers.families import format_from_dict
+from quantrtl.model.numbers.ops import WEIGHT_ARRAYS, op, op_of
 
 SCHEMA = "quantrtl.artifact"
 SCHEMA_VERSION = 2
 #: Versions this reader accepts (version 1: a chain of layers, no ``inputs``).
 READS_VERSIONS = (1, 2)
-OPS = ("conv2d", "linear", "maxpool", "relu", "avgpool", "gap", "add", "concat")
-#: Ops with requantization constants ``m0``/``shift`` and no weights: add and concat one
-#: per input, average pooling one for the layer (docs/integer-semantics.md §8–§10).
-REQUANT_OPS = ("avgpool", "gap", "add", "concat")
-#: Ops that read a window of a (C, H, W) map.
-WINDOW_OPS = ("conv2d", "maxpool", "avgpool", "gap")
 #: The name layers use for the network's input in ``inputs``.
 INPUT = "input"
-ACTIVATIONS = ("none", "relu", "sign")  # sign: binary (pm1) output, q = [acc >= 0]
 #: Requantization multiplier: ``M0`` is an unsigned integer in [2**30, 2**31) (31 bits).
 M0_BITS = 31
 #: Allowed total right shift ``n`` of the requantization (``2**(n-1)`` is the rounding term).
@@ -86,15 +80,35 @@ class Layer:
     groups: int = 1
     inputs: tuple[str, ...] = ()
     input_formats: tuple[ActivationFormat, ...] = ()
+    #: ``lut``: the function (``{"name": ..., params}``) and its table (docs/integer-semantics.md §11).
+    function: dict | None = None
+    table: np.ndarray | None = None
+    #: Attributes and arrays of a plug-in op that has no field here (name → value).
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def kind(self):
+        """The layer's :class:`~quantrtl.model.numbers.ops.Op` record."""
+        return op_of(self)
 
     @property
     def has_weights(self) -> bool:
-        return self.op in ("conv2d", "linear")
+        return self.kind.weights
 
     @property
     def arrays(self) -> tuple[str, ...]:
         """The names of the integer arrays this layer stores."""
-        return _LAYER_ARRAYS if self.has_weights else ("m0", "shift") if self.op in REQUANT_OPS else ()
+        return self.kind.all_arrays
+
+    def get(self, name: str):
+        """An attribute or array by name (a plug-in op's live in :attr:`extra`)."""
+        return getattr(self, name) if name in _FIELDS else self.extra.get(name)
+
+    def set(self, name: str, value) -> None:
+        if name in _FIELDS:
+            setattr(self, name, value)
+        else:
+            self.extra[name] = value
 
     @property
     def out_min(self) -> int:
@@ -187,7 +201,9 @@ class QuantizedNetwork:
         """
         codes = bias = requant = params = 0
         for layer in self.layers:
-            if layer.op in REQUANT_OPS:  # add, concat, average pooling: their constants only
+            if "table" in layer.arrays:  # a table activation: one output code per input code
+                params += int(layer.table.size) * layer.output.bits
+            if layer.kind.requantizes:  # add, concat, average pooling: their constants only
                 requant += (M0_BITS + int(layer.shift.max()).bit_length()) * len(set(zip(layer.m0.tolist(),
                                                                                           layer.shift.tolist())))
             if not layer.has_weights:
@@ -253,13 +269,14 @@ def _layer_to_json(layer: Layer, inputs: tuple[str, ...]) -> dict:
         "input": layer.input.to_dict(),
         "output": layer.output.to_dict(),
     }
-    if layer.op in WINDOW_OPS:
+    kind = layer.kind
+    if kind.window:
         d.update(kernel=list(layer.kernel), stride=list(layer.stride), padding=list(layer.padding))
-    if layer.op == "conv2d":
-        d["groups"] = layer.groups
-    if layer.op in ("add", "concat"):
+    for a in kind.attributes:
+        d[a.name] = layer.get(a.name)
+    if kind.joins:
         d["input_formats"] = [f.to_dict() for f in layer.input_formats]
-    if layer.has_weights or layer.op == "add":
+    if kind.activations:
         d["activation"] = layer.activation
     if layer.has_weights:
         d.update(format=layer.format.to_dict(), out_min=layer.out_min, out_max=layer.out_max,
@@ -269,7 +286,8 @@ def _layer_to_json(layer: Layer, inputs: tuple[str, ...]) -> dict:
     return d
 
 
-_LAYER_ARRAYS = ("codes", "bias", "m0", "shift", "weight_scale")
+_LAYER_ARRAYS = WEIGHT_ARRAYS
+_FIELDS = {f for f in Layer.__dataclass_fields__}
 
 
 def save(net: QuantizedNetwork, stem: str | os.PathLike) -> Path:
@@ -283,7 +301,7 @@ def save(net: QuantizedNetwork, stem: str | os.PathLike) -> Path:
     arrays = {}
     for layer in net.layers:
         for k in layer.arrays:
-            arrays[f"{layer.name}/{k}"] = getattr(layer, k)
+            arrays[f"{layer.name}/{k}"] = layer.get(k)
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     npz_bytes = buf.getvalue()
@@ -348,19 +366,14 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _array_shapes(op: str, kw: dict, where: str) -> dict[str, tuple]:
-    """The shape each array of a layer must have, from the layer's JSON."""
+def _array_shapes(kind, kw: dict, where: str) -> dict[str, tuple]:
+    """The shape each array of a layer must have, from the layer's JSON (the op's rule)."""
     if not kw["out_shape"] or not kw["in_shape"]:
         raise ArtifactError(f"{where}: empty in_shape or out_shape")
-    if op in REQUANT_OPS:
-        n = len(kw.get("inputs", ())) if op in ("add", "concat") else 1
-        return {"m0": (n,), "shift": (n,)}
-    cout = kw["out_shape"][0]
-    groups = kw.get("groups", 1)
-    if op == "conv2d" and (groups < 1 or kw["in_shape"][0] % groups):
-        raise ArtifactError(f"{where}: groups {groups} does not divide the {kw['in_shape'][0]} input channels")
-    codes = (cout, kw["in_shape"][0] // groups, *kw["kernel"]) if op == "conv2d" else (cout, math.prod(kw["in_shape"]))
-    return {"codes": codes, **{k: (cout,) for k in _LAYER_ARRAYS if k != "codes"}}
+    shapes = kind.array_shapes(kw)
+    if isinstance(shapes, str):
+        raise ArtifactError(f"{where}: {shapes}")
+    return shapes
 
 
 def _read_array(npz_path: Path, key: str, shape: tuple, where: str) -> np.ndarray:
@@ -418,11 +431,13 @@ def load(path: str | os.PathLike) -> QuantizedNetwork:
         lw = f"{where}: layer {i}"
         name = _need(ld, "name", lw, str)
         lw = f"{where}: layer {name!r}"
-        op = _need(ld, "op", lw, str)
-        if op not in OPS:
-            raise ArtifactError(f"{lw}: unknown op {op!r} (supported: {', '.join(OPS)})")
+        op_name = _need(ld, "op", lw, str)
+        try:
+            kind = op(op_name)
+        except KeyError as e:
+            raise ArtifactError(f"{lw}: {e.args[0]}") from None
         kw: dict[str, Any] = dict(
-            name=name, op=op,
+            name=name, op=op_name,
             in_shape=_int_tuple(ld, "in_shape", lw), out_shape=_int_tuple(ld, "out_shape", lw),
             input=_qparams(_need(ld, "input", lw, dict), lw + " input"),
             output=_qparams(_need(ld, "output", lw, dict), lw + " output"),
@@ -431,27 +446,32 @@ def load(path: str | os.PathLike) -> QuantizedNetwork:
             kw["inputs"] = tuple(_need(ld, "inputs", lw, list))
             if not kw["inputs"] or not all(isinstance(v, str) for v in kw["inputs"]):
                 raise ArtifactError(f"{lw}: 'inputs' must be a non-empty list of layer names")
-        if op in WINDOW_OPS:
+        if kind.window:
             kw.update(kernel=_int_tuple(ld, "kernel", lw, 2), stride=_int_tuple(ld, "stride", lw, 2),
                       padding=_int_tuple(ld, "padding", lw, 2))
-        if op == "conv2d" and version >= 2:
-            kw["groups"] = _need(ld, "groups", lw, int)
-        if op in ("add", "concat"):
+        extra = {}
+        for a in kind.attributes:
+            if version < a.since:
+                continue
+            v = _need(ld, a.name, lw, a.kind)
+            (kw if a.name in _FIELDS else extra)[a.name] = v
+        if kind.joins:
             fmts = _need(ld, "input_formats", lw, list)
             kw["input_formats"] = tuple(_qparams(f, f"{lw} input_formats[{i}]") for i, f in enumerate(fmts))
-        if op in ("conv2d", "linear", "add"):
+        if kind.activations:
             kw["activation"] = _need(ld, "activation", lw, str)
-        if op in ("conv2d", "linear"):
+        if kind.weights:
             try:
                 kw["format"] = format_from_dict(_need(ld, "format", lw, dict))
             except FormatError as e:
                 raise ArtifactError(f"{lw}: {e}") from None
-        if op in ("conv2d", "linear") or op in REQUANT_OPS:
+        if kind.all_arrays:
             refs = _need(ld, "arrays", lw, dict)
-            shapes = _array_shapes(op, kw, lw)
+            shapes = _array_shapes(kind, kw, lw)
             for k in shapes:
-                kw[k] = _read_array(npz_path, _need(refs, k, lw + " arrays", str), shapes[k], lw)
-        layers.append(Layer(**kw))
+                a = _read_array(npz_path, _need(refs, k, lw + " arrays", str), shapes[k], lw)
+                (kw if k in _FIELDS else extra)[k] = a
+        layers.append(Layer(**kw, extra=extra))
     net = QuantizedNetwork(
         name=_need(doc, "name", where, str), quantizer=_need(doc, "quantizer", where, str),
         input_shape=_int_tuple(inp, "shape", where + ": input"), input=_qparams(inp, where + ": input"),
@@ -464,25 +484,10 @@ def load(path: str | os.PathLike) -> QuantizedNetwork:
     return net
 
 
-def conv_out_size(n: int, k: int, s: int, p: int) -> int:
-    return (n + 2 * p - k) // s + 1
-
-
 def expected_out_shape(layer: Layer, in_shapes: list[tuple] | None = None) -> tuple[int, ...]:
     """Output shape implied by the layer's geometry and its inputs' shapes (``in_shapes``,
-    by default ``[layer.in_shape]``)."""
-    in_shapes = [tuple(s) for s in (in_shapes or [layer.in_shape])]
-    if layer.op in ("conv2d", "maxpool", "avgpool"):
-        c, h, w = in_shapes[0]
-        oc = layer.codes.shape[0] if layer.op == "conv2d" else c
-        return (oc,) + tuple(conv_out_size(n, k, s, p) for n, k, s, p in zip((h, w), layer.kernel, layer.stride, layer.padding))
-    if layer.op == "gap":
-        return (in_shapes[0][0], 1, 1)
-    if layer.op == "linear":
-        return (layer.codes.shape[0],)
-    if layer.op == "concat":
-        return (sum(s[0] for s in in_shapes),) + in_shapes[0][1:]
-    return in_shapes[0]
+    by default ``[layer.in_shape]``): the op's shape rule."""
+    return layer.kind.out_shape(layer, [tuple(s) for s in (in_shapes or [layer.in_shape])])
 
 
 #: Network and layer names become Verilog module and file names: letters, digits and
@@ -515,52 +520,51 @@ def validate(net: QuantizedNetwork) -> None:
     used: set[str] = set()
     for layer in net.layers:
         w = f"layer {layer.name!r}"
-        if layer.op not in OPS:
-            raise ArtifactError(f"{w}: unknown op {layer.op!r} (supported: {', '.join(OPS)})")
+        try:
+            kind = layer.kind
+        except KeyError as e:
+            raise ArtifactError(f"{w}: {e.args[0]}") from None
         srcs = net.sources(layer)
         for s in srcs:
             if s not in shapes:
                 raise ArtifactError(f"{w}: input {s!r} is not the network input or a layer before it")
         used.update(srcs)
         n_in = len(srcs)
-        if (layer.op in ("add",) and n_in != 2) or (layer.op == "concat" and n_in < 2) or \
-                (layer.op not in ("add", "concat") and n_in != 1):
+        if not kind.accepts(n_in):
             raise ArtifactError(f"{w}: {layer.op} cannot read {n_in} inputs")
         in_shapes = [shapes[s] for s in srcs]
         in_fmts = [fmts[s] for s in srcs]
         shape, qp = in_shapes[0], in_fmts[0]
         in_shape = tuple(layer.in_shape)
-        if layer.op == "linear" and in_shape != shape:
+        if kind.flattens and in_shape != shape:
             if int(np.prod(in_shape)) != int(np.prod(shape)) or len(in_shape) != 1:
                 raise ArtifactError(f"{w}: in_shape {in_shape} does not flatten the input {shape}")
         elif in_shape != shape:
             raise ArtifactError(f"{w}: in_shape {in_shape} does not match its input {shape}")
-        if layer.op in ("add", "concat"):
+        if kind.joins:
             if tuple(layer.input_formats) != tuple(in_fmts):
                 raise ArtifactError(f"{w}: input_formats {list(layer.input_formats)} differ from its inputs' {in_fmts}")
             if any(f.binary for f in in_fmts) or layer.output.binary:
                 raise ArtifactError(f"{w}: {layer.op} takes and gives affine (not binary) activations")
-            if layer.op == "add" and in_shapes[1] != shape:
-                raise ArtifactError(f"{w}: add of shapes {in_shapes[0]} and {in_shapes[1]}")
-            if layer.op == "concat" and (any(len(s) != 3 or s[1:] != shape[1:] for s in in_shapes)):
-                raise ArtifactError(f"{w}: concat needs (C, H, W) inputs of one H, W, got {in_shapes}")
         elif layer.input != qp:
             raise ArtifactError(f"{w}: input quantization {layer.input} differs from its input's {qp}")
-        if layer.op in WINDOW_OPS:
+        if kind.window:
             if len(in_shape) != 3:
                 raise ArtifactError(f"{w}: {layer.op} needs a (C, H, W) input, got {in_shape}")
             if min(layer.kernel) < 1 or min(layer.stride) < 1 or min(layer.padding) < 0:
                 raise ArtifactError(f"{w}: kernel {layer.kernel}, stride {layer.stride}, padding {layer.padding} out of range")
-            if layer.op in ("maxpool", "avgpool") and any(2 * p > k for p, k in zip(layer.padding, layer.kernel)):
-                raise ArtifactError(f"{w}: {layer.op} padding {layer.padding} must be at most half the kernel {layer.kernel}")
-            if layer.op == "gap" and (tuple(layer.kernel) != in_shape[1:] or any(layer.padding)):
-                raise ArtifactError(f"{w}: gap's kernel {layer.kernel} must be the whole map {in_shape[1:]}, unpadded")
-        if layer.op in ("maxpool", "relu") and layer.output != layer.input:
+        if kind.check is not None:
+            why = kind.check(layer, in_shapes, in_fmts)
+            if why:
+                raise ArtifactError(f"{w}: {why}")
+        if kind.keeps_format and layer.output != layer.input:
             raise ArtifactError(f"{w}: {layer.op} must keep the input quantization")
-        if layer.has_weights:
+        if kind.weights:
             _validate_weights(layer, w)
-        elif layer.op in REQUANT_OPS:
-            _validate_requant(layer, w, n_in if layer.op in ("add", "concat") else 1)
+        elif kind.requantizes:
+            _validate_requant(layer, w, n_in if kind.joins else 1)
+        elif layer.activation != "none":
+            raise ArtifactError(f"{w}: {layer.op} cannot have activation {layer.activation!r}")
         out = expected_out_shape(layer, in_shapes)
         if min(out) < 1 or tuple(layer.out_shape) != out:
             raise ArtifactError(f"{w}: out_shape {tuple(layer.out_shape)} but the geometry gives {out}")
@@ -579,22 +583,22 @@ def _validate_requant(layer: Layer, w: str, n: int) -> None:
     lo, hi = SHIFT_RANGE
     if np.any((layer.shift < lo) | (layer.shift > hi)):
         raise ArtifactError(f"{w}: shift must lie in {lo}..{hi}, got {layer.shift.tolist()}")
-    if layer.op == "add":  # one shift, the largest multiplier normalized, the other at least 1
+    if layer.op == "add":  # one shift, the largest multiplier normalized, the other at least 1 (the op's own rule)
         if len(set(layer.shift.tolist())) != 1 or np.any(layer.m0 < 1) or np.any(layer.m0 >= 1 << M0_BITS) \
                 or layer.m0.max() < 1 << (M0_BITS - 1):
             raise ArtifactError(f"{w}: add needs one shift and multipliers in [1, 2**{M0_BITS}), the largest at "
                                 f"least 2**{M0_BITS - 1}; got m0 {layer.m0.tolist()}, shift {layer.shift.tolist()}")
     elif np.any((layer.m0 < 1 << (M0_BITS - 1)) | (layer.m0 >= 1 << M0_BITS)):
         raise ArtifactError(f"{w}: m0 must lie in [2**{M0_BITS - 1}, 2**{M0_BITS}), got {layer.m0.tolist()}")
-    if layer.activation not in ("none", "relu") or (layer.activation == "relu" and layer.op != "add"):
+    if layer.activation not in (layer.kind.activations or ("none",)):
         raise ArtifactError(f"{w}: {layer.op} cannot have activation {layer.activation!r}")
     if not layer.output.qmin <= layer.out_min <= layer.out_max:
         raise ArtifactError(f"{w}: output clamp [{layer.out_min}, {layer.out_max}] is empty")
 
 
 def _validate_weights(layer: Layer, w: str) -> None:
-    if layer.activation not in ACTIVATIONS:
-        raise ArtifactError(f"{w}: unknown activation {layer.activation!r} (supported: {', '.join(ACTIVATIONS)})")
+    if layer.activation not in layer.kind.activations:
+        raise ArtifactError(f"{w}: unknown activation {layer.activation!r} (supported: {', '.join(layer.kind.activations)})")
     if (layer.activation == "sign") != layer.output.binary:
         raise ArtifactError(f"{w}: a binary (pm1) output needs activation 'sign' and vice versa "
                             f"(activation {layer.activation!r}, output encoding {layer.output.encoding!r})")
@@ -610,10 +614,10 @@ def _validate_weights(layer: Layer, w: str) -> None:
             raise ArtifactError(f"{w}: {k} has dtype {a.dtype}, expected {'float' if kind == 'f' else 'integer'}")
     codes = layer.codes
     cout = codes.shape[0] if codes.ndim else 0
-    if layer.op == "conv2d" and (layer.groups < 1 or layer.in_shape[0] % layer.groups or cout % layer.groups):
+    if layer.kind.window and (layer.groups < 1 or layer.in_shape[0] % layer.groups or cout % layer.groups):
         raise ArtifactError(f"{w}: groups {layer.groups} must divide the input channels {layer.in_shape[0]} and "
                             f"the output channels {cout}")
-    if layer.op == "conv2d":
+    if layer.kind.window:
         cin = layer.in_shape[0] // layer.groups
         if codes.ndim != 4 or codes.shape[1] != cin or tuple(codes.shape[2:]) != tuple(layer.kernel):
             raise ArtifactError(f"{w}: weight codes shape {codes.shape} does not match (Cout, {cin}, {layer.kernel[0]}, {layer.kernel[1]})")

@@ -6,7 +6,8 @@ The integer constants follow docs/integer-semantics.md §1:
 * ``bias_int = round_half_even(b / (S_w[c] * S_x))``;
 * ``M = S_w[c] * S_x / S_y`` → ``(M0, n)`` by :func:`quantrtl.model.numbers.artifact.quantize_multiplier`;
 * add (§8): ``S_a / S_y`` and ``S_b / S_y`` with one shift (:func:`~quantrtl.model.numbers.artifact.add_multipliers`);
-  average pooling (§9): ``1 / k²``; concat (§10): ``S_i / S_y`` per input.
+  average pooling (§9): ``1 / k²``; concat (§10): ``S_i / S_y`` per input;
+* a table activation (§11): its table from the input and output formats.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from quantrtl.model.numbers.artifact import Layer, QuantizedNetwork, add_multipl
     quantize_multiplier, validate
 from quantrtl.model.numbers.formats import ActivationFormat
 from quantrtl.model.training.graph import INPUT, pool_geometry
-from quantrtl.model.training.quantize import QuantAdd, QuantAvgPool, QuantConcat, QuantLayer, QuantModel
+from quantrtl.model.training.quantize import QuantAdd, QuantAvgPool, QuantConcat, QuantLayer, QuantLut, QuantModel
 
 
 def _qp(fmt: ActivationFormat) -> ActivationFormat:
@@ -57,6 +58,10 @@ def export(qm: QuantModel, input_shape: tuple[int, ...], name: str = "digits", m
             layer = Layer(name=lname, op="gap" if m is None else "avgpool", in_shape=shape, out_shape=shape,
                           input=qin, output=qin, m0=np.array([m0], dtype=np.int64),
                           shift=np.array([n], dtype=np.int64), **geo)
+        elif isinstance(step, QuantLut):  # §11: the table from the two formats, as the forward pass applies it
+            out = _qp(step.out_q.fmt)
+            layer = Layer(name=lname, op="lut", in_shape=shape, out_shape=shape, input=qin, output=out,
+                          function=dict(step.function.spec), table=step.table(qin))
         elif isinstance(step, nn.MaxPool2d):
             layer = Layer(name=lname, op="maxpool", in_shape=shape, out_shape=shape, input=qin, output=qin,
                           **pool_geometry(step))

@@ -23,17 +23,23 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["KINDS", "GraphNode", "FloatGraph", "trace", "apply", "fold_batch_norm", "pool_geometry", "SUPPORTED_TEXT", "UnsupportedLayerError", "INPUT"]
+from quantrtl.model.numbers import lut
+from quantrtl.model.numbers.ops import op_names
 
-#: The node kinds of a graph (and of the artifact).
-KINDS = ("conv2d", "linear", "relu", "relu6", "maxpool", "avgpool", "gap", "add", "concat")
+__all__ = ["KINDS", "GraphNode", "FloatGraph", "trace", "apply", "fold_batch_norm", "pool_geometry", "SUPPORTED_TEXT",
+           "UnsupportedLayerError", "INPUT", "LutActivation", "TORCH_FUNCTIONS"]
+
+#: The node kinds of a graph: the artifact's ops (the op registry) and ``relu6``, which is
+#: fused into its producer.
+KINDS = tuple(op_names()) + ("relu6",)
 #: The name every graph gives its input.
 INPUT = "input"
 
 SUPPORTED_TEXT = ("Conv2d (any stride, padding, groups; dilation 1, zero padding), Linear, ReLU, ReLU6 "
                   "(module, F.relu, torch.relu, clamp(0, 6)), MaxPool2d, AvgPool2d, AdaptiveAvgPool2d(1) "
                   "(or mean over H, W), BatchNorm after a conv/linear (folded), Flatten / torch.flatten / "
-                  "view(n, -1), Identity, Dropout, residual add (+, torch.add), torch.cat(dim=1)")
+                  "view(n, -1), Identity, Dropout, residual add (+, torch.add), torch.cat(dim=1), "
+                  "table activations (module, torch.* and F.* forms): " + ", ".join(lut.function_names()))
 
 
 class UnsupportedLayerError(ValueError):
@@ -97,7 +103,57 @@ def apply(node: GraphNode, xs: list):
         return xs[0] + xs[1]
     if k == "concat":
         return torch.cat(xs, 1)
+    if k == "lut":
+        return node.module(xs[0])
     raise AssertionError(k)
+
+
+# ---- table activations ------------------------------------------------------------
+
+#: The torch definition of every table function of :data:`quantrtl.model.numbers.lut.FUNCTIONS`
+#: (the same function as its NumPy definition, on tensors).
+TORCH_FUNCTIONS = {
+    "sigmoid": lambda x: torch.sigmoid(x),
+    "tanh": lambda x: torch.tanh(x),
+    "hardswish": lambda x: F.hardswish(x),
+    "hardsigmoid": lambda x, alpha, beta: torch.clamp(alpha * x + beta, 0.0, 1.0),
+    "silu": lambda x: F.silu(x),
+    "gelu": lambda x, approximate: F.gelu(x, approximate=approximate),
+    "leakyrelu": lambda x, alpha: F.leaky_relu(x, alpha),
+    "elu": lambda x, alpha: F.elu(x, alpha),
+    "clamp": lambda x, lo, hi: torch.clamp(x, lo, hi),
+}
+
+
+class LutActivation(nn.Module):
+    """A table activation's float function (``spec``: ``{"name": ..., params}``, as the
+    artifact stores it), the graph node's module."""
+
+    def __init__(self, spec: dict):
+        super().__init__()
+        why = lut.check_function(spec)
+        if why:
+            raise UnsupportedLayerError(why)
+        self.spec = dict(spec)
+
+    def forward(self, x):
+        f = lut.function(self.spec["name"])
+        params = {**f.params, **{k: v for k, v in self.spec.items() if k != "name"}}
+        return TORCH_FUNCTIONS[f.name](x, **params)
+
+    def extra_repr(self) -> str:
+        return repr(self.spec)
+
+
+def _lut(name: str, **params):
+    return "lut", LutActivation({"name": name, **params})
+
+
+#: Parameter-free table functions by module class and by function.
+_LUT_MODULES = {nn.Sigmoid: "sigmoid", nn.Tanh: "tanh", nn.Hardswish: "hardswish", nn.SiLU: "silu"}
+_LUT_FUNCS = {torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid", torch.tanh: "tanh", F.tanh: "tanh",
+              F.hardswish: "hardswish", F.silu: "silu", F.hardsigmoid: "hardsigmoid"}
+_LUT_METHODS = {"sigmoid": "sigmoid", "tanh": "tanh"}
 
 
 # ---- tracing ----------------------------------------------------------------------
@@ -154,6 +210,18 @@ def _module_kind(node, m: nn.Module):
         return "relu6", None
     if isinstance(m, nn.ReLU):
         return "relu", None
+    if type(m) in _LUT_MODULES:
+        return _lut(_LUT_MODULES[type(m)])
+    if isinstance(m, nn.Hardsigmoid):
+        return _lut("hardsigmoid")
+    if isinstance(m, nn.GELU):
+        return _lut("gelu", approximate=m.approximate)
+    if isinstance(m, nn.LeakyReLU):
+        return _lut("leakyrelu", alpha=float(m.negative_slope))
+    if isinstance(m, nn.ELU):
+        return _lut("elu", alpha=float(m.alpha))
+    if isinstance(m, nn.Hardtanh):
+        return _lut("clamp", lo=float(m.min_val), hi=float(m.max_val))
     if isinstance(m, nn.MaxPool2d):
         if _pair(m.dilation) != (1, 1) or m.ceil_mode or m.return_indices:
             raise _reject(node, "MaxPool2d", "needs dilation 1, ceil_mode False, no indices")
@@ -177,14 +245,18 @@ def _module_kind(node, m: nn.Module):
     raise _reject(node, type(m).__name__)
 
 
-def _clamp_kind(node, what: str) -> str:
-    """``clamp(0)`` is a ReLU, ``clamp(0, 6)`` a ReLU6; other bounds are not supported."""
-    lo, hi = _arg(node, 1, "min"), _arg(node, 2, "max")
+def _clamp_kind(node, what: str, lo_key: str = "min", hi_key: str = "max", defaults=(None, None)):
+    """``clamp(0)`` is a ReLU, ``clamp(0, 6)`` a ReLU6 (fused into its producer where it
+    can be); other bounds are a table activation and need both bounds."""
+    lo, hi = _arg(node, 1, lo_key, defaults[0]), _arg(node, 2, hi_key, defaults[1])
     if lo == 0 and hi is None:
         return "relu"
     if lo == 0 and hi == 6:
         return "relu6"
-    raise _reject(node, f"{what}({lo}, {hi})", "only clamp(0) (ReLU) and clamp(0, 6) (ReLU6)")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (lo, hi)) or not lo < hi:
+        raise _reject(node, f"{what}({lo}, {hi})", "a clamp needs constant bounds, lower below upper "
+                                                   "(or clamp(0), a ReLU)")
+    return _lut("clamp", lo=float(lo), hi=float(hi))
 
 
 def _function_kind(node):
@@ -195,8 +267,16 @@ def _function_kind(node):
         return "relu6"
     if t is torch.clamp:
         return _clamp_kind(node, "clamp")
-    if t is F.hardtanh and _arg(node, 1, "min_val") == 0 and _arg(node, 2, "max_val") == 6:
-        return "relu6"
+    if t is F.hardtanh:
+        return _clamp_kind(node, "hardtanh", "min_val", "max_val", (-1.0, 1.0))
+    if t in _LUT_FUNCS:
+        return _lut(_LUT_FUNCS[t])
+    if t is F.gelu:
+        return _lut("gelu", approximate=node.kwargs.get("approximate", "none"))
+    if t is F.leaky_relu:
+        return _lut("leakyrelu", alpha=float(_arg(node, 1, "negative_slope", 0.01)))
+    if t is F.elu:
+        return _lut("elu", alpha=float(_arg(node, 1, "alpha", 1.0)))
     if t in _ADD_FUNCS:
         if _arg(node, 2, "alpha", 1) != 1:
             raise _reject(node, "torch.add", "alpha must be 1")
@@ -232,6 +312,8 @@ def _method_kind(node):
         return "relu"
     if t == "clamp":
         return _clamp_kind(node, ".clamp")
+    if t in _LUT_METHODS:
+        return _lut(_LUT_METHODS[t])
     if t == "add":
         return "add"
     if t == "flatten":
@@ -311,7 +393,7 @@ def trace(model: nn.Module, what: str = "the model") -> FloatGraph:
         module = None
         if node.op == "call_module":
             kind, module = _module_kind(node, gm.get_submodule(node.target))
-            if module is not None and kind != "bn":
+            if module is not None and kind not in ("bn", "lut"):
                 if node.target in called:
                     raise _reject(node, f"second call of module {node.target}",
                                   f"{called[node.target]!r} calls it already; shared weights are not supported")
@@ -322,6 +404,8 @@ def trace(model: nn.Module, what: str = "the model") -> FloatGraph:
             kind = _method_kind(node)
         else:
             raise _reject(node, node.op)
+        if isinstance(kind, tuple):  # a table activation: its function as the node's module
+            kind, module = kind
         if kind == "size":
             alias[node.name] = "size"  # only for view(n, -1)
             continue

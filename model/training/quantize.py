@@ -19,11 +19,12 @@ import torch
 from torch import nn
 
 from quantrtl.model.digits import INPUT_SCALE, INPUT_ZERO_POINT, Split
+from quantrtl.model.numbers.lut import build_table
 from quantrtl.model.numbers.formats import ActivationFormat, FormatError, Quantized, WeightFormat, XnorFormat
-from quantrtl.model.training.graph import INPUT, FloatGraph, UnsupportedLayerError, trace
+from quantrtl.model.training.graph import INPUT, FloatGraph, LutActivation, UnsupportedLayerError, trace
 from quantrtl.model.training.net import batches, fit, single_thread
 
-__all__ = ["QuantModel", "QuantLayer", "QuantAdd", "QuantConcat", "QuantAvgPool", "ActQuant", "UnsupportedLayerError",
+__all__ = ["QuantModel", "QuantLayer", "QuantAdd", "QuantConcat", "QuantAvgPool", "QuantLut", "ActQuant", "UnsupportedLayerError",
            "quantize_model", "inq_quantize", "fake_quant_act", "fake_quant_weight", "straight_through", "BINARY_ACT"]
 
 class _StraightThrough(torch.autograd.Function):
@@ -204,8 +205,32 @@ class QuantAvgPool(nn.Module):
         return straight_through(y, (q - in_fmt.zero_point) * in_fmt.scale)
 
 
+class QuantLut(nn.Module):
+    """A table activation (``function``: a :class:`~quantrtl.model.training.graph.LutActivation`)
+    with its own calibrated output format.  Once both formats are known, the forward pass
+    gives exactly the artifact's table applied to the input codes (the golden model's
+    result) and passes the function's gradient straight through the output quantizer."""
+
+    def __init__(self, name: str, function: LutActivation):
+        super().__init__()
+        self.name, self.function = name, function
+        self.out_q = ActQuant()
+
+    def table(self, in_fmt: ActivationFormat) -> np.ndarray:
+        return build_table(self.function.spec, in_fmt, self.out_q.fmt)
+
+    def forward(self, x, in_fmt: ActivationFormat | None):
+        y = self.function(x)
+        if in_fmt is None or self.out_q.fmt is None or self.out_q.observing:
+            return self.out_q(y)  # calibrating: float, observed
+        out = self.out_q.fmt
+        table = torch.from_numpy(self.table(in_fmt)).to(x.device)
+        q = torch.clamp(torch.round(x.detach() / in_fmt.scale) + in_fmt.zero_point, in_fmt.qmin, in_fmt.qmax).long()
+        return straight_through(y, ((table[q] - out.zero_point) * out.scale).to(y.dtype))
+
+
 #: Steps whose output has its own calibrated format (the others keep their input's).
-_REQUANTIZING = (QuantLayer, QuantAdd, QuantConcat)
+_REQUANTIZING = (QuantLayer, QuantAdd, QuantConcat, QuantLut)
 
 
 def _as_graph(float_model: nn.Module) -> FloatGraph:
@@ -241,12 +266,9 @@ class QuantModel(nn.Module):
                  and kinds[n.inputs[0]] in ("conv2d", "linear", "add") and users[n.inputs[0]] == [n.name]}
         relu_of = set(fused.values())
         # ReLU6 is fused: the float clamp at 6 precedes calibration, so the output format
-        # ends at or below 6 and the integer clamp at qmax is the cap (no op of its own)
+        # ends at or below 6 and the integer clamp at qmax is the cap (no op of its own);
+        # a ReLU6 that cannot be fused is a table activation, clamp(0, 6)
         capped = {fused[n.name] for n in graph.nodes if n.kind == "relu6" and n.name in fused}
-        lone = next((n for n in graph.nodes if n.kind == "relu6" and n.name not in fused), None)
-        if lone is not None:
-            raise UnsupportedLayerError(f"node {lone.name!r} (ReLU6): a ReLU6 must directly follow a conv, linear or "
-                                        "add whose output nothing else reads (it is fused into it)")
         steps, sources = nn.ModuleDict(), {}
         rename = {}  # a fused ReLU stands for its producer
         for n in graph.nodes:
@@ -270,6 +292,10 @@ class QuantModel(nn.Module):
                 step = QuantAvgPool(n.name, n.module)
             elif n.kind == "maxpool":
                 step = n.module
+            elif n.kind == "lut":
+                step = QuantLut(n.name, n.module)
+            elif n.kind == "relu6":  # not fused (its producer is read elsewhere too): a table
+                step = QuantLut(n.name, LutActivation({"name": "clamp", "lo": 0.0, "hi": 6.0}))
             else:
                 step = nn.ReLU()
             steps[n.name] = step
@@ -298,7 +324,7 @@ class QuantModel(nn.Module):
             if isinstance(s, QuantLayer):
                 s.in_shape = tuple(xs[0].shape[1:])  # a linear layer reads this map flattened
                 vals[name] = s(xs[0], fmts[0])
-            elif isinstance(s, QuantAvgPool):
+            elif isinstance(s, (QuantAvgPool, QuantLut)):
                 vals[name] = s(xs[0], fmts[0])
             else:
                 vals[name] = s(*xs)

@@ -301,7 +301,7 @@ def compare_with_qonnx(m, net, x, ctx: dict | None = None, golden_result=None) -
         if any(s not in tensors for s in srcs) or layer.name not in tensors:
             continue
         ins = [codes(s) for s in srcs]
-        got = golden.run_layer(layer, ins if layer.op in ("add", "concat") else ins[0])
+        got = golden.run_layer(layer, ins if layer.kind.joins else ins[0])
         worst[layer.name] = int(np.abs(codes(layer.name).reshape(got.shape) - got).max())
     g = golden.run(net, net.input.quantize(x)) if golden_result is None else golden_result
     logits = ctx[m.output_name].reshape(len(x), -1)
