@@ -391,6 +391,9 @@ class PoolEngine(wiring.Component):
 class ReluEngine(wiring.Component):
     """Unfused ReLU on a stream (§5): ``max(q, Z)``, combinational pass-through."""
 
+    #: No map of its own: a reader loads at the pace of the producer behind it (NetworkTop.occupancy).
+    streams_through = True
+
     def __init__(self, layer: Layer, source_shapes: list[tuple] | None = None):
         self.layer = layer
         super().__init__(stream_ports())

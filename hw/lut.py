@@ -33,6 +33,9 @@ def lut_cycles(in_shape) -> int:
 class LutEngine(wiring.Component):
     """A ``lut`` layer: its table as a ROM with a registered read, one value per cycle."""
 
+    #: No map of its own: a reader loads at the pace of the producer behind it (NetworkTop.occupancy).
+    streams_through = True
+
     def __init__(self, layer: Layer, source_shapes: list[tuple] | None = None):
         if layer.op != "lut" or layer.table is None:
             raise ValueError(f"layer {layer.name!r} is {layer.op}, not a table activation")

@@ -121,18 +121,26 @@ class NetworkTop(wiring.Component):
         meanwhile, so only its tail counts."""
         tails = self.tails()
         occ: dict[str, int] = {}
+        # an engine that streams through (ReLU, a table activation: no map of its own) hands
+        # its producer's pace on: a reader loads for as long as the producer behind it emits
+        # (a registered stage's cycle of latency is matched by the value it holds, which lets
+        # the producer run one value further ahead)
+        behind: dict[str, str] = {INPUT: INPUT}  # node → the producer whose pace it carries
         for layer in self.net.layers:
             name = layer.name
+            srcs = self.net.sources(layer)
+            behind[name] = behind[srcs[0]] if getattr(self.engines[name], "streams_through", False) else name
             if isinstance(self.engines[name], JoinEngine):
                 occ[name] = tails[name]
                 continue
             loading = 0
-            for src in self.net.sources(layer):
+            for src in srcs:
+                p = behind[src]
                 ahead = 0
-                if src != INPUT:
-                    spare = tails[name] - (occ[src] - tails[src])  # the consumer's tail less the producer's loading
-                    ahead = max(0, min(getattr(self.engines[src], "head_start", 0), spare))
-                loading = max(loading, tails[src] - ahead)
+                if p != INPUT:
+                    spare = tails[name] - (occ[p] - tails[p])  # the consumer's tail less the producer's loading
+                    ahead = max(0, min(getattr(self.engines[p], "head_start", 0), spare))
+                loading = max(loading, tails[p] - ahead)
             occ[name] = loading + tails[name]
         return occ
 

@@ -27,7 +27,7 @@ def run_stream(dut, inputs, n_out: int, ready_prob: float = 1.0, valid_prob: flo
     outs, tap_vals = [], {k: [] for k in (taps or {})}
     state = {"first": None, "last": None}
     feeds = inputs if isinstance(inputs, dict) else {"inp": inputs}
-    sim = Simulator(dut)
+    sim = Simulator(_clocked(dut))
     sim.add_clock(1e-8)
 
     async def bench(ctx):
@@ -62,6 +62,18 @@ def run_stream(dut, inputs, n_out: int, ready_prob: float = 1.0, valid_prob: flo
     sim.run()
     cycles = state["last"] - state["first"] + 1
     return (np.array(outs), cycles, tap_vals) if taps else (np.array(outs), cycles)
+
+
+def _clocked(dut):
+    """``dut`` inside a module with a ``sync`` domain of its own, so that a purely
+    combinational engine (an unfused ReLU) is driven cycle by cycle like the others."""
+    from amaranth.hdl import Module, Signal
+
+    m = Module()
+    m.submodules.dut = dut
+    toggle = Signal(name="clocked")
+    m.d.sync += toggle.eq(~toggle)
+    return m
 
 
 @dataclass(frozen=True)

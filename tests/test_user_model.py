@@ -29,7 +29,7 @@ USER_MODEL = textwrap.dedent("""
         return Net()
 
     def bad_factory():
-        return nn.Sequential(nn.Conv2d(1, 4, 3), nn.Sigmoid())
+        return nn.Sequential(nn.Conv2d(1, 4, 3), nn.Softmax(dim=1))
 """)
 
 
@@ -123,7 +123,7 @@ def test_user_model_with_calibration_file(user_model, tmp_path):
 
 
 @pytest.mark.parametrize("spec,match", [
-    ("{d}/mynet.py:bad_factory", r"node '1' \(Sigmoid\) is not supported; supported: Conv2d \(any stride"),
+    ("{d}/mynet.py:bad_factory", r"node '1' \(Softmax\) is not supported; supported: Conv2d \(any stride"),
     ("{d}/mynet.py:nothing", r"has no callable 'nothing'"),
     ("{d}/missing.py:factory", r"file .*missing.py not found"),
     ("{d}/mynet.py", r"expected path/to/file.py:factory"),

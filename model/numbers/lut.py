@@ -33,7 +33,8 @@ _erf = np.vectorize(math.erf, otypes=[np.float64])
 
 
 def _sigmoid(x):
-    return 1.0 / (1.0 + np.exp(-x))
+    e = np.exp(-np.abs(x))  # never overflows
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
 def _gelu(x, approximate="none"):

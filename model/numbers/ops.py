@@ -83,6 +83,9 @@ class Op:
     array_shapes: Callable | None = None
     torch: tuple[str, ...] = ()
     onnx: tuple[str, ...] = ()
+    #: ``(seed) -> (layer, in_shapes)``: a small random layer of the op (the registry-driven
+    #: tests build the op from it); None for ops whose engine is the quantizer family's.
+    example: str | Callable | None = None
 
     @property
     def joins(self) -> bool:
@@ -106,8 +109,10 @@ class Op:
         return tuple(self.shape(layer, in_shapes)) if self.shape else tuple(in_shapes[0])
 
     def resolve(self, piece: str) -> Any:
-        """The op's ``golden`` or ``engine`` object (imported on first use when named)."""
+        """The op's ``golden``, ``engine`` or ``example`` object (imported on first use when named)."""
         value = getattr(self, piece)
+        if value is None:
+            raise LookupError(f"op {self.name!r} has no {piece}")
         if not isinstance(value, str):
             return value
         module, _, attr = value.partition(":")
@@ -193,6 +198,7 @@ def _lut_check(layer, in_shapes, in_fmts):
 
 
 _G = "quantrtl.sim.golden:"
+_EX = "quantrtl.model.numbers.op_examples:"
 _WINDOW = (Attribute("kernel", tuple), Attribute("stride", tuple), Attribute("padding", tuple))
 
 #: The built-in ops, in the order the docs list them.
@@ -207,25 +213,32 @@ BUILTIN: tuple[Op, ...] = (
        torch=("nn.Linear",), onnx=("Gemm", "MatMul")),
     Op("maxpool", "max pooling (padding below every code)", _G + "maxpool_layer", "quantrtl.hw.layer:PoolEngine",
        window=True, keeps_format=True, shape=_window_shape, check=_pool_check, torch=("nn.MaxPool2d",),
-       onnx=("MaxPool",)),
+       onnx=("MaxPool",),
+       example=_EX + "maxpool"),
     Op("relu", "ReLU not fused into its producer: max(q, Z)", _G + "relu_layer", "quantrtl.hw.layer:ReluEngine",
-       keeps_format=True, torch=("nn.ReLU", "F.relu", "torch.relu", "clamp(0)"), onnx=("Relu",)),
+       keeps_format=True, torch=("nn.ReLU", "F.relu", "torch.relu", "clamp(0)"), onnx=("Relu",),
+       example=_EX + "relu"),
     Op("avgpool", "average pooling (padded zeros counted), one requantization", _G + "avgpool_layer",
        "quantrtl.hw.layer:PoolEngine", window=True, arrays=REQUANT_ARRAYS, shape=_window_shape, check=_pool_check,
-       array_shapes=_one_constant, torch=("nn.AvgPool2d",), onnx=("AveragePool",)),
+       array_shapes=_one_constant, torch=("nn.AvgPool2d",), onnx=("AveragePool",),
+       example=_EX + "avgpool"),
     Op("gap", "global average pooling (the kernel is the whole map)", _G + "avgpool_layer",
        "quantrtl.hw.layer:PoolEngine", window=True, arrays=REQUANT_ARRAYS, shape=_window_shape, check=_gap_check,
-       array_shapes=_one_constant, torch=("nn.AdaptiveAvgPool2d(1)", "mean over H, W"), onnx=("GlobalAveragePool",)),
+       array_shapes=_one_constant, torch=("nn.AdaptiveAvgPool2d(1)", "mean over H, W"), onnx=("GlobalAveragePool",),
+       example=_EX + "gap"),
     Op("add", "residual addition of two maps, each input requantized, optional fused ReLU", _G + "add_layer",
        "quantrtl.hw.join:JoinEngine", inputs=(2, 2), arrays=REQUANT_ARRAYS, activations=("none", "relu"),
-       check=_add_check, array_shapes=_per_input, torch=("+", "torch.add"), onnx=("Add",)),
+       check=_add_check, array_shapes=_per_input, torch=("+", "torch.add"), onnx=("Add",),
+       example=_EX + "add"),
     Op("concat", "channel concatenation, each input requantized to the output", _G + "concat_layer",
        "quantrtl.hw.join:JoinEngine", inputs=(2, None), arrays=REQUANT_ARRAYS, shape=_concat_shape,
-       check=_concat_check, array_shapes=_per_input, torch=("torch.cat(dim=1)",), onnx=("Concat",)),
+       check=_concat_check, array_shapes=_per_input, torch=("torch.cat(dim=1)",), onnx=("Concat",),
+       example=_EX + "concat"),
     Op("lut", "elementwise function as a 2^bits-entry table: " + ", ".join(lut.function_names()),
        _G + "lut_layer", "quantrtl.hw.lut:LutEngine", arrays=("table",),
        attributes=(Attribute("function", dict),), check=_lut_check, array_shapes=_lut_array_shapes,
-       torch=tuple(t for f in lut.FUNCTIONS for t in f.torch), onnx=tuple(o for f in lut.FUNCTIONS for o in f.onnx)),
+       torch=tuple(t for f in lut.FUNCTIONS for t in f.torch), onnx=tuple(o for f in lut.FUNCTIONS for o in f.onnx),
+       example=_EX + "lut"),
 )
 
 _REGISTRY: dict[str, Op] = {o.name: o for o in BUILTIN}

@@ -63,9 +63,9 @@ def test_trace_residual_depthwise_gap_concat():
     torch.testing.assert_close(g(x), m(x), rtol=1e-5, atol=1e-5)
 
 
-class Sigmoid(nn.Module):
+class Cumsum(nn.Module):
     def forward(self, x):
-        return torch.sigmoid(x)
+        return torch.cumsum(x, 1)
 
 
 class Upsample(nn.Module):
@@ -91,9 +91,9 @@ class AddConstant(nn.Module):
         return x + 1
 
 
-class Clamp3(nn.Module):
+class ClampBelow(nn.Module):
     def forward(self, x):
-        return torch.clamp(x, 0, 3)
+        return torch.clamp(x, 1)
 
 
 class Branchy(nn.Module):
@@ -102,7 +102,7 @@ class Branchy(nn.Module):
 
 
 @pytest.mark.parametrize("model,match", [
-    (Sigmoid(), r"node 'sigmoid' \(function sigmoid\) is not supported; supported: Conv2d"),
+    (Cumsum(), r"node 'cumsum' \(function cumsum\) is not supported; supported: Conv2d.*table activations"),
     (Upsample(), r"node 'up' \(Upsample\) is not supported"),
     (Product(), r"node 'mul' \(function mul\) is not supported"),
     (AddConstant(), r"operand 1 is a constant"),
@@ -110,7 +110,7 @@ class Branchy(nn.Module):
     (nn.Sequential(nn.Conv2d(1, 2, 3, dilation=2)), r"node '0' \(Conv2d\) is not supported: needs dilation 1"),
     (nn.Sequential(nn.AdaptiveAvgPool2d(2)), r"only output size 1"),
     (nn.Sequential(nn.ReLU(), nn.BatchNorm2d(1)), r"a batch norm must directly follow a Conv2d or Linear"),
-    (Clamp3(), r"node 'clamp' \(clamp\(0, 3\)\) is not supported: only clamp\(0\) \(ReLU\) and clamp\(0, 6\)"),
+    (ClampBelow(), r"node 'clamp' \(clamp\(1, None\)\) is not supported: a clamp needs constant bounds"),
 ])
 def test_unsupported_nodes_are_named(model, match):
     with pytest.raises(UnsupportedLayerError, match=match):
@@ -120,7 +120,7 @@ def test_unsupported_nodes_are_named(model, match):
 def test_relu6_is_fused_and_caps_the_calibrated_range():
     """ReLU6 after a conv: the float graph clamps at 6, the fake-quant model clamps before
     its output quantizer, so the calibrated output format ends at or below 6; a ReLU6 with
-    nothing to fuse into is rejected by name."""
+    nothing to fuse into is a table activation, clamp(0, 6)."""
     from quantrtl.model.digits import load_split
     from quantrtl.model.numbers.families import parse_format
     from quantrtl.model.training.export import export
@@ -137,8 +137,8 @@ def test_relu6_is_fused_and_caps_the_calibrated_range():
     net = export(quantize_model(m, parse_format("fixed8"), train), (1, 8, 8))
     conv = net.layer("0")
     assert conv.activation == "relu" and conv.output.scale * (255 - conv.output.zero_point) <= 6.0 + 1e-6
-    with pytest.raises(UnsupportedLayerError, match=r"node '2' \(ReLU6\): a ReLU6 must directly follow"):
-        QuantModel(nn.Sequential(nn.Conv2d(1, 2, 3), nn.MaxPool2d(2), nn.ReLU6()), parse_format("fixed8"))
+    lone = QuantModel(nn.Sequential(nn.Conv2d(1, 2, 3), nn.MaxPool2d(2), nn.ReLU6()), parse_format("fixed8"))
+    assert lone.steps["2"].function.spec == {"name": "clamp", "lo": 0.0, "hi": 6.0}
 
 
 def test_cli_rejects_an_unsupported_node_and_writes_nothing(tmp_path, capsys):
@@ -148,12 +148,12 @@ def test_cli_rejects_an_unsupported_node_and_writes_nothing(tmp_path, capsys):
     f.write_text("import torch\nfrom torch import nn\n"
                  "class M(nn.Module):\n"
                  "    def __init__(self):\n        super().__init__()\n        self.c = nn.Conv2d(1, 2, 3)\n"
-                 "    def forward(self, x):\n        return torch.sigmoid(self.c(x))\n"
+                 "    def forward(self, x):\n        return torch.cumsum(self.c(x), 1)\n"
                  "def factory():\n    return M()\n")
     out = tmp_path / "out"
     assert main(["quantize", "--quantizer", "fixed8", "--model", f"{f}:factory", "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "node 'sigmoid' (function sigmoid) is not supported" in err and "Traceback" not in err
+    assert "node 'cumsum' (function cumsum) is not supported" in err and "Traceback" not in err
     assert not out.exists() or not any(out.iterdir())
 
 

@@ -32,8 +32,8 @@ def test_fake_quant_act_matches_activation_format():
 
 
 def test_unsupported_layers_are_named():
-    with pytest.raises(UnsupportedLayerError, match=r"node '1' \(Sigmoid\) is not supported; supported: Conv2d"):
-        QuantModel(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Sigmoid()), parse_format("fixed8"))
+    with pytest.raises(UnsupportedLayerError, match=r"node '1' \(Softmax\) is not supported; supported: Conv2d"):
+        QuantModel(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Softmax(dim=1)), parse_format("fixed8"))
     with pytest.raises(UnsupportedLayerError, match=r"node '0' \(Conv2d\) is not supported: needs dilation 1"):
         QuantModel(nn.Sequential(nn.Conv2d(2, 2, 3, dilation=2)), parse_format("fixed8"))
 
