@@ -82,8 +82,13 @@ class JoinEngine(wiring.Component):
 
     @property
     def memory_bits(self) -> dict[str, int]:
-        """Every input's double buffer (an add's skip input is the residual block's skip buffer)."""
-        return {"join_buffers": 8 * 2 * sum(self.in_sizes)}
+        """Every input's double buffer (an add's skip input is the residual block's skip
+        buffer), and a concat's ROM of per-input requantization constants (an add's two
+        multipliers are constants of its datapath)."""
+        bits = {"join_buffers": 8 * 2 * sum(self.in_sizes)}
+        if self.layer.op == "concat":
+            bits["requant"] = len(self.layer.m0) * requant_layout(int(max(self.layer.shift))).size
+        return bits
 
     def elaborate(self, platform):
         m = Module()

@@ -164,8 +164,8 @@ class SparseConvEngine(ConvEngine):
         return self.schedule.ideal_cycles
 
     @property
-    def memoryuint_bits(self) -> dict[str, int]:
-        return self.schedule.memoryuint_bits(self.acc_width, self.shift_max)
+    def memory_bits(self) -> dict[str, int]:
+        return self.schedule.memory_bits(self.acc_width, self.shift_max)
 
     def entry_words(self) -> list[int]:
         p = self.geometry.lanes
