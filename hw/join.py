@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from math import prod
 
-from amaranth.hdl import Module, Signal, signed, unsigned
+from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -41,13 +41,19 @@ def join_tail(out_size: int) -> int:
 
 
 class JoinEngine(wiring.Component):
-    """An ``add`` or ``concat`` layer: input streams ``inp0 … inp{n−1}``, one ``out``."""
+    """An ``add``, ``concat`` or ``mul`` layer: input streams ``inp0 … inp{n−1}``, one ``out``."""
 
     def __init__(self, layer: Layer, source_shapes: list[tuple] | None = None):
-        if layer.op not in ("add", "concat"):
-            raise ValueError(f"layer {layer.name!r} is {layer.op}, not add or concat")
+        if layer.op not in ("add", "concat", "mul"):
+            raise ValueError(f"layer {layer.name!r} is {layer.op}, not add, concat or mul")
         if layer.op == "add":
             source_shapes = [tuple(layer.in_shape)] * 2
+        elif layer.op == "mul":
+            shape = tuple(layer.in_shape)
+            if source_shapes is None or len(source_shapes) != 2 or tuple(source_shapes[0]) != shape or \
+                    tuple(source_shapes[1]) not in (shape, (shape[0], 1, 1)):
+                raise ValueError(f"layer {layer.name!r}: mul needs its inputs' shapes, {shape} and {shape} or "
+                                 f"{(shape[0], 1, 1)}; got {source_shapes}")
         elif source_shapes is None or len(source_shapes) != len(layer.input_formats) or any(
                 len(s) != 3 or tuple(s[1:]) != tuple(layer.out_shape[1:]) for s in source_shapes) or \
                 sum(s[0] for s in source_shapes) != layer.out_shape[0]:
@@ -112,7 +118,26 @@ class JoinEngine(wiring.Component):
         for b in bufs:
             m.d.comb += b.rps[0].en.eq(en)
 
-        if layer.op == "add":
+        if layer.op == "mul":
+            # the map in stream order (channel fastest); the second input the same map, or
+            # one gate value per channel, read at the map value's channel
+            (za, zb), m0, shift = (f.zero_point for f in self.fmts), int(layer.m0[0]), int(layer.shift[0])
+            gate = self.in_sizes[1] != self.in_sizes[0]
+            chan = Signal(range(max(2, self.channels[0])), name="chan")
+            if gate:
+                with m.If(en & issuing):
+                    m.d.sync += chan.eq(Mux(chan == self.channels[0] - 1, 0, chan + 1))
+                with m.If(finish):
+                    m.d.sync += chan.eq(0)
+            m.d.comb += [bufs[0].rps[0].addr.eq(bufs[0].read_base + issued),
+                         bufs[1].rps[0].addr.eq(bufs[1].read_base + (chan if gate else issued))]
+            width = signed_width(-255 * 255, 255 * 255)
+            product = Signal(signed(width), name="product")
+            m.d.comb += product.eq((bufs[0].rps[0].data - za) * (bufs[1].rps[0].data - zb))
+            rq = m.submodules.requant = Requantizer(width, (shift, shift), layer.output.zero_point, layer.output.qmin,
+                                                    layer.output.qmax)
+            m.d.comb += [rq.acc.eq(product), rq.m0.eq(m0), rq.shift.eq(shift)]
+        elif layer.op == "add":
             (za, zb), (ma, mb), shift = (f.zero_point for f in self.fmts), (int(v) for v in layer.m0), int(layer.shift[0])
             for b in bufs:
                 m.d.comb += b.rps[0].addr.eq(b.read_base + issued)

@@ -536,10 +536,13 @@ def _model_options() -> argparse.ArgumentParser:
     m = argparse.ArgumentParser(add_help=False)
     g = m.add_argument_group("model (default: the shipped digits CNN on the digits data)")
     g.add_argument("--model", default=None, metavar="NAME|FILE.py:FACTORY",
-                   help="a shipped model (digits, digits-res: the residual digits network; resnet8, dscnn: MLPerf Tiny "
+                   help="a shipped model (digits, digits-res: the residual digits network; digits-mobile: MobileNetV3-style "
+                        "with squeeze-and-excitation; resnet8, dscnn: MLPerf Tiny "
                         "ResNet-8 and DS-CNN, untrained, calibrated on --calib or a synthetic set) or your nn.Module from a "
                         "Python file, traced with torch.fx (conv incl. depthwise/grouped, linear, ReLU/ReLU6, max and "
-                        "average pooling, global average pooling, batch norm, flatten, residual add, channel concat)")
+                        "average pooling, global average pooling, batch norm, flatten, residual add, channel concat, "
+                        "table activations such as sigmoid, tanh, hardswish, SiLU, GELU, LeakyReLU, ELU, clamp, and the "
+                        "product of two maps or a map and its channel gate)")
     g.add_argument("--weights", default=None, help="state dict for --model FILE.py:FACTORY")
     g.add_argument("--calib", default=None, help=".npy float model inputs (N, C, H, W) to calibrate on instead of digits")
     g.add_argument("--checkpoint", default=None, help="another checkpoint of the shipped model")

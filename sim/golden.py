@@ -14,9 +14,9 @@ import numpy as np
 from quantrtl.model.numbers.artifact import INPUT, ArtifactError, Layer, QuantizedNetwork
 from quantrtl.model.numbers.formats import centered
 
-__all__ = ["requantize", "conv2d_acc", "linear_acc", "table_acc", "maxpool", "avgpool", "add", "concat", "relu", "lut",
+__all__ = ["requantize", "conv2d_acc", "linear_acc", "table_acc", "maxpool", "avgpool", "add", "concat", "relu", "lut", "mul",
            "run_layer", "run", "GoldenResult", "predict", "conv2d_layer", "linear_layer", "maxpool_layer", "relu_layer",
-           "avgpool_layer", "add_layer", "concat_layer", "lut_layer"]
+           "avgpool_layer", "add_layer", "concat_layer", "lut_layer", "mul_layer"]
 
 
 def requantize(acc, m0, shift, zero_point: int, lo: int, hi: int) -> np.ndarray:
@@ -168,6 +168,13 @@ def relu(x, zero_point: int) -> np.ndarray:
     return np.maximum(np.asarray(x, dtype=np.int64), zero_point)
 
 
+def mul(a, b, za: int, zb: int, m0: int, shift: int, zero_point: int, lo: int, hi: int) -> np.ndarray:
+    """§12 ``y = clamp(Z_y + (((a − Z_a)·(b − Z_b)·M0 + 2^(n−1)) >> n), lo, hi)``; ``b`` is the
+    map's shape or a (N, C, 1, 1) gate, broadcast over H, W."""
+    acc = (np.asarray(a, dtype=np.int64) - za) * (np.asarray(b, dtype=np.int64) - zb)
+    return requantize(acc, [m0], [shift], zero_point, lo, hi)
+
+
 def lut(x, table) -> np.ndarray:
     """§11 a table activation: ``y = table[q]`` (the table has one entry per input code)."""
     return np.asarray(table, dtype=np.int64)[np.asarray(x, dtype=np.int64)]
@@ -233,6 +240,17 @@ def add_layer(layer: Layer, xs, acc_out=None) -> np.ndarray:
 
 def concat_layer(layer: Layer, xs, acc_out=None) -> np.ndarray:
     return concat(_join_inputs(layer, xs), layer.input_formats, layer.m0, layer.shift, layer.output)
+
+
+def mul_layer(layer: Layer, xs, acc_out=None) -> np.ndarray:
+    a, b = _join_inputs(layer, xs)
+    gate = (layer.in_shape[0], 1, 1)
+    if a.shape[1:] != tuple(layer.in_shape) or (b.shape[1:] != a.shape[1:] and b.shape[1:] != gate) or len(b) != len(a):
+        raise ArtifactError(f"layer {layer.name!r}: mul of shapes {a.shape[1:]} and {b.shape[1:]}, expected "
+                            f"{tuple(layer.in_shape)} and the same or {gate}")
+    za, zb = (f.zero_point for f in layer.input_formats)
+    return mul(a, b, za, zb, int(layer.m0[0]), int(layer.shift[0]), layer.output.zero_point, layer.output.qmin,
+               layer.output.qmax)
 
 
 def lut_layer(layer: Layer, xs, acc_out=None) -> np.ndarray:

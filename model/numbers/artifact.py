@@ -562,7 +562,7 @@ def validate(net: QuantizedNetwork) -> None:
         if kind.weights:
             _validate_weights(layer, w)
         elif kind.requantizes:
-            _validate_requant(layer, w, n_in if kind.joins else 1)
+            _validate_requant(layer, w, kind.array_shapes({"inputs": srcs})["m0"][0])
         elif layer.activation != "none":
             raise ArtifactError(f"{w}: {layer.op} cannot have activation {layer.activation!r}")
         out = expected_out_shape(layer, in_shapes)

@@ -14,7 +14,7 @@ from quantrtl.model.numbers.artifact import Layer, add_multipliers, expected_out
 from quantrtl.model.numbers.formats import ActivationFormat
 from quantrtl.model.numbers.lut import FUNCTIONS, build_table
 
-__all__ = ["maxpool", "relu", "avgpool", "gap", "add", "concat", "lut", "random_format"]
+__all__ = ["maxpool", "relu", "avgpool", "gap", "add", "concat", "mul", "lut", "random_format"]
 
 
 def random_format(rng, bits: int = 8) -> ActivationFormat:
@@ -88,6 +88,19 @@ def add(seed: int = 0):
 
 def concat(seed: int = 0):
     return _join("concat", seed)
+
+
+def mul(seed: int = 0):
+    """A product of two maps (odd seeds) or of a map and its (C, 1, 1) channel gate (even)."""
+    rng = np.random.default_rng(seed)
+    shape = _shape(rng)
+    shapes = [shape, shape if seed % 2 else (shape[0], 1, 1)]
+    fmts = (random_format(rng), random_format(rng))
+    out = random_format(rng)
+    m0, n = quantize_multiplier(fmts[0].scale * fmts[1].scale / out.scale)
+    layer = Layer(name="mul", op="mul", in_shape=shape, out_shape=shape, input=fmts[0], output=out,
+                  inputs=("in0", "in1"), input_formats=fmts, m0=np.array([m0]), shift=np.array([n]))
+    return layer, shapes
 
 
 def lut(seed: int = 0):

@@ -178,6 +178,14 @@ def _concat_shape(layer, in_shapes):
     return (sum(s[0] for s in in_shapes),) + tuple(in_shapes[0][1:])
 
 
+def _mul_check(layer, in_shapes, in_fmts):
+    a, b = (tuple(s) for s in in_shapes)
+    gate = len(a) == 3 and b == (a[0], 1, 1)
+    if b != a and not gate:
+        return f"mul of shapes {a} and {b}: the second must equal the first or be its (C, 1, 1) channel gate"
+    return None
+
+
 def _lut_array_shapes(kw):
     return {"table": (1 << kw["input"].bits,)}
 
@@ -234,6 +242,9 @@ BUILTIN: tuple[Op, ...] = (
        "quantrtl.hw.join:JoinEngine", inputs=(2, None), arrays=REQUANT_ARRAYS, shape=_concat_shape,
        check=_concat_check, array_shapes=_per_input, torch=("torch.cat(dim=1)",), onnx=("Concat",),
        example=_EX + "concat"),
+    Op("mul", "product of two maps, or of a map and a (C, 1, 1) per-channel gate (squeeze-and-excitation), "
+       "one requantization", _G + "mul_layer", "quantrtl.hw.join:JoinEngine", inputs=(2, 2), arrays=REQUANT_ARRAYS,
+       check=_mul_check, array_shapes=_one_constant, torch=("*", "torch.mul"), onnx=("Mul",), example=_EX + "mul"),
     Op("lut", "elementwise function as a 2^bits-entry table: " + ", ".join(lut.function_names()),
        _G + "lut_layer", "quantrtl.hw.lut:LutEngine", arrays=("table",),
        attributes=(Attribute("function", dict),), check=_lut_check, array_shapes=_lut_array_shapes,

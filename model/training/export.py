@@ -20,7 +20,8 @@ from quantrtl.model.numbers.artifact import Layer, QuantizedNetwork, add_multipl
     quantize_multiplier, validate
 from quantrtl.model.numbers.formats import ActivationFormat
 from quantrtl.model.training.graph import INPUT, pool_geometry
-from quantrtl.model.training.quantize import QuantAdd, QuantAvgPool, QuantConcat, QuantLayer, QuantLut, QuantModel
+from quantrtl.model.training.quantize import QuantAdd, QuantAvgPool, QuantConcat, QuantLayer, QuantLut, QuantModel, \
+    QuantMul
 
 
 def _qp(fmt: ActivationFormat) -> ActivationFormat:
@@ -58,6 +59,14 @@ def export(qm: QuantModel, input_shape: tuple[int, ...], name: str = "digits", m
             layer = Layer(name=lname, op="gap" if m is None else "avgpool", in_shape=shape, out_shape=shape,
                           input=qin, output=qin, m0=np.array([m0], dtype=np.int64),
                           shift=np.array([n], dtype=np.int64), **geo)
+        elif isinstance(step, QuantMul):  # §12: the map first, a (C, 1, 1) gate second
+            if len(shapes[ins[0]]) == 3 and shapes[ins[0]][1:] == (1, 1) and shapes[ins[1]][1:] != (1, 1):
+                ins, qins = ins[::-1], qins[::-1]
+            out = _qp(step.out_q.fmt)
+            m0, n = quantize_multiplier(qins[0].scale * qins[1].scale / out.scale)
+            layer = Layer(name=lname, op="mul", in_shape=shapes[ins[0]], out_shape=shapes[ins[0]], input=qins[0],
+                          output=out, inputs=tuple(ins), input_formats=qins, m0=np.array([m0], dtype=np.int64),
+                          shift=np.array([n], dtype=np.int64))
         elif isinstance(step, QuantLut):  # §11: the table from the two formats, as the forward pass applies it
             out = _qp(step.out_q.fmt)
             layer = Layer(name=lname, op="lut", in_shape=shape, out_shape=shape, input=qin, output=out,

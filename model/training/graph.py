@@ -39,6 +39,7 @@ SUPPORTED_TEXT = ("Conv2d (any stride, padding, groups; dilation 1, zero padding
                   "(module, F.relu, torch.relu, clamp(0, 6)), MaxPool2d, AvgPool2d, AdaptiveAvgPool2d(1) "
                   "(or mean over H, W), BatchNorm after a conv/linear (folded), Flatten / torch.flatten / "
                   "view(n, -1), Identity, Dropout, residual add (+, torch.add), torch.cat(dim=1), "
+                  "the product of two maps or of a map and its (C, 1, 1) gate (*, torch.mul; squeeze-and-excitation), "
                   "table activations (module, torch.* and F.* forms): " + ", ".join(lut.function_names()))
 
 
@@ -101,6 +102,8 @@ def apply(node: GraphNode, xs: list):
         return xs[0].mean((2, 3), keepdim=True)
     if k == "add":
         return xs[0] + xs[1]
+    if k == "mul":
+        return xs[0] * xs[1]
     if k == "concat":
         return torch.cat(xs, 1)
     if k == "lut":
@@ -160,6 +163,7 @@ _LUT_METHODS = {"sigmoid": "sigmoid", "tanh": "tanh"}
 
 _RELU_FUNCS = {torch.relu, F.relu, torch.relu_}
 _ADD_FUNCS = {operator.add, torch.add}
+_MUL_FUNCS = {operator.mul, torch.mul}
 _FLATTEN_FUNCS = {torch.flatten}
 _CAT_FUNCS = {torch.cat, torch.concat} if hasattr(torch, "concat") else {torch.cat}
 
@@ -281,6 +285,8 @@ def _function_kind(node):
         if _arg(node, 2, "alpha", 1) != 1:
             raise _reject(node, "torch.add", "alpha must be 1")
         return "add"
+    if t in _MUL_FUNCS:
+        return "mul"
     if t in _FLATTEN_FUNCS:
         if _arg(node, 1, "start_dim", 0) != 1 or _arg(node, 2, "end_dim", -1) != -1:
             raise _reject(node, "torch.flatten", "only flatten(x, 1)")
@@ -316,6 +322,8 @@ def _method_kind(node):
         return _lut(_LUT_METHODS[t])
     if t == "add":
         return "add"
+    if t == "mul":
+        return "mul"
     if t == "flatten":
         if _arg(node, 1, "start_dim", 0) != 1 or _arg(node, 2, "end_dim", -1) != -1:
             raise _reject(node, "flatten", "only flatten(1)")
@@ -412,7 +420,7 @@ def trace(model: nn.Module, what: str = "the model") -> FloatGraph:
         if kind == "concat":
             parts = node.args[0] if node.args else node.kwargs.get("tensors")
             inputs = tuple(src(a) for a in parts)
-        elif kind == "add":
+        elif kind in ("add", "mul"):
             inputs = (src(node.args[0]), src(_arg(node, 1, "other")))
         else:
             inputs = (src(node.args[0]),)

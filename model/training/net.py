@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from quantrtl.util.atomic import atomic_write
 from quantrtl.util.errors import first_line
@@ -78,6 +79,41 @@ class DigitsRes(nn.Module):
         p = self.pool(torch.relu(self.conv2(x)))
         z = torch.cat([p, torch.relu(self.conv3(p))], dim=1)
         return self.fc(torch.flatten(self.gap(z), 1))
+
+
+class DigitsMobile(nn.Module):
+    """A MobileNetV3-style digits network: table activations and squeeze-and-excitation::
+
+        stem   Conv2d(1, 16, 3, padding=1) + BatchNorm + Hardswish        16×8×8
+        dw     Conv2d(16, 16, 3, stride 2, padding=1, groups=16) + BN + SiLU   16×4×4
+        se     s = sigmoid(Conv2d(4, 16, 1)(ReLU(Conv2d(16, 4, 1)(gap(x)))))  16×1×1
+               x · s (the channel gate)                                  16×4×4
+        pw     Conv2d(16, 24, 1) + BatchNorm + LeakyReLU(0.1)             24×4×4
+        gap    AdaptiveAvgPool2d(1), flatten                             24
+        fc     Linear(24, 10)                                            logits
+    """
+
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 16, 3, padding=1)
+        self.stem_bn = nn.BatchNorm2d(16)
+        self.dw = nn.Conv2d(16, 16, 3, stride=2, padding=1, groups=16)
+        self.dw_bn = nn.BatchNorm2d(16)
+        self.se_pool = nn.AdaptiveAvgPool2d(1)
+        self.se_reduce = nn.Conv2d(16, 4, 1)
+        self.se_expand = nn.Conv2d(4, 16, 1)
+        self.pw = nn.Conv2d(16, 24, 1)
+        self.pw_bn = nn.BatchNorm2d(24)
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(24, classes)
+
+    def forward(self, x):
+        x = F.hardswish(self.stem_bn(self.stem(x)))
+        x = F.silu(self.dw_bn(self.dw(x)))
+        s = torch.sigmoid(self.se_expand(torch.relu(self.se_reduce(self.se_pool(x)))))
+        x = x * s
+        x = F.leaky_relu(self.pw_bn(self.pw(x)), 0.1)
+        return self.fc(torch.flatten(self.gap(x), 1))
 
 
 class ResNet8(nn.Module):
@@ -204,6 +240,9 @@ SHIPPED = {
     "digits-res": Shipped("digits-res", DigitsRes, DATA / "digits_res.pt",
                           "the residual digits network (depthwise, residual add, average pooling, concat, "
                           "global average pooling)"),
+    "digits-mobile": Shipped("digits-mobile", DigitsMobile, DATA / "digits_mobile.pt",
+                             "a MobileNetV3-style digits network (hardswish, SiLU, LeakyReLU, squeeze-and-excitation "
+                             "with a sigmoid gate, depthwise strided conv)"),
     "resnet8": Shipped("resnet8", ResNet8, None, "MLPerf Tiny ResNet-8, 3x32x32 (untrained)", (3, 32, 32)),
     "dscnn": Shipped("dscnn", DSCNN, None, "MLPerf Tiny DS-CNN-S keyword spotting, 1x49x10 (untrained)", (1, 49, 10)),
 }

@@ -24,7 +24,7 @@ from quantrtl.model.numbers.formats import ActivationFormat, FormatError, Quanti
 from quantrtl.model.training.graph import INPUT, FloatGraph, LutActivation, UnsupportedLayerError, trace
 from quantrtl.model.training.net import batches, fit, single_thread
 
-__all__ = ["QuantModel", "QuantLayer", "QuantAdd", "QuantConcat", "QuantAvgPool", "QuantLut", "ActQuant", "UnsupportedLayerError",
+__all__ = ["QuantModel", "QuantLayer", "QuantAdd", "QuantConcat", "QuantAvgPool", "QuantLut", "QuantMul", "ActQuant", "UnsupportedLayerError",
            "quantize_model", "inq_quantize", "fake_quant_act", "fake_quant_weight", "straight_through", "BINARY_ACT"]
 
 class _StraightThrough(torch.autograd.Function):
@@ -177,6 +177,19 @@ class QuantAdd(nn.Module):
         return self.out_q(y)
 
 
+class QuantMul(nn.Module):
+    """The product of two activations (a map and a map, or its per-channel gate) and its
+    output activation quantizer."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.name = name
+        self.out_q = ActQuant()
+
+    def forward(self, a, b):
+        return self.out_q(a * b)
+
+
 class QuantConcat(nn.Module):
     """Channel concatenation; every input is requantized to one output format."""
 
@@ -230,7 +243,7 @@ class QuantLut(nn.Module):
 
 
 #: Steps whose output has its own calibrated format (the others keep their input's).
-_REQUANTIZING = (QuantLayer, QuantAdd, QuantConcat, QuantLut)
+_REQUANTIZING = (QuantLayer, QuantAdd, QuantConcat, QuantLut, QuantMul)
 
 
 def _as_graph(float_model: nn.Module) -> FloatGraph:
@@ -288,6 +301,8 @@ class QuantModel(nn.Module):
                 step.cap = 6.0 if n.name in capped else None
             elif n.kind == "concat":
                 step = QuantConcat(n.name)
+            elif n.kind == "mul":
+                step = QuantMul(n.name)
             elif n.kind in ("avgpool", "gap"):
                 step = QuantAvgPool(n.name, n.module)
             elif n.kind == "maxpool":

@@ -50,7 +50,7 @@ def resolve_quantizer(quantizer: str, source: "ModelSource", artifact=None):
 
 
 #: The shipped models (``--model NAME``; each has its checkpoint in ``model/data``).
-SHIPPED_MODELS = ("digits", "digits-res", "resnet8", "dscnn")
+SHIPPED_MODELS = ("digits", "digits-res", "digits-mobile", "resnet8", "dscnn")
 #: Shipped models without data here (untrained, seeded weights): they calibrate on
 #: ``--calib`` or on a synthetic set, and report accuracy as "-".
 UNLABELLED_MODELS = ("resnet8", "dscnn")
