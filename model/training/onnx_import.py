@@ -44,7 +44,13 @@ __all__ = ["OnnxImportError", "OnnxModel", "load_onnx", "keep_network", "float_g
 
 SUPPORTED_OPS = ("Quant", "BipolarQuant", "Conv", "Gemm", "MatMul", "Relu", "MaxPool", "AveragePool",
                  "GlobalAveragePool", "Add", "Concat", "Flatten", "Reshape", "BatchNormalization", "Identity",
-                 "Dropout")
+                 "Dropout", "Mul", "Sigmoid", "Tanh", "HardSwish", "HardSigmoid", "LeakyRelu", "Elu", "Clip", "Gelu")
+#: The ONNX ops of table activations (float models only): op → table function and its
+#: parameters from the node's attributes (name, ONNX default).
+_LUT_OPS = {"Sigmoid": ("sigmoid", {}), "Tanh": ("tanh", {}), "HardSwish": ("hardswish", {}),
+            "HardSigmoid": ("hardsigmoid", {"alpha": ("alpha", 0.2), "beta": ("beta", 0.5)}),
+            "LeakyRelu": ("leakyrelu", {"alpha": ("alpha", 0.01)}), "Elu": ("elu", {"alpha": ("alpha", 1.0)}),
+            "Gelu": ("gelu", {"approximate": ("approximate", "none")})}
 
 
 class OnnxImportError(ValueError):
@@ -113,6 +119,15 @@ def _attrs(node) -> dict:
     import onnx
 
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _lut_module(node, spec: dict):
+    from quantrtl.model.training.graph import LutActivation, UnsupportedLayerError
+
+    try:
+        return LutActivation(spec)
+    except UnsupportedLayerError as e:
+        raise OnnxImportError(f"node {_label(node)} ({node.op_type}): {e}") from None
 
 
 def _label(node) -> str:
@@ -584,6 +599,37 @@ def float_graph(m: OnnxModel):
                 cls(a["kernel"], a["stride"], a["padding"]))
         elif op == "GlobalAveragePool":
             add(node, "gap", [src(node, ins[0])])
+        elif op in _LUT_OPS:
+            name, params = _LUT_OPS[op]
+            a = _attrs(node)
+            spec = {"name": name}
+            for p, (key, default) in params.items():
+                v = a.get(key, default)
+                spec[p] = v.decode() if isinstance(v, bytes) else float(v)
+            add(node, "lut", [src(node, ins[0])], _lut_module(node, spec))
+        elif op == "Clip":
+            a = _attrs(node)
+            lo = const(ins[1]) if len(ins) > 1 and ins[1] else a.get("min")
+            hi = const(ins[2]) if len(ins) > 2 and ins[2] else a.get("max")
+            lo, hi = (None if v is None else float(np.asarray(v).ravel()[0]) for v in (lo, hi))
+            if lo == 0 and hi is None:
+                add(node, "relu", [src(node, ins[0])])
+            elif lo == 0 and hi == 6:
+                add(node, "relu6", [src(node, ins[0])])
+            elif lo is None or hi is None or not lo < hi:
+                raise OnnxImportError(f"node {_label(node)} (Clip): needs both bounds, min below max "
+                                      f"(got {lo}, {hi}), or min 0 alone (a ReLU)")
+            else:
+                add(node, "lut", [src(node, ins[0])], _lut_module(node, {"name": "clamp", "lo": lo, "hi": hi}))
+        elif op == "Mul":
+            a, b = (src(node, i) for i in ins)
+            gate = nodes.get(b) if b in nodes else None
+            if gate is not None and gate.kind == "lut" and gate.module.spec == {"name": "sigmoid"} and \
+                    gate.inputs == (a,) and users.get(ins[1], 0) == 1:  # SiLU as exported: x · sigmoid(x)
+                gate.module = _lut_module(node, {"name": "silu"})
+                alias[node.output[0]] = gate.name
+            else:
+                add(node, "mul", [a, b])
         else:  # Flatten, Reshape, Identity, Dropout: the linear layer flattens its input itself
             alias[node.output[0]] = src(node, ins[0])
     out = alias.get(m.output_name)

@@ -77,13 +77,13 @@ class Upsample(nn.Module):
         return self.up(x)
 
 
-class Product(nn.Module):
+class Difference(nn.Module):
     def __init__(self):
         super().__init__()
         self.a, self.b = nn.Conv2d(1, 2, 1), nn.Conv2d(1, 2, 1)
 
     def forward(self, x):
-        return self.a(x) * self.b(x)
+        return self.a(x) - self.b(x)
 
 
 class AddConstant(nn.Module):
@@ -104,7 +104,7 @@ class Branchy(nn.Module):
 @pytest.mark.parametrize("model,match", [
     (Cumsum(), r"node 'cumsum' \(function cumsum\) is not supported; supported: Conv2d.*table activations"),
     (Upsample(), r"node 'up' \(Upsample\) is not supported"),
-    (Product(), r"node 'mul' \(function mul\) is not supported"),
+    (Difference(), r"node 'sub' \(function sub\) is not supported"),
     (AddConstant(), r"operand 1 is a constant"),
     (Branchy(), r"torch.fx cannot trace its forward"),
     (nn.Sequential(nn.Conv2d(1, 2, 3, dilation=2)), r"node '0' \(Conv2d\) is not supported: needs dilation 1"),

@@ -98,11 +98,11 @@ def test_bad_files_and_unsupported_nodes_are_named(tmp_path, capsys):
     from onnx import helper
 
     (tmp_path / "junk.onnx").write_bytes(b"not a model at all")
-    sig = _onnx_model(tmp_path, [helper.make_node("Sigmoid", ["x"], ["y"], name="/head/Sigmoid")], {}, "sig.onnx")
+    sig = _onnx_model(tmp_path, [helper.make_node("Softmax", ["x"], ["y"], name="/head/Softmax")], {}, "sig.onnx")
     floor = _onnx_model(tmp_path, [_quant("/act/Quant", "x", "y", bits=3, signed=0, mode="FLOOR")],
                         {"/act/Quant_s": 0.1, "/act/Quant_z": 0.0, "/act/Quant_b": 3.0}, "floor.onnx")
     for path, match in [(tmp_path / "junk.onnx", "not a valid ONNX model"),
-                        (sig, "node '/head/Sigmoid' (Sigmoid) is not supported; supported: Quant"),
+                        (sig, "node '/head/Softmax' (Softmax) is not supported; supported: Quant"),
                         (floor, "node '/act/Quant' (Quant): rounding mode FLOOR is not supported"),
                         (tmp_path / "missing.onnx", "file not found")]:
         out = tmp_path / "o"
