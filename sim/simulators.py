@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from quantrtl.sim.tools import ToolNotFound, find_tool
+from quantrtl.util.registry import Registry
 
 __all__ = ["SimulatorKind", "BUILTIN", "register", "simulators", "simulator", "simulator_names"]
 
@@ -118,26 +119,20 @@ BUILTIN: tuple[SimulatorKind, ...] = (
                   runner=_lean_verilator, wrapper_clock=True, port_control=True),
 )
 
-_REGISTRY: dict[str, SimulatorKind] = {s.name: s for s in BUILTIN}
+_REGISTRY: Registry[SimulatorKind] = Registry("simulator", BUILTIN)
 
 
 def register(kind: SimulatorKind) -> SimulatorKind:
-    if kind.name in _REGISTRY:
-        raise ValueError(f"simulator {kind.name!r} is registered already")
-    _REGISTRY[kind.name] = kind
-    return kind
+    return _REGISTRY.register(kind)
 
 
 def simulators() -> list[SimulatorKind]:
-    return list(_REGISTRY.values())
+    return _REGISTRY.records()
 
 
 def simulator_names() -> list[str]:
-    return list(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def simulator(name: str) -> SimulatorKind:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown simulator {name!r}; choose one of {', '.join(_REGISTRY)}") from None
+    return _REGISTRY.get(name, ValueError)

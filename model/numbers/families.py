@@ -25,11 +25,11 @@ plug-in, or a test's toy family).  Nothing registers itself by being imported.
 """
 from __future__ import annotations
 
-import importlib
 import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from quantrtl.util.registry import load_named
 from quantrtl.model.numbers.bases import ABCNetFormat, LQNetFormat
 from quantrtl.model.numbers.codebook import KMeansFormat
 from quantrtl.model.numbers.focused import FocusedFormat
@@ -95,13 +95,7 @@ class Family:
         if value is None:
             raise LookupError(f"family {self.name!r} has no {piece}"
                               + (" (its datapath is its own engine)" if piece == "pe" else ""))
-        if not isinstance(value, str):
-            return value
-        module, _, attr = value.partition(":")
-        try:
-            return getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as e:
-            raise LookupError(f"family {self.name!r}: its {piece} {value!r} cannot be loaded ({e})") from None
+        return load_named(value, f"family {self.name!r}", piece)
 
 
 _PE = "quantrtl.hw.pe:"

@@ -23,12 +23,12 @@ toy op of ``tests/toy_op.py``).  Nothing registers itself by being imported.
 """
 from __future__ import annotations
 
-import importlib
 import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from quantrtl.model.numbers import lut
+from quantrtl.util.registry import Registry, load_named
 
 __all__ = ["Op", "Attribute", "BUILTIN", "register", "unregister", "ops", "op", "op_names", "op_of",
            "conv_out_size", "WEIGHT_ARRAYS", "REQUANT_ARRAYS"]
@@ -110,16 +110,7 @@ class Op:
 
     def resolve(self, piece: str) -> Any:
         """The op's ``golden``, ``engine`` or ``example`` object (imported on first use when named)."""
-        value = getattr(self, piece)
-        if value is None:
-            raise LookupError(f"op {self.name!r} has no {piece}")
-        if not isinstance(value, str):
-            return value
-        module, _, attr = value.partition(":")
-        try:
-            return getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as e:
-            raise LookupError(f"op {self.name!r}: its {piece} {value!r} cannot be loaded ({e})") from None
+        return load_named(getattr(self, piece), f"op {self.name!r}", piece)
 
 
 # ---- the built-in ops' rules ----------------------------------------------------
@@ -252,36 +243,28 @@ BUILTIN: tuple[Op, ...] = (
        example=_EX + "lut"),
 )
 
-_REGISTRY: dict[str, Op] = {o.name: o for o in BUILTIN}
+_REGISTRY: Registry[Op] = Registry("op", BUILTIN)
 
 
 def register(o: Op) -> Op:
     """Add ``o`` (a plug-in, or a test's toy op); its name must be new."""
-    if o.name in _REGISTRY:
-        raise ValueError(f"op {o.name!r} is registered already")
-    _REGISTRY[o.name] = o
-    return o
+    return _REGISTRY.register(o)
 
 
 def unregister(name: str) -> None:
-    if name in {o.name for o in BUILTIN}:
-        raise ValueError(f"op {name!r} is built in")
-    _REGISTRY.pop(name, None)
+    _REGISTRY.unregister(name)
 
 
 def ops() -> list[Op]:
-    return list(_REGISTRY.values())
+    return _REGISTRY.records()
 
 
 def op_names() -> list[str]:
-    return list(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def op(name: str) -> Op:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown op {name!r} (supported: {', '.join(_REGISTRY)})") from None
+    return _REGISTRY.get(name)
 
 
 def op_of(layer) -> Op:

@@ -199,7 +199,7 @@ def test_cli_bad_images(tmp_path, capsys, make, match):
 
 def test_cli_bad_simulator_and_index(capsys):
     assert main(["cosim", "--quantizer", "shift4", "--simulator", "questa"]) == 2
-    assert "unknown simulator 'questa'; choose one of icarus, verilator" in capsys.readouterr().err
+    assert "unknown simulator 'questa' (supported: icarus, verilator)" in capsys.readouterr().err
     assert main(["cosim", "--quantizer", "shift4", "--image", "360"]) == 2
     assert "the digits test split has images 0..359" in capsys.readouterr().err
 

@@ -32,29 +32,22 @@ def test_mobile_quantizes_with_the_new_ops(mobile, q):
     assert ops.count("lut") == 4 and ops.count("mul") == 1 and "gap" in ops, ops
 
 
-@pytest.mark.verilator
-@pytest.mark.slow
+@pytest.mark.parametrize("simulator,images", [
+    pytest.param("verilator", "all", marks=[pytest.mark.verilator, pytest.mark.slow]),
+    pytest.param("icarus", "0,17,359", marks=pytest.mark.icarus)])
 @pytest.mark.parametrize("q", QUANTIZERS)
-def test_mobile_verilator_whole_test_split(mobile, q, tmp_path):
+def test_mobile_cosim_bit_exact(mobile, q, simulator, images, tmp_path):
+    """Every node of every image checked: the whole split on Verilator, three images streamed
+    back to back on Icarus; one image's cycles and the streamed interval are the formulas'."""
     art, _ = mobile[q]
-    r = flows.cosim_flow(q, simulator="verilator", artifact_path=str(art), build_root=tmp_path, images="all",
+    r = flows.cosim_flow(q, simulator=simulator, artifact_path=str(art), build_root=tmp_path, images=images,
                          source=flows.ModelSource(model="digits-mobile"))
-    assert r.bit_exact and r.images == 360 and r.bit_exact_images == 360, r.first_mismatch
-    assert r.per_image[0]["cycles"] == r.expected_cycles and r.rtl_golden_agree == 360
-
-
-@pytest.mark.icarus
-@pytest.mark.parametrize("q", QUANTIZERS)
-def test_mobile_icarus_streamed_images(mobile, q, tmp_path):
-    """Every node checked on three images streamed back to back; the interval is the formula's."""
-    art, _ = mobile[q]
-    r = flows.cosim_flow(q, simulator="icarus", artifact_path=str(art), build_root=tmp_path, images="0,17,359",
-                         source=flows.ModelSource(model="digits-mobile"))
-    assert r.bit_exact, r.first_mismatch
-    t = r.throughput
-    assert r.per_image[0]["cycles"] == r.expected_cycles
-    assert t["initiation_intervals"] == [t["expected_initiation_interval"]] * 2
+    n = 360 if images == "all" else 3
+    assert r.bit_exact and r.images == r.bit_exact_images == r.rtl_golden_agree == n, r.first_mismatch
     assert all(l["bit_exact"] and l["mismatches"] == 0 for l in r.layers) and len(r.layers) == 13
+    assert r.per_image[0]["cycles"] == r.expected_cycles
+    t = r.throughput
+    assert t["initiation_intervals"] == [t["expected_initiation_interval"]] * 2
 
 
 @pytest.mark.icarus

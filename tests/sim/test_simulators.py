@@ -21,7 +21,7 @@ def test_simulator_is_complete(kind, tmp_path):
 
 
 def test_unknown_simulator_is_named():
-    with pytest.raises(ValueError, match=r"unknown simulator 'modelsim'; choose one of icarus, verilator"):
+    with pytest.raises(ValueError, match=r"unknown simulator 'modelsim' \(supported: icarus, verilator\)"):
         simulators.simulator("modelsim")
     with pytest.raises(ValueError, match="registered already"):
         simulators.register(simulators.simulator("icarus"))
