@@ -21,7 +21,8 @@ from quantrtl.util.lanes import lanes_for
 from quantrtl.util.provenance import package_versions
 
 from quantrtl.hw.broadcast import BroadcastConvEngine
-from quantrtl.hw.engines import make_engine, sparse_mode
+from quantrtl.hw.engines import make_engine
+from quantrtl.hw.styles import style_of
 from quantrtl.hw.geometry import MAXPOOL_CYCLE_FORMULA, BroadcastSchedule, ConvGeometry, SparseSchedule
 from quantrtl.hw.join import JOIN_CYCLE_FORMULA, JoinEngine
 from quantrtl.hw.layer import ConvEngine, PoolEngine
@@ -122,8 +123,7 @@ def build_design(net: QuantizedNetwork, layer: str = "all", lanes: int = 8, pipe
     """The network top (``layer="all"``) or one layer's engine, named
     ``<model>_<quantizer>_<layer|top>`` (``_sparse`` appended for row-wise zero-skipping
     engines, ``_broadcast`` for activation-broadcast ones)."""
-    mode = sparse_mode(sparse)
-    suffix = {None: "", "row": "_sparse", "broadcast": "_broadcast"}[mode]
+    suffix = style_of(sparse).suffix
     top = f"{net.name}_{net.quantizer}_{'top' if layer == 'all' else layer}{suffix}"
     if layer == "all":
         comp = NetworkTop(net, lanes=lanes, pipeline=pipeline, taps=taps, sparse=sparse, index_bits=index_bits)

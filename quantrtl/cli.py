@@ -532,6 +532,25 @@ def _checks_passed(checks) -> int:
     return 1
 
 
+def _engine_choice(args) -> None:
+    """``--engine NAME`` and its alias ``--sparse row|broadcast`` as the one engine choice the
+    flows take (``args.sparse``: False for dense, else the style's name)."""
+    engine = getattr(args, "engine", None)
+    if engine is None:
+        return
+    from quantrtl.hw.styles import style_of
+    from quantrtl.util.errors import OptionError
+
+    try:
+        chosen = style_of(engine)
+    except ValueError as e:
+        raise OptionError("engine", str(e)) from None
+    if args.sparse not in (False, None) and style_of(args.sparse if args.sparse in ("row", "broadcast") else True).name \
+            != chosen.name:
+        raise OptionError("engine", f"{engine!r} and --sparse {args.sparse} name different engine styles; give one")
+    args.sparse = chosen.name if chosen.zero_skipping else False
+
+
 def _simulator_names() -> str:
     """The registered simulators (``sim/simulators.py``), as the help lists them."""
     from quantrtl.sim.simulators import simulator_names
@@ -589,9 +608,15 @@ def _row_outputs(p: argparse.ArgumentParser, plot_help: str) -> None:
 
 
 def _sparse_options(p: argparse.ArgumentParser) -> None:
+    from quantrtl.hw.styles import DEFAULT, style_names
+
+    p.add_argument("--engine", default=None, metavar="NAME|list",
+                   help=f"engine style of the layers with weights: {', '.join(style_names())} (default {DEFAULT}); "
+                        "'list' prints them with one line each")
     p.add_argument("--sparse", nargs="?", const="row", default=False, metavar="row|broadcast",
-                   help="zero-skipping engines: row (each lane gathers its activation; the default of a bare "
-                        "--sparse) or broadcast (nonzero activations broadcast to all lanes)")
+                   help="zero-skipping engines, an alias of --engine row|broadcast: row (each lane gathers its "
+                        "activation; the default of a bare --sparse) or broadcast (nonzero activations broadcast to "
+                        "all lanes)")
     p.add_argument("--density", default=None, help=_density_help())
     p.add_argument("--index-bits", type=int, default=4, help="relative index width for --sparse (default %(default)s)")
 
@@ -757,8 +782,17 @@ def _check_outputs(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    listing = words[:1] in (["verilog"], ["cosim"]) and (
+        "--engine=list" in words or any(a == "--engine" and b == "list" for a, b in zip(words, words[1:])))
+    args = None if listing else build_parser().parse_args(argv)
     try:
+        if listing:
+            from quantrtl.hw.styles import styles_help
+
+            print(styles_help())  # the engine styles, whatever else the command line says
+            return 0
+        _engine_choice(args)
         _check_outputs(args)
         return args.func(args)
     except KeyboardInterrupt:

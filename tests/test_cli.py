@@ -167,3 +167,27 @@ def test_results_table_replaces_only_its_block(tmp_path):
 def test_demo_update_doc_missing_file(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "o"), "--update-doc", str(tmp_path / "missing.md")]) == 2
     assert "file not found" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_engine_list_and_choice(quantized, tmp_path, capsys):
+    """``--engine list`` prints the registered styles; ``--engine NAME`` builds that style,
+    the same design as its alias ``--sparse NAME``; a bad or conflicting choice is exit 2."""
+    from quantrtl.hw.styles import style_names
+
+    assert main(["verilog", "--engine", "list"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [l.split()[0] for l in lines] == style_names()
+    art = quantized("shift4").artifact
+    base = ["verilog", "--quantizer", "shift4", "--artifact", art, "--layer", "conv2"]
+    assert main(base + ["--engine", "broadcast", "--out", str(tmp_path / "e")]) == 0
+    assert main(base + ["--sparse", "broadcast", "--out", str(tmp_path / "s")]) == 0
+    name = "digits_shift4_conv2_broadcast.v"
+    assert (tmp_path / "e" / name).read_text() == (tmp_path / "s" / name).read_text()
+    assert main(base + ["--engine", "dense", "--out", str(tmp_path / "d")]) == 0
+    assert (tmp_path / "d" / "digits_shift4_conv2.v").is_file()
+    capsys.readouterr()
+    for extra, match in [(["--engine", "columns"], "--engine 'columns' names no engine style; choose one of dense, row"),
+                         (["--engine", "row", "--sparse", "broadcast"], "name different engine styles")]:
+        assert main(base + extra + ["--out", str(tmp_path / "x")]) == 2
+        assert match in capsys.readouterr().err
+        assert not (tmp_path / "x").exists()
