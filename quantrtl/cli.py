@@ -545,10 +545,10 @@ def _engine_choice(args) -> None:
         chosen = style_of(engine)
     except ValueError as e:
         raise OptionError("engine", str(e)) from None
-    if args.sparse not in (False, None) and style_of(args.sparse if args.sparse in ("row", "broadcast") else True).name \
-            != chosen.name:
+    given = args.sparse if args.sparse in ("row", "broadcast") else True  # (a bare --sparse: row)
+    if args.sparse not in (False, None) and style_of(given).name != chosen.name:
         raise OptionError("engine", f"{engine!r} and --sparse {args.sparse} name different engine styles; give one")
-    args.sparse = chosen.name if chosen.zero_skipping else False
+    args.sparse = chosen.name if chosen.zero_skipping else (args.sparse if args.sparse in (False, None) else False)
 
 
 def _simulator_names() -> str:
@@ -728,8 +728,11 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--scheduler", default=None, help="a Dask scheduler address, tcp://host:port, instead of local jobs")
     w.add_argument("--finetune", type=int, default=None, metavar="EPOCHS", help=finetune_help)
     w.add_argument("--image", type=int, default=0, help="test image for the cosim jobs")
+    w.add_argument("--engine", default=None, metavar="NAME|list",
+                   help="engine style of the swept layers (the registry's: dense, row, broadcast; 'list' prints them)")
     w.add_argument("--sparse", default=None, metavar="row|broadcast",
-                   help="zero-skipping engines (synthesized whole; their MACs per cycle simulated on the image)")
+                   help="zero-skipping engines, an alias of --engine row|broadcast (synthesized whole; their MACs per "
+                        "cycle simulated on the image)")
     w.add_argument("--no-cosim", action="store_true", help="synthesis only")
     w.add_argument("--target", default="gates", help="gates (default), or ecp5, ice40, xilinx: also map, place and "
                                                      "route each engine on that FPGA (see gates --target)")
@@ -783,7 +786,7 @@ def _check_outputs(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else list(argv)
-    listing = words[:1] in (["verilog"], ["cosim"]) and (
+    listing = words[:1] in (["verilog"], ["cosim"], ["sweep"]) and (
         "--engine=list" in words or any(a == "--engine" and b == "list" for a, b in zip(words, words[1:])))
     args = None if listing else build_parser().parse_args(argv)
     try:
