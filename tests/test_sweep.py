@@ -105,3 +105,12 @@ def test_sweep_on_broadcast_engines(tmp_path):
     assert row["layer_bit_exact"] and row["bit_exact"] and row["cycles"] >= row["expected_cycles"]
     assert row["macs_per_cycle"] == pytest.approx(8 * 8 * 8 * 9 / row["layer_cycles"])
     assert row["gates_total"] > 0 and row["datapath_gates"] is None
+
+
+def test_sweep_engine_option(capsys, tmp_path):
+    """``--engine`` on sweep: the registry's styles listed, a bad one named, nothing written."""
+    assert main(["sweep", "--engine", "list"]) == 0
+    assert capsys.readouterr().out.split()[0] == "dense"
+    assert main(["sweep", "--engine", "columns", "--out", str(tmp_path / "x")]) == 2
+    assert "--engine 'columns' names no engine style" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
