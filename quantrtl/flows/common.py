@@ -211,11 +211,14 @@ class HardwareOptions:
     artifact: Any = None
     finetune: int | None = None
     source: ModelSource = DIGITS
-    sparse: bool | str = False  # False (dense), "row" or "broadcast" (True: "row")
+    sparse: bool | str = False  # the engine style: False (dense), "row" or "broadcast" (True: "row"), or "dense"
     index_bits: int = 4
+    #: The engine style's registered name (hw/styles.py), parsed from ``sparse``.
+    engine: str = field(default="dense", init=False)
 
     def __post_init__(self):
         resolve_quantizer(self.quantizer, self.source, self.artifact)
         check_sparse(self.sparse)
+        object.__setattr__(self, "engine", check_sparse(self.sparse) or "dense")  # the one parsed engine style
         parse_lanes(self.lanes)  # a count, or a plan per layer (checked against the network later)
         check_stream_options(self.index_bits, self.source)
