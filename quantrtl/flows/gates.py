@@ -12,21 +12,30 @@ from quantrtl.flows.quantize import quantize_network
 from quantrtl.model.numbers.families import parse_format
 from quantrtl.util.errors import OptionError
 
-__all__ = ["STYLES", "TARGETS", "check_target", "GatesOptions", "GatesResult", "gates_flow", "sparse_gates_flow"]
+__all__ = ["STYLES", "TARGETS", "FPGA_TARGETS", "ASIC_TARGETS", "check_target", "GatesOptions", "GatesResult", "gates_flow", "sparse_gates_flow"]
 
 #: array: one layer's engine at T lanes; unrolled: one layer hard-wired; network: the whole
 #: network top at T lanes per engine (what cosim runs), with a per-layer split.
 STYLES = ("array", "unrolled", "network")
 
 
-#: gates: two-input gates (the ASIC-style measure); the others map onto an FPGA family
-#: (``synth/fpga.py``) and place and route it where an open tool exists.
-TARGETS = ("gates", "ecp5", "ice40", "xilinx")
+#: FPGA families (``synth/fpga.py``): mapped, and placed and routed where an open tool exists.
+FPGA_TARGETS = ("ecp5", "ice40", "xilinx")
+#: Standard-cell libraries (``synth/asic.py``): mapped, area from Yosys, timing from OpenSTA.
+ASIC_TARGETS = ("osu018",)
+#: gates: two-input gates (the technology-free measure), then the FPGA and ASIC targets.
+TARGETS = ("gates", *FPGA_TARGETS, *ASIC_TARGETS)
 
 
-def check_target(target: str) -> None:
+def check_target(target: str, clock_ns: float | None = None) -> None:
     if target not in TARGETS:
         raise OptionError("target", f"unknown {{0}} {target!r}; choose one of {', '.join(TARGETS)}")
+    if clock_ns is not None:
+        if target not in ASIC_TARGETS:
+            raise OptionError(("clock_ns", "target"), f"is the clock a cell-library {{1}} ({', '.join(ASIC_TARGETS)}) "
+                                                      f"is mapped and timed at")
+        if not (isinstance(clock_ns, (int, float)) and 0.1 <= clock_ns <= 1000):
+            raise OptionError("clock_ns", f"must be a period in 0.1..1000 ns, got {clock_ns!r}")
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,7 @@ class GatesOptions:
     target: str = "gates"
     dsp: bool = True
     source: ModelSource = DIGITS
+    clock_ns: float | None = None  # the clock an ASIC target maps for and times at (None: its default)
 
     def __post_init__(self):
         from quantrtl.synth.gates import BENCHES
@@ -84,9 +94,13 @@ class GatesOptions:
             raise OptionError("sample", f"must be at least 1, got {self.sample}")
         if self.jobs < 1:
             raise OptionError("jobs", f"must be at least 1, got {self.jobs}")
-        check_target(self.target)
-        if not self.dsp and self.target == "gates":
-            raise OptionError(("dsp", "target"), "no-DSP mapping is for an FPGA {1} (ecp5, ice40, xilinx)")
+        check_target(self.target, self.clock_ns)
+        check_dsp(self.dsp, self.target)
+
+
+def check_dsp(dsp: bool, target: str) -> None:
+    if not dsp and target not in FPGA_TARGETS:
+        raise OptionError(("dsp", "target"), f"no-DSP mapping is for an FPGA {{1}} ({', '.join(FPGA_TARGETS)})")
 
 
 def _fpga_columns(rows: list[dict], target: str, dsp: bool, jobs: int, yosys: str | None, cache_dir,
@@ -102,6 +116,51 @@ def _fpga_columns(rows: list[dict], target: str, dsp: bool, jobs: int, yosys: st
         r["fpga"] = _per_second(asdict(f), r["macs_per_cycle"])
 
 
+def _asic_columns(rows: list[dict], library: str, clock_ns: float | None, jobs: int, yosys: str | None, cache_dir,
+                  progress=None) -> None:
+    """Map each row's design onto the cell ``library`` (in parallel) and add its areas,
+    its timing and the dense MACs per second and per mm\u00b2 its Fmax gives."""
+    from quantrtl.synth.asic import CLOCK_NS, asic_map_all
+
+    results = asic_map_all([(r["verilog"], r["top"], r.get("quantizer") or r.get("design")) for r in rows],
+                           library, clock_ns or CLOCK_NS, jobs, yosys, cache_dir, progress)
+    for r, a in zip(rows, results):
+        r["asic"] = _asic_per_second(asdict(a), r["macs_per_cycle"])
+
+
+def _asic_per_second(asic: dict, macs_per_cycle: float) -> dict:
+    """An ASIC result with the MACs per second at its Fmax, and per mm\u00b2 of area (with and
+    without the memories; the library's area unit is um\u00b2)."""
+    per_second = macs_per_cycle * asic["fmax_mhz"] * 1e6 if asic["fmax_mhz"] else None
+    return {**asic, "macs_per_second": per_second,
+            "macs_per_second_per_mm2": per_second / (asic["area"] / 1e6) if per_second else None,
+            "macs_per_second_per_mm2_without_memories":
+                per_second / (asic["area_without_memories"] / 1e6) if per_second else None}
+
+
+def _unrolled_asic(dicts: list[dict], library: str, clock_ns: float | None, jobs: int, yosys: str | None,
+                   cache_dir, progress=None) -> None:
+    """ASIC columns of unrolled rows: the sampled channels (the gate rows' own designs)
+    mapped one by one, the layer's areas their mean times Cout (extrapolated like the
+    gates; every channel when all were synthesized), the Fmax the slowest channel's."""
+    from quantrtl.synth.asic import CLOCK_NS, asic_map_all
+
+    jobs_list = [(v, t, f"{r['quantizer']} {t}") for r in dicts for v, t in zip(r["spread"]["verilog"],
+                                                                               r["spread"]["tops"])]
+    results = iter(asic_map_all(jobs_list, library, clock_ns or CLOCK_NS, jobs, yosys, cache_dir, progress))
+    for r in dicts:
+        per = [next(results) for _ in r["spread"]["tops"]]
+        cout, k = r["extra"]["cout"], len(per)
+        slowest = min(per, key=lambda a: a.fmax_mhz or float("inf"))
+        layer = asdict(slowest)
+        for kind in ("area", "area_sequential", "area_combinational", "area_without_memories", "area_memories",
+                     "nand2_eq", "nand2_eq_without_memories", "cells", "buffers_added"):
+            layer[kind] = statistics.fmean(getattr(a, kind) for a in per) * cout
+        layer.update(extrapolated=k < cout, sample=k, cells_by_type={},
+                     channels=[{"top": a.top, "area": a.area, "fmax_mhz": a.fmax_mhz, "cached": a.cached} for a in per])
+        r["asic"] = _asic_per_second(layer, r["macs_per_cycle"])
+
+
 def _per_second(fpga: dict, macs_per_cycle: float) -> dict:
     """An FPGA result with the dense MACs per second its Fmax gives and resources per GMAC/s."""
     per_second = macs_per_cycle * fpga["fmax_mhz"] * 1e6 if fpga["fmax_mhz"] else None
@@ -115,7 +174,7 @@ def gates_flow(quantizers: list[str], style: str = "array", layer: str | None = 
                out_dir: str | Path = "build/gates", finetune: int | None = None,
                cache_dir: str | Path = "build/synth-cache", networks: dict | None = None,
                source: ModelSource = DIGITS, target: str = "gates", dsp: bool = True,
-               progress=None) -> GatesResult:
+               progress=None, clock_ns: float | None = None) -> GatesResult:
     """Synthesize every quantizer's design at equal throughput and compare gate counts
     (``style`` network: ``throughput`` is the lanes of every engine of the network top;
     ``progress(text)``: one call per design an FPGA ``target`` has mapped)."""
@@ -123,7 +182,11 @@ def gates_flow(quantizers: list[str], style: str = "array", layer: str | None = 
                                       unrolled_rows)
     from quantrtl.synth.yosys import yosys_version
 
-    GatesOptions(tuple(quantizers), style, layer, bench, throughput, sample, jobs, target, dsp, source)
+    GatesOptions(tuple(quantizers), style, layer, bench, throughput, sample, jobs, target, dsp, source, clock_ns)
+    if target in ASIC_TARGETS:
+        from quantrtl.synth.asic import check_tools
+
+        check_tools(target)  # a missing library or analyzer: exit 3 before any work
     fmts = [resolve_quantizer(q, source) for q in quantizers]
     version = yosys_version(yosys)  # a missing Yosys fails before any work
     t0 = time.perf_counter()
@@ -133,7 +196,7 @@ def gates_flow(quantizers: list[str], style: str = "array", layer: str | None = 
         w = fq_conv_weights(bench)
         weights = {f.name: f.encode(w) for f in fmts}
         if target != "gates":
-            check_unrolled_fpga(weights)
+            check_unrolled_fpga(weights, target)
         name = bench.replace("-", "")
         rows = unrolled_rows(weights, out, sample=sample, jobs=jobs, yosys=yosys, cache_dir=cache_dir, name=name)
         where = bench
@@ -159,7 +222,7 @@ def gates_flow(quantizers: list[str], style: str = "array", layer: str | None = 
             else:
                 weights = {q: n.layer(where) for q, n in nets.items()}
                 if target != "gates":
-                    check_unrolled_fpga(weights)
+                    check_unrolled_fpga(weights, target)
                 name = f"{first.name}_{where}"
                 rows = unrolled_rows(weights, out, sample=sample, jobs=jobs, yosys=yosys, cache_dir=cache_dir,
                                      name=name)
@@ -168,7 +231,11 @@ def gates_flow(quantizers: list[str], style: str = "array", layer: str | None = 
     for r in dicts:
         r["ratio_to_cheapest"] = r["gates_total"] / cheapest
     rates = {round(r["macs_per_cycle"], 9) for r in dicts}
-    if target != "gates" and style == "unrolled":  # sampled channels, registered, extrapolated like the gates
+    if target in ASIC_TARGETS and style == "unrolled":
+        _unrolled_asic(dicts, target, clock_ns, jobs, yosys, cache_dir, progress)
+    elif target in ASIC_TARGETS:
+        _asic_columns(dicts, target, clock_ns, jobs, yosys, cache_dir, progress)
+    elif target != "gates" and style == "unrolled":  # sampled channels, registered, extrapolated like the gates
         fpga = unrolled_fpga(weights, out, target, dsp, sample, jobs, yosys, cache_dir, name, progress=progress)
         for r in dicts:
             r["fpga"] = _per_second(fpga[r["quantizer"]], r["macs_per_cycle"])
@@ -183,7 +250,7 @@ def sparse_gates_flow(quantizers: list[str], densities: list[float], throughput:
                       index_bits: int = 4, jobs: int = 2, yosys: str | None = None, out_dir: str | Path = "build/gates",
                       finetune: int | None = None, image: int = 0,
                       cache_dir: str | Path = "build/synth-cache", target: str = "gates", dsp: bool = True,
-                      progress=None, engines: tuple[str, ...] | None = None) -> dict:
+                      progress=None, engines: tuple[str, ...] | None = None, clock_ns: float | None = None) -> dict:
     """Dense vs zero-skipping engines (``engines``: row, broadcast; default both) at equal
     measured throughput, over weight density (:mod:`quantrtl.synth.sparse`): the models are
     quantized here and each design's layer simulated alone on the golden input of test
@@ -206,7 +273,12 @@ def sparse_gates_flow(quantizers: list[str], densities: list[float], throughput:
     check_stream_options(index_bits, DIGITS)
     if jobs < 1:
         raise OptionError("jobs", f"must be at least 1, got {jobs}")
-    check_target(target)
+    check_target(target, clock_ns)
+    check_dsp(dsp, target)
+    if target in ASIC_TARGETS:
+        from quantrtl.synth.asic import check_tools
+
+        check_tools(target)
     version = yosys_version(yosys)
     t0 = time.perf_counter()
     x = load_data(DIGITS)[1].x[image]
@@ -231,7 +303,9 @@ def sparse_gates_flow(quantizers: list[str], densities: list[float], throughput:
                                                       layer_input=lambda net, where: io(net, where).inputs,
                                                       source_shape=lambda net, where: io(net, where).source_shape),
                                         engines)
-    if target != "gates":  # per second: the MACs per cycle simulation measured x the post-route Fmax
+    if target in ASIC_TARGETS:  # per second: the MACs per cycle simulation measured x OpenSTA's Fmax
+        _asic_columns(rows, target, clock_ns, jobs, yosys, cache_dir, progress(len(rows)) if progress else None)
+    elif target != "gates":  # per second: the MACs per cycle simulation measured x the post-route Fmax
         _fpga_columns(rows, target, dsp, jobs, yosys, cache_dir, progress(len(rows)) if progress else None)
     return {"layer": rows[0]["layer"], "throughput": throughput, "index_bits": index_bits, "rows": rows,
             "crossover": crossover, "engines": list(engines), "yosys_version": version,
