@@ -34,7 +34,9 @@ def test_dask_matches_local(tmp_path):
     (["--densities", "1.5"], "--densities 1.5 out of range"),
     (["--densities", "half"], "cannot read 'half'"),
     (["--layers", "pool"], "--layers 'pool' is not a conv2d/linear layer"),
-    (["--target", "stratix"], "unknown --target 'stratix'; choose one of gates, ecp5, ice40, xilinx"),
+    (["--target", "stratix"], "unknown --target 'stratix'; choose one of gates, ecp5, ice40, xilinx, osu018"),
+    (["--target", "osu018"], "--target osu018: sweep maps onto gates or an FPGA (ecp5, ice40, xilinx); cell-library "
+                             "rows come from gates --target osu018"),
     (["--sparse", "columns"], "--sparse 'columns' names no zero-skipping engine; choose one of row, broadcast"),
     (["--scheduler", "tcp://127.0.0.1:9", "--lanes", "4", "--quantizers", "fixed8", "--finetune", "0"],
      "--scheduler tcp://127.0.0.1:9: cannot connect"),

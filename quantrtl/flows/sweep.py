@@ -157,9 +157,12 @@ def sweep(quantizers: list[str], lanes: list[int], densities: list[float], layer
             raise OptionError("densities", f"{d} out of range (0, 1]")
     if jobs < 1:
         raise OptionError("jobs", f"must be at least 1, got {jobs}")
-    from quantrtl.flows.gates import check_target
+    from quantrtl.flows.gates import ASIC_TARGETS, check_target
 
     check_target(target)
+    if target in ASIC_TARGETS:
+        raise OptionError("target", f"{{0}} {target}: sweep maps onto gates or an FPGA (ecp5, ice40, xilinx); "
+                                    f"cell-library rows come from gates --target {target}")
     if finetune is not None and finetune < 0:
         raise OptionError("finetune", f"must be 0 or more epochs, got {finetune}")
     if cosim and not 0 <= image < TEST_IMAGES:
