@@ -201,7 +201,10 @@ def sta_script(liberty: str, netlist: str, top: str, clock_ns: float) -> str:
         f"read_verilog {netlist}",
         f"link_design {top}",
         f"create_clock -name clk -period {clock_ns:g} [get_ports clk]",
-        "set_input_delay 0 -clock clk [delete_from_list [all_inputs] [get_ports clk]]",
+        # every input but the clock, by name (this OpenSTA build refuses a port list holding
+        # the clock, and port objects handed back from all_inputs: 'invalid command name NULL')
+        'foreach port [all_inputs] { set name [get_name $port]; if {$name != "clk"} '
+        '{ set_input_delay 0 -clock clk [get_ports -quiet $name] } }',
         "set_output_delay 0 -clock clk [all_outputs]",
         "report_checks -path_delay max -digits 3",
         "report_wns -digits 3",
@@ -406,6 +409,10 @@ def asic_map(verilog: str | Path, top: str, library: str = "osu018", clock_ns: f
         nomem = parse_stat((work / "nomem.stat.txt").read_text())
         r = _run([sta, "-no_splash", "-exit", "sta.tcl"], work, f"OpenSTA could not time {top}", "sta.log")
         (work / "sta.log").write_text(r.stdout + r.stderr)
+        errors = [line for line in (r.stdout + r.stderr).splitlines() if line.startswith("Error")]
+        if errors:  # OpenSTA goes on after a failed command: a constraint it dropped is no timing
+            shutil.copyfile(work / "sta.log", keep / f"{stem}.sta.log")
+            raise SynthesisError(f"OpenSTA failed on {top}: {errors[0][:200]}; see {keep / (stem + '.sta.log')}")
         timing = parse_sta(r.stdout, clock_ns)
         kept = {}
         for name, dest in ((netlist_name, netlist_name), ("map.log", f"{stem}.map.log"),
