@@ -266,6 +266,26 @@ def _print_asic(rows: list[dict], name) -> None:
     if "sample" in a0:
         n = f"{a0['sample']} sampled channels" if a0["extrapolated"] else "every channel"
         print(f"unrolled layer from {n} (each mapped alone; areas are their mean x Cout, Fmax the slowest channel's)")
+    energies = [x for x in rows if x["asic"].get("energy")]
+    if energies:
+        e0 = energies[0]["asic"]["energy"]
+        print(f"\nenergy of one test image's map ({e0['simulator']}; every net's toggles x the library's tables: "
+              f"1/2 C V^2 on pin loads, internal energy at {e0['data_slew_ns']:g} ns input transitions, ideal clock "
+              f"at {e0['clock_ns']:g} ns, {e0['voltage']:g} V; pre-layout)")
+        print(format_table(
+            ["design", "bit-exact", "cycles", "energy uJ", "pJ per MAC", "switching", "internal", "clock",
+             "leakage", "sequential cells"],
+            [[name(x), "yes" if e["bit_exact"] else "NO", f"{e['cycles']:,}", f"{e['energy_j'] * 1e6:.4f}",
+              f"{e['energy_per_mac_pj']:.2f}", f"{e['switching_j'] / e['energy_j']:.0%}",
+              f"{e['internal_j'] / e['energy_j']:.0%}",
+              f"{(e['clock_pins_j'] + e['clock_net_j']) / e['energy_j']:.0%}", f"{e['leakage_j'] / e['energy_j']:.1%}",
+              f"{e['sequential_cells_j'] / e['energy_j']:.0%}"]
+             for x in energies for e in [x["asic"]["energy"]]]))
+        for x in energies:
+            mm = x["asic"]["energy"]["first_mismatch"]
+            if mm:
+                print(f"MISMATCH: {name(x)} gate-level netlist, output index {mm['index']}: expected {mm['expected']}, "
+                      f"got {mm['got']}")
 
 
 def _print_fpga(rows: list[dict], name) -> None:
@@ -354,7 +374,8 @@ def cmd_gates(args) -> int:
     r = flows.gates_flow(qs, style=args.style, layer=args.layer, bench=args.bench, throughput=args.throughput,
                          sample=args.sample, jobs=args.jobs, yosys=args.yosys, out_dir=args.out,
                          finetune=args.finetune, source=_source(args), target=args.target, dsp=not args.no_dsp,
-                         clock_ns=args.clock_ns, progress=None if args.target == "gates" else Progress(
+                         clock_ns=args.clock_ns, image=args.image, energy=not args.no_energy,
+                         progress=None if args.target == "gates" else Progress(
                              len(qs) * ((args.sample or 1) if args.style == "unrolled" else 1), args.target).step)
     extrap = r.rows[0]["extrapolated"]
     headers = ["quantizer", "lanes", "MACs/cycle", "gates", "datapath", "FFs", "memory bits", "gates per MAC/cycle",
@@ -409,7 +430,8 @@ def cmd_gates(args) -> int:
         write_csv(r.rows, args.csv)
     if args.plot:
         write_plot(r.rows, args.plot, title)
-    return 0
+    # a gate-level netlist that does not compute what the golden model does fails the run
+    return 1 if any(not x.get("asic", {}).get("energy", {}).get("bit_exact", True) for x in r.rows) else 0
 
 
 def _sample(text: str) -> int | None:
@@ -746,6 +768,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-dsp", action="store_true", help="with an FPGA --target: map multipliers to LUTs")
     g.add_argument("--clock-ns", type=float, default=None, metavar="NS",
                    help="with a cell-library --target: the clock ABC maps for and OpenSTA times at (default 10)")
+    g.add_argument("--image", type=int, default=0,
+                   help="with a cell-library --target: the test image whose map the energy is measured on "
+                        "(array and network styles; default %(default)s)")
+    g.add_argument("--no-energy", action="store_true",
+                   help="with a cell-library --target: skip the gate-level simulations (area and timing only)")
     g.add_argument("--finetune", type=int, default=None, metavar="EPOCHS", help=finetune_help)
     g.add_argument("--out", default="build/gates", help="folder for the synthesized Verilog (default %(default)s)")
     _row_outputs(g, "write a bar chart (PNG)")

@@ -144,16 +144,19 @@ def library_version(lib: Library, path: Path) -> str:
 
 @lru_cache(maxsize=None)
 def library_cells(path: str) -> dict[str, dict]:
-    """Cell name → {"area": float, "pins": {pin: direction}, "sequential": bool} from a Liberty file."""
+    """Cell name → {"area": float, "pins": {pin: direction}, "caps": {pin: pF}, "sequential": bool}
+    from a Liberty file."""
     text = Path(path).read_text()
     cells: dict[str, dict] = {}
     starts = [(m.start(), m.group(1)) for m in re.finditer(r"^\s*cell\s*\(\s*\"?(\w+)\"?\s*\)", text, re.M)]
     for (start, name), (end, _) in zip(starts, starts[1:] + [(len(text), "")]):
         body = text[start:end]
         area = re.search(r"^\s*area\s*:\s*([\d.eE+-]+)", body, re.M)
-        pins = {m.group(1): m.group(2) for m in re.finditer(
-            r"pin\s*\(\s*\"?(\w+)\"?\s*\)\s*\{\s*direction\s*:\s*(\w+)", body)}
-        cells[name] = {"area": float(area.group(1)) if area else 0.0, "pins": pins,
+        found = list(re.finditer(r"pin\s*\(\s*\"?(\w+)\"?\s*\)\s*\{\s*direction\s*:\s*(\w+)\s*;"
+                                 r"(?:\s*capacitance\s*:\s*([\d.eE+-]+))?", body))
+        pins = {m.group(1): m.group(2) for m in found}
+        caps = {m.group(1): float(m.group(3)) for m in found if m.group(3) is not None}
+        cells[name] = {"area": float(area.group(1)) if area else 0.0, "pins": pins, "caps": caps,
                        "sequential": bool(re.search(r"^\s*(ff|latch)\s*\(", body, re.M))}
     return cells
 

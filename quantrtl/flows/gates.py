@@ -117,15 +117,59 @@ def _fpga_columns(rows: list[dict], target: str, dsp: bool, jobs: int, yosys: st
 
 
 def _asic_columns(rows: list[dict], library: str, clock_ns: float | None, jobs: int, yosys: str | None, cache_dir,
-                  progress=None) -> None:
+                  progress=None, stimuli: list | None = None) -> None:
     """Map each row's design onto the cell ``library`` (in parallel) and add its areas,
-    its timing and the dense MACs per second and per mm\u00b2 its Fmax gives."""
+    its timing and the dense MACs per second and per mm\u00b2 its Fmax gives; with
+    ``stimuli`` (one per row), its energy on them too (``asic["energy"]``)."""
     from quantrtl.synth.asic import CLOCK_NS, asic_map_all
 
     results = asic_map_all([(r["verilog"], r["top"], r.get("quantizer") or r.get("design")) for r in rows],
                            library, clock_ns or CLOCK_NS, jobs, yosys, cache_dir, progress)
     for r, a in zip(rows, results):
         r["asic"] = _asic_per_second(asdict(a), r["macs_per_cycle"])
+    if stimuli is not None:
+        _energy_columns(rows, stimuli, jobs, cache_dir)
+
+
+def _energy_columns(rows: list[dict], stimuli: list, jobs: int, cache_dir) -> None:
+    """Energy of each row's mapped netlist on its stimulus ((inputs, expected, dense MACs)
+    of one test image, ``synth/power.py``), ``jobs`` simulations at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from quantrtl.synth.power import stream_energy
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = [pool.submit(stream_energy, r["asic"], *stim, cache_dir) for r, stim in zip(rows, stimuli)]
+        for r, f in zip(rows, futures):
+            r["asic"]["energy"] = f.result()
+
+
+def _check_image(image, source: ModelSource) -> None:
+    n = len(load_data(source)[1].x)
+    if isinstance(image, bool) or not isinstance(image, int) or not 0 <= image < n:
+        raise OptionError("image", f"{image!r}: the energy's test image must be one of 0..{n - 1}")
+
+
+def _stimuli(nets: dict, where: str | None, image: int, source: ModelSource) -> list:
+    """Per quantizer: (stream inputs, golden outputs, dense MACs) of test image ``image`` for
+    layer ``where`` (its engine) or, ``where`` None, the whole network."""
+    from quantrtl.model.numbers.layout import to_stream
+    from quantrtl.sim import golden
+    from quantrtl.sim.stream import layer_io
+
+    _check_image(image, source)
+    x = load_data(source)[1].x[image]
+    out = []
+    for net in nets.values():
+        gold = golden.run(net, x[None])
+        if where is None:
+            last = net.layers[-1]
+            out.append((to_stream(x, tuple(net.input_shape)), to_stream(gold.outputs[last.name][0], last.out_shape),
+                        sum(l.macs for l in net.layers)))
+        else:
+            io = layer_io(net, gold, where, x)
+            out.append((io.inputs, io.expected, net.layer(where).macs))
+    return out
 
 
 def _asic_per_second(asic: dict, macs_per_cycle: float) -> dict:
@@ -174,7 +218,8 @@ def gates_flow(quantizers: list[str], style: str = "array", layer: str | None = 
                out_dir: str | Path = "build/gates", finetune: int | None = None,
                cache_dir: str | Path = "build/synth-cache", networks: dict | None = None,
                source: ModelSource = DIGITS, target: str = "gates", dsp: bool = True,
-               progress=None, clock_ns: float | None = None) -> GatesResult:
+               progress=None, clock_ns: float | None = None, image: int = 0,
+               energy: bool = True) -> GatesResult:
     """Synthesize every quantizer's design at equal throughput and compare gate counts
     (``style`` network: ``throughput`` is the lanes of every engine of the network top;
     ``progress(text)``: one call per design an FPGA ``target`` has mapped)."""
@@ -187,10 +232,13 @@ def gates_flow(quantizers: list[str], style: str = "array", layer: str | None = 
         from quantrtl.synth.asic import check_tools
 
         check_tools(target)  # a missing library or analyzer: exit 3 before any work
+        if energy:
+            _check_image(image, source)
     fmts = [resolve_quantizer(q, source) for q in quantizers]
     version = yosys_version(yosys)  # a missing Yosys fails before any work
     t0 = time.perf_counter()
     out = Path(out_dir) / style
+    stimuli = None
     if style == "unrolled" and layer is None:
         bench = bench or "fq-conv"
         w = fq_conv_weights(bench)
@@ -203,7 +251,9 @@ def gates_flow(quantizers: list[str], style: str = "array", layer: str | None = 
     else:
         nets = {f.name: (networks or {}).get(f.name) or quantize_network(
             f.name, None if f.name == KEEP else finetune, source).qnet for f in fmts}  # keep trains nothing
+        asic_energy = energy and target in ASIC_TARGETS  # its stimulus is made (and checked) before any work
         if style == "network":
+            stimuli = _stimuli(nets, None, image, source) if asic_energy else None
             rows = network_rows(nets, throughput, out, jobs=jobs, yosys=yosys, cache_dir=cache_dir)
             for r in rows:
                 r.update(throughput=throughput, layer="all", datapath_gates=None, control_gates=None,
@@ -217,6 +267,7 @@ def gates_flow(quantizers: list[str], style: str = "array", layer: str | None = 
             if where not in names:
                 raise OptionError("layer", f"{where!r} is not a conv2d/linear layer of the model; choose one of {names}")
             if style == "array":
+                stimuli = _stimuli(nets, where, image, source) if asic_energy else None
                 rows = array_rows({q: n.layer(where) for q, n in nets.items()}, throughput, out, jobs=jobs,
                                   yosys=yosys, cache_dir=cache_dir, prefix=first.name)
             else:
@@ -233,8 +284,8 @@ def gates_flow(quantizers: list[str], style: str = "array", layer: str | None = 
     rates = {round(r["macs_per_cycle"], 9) for r in dicts}
     if target in ASIC_TARGETS and style == "unrolled":
         _unrolled_asic(dicts, target, clock_ns, jobs, yosys, cache_dir, progress)
-    elif target in ASIC_TARGETS:
-        _asic_columns(dicts, target, clock_ns, jobs, yosys, cache_dir, progress)
+    elif target in ASIC_TARGETS:  # the stream designs also get their energy on one test image
+        _asic_columns(dicts, target, clock_ns, jobs, yosys, cache_dir, progress, stimuli)
     elif target != "gates" and style == "unrolled":  # sampled channels, registered, extrapolated like the gates
         fpga = unrolled_fpga(weights, out, target, dsp, sample, jobs, yosys, cache_dir, name, progress=progress)
         for r in dicts:
