@@ -83,6 +83,17 @@ def test_osu018_rows_and_the_recorded_scripts_reproduce_the_area(nets, tmp_path)
     io = layer_io(nets["fixed8"], golden.run(nets["fixed8"], x[None]), "conv1", x)
     wrong = np.array(io.expected).copy()
     wrong[7] = (int(wrong[7]) + 1) % 256
+    # the netlist simulation against Icarus running the same netlist on the library's own
+    # cell models: the same outputs and cycles, the same toggles but at the window's edges
+    ours = power.simulate_netlist(open(fixed8["netlist"]).read(), fixed8["top"], liberty, list(io.inputs),
+                                  len(io.expected))
+    icarus = power.simulate_stream(fixed8["netlist"], fixed8["top"], list(io.inputs), len(io.expected),
+                                   liberty.parent / lib.cell_models, tmp_path / "icarus")
+    assert ours.outputs == icarus.outputs == [int(v) & 0xFF for v in io.expected]
+    assert ours.cycles == icarus.cycles == fixed8["energy"]["cycles"]
+    assert ours.toggles.keys() == icarus.toggles.keys()
+    assert all(abs(ours.toggles[n] - icarus.toggles[n]) <= 1 for n in ours.toggles)
+    assert sum(ours.toggles.values()) == pytest.approx(sum(icarus.toggles.values()), rel=1e-3)
     bad = power.stream_energy(fixed8, io.inputs, wrong, 1, cache_dir=None)
     assert not bad["bit_exact"] and bad["first_mismatch"] == {"index": 7, "expected": int(wrong[7]) & 0xFF,
                                                               "got": int(io.expected[7]) & 0xFF}
