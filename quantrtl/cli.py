@@ -367,6 +367,10 @@ def cmd_gates(args) -> int:
         flows.check_target(args.target, args.clock_ns)
         flows.check_dsp(not args.no_dsp, args.target)
         return cmd_gates_sparse(args, qs)
+    if (args.image is not None or args.no_energy) and (args.target not in flows.ASIC_TARGETS
+                                                       or args.style == "unrolled"):
+        raise OptionError(("image" if args.image is not None else "no_energy", "target"),
+                          "is for the energy a cell-library {1} (osu018) measures on the array and network styles")
     onto = ("" if args.target == "gates" else
             f", then onto {args.target} cells (Yosys + OpenSTA)" if args.target in flows.ASIC_TARGETS else
             f", then {args.target}{' without DSPs' if args.no_dsp else ''} (Yosys + nextpnr)")
@@ -374,7 +378,7 @@ def cmd_gates(args) -> int:
     r = flows.gates_flow(qs, style=args.style, layer=args.layer, bench=args.bench, throughput=args.throughput,
                          sample=args.sample, jobs=args.jobs, yosys=args.yosys, out_dir=args.out,
                          finetune=args.finetune, source=_source(args), target=args.target, dsp=not args.no_dsp,
-                         clock_ns=args.clock_ns, image=args.image, energy=not args.no_energy,
+                         clock_ns=args.clock_ns, image=args.image or 0, energy=not args.no_energy,
                          progress=None if args.target == "gates" else Progress(
                              len(qs) * ((args.sample or 1) if args.style == "unrolled" else 1), args.target).step)
     extrap = r.rows[0]["extrapolated"]
@@ -768,9 +772,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-dsp", action="store_true", help="with an FPGA --target: map multipliers to LUTs")
     g.add_argument("--clock-ns", type=float, default=None, metavar="NS",
                    help="with a cell-library --target: the clock ABC maps for and OpenSTA times at (default 10)")
-    g.add_argument("--image", type=int, default=0,
+    g.add_argument("--image", type=int, default=None,
                    help="with a cell-library --target: the test image whose map the energy is measured on "
-                        "(array and network styles; default %(default)s)")
+                        "(array and network styles; default 0)")
     g.add_argument("--no-energy", action="store_true",
                    help="with a cell-library --target: skip the gate-level simulations (area and timing only)")
     g.add_argument("--finetune", type=int, default=None, metavar="EPOCHS", help=finetune_help)

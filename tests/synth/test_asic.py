@@ -245,6 +245,10 @@ def test_a_missing_library_or_analyzer_is_exit_3_before_any_work(monkeypatch, ca
     (["--target", "osu018", "--clock-ns", "nan"], "--clock-ns must be a period in 0.1..1000 ns, got nan"),
     (["--target", "osu018", "--no-dsp"], "no-DSP mapping is for an FPGA --target (ecp5, ice40, xilinx)"),
     (["--sparse", "--target", "osu018", "--no-dsp"], "no-DSP mapping is for an FPGA --target"),
+    (["--image", "3"], "--image is for the energy a cell-library --target (osu018) measures"),
+    (["--target", "ecp5", "--no-energy"], "--no-energy is for the energy a cell-library --target (osu018)"),
+    (["--target", "osu018", "--style", "unrolled", "--image", "1"], "--image is for the energy"),
+    (["--target", "osu018", "--image", "360"], "--image 360: the energy's test image must be one of 0..359"),
 ])
 def test_asic_target_options(capsys, argv, match):
     assert main(["gates", "--quantizers", "fixed8", *argv]) == 2
