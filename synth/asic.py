@@ -50,7 +50,7 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from quantrtl.synth.yosys import SynthesisError, yosys_command, yosys_version
+from quantrtl.synth.yosys import SynthesisError, load_cached, tool_failure, yosys_command, yosys_version
 from quantrtl.util.atomic import atomic_write
 from quantrtl.util.tools import find_executable
 
@@ -354,9 +354,7 @@ def _run(cmd: list[str], cwd: Path, what: str, log: str) -> subprocess.Completed
     except OSError as e:
         raise SynthesisError(f"cannot run {cmd[0]}: {e}") from None
     if r.returncode != 0:
-        lines = [l for l in (r.stderr + "\n" + r.stdout).splitlines() if l.strip()]
-        errors = [l for l in lines if "ERROR" in l or "Error" in l]
-        raise SynthesisError(f"{what}: {(errors or lines or ['no output'])[-1].strip()[:240]}; see {cwd / log}")
+        raise tool_failure(what, r, cwd / log)
     return r
 
 
@@ -385,11 +383,8 @@ def asic_map(verilog: str | Path, top: str, library: str = "osu018", clock_ns: f
                                      json.dumps([MAX_FANOUT, lib.buffer]).encode()])).hexdigest()
     cache_file = Path(cache_dir) / f"asic-{key}.json" if cache_dir else None
     keep = verilog.parent
-    if cache_file is not None and cache_file.is_file():
-        d = json.loads(cache_file.read_text())
-        if Path(d["netlist"]).is_file():
-            d.update(cached=True, verilog=str(verilog), seconds=0.0)
-            return AsicResult(**d)
+    if (hit := load_cached(cache_file, verilog, AsicResult)) is not None:
+        return hit
     work = Path(tempfile.mkdtemp(prefix=f".asic-{top}-", dir=keep))  # this run's own scratch
     t0 = time.perf_counter()
     try:

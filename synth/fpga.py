@@ -39,7 +39,8 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from quantrtl.synth.yosys import SynthesisError, cells_by_type, yosys_command, yosys_version
+from quantrtl.synth.yosys import SynthesisError, cells_by_type, load_cached, tool_failure, yosys_command, \
+    yosys_version
 from quantrtl.util.atomic import atomic_write
 from quantrtl.util.tools import find_executable
 
@@ -195,13 +196,6 @@ def _critical(report: dict) -> dict | None:
             "clock": f"{p.get('from')} -> {p.get('to')}", "delay_ns": round(delay, 3), "steps": len(steps)}
 
 
-def _fail(what: str, r: subprocess.CompletedProcess, log: Path) -> SynthesisError:
-    lines = [l for l in (r.stderr + "\n" + r.stdout).splitlines() if l.strip()]
-    errors = [l for l in lines if "ERROR" in l or "Error" in l]
-    msg = (errors or lines or ["no output"])[-1].strip()[:240]
-    return SynthesisError(f"{what}: {msg}; see {log}")
-
-
 def fpga_map(verilog: str | Path, top: str, target: str = "ecp5", dsp: bool = True, yosys: str | None = None,
              cache_dir: str | Path | None = "build/synth-cache", place: bool = True) -> FpgaResult:
     """Map ``verilog`` (module ``top``) onto ``target`` and, where an open place-and-route
@@ -225,11 +219,8 @@ def fpga_map(verilog: str | Path, top: str, target: str = "ecp5", dsp: bool = Tr
                                      (pver or "").encode()])).hexdigest()
     cache_file = Path(cache_dir) / f"fpga-{key}.json" if cache_dir else None
     keep = verilog.parent
-    if cache_file is not None and cache_file.is_file():
-        d = json.loads(cache_file.read_text())
-        if Path(d["netlist"]).is_file():
-            d.update(cached=True, verilog=str(verilog), seconds=0.0)
-            return FpgaResult(**d)
+    if (hit := load_cached(cache_file, verilog, FpgaResult)) is not None:
+        return hit
     work = Path(tempfile.mkdtemp(prefix=f".fpga-{top}-", dir=keep))  # this run's own scratch
     shutil.copyfile(verilog, work / verilog.name)
     (work / "synth.ys").write_text(script)
@@ -240,7 +231,7 @@ def fpga_map(verilog: str | Path, top: str, target: str = "ecp5", dsp: bool = Tr
     except OSError as e:
         raise SynthesisError(f"cannot run {ycmd[0]}: {e}") from None
     if r.returncode != 0 or not (work / "stat.json").is_file():
-        raise _fail(f"Yosys {t.synth} failed on {verilog.name} (top {top}) for {t.device}", r, ylog)
+        raise tool_failure(f"Yosys {t.synth} failed on {verilog.name} (top {top}) for {t.device}", r, ylog)
     cells = {k: int(v) for k, v in cells_by_type(json.loads((work / "stat.json").read_text())).items()
              if k != "$scopeinfo"}
     fmax = crit = None
@@ -252,7 +243,7 @@ def fpga_map(verilog: str | Path, top: str, target: str = "ecp5", dsp: bool = Tr
         except OSError as e:
             raise SynthesisError(f"cannot run {pcmd[0]}: {e}") from None
         if r.returncode != 0 or not (work / f"{stem}.report.json").is_file():
-            raise _fail(f"nextpnr could not place and route {top} on {t.device}", r, plog)
+            raise tool_failure(f"nextpnr could not place and route {top} on {t.device}", r, plog)
         report = json.loads((work / f"{stem}.report.json").read_text())
         clocks = report.get("fmax", {})
         if clocks:

@@ -35,6 +35,7 @@ import re
 import shutil
 import subprocess
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from quantrtl.synth.yosys import SynthesisError
@@ -242,6 +243,7 @@ def _interp(xs: list[float], ys: list[float], grid: list[list[float]], x: float,
             + (grid[i + 1][j] * (1 - wj) + grid[i + 1][j + 1] * wj) * wi)
 
 
+@lru_cache(maxsize=None)
 def liberty_power(path: str | Path) -> dict:
     """The power model of a Liberty file: its voltage, each template's variables, and per
     cell the internal-power arcs of each pin ({"output": [(rise, fall), ...] per related
@@ -381,10 +383,11 @@ def stream_energy(asic: dict, inputs, expected, dense_macs: int, cache_dir: str 
     cache_file = Path(cache_dir) / f"energy-{key}.json" if cache_dir else None
     if cache_file is not None and cache_file.is_file():
         return {**json.loads(cache_file.read_text()), "cached": True}
-    run = simulate_netlist(netlist.read_text(), asic["top"], liberty, inputs, len(expected),
+    text = netlist.read_text()
+    run = simulate_netlist(text, asic["top"], liberty, inputs, len(expected),
                            max_cycles=max(10_000, 50 * (len(inputs) + len(expected)) + 100 * dense_macs))
     energy = energy_of(run, netlist, asic["top"], liberty, library_cells(str(liberty)), asic["clock_ns"])
-    bits = re.findall(r"out__payload\[(\d+)\]", netlist.read_text())
+    bits = re.findall(r"out__payload\[(\d+)\]", text)
     mask = (1 << (1 + max(int(b) for b in bits))) - 1 if bits else 1  # the payload's width
     want = [v & mask for v in expected]
     mismatch = None
@@ -416,6 +419,7 @@ def _function(expr: str) -> str:
     return f
 
 
+@lru_cache(maxsize=None)
 def liberty_functions(path: str | Path) -> dict[str, dict]:
     """Cell → {"outputs": {pin: python expression}} for combinational cells, or
     {"ff": (D pin, clock pin, Q pin)} for a rising-edge flip-flop without set or clear."""
@@ -449,7 +453,7 @@ def simulate_netlist(text: str, top: str, liberty: str | Path, inputs: list[int]
     from quantrtl.synth.asic import library_cells
 
     cells = library_cells(str(liberty))
-    nets = [n for n in netlist_nets(text)]
+    nets = netlist_nets(text)
     index = {n: i for i, n in enumerate(nets)}
     n_nets = len(nets) + 2
     const = {"1'h0": len(nets), "1'b0": len(nets), "1'h1": len(nets) + 1, "1'b1": len(nets) + 1}
@@ -459,9 +463,6 @@ def simulate_netlist(text: str, top: str, liberty: str | Path, inputs: list[int]
             return index[net]
         if net.strip() in const:
             return const[net.strip()]
-        key = net if net.startswith("\\") else net.strip()
-        if key in index:
-            return index[key]
         raise SynthesisError(f"{top}: net {net!r} is not declared in the netlist")
 
     ffs, comb = [], []

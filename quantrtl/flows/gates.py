@@ -157,8 +157,7 @@ def _stimuli(nets: dict, where: str | None, image: int, source: ModelSource) -> 
     from quantrtl.sim import golden
     from quantrtl.sim.stream import layer_io
 
-    _check_image(image, source)
-    x = load_data(source)[1].x[image]
+    x = load_data(source)[1].x[image]  # (gates_flow checked ``image`` before any work)
     out = []
     for net in nets.values():
         gold = golden.run(net, x[None])
@@ -175,7 +174,7 @@ def _stimuli(nets: dict, where: str | None, image: int, source: ModelSource) -> 
 def _asic_per_second(asic: dict, macs_per_cycle: float) -> dict:
     """An ASIC result with the MACs per second at its Fmax, and per mm\u00b2 of area (with and
     without the memories; the library's area unit is um\u00b2)."""
-    per_second = macs_per_cycle * asic["fmax_mhz"] * 1e6 if asic["fmax_mhz"] else None
+    per_second = _macs_per_second(macs_per_cycle, asic["fmax_mhz"])
     return {**asic, "macs_per_second": per_second,
             "macs_per_second_per_mm2": per_second / (asic["area"] / 1e6) if per_second else None,
             "macs_per_second_per_mm2_without_memories":
@@ -205,9 +204,14 @@ def _unrolled_asic(dicts: list[dict], library: str, clock_ns: float | None, jobs
         r["asic"] = _asic_per_second(layer, r["macs_per_cycle"])
 
 
+def _macs_per_second(macs_per_cycle: float, fmax_mhz: float | None) -> float | None:
+    """Dense MACs per second at a measured Fmax (None without one)."""
+    return macs_per_cycle * fmax_mhz * 1e6 if fmax_mhz else None
+
+
 def _per_second(fpga: dict, macs_per_cycle: float) -> dict:
     """An FPGA result with the dense MACs per second its Fmax gives and resources per GMAC/s."""
-    per_second = macs_per_cycle * fpga["fmax_mhz"] * 1e6 if fpga["fmax_mhz"] else None
+    per_second = _macs_per_second(macs_per_cycle, fpga["fmax_mhz"])
     return {**fpga, "macs_per_second": per_second,
             "luts_per_gmacs": fpga["luts"] / (per_second / 1e9) if per_second else None,
             "dsps_per_gmacs": fpga["dsps"] / (per_second / 1e9) if per_second else None}
