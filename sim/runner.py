@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import io
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -90,10 +91,15 @@ def _run_locked(verilog: Path, top: str, simulator: str, build_dir: Path, job: d
     try:
         with _environ(tool_env), _quiet():
             runner = kind.runner()
+            runner.log.setLevel(logging.ERROR)  # its notices ("Skipping compilation of ...") are not the user's
             runner.build(sources=[str(verilog)], hdl_toplevel=top, build_dir=build_dir, build_args=build_args,
                          timescale=("1ns", "1ps"), waves=waves, log_file=log, always=not intact)
     except (SystemExit, Exception) as e:
         raise SimulationError(f"{simulator} build of {verilog.name} failed ({_short(e)}); see {log}") from None
+    except BaseException:  # interrupted: the simulator's half-written temporaries go too
+        for p in build_dir.rglob("*.verilator_deplist.tmp"):
+            p.unlink(missing_ok=True)
+        raise
     made = _digest(outputs)
     if made is None:
         raise SimulationError(f"{simulator} build of {verilog.name} left no simulator executable; see {log}")

@@ -11,6 +11,8 @@ import torch
 from torch import nn
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "model" / "data" / "digits_brevitas.onnx"
+#: The residual block as Brevitas users write it (``relu_q(x + conv(x))``, no Quant on the conv branch).
+HIDDEN_EXAMPLE = EXAMPLE.with_name("digits_brevitas_residual.onnx")
 
 
 class QuantResidual(nn.Module):
@@ -43,7 +45,36 @@ class QuantResidual(nn.Module):
         return self.fc(torch.flatten(x, 1))
 
 
-def train_and_export(path: str | Path, epochs: int, wbits: int = 4, abits: int = 4, seed: int = 0) -> float:
+class HiddenResidual(nn.Module):
+    """The residual block of Brevitas' own examples: ``QuantReLU(x + QuantConv2d(x))``, the
+    conv branch's output not quantized before the add (4-bit weights, 8-bit activations).
+    ``shared``: one QuantIdentity quantizes both branches instead (``relu(q(x) + q(conv(x)))``)."""
+
+    def __init__(self, wbits: int = 4, abits: int = 8, shared: bool = False):
+        super().__init__()
+        import brevitas.nn as qnn
+
+        self.shared = shared
+        self.inp = qnn.QuantIdentity(bit_width=8)
+        self.stem = qnn.QuantConv2d(1, 8, 3, padding=1, weight_bit_width=8, bias=True)
+        self.relu1 = qnn.QuantReLU(bit_width=abits)
+        self.conv = qnn.QuantConv2d(8, 8, 3, padding=1, weight_bit_width=wbits, bias=True)
+        if shared:
+            self.q = qnn.QuantIdentity(bit_width=abits)
+        self.relu2 = qnn.QuantReLU(bit_width=abits)
+        self.pool = nn.AvgPool2d(2)
+        self.poolq = qnn.QuantIdentity(bit_width=8)
+        self.fc = qnn.QuantLinear(8 * 16, 10, weight_bit_width=8, bias=True)
+
+    def forward(self, x):
+        x = self.relu1(self.stem(self.inp(x)))
+        x = self.relu2(self.q(x) + self.q(self.conv(x))) if self.shared else self.relu2(x + self.conv(x))
+        x = self.poolq(self.pool(x))
+        return self.fc(torch.flatten(x, 1))
+
+
+def train_and_export(path: str | Path, epochs: int, wbits: int = 4, abits: int = 4, seed: int = 0,
+                     model_class=QuantResidual, **options) -> float:
     """Quantization-aware training on the digits data, then Brevitas' QONNX export;
     returns the test accuracy of the trained Brevitas model."""
     from brevitas.export import export_qonnx
@@ -54,7 +85,7 @@ def train_and_export(path: str | Path, epochs: int, wbits: int = 4, abits: int =
     train, test = load_split()
     with single_thread():
         torch.manual_seed(seed)
-        model = QuantResidual(wbits, abits)
+        model = model_class(wbits, abits, **options)
         fit(model, train, epochs, 2e-3, 32, seed)
     model.eval()
     acc = accuracy(predict(model, test), test.y)
@@ -64,3 +95,5 @@ def train_and_export(path: str | Path, epochs: int, wbits: int = 4, abits: int =
 
 if __name__ == "__main__":
     print(f"test accuracy {train_and_export(EXAMPLE, epochs=20):.4f}; wrote {EXAMPLE}")
+    acc = train_and_export(HIDDEN_EXAMPLE, epochs=20, wbits=4, abits=8, model_class=HiddenResidual)
+    print(f"test accuracy {acc:.4f}; wrote {HIDDEN_EXAMPLE}")

@@ -160,7 +160,7 @@ def test_results_table_replaces_only_its_block(tmp_path):
     assert "Yosys 0.70 (git sha1 28ba3cb92)." in text and "* focused5: pruning, retraining, FQ" in text
     assert "layer conv2 alone, 16 lanes, 16 dense MACs per cycle" in text
     (tmp_path / "none.md").write_text("no markers\n")
-    with pytest.raises(ValueError, match="no <!-- methods-table:begin -->"):
+    with pytest.raises(ValueError, match="needs one <!-- methods-table:begin -->"):
         update_doc(tmp_path / "none.md", result)
 
 

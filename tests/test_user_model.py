@@ -116,7 +116,8 @@ def test_user_model_with_calibration_file(user_model, tmp_path):
     net = artifact.load(r.artifact)
     first = net.layers[0]
     assert net.input.zero_point == first.input.zero_point == 77 and tuple(first.padding) == (1, 1)
-    c = flows.cosim_flow("fixed8", artifact_path=r.artifact, source=src, images="0-2", lanes=4,
+    c = flows.cosim_flow("fixed8", artifact_path=r.artifact, source=flows.ModelSource(calib=src.calib), images="0-2",
+                         lanes=4,
                          build_root=tmp_path / "cosim")
     assert c.bit_exact and c.images == 3 and c.rtl_accuracy is None, c.first_mismatch
     assert c.image == "calib[0]..calib[2] (3 images)" and c.rtl_golden_agree == 3

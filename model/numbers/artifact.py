@@ -415,7 +415,7 @@ def load(path: str | os.PathLike) -> QuantizedNetwork:
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
         raise ArtifactError(f"{where}: not a quantrtl artifact (schema is {doc.get('schema') if isinstance(doc, dict) else None!r}, expected {SCHEMA!r})")
     version = doc.get("version")
-    if version not in READS_VERSIONS:
+    if isinstance(version, bool) or version not in READS_VERSIONS:  # (True == 1 in Python)
         raise ArtifactError(f"{where}: artifact schema version {version!r} is not supported (this quantrtl reads "
                             f"versions {', '.join(map(str, READS_VERSIONS))})")
     arrays_doc = _need(doc, "arrays", where, dict)

@@ -205,6 +205,10 @@ def _check_conv(node, m: nn.Conv2d) -> None:
 def _module_kind(node, m: nn.Module):
     """(kind, module) for a call of module ``m``; kind ``alias`` passes its input on,
     ``bn`` is folded."""
+    if isinstance(m, (nn.Conv2d, nn.Linear)) and m.weight.numel() == 0:
+        shape = "x".join(map(str, m.weight.shape))
+        raise _reject(node, f"{type(m).__name__} with weights of shape {shape}", "a layer needs 1 or more inputs "
+                                                                                 "and outputs")
     if isinstance(m, nn.Conv2d):
         _check_conv(node, m)
         return "conv2d", m
@@ -401,8 +405,8 @@ def trace(model: nn.Module, what: str = "the model") -> FloatGraph:
         module = None
         if node.op == "call_module":
             kind, module = _module_kind(node, gm.get_submodule(node.target))
-            if module is not None and kind not in ("bn", "lut"):
-                if node.target in called:
+            if module is not None and kind not in ("bn", "lut") and any(True for _ in module.parameters()):
+                if node.target in called:  # (a module without parameters, a pooling, may be called again)
                     raise _reject(node, f"second call of module {node.target}",
                                   f"{called[node.target]!r} calls it already; shared weights are not supported")
                 called[node.target] = node.name
@@ -430,6 +434,9 @@ def trace(model: nn.Module, what: str = "the model") -> FloatGraph:
             alias[node.name] = inputs[0]
             continue
         if kind == "bn":
+            if module.running_var is None:
+                raise _reject(node, f"{type(module).__name__}(track_running_stats=False)",
+                              "a batch norm is folded with its running statistics; it needs track_running_stats=True")
             prev = by_name.get(inputs[0])
             if prev is None or prev.kind not in ("conv2d", "linear") or len(node.args[0].users) != 1:
                 raise _reject(node, type(module).__name__, "a batch norm must directly follow a Conv2d or Linear "
@@ -449,6 +456,8 @@ def trace(model: nn.Module, what: str = "the model") -> FloatGraph:
         by_name[name] = g
     if not nodes:
         raise UnsupportedLayerError(f"{what}: no operation to quantize")
+    if not any(n.kind in ("conv2d", "linear") for n in nodes):
+        raise UnsupportedLayerError(f"{what}: has no Conv2d or Linear layer (nothing with weights to quantize)")
     if output != nodes[-1].name:
         raise UnsupportedLayerError(f"{what}: its output must be the last operation it computes "
                                     f"(returns {output!r}, last is {nodes[-1].name!r})")

@@ -38,6 +38,7 @@ from quantrtl.model.numbers.artifact import INPUT, Layer, QuantizedNetwork, add_
     quantize_multiplier, validate
 from quantrtl.model.numbers.families import parse_format
 from quantrtl.model.numbers.formats import ActivationFormat, BinaryFormat, FormatError
+from quantrtl.util.errors import first_line
 
 __all__ = ["OnnxImportError", "OnnxModel", "load_onnx", "keep_network", "float_graph", "qonnx_execute",
            "SUPPORTED_OPS"]
@@ -110,7 +111,82 @@ def load_onnx(path: str | Path) -> OnnxModel:
         if n.op_type not in SUPPORTED_OPS:
             raise OnnxImportError(f"node {n.name or n.op_type!r} ({n.op_type}) is not supported; supported: "
                                   + ", ".join(SUPPORTED_OPS))
-    return OnnxModel(p, wrapper, inputs[0].name, shape[1:], g.output[0].name)
+    m = OnnxModel(p, wrapper, inputs[0].name, shape[1:], g.output[0].name)
+    _check_structure(m, proto)
+    return m
+
+
+#: The default-domain opsets this import reads (onnx's own range; QONNX executes with onnxruntime).
+MIN_OPSET = 7
+
+
+def _check_structure(m: OnnxModel, proto) -> None:
+    """What onnx's checker lets through and would fail later, deep in QONNX or in
+    shape arithmetic: opsets, strides, pads, kernels, groups against the weights'
+    shapes, and the Quant nodes' constants (finite, positive, of a fitting length)."""
+    import onnx
+
+    top = onnx.defs.onnx_opset_version()
+    for o in proto.opset_import:
+        if o.domain in ("", "ai.onnx") and not MIN_OPSET <= o.version <= top:
+            raise OnnxImportError(f"--model {m.path}: opset {o.version} of the default domain; this import reads "
+                                  f"opsets {MIN_OPSET}..{top} (onnx {onnx.__version__})")
+    for node in m.nodes:
+        op, a = node.op_type, _attrs(node)
+        if op in ("Conv", "MaxPool", "AveragePool"):
+            for key, lo in (("strides", 1), ("pads", 0), ("kernel_shape", 1), ("dilations", 1)):
+                vals = list(a.get(key, []))
+                if any(v < lo for v in vals):
+                    raise OnnxImportError(f"node {_label(node)} ({op}): {key} {vals}: each must be {lo} or more")
+        if op == "Conv":
+            _check_conv(m, node, a)
+        if op in ("Quant", "BipolarQuant"):
+            _check_quant(m, node)
+
+
+def _check_conv(m: OnnxModel, node, a: dict) -> None:
+    w = m.init(node.input[1]) if len(node.input) > 1 else None
+    producer = m.wrapper.find_producer(node.input[1]) if w is None and len(node.input) > 1 else None
+    if producer is not None and producer.op_type in ("Quant", "BipolarQuant"):
+        w = m.init(producer.input[0])  # a weight behind its Quant
+    if w is None:
+        return  # (the walk says that weights must be constants)
+    w = np.asarray(w)
+    group = int(a.get("group", 1))
+    cin = m.wrapper.get_tensor_shape(node.input[0])
+    if w.ndim != 4:
+        raise OnnxImportError(f"node {_label(node)} (Conv): weights of shape {tuple(w.shape)}; expected (Cout, Cin/group, "
+                              "kh, kw)")
+    if "kernel_shape" in a and tuple(a["kernel_shape"]) != tuple(w.shape[2:]):
+        raise OnnxImportError(f"node {_label(node)} (Conv): kernel_shape {list(a['kernel_shape'])} does not match its "
+                              f"weights' {list(w.shape[2:])}")
+    if group < 1 or w.shape[0] % group or (cin and len(cin) == 4 and cin[1] != w.shape[1] * group):
+        raise OnnxImportError(f"node {_label(node)} (Conv): group {group} does not fit {cin[1] if cin else '?'} input "
+                              f"and {w.shape[0]} output channels (weights {tuple(w.shape)}: Cin = group x "
+                              f"{w.shape[1]}, Cout a multiple of group)")
+
+
+def _check_quant(m: OnnxModel, node) -> None:
+    names = ("scale", "zero point", "bit width") if node.op_type == "Quant" else ("scale",)
+    x = m.init(node.input[0])
+    for i, what in enumerate(names, start=1):
+        v = m.init(node.input[i]) if len(node.input) > i else None
+        if v is None:
+            continue  # (the walk says which must be constants)
+        v = np.asarray(v, dtype=np.float64)
+        if not np.all(np.isfinite(v)):
+            raise OnnxImportError(f"node {_label(node)} ({node.op_type}): its {what} must be finite, got "
+                                  f"{v.ravel()[:4].tolist()}")
+        if what == "scale" and (np.any(v <= 0) or np.any(v < 1e-30) or np.any(v > 1e30)):
+            raise OnnxImportError(f"node {_label(node)} ({node.op_type}): its scale must be in 1e-30..1e30, got "
+                                  f"{v.ravel()[:4].tolist()}")
+        if x is not None and v.size > 1:
+            try:
+                np.broadcast_shapes(np.shape(x), v.shape)
+            except ValueError:
+                raise OnnxImportError(f"node {_label(node)} ({node.op_type}): its {what} of shape {v.shape} does not "
+                                      f"fit its tensor of shape {tuple(np.shape(x))} (per tensor, or one per output "
+                                      "channel)") from None
 
 
 # ---- node helpers -----------------------------------------------------------------
@@ -170,12 +246,15 @@ class _Pending:
     bias: np.ndarray | None = None
     relu: bool = False
     attrs: dict = field(default_factory=dict)
+    #: An add's operand that is a conv/linear output without a Quant of its own (the
+    #: residual block as Brevitas users write it): (its tensor, its pending layer).
+    branch: tuple | None = None
 
 
 def _scalar(m: OnnxModel, node, i: int, what: str) -> float:
     v = m.init(node.input[i])
-    if v is None or np.asarray(v).size != 1:
-        raise OnnxImportError(f"node {_label(node)} (Quant): {what} must be a constant scalar")
+    if v is None or np.asarray(v).size != 1 or not np.isfinite(np.asarray(v, dtype=np.float64)).all():
+        raise OnnxImportError(f"node {_label(node)} (Quant): {what} must be a finite constant scalar")
     return float(np.asarray(v).ravel()[0])
 
 
@@ -333,6 +412,10 @@ def _walk(m: OnnxModel) -> _Walk:
             b = np.asarray(m.init(next(i for i in ins if m.init(i) is not None)), dtype=np.float64).ravel()
             p.bias = b if p.bias is None else p.bias + b
             w.pending[out] = p
+        elif op == "Add" and len(ins) == 2 and sum(i in w.q for i in ins) == 1 and any(
+                i in w.pending and w.pending[i].kind in ("conv2d", "linear") and not w.pending[i].relu for i in ins):
+            branch = next(i for i in ins if i in w.pending)  # relu(x + conv(x)): the conv's output has no Quant
+            w.pending[out] = _Pending("add", node, ins, branch=(branch, w.pending.pop(branch)))
         elif op in ("Add", "Concat"):
             if not all(i in w.q for i in ins):
                 raise OnnxImportError(f"node {_label(node)} ({op}): every input must be quantized (a Quant node "
@@ -417,8 +500,26 @@ def _fold_bn(m: OnnxModel, node, p: _Pending) -> None:
     p.bias = (b - mean) * k + beta
 
 
+#: Bits of the code an un-quantized conv/linear branch of an add is requantized to.
+BRANCH_BITS = 16
+
+
+def branch_format(skip: ActivationFormat, out: ActivationFormat, bits: int = BRANCH_BITS) -> ActivationFormat:
+    """The format of a conv/linear output that an add sums with a quantized ``skip``
+    before the Quant ``out`` (docs/integer-semantics.md §8): its range is exactly what can
+    still change the add's output, [out_min − skip_max, out_max − skip_min] plus one output
+    code each side (a branch value beyond it saturates the output either way), in ``bits``."""
+    lo = out.dequantize(out.qmin) - skip.dequantize(skip.qmax) - out.scale
+    hi = out.dequantize(out.qmax) - skip.dequantize(skip.qmin) + out.scale
+    return ActivationFormat.from_range(float(lo), float(hi), bits=bits)
+
+
 def _finish(w: _Walk, p: _Pending, fmt: ActivationFormat, tensor: str) -> None:
     """The pending layer with its output format: integer constants, appended in order."""
+    if p.branch is not None:  # the add's un-quantized operand first, into its own wide code
+        branch, layer = p.branch
+        skip = w.q[next(i for i in p.inputs if i != branch)][1]
+        _finish(w, layer, branch_format(skip, fmt), branch)
     name = layer_name(p.node, w.taken)
     srcs = [w.q[i] for i in p.inputs]
     (src, qin, shape) = srcs[0]
@@ -431,7 +532,11 @@ def _finish(w: _Walk, p: _Pending, fmt: ActivationFormat, tensor: str) -> None:
             raise OnnxImportError(f"node {_label(p.node)}: {e}") from None
         acc_scale = wq.scale * qin.scale
         bias = np.zeros(len(acc_scale)) if p.bias is None else p.bias
-        consts = [quantize_multiplier(float(s) / fmt.scale) for s in acc_scale]
+        try:
+            consts = [quantize_multiplier(float(s) / fmt.scale) for s in acc_scale]
+        except ValueError as e:  # scales whose ratio no multiplier and shift express
+            raise OnnxImportError(f"node {_label(p.node)}: {e} (input scale {qin.scale:g}, output scale "
+                                  f"{fmt.scale:g})") from None
         common = dict(name=name, input=qin, output=fmt, activation=activation, format=wq.fmt, codes=codes,
                       bias=np.rint(bias / acc_scale).astype(np.int64),
                       m0=np.array([c[0] for c in consts], dtype=np.int64),
@@ -481,8 +586,12 @@ def qonnx_execute(m: OnnxModel, x: np.ndarray) -> dict:
     for t in list(batched.graph.input) + list(batched.graph.output):
         if t.name == m.input_name or t.name == m.output_name:
             t.type.tensor_type.shape.dim[0].dim_value = len(x)
-    batched = batched.transform(InferShapes())
-    return execute_onnx(batched, {m.input_name: np.asarray(x, dtype=np.float32)}, return_full_exec_context=True)
+    try:
+        batched = batched.transform(InferShapes())
+        return execute_onnx(batched, {m.input_name: np.asarray(x, dtype=np.float32)}, return_full_exec_context=True)
+    except Exception as e:  # onnxruntime's and QONNX's own failures, with their first line
+        raise OnnxImportError(f"--model {m.path}: QONNX cannot execute it ({type(e).__name__}: "
+                              f"{first_line(e, 240)})") from None
 
 
 def keep_network(m: OnnxModel, calib: np.ndarray, name: str, metadata: dict | None = None) -> QuantizedNetwork:

@@ -22,6 +22,9 @@ __all__ = ["parse_density", "resolve_density", "magnitude_masks", "apply_masks",
 
 def parse_density(spec) -> dict[str, float]:
     """``0.3`` / ``"0.3"`` → ``{"*": 0.3}``; ``"first=0.6,*=0.3"`` → that mapping (validated)."""
+    if isinstance(spec, bool) or not isinstance(spec, (dict, int, float, str)):
+        raise OptionError("density", f"must be a fraction in (0, 1] or a plan such as 'conv1=0.6,*=0.3', got "
+                                     f"{type(spec).__name__} {spec!r}")
     if isinstance(spec, dict):
         plan = dict(spec)
     elif isinstance(spec, (int, float)):
@@ -34,6 +37,8 @@ def parse_density(spec) -> dict[str, float]:
             if not sep:
                 key, value = "*", key
             key = key.strip()
+            if key in plan:
+                raise OptionError("density", f"{text!r} gives {'every layer' if key == '*' else repr(key)} twice")
             try:
                 plan[key] = float(value)
             except ValueError:

@@ -40,7 +40,9 @@ def load_factory(spec: str):
     try:
         sys.modules[name] = module
         module_spec.loader.exec_module(module)
-    except (Exception, SystemExit) as e:  # a model file that exits is an error, not a success
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:  # a model file that exits is an error, not a success
         sys.modules.pop(name, None)
         raise ModelSpecError(f"--model {spec!r}: importing {path} failed: {_what(e)}") from None
     factory = getattr(module, attr, None)
@@ -50,9 +52,10 @@ def load_factory(spec: str):
 
 
 def _what(e: BaseException) -> str:
+    """User code's failure (any exception it raised, or its exit) in words."""
     if isinstance(e, SystemExit):
         return f"it called sys.exit({e.code!r})"
-    return f"{type(e).__name__}: {e}"
+    return f"{type(e).__name__}: {first_line(e, 160)}"
 
 
 def load_user_model(spec: str, weights: str | None = None, probe: torch.Tensor | None = None) -> FloatGraph:
@@ -61,7 +64,9 @@ def load_user_model(spec: str, weights: str | None = None, probe: torch.Tensor |
     factory = load_factory(spec)
     try:
         model = factory()
-    except (Exception, SystemExit) as e:
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:
         raise ModelSpecError(f"--model {spec!r}: calling the factory failed: {_what(e)}") from None
     if not isinstance(model, nn.Module):
         raise ModelSpecError(f"--model {spec!r}: the factory returned {type(model).__name__}, not an nn.Module")
@@ -93,7 +98,9 @@ def prepare_module(model: nn.Module, what: str = "the model", source: str | None
         with torch.no_grad():
             try:
                 want = model(probe)
-            except (Exception, SystemExit) as e:
+            except KeyboardInterrupt:
+                raise
+            except BaseException as e:
                 raise ModelSpecError(f"{what}: forward on the calibration data failed: {_what(e)}") from None
             try:
                 got = graph(probe)
@@ -131,6 +138,11 @@ def load_calibration(path: str):
         a = np.load(p, allow_pickle=False)
     except Exception as e:
         raise ModelSpecError(f"--calib {p}: unreadable .npy file ({e})") from None
+    if not isinstance(a, np.ndarray):  # an .npz archive (np.load gives its arrays by name)
+        names = ", ".join(a.files)
+        a.close()
+        raise ModelSpecError(f"--calib {p}: expected one .npy array, got an .npz archive ({names}); save the inputs "
+                             "with numpy.save")
     if a.dtype.kind not in "iuf" or a.ndim not in (2, 4) or len(a) < 1:
         raise ModelSpecError(f"--calib {p}: expected a numeric (N, C, H, W) or (N, F) array, got {a.dtype} {a.shape}")
     if not np.all(np.isfinite(a)):

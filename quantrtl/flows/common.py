@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from quantrtl.util.provenance import package_versions
 __all__ = ["DEFAULT_FINETUNE", "DEMO_QUANTIZERS", "SHIPPED_MODELS", "KEEP", "KeepQuantizer", "resolve_quantizer",
            "MAX_LANES", "OptionError", "ModelSource", "DIGITS", "load_data", "tool_versions", "check_density",
            "check_lanes", "parse_lanes", "lanes_tag", "check_sparse", "check_stream_options", "artifact_stem", "write_json",
+           "check_shipped_input",
            "HardwareOptions"]
 
 #: Fine-tuning epochs used when the user does not say (``--finetune 0`` is pure PTQ).
@@ -153,6 +155,19 @@ def load_data(source: ModelSource):
     return split, split, fmt, False
 
 
+def check_shipped_input(source: ModelSource, split) -> None:
+    """A shipped model's input shape is fixed (it is not rebuilt for the data): calibration
+    data of another shape is an error naming both."""
+    if source.shipped is None or source.calib is None:
+        return
+    from quantrtl.model.training.net import SHIPPED
+
+    want = tuple(SHIPPED[source.shipped].input_shape)
+    if tuple(split.x.shape[1:]) != want:
+        raise OptionError("calib", f"{source.calib}: the shipped model {source.shipped} takes inputs of shape "
+                                   f"(N, {', '.join(map(str, want))}), the file holds {tuple(split.x.shape)}")
+
+
 def check_density(density) -> None:
     """A fraction in (0, 1] or a per-layer plan (``model/training/prune.parse_density``)."""
     if density is not None:
@@ -217,8 +232,17 @@ class HardwareOptions:
     engine: str = field(default="dense", init=False)
 
     def __post_init__(self):
+        if isinstance(self.artifact, (str, os.PathLike)) and not str(self.artifact).strip():
+            raise OptionError("artifact_path", "is empty: give an artifact's .json file")
         resolve_quantizer(self.quantizer, self.source, self.artifact)
         check_sparse(self.sparse)
         object.__setattr__(self, "engine", check_sparse(self.sparse) or "dense")  # the one parsed engine style
         parse_lanes(self.lanes)  # a count, or a plan per layer (checked against the network later)
         check_stream_options(self.index_bits, self.source)
+        if self.artifact is not None:  # options of a quantization that does not happen
+            s = self.source
+            for name, value in (("finetune", self.finetune), ("density", s.density), ("checkpoint", s.checkpoint),
+                                ("weights", s.weights), ("block", s.block)):
+                if value is not None:
+                    raise OptionError((name, "artifact_path"), "{0} is an option of quantizing, and {1} is "
+                                                               "quantized already: drop {0} (or {1}, to quantize now)")

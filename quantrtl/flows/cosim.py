@@ -102,6 +102,11 @@ class CosimResult:
         return self.images / self.run_seconds if self.run_seconds > 0 else float("inf")
 
 
+def _index(text: str) -> bool:
+    """An image index: ASCII digits only (``str.isdigit`` also takes "²")."""
+    return text.isascii() and text.isdigit()
+
+
 def parse_images(text: str, count: int | None) -> list[int]:
     """``all``, ``A-B`` (inclusive) or a comma list of indices and ranges → sorted unique
     indices, each in ``0..count-1`` (``count`` None: the syntax only)."""
@@ -116,7 +121,7 @@ def parse_images(text: str, count: int | None) -> list[int]:
         raise OptionError("images", f"names {len(items)} items, at most {MAX_IMAGE_ITEMS}; use a range A-B or all")
     for item in items:
         lo, sep, hi = item.strip().partition("-")
-        if not lo.isdigit() or (sep and not hi.isdigit()):
+        if not _index(lo) or (sep and not _index(hi)):
             raise OptionError("images", f"{item.strip()!r} is not an index or a range A-B; "
                                         "give all, A-B or a comma list such as 3,5,8")
         a, b = int(lo), int(hi) if sep else int(lo)
@@ -148,7 +153,7 @@ def resolve_image(image: str | int, source: ModelSource = DIGITS):
     from quantrtl.model.digits import load_image
 
     text = str(image)
-    if text.isdigit():
+    if _index(text):
         _, test, _, labelled = load_data(source)
         i = int(text)
         if not 0 <= i < len(test.x):

@@ -254,7 +254,8 @@ def gates_flow(quantizers: list[str], style: str = "array", layer: str | None = 
         where = bench
     else:
         nets = {f.name: (networks or {}).get(f.name) or quantize_network(
-            f.name, None if f.name == KEEP else finetune, source).qnet for f in fmts}  # keep trains nothing
+            f.name, None if f.name == KEEP else finetune, source, density=source.density).qnet
+            for f in fmts}  # keep trains nothing
         asic_energy = energy and target in ASIC_TARGETS  # its stimulus is made (and checked) before any work
         if style == "network":
             stimuli = _stimuli(nets, None, image, source) if asic_energy else None

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from quantrtl.flows.common import DEFAULT_FINETUNE, DIGITS, KEEP, ModelSource, artifact_stem, check_density, \
-    load_data, resolve_quantizer, tool_versions
+    check_shipped_input, load_data, resolve_quantizer, tool_versions
 from quantrtl.model.numbers import artifact
 from quantrtl.model.numbers.families import families, family, parse_format
 from quantrtl.util.errors import OptionError
@@ -316,6 +316,22 @@ def _check_input_shape(shape, split, source) -> None:
                                    f"{tuple(split.x.shape[1:])}")
 
 
+def _check_classes(float_model, probe, train, labelled: bool, source) -> None:
+    """A model evaluated (and fine-tuned) on labelled data needs an output per class."""
+    if not labelled:
+        return
+    import torch
+
+    with torch.no_grad():
+        outputs = int(float_model(probe).reshape(len(probe), -1).shape[1])
+    classes = int(train.y.max()) + 1
+    if outputs < classes:
+        what = "the nn.Module" if source.module is not None else source.model
+        raise OptionError("model", f"{what}: {outputs} output{'s' if outputs != 1 else ''}, but the digits data it is "
+                                   f"trained and evaluated on has {classes} classes; a model of other data "
+                                   "calibrates on --calib (no labels)")
+
+
 def _quantize(opts: "QuantizeOptions") -> QuantizedRun:
     if opts.keep:
         return _quantize_keep(opts)
@@ -327,6 +343,7 @@ def _quantize(opts: "QuantizeOptions") -> QuantizedRun:
 
     t0 = time.perf_counter()
     train, test, input_fmt, labelled = load_data(source)
+    check_shipped_input(source, train)
     if finetune and not labelled:
         if source.synthetic:
             raise OptionError("finetune", f"fine-tuning needs labels and {source.shipped} has no labelled data "
@@ -350,6 +367,7 @@ def _quantize(opts: "QuantizeOptions") -> QuantizedRun:
             float_model = prepare_module(copy.deepcopy(source.module), "model", probe=probe)
         else:
             float_model = load_user_model(source.model, source.weights, probe=probe)
+        _check_classes(float_model, probe, train, labelled, source)
     else:
         float_model = net.SHIPPED[source.shipped].build(source.checkpoint)
     acc = (lambda pred: net.accuracy(pred, test.y)) if labelled else (lambda pred: None)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import tempfile
 import time
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -117,9 +117,9 @@ def _executor(jobs: int, scheduler: str | None) -> Executor:
         finally:
             client.close()
     else:
-        import multiprocessing
+        from quantrtl.util.pools import process_pool
 
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as ex:
+        with process_pool(jobs) as ex:
             yield ex
 
 

@@ -39,6 +39,11 @@ def train_flow(out: str | Path, epochs: int | None = None, seed: int | None = No
     cfg = replace(cfg, **{k: v for k, v in (("epochs", epochs), ("seed", seed)) if v is not None})
     if cfg.epochs < 1:
         raise OptionError("epochs", f"must be at least 1, got {cfg.epochs}")
+    from quantrtl.util.atomic import check_distinct, check_output_path
+
+    check_output_path(out)  # (a folder, a FIFO, a symlink: refused before the training, not after)
+    check_output_path(Path(out).with_suffix(".json"))
+    check_distinct({"--out": out, "its description": Path(out).with_suffix(".json")})
     t0 = time.perf_counter()
     trained, acc = net.train(cfg, shipped_model.factory)
     digest = net.state_digest(trained)

@@ -27,6 +27,11 @@ class VerilogOptions(HardwareOptions):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.artifact is not None:  # Verilog reads nothing but the network
+            for name, value in (("model", self.source.model), ("calib", self.source.calib)):
+                if value is not None:
+                    raise OptionError((name, "artifact_path"), "{0} chooses the model to quantize, and {1} is "
+                                                               "quantized already: drop {0}")
         if self.pipeline not in (0, 1, 2):
             raise OptionError("pipeline", f"must be 0, 1 or 2, got {self.pipeline}")
 

@@ -1,13 +1,49 @@
 """Write files so that a failure leaves nothing half-written: temporary name, then rename."""
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import tempfile
 from pathlib import Path
-from typing import Callable, IO
+from typing import Callable, IO, Iterator
 
-__all__ = ["OutputPathError", "atomic_write", "check_output_path"]
+__all__ = ["OutputPathError", "atomic_write", "check_output_path", "run_inputs", "check_distinct"]
+
+#: The files the current run reads (real path → how the run names it): never written over.
+_INPUTS: dict[str, str] = {}
+
+
+def _key(path: str | os.PathLike) -> str:
+    return os.path.realpath(os.path.abspath(path))
+
+
+@contextlib.contextmanager
+def run_inputs(inputs: dict[str, str | os.PathLike | None]) -> Iterator[None]:
+    """For the duration of a run: :func:`atomic_write` refuses to write onto any of
+    ``inputs`` (what names it, e.g. ``"--artifact"`` → path; None entries are skipped)."""
+    saved = dict(_INPUTS)
+    _INPUTS.update({_key(p): what for what, p in inputs.items() if p})
+    try:
+        yield
+    finally:
+        _INPUTS.clear()
+        _INPUTS.update(saved)
+
+
+def check_distinct(outputs: dict[str, str | os.PathLike | None]) -> None:
+    """Outputs of one run (what names each → path) that name an input of the run
+    (:func:`run_inputs`) or each other: :class:`OutputPathError` naming both, before any work."""
+    seen: dict[str, str] = {}
+    for what, p in outputs.items():
+        if not p:
+            continue
+        k = _key(p)
+        if k in _INPUTS:
+            raise OutputPathError(f"{what} {p}: is the run's input ({_INPUTS[k]}); write the output elsewhere")
+        if k in seen:
+            raise OutputPathError(f"{what} {p}: is also {seen[k]}; give each output its own path")
+        seen[k] = what
 
 
 class OutputPathError(ValueError):
@@ -42,6 +78,8 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[IO[bytes
     regular file or a missing path is replaced (:func:`check_output_path`).
     """
     path = check_output_path(path)
+    if _key(path) in _INPUTS:
+        raise OutputPathError(f"{path}: is the run's input ({_INPUTS[_key(path)]}); it is never written over")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
