@@ -61,9 +61,9 @@ module quantrtl_source #(parameter DEPTH = 1, parameter FILE = "inputs.hex") (
   assign rdata = raddr < DEPTH ? mem[raddr] : 8'd0;
 endmodule
 
-module quantrtl_capture #(parameter DEPTH = 1, parameter FILE = "cap0.hex") (
-  input clk, input we, input [31:0] waddr, input [7:0] wdata, input dump);
-  reg [7:0] mem [0:DEPTH-1];
+module quantrtl_capture #(parameter DEPTH = 1, parameter FILE = "cap0.hex", parameter WIDTH = 8) (
+  input clk, input we, input [31:0] waddr, input [WIDTH-1:0] wdata, input dump);
+  reg [WIDTH-1:0] mem [0:DEPTH-1];
   always @(posedge clk) if (we) mem[waddr] <= wdata;
   always @(posedge dump) $writememh(FILE, mem);
 endmodule
@@ -75,8 +75,8 @@ SUPPORT_STUBS = """
 (* blackbox, keep *) module quantrtl_source #(parameter DEPTH = 1, parameter FILE = "inputs.hex") (
   input clk, input load, input [31:0] raddr, output [7:0] rdata);
 endmodule
-(* blackbox, keep *) module quantrtl_capture #(parameter DEPTH = 1, parameter FILE = "cap0.hex") (
-  input clk, input we, input [31:0] waddr, input [7:0] wdata, input dump);
+(* blackbox, keep *) module quantrtl_capture #(parameter DEPTH = 1, parameter FILE = "cap0.hex", parameter WIDTH = 8) (
+  input clk, input we, input [31:0] waddr, input [WIDTH-1:0] wdata, input dump);
 endmodule
 """
 
@@ -232,7 +232,7 @@ class CaptureHarness(wiring.Component):
             fire = port.valid & (port.ready if port is top.out else 1)
             t = _Tracker(m, name, fire, size, self.batch, now, n_images, self.rd_img)
             m.submodules[f"cap_{name}"] = Instance(
-                "quantrtl_capture", p_DEPTH=size * self.batch, p_FILE=capture_file(i),
+                "quantrtl_capture", p_DEPTH=size * self.batch, p_FILE=capture_file(i), p_WIDTH=len(port.payload),
                 i_clk=ClockSignal(), i_we=t.write, i_waddr=t.addr, i_wdata=port.payload, i_dump=self.dump)
             trackers.append(t)
         m.d.comb += self.done.eq(trackers[-1].img == n_images)

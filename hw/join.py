@@ -25,7 +25,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from quantrtl.hw.arith import all_of, signed_width
-from quantrtl.hw.parts import ActivationBuffer, pack, requant_layout, rom
+from quantrtl.hw.parts import ActivationBuffer, code_width, pack, requant_layout, rom
 from quantrtl.hw.requant import Requantizer
 from quantrtl.model.numbers.artifact import Layer
 
@@ -60,13 +60,16 @@ class JoinEngine(wiring.Component):
             raise ValueError(f"layer {layer.name!r}: concat needs its inputs' (C, H, W) shapes, one per input, "
                              f"whose channels sum to {layer.out_shape[0]}; got {source_shapes}")
         self.in_shapes = [tuple(s) for s in source_shapes]
-        for q in (*layer.input_formats, layer.output):
-            if q.binary or not 2 <= q.bits <= 8:
-                raise ValueError(f"layer {layer.name!r}: joins take 2- to 8-bit affine activations")
+        wide = 16 if layer.op == "add" else 8  # an add's operand may be a wide code (a conv's, §8)
+        for q, top in [(f, wide) for f in layer.input_formats] + [(layer.output, 8)]:
+            if q.binary or not 2 <= q.bits <= top:
+                raise ValueError(f"layer {layer.name!r}: joins take 2- to 8-bit affine activations (an add's inputs "
+                                 f"up to 16 bits), got {q.bits} bits ({q.encoding})")
         self.layer = layer
         self.fmts = tuple(layer.input_formats)
+        self.widths = [code_width(f) for f in self.fmts]
         self.channels = [s[0] for s in self.in_shapes]
-        members = {f"inp{j}": In(stream.Signature(unsigned(8))) for j in range(len(self.fmts))}
+        members = {f"inp{j}": In(stream.Signature(unsigned(w))) for j, w in enumerate(self.widths)}
         members["out"] = Out(stream.Signature(unsigned(8)))
         super().__init__(members)
 
@@ -91,7 +94,7 @@ class JoinEngine(wiring.Component):
         """Every input's double buffer (an add's skip input is the residual block's skip
         buffer), and a concat's ROM of per-input requantization constants (an add's two
         multipliers are constants of its datapath)."""
-        bits = {"join_buffers": 8 * 2 * sum(self.in_sizes)}
+        bits = {"join_buffers": 2 * sum(w * size for w, size in zip(self.widths, self.in_sizes))}
         if self.layer.op == "concat":
             bits["requant"] = len(self.layer.m0) * requant_layout(int(max(self.layer.shift))).size
         return bits
@@ -99,8 +102,8 @@ class JoinEngine(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         layer, n = self.layer, len(self.fmts)
-        bufs = [ActivationBuffer(m, self, size, 1, name=f"in{j}", inp=port, slots=2)
-                for j, (size, port) in enumerate(zip(self.in_sizes, self.inputs))]
+        bufs = [ActivationBuffer(m, self, size, 1, name=f"in{j}", inp=port, slots=2, width=width)
+                for j, (size, port, width) in enumerate(zip(self.in_sizes, self.inputs, self.widths))]
         finish = Signal(name="finish")  # the last output is taken: every input's map is released
         go = Signal(name="go")
         m.d.comb += go.eq(all_of([b.running for b in bufs]))
@@ -141,7 +144,8 @@ class JoinEngine(wiring.Component):
             (za, zb), (ma, mb), shift = (f.zero_point for f in self.fmts), (int(v) for v in layer.m0), int(layer.shift[0])
             for b in bufs:
                 m.d.comb += b.rps[0].addr.eq(b.read_base + issued)
-            width = signed_width(-255 * (ma + mb), 255 * (ma + mb))
+            top = max(f.qmax for f in self.fmts)
+            width = signed_width(-top * (ma + mb), top * (ma + mb))
             total = Signal(signed(width), name="sum")
             m.d.comb += total.eq((bufs[0].rps[0].data - za) * ma + (bufs[1].rps[0].data - zb) * mb)
             rq = m.submodules.requant = Requantizer(width, (shift, shift), layer.output.zero_point, layer.out_min,

@@ -28,8 +28,8 @@ from amaranth.lib import data, wiring
 from quantrtl.hw.arith import signed_width
 from quantrtl.hw.array import MacArray, term_widths
 from quantrtl.hw.geometry import ConvGeometry, conv_memory_bits, fanin_codes, maxpool_cycles, relu_cycles, uint_bits
-from quantrtl.hw.parts import (ActivationBuffer, OutputBank, PixelWalker, pack, requant_layout, rom, stream_ports,
-                               tap_layout)
+from quantrtl.hw.parts import (ActivationBuffer, OutputBank, PixelWalker, code_width, pack, requant_layout, rom,
+                               stream_ports, tap_layout)
 from quantrtl.hw.requant import Requantizer
 from quantrtl.model.numbers.artifact import Layer
 
@@ -66,10 +66,10 @@ class ConvEngine(wiring.Component):
         self.pipeline = operator.index(pipeline)
         self.acc_width = layer.accumulator_bits
         self.source_shape = tuple(source_shape) if source_shape is not None else None
-        for side, q in (("input", layer.input), ("output", layer.output)):
-            if not (q.bits == 1 if q.binary else 2 <= q.bits <= 8):
-                raise ValueError(f"layer {layer.name!r}: engines take 2- to 8-bit affine or binary (pm1) activations, "
-                                 f"{side} has {q.bits} bits ({q.encoding})")
+        for side, q, top in (("input", layer.input, 8), ("output", layer.output, 16)):
+            if not (q.bits == 1 if q.binary else 2 <= q.bits <= top):
+                raise ValueError(f"layer {layer.name!r}: engines take 2- to 8-bit affine or binary (pm1) activations "
+                                 f"(outputs up to 16 bits), {side} has {q.bits} bits ({q.encoding})")
         if layer.input.binary != layer.format.binary_input:
             raise ValueError(f"layer {layer.name!r}: format {layer.format.name} does not match the "
                              f"{layer.input.encoding} input")
@@ -77,7 +77,7 @@ class ConvEngine(wiring.Component):
         # a format whose lanes share structure checks that the weights hold it, in the
         # order this engine streams them (unified blocks)
         layer.format.check_layer(layer.codes, layer.op, self.source_shape, f"layer {layer.name!r}: ")
-        super().__init__(stream_ports())
+        super().__init__(stream_ports(out_width=code_width(layer.output)))
 
     @staticmethod
     def unrolled_parts(fmt, codes, act_bits: int = 8):
@@ -284,7 +284,8 @@ class ConvEngine(wiring.Component):
                                         for m0, n in zip(layer.m0, layer.shift)], consts.size)
         m.d.comb += rq_rom.addr.eq(channel)
         rq = m.submodules.requant = Requantizer(self.acc_width, (int(layer.shift.min()), int(layer.shift.max())),
-                                                layer.output.zero_point, layer.out_min, layer.out_max)
+                                                layer.output.zero_point, layer.out_min, layer.out_max,
+                                                out_bits=code_width(layer.output))
         c = data.View(consts, rq_rom.data)
         m.d.comb += [rq.acc.eq(value), rq.m0.eq(c.m0), rq.shift.eq(c.shift)]
         return rq.q

@@ -27,14 +27,28 @@ from quantrtl.model.numbers.artifact import INPUT, QuantizedNetwork
 from quantrtl.hw.arith import all_of
 from quantrtl.hw.engines import make_engine, sparse_mode
 from quantrtl.hw.join import JoinEngine
+from quantrtl.hw.parts import code_width
 from quantrtl.util.lanes import check_plan_layers, lanes_for, parse_lanes
 
 __all__ = ["NetworkTop", "TapSignature"]
 
 
 
-def TapSignature() -> wiring.Signature:
-    return wiring.Signature({"payload": Out(unsigned(8)), "valid": Out(1)})
+def TapSignature(width: int = 8) -> wiring.Signature:
+    return wiring.Signature({"payload": Out(unsigned(width)), "valid": Out(1)})
+
+
+def _check_wide_codes(net: QuantizedNetwork) -> None:
+    """A wide (over 8-bit) code is an add's operand only (docs/integer-semantics.md §8):
+    every reader of such a layer is an add, and the network's output is 8-bit."""
+    for layer in net.layers:
+        if code_width(layer.output) == 8:
+            continue
+        readers = [r for r in net.layers if layer.name in net.sources(r)]
+        if not readers or any(r.op != "add" for r in readers):
+            raise ValueError(f"layer {layer.name!r}: its {layer.output.bits}-bit output codes feed "
+                             + (", ".join(f"{r.name!r} ({r.op})" for r in readers) if readers else "the network output")
+                             + "; only an add reads codes wider than 8 bits")
 
 
 class NetworkTop(wiring.Component):
@@ -75,9 +89,10 @@ class NetworkTop(wiring.Component):
                 sparse=sparse, index_bits=index_bits,
                 tap_fault=(tap_faults or {}).get(layer.name))
             shapes[layer.name] = tuple(layer.out_shape)
+        _check_wide_codes(net)
         self.tap_names = [l.name for l in net.layers[:-1]] if taps else []
         members = {"inp": In(stream.Signature(unsigned(8))), "out": Out(stream.Signature(unsigned(8)))}
-        members.update({f"tap_{n}": Out(TapSignature()) for n in self.tap_names})
+        members.update({f"tap_{n}": Out(TapSignature(code_width(net.layer(n).output))) for n in self.tap_names})
         super().__init__(members)
 
     def _input_ports(self, name: str) -> list:

@@ -23,7 +23,7 @@ from amaranth.lib.wiring import In, Out
 from quantrtl.hw.geometry import ConvGeometry, uint_bits
 from quantrtl.model.numbers.artifact import M0_BITS
 
-__all__ = ["rom", "stream_ports", "PixelWalker", "ActivationBuffer", "OutputBank", "tap_layout", "requant_layout",
+__all__ = ["rom", "stream_ports", "code_width", "CODE_WIDTHS", "PixelWalker", "ActivationBuffer", "OutputBank", "tap_layout", "requant_layout",
            "EntryKind", "sparse_entry_layout", "pack"]
 
 
@@ -74,8 +74,18 @@ def rom(m: Module, name: str, words: list[int], width: int, domain: str = "comb"
     return mem.read_port(domain=domain)
 
 
-def stream_ports() -> dict:
-    return {"inp": In(stream.Signature(unsigned(8))), "out": Out(stream.Signature(unsigned(8)))}
+#: Widths of the codes streams carry: 8 bits, or 16 for a wide code (up to 16-bit
+#: activations: an add's operand that is a conv/linear output, docs/integer-semantics.md §8).
+CODE_WIDTHS = (8, 16)
+
+
+def code_width(fmt) -> int:
+    """The stream width of codes of activation format ``fmt``."""
+    return next(w for w in CODE_WIDTHS if fmt.bits <= w)
+
+
+def stream_ports(in_width: int = 8, out_width: int = 8) -> dict:
+    return {"inp": In(stream.Signature(unsigned(in_width))), "out": Out(stream.Signature(unsigned(out_width)))}
 
 
 class PixelWalker:

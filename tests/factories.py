@@ -138,13 +138,17 @@ def grouped_conv_layer(fmt: WeightFormat, seed: int = 0, cin: int = 4, cout: int
     return layer
 
 
-def join_layer(op: str, shapes: list[tuple], seed: int = 0, relu: bool = False) -> Layer:
+def join_layer(op: str, shapes: list[tuple], seed: int = 0, relu: bool = False, last_bits: int = 8) -> Layer:
     """An ``add`` (two inputs of ``shapes[0]``) or ``concat`` (inputs of ``shapes``) layer with
-    random input and output formats (non-zero zero points) and their §8/§10 constants."""
+    random input and output formats (non-zero zero points) and their §8/§10 constants;
+    ``last_bits``: the last input's code width (16: a wide conv output, §8)."""
     from quantrtl.model.numbers.artifact import add_multipliers, quantize_multiplier
 
     rng = np.random.default_rng(seed)
     fmts = tuple(_qp(rng) for _ in shapes)
+    if last_bits != 8:  # a fine scale over a wide range, as an un-quantized conv branch gets
+        fmts = fmts[:-1] + (ActivationFormat(scale=fmts[-1].scale / 64, bits=last_bits,
+                                             zero_point=int(rng.integers(1, (1 << last_bits) - 1))),)
     out = ActivationFormat(scale=float(rng.uniform(0.01, 0.1)), zero_point=int(rng.integers(0, 256)))
     if op == "add":
         consts = add_multipliers([f.scale for f in fmts], out.scale)

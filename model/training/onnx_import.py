@@ -383,9 +383,13 @@ def _walk(m: OnnxModel) -> _Walk:
                 _finish(w, w.pending.pop(src), fmt, out)
             elif src in w.q and w.q[src][1] == fmt:
                 w.q[out] = w.q[src]  # the same quantization again
-            elif src in w.q:
-                raise OnnxImportError(f"node {_label(node)} (Quant): requantizes an already quantized tensor to "
-                                      "another format, which no quantrtl operation does")
+            elif src in w.q:  # requantized to another format (a shared quantizer): a 1x1 average pooling
+                shape = w.q[src][2]
+                if len(shape) != 3:
+                    raise OnnxImportError(f"node {_label(node)} (Quant): requantizes a flat tensor to another format; "
+                                          "quantrtl requantizes feature maps (C, H, W) only")
+                _finish(w, _Pending("avgpool", node, [src], attrs={"kernel": (1, 1), "stride": (1, 1),
+                                                                  "padding": (0, 0)}), fmt, out)
             else:
                 raise OnnxImportError(f"node {_label(node)} (Quant): its input {src!r} is not the model input or "
                                       "an operation's output")

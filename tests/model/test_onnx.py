@@ -9,7 +9,7 @@ import pytest
 from quantrtl.cli import main
 from quantrtl.flows.quantize import compare_with_qonnx
 from quantrtl.model.training.onnx_import import keep_network, load_onnx
-from tests.brevitas_models import EXAMPLE
+from tests.brevitas_models import EXAMPLE, HIDDEN_EXAMPLE
 
 
 def _quantize_keep(path, tmp_path, capsys=None):
@@ -39,6 +39,48 @@ def test_shipped_example_keeps_its_quantization_and_cosims_bit_exact(tmp_path):
     assert c["bit_exact"] and c["bit_exact_images"] == 2 and all(l["bit_exact"] for l in c["layers"])
 
 
+@pytest.mark.verilator
+def test_residual_block_as_brevitas_users_write_it(tmp_path):
+    """model/data/digits_brevitas_residual.onnx: ``QuantReLU(x + QuantConv2d(x))``, the
+    conv branch without a Quant of its own (4-bit weights, 8-bit activations): the conv
+    requantizes to a 16-bit code covering every value that can still change the add's
+    output (docs/integer-semantics.md §8), bit-exact on the whole test split."""
+    from quantrtl.model.numbers import artifact
+    from quantrtl.model.training.onnx_import import branch_format
+
+    q, art = _quantize_keep(HIDDEN_EXAMPLE, tmp_path)
+    net = artifact.load(art)
+    cmp = net.metadata["qonnx_comparison"]
+    conv, add = net.layer("conv"), net.layer("Add")
+    assert conv.output.bits == 16 and add.input_formats[1] == conv.output
+    assert conv.output == branch_format(add.input_formats[0], add.output)
+    assert q["golden_agreement"] >= 0.99 and cmp["agreement"] >= 0.99 and q["golden_accuracy"] >= 0.94
+    # QONNX adds the float branch; the integer add sees it rounded to a 16-bit code
+    # (S_out/128 or finer): the add's and every later layer's codes differ by at most 1
+    assert max(cmp["max_code_difference"][n] for n in ("Add", "pool", "fc")) <= 1, cmp
+    assert conv.output.scale <= add.output.scale / 64
+    assert main(["cosim", "--quantizer", "keep", "--artifact", str(art), "--images", "all", "--simulator", "verilator",
+                 "--json", str(tmp_path / "c.json")]) == 0
+    c = json.loads((tmp_path / "c.json").read_text())
+    assert c["bit_exact"] and c["bit_exact_images"] == 360 and c["cycles"] == c["expected_cycles"]
+    t = c["throughput"]
+    assert set(t["initiation_intervals"]) == {t["expected_initiation_interval"]}
+
+
+def test_wide_codes_feed_adds_only(tmp_path):
+    """A 16-bit code is an add's operand and nothing else's (hw/network.py)."""
+    import dataclasses
+
+    from quantrtl.hw.network import NetworkTop
+    from quantrtl.model.numbers import artifact
+
+    _, art = _quantize_keep(HIDDEN_EXAMPLE, tmp_path)
+    net = artifact.load(art)
+    net.layers[-1] = dataclasses.replace(net.layers[-1], output=dataclasses.replace(net.layers[-1].output, bits=16))
+    with pytest.raises(ValueError, match="layer 'fc': its 16-bit output codes feed the network output; only an add"):
+        NetworkTop(net)
+
+
 @pytest.mark.yosys
 def test_gates_compares_the_models_quantization_with_ours(tmp_path):
     r = json.loads("{}")
@@ -50,16 +92,18 @@ def test_gates_compares_the_models_quantization_with_ours(tmp_path):
 
 
 @pytest.mark.icarus
-def test_fresh_brevitas_export_agrees_with_qonnx(tmp_path):
+@pytest.mark.parametrize("shared", [False, True])
+def test_fresh_brevitas_export_agrees_with_qonnx(tmp_path, shared):
     """A Brevitas model trained for six epochs here (8-bit weights and activations this
     time), exported with Brevitas' QONNX exporter, imported with its own quantization,
-    co-simulated in Icarus."""
-    pytest.importorskip("brevitas")  # a dev dependency: make test installs it
+    co-simulated in Icarus.  ``shared``: the residual block with one QuantIdentity on both
+    branches (``relu(q(x) + q(conv(x)))``: the skip requantized by a 1x1 average pooling)."""
     from quantrtl.model.digits import load_split
-    from tests.brevitas_models import train_and_export
+    from tests.brevitas_models import HiddenResidual, QuantResidual, train_and_export
 
     path = tmp_path / "fresh.onnx"
-    acc = train_and_export(path, epochs=6, wbits=8, abits=8, seed=1)
+    acc = train_and_export(path, epochs=6, wbits=8, abits=8, seed=1,
+                           **({"model_class": HiddenResidual, "shared": True} if shared else {"model_class": QuantResidual}))
     m = load_onnx(path)
     train, test = load_split()
     net = keep_network(m, train.float_inputs(), "fresh")
