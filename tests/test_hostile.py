@@ -316,10 +316,12 @@ def test_api_refuses_wrong_types_by_name(quantized):
 # ---- processes: an interrupted or terminated run leaves nothing running ---------------
 
 def _sleeper(pid_file: str) -> None:
-    """A job that runs a tool (``sleep``) the way the flows run theirs (``subprocess.run``)."""
+    """A job that runs a tool the way the flows run theirs (``subprocess.run``), and the
+    tool a process of its own (as ``make`` runs the compiler): ``sleep`` under a shell
+    that waits for it, so killing the shell alone would leave ``sleep`` running."""
     import subprocess
 
-    subprocess.run(["sh", "-c", f"echo $$ > {pid_file}.tmp && mv {pid_file}.tmp {pid_file} && exec sleep 120"])
+    subprocess.run(["sh", "-c", f"sleep 120 & echo $! > {pid_file}.tmp && mv {pid_file}.tmp {pid_file}; wait"])
 
 
 def _alive(pid: int) -> bool:
@@ -349,6 +351,7 @@ def test_an_interrupted_pool_stops_its_workers_and_their_tools(tmp_path):
             raise KeyboardInterrupt
     assert time.monotonic() - t0 < 60  # not the job's 120 s
     assert not any(p.is_alive() for p in workers)
+    assert [p.exitcode for p in workers if p.exitcode != 143] == [], "a worker ignored SIGTERM (killed after the grace)"
     deadline = time.monotonic() + 10
     while _alive(int(pid_file.read_text())) and time.monotonic() < deadline:
         time.sleep(0.1)
