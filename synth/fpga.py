@@ -41,7 +41,7 @@ from pathlib import Path
 
 from quantrtl.synth.yosys import SynthesisError, cells_by_type, load_cached, tool_failure, yosys_command, \
     yosys_version
-from quantrtl.util.atomic import atomic_write
+from quantrtl.util.atomic import atomic_write, write_file
 from quantrtl.util.tools import find_executable
 
 __all__ = ["Target", "TARGETS", "FpgaResult", "fpga_map", "fpga_map_all", "script_for", "classify"]
@@ -223,7 +223,7 @@ def fpga_map(verilog: str | Path, top: str, target: str = "ecp5", dsp: bool = Tr
         return hit
     work = Path(tempfile.mkdtemp(prefix=f".fpga-{top}-", dir=keep))  # this run's own scratch
     shutil.copyfile(verilog, work / verilog.name)
-    (work / "synth.ys").write_text(script)
+    write_file(work / "synth.ys", script)
     t0 = time.perf_counter()
     ylog = work / "yosys.log"
     try:

@@ -181,16 +181,16 @@ def simulate_stream(netlist: str | Path, top: str, inputs: list[int], n_out: int
     work.mkdir(parents=True, exist_ok=True)
     text = Path(netlist).read_text()
     tb, nets = testbench(text, top, len(inputs), n_out, max_cycles)
-    (work / "tb.v").write_text(tb)
+    write_file(work / "tb.v", tb)
     shutil.copyfile(netlist, work / "netlist.v")
-    (work / "in.hex").write_text("\n".join(f"{int(v) & 0xFFFFFFFF:x}" for v in inputs) + "\n" if inputs else "0\n")
+    write_file(work / "in.hex", "\n".join(f"{int(v) & 0xFFFFFFFF:x}" for v in inputs) + "\n" if inputs else "0\n")
     for cmd, what in (([iverilog, "-g2012", "-o", "sim.vvp", "tb.v", "netlist.v", str(cell_models)], "build"),
                       ([vvp, "-n", "sim.vvp"], "run")):
         try:
             r = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
         except OSError as e:
             raise SynthesisError(f"cannot run {cmd[0]}: {e}") from None
-        (work / f"{what}.log").write_text(r.stdout + r.stderr)
+        write_file(work / f"{what}.log", r.stdout + r.stderr)
         if r.returncode != 0:
             raise SynthesisError(f"Icarus {what} of the {top} netlist failed; see {work / (what + '.log')}")
     m = re.search(r"QUANTRTL_POWER cycles=(-?\d+) outputs=(\d+)", r.stdout)
@@ -371,7 +371,7 @@ def stream_energy(asic: dict, inputs, expected, dense_macs: int, cache_dir: str 
     import numpy as np
 
     from quantrtl.synth.asic import find_library, library_cells
-    from quantrtl.util.atomic import atomic_write
+    from quantrtl.util.atomic import atomic_write, write_file
 
     _, liberty = find_library(asic["library"])
     netlist = Path(asic["netlist"])

@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from quantrtl.util.atomic import atomic_write
+from quantrtl.util.atomic import atomic_write, write_file
 from quantrtl.util.tools import find_executable
 
 GATE_TYPES = ("$_AND_", "$_NAND_", "$_OR_", "$_NOR_", "$_XOR_", "$_XNOR_", "$_ANDNOT_", "$_ORNOT_", "$_MUX_", "$_NOT_")
@@ -210,7 +210,7 @@ def synthesize(verilog: str | Path, top: str, yosys: str | None = None, workdir:
     else:
         work = Path(tempfile.mkdtemp(prefix=f".synth-{top}-", dir=verilog.parent))
     shutil.copyfile(verilog, work / verilog.name)
-    (work / "synth.ys").write_text(script)
+    write_file(work / "synth.ys", script)
     for f in ("stat.json", "cmos.txt", "mems.json", "ltp.txt"):
         (work / f).unlink(missing_ok=True)
     log = work / "yosys.log"

@@ -385,3 +385,31 @@ def test_sigterm_to_sweep_stops_it_and_its_workers(tmp_path):
     while any(_alive(k) for k in kids) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(_alive(k) for k in kids), "a worker (or the resource tracker) outlived the sweep"
+
+
+# ---- a full disk: the error names the file ---------------------------------------------
+
+def test_a_full_disk_names_the_file(tmp_path, capsys, monkeypatch):
+    """A write's ENOSPC names no file; quantrtl's writers add it (``/dev/full`` is a disk
+    that is always full), and atomic_write leaves no temporary file behind."""
+    import errno
+    import os
+
+    from quantrtl import cli
+    from quantrtl.util.atomic import atomic_write, write_file
+
+    with pytest.raises(OSError) as e:
+        write_file("/dev/full", "x" * 100)
+    assert e.value.errno == errno.ENOSPC and e.value.filename == "/dev/full"
+
+    def full(f):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    target = tmp_path / "out.json"
+    with pytest.raises(OSError) as e:
+        atomic_write(target, full)
+    assert e.value.filename == str(target) and os.listdir(tmp_path) == []
+
+    monkeypatch.setattr(cli, "_check_outputs", lambda args: atomic_write(target, full))
+    assert cli.main(["gates", "--quantizers", "shift4"]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"quantrtl: error: {target}: No space left on device"], err

@@ -10,6 +10,7 @@ from quantrtl.flows.common import DEFAULT_FINETUNE, DIGITS, KEEP, ModelSource, a
 from quantrtl.model.numbers import artifact
 from quantrtl.model.numbers.families import families, family, parse_format
 from quantrtl.util.errors import OptionError
+from quantrtl.util.atomic import write_file
 
 __all__ = ["QuantizeOptions", "QuantizeResult", "QuantizedRun", "method_format", "method_finetune", "compare_with_qonnx",
            "quantize_network", "quantize_flow", "network_for", "QUANTIZE_CACHE"]
@@ -215,7 +216,7 @@ def _cache_store(key: str, run: QuantizedRun) -> None:
         root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
         artifact.save(run.qnet, tmp / "network")
-        (tmp / "run.json").write_text(json.dumps({k: getattr(run, k) for k in _RUN_FIELDS}))
+        write_file(tmp / "run.json", json.dumps({k: getattr(run, k) for k in _RUN_FIELDS}))
         shutil.rmtree(root / key, ignore_errors=True)
         os.replace(tmp, root / key)
     except OSError:  # (or another run's entry landed first)

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from quantrtl.util.errors import OptionError
+from quantrtl.util.atomic import write_file
 
 __all__ = ["sweep", "synth_job", "cosim_job"]
 
@@ -30,7 +31,7 @@ def _unpack(files: dict[str, bytes], where: Path):
     from quantrtl.model.numbers import artifact
 
     for name, data in files.items():
-        (where / name).write_bytes(data)
+        write_file(where / name, data)
     return artifact.load(where / next(n for n in files if n.endswith(".json")))
 
 

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, IO, Iterator
 
-__all__ = ["OutputPathError", "atomic_write", "check_output_path", "run_inputs", "check_distinct"]
+__all__ = ["OutputPathError", "atomic_write", "check_output_path", "run_inputs", "check_distinct", "write_file"]
 
 #: The files the current run reads (real path → how the run names it): never written over.
 _INPUTS: dict[str, str] = {}
@@ -92,7 +92,29 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[IO[bytes
             else:
                 f.write(data.encode() if isinstance(data, str) else data)
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise _naming(e, path) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
+
+
+def _naming(e: OSError, path: str | os.PathLike) -> OSError:
+    """``e`` with ``path`` as its file name when it has none (a write's error, e.g. a full
+    disk, names no file: the user would not know which disk)."""
+    return e if e.filename is not None else type(e)(e.errno, e.strerror or str(e), str(path))
+
+
+def write_file(path: str | os.PathLike, data: str | bytes) -> Path:
+    """Write a scratch file (in a run's own folder: no rename needed); an error names ``path``."""
+    path = Path(path)
+    try:
+        if isinstance(data, str):
+            path.write_text(data)
+        else:
+            path.write_bytes(data)
+    except OSError as e:
+        raise _naming(e, path) from None
     return path
