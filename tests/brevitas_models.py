@@ -15,7 +15,32 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "model" / "data" / "digits_br
 HIDDEN_EXAMPLE = EXAMPLE.with_name("digits_brevitas_residual.onnx")
 
 
-class QuantResidual(nn.Module):
+class _DigitsBackbone(nn.Module):
+    """What both example networks share: an 8-bit input quantizer, an 8-bit-weight stem conv
+    and its QuantReLU, then (after the block) average pooling re-quantized to 8 bits and an
+    8-bit QuantLinear head. The modules are created in the order of the network (the seeded
+    initialization of the shipped recipes depends on it): ``_stem`` first, ``_head`` last."""
+
+    def _stem(self, abits: int) -> None:
+        import brevitas.nn as qnn
+
+        self.inp = qnn.QuantIdentity(bit_width=8)
+        self.stem = qnn.QuantConv2d(1, 8, 3, padding=1, weight_bit_width=8, bias=True)
+        self.relu1 = qnn.QuantReLU(bit_width=abits)
+
+    def _head(self) -> None:
+        import brevitas.nn as qnn
+
+        self.pool = nn.AvgPool2d(2)
+        self.poolq = qnn.QuantIdentity(bit_width=8)
+        self.fc = qnn.QuantLinear(8 * 16, 10, weight_bit_width=8, bias=True)
+
+    def forward(self, x):
+        x = self.block(self.relu1(self.stem(self.inp(x))))
+        return self.fc(torch.flatten(self.poolq(self.pool(x)), 1))
+
+
+class QuantResidual(_DigitsBackbone):
     """QuantConv2d (incl. depthwise), QuantReLU, a residual add, average pooling and
     QuantLinear, with ``wbits``-bit weights and ``abits``-bit activations inside (8-bit
     input, stem weights and head)."""
@@ -24,28 +49,19 @@ class QuantResidual(nn.Module):
         super().__init__()
         import brevitas.nn as qnn
 
-        self.inp = qnn.QuantIdentity(bit_width=8)
-        self.stem = qnn.QuantConv2d(1, 8, 3, padding=1, weight_bit_width=8, bias=True)
-        self.relu1 = qnn.QuantReLU(bit_width=abits)
+        self._stem(abits)
         self.dw = qnn.QuantConv2d(8, 8, 3, padding=1, groups=8, weight_bit_width=wbits, bias=True)
         self.relu2 = qnn.QuantReLU(bit_width=abits)
         self.pw = qnn.QuantConv2d(8, 8, 1, weight_bit_width=wbits, bias=True)
         self.pwq = qnn.QuantIdentity(bit_width=abits)
         self.relu3 = qnn.QuantReLU(bit_width=abits)
-        self.pool = nn.AvgPool2d(2)
-        self.poolq = qnn.QuantIdentity(bit_width=8)
-        self.fc = qnn.QuantLinear(8 * 16, 10, weight_bit_width=8, bias=True)
+        self._head()
 
-    def forward(self, x):
-        x = self.inp(x)
-        x = self.relu1(self.stem(x))
-        y = self.pwq(self.pw(self.relu2(self.dw(x))))
-        x = self.relu3(x + y)
-        x = self.poolq(self.pool(x))
-        return self.fc(torch.flatten(x, 1))
+    def block(self, x):
+        return self.relu3(x + self.pwq(self.pw(self.relu2(self.dw(x)))))
 
 
-class HiddenResidual(nn.Module):
+class HiddenResidual(_DigitsBackbone):
     """The residual block of Brevitas' own examples: ``QuantReLU(x + QuantConv2d(x))``, the
     conv branch's output not quantized before the add (4-bit weights, 8-bit activations).
     ``shared``: one QuantIdentity quantizes both branches instead (``relu(q(x) + q(conv(x)))``)."""
@@ -55,22 +71,15 @@ class HiddenResidual(nn.Module):
         import brevitas.nn as qnn
 
         self.shared = shared
-        self.inp = qnn.QuantIdentity(bit_width=8)
-        self.stem = qnn.QuantConv2d(1, 8, 3, padding=1, weight_bit_width=8, bias=True)
-        self.relu1 = qnn.QuantReLU(bit_width=abits)
+        self._stem(abits)
         self.conv = qnn.QuantConv2d(8, 8, 3, padding=1, weight_bit_width=wbits, bias=True)
         if shared:
             self.q = qnn.QuantIdentity(bit_width=abits)
         self.relu2 = qnn.QuantReLU(bit_width=abits)
-        self.pool = nn.AvgPool2d(2)
-        self.poolq = qnn.QuantIdentity(bit_width=8)
-        self.fc = qnn.QuantLinear(8 * 16, 10, weight_bit_width=8, bias=True)
+        self._head()
 
-    def forward(self, x):
-        x = self.relu1(self.stem(self.inp(x)))
-        x = self.relu2(self.q(x) + self.q(self.conv(x))) if self.shared else self.relu2(x + self.conv(x))
-        x = self.poolq(self.pool(x))
-        return self.fc(torch.flatten(x, 1))
+    def block(self, x):
+        return self.relu2(self.q(x) + self.q(self.conv(x))) if self.shared else self.relu2(x + self.conv(x))
 
 
 def train_and_export(path: str | Path, epochs: int, wbits: int = 4, abits: int = 4, seed: int = 0,

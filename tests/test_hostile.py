@@ -20,15 +20,23 @@ EXAMPLE = "model/data/digits_brevitas.onnx"
     ("resnet8", (4, 1, 32, 32), "(N, 3, 32, 32), the file holds (4, 1, 32, 32)"),
     ("dscnn", (4, 1, 10, 49), "dscnn takes inputs of shape (N, 1, 49, 10)"),  # transposed MFCCs
     ("digits", (4, 1, 16, 16), "digits takes inputs of shape (N, 1, 8, 8)"),
+    (EXAMPLE, (4, 1, 16, 16), f"{EXAMPLE} takes inputs of shape (N, 1, 8, 8), the file holds (4, 1, 16, 16)"),
 ])
 @pytest.mark.parametrize("command", ["quantize", "cosim"])
-def test_a_shipped_models_input_shape_is_fixed(tmp_path, capsys, model, shape, must, command):
+def test_a_models_input_shape_is_fixed(tmp_path, capsys, model, shape, must, command):
     calib = tmp_path / "c.npy"
     np.save(calib, np.random.default_rng(0).uniform(0, 1, shape).astype(np.float32))
     extra = ["--finetune", "0"] + (["--out", str(tmp_path / "a")] if command == "quantize" else [])
     rc = main([command, "--quantizer", "fixed8", "--model", model, "--calib", str(calib), *extra])
     assert_one_line_error(capsys, 2, rc, must)
     assert not (tmp_path / "a").exists()
+
+
+def test_an_onnx_models_own_quantization_checks_the_input_shape(tmp_path, capsys):
+    calib = tmp_path / "c.npy"
+    np.save(calib, np.zeros((4, 1, 16, 16), np.float32))
+    rc = main(["quantize", "--quantizer", "keep", "--model", EXAMPLE, "--calib", str(calib), "--out", str(tmp_path / "a")])
+    assert_one_line_error(capsys, 2, rc, f"{EXAMPLE} takes inputs of shape (N, 1, 8, 8), the file holds (4, 1, 16, 16)")
 
 
 def test_an_npz_is_not_a_calibration_array(tmp_path, capsys):

@@ -17,7 +17,7 @@ from quantrtl.util.provenance import package_versions
 __all__ = ["DEFAULT_FINETUNE", "DEMO_QUANTIZERS", "SHIPPED_MODELS", "KEEP", "KeepQuantizer", "resolve_quantizer",
            "MAX_LANES", "OptionError", "ModelSource", "DIGITS", "load_data", "tool_versions", "check_density",
            "check_lanes", "parse_lanes", "lanes_tag", "check_sparse", "check_stream_options", "artifact_stem", "write_json",
-           "check_shipped_input",
+           "check_input_shape",
            "HardwareOptions"]
 
 #: Fine-tuning epochs used when the user does not say (``--finetune 0`` is pure PTQ).
@@ -155,17 +155,23 @@ def load_data(source: ModelSource):
     return split, split, fmt, False
 
 
-def check_shipped_input(source: ModelSource, split) -> None:
-    """A shipped model's input shape is fixed (it is not rebuilt for the data): calibration
-    data of another shape is an error naming both."""
-    if source.shipped is None or source.calib is None:
-        return
-    from quantrtl.model.training.net import SHIPPED
+def check_input_shape(source: ModelSource, split, shape=None) -> None:
+    """A model's input shape is fixed: a shipped model is not rebuilt for the data, an ONNX
+    model declares ``shape`` (C, H, W). Data of another shape is an error naming both."""
+    if shape is None:
+        if source.shipped is None:
+            return
+        from quantrtl.model.training.net import SHIPPED
 
-    want = tuple(SHIPPED[source.shipped].input_shape)
-    if tuple(split.x.shape[1:]) != want:
-        raise OptionError("calib", f"{source.calib}: the shipped model {source.shipped} takes inputs of shape "
-                                   f"(N, {', '.join(map(str, want))}), the file holds {tuple(split.x.shape)}")
+        shape = SHIPPED[source.shipped].input_shape
+    want, got = tuple(shape), tuple(split.x.shape)
+    if got[1:] == want:
+        return
+    takes = f"takes inputs of shape (N, {', '.join(map(str, want))})"
+    if source.calib is None:
+        raise OptionError("model", f"{source.model}: {takes}, the digits data has (N, 1, 8, 8)")
+    who = f"the shipped model {source.shipped}" if source.shipped else source.model
+    raise OptionError("calib", f"{source.calib}: {who} {takes}, the file holds {got}")
 
 
 def check_density(density) -> None:

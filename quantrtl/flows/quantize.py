@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from quantrtl.flows.common import DEFAULT_FINETUNE, DIGITS, KEEP, ModelSource, artifact_stem, check_density, \
-    check_shipped_input, load_data, resolve_quantizer, tool_versions
+    check_input_shape, load_data, resolve_quantizer, tool_versions
 from quantrtl.model.numbers import artifact
 from quantrtl.model.numbers.families import families, family, parse_format
 from quantrtl.util.errors import OptionError
@@ -257,7 +257,7 @@ def _quantize_keep(opts: "QuantizeOptions") -> QuantizedRun:
     source = opts.source
     m = load_onnx(source.onnx)
     train, test, _, labelled = load_data(source)
-    _check_input_shape(m.input_shape, test, source)
+    check_input_shape(source, test, m.input_shape)
     meta = {"finetune_epochs": 0, "seed": opts.seed, "model": source.onnx, "density": None,
             "training": "the model's own quantization (QONNX Quant nodes), no training",
             "checkpoint": Path(source.onnx).name,
@@ -310,13 +310,6 @@ def compare_with_qonnx(m, net, x, ctx: dict | None = None, golden_result=None) -
     return {"agreement": agree, "max_code_difference": worst, "images": len(x)}
 
 
-def _check_input_shape(shape, split, source) -> None:
-    if tuple(split.x.shape[1:]) != tuple(shape):
-        where = f"--calib {source.calib}" if source.calib else "the digits data (1, 8, 8)"
-        raise OptionError("model", f"{source.model}: takes inputs of shape {tuple(shape)}, {where} has "
-                                   f"{tuple(split.x.shape[1:])}")
-
-
 def _check_classes(float_model, probe, train, labelled: bool, source) -> None:
     """A model evaluated (and fine-tuned) on labelled data needs an output per class."""
     if not labelled:
@@ -344,7 +337,7 @@ def _quantize(opts: "QuantizeOptions") -> QuantizedRun:
 
     t0 = time.perf_counter()
     train, test, input_fmt, labelled = load_data(source)
-    check_shipped_input(source, train)
+    check_input_shape(source, train)
     if finetune and not labelled:
         if source.synthetic:
             raise OptionError("finetune", f"fine-tuning needs labels and {source.shipped} has no labelled data "
@@ -362,7 +355,7 @@ def _quantize(opts: "QuantizeOptions") -> QuantizedRun:
             from quantrtl.model.training.onnx_import import float_graph, load_onnx
 
             m = load_onnx(source.onnx)
-            _check_input_shape(m.input_shape, train, source)
+            check_input_shape(source, train, m.input_shape)
             float_model = float_graph(m)
         elif source.module is not None:  # training changes the model: work on a copy
             float_model = prepare_module(copy.deepcopy(source.module), "model", probe=probe)
