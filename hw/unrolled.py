@@ -5,10 +5,12 @@ weight of an output channel is a constant in the netlist, so
 
 * a zero weight costs nothing (no term);
 * a power-of-two weight ``±2**e`` is wiring (``x << e``) plus its add or subtract;
-* any other weight is a constant multiply (a shift-add network after synthesis).
+* any other weight is its canonical signed digits (``hw/cmvm.py``): ``d`` nonzero
+  digits are ``d`` shifted inputs, added or subtracted (no multiplier).
 
 Positive and negative terms go into two balanced adder trees and the channel output is
-their difference, registered: one dot product per clock cycle.  Formats with a
+their difference, registered: one dot product per clock cycle.  :class:`UnrolledLayer`
+builds every output channel of a layer at once, sharing subexpressions across them.  Formats with a
 decomposition (basis scales, component means, block magnitudes) sum each group of
 terms first and multiply by the group's constant once.
 """
@@ -20,8 +22,9 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from quantrtl.hw.arith import adder_tree, signed_width
+from quantrtl.hw.cmvm import AdderGraph, cmvm, csd_digits
 
-__all__ = ["UnrolledDot", "window_bits"]
+__all__ = ["UnrolledDot", "UnrolledLayer", "window_bits"]
 
 
 def window_bits(fmt, codes, act_bits: int = 8) -> tuple[int, int]:
@@ -34,6 +37,16 @@ def window_bits(fmt, codes, act_bits: int = 8) -> tuple[int, int]:
     terms = [np.asarray(ts).ravel() for c, ts in groups if c]
     used = sum(1 for i in range(codes.size) if any(int(t[i]) for t in terms))
     return codes.size * bits, used * bits
+
+
+def _window_and_output(m: Module, c):
+    """A hard-wired datapath's input window (registered inside when ``c.register_inputs``)
+    and the domain its output is driven in (a register unless ``c.register_output`` is off)."""
+    x = c.x
+    if c.register_inputs:
+        x = Signal.like(c.x, name="x_reg")
+        m.d.sync += x.eq(c.x)
+    return x, (m.d.sync if c.register_output else m.d.comb)
 
 
 class UnrolledDot(wiring.Component):
@@ -101,20 +114,15 @@ class UnrolledDot(wiring.Component):
         return sum(1 for w in self.weights if w)
 
     def _sum(self, m: Module, x, ts: list, name: str):
-        """Positive and negative terms in two adder trees; their difference."""
+        """Each weight's canonical signed digits as shifted inputs (a power of two is
+        wiring, a zero weight nothing), positive and negative terms in two adder trees;
+        their difference."""
         pos, neg = [], []
         for i, w in enumerate(ts):
-            if w == 0:
-                continue  # a zero weight vanishes
-            a = abs(w)
-            xi = x[i]
-            if a & (a - 1) == 0:
-                term = xi << (a.bit_length() - 1)  # power of two: wiring
-            else:
-                term = xi * Const(a, unsigned(a.bit_length()))  # constant multiply
-            t = Signal(unsigned(len(term)), name=f"{name}t{i}")
-            m.d.comb += t.eq(term)
-            (pos if w > 0 else neg).append(t)
+            for k, d in csd_digits(w):
+                t = Signal(unsigned(self.act_bits + k), name=f"{name}t{i}_{k}")
+                m.d.comb += t.eq(x[i] << k)
+                (pos if d > 0 else neg).append(t)
         zero = Const(0, 1)
         p = adder_tree(m, pos, f"{name}pos") if pos else zero
         n = adder_tree(m, neg, f"{name}neg") if neg else zero
@@ -122,11 +130,7 @@ class UnrolledDot(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        x = self.x
-        if self.register_inputs:
-            x = Signal.like(self.x, name="x_reg")
-            m.d.sync += x.eq(self.x)
-        out = m.d.sync if self.register_output else m.d.comb
+        x, out = _window_and_output(m, self)
         if len(self.groups) == 1 and self.groups[0][0] == 1:
             out += self.y.eq(self._sum(m, x, self.groups[0][1], ""))
             return m
@@ -140,4 +144,80 @@ class UnrolledDot(wiring.Component):
             m.d.comb += p.eq(s * Const(c, signed(max(2, c.bit_length() + 1))) if c != 1 else s)
             scaled.append(p)
         out += self.y.eq(adder_tree(m, scaled, "groups") if scaled else 0)
+        return m
+
+
+def _range_shape(lo: int, hi: int):
+    """The smallest shape holding every integer in [lo, hi]."""
+    return unsigned(max(hi.bit_length(), 1)) if lo >= 0 else signed(signed_width(lo, hi))
+
+
+class UnrolledLayer(wiring.Component):
+    """A whole layer hard-wired, every output channel at once: ``y = W x`` for a constant
+    integer matrix ``W`` (Cout x fan-in) as one adder graph (``hw/cmvm.py``: canonical
+    signed digits, subexpressions shared across output channels, balanced output sums),
+    no multiplier.  Each adder is as wide as its exact range; ``y`` is registered (one
+    window per cycle) unless ``register_output`` is off; ``register_inputs`` registers
+    the window too (register-to-register paths, for a post-route Fmax).
+
+    ``max_depth`` bounds the adder levels of a shared subexpression (``cmvm``)."""
+
+    def __init__(self, weights, act_bits: int = 8, register_inputs: bool = False, register_output: bool = True,
+                 max_depth: int | None = None):
+        w = np.asarray(weights)
+        self.weights = w.reshape(w.shape[0], -1).astype(np.int64)
+        self.act_bits = int(act_bits)
+        self.register_inputs, self.register_output = bool(register_inputs), bool(register_output)
+        self.graph: AdderGraph = cmvm(self.weights, self.act_bits, max_depth)
+        amax = (1 << self.act_bits) - 1
+        lo = int(np.minimum(self.weights, 0).sum(axis=1).min(initial=0)) * amax
+        hi = int(np.maximum(self.weights, 0).sum(axis=1).max(initial=0)) * amax
+        self.out_width = signed_width(lo, hi)
+        cout, fan_in = self.weights.shape
+        super().__init__({
+            "x": In(data.ArrayLayout(unsigned(self.act_bits), fan_in)),
+            "y": Out(data.ArrayLayout(signed(self.out_width), cout)),
+        })
+
+    @classmethod
+    def from_codes(cls, fmt, codes, act_bits: int = 8, **options) -> "UnrolledLayer":
+        """A layer's codes (Cout, fan-in...) in ``fmt``: its decoded integer weights; a
+        binary-input (``xnor``) format reads 1-bit activations (``UnrolledDot``)."""
+        codes = np.asarray(codes)
+        return cls(np.asarray(fmt.decode(codes)).reshape(codes.shape[0], -1),
+                   1 if fmt.binary_input else act_bits, **options)
+
+    @property
+    def adders(self) -> int:
+        return self.graph.adders
+
+    def describe(self) -> dict:
+        """The adder graph in numbers: adders (final negations included), adder levels,
+        shared subexpressions, canonical signed digits, the strategy kept (``hw/cmvm.py``)."""
+        g = self.graph
+        return {"adders": g.adders, "adder_depth": g.depth, "subexpressions": g.stats["subexpressions"],
+                "csd_digits": g.stats["digits"], "cmvm_strategy": g.stats["strategy"]}
+
+    @property
+    def depth(self) -> int:
+        return self.graph.depth
+
+    def elaborate(self, platform):
+        m = Module()
+        x, out = _window_and_output(m, self)
+        sig = []
+        for n in self.graph.nodes:
+            if n.is_input:
+                sig.append(x[n.index])
+                continue
+            v = Signal(_range_shape(n.lo, n.hi), name=f"n{n.id}")
+            a, b = sig[n.a] << n.shift_a, sig[n.b] << n.shift_b
+            m.d.comb += v.eq(a + b if n.sign > 0 else a - b)
+            sig.append(v)
+        for j, o in enumerate(self.graph.outputs):
+            if o is None:
+                out += self.y[j].eq(0)
+            else:
+                node, shift, sign = o
+                out += self.y[j].eq(sig[node] << shift if sign > 0 else -(sig[node] << shift))
         return m

@@ -200,3 +200,104 @@ def bench_sparse(quantizers: tuple[str, ...] = ("shift3", "fixed8"), densities: 
             "measurement": "each layer's engine simulated alone (Amaranth simulator) on its golden input, one value "
                            "per cycle, output always ready",
             "versions": package_versions("quantrtl", "amaranth", python=True)}
+
+
+#: The quantizers of ``bench unrolled`` (the integer families whose hard-wired layer is a
+#: constant matrix; pq's is a table layer, ``hw/pq.py``).
+UNROLLED_QUANTIZERS = ("fixed8", "shift3", "ternary")
+
+
+def bench_unrolled(quantizers: tuple[str, ...] = UNROLLED_QUANTIZERS, layer: str = "conv2", vs: str = "da4ml",
+                   fpga: tuple[str, ...] = ("ecp5",), yosys: str | None = None, build_root: str | Path = "build/bench",
+                   progress=None) -> dict:
+    """The whole hard-wired ``layer`` of the digits model per quantizer (its artifact's
+    integer weights, 8-bit activations), ours (``UnrolledLayer``) beside ``vs``'s
+    (da4ml, ``synth/peer.py``) on the same matrix: both combinational (no register on
+    either side), both checked against ``W @ x`` in Icarus, both synthesized with the
+    gate script (gates, logic depth, cold synthesis time) and, for each of ``fpga``,
+    with input and output registers around them, mapped, placed and routed with and
+    without DSPs (LUT4, carry, DSPs, FFs, post-route Fmax)."""
+    import numpy as np
+
+    from quantrtl.hw.engines import conv_engine_class
+    from quantrtl.hw.unrolled import UnrolledLayer
+    from quantrtl.synth.fpga import fpga_map
+    from quantrtl.synth.gates import write_verilog
+    from quantrtl.synth.peer import check_product, da4ml_design, ours_ports
+    from quantrtl.synth.yosys import synthesize, yosys_version
+    from quantrtl.util.errors import OptionError
+
+    if vs != "da4ml":
+        raise OptionError("vs", f"unknown peer {vs!r}; available: da4ml")
+    root = Path(build_root) / "unrolled"
+    rows = []
+    for q in quantizers:
+        net = quantize_network(q, DEFAULT_FINETUNE, DIGITS).qnet
+        names = [l.name for l in net.layers if l.has_weights]
+        if layer not in names:
+            raise OptionError("layer", f"{layer!r} is not a conv2d/linear layer of the digits model; choose one of {names}")
+        lay = net.layer(layer)
+        if lay.format.binary_input or conv_engine_class(lay.format).unrolled_parts(lay.format, lay.codes) is not None:
+            raise OptionError("quantizer", f"{q}: its hard-wired layer is not a constant matrix on 8-bit inputs; "
+                                           f"choose among {', '.join(UNROLLED_QUANTIZERS)}")
+        codes = np.asarray(lay.codes)
+        matrix = np.asarray(lay.format.decode(codes), dtype=np.int64).reshape(codes.shape[0], -1)
+        t0 = time.perf_counter()
+        ours = UnrolledLayer(matrix, 8, register_output=False)
+        top = f"digits_{layer}_{q}_layer_comb"
+        designs = {"quantrtl": (write_verilog(ours, top, root), top, ours_ports(ours), ours.describe(),
+                                time.perf_counter() - t0)}
+        t0 = time.perf_counter()
+        ptop = f"digits_{layer}_{q}_{vs}"
+        pv, pports, pstats = da4ml_design(matrix, 8, ptop, root)
+        designs[vs] = (pv, ptop, pports, pstats, time.perf_counter() - t0)
+        for who, (v, t, ports, stats, gen_seconds) in designs.items():
+            check = check_product(v, t, ports, matrix, 8)
+            g = synthesize(v, t, yosys=yosys, cache_dir=None)  # cold: the synthesis time is measured
+            row = {"quantizer": q, "layer": layer, "design": who, "top": t, "verilog": str(v),
+                   "matrix": list(matrix.shape), "nonzero_weights": int(np.count_nonzero(matrix)),
+                   "generate_seconds": gen_seconds, **check, "gates_total": g.gates_total,
+                   "gates_by_type": g.gates_by_type, "flipflops": g.flipflops, "logic_depth": g.logic_depth,
+                   "synth_seconds": g.seconds, "adders": stats["adders"], "adder_depth": stats["adder_depth"],
+                   "generator": stats.get("version", "quantrtl"), "fpga": []}
+            if progress:
+                progress(f"{q} {who}: {g.gates_total:,} gates, {'bit-exact' if check['bit_exact'] else 'MISMATCH'}")
+            for target in fpga:
+                wrapped = _registered(v, t, ports, root)
+                for dsp in (True, False):
+                    f = fpga_map(wrapped, f"{t}_reg", target, dsp, yosys, cache_dir=None)
+                    row["fpga"].append({"target": target, "device": f.device, "dsp": dsp, "luts": f.luts,
+                                        "carry": f.carry, "ffs": f.ffs, "dsps": f.dsps, "fmax_mhz": f.fmax_mhz,
+                                        "seconds": f.seconds, "nextpnr_version": f.nextpnr_version})
+                    if progress:
+                        progress(f"{q} {who} {target}{'' if dsp else ' --no-dsp'}: {f.luts:,} LUTs, "
+                                 f"{f.fmax_mhz or 0:.1f} MHz")
+            rows.append(row)
+    return {"benchmark": "unrolled", "vs": vs, "layer": layer, "results": rows,
+            "covers": ("one output pixel of the layer: every output channel's dot product over one input window "
+                       "(the integer matrix product; no bias, requantization or line buffer); gates: combinational, "
+                       "no register on either side; FPGA: the window and the outputs registered on both sides"),
+            "yosys_version": yosys_version(yosys),
+            "versions": package_versions("quantrtl", "amaranth", "da4ml", python=True)}
+
+
+def _registered(verilog: Path, top: str, ports, root: Path) -> Path:
+    """``top`` with its flat input and output registered (module ``<top>_reg``, one clock):
+    register-to-register paths for a post-route Fmax, the same registers for both designs."""
+    from quantrtl.util.atomic import atomic_write
+
+    i, o = max(ports.input_bits, 1), max(ports.output_bits, 1)
+    wrapper = f"""
+module {top}_reg(input clk, input [{i - 1}:0] x, output reg [{o - 1}:0] y);
+  reg [{i - 1}:0] x_r;
+  wire [{o - 1}:0] y_c;
+  {top} core(.{ports.input_port}(x_r), .{ports.output_port}(y_c));
+  always @(posedge clk) begin
+    x_r <= x;
+    y <= y_c;
+  end
+endmodule
+"""
+    path = root / f"{top}_reg.v"
+    atomic_write(path, Path(verilog).read_text() + wrapper)
+    return path

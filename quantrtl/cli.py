@@ -273,8 +273,9 @@ def _print_asic(rows: list[dict], name) -> None:
           "-" if x["asic"]["macs_per_second_per_mm2"] is None else f"{x['asic']['macs_per_second_per_mm2'] / 1e9:.3f}"]
          for x in rows]))
     if "sample" in a0:
-        n = f"{a0['sample']} sampled channels" if a0["extrapolated"] else "every channel"
-        print(f"unrolled layer from {n} (each mapped alone; areas are their mean x Cout, Fmax the slowest channel's)")
+        print(f"unrolled layer from {a0['sample']} sampled channels (each mapped alone; areas are their mean x Cout, "
+              "Fmax the slowest channel's)" if a0["extrapolated"] else
+              "unrolled layer mapped whole (every channel, subexpressions shared)")
     energies = [x for x in rows if x["asic"].get("energy")]
     if energies:
         e0 = energies[0]["asic"]["energy"]
@@ -313,10 +314,11 @@ def _print_fpga(rows: list[dict], name) -> None:
           "-" if x["fpga"]["macs_per_second"] is None else f"{x['fpga']['macs_per_second'] / 1e9:.3f}",
           "-" if x["fpga"]["luts_per_gmacs"] is None else f"{x['fpga']['luts_per_gmacs']:,.0f}"]
          for x in rows]))
-    if "sample" in f0:  # unrolled: sampled channels, each with its input window registered
-        n = f"{f0['sample']} sampled channels" if f0["extrapolated"] else "every channel"
-        print(f"unrolled layer from {n} (each placed alone with its input window registered; Fmax is the slowest "
-              f"channel's; FFs count the shared input window once)"
+    if "sample" in f0:  # unrolled: the whole layer or sampled channels, input window registered
+        print((f"unrolled layer from {f0['sample']} sampled channels (each placed alone with its input window "
+               "registered; Fmax is the slowest channel's; FFs count the shared input window once)")
+              if f0["extrapolated"] else "unrolled layer placed whole (every channel, subexpressions shared, its "
+              "input window registered)"
               + ("" if f0["luts_available"] is None else
                  "; fits the device (" + f"{f0['luts_available']:,} LUTs, {f0['dsps_available']} DSPs): "
                  + ", ".join(f"{name(x)} {'yes' if x['fpga']['fits'] else 'NO'}" for x in rows)))
@@ -448,6 +450,13 @@ def cmd_gates(args) -> int:
                       f"sub-vectors = {sum(p['gates'] * p['count'] for p in tables):,} gates; "
                       + "; ".join(f"channel sum {p['gates']:,} x {p['count']} channels = {p['gates'] * p['count']:,}"
                                   for p in sums))
+    whole = [y for y in r.rows if (y.get("extra") or {}).get("whole_layer")]
+    if whole:
+        print("\nwhole layer, one design per quantizer (canonical signed digits, subexpressions shared across "
+              "output channels; hw/cmvm.py): "
+              + "; ".join(f"{y['quantizer']} {y['extra']['adders']:,} adders ({y['extra']['csd_digits']:,} digits, "
+                          f"{y['extra']['subexpressions']:,} shared), {y['extra']['adder_depth']} adder levels"
+                          for y in whole))
     if r.target != "gates":
         _print_target(r.rows, lambda x: x["quantizer"])
     print(f"\n{r.yosys_version}; script: abc -g AND,NAND,OR,NOR,XOR,XNOR,ANDNOT,ORNOT,MUX (full script in JSON)")
@@ -523,8 +532,10 @@ def cmd_bench(args) -> int:
     from quantrtl.util.errors import OptionError
     from quantrtl.util.lanes import parse_lanes
 
-    if args.what not in ("cosim", "synth", "sparse", "verilog"):
-        raise ValueError(f"unknown benchmark {args.what!r}; available: cosim, synth, sparse, verilog")
+    if args.what not in ("cosim", "synth", "sparse", "verilog", "unrolled"):
+        raise ValueError(f"unknown benchmark {args.what!r}; available: cosim, synth, sparse, verilog, unrolled")
+    if args.what == "unrolled":
+        return _bench_unrolled(args)
     if args.what == "verilog":
         qs = tuple(q.strip() for q in args.quantizer.split(",") if q.strip())
         if not qs:
@@ -601,6 +612,30 @@ def cmd_bench(args) -> int:
           + f"; simulated netlist: {first['netlist']}")
     print("PE utilization (dense MACs / (lanes x layer cycles)): "
           + ", ".join(f"{k} {pct(v)}" for k, v in first["utilization"].items()))
+    if args.json:
+        flows.write_json(args.json, r)
+    return _checks_passed(x["bit_exact"] for x in r["results"])
+
+
+def _bench_unrolled(args) -> int:
+    qs = tuple(q.strip() for q in (args.quantizer if args.quantizer != "shift4" else ",".join(
+        bench.UNROLLED_QUANTIZERS)).split(",") if q.strip())
+    fpga = () if args.target == "gates" else (args.target,)
+    _say(f"benchmarking the hard-wired {args.layer} of the digits model ({', '.join(qs)}) against {args.vs}: both "
+         f"checked in Icarus, synthesized cold{', placed on ' + args.target + ' with and without DSPs' if fpga else ''} ...")
+    r = bench.bench_unrolled(qs, args.layer, args.vs, fpga, progress=_say)
+    rows = []
+    for x in r["results"]:
+        f = {d["dsp"]: d for d in x["fpga"]}
+        rows.append([x["quantizer"], x["design"], "yes" if x["bit_exact"] else "NO", f"{x['gates_total']:,}",
+                     x["adders"], x["adder_depth"], x["logic_depth"], f"{x['synth_seconds']:.1f}",
+                     *([f"{f[False]['luts']:,}", f"{f[False]['fmax_mhz'] or 0:.1f}", f"{f[True]['luts']:,}",
+                        f[True]["dsps"], f"{f[True]['fmax_mhz'] or 0:.1f}"] if f else [])])
+    print(format_table(["quantizer", "design", "bit-exact", "gates", "adders", "adder levels", "logic depth",
+                        "synth s", *(["LUT4 no-DSP", "Fmax MHz", "LUT4 DSP", "DSPs", "Fmax MHz"] if fpga else [])],
+                       rows))
+    print(f"\ncovers: {r['covers']}\n{short_version(r['yosys_version'])}; "
+          + "; ".join(sorted({x['generator'] for x in r['results']})))
     if args.json:
         flows.write_json(args.json, r)
     return _checks_passed(x["bit_exact"] for x in r["results"])
@@ -832,14 +867,18 @@ def build_parser() -> argparse.ArgumentParser:
     _row_outputs(w, "write gates against lanes (PNG)")
     w.set_defaults(func=cmd_sweep)
 
-    b = sub.add_parser("bench", help="benchmarks (results as JSON): cosim, synth, sparse, verilog")
-    b.add_argument("what", help="cosim, synth, sparse or verilog")
+    b = sub.add_parser("bench", help="benchmarks (results as JSON): cosim, synth, sparse, verilog, unrolled")
+    b.add_argument("what", help="cosim, synth, sparse, verilog or unrolled")
     b.add_argument("--quantizer", default="shift4", help="the quantizer (verilog: a comma list)")
     b.add_argument("--lanes", default="8", metavar="N|LAYER=N,...,*=N", help="MAC lanes, or a plan per layer")
     b.add_argument("--model", default="digits", choices=flows.SHIPPED_MODELS,
                    help="the shipped model to co-simulate (cosim only; default %(default)s)")
     b.add_argument("--sparse", default=None, metavar="row,broadcast",
                    help="sparse: the zero-skipping engines to benchmark (default both)")
+    b.add_argument("--vs", default="da4ml", help="unrolled: the peer generator (da4ml)")
+    b.add_argument("--layer", default="conv2", help="unrolled: the digits layer (default %(default)s)")
+    b.add_argument("--target", default="ecp5", metavar="ecp5|gates",
+                   help="unrolled: also place both designs on this FPGA (default %(default)s; gates: no placement)")
     b.add_argument("--json", help="write results as JSON")
     b.set_defaults(func=cmd_bench)
 

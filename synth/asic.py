@@ -204,11 +204,12 @@ def sta_script(liberty: str, netlist: str, top: str, clock_ns: float) -> str:
         f"read_verilog {netlist}",
         f"link_design {top}",
         f"create_clock -name clk -period {clock_ns:g} [get_ports clk]",
-        # every input but the clock, by name (this OpenSTA build refuses a port list holding
-        # the clock, and port objects handed back from all_inputs: 'invalid command name NULL')
+        # every input but the clock, and every output, by name (this OpenSTA build refuses a
+        # port list holding the clock, and on some netlists the port objects all_outputs
+        # hands back: 'invalid command name NULL')
         'foreach port [all_inputs] { set name [get_name $port]; if {$name != "clk"} '
         '{ set_input_delay 0 -clock clk [get_ports -quiet $name] } }',
-        "set_output_delay 0 -clock clk [all_outputs]",
+        'foreach port [all_outputs] { set_output_delay 0 -clock clk [get_ports -quiet [get_name $port]] }',
         "report_checks -path_delay max -digits 3",
         "report_wns -digits 3",
     ]) + "\n"

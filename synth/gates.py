@@ -8,8 +8,11 @@
   (PEs + adder trees + accumulators) is synthesized too and reported as the datapath,
   the rest of the engine as control.
 * **unrolled**: weights hard-wired (``hw/unrolled.py``), one output pixel per cycle, i.e.
-  ``fan_in × Cout`` MACs per cycle for every design.  A sample of output channels is
-  synthesized and the whole layer is extrapolated (labelled as such, with the spread).
+  ``fan_in × Cout`` MACs per cycle for every design.  Every channel (``sample`` None):
+  the whole layer as one design, subexpressions shared across its output channels
+  (``UnrolledLayer``), measured.  A sample of output channels: each synthesized alone
+  (``UnrolledDot``, no sharing) and the layer extrapolated (labelled as such, with the
+  spread).
 
 Every number comes from a Yosys run on the exact Verilog file named in the row.
 """
@@ -24,7 +27,7 @@ import numpy as np
 
 from quantrtl.hw.array import MacArray
 from quantrtl.hw.engines import conv_engine_class
-from quantrtl.hw.unrolled import UnrolledDot, window_bits
+from quantrtl.hw.unrolled import UnrolledDot, UnrolledLayer, window_bits
 from quantrtl.hw.verilog import to_verilog
 from quantrtl.model.numbers.artifact import Layer
 from quantrtl.util.atomic import atomic_write
@@ -118,23 +121,50 @@ def array_designs(layers: dict[str, Layer], throughput: int, out_dir: Path, pipe
     return designs
 
 
-def unrolled_designs(weights: dict[str, np.ndarray], out_dir: Path, sample: int, name: str, seed: int = 0,
+def unrolled_designs(weights: dict[str, np.ndarray], out_dir: Path, sample: int | None, name: str, seed: int = 0,
                      register_inputs: bool = False):
-    """The sampled channels (same for every quantizer) and per design (quantizer, channel,
-    Verilog, top); ``register_inputs``: each channel registers its input window too (the
-    designs an FPGA place-and-route times, ``_reg`` tops)."""
+    """The channels the designs cover (the same for every quantizer) and per design
+    (quantizer, the channels it computes, Verilog, top, its adder graph's description:
+    ``UnrolledLayer.describe``, empty for a channel alone).  ``sample`` None: one design per
+    quantizer, the whole layer (``UnrolledLayer``: every channel, subexpressions shared,
+    ``_layer`` tops); else that many seeded channels, each its own design
+    (``UnrolledDot``, ``_ch<c>`` tops).  ``register_inputs``: the designs register their
+    input window too (what an FPGA place-and-route times, ``_reg`` tops)."""
     cout = next(iter(weights.values())).codes.shape[0]
-    k = cout if sample is None else min(sample, cout)
-    if k < 1:
-        raise OptionError("sample", f"must be at least 1, got {sample}")
-    channels = sorted(np.random.default_rng(seed).choice(cout, size=k, replace=False).tolist())
+    reg = "_reg" if register_inputs else ""
     designs = []
+    if sample is None or sample >= cout:
+        from quantrtl.hw.cmvm import MAX_PAIRS, pair_count
+
+        for q, w in weights.items():
+            codes = np.asarray(w.codes)
+            pairs = pair_count(np.asarray(w.format.decode(codes)).reshape(cout, -1))
+            if pairs > MAX_PAIRS:
+                raise OptionError("sample", f"all: the whole {q} layer ({cout} channels x "
+                                            f"{codes[0].size} weights) has {pairs:,} pairs of signed-digit terms for "
+                                            f"the subexpression search, more than {MAX_PAIRS:,}; sample channels "
+                                            "(each synthesized alone) instead")
+            top = f"{name}_{q}_layer{reg}"
+            layer = UnrolledLayer.from_codes(w.format, w.codes, register_inputs=register_inputs)
+            designs.append((q, tuple(range(cout)), write_verilog(layer, top, out_dir), top, layer.describe()))
+        return list(range(cout)), designs
+    if sample < 1:
+        raise OptionError("sample", f"must be at least 1, got {sample}")
+    channels = sorted(np.random.default_rng(seed).choice(cout, size=sample, replace=False).tolist())
     for q, w in weights.items():
         for c in channels:
-            top = f"{name}_{q}_ch{c}{'_reg' if register_inputs else ''}"
+            top = f"{name}_{q}_ch{c}{reg}"
             dot = UnrolledDot.from_codes(w.format, w.codes[c], register_inputs=register_inputs)
-            designs.append((q, c, write_verilog(dot, top, out_dir), top))
+            designs.append((q, (c,), write_verilog(dot, top, out_dir), top, {}))
     return channels, designs
+
+
+def _layer_total(per: list, cout: int, value) -> float:
+    """A layer's total of ``value(result)`` from designs ``(channels, result)`` covering
+    some of its ``cout`` channels: scaled by ``cout`` over the channels covered (exact
+    when they cover all)."""
+    covered = sum(len(chs) for chs, _ in per)
+    return sum(value(r) for _, r in per) * cout / covered
 
 
 def array_rows(layers: dict[str, Layer], throughput: int, out_dir: Path, jobs: int = 2, yosys: str | None = None,
@@ -171,9 +201,10 @@ def unrolled_rows(weights: dict, out_dir: Path, sample: int | None = 4, jobs: in
     artifact :class:`~quantrtl.model.numbers.artifact.Layer`).
 
     The same ``sample`` output channels (seeded choice) are synthesized for every
-    quantizer; the layer total is the sample mean times Cout (one output pixel per
-    cycle means all Cout channels work in parallel), marked extrapolated.  ``sample``
-    None (or at least Cout) synthesizes every channel: the total is their sum, measured.
+    quantizer, each alone; the layer total is the sample mean times Cout (one output
+    pixel per cycle means all Cout channels work in parallel), marked extrapolated.
+    ``sample`` None (or at least Cout) synthesizes the whole layer as one design, its
+    subexpressions shared across channels: measured.
     """
     cout = next(iter(weights.values())).codes.shape[0]
     composed = {q: parts for q, w in weights.items()
@@ -183,7 +214,7 @@ def unrolled_rows(weights: dict, out_dir: Path, sample: int | None = 4, jobs: in
     k = len(channels)
     part_designs = [(q, part, count, write_verilog(comp, f"{name}_{q}_{part}", Path(out_dir)), f"{name}_{q}_{part}")
                     for q, parts in composed.items() for part, comp, count in parts]
-    results = run_all([(v, top) for _, _, v, top in designs] + [(v, top) for *_, v, top in part_designs], jobs,
+    results = run_all([(v, top) for _, _, v, top, _ in designs] + [(v, top) for *_, v, top in part_designs], jobs,
                       yosys, cache_dir)
     part_results = results[len(designs):]
     rows = []
@@ -192,31 +223,34 @@ def unrolled_rows(weights: dict, out_dir: Path, sample: int | None = 4, jobs: in
             rows.append(_composed_row(q, w, [(d, r) for d, r in zip(part_designs, part_results) if d[0] == q], name))
             continue
         values = w.values
-        per = [(c, r, v, top) for (qq, c, v, top), r in zip(designs, results) if qq == q]
-        gates = [r.gates_total for _, r, _, _ in per]
+        per = [(chs, r, v, top) for (qq, chs, v, top, _), r in zip(designs, results) if qq == q]
+        whole = len(per) == 1 and len(per[0][0]) == cout
         fan_in = int(np.prod(values.shape[1:]))
         throughput = fan_in * cout
-        mean = statistics.fmean(gates)
-        by_type: dict[str, float] = {}
-        for _, r, _, _ in per:
-            for t, n in r.gates_by_type.items():
-                by_type[t] = by_type.get(t, 0) + n * cout / k
+        cover = [(chs, r) for chs, r, _, _ in per]
+        total = _layer_total(cover, cout, lambda r: r.gates_total)
+        kinds = sorted({t for _, r, _, _ in per for t in r.gates_by_type})
         first = per[0][1]
+        gates = [r.gates_total for _, r, _, _ in per]
+        spread = {"verilog": [str(v) for _, _, v, _ in per], "tops": [t for _, _, _, t in per]}
+        if not whole:
+            spread.update(channels=channels, gates=gates, min=min(gates), max=max(gates), stdev=statistics.pstdev(gates))
+        extra = {"nonzero_weights_per_channel": [int(np.count_nonzero(values.reshape(cout, -1)[c])) for c in channels],
+                 "cout": cout, "fan_in": fan_in, "whole_layer": whole,
+                 "design": "the whole layer, subexpressions shared across output channels" if whole
+                 else "each sampled channel alone"}
+        if whole:
+            extra.update(next(d[4] for d in designs if d[0] == q))
         rows.append(GateRow(
-            quantizer=q, style="unrolled", lanes=throughput, throughput=throughput, gates_total=round(mean * cout),
-            gates_by_type={t: round(n) for t, n in sorted(by_type.items())},
-            flipflops=round(statistics.fmean(r.flipflops for _, r, _, _ in per) * cout), memory_bits=0,
-            gates_per_mac_per_cycle=mean * cout / throughput, macs_per_cycle=float(throughput), top=per[0][3],
+            quantizer=q, style="unrolled", lanes=throughput, throughput=throughput, gates_total=round(total),
+            gates_by_type={t: round(_layer_total(cover, cout, lambda r: r.gates_by_type.get(t, 0))) for t in kinds},
+            flipflops=round(_layer_total(cover, cout, lambda r: r.flipflops)), memory_bits=0,
+            gates_per_mac_per_cycle=total / throughput, macs_per_cycle=float(throughput), top=per[0][3],
             verilog=str(per[0][2]),
             yosys_version=first.yosys_version, yosys_script=first.yosys_script, extrapolated=k < cout, sample=k,
-            transistors=None if first.transistors is None else round(
-                statistics.fmean(r.transistors for _, r, _, _ in per) * cout),
-            spread={"channels": channels, "gates": gates, "min": min(gates), "max": max(gates),
-                    "stdev": statistics.pstdev(gates),
-                    "verilog": [str(v) for _, _, v, _ in per], "tops": [t for _, _, _, t in per]},
-            layer=name, logic_depth=max((r.logic_depth or 0 for _, r, _, _ in per), default=None) or None,
-            extra={"nonzero_weights_per_channel": [int(np.count_nonzero(values.reshape(cout, -1)[c])) for c in channels],
-                   "cout": cout, "fan_in": fan_in}))
+            transistors=None if first.transistors is None else round(_layer_total(cover, cout, lambda r: r.transistors)),
+            spread=spread, layer=name, logic_depth=max((r.logic_depth or 0 for _, r, _, _ in per), default=None) or None,
+            extra=extra))
     return rows
 
 
@@ -271,34 +305,37 @@ def check_unrolled_fpga(weights: dict, target: str = "an FPGA") -> None:
 def unrolled_fpga(weights: dict, out_dir: Path, target: str, dsp: bool = True, sample: int | None = 4,
                   jobs: int = 2, yosys: str | None = None, cache_dir="build/synth-cache", name: str = "fqconv",
                   seed: int = 0, progress=None) -> dict[str, dict]:
-    """FPGA columns of the unrolled rows (quantizer → dict): the same sampled channels as
-    :func:`unrolled_rows`, each with its input window registered (so that nextpnr times
-    register-to-register paths), mapped and placed on ``target`` one by one.
+    """FPGA columns of the unrolled rows (quantizer → dict): the designs of
+    :func:`unrolled_rows` (the whole layer, or the same sampled channels one by one), each
+    with its input window registered (so that nextpnr times register-to-register paths),
+    mapped and placed on ``target``.
 
-    The layer is extrapolated like the gate count: LUTs, carry, DSPs, … are the sample
+    A sample is extrapolated like the gate count: LUTs, carry, DSPs, … are the sample
     mean times Cout; flip-flops count each channel's output register (its flip-flops less
     the input bits it reads, :func:`~quantrtl.hw.unrolled.window_bits`) times
     Cout plus the input window register once (all channels of a layer share it); the Fmax
-    is the slowest sampled channel's.  ``fits`` says whether the layer's LUTs and DSPs fit
-    the named device."""
+    is the slowest sampled channel's.  The whole layer is measured as placed.  ``fits``
+    says whether the layer's LUTs and DSPs fit the named device."""
     from quantrtl.synth.fpga import TARGETS, fpga_map_all
 
     check_unrolled_fpga(weights)
     cout = next(iter(weights.values())).codes.shape[0]
     channels, designs = unrolled_designs(weights, Path(out_dir), sample, name, seed, register_inputs=True)
-    results = fpga_map_all([(v, top, f"{q} ch{c}") for q, c, v, top in designs], target, dsp, jobs, yosys,
-                           cache_dir, progress)
+    results = fpga_map_all([(v, top, f"{q} " + (f"ch{chs[0]}" if len(chs) == 1 else "layer"))
+                            for q, chs, v, top, _ in designs], target, dsp, jobs, yosys, cache_dir, progress)
     k = len(channels)
     t = TARGETS[target]
     out = {}
     for q, w in weights.items():
-        per = [(c, r) for (qq, c, _, _), r in zip(designs, results) if qq == q]
-        bits = {c: window_bits(w.format, w.codes[c]) for c, _ in per}
-        window = bits[per[0][0]][0]
-        mean = {kind: statistics.fmean(getattr(r, kind) for _, r in per)
-                for kind in ("luts", "carry", "dsps", "brams", "lutram", "muxes")}
-        layer = {kind: round(v * cout) for kind, v in mean.items()}
-        layer["ffs"] = round(statistics.fmean(r.ffs - bits[c][1] for c, r in per) * cout) + window
+        per = [(chs, r) for (qq, chs, _, _, _), r in zip(designs, results) if qq == q]
+        layer = {kind: round(_layer_total(per, cout, lambda r: getattr(r, kind)))
+                 for kind in ("luts", "carry", "dsps", "brams", "lutram", "muxes")}
+        window = window_bits(w.format, w.codes[per[0][0][0]])[0]
+        if len(per) == 1 and len(per[0][0]) == cout:  # the whole layer: its window register is in the design
+            layer["ffs"] = per[0][1].ffs
+        else:  # each channel's output register, the window register once
+            bits = {chs[0]: window_bits(w.format, w.codes[chs[0]]) for chs, _ in per}
+            layer["ffs"] = round(statistics.fmean(r.ffs - bits[chs[0]][1] for chs, r in per) * cout) + window
         fits = None if t.luts_available is None else (layer["luts"] <= t.luts_available
                                                       and layer["dsps"] <= t.dsps_available)
         slowest = min((r for _, r in per if r.fmax_mhz is not None), key=lambda r: r.fmax_mhz, default=per[0][1])
@@ -308,9 +345,9 @@ def unrolled_fpga(weights: dict, out_dir: Path, target: str, dsp: bool = True, s
                   "netlist": slowest.netlist, "report": slowest.report,
                   "extrapolated": k < cout, "sample": k, "input_window_ffs": window,
                   "fits": fits, "luts_available": t.luts_available, "dsps_available": t.dsps_available,
-                  "channels": [{"channel": c, "top": r.top, "verilog": r.verilog, "luts": r.luts, "carry": r.carry,
-                                "ffs": r.ffs, "dsps": r.dsps, "fmax_mhz": r.fmax_mhz, "cached": r.cached}
-                               for c, r in per],
+                  "channels": [{"channel": chs[0] if len(chs) == 1 else "all", "top": r.top, "verilog": r.verilog,
+                                "luts": r.luts, "carry": r.carry, "ffs": r.ffs, "dsps": r.dsps,
+                                "fmax_mhz": r.fmax_mhz, "cached": r.cached} for chs, r in per],
                   "yosys_version": slowest.yosys_version, "yosys_script": slowest.yosys_script,
                   "nextpnr_version": slowest.nextpnr_version, "nextpnr_command": slowest.nextpnr_command,
                   "seconds": sum(r.seconds for _, r in per), "cached": all(r.cached for _, r in per)}

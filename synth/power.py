@@ -40,6 +40,7 @@ from pathlib import Path
 
 from quantrtl.synth.yosys import SynthesisError
 from quantrtl.util.tools import find_executable
+from quantrtl.util.atomic import write_file
 
 __all__ = ["StreamRun", "simulate_stream", "simulate_netlist", "liberty_functions", "energy_of", "stream_energy", "liberty_power", "arc_energy",
            "netlist_nets", "netlist_cells", "testbench", "DATA_SLEW_NS", "CLOCK_SLEW_NS"]
@@ -371,7 +372,7 @@ def stream_energy(asic: dict, inputs, expected, dense_macs: int, cache_dir: str 
     import numpy as np
 
     from quantrtl.synth.asic import find_library, library_cells
-    from quantrtl.util.atomic import atomic_write, write_file
+    from quantrtl.util.atomic import atomic_write
 
     _, liberty = find_library(asic["library"])
     netlist = Path(asic["netlist"])

@@ -183,9 +183,11 @@ def _asic_per_second(asic: dict, macs_per_cycle: float) -> dict:
 
 def _unrolled_asic(dicts: list[dict], library: str, clock_ns: float | None, jobs: int, yosys: str | None,
                    cache_dir, progress=None) -> None:
-    """ASIC columns of unrolled rows: the sampled channels (the gate rows' own designs)
-    mapped one by one, the layer's areas their mean times Cout (extrapolated like the
-    gates; every channel when all were synthesized), the Fmax the slowest channel's."""
+    """ASIC columns of unrolled rows, the gate rows' own designs mapped: the whole layer
+    as it is, or the sampled channels one by one, the layer's areas their mean times Cout
+    (extrapolated like the gates), the Fmax the slowest channel's."""
+    import statistics
+
     from quantrtl.synth.asic import CLOCK_NS, asic_map_all
 
     jobs_list = [(v, t, f"{r['quantizer']} {t}") for r in dicts for v, t in zip(r["spread"]["verilog"],
@@ -193,13 +195,13 @@ def _unrolled_asic(dicts: list[dict], library: str, clock_ns: float | None, jobs
     results = iter(asic_map_all(jobs_list, library, clock_ns or CLOCK_NS, jobs, yosys, cache_dir, progress))
     for r in dicts:
         per = [next(results) for _ in r["spread"]["tops"]]
-        cout, k = r["extra"]["cout"], len(per)
+        cout = 1 if r["extra"].get("whole_layer") else r["extra"]["cout"]  # (one design: every channel)
         slowest = min(per, key=lambda a: a.fmax_mhz or float("inf"))
         layer = asdict(slowest)
         for kind in ("area", "area_sequential", "area_combinational", "area_without_memories", "area_memories",
                      "nand2_eq", "nand2_eq_without_memories", "cells", "buffers_added"):
             layer[kind] = statistics.fmean(getattr(a, kind) for a in per) * cout
-        layer.update(extrapolated=k < cout, sample=k, cells_by_type={},
+        layer.update(extrapolated=r["extrapolated"], sample=r["sample"], cells_by_type={},
                      channels=[{"top": a.top, "area": a.area, "fmax_mhz": a.fmax_mhz, "cached": a.cached} for a in per])
         r["asic"] = _asic_per_second(layer, r["macs_per_cycle"])
 

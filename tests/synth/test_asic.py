@@ -158,6 +158,22 @@ def test_buffer_fanout_bounds_every_net_and_keeps_every_connection(fanouts, f):
             assert driver[b] == f"drv{net}"
 
 
+@pytest.mark.parametrize("sample", [None, 2])
+def test_unrolled_rows_on_osu018(nets, tmp_path, sample):
+    """The unrolled style on the cell library: the whole layer (one design, measured) or
+    two sampled channels (each alone, extrapolated to the layer)."""
+    r = flows.gates_flow(["shift4"], style="unrolled", layer="conv1", sample=sample, out_dir=tmp_path / "g",
+                         cache_dir=tmp_path / "cache", networks=nets, target="osu018")
+    row = r.rows[0]
+    a = row["asic"]
+    assert a["extrapolated"] == (sample is not None) and a["sample"] == (sample or 8)
+    assert len(a["channels"]) == (1 if sample is None else 2) and a["fmax_mhz"] > 0
+    if sample is None:
+        assert a["area"] == a["channels"][0]["area"] and row["extra"]["whole_layer"]
+    else:
+        assert a["area"] == pytest.approx(sum(c["area"] for c in a["channels"]) / 2 * 8)
+
+
 @pytest.mark.icarus
 def test_mapped_netlist_computes_what_the_rtl_does(tmp_path):
     """The buffered netlist OpenSTA times, simulated with the library's own cell models in

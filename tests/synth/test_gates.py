@@ -64,16 +64,19 @@ def test_unrolled_style_from_a_model_layer(tmp_path):
 
 
 @pytest.mark.yosys
-def test_sample_all_is_measured_and_equals_the_sum(tmp_path):
-    """``--sample all`` synthesizes every channel: the row is measured, its total the sum of
-    the channels' own Yosys counts; a sample is labelled extrapolated."""
+def test_sample_all_is_the_whole_layer_measured(tmp_path):
+    """``--sample all`` synthesizes the whole layer as one design (subexpressions shared
+    across its channels): the row is that one Yosys count, measured, with its adder graph;
+    a sample is labelled extrapolated."""
     full = run_gates(tmp_path, ["--quantizers", "ternary", "--style", "unrolled", "--layer", "conv1",
                                 "--sample", "all", "--finetune", "0"])["rows"][0]
     assert full["provenance"] == "measured" and not full["extrapolated"] and full["sample"] == 8
-    assert full["gates_total"] == sum(full["spread"]["gates"]) and len(full["spread"]["gates"]) == 8
+    assert full["spread"]["tops"] == [full["top"]] and full["top"].endswith("_layer") and "min" not in full["spread"]
+    assert full["extra"]["whole_layer"] and full["extra"]["adders"] >= 8 and full["extra"]["adder_depth"] >= 1
+    assert full["flipflops"] > 0  # the output registers
     part = run_gates(tmp_path, ["--quantizers", "ternary", "--style", "unrolled", "--layer", "conv1",
                                 "--sample", "2", "--finetune", "0"])["rows"][0]
-    assert part["provenance"] == "extrapolated" and part["extrapolated"]
+    assert part["provenance"] == "extrapolated" and part["extrapolated"] and not part["extra"]["whole_layer"]
 
 
 def test_zero_weights_cost_nothing(tmp_path):

@@ -1,0 +1,57 @@
+"""The peer bench of the hard-wired layer (``synth/peer.py``, ``bench unrolled``): both
+generators' Verilog checked against the integer product in Icarus (a wrong matrix is
+caught, with the first mismatch), synthesized alike."""
+import json
+
+import numpy as np
+import pytest
+
+from quantrtl.cli import main
+from quantrtl.hw.unrolled import UnrolledLayer
+from quantrtl.synth.gates import write_verilog
+from quantrtl.synth.peer import check_product, da4ml_design, ours_ports
+
+MATRIX = np.array([[3, -5, 0, 7, 1], [3, 5, 0, -7, 0], [-1, -1, -1, -1, -1], [0, 0, 0, 0, 0], [127, -128, 64, 1, 0]])
+
+
+@pytest.mark.icarus
+@pytest.mark.parametrize("who", ["quantrtl", "da4ml"])
+def test_both_designs_are_the_integer_product(tmp_path, who):
+    if who == "quantrtl":
+        layer = UnrolledLayer(MATRIX, 6, register_output=False)
+        v, top, ports = write_verilog(layer, "ours", tmp_path), "ours", ours_ports(layer)
+    else:
+        v, ports, stats = da4ml_design(MATRIX, 6, "peer", tmp_path)
+        top = "peer"
+        assert stats["adders"] > 0 and stats["adder_depth"] > 0 and stats["version"].startswith("da4ml")
+    ok = check_product(v, top, ports, MATRIX, 6)
+    assert ok["bit_exact"] and ok["vectors"] == 64, ok
+    wrong = MATRIX.copy()
+    wrong[4, 1] += 1
+    bad = check_product(v, top, ports, wrong, 6)
+    assert not bad["bit_exact"] and bad["first_mismatch"]["output"] == 4, bad
+    m = bad["first_mismatch"]
+    assert m["vector"] == 1 and m["expected"] - m["got"] == 63  # all inputs at 63: one more 63 expected
+
+
+@pytest.mark.icarus
+@pytest.mark.yosys
+def test_bench_unrolled_on_a_small_layer(tmp_path, monkeypatch, capsys):
+    """``bench unrolled`` on conv1 (8 x 9, gates only): both designs bit-exact, a row each."""
+    monkeypatch.chdir(tmp_path)
+    rc = main(["bench", "unrolled", "--quantizer", "shift3", "--layer", "conv1", "--target", "gates",
+               "--json", str(tmp_path / "u.json")])
+    assert rc == 0
+    r = json.loads((tmp_path / "u.json").read_text())
+    rows = {x["design"]: x for x in r["results"]}
+    assert set(rows) == {"quantrtl", "da4ml"} and all(x["bit_exact"] for x in rows.values())
+    assert all(x["gates_total"] > 0 and x["adders"] > 0 and x["matrix"] == [8, 9] for x in rows.values())
+    assert rows["quantrtl"]["flipflops"] == 0 == rows["da4ml"]["flipflops"]  # combinational both
+    assert "no register on either side" in capsys.readouterr().out
+
+
+def test_bench_unrolled_refuses_what_is_no_constant_matrix(capsys):
+    assert main(["bench", "unrolled", "--quantizer", "xnor", "--target", "gates"]) == 2
+    assert "xnor: its hard-wired layer is not a constant matrix" in capsys.readouterr().err
+    assert main(["bench", "unrolled", "--vs", "hls4ml", "--target", "gates"]) == 2
+    assert "unknown peer 'hls4ml'; available: da4ml" in capsys.readouterr().err
