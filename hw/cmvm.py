@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["csd_digits", "Node", "AdderGraph", "Strategy", "STRATEGIES", "adder_cost", "cmvm", "MAX_PAIRS", "pair_count"]
+__all__ = ["csd_digits", "Node", "AdderGraph", "Strategy", "STRATEGIES", "adder_cost", "cmvm", "MAX_PAIRS", "MatrixTooLarge", "pair_count"]
 
 
 def csd_digits(w: int) -> list[tuple[int, int]]:
@@ -118,14 +118,19 @@ class _Builder:
         self.nodes = [Node(i, 0, hi, 0, index=i) for i in range(n_inputs)]
         self._memo: dict[tuple, int] = {}
 
+    def range(self, a: int, sa: int, b: int, sb: int, sign: int) -> tuple[int, int]:
+        """The exact range of ``(a << sa) + sign * (b << sb)``."""
+        na, nb = self.nodes[a], self.nodes[b]
+        blo, bhi = (nb.lo << sb, nb.hi << sb) if sign > 0 else (-(nb.hi << sb), -(nb.lo << sb))
+        return (na.lo << sa) + blo, (na.hi << sa) + bhi
+
     def add(self, a: int, sa: int, b: int, sb: int, sign: int) -> int:
         """The node ``(a << sa) + sign * (b << sb)`` (one made before is reused)."""
         key = (a, sa, b, sb, sign)
         if key in self._memo:
             return self._memo[key]
         na, nb = self.nodes[a], self.nodes[b]
-        blo, bhi = (nb.lo << sb, nb.hi << sb) if sign > 0 else (-(nb.hi << sb), -(nb.lo << sb))
-        node = Node(len(self.nodes), (na.lo << sa) + blo, (na.hi << sa) + bhi, max(na.depth, nb.depth) + 1,
+        node = Node(len(self.nodes), *self.range(a, sa, b, sb, sign), max(na.depth, nb.depth) + 1,
                     a=a, b=b, shift_a=sa, shift_b=sb, sign=sign)
         self.nodes.append(node)
         self._memo[key] = node.id
@@ -217,21 +222,29 @@ def cmvm(weights, in_bits: int = 8, max_depth: int | None = None, strategies=STR
     ``in_bits``-bit), the cheapest of ``strategies`` by :func:`adder_cost`.
     ``max_depth``: the deepest a shared subexpression may be (adder levels; the output
     sums add theirs on top)."""
-    pairs = pair_count(weights)
-    if pairs > MAX_PAIRS:
-        raise ValueError(f"a {np.shape(weights)[0]} x {np.shape(weights)[1]} matrix has {pairs:,} pairs of signed-digit "
-                         f"terms to count, more than {MAX_PAIRS:,}")
-    graphs = [_cmvm(weights, in_bits, max_depth, s) for s in strategies]
-    return min(graphs, key=adder_cost)
-
-
-def _cmvm(weights, in_bits: int, max_depth: int | None, strategy: Strategy) -> AdderGraph:
     w = np.asarray(weights)
     if w.ndim != 2:
         raise ValueError(f"weights must be a matrix (Cout x N), got shape {w.shape}")
     if w.size and not np.array_equal(w, np.round(w)):
         raise ValueError("weights must be integers")
+    pairs = pair_count(w)
+    if pairs > MAX_PAIRS:
+        raise MatrixTooLarge(pairs, w.shape)
     w = w.astype(object)
+    return min((_cmvm(w, in_bits, max_depth, s) for s in strategies), key=adder_cost)
+
+
+class MatrixTooLarge(ValueError):
+    """A matrix with more than :data:`MAX_PAIRS` pairs of terms to count."""
+
+    def __init__(self, pairs: int, shape: tuple[int, int]):
+        self.pairs, self.shape = pairs, tuple(shape)
+        super().__init__(f"a {shape[0]} x {shape[1]} matrix has {pairs:,} pairs of signed-digit terms to count, "
+                         f"more than {MAX_PAIRS:,}")
+
+
+def _cmvm(w: np.ndarray, in_bits: int, max_depth: int | None, strategy: Strategy) -> AdderGraph:
+    """One strategy's graph of the checked integer matrix ``w`` (dtype object)."""
     cout, n = w.shape
     g = _Builder(n, in_bits)
     # each output: its terms (node, shift, sign), kept as a set (a term appears once)
@@ -248,17 +261,16 @@ def _cmvm(weights, in_bits: int, max_depth: int | None, strategy: Strategy) -> A
 
     def width(key):  # the bits of the adder the pair would be (its exact range)
         a, b, d, rel = key
-        na, nb = g.nodes[a], g.nodes[b]
-        sa, sb = max(0, -d), max(0, d)
-        blo, bhi = (nb.lo << sb, nb.hi << sb) if rel > 0 else (-(nb.hi << sb), -(nb.lo << sb))
-        lo, hi = (na.lo << sa) + blo, (na.hi << sa) + bhi
-        return _bits(lo, hi)
+        return _bits(*g.range(a, max(0, -d), b, max(0, d), rel))
+
+    def outputs_with(key) -> int:  # the outputs the pair can still be taken from
+        return sum(1 for c in occ[key].values() if c > 0)
 
     def priority(key):
-        uses = sum(occ[key].values()) if strategy.count_uses else sum(1 for c in occ[key].values() if c > 0)
+        uses = sum(occ[key].values()) if strategy.count_uses else outputs_with(key)
         return (*strategy.score(uses, width(key), key), key)
 
-    heap = [priority(k) for k in occ if sum(1 for c in occ[k].values() if c > 0) >= 2]
+    heap = [priority(k) for k in occ if outputs_with(k) >= 2]
     heapq.heapify(heap)
     shared: list[int] = []  # the subexpressions taken
     while heap:
@@ -268,7 +280,7 @@ def _cmvm(weights, in_bits: int, max_depth: int | None, strategy: Strategy) -> A
             continue
         now = priority(key)
         if now != top:  # stale: counts changed since it was pushed
-            if sum(1 for c in occ[key].values() if c > 0) >= 2:
+            if outputs_with(key) >= 2:
                 heapq.heappush(heap, now)
             continue
         a, b, d, rel = key
@@ -298,7 +310,7 @@ def _cmvm(weights, in_bits: int, max_depth: int | None, strategy: Strategy) -> A
                         break
             if found:
                 uses.append((j, found))
-        if sum(1 for _ in uses) < 2:
+        if len(uses) < 2:
             occ.pop(key, None)
             continue
         v = g.add(a, sa, b, sb, rel)
@@ -318,10 +330,10 @@ def _cmvm(weights, in_bits: int, max_depth: int | None, strategy: Strategy) -> A
                 for u in ts:
                     k2 = _pair_key(new, u)[0]
                     occ[k2][j] += 1
-                    if sum(1 for c in occ[k2].values() if c > 0) >= 2:
+                    if outputs_with(k2) >= 2:
                         heapq.heappush(heap, priority(k2))
                 ts.add(new)
-        if key in occ and sum(1 for c in occ[key].values() if c > 0) >= 2:
+        if key in occ and outputs_with(key) >= 2:
             heapq.heappush(heap, priority(key))
     outputs = [_sum_terms(g, sorted(ts), strategy.tree_by_width) for ts in terms]
     used_by = defaultdict(set)

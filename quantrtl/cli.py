@@ -535,11 +535,10 @@ def cmd_bench(args) -> int:
     if args.what not in ("cosim", "synth", "sparse", "verilog", "unrolled"):
         raise ValueError(f"unknown benchmark {args.what!r}; available: cosim, synth, sparse, verilog, unrolled")
     if args.what == "unrolled":
-        return _bench_unrolled(args)
+        return _bench_unrolled(args, _quantizer_list(args.quantizer or ",".join(bench.UNROLLED_QUANTIZERS)))
+    args.quantizer = args.quantizer or "shift4"
     if args.what == "verilog":
-        qs = tuple(q.strip() for q in args.quantizer.split(",") if q.strip())
-        if not qs:
-            raise OptionError("quantizer", f"{args.quantizer!r} names no quantizer")
+        qs = _quantizer_list(args.quantizer)
         lanes = parse_lanes(args.lanes)
         _say(f"benchmarking Verilog generation ({args.model}, {', '.join(qs)}, {args.lanes} lanes): the whole "
              "network with taps, elaborated and written ...")
@@ -617,9 +616,17 @@ def cmd_bench(args) -> int:
     return _checks_passed(x["bit_exact"] for x in r["results"])
 
 
-def _bench_unrolled(args) -> int:
-    qs = tuple(q.strip() for q in (args.quantizer if args.quantizer != "shift4" else ",".join(
-        bench.UNROLLED_QUANTIZERS)).split(",") if q.strip())
+def _quantizer_list(text: str) -> tuple[str, ...]:
+    """``--quantizer`` of a benchmark taking several: a comma list, not empty."""
+    from quantrtl.util.errors import OptionError
+
+    qs = tuple(q.strip() for q in text.split(",") if q.strip())
+    if not qs:
+        raise OptionError("quantizer", f"{text!r} names no quantizer")
+    return qs
+
+
+def _bench_unrolled(args, qs: tuple[str, ...]) -> int:
     fpga = () if args.target == "gates" else (args.target,)
     _say(f"benchmarking the hard-wired {args.layer} of the digits model ({', '.join(qs)}) against {args.vs}: both "
          f"checked in Icarus, synthesized cold{', placed on ' + args.target + ' with and without DSPs' if fpga else ''} ...")
@@ -869,7 +876,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="benchmarks (results as JSON): cosim, synth, sparse, verilog, unrolled")
     b.add_argument("what", help="cosim, synth, sparse, verilog or unrolled")
-    b.add_argument("--quantizer", default="shift4", help="the quantizer (verilog: a comma list)")
+    b.add_argument("--quantizer", default=None,
+                   help="the quantizer (default shift4; verilog and unrolled: a comma list, unrolled's default "
+                        "fixed8,shift3,ternary)")
     b.add_argument("--lanes", default="8", metavar="N|LAYER=N,...,*=N", help="MAC lanes, or a plan per layer")
     b.add_argument("--model", default="digits", choices=flows.SHIPPED_MODELS,
                    help="the shipped model to co-simulate (cosim only; default %(default)s)")

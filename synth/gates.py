@@ -134,18 +134,17 @@ def unrolled_designs(weights: dict[str, np.ndarray], out_dir: Path, sample: int 
     reg = "_reg" if register_inputs else ""
     designs = []
     if sample is None or sample >= cout:
-        from quantrtl.hw.cmvm import MAX_PAIRS, pair_count
+        from quantrtl.hw.cmvm import MAX_PAIRS, MatrixTooLarge
 
         for q, w in weights.items():
-            codes = np.asarray(w.codes)
-            pairs = pair_count(np.asarray(w.format.decode(codes)).reshape(cout, -1))
-            if pairs > MAX_PAIRS:
-                raise OptionError("sample", f"all: the whole {q} layer ({cout} channels x "
-                                            f"{codes[0].size} weights) has {pairs:,} pairs of signed-digit terms for "
-                                            f"the subexpression search, more than {MAX_PAIRS:,}; sample channels "
-                                            "(each synthesized alone) instead")
             top = f"{name}_{q}_layer{reg}"
-            layer = UnrolledLayer.from_codes(w.format, w.codes, register_inputs=register_inputs)
+            try:
+                layer = UnrolledLayer.from_codes(w.format, w.codes, register_inputs=register_inputs)
+            except MatrixTooLarge as e:
+                raise OptionError("sample", f"all: the whole {q} layer ({e.shape[0]} channels x {e.shape[1]} weights) "
+                                            f"has {e.pairs:,} pairs of signed-digit terms for the subexpression "
+                                            f"search, more than {MAX_PAIRS:,}; sample channels (each synthesized "
+                                            "alone) instead") from None
             designs.append((q, tuple(range(cout)), write_verilog(layer, top, out_dir), top, layer.describe()))
         return list(range(cout)), designs
     if sample < 1:
@@ -157,6 +156,11 @@ def unrolled_designs(weights: dict[str, np.ndarray], out_dir: Path, sample: int 
             dot = UnrolledDot.from_codes(w.format, w.codes[c], register_inputs=register_inputs)
             designs.append((q, (c,), write_verilog(dot, top, out_dir), top, {}))
     return channels, designs
+
+
+def _whole_layer(per: list, cout: int) -> bool:
+    """Designs ``(channels, ...)`` of one quantizer that are the whole layer as one."""
+    return len(per) == 1 and len(per[0][0]) == cout
 
 
 def _layer_total(per: list, cout: int, value) -> float:
@@ -224,7 +228,7 @@ def unrolled_rows(weights: dict, out_dir: Path, sample: int | None = 4, jobs: in
             continue
         values = w.values
         per = [(chs, r, v, top) for (qq, chs, v, top, _), r in zip(designs, results) if qq == q]
-        whole = len(per) == 1 and len(per[0][0]) == cout
+        whole = _whole_layer(per, cout)
         fan_in = int(np.prod(values.shape[1:]))
         throughput = fan_in * cout
         cover = [(chs, r) for chs, r, _, _ in per]
@@ -331,7 +335,7 @@ def unrolled_fpga(weights: dict, out_dir: Path, target: str, dsp: bool = True, s
         layer = {kind: round(_layer_total(per, cout, lambda r: getattr(r, kind)))
                  for kind in ("luts", "carry", "dsps", "brams", "lutram", "muxes")}
         window = window_bits(w.format, w.codes[per[0][0][0]])[0]
-        if len(per) == 1 and len(per[0][0]) == cout:  # the whole layer: its window register is in the design
+        if _whole_layer(per, cout):  # its window register is in the design
             layer["ffs"] = per[0][1].ffs
         else:  # each channel's output register, the window register once
             bits = {chs[0]: window_bits(w.format, w.codes[chs[0]]) for chs, _ in per}

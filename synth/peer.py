@@ -10,16 +10,14 @@ quantrtl imports it.
 from __future__ import annotations
 
 import shutil
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from quantrtl.synth.yosys import SynthesisError
+from quantrtl.synth.yosys import SynthesisError, run_icarus
 from quantrtl.util.atomic import atomic_write, write_file
-from quantrtl.util.tools import find_executable
 
 __all__ = ["FlatPorts", "da4ml_design", "da4ml_version", "check_product", "ours_ports"]
 
@@ -123,9 +121,6 @@ def check_product(verilog: Path, top: str, ports: FlatPorts, matrix, in_bits: in
     at the maximum, one-hot maxima, the rest random) and compare every output with the
     integer product ``matrix @ x``: {"vectors", "bit_exact", "first_mismatch"} (output,
     vector, expected, got)."""
-    iverilog, vvp = find_executable("iverilog"), find_executable("vvp")
-    if iverilog is None or vvp is None:
-        raise SynthesisError("Icarus Verilog is not installed: apt-get install iverilog (make test does it)")
     w = np.asarray(matrix, dtype=object)
     cout, n = w.shape
     amax = (1 << in_bits) - 1
@@ -154,19 +149,12 @@ module tb;
   end
 endmodule
 """
-    work = Path(tempfile.mkdtemp(prefix=f".check-{top}-", dir=Path(verilog).parent))
-    try:
-        write_file(work / "tb.v", tb)
-        write_file(work / "in.hex", "\n".join(f"{ports.pack(x):0{hexw}x}" for x in xs) + "\n")
-        for cmd, what in (([iverilog, "-g2012", "-o", "sim.vvp", "tb.v", str(Path(verilog).resolve())], "build"),
-                          ([vvp, "-n", "sim.vvp"], "run")):
-            r = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
-            if r.returncode != 0:
-                msg = (r.stderr.strip() or r.stdout.strip() or "no output").splitlines()[-1][:200]
-                raise SynthesisError(f"Icarus failed to {what} the product check of {top}: {msg}")
-        lines = (work / "out.hex").read_text().split()
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    work = Path(tempfile.mkdtemp(prefix=f".check-{top}-", dir=Path(verilog).parent))  # kept if Icarus fails
+    write_file(work / "tb.v", tb)
+    write_file(work / "in.hex", "\n".join(f"{ports.pack(x):0{hexw}x}" for x in xs) + "\n")
+    run_icarus(work, ["tb.v", str(Path(verilog).resolve())], f"the product check of {top}")
+    lines = (work / "out.hex").read_text().split()
+    shutil.rmtree(work, ignore_errors=True)
     first = None
     for v, (x, line) in enumerate(zip(xs, lines)):
         if "x" in line.lower() or "z" in line.lower():

@@ -33,13 +33,11 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from quantrtl.synth.yosys import SynthesisError
-from quantrtl.util.tools import find_executable
+from quantrtl.synth.yosys import SynthesisError, run_icarus
 from quantrtl.util.atomic import write_file
 
 __all__ = ["StreamRun", "simulate_stream", "simulate_netlist", "liberty_functions", "energy_of", "stream_energy", "liberty_power", "arc_energy",
@@ -175,9 +173,6 @@ endmodule
 def simulate_stream(netlist: str | Path, top: str, inputs: list[int], n_out: int, cell_models: str | Path,
                     workdir: str | Path, max_cycles: int = 2_000_000) -> StreamRun:
     """Run the mapped ``netlist`` in Icarus on ``inputs``, counting every net's toggles."""
-    iverilog, vvp = find_executable("iverilog"), find_executable("vvp")
-    if iverilog is None or vvp is None:
-        raise SynthesisError("Icarus Verilog is not installed: apt-get install iverilog (make test does it)")
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
     text = Path(netlist).read_text()
@@ -185,15 +180,7 @@ def simulate_stream(netlist: str | Path, top: str, inputs: list[int], n_out: int
     write_file(work / "tb.v", tb)
     shutil.copyfile(netlist, work / "netlist.v")
     write_file(work / "in.hex", "\n".join(f"{int(v) & 0xFFFFFFFF:x}" for v in inputs) + "\n" if inputs else "0\n")
-    for cmd, what in (([iverilog, "-g2012", "-o", "sim.vvp", "tb.v", "netlist.v", str(cell_models)], "build"),
-                      ([vvp, "-n", "sim.vvp"], "run")):
-        try:
-            r = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
-        except OSError as e:
-            raise SynthesisError(f"cannot run {cmd[0]}: {e}") from None
-        write_file(work / f"{what}.log", r.stdout + r.stderr)
-        if r.returncode != 0:
-            raise SynthesisError(f"Icarus {what} of the {top} netlist failed; see {work / (what + '.log')}")
+    r = run_icarus(work, ["tb.v", "netlist.v", str(cell_models)], f"the {top} netlist")
     m = re.search(r"QUANTRTL_POWER cycles=(-?\d+) outputs=(\d+)", r.stdout)
     if m is None:
         raise SynthesisError(f"the {top} netlist simulation printed no result; see {work / 'run.log'}")

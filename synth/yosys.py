@@ -98,6 +98,24 @@ def tool_failure(what: str, r: subprocess.CompletedProcess, log: Path) -> Synthe
     return SynthesisError(f"{what}: {msg}; see {log}")
 
 
+def run_icarus(work: Path, sources: list[str], label: str) -> subprocess.CompletedProcess:
+    """Compile ``sources`` (in ``work``; the testbench first) with Icarus and run them, each
+    step's output kept in ``work`` (build.log, run.log); the run's result.  A missing Icarus
+    or a failed step is a :class:`SynthesisError` naming ``label`` and the log."""
+    iverilog, vvp = find_executable("iverilog"), find_executable("vvp")
+    if iverilog is None or vvp is None:
+        raise SynthesisError("Icarus Verilog is not installed: apt-get install iverilog (make test does it)")
+    for cmd, what in (([iverilog, "-g2012", "-o", "sim.vvp", *sources], "build"), ([vvp, "-n", "sim.vvp"], "run")):
+        try:
+            r = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
+        except OSError as e:
+            raise SynthesisError(f"cannot run {cmd[0]}: {e}") from None
+        write_file(work / f"{what}.log", r.stdout + r.stderr)
+        if r.returncode != 0:
+            raise tool_failure(f"Icarus could not {what} {label}", r, work / f"{what}.log")
+    return r
+
+
 def load_cached(cache_file: Path | None, verilog: Path, result_type, kept: str = "netlist"):
     """The cached result of a tool run on ``verilog`` (``result_type(**json)``), marked
     cached, if its record exists and the file it kept (field ``kept``) is still there; else None."""

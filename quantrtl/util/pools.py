@@ -59,13 +59,12 @@ class _StoppablePool(ProcessPoolExecutor):
         return super().submit(_run_job, fn, args, kwargs)
 
 
-def _signal_group(pgid: int, signum: int) -> bool:
-    """Signal the process group ``pgid``; False when no process of it is left."""
+def _signal_group(pgid: int, signum: int) -> None:
+    """Signal the process group ``pgid`` (nothing when no process of it is left)."""
     try:
         os.killpg(pgid, signum)
     except (ProcessLookupError, PermissionError):
-        return False
-    return True
+        pass
 
 
 def _stop_workers(workers, grace: float = 5.0) -> None:

@@ -55,3 +55,18 @@ def test_bench_unrolled_refuses_what_is_no_constant_matrix(capsys):
     assert "xnor: its hard-wired layer is not a constant matrix" in capsys.readouterr().err
     assert main(["bench", "unrolled", "--vs", "hls4ml", "--target", "gates"]) == 2
     assert "unknown peer 'hls4ml'; available: da4ml" in capsys.readouterr().err
+
+
+def test_bench_unrolled_quantizers_as_given(monkeypatch, capsys):
+    """``--quantizer shift4`` is what it says (not the default list); no --quantizer is the
+    default fixed8,shift3,ternary; an empty list is refused."""
+    from quantrtl import bench
+
+    seen = []
+    monkeypatch.setattr(bench, "bench_unrolled", lambda qs, *a, **k: seen.append(qs) or {
+        "results": [], "covers": "", "yosys_version": "Yosys 0.70"})
+    assert main(["bench", "unrolled", "--quantizer", "shift4", "--target", "gates"]) == 0
+    assert main(["bench", "unrolled", "--target", "gates"]) == 0
+    assert seen == [("shift4",), bench.UNROLLED_QUANTIZERS]
+    assert main(["bench", "unrolled", "--quantizer", ",", "--target", "gates"]) == 2
+    assert "--quantizer ',' names no quantizer" in capsys.readouterr().err
