@@ -627,6 +627,11 @@ def _quantizer_list(text: str) -> tuple[str, ...]:
 
 
 def _bench_unrolled(args, qs: tuple[str, ...]) -> int:
+    from quantrtl.synth.fpga import TARGETS
+    from quantrtl.util.errors import OptionError
+
+    if args.target != "gates" and args.target not in TARGETS:
+        raise OptionError("target", f"{args.target!r} is not a target; choose one of gates, {', '.join(TARGETS)}")
     fpga = () if args.target == "gates" else (args.target,)
     _say(f"benchmarking the hard-wired {args.layer} of the digits model ({', '.join(qs)}) against {args.vs}: both "
          f"checked in Icarus, synthesized cold{', placed on ' + args.target + ' with and without DSPs' if fpga else ''} ...")

@@ -55,6 +55,8 @@ def test_bench_unrolled_refuses_what_is_no_constant_matrix(capsys):
     assert "xnor: its hard-wired layer is not a constant matrix" in capsys.readouterr().err
     assert main(["bench", "unrolled", "--vs", "hls4ml", "--target", "gates"]) == 2
     assert "unknown peer 'hls4ml'; available: da4ml" in capsys.readouterr().err
+    assert main(["bench", "unrolled", "--target", "stratix"]) == 2
+    assert "--target 'stratix' is not a target; choose one of gates, ecp5" in capsys.readouterr().err
 
 
 def test_bench_unrolled_quantizers_as_given(monkeypatch, capsys):
