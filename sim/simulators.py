@@ -49,6 +49,9 @@ class SimulatorKind:
     wrapper_clock: bool
     #: Reads a control file naming the top module's ports the testbench uses.
     port_control: bool = False
+    #: The build compiles C++ through verilated.mk, whose ``OBJCACHE`` names a compiler
+    #: cache (ccache: the simulator runtime's objects are the same for every design).
+    object_cache: bool = False
 
     def available(self) -> bool:
         try:
@@ -119,7 +122,7 @@ BUILTIN: tuple[SimulatorKind, ...] = (
                   build_args=lambda build_dir, vlt: ["-Wno-fatal", "--timing", str(vlt)],
                   build_env={"MAKEFLAGS": "-- CFG_CXXFLAGS_PCH_I=-include CFG_CXXFLAGS_STD=-std=gnu++20 "
                                           "CFG_CXXFLAGS_COROUTINES=-fcoroutines OPT_FAST=-O1 OPT_SLOW=-O0 OPT_GLOBAL=-O1"},
-                  runner=_lean_verilator, wrapper_clock=True, port_control=True),
+                  runner=_lean_verilator, wrapper_clock=True, port_control=True, object_cache=True),
 )
 
 _REGISTRY: Registry[SimulatorKind] = Registry("simulator", BUILTIN)

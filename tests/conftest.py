@@ -28,6 +28,18 @@ def quantize_cache(tmp_path_factory, worker_id):
     return folder
 
 
+@pytest.fixture(scope="session", autouse=True)
+def object_cache(tmp_path_factory, worker_id):
+    """One compiler cache for the session's Verilator builds (shared by the xdist workers:
+    ccache is safe for concurrent use); the simulator runtime compiles once per run."""
+    from quantrtl.sim.runner import OBJECT_CACHE_VARIABLE
+
+    base = tmp_path_factory.getbasetemp()
+    folder = (base.parent if worker_id != "master" else base) / "ccache"
+    os.environ[OBJECT_CACHE_VARIABLE] = str(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def quantized(tmp_path_factory, worker_id):
     """``quantized(name)`` → :class:`quantrtl.flows.QuantizeResult` of the digits model with

@@ -1,5 +1,6 @@
 """Co-simulation of the digits network in cocotb: RTL == golden, bit for bit."""
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -315,6 +316,36 @@ def test_damaged_build_is_rebuilt_and_waves_get_their_own(tmp_path, quantized):
     w = flows.cosim_flow("ternary", 0, artifact_path=art, build_root=tmp_path, waves=True)
     assert w.bit_exact and w.waves and Path(w.waves).is_file()
     assert Path(w.verilog).parent != build
+
+
+@pytest.mark.verilator
+def test_verilator_runtime_compiles_once_through_the_object_cache(tmp_path, quantized, monkeypatch):
+    """Two different designs: the second build takes Verilator's and cocotb's runtime objects
+    from ccache (hits counted by ccache itself), and both stay bit-exact."""
+    import subprocess
+
+    from quantrtl.sim.runner import OBJECT_CACHE_VARIABLE, object_cache_env
+
+    monkeypatch.delenv(OBJECT_CACHE_VARIABLE, raising=False)
+    assert object_cache_env(tmp_path / "root" / "design")["CCACHE_DIR"] == str(tmp_path / "root" / ".ccache")
+    cache = tmp_path / "objects"
+    monkeypatch.setenv(OBJECT_CACHE_VARIABLE, str(cache))
+    env = object_cache_env(tmp_path / "any")
+    assert env["CCACHE_DIR"] == str(cache) and Path(env["OBJCACHE"]).name == "ccache"
+
+    def hits() -> int:
+        out = subprocess.run([env["OBJCACHE"], "--print-stats"], env={**os.environ, "CCACHE_DIR": str(cache)},
+                             capture_output=True, text=True, check=True).stdout
+        stats = dict(line.split("\t", 1) for line in out.splitlines() if "\t" in line)
+        return int(stats["direct_cache_hit"]) + int(stats["preprocessed_cache_hit"])
+
+    for i, name in enumerate(("ternary", "binary")):
+        r = flows.cosim_flow(name, 0, simulator="verilator", artifact_path=quantized(name).artifact,
+                             build_root=tmp_path / name)
+        assert r.bit_exact
+        if i == 0:
+            assert hits() == 0
+    assert hits() >= 5  # verilated, _dpi, _vpi, _timing, _threads: the same objects for any design
 
 
 def test_capture_dump_read_back_marks_unknown_words(tmp_path):
