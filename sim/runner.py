@@ -147,6 +147,9 @@ def object_cache_env(build_dir: Path) -> dict[str, str]:
     if ccache is None:
         return {}
     folder = os.environ.get(OBJECT_CACHE_VARIABLE) or str(Path(build_dir).parent / ".ccache")
+    if Path(folder).exists() and not Path(folder).is_dir():
+        raise SimulationError(f"{OBJECT_CACHE_VARIABLE}={folder}: not a folder (where the Verilator builds' "
+                              "compiler cache keeps its objects)")
     return {"OBJCACHE": ccache, "CCACHE_DIR": folder}
 
 

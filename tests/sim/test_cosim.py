@@ -324,7 +324,7 @@ def test_verilator_runtime_compiles_once_through_the_object_cache(tmp_path, quan
     from ccache (hits counted by ccache itself), and both stay bit-exact."""
     import subprocess
 
-    from quantrtl.sim.runner import OBJECT_CACHE_VARIABLE, object_cache_env
+    from quantrtl.sim.runner import OBJECT_CACHE_VARIABLE, SimulationError, object_cache_env
 
     monkeypatch.delenv(OBJECT_CACHE_VARIABLE, raising=False)
     assert object_cache_env(tmp_path / "root" / "design")["CCACHE_DIR"] == str(tmp_path / "root" / ".ccache")
@@ -332,6 +332,11 @@ def test_verilator_runtime_compiles_once_through_the_object_cache(tmp_path, quan
     monkeypatch.setenv(OBJECT_CACHE_VARIABLE, str(cache))
     env = object_cache_env(tmp_path / "any")
     assert env["CCACHE_DIR"] == str(cache) and Path(env["OBJCACHE"]).name == "ccache"
+    monkeypatch.setenv(OBJECT_CACHE_VARIABLE, str(tmp_path / "a-file"))
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(SimulationError, match=f"{OBJECT_CACHE_VARIABLE}=.*a-file: not a folder"):
+        object_cache_env(tmp_path / "any")
+    monkeypatch.setenv(OBJECT_CACHE_VARIABLE, str(cache))
 
     def hits() -> int:
         out = subprocess.run([env["OBJCACHE"], "--print-stats"], env={**os.environ, "CCACHE_DIR": str(cache)},
