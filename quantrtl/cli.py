@@ -4,12 +4,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 
 from quantrtl.model.numbers.families import parse_format
 from quantrtl.synth.yosys import short_version
+from quantrtl.util.lanes import lanes_text
 
 from . import bench, flows
 from .table import format_table, pct
@@ -175,7 +175,7 @@ def cmd_verilog(args) -> int:
     slowest = f" = the slowest layer's busy cycles ({max(busy, key=busy.get)})" if busy else ""
     print(f"II           {r.initiation_interval} cycles between images streamed back to back{slowest} "
           "(formula; cosim measures it)")
-    print(f"memory bits  " + ", ".join(f"{k} {v}" for k, v in r.memory_bits.items()))
+    print("memory bits  " + ", ".join(f"{k} {v}" for k, v in r.memory_bits.items()))
     rows = [[l["name"], l["op"], l.get("lanes", "-"), l.get("groups", "-"), l.get("accumulator_bits", "-"),
              l["expected_cycles"]] + ([busy[l["name"]]] if busy else []) for l in r.layers]
     print(format_table(["layer", "op", "lanes", "groups", "acc bits", "cycles"] + (["busy per image"] if busy else []),
@@ -298,21 +298,30 @@ def _print_asic(rows: list[dict], name) -> None:
                       f"got {mm['got']}")
 
 
+def _peak(fpga: dict) -> str:
+    """The tools' peak memory of an FPGA row (``-`` where it was not recorded: a cached result
+    from before, or sampled channels mapped apart)."""
+    peak = fpga.get("peak_mb") or {}
+    return " / ".join("-" if peak.get(k) is None else f"{peak[k]:,.0f}" for k in ("yosys", "nextpnr"))
+
+
 def _print_fpga(rows: list[dict], name) -> None:
     """The FPGA columns of gate rows (``gates --target``); ``name(row)`` labels a row."""
     f0 = rows[0]["fpga"]
     dsp = "" if f0["dsp"] else ", no DSPs"
-    print(f"\n{f0['device']}{dsp}: mapped by Yosys {f0['yosys_script'].splitlines()[1].split()[0]}"
+    print(f"\n{f0['device']}{dsp}: mapped by {short_version(f0['yosys_version'])} "
+          f"{f0['yosys_script'].splitlines()[1].split()[0]}"
           + (f", placed and routed by {f0['nextpnr_version']} at {f0['target_mhz']} MHz asked (seed fixed)"
              if f0["fmax_mhz"] is not None else " (no open place-and-route: resources only)"))
     print(format_table(
         ["design", "LUTs", "carry", "FFs", "DSPs", "BRAMs", "LUT RAM", "Fmax MHz", "MACs/cycle", "GMAC/s",
-         "LUTs per GMAC/s"],
+         "LUTs per GMAC/s", "peak MiB Yosys / nextpnr"],
         [[name(x), f"{x['fpga']['luts']:,}", f"{x['fpga']['carry']:,}", f"{x['fpga']['ffs']:,}",
           x["fpga"]["dsps"], x["fpga"]["brams"], x["fpga"]["lutram"],
           "-" if x["fpga"]["fmax_mhz"] is None else f"{x['fpga']['fmax_mhz']:.1f}", f"{x['macs_per_cycle']:.4g}",
           "-" if x["fpga"]["macs_per_second"] is None else f"{x['fpga']['macs_per_second'] / 1e9:.3f}",
-          "-" if x["fpga"]["luts_per_gmacs"] is None else f"{x['fpga']['luts_per_gmacs']:,.0f}"]
+          "-" if x["fpga"]["luts_per_gmacs"] is None else f"{x['fpga']['luts_per_gmacs']:,.0f}",
+          _peak(x["fpga"])]
          for x in rows]))
     if "sample" in f0:  # unrolled: the whole layer or sampled channels, input window registered
         print((f"unrolled layer from {f0['sample']} sampled channels (each placed alone with its input window "
@@ -342,7 +351,7 @@ def cmd_gates_sparse(args, qs) -> int:
     engines = [e.strip() for e in args.sparse.split(",") if e.strip()]
     _say(f"dense vs {' and '.join(engines)} zero-skipping engines for {', '.join(qs)} at densities "
          f"{', '.join(f'{d:g}' for d in densities)} (simulation + Yosys) ...")
-    r = flows.sparse_gates_flow(qs, densities, throughput=args.throughput, layer=args.layer,
+    r = flows.sparse_gates_flow(qs, densities, throughput=16 if args.lanes is None else args.lanes, layer=args.layer,
                                 index_bits=4 if args.index_bits is None else args.index_bits, jobs=args.jobs, yosys=args.yosys, out_dir=args.out,
                                 finetune=args.finetune, target=args.target, dsp=not args.no_dsp, engines=engines,
                                 clock_ns=args.clock_ns,
@@ -403,7 +412,11 @@ def cmd_gates(args) -> int:
             f", then onto {args.target} cells (Yosys + OpenSTA)" if args.target in flows.ASIC_TARGETS else
             f", then {args.target}{' without DSPs' if args.no_dsp else ''} (Yosys + nextpnr)")
     _say(f"synthesizing {', '.join(qs)} ({args.style} style) with Yosys{onto}, {args.jobs} jobs ...")
-    r = flows.gates_flow(qs, style=args.style, layer=args.layer, bench=args.bench, throughput=args.throughput,
+    if args.lanes is not None and args.style == "unrolled":
+        raise OptionError(("lanes", "style"), "does not apply to {1} unrolled: a hard-wired layer computes every MAC "
+                                              "of its window each cycle")
+    r = flows.gates_flow(qs, style=args.style, layer=args.layer, bench=args.bench,
+                         throughput=16 if args.lanes is None else args.lanes,
                          sample=args.sample, jobs=args.jobs, yosys=args.yosys, out_dir=args.out,
                          finetune=args.finetune, source=_source(args), target=args.target, dsp=not args.no_dsp,
                          clock_ns=args.clock_ns, image=args.image or 0, energy=not args.no_energy,
@@ -421,7 +434,7 @@ def cmd_gates(args) -> int:
     actual = (f"{rates[0]:g} actual (the schedule's)" if len(rates) == 1
               else f"NOT EQUAL: {', '.join(f'{v:g}' for v in rates)} actual")
     if r.style == "network":
-        print(f"network style: the whole network top, {r.throughput} lanes per engine, {actual} dense MACs per "
+        print(f"network style: the whole network top, lanes {lanes_text(r.throughput)} per engine, {actual} dense MACs per "
               "cycle over an image (dense MACs per image / cycles per image); per-MAC figures divide by that rate")
     else:
         print(f"{r.style} style, layer {r.layer}, {r.throughput} MACs per cycle asked, {actual} dense MACs per cycle; "
@@ -495,7 +508,7 @@ def cmd_sweep(args) -> int:
 
     from .flows.sweep import sweep
 
-    r = sweep(_csv_list(args.quantizers, str, "--quantizers"), _csv_list(args.lanes, int, "--lanes"),
+    r = sweep(_csv_list(args.quantizers, str, "--quantizers"), args.lanes,
               _csv_list(args.densities, float, "--densities"),
               _csv_list(args.layers, str, "--layers") if args.layers else None, jobs=args.jobs,
               scheduler=args.scheduler, finetune=args.finetune, image=args.image, cosim=not args.no_cosim,
@@ -535,7 +548,11 @@ def cmd_bench(args) -> int:
     if args.what not in ("cosim", "synth", "sparse", "verilog", "unrolled"):
         raise ValueError(f"unknown benchmark {args.what!r}; available: cosim, synth, sparse, verilog, unrolled")
     if args.what == "unrolled":
+        if args.lanes is not None:
+            raise OptionError(("lanes", "what"), "does not apply to bench unrolled: a hard-wired layer computes every "
+                                                 "MAC of its window each cycle")
         return _bench_unrolled(args, _quantizer_list(args.quantizer or ",".join(bench.UNROLLED_QUANTIZERS)))
+    args.lanes = args.lanes or ("16" if args.what == "synth" else "8")
     args.quantizer = args.quantizer or "shift4"
     if args.what == "verilog":
         qs = _quantizer_list(args.quantizer)
@@ -555,10 +572,7 @@ def cmd_bench(args) -> int:
             flows.check_sparse(e)
         _say(f"benchmarking zero-skipping engines ({', '.join(engines)}): each layer simulated alone at densities "
              "0.1, 0.3, 1.0 ...")
-        lanes = parse_lanes(args.lanes)
-        if not isinstance(lanes, int):
-            raise OptionError("lanes", "bench sparse takes one lane count for every engine, not a plan")
-        r = bench.bench_sparse(lanes=lanes, engines=engines)
+        r = bench.bench_sparse(lanes=parse_lanes(args.lanes), engines=engines)
         print(format_table(["engine", "quantizer", "density", "layer", "lanes", "bit-exact", "measured", "ideal",
                             "compute", "compute / ideal", "bound", "bound ok", "limited by", "lane walk",
                             "lower bound", "dense"],
@@ -584,7 +598,7 @@ def cmd_bench(args) -> int:
         return _checks_passed(x["bit_exact"] and x["formula_ok"] for x in r["results"])
     if args.what == "synth":
         _say("benchmarking synthesis: every design cold (empty cache), then warm ...")
-        r = bench.bench_synth()
+        r = bench.bench_synth(throughput=parse_lanes(args.lanes))
         print(format_table(["design", "style", "gates", "LUTs", "DSPs", "Fmax MHz", "cold s", "warm s"],
                            [[x["design"], x["style"], f"{x['gates_total']:,}" if "gates_total" in x else "-",
                              f"{x['luts']:,}" if "luts" in x else "-", x.get("dsps", "-"),
@@ -833,10 +847,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--quantizers", default="fixed8,shift3,ternary,binary", help="comma-separated (default %(default)s)")
     g.add_argument("--style", default="array",
                    help="array (one layer's engine, memory-fed weights), unrolled (hard-wired weights) or network "
-                        "(the whole network top at --throughput lanes per engine, with a per-layer split)")
+                        "(the whole network top at --lanes per engine, with a per-layer split)")
     g.add_argument("--layer", default=None, help="layer of the digits model (default: its largest conv)")
     g.add_argument("--bench", default=None, help="synthetic bench layer for --style unrolled: fq-conv (the default there)")
-    g.add_argument("--throughput", type=int, default=16, help="array style: dense MACs per cycle (default %(default)s)")
+    g.add_argument("--lanes", "--throughput", dest="lanes", default=None, metavar="N|LAYER=N,...,*=N",
+                   help="MAC lanes, as verilog and cosim take them: a count, or a plan per layer such as "
+                        "stem=8,*=32 (array style: the lanes of its layer = dense MACs per cycle asked; network "
+                        "style: every engine's; default 16; --throughput is the older name)")
     g.add_argument("--sample", type=_sample, default=4,
                    help="unrolled style: output channels to synthesize, or 'all' (measured, not extrapolated; "
                         "default %(default)s)")
@@ -870,7 +887,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--quantizers", default="fixed8,shift4,ternary,binary")
     w.add_argument("--model", default="digits", choices=flows.SHIPPED_MODELS,
                    help="the shipped model (default %(default)s; digits-res: the residual digits network)")
-    w.add_argument("--lanes", default="4,8,16", help="comma-separated lane counts (default %(default)s)")
+    w.add_argument("--lanes", default="4,8,16", metavar="N,N,... | SETTING;SETTING;...",
+                   help="the lane settings swept: counts apart by commas, or settings apart by ';' when one is a plan "
+                        "per layer as verilog and cosim take them (8;conv1=8,*=32) (default %(default)s)")
     w.add_argument("--densities", default="1.0", help="comma-separated weight densities after magnitude pruning")
     w.add_argument("--layers", default=None, help="comma-separated layers to synthesize (default: the largest conv)")
     w.add_argument("--jobs", type=int, default=2, help="local parallel jobs (default %(default)s)")
@@ -894,7 +913,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quantizer", default=None,
                    help="the quantizer (default shift4; verilog and unrolled: a comma list, unrolled's default "
                         "fixed8,shift3,ternary)")
-    b.add_argument("--lanes", default="8", metavar="N|LAYER=N,...,*=N", help="MAC lanes, or a plan per layer")
+    b.add_argument("--lanes", default=None, metavar="N|LAYER=N,...,*=N",
+                   help="MAC lanes, or a plan per layer (default 8; synth: 16, the conv2 engine's; unrolled: none, "
+                        "a hard-wired layer has no lanes)")
     b.add_argument("--model", default="digits", choices=flows.SHIPPED_MODELS,
                    help="the shipped model to co-simulate (cosim only; default %(default)s)")
     b.add_argument("--sparse", default=None, metavar="row,broadcast",

@@ -39,8 +39,8 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from quantrtl.synth.yosys import SynthesisError, cells_by_type, load_cached, tool_failure, yosys_command, \
-    yosys_version
+from quantrtl.synth.yosys import SynthesisError, cells_by_type, large_design_yosys, load_cached, run_tool, tool_failure, \
+    wasm_ceiling_hint, yosys_command, yosys_version
 from quantrtl.util.atomic import atomic_write, write_file
 from quantrtl.util.tools import find_executable
 
@@ -130,6 +130,7 @@ class FpgaResult:
     seconds: float
     cached: bool = False
     logs: dict = field(default_factory=dict)
+    peak_mb: dict = field(default_factory=dict)  # each tool's peak resident memory, MiB ({"yosys", "nextpnr"})
 
     @property
     def placed_luts(self) -> int | None:
@@ -220,6 +221,7 @@ def fpga_map(verilog: str | Path, top: str, target: str = "ecp5", dsp: bool = Tr
     verilog = Path(verilog)
     if not verilog.is_file():
         raise SynthesisError(f"{verilog}: Verilog file not found")
+    yosys = large_design_yosys(yosys)  # native when pyosys is there: mapping is where 4 GB is reached
     ycmd = yosys_command(yosys)
     yver = yosys_version(yosys)
     pcmd = _pnr_tool(t) if (t.pnr and place) else None
@@ -239,22 +241,19 @@ def fpga_map(verilog: str | Path, top: str, target: str = "ecp5", dsp: bool = Tr
     write_file(work / "synth.ys", script)
     t0 = time.perf_counter()
     ylog = work / "yosys.log"
-    try:
-        r = subprocess.run([*ycmd, "-q", "-l", "yosys.log", "synth.ys"], cwd=work, capture_output=True, text=True)
-    except OSError as e:
-        raise SynthesisError(f"cannot run {ycmd[0]}: {e}") from None
+    r = run_tool([*ycmd, "-q", "-l", "yosys.log", "synth.ys"], work)
+    peak = {"yosys": r.peak_mb}
     if r.returncode != 0 or not (work / "stat.json").is_file():
-        raise tool_failure(f"Yosys {t.synth} failed on {verilog.name} (top {top}) for {t.device}", r, ylog)
+        e = tool_failure(f"Yosys {t.synth} failed on {verilog.name} (top {top}) for {t.device}", r, ylog)
+        raise SynthesisError(str(e) + wasm_ceiling_hint(ycmd, r))
     cells = {k: int(v) for k, v in cells_by_type(json.loads((work / "stat.json").read_text())).items()
              if k != "$scopeinfo"}
     fmax = crit = None
     utilization: dict = {}
     if pcmd:
         plog = work / "nextpnr.log"
-        try:
-            r = subprocess.run([*pcmd, *args, "--log", "nextpnr.log"], cwd=work, capture_output=True, text=True)
-        except OSError as e:
-            raise SynthesisError(f"cannot run {pcmd[0]}: {e}") from None
+        r = run_tool([*pcmd, *args, "--log", "nextpnr.log"], work)
+        peak["nextpnr"] = r.peak_mb
         if r.returncode != 0 or not (work / f"{stem}.report.json").is_file():
             raise tool_failure(f"nextpnr could not place and route {top} on {t.device}", r, plog)
         report = json.loads((work / f"{stem}.report.json").read_text())
@@ -279,7 +278,7 @@ def fpga_map(verilog: str | Path, top: str, target: str = "ecp5", dsp: bool = Tr
         report=kept.get(f"{stem}.report.json"),
         yosys_version=yver, yosys_script=script, nextpnr_version=pver,
         nextpnr_command=[Path(pcmd[0]).name, *args] if pcmd else None, seconds=seconds,
-        logs={k: v for k, v in kept.items() if k.endswith(".log")})
+        logs={k: v for k, v in kept.items() if k.endswith(".log")}, peak_mb=peak)
     if cache_file is not None:
         atomic_write(cache_file, json.dumps(asdict(result)))
     return result

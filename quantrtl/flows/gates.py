@@ -6,11 +6,12 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from quantrtl.flows.common import DIGITS, KEEP, MAX_LANES, ModelSource, check_lanes, check_sparse, \
+from quantrtl.flows.common import DIGITS, KEEP, ModelSource, check_sparse, \
     check_stream_options, load_data, resolve_quantizer
 from quantrtl.flows.quantize import quantize_network
 from quantrtl.model.numbers.families import parse_format
 from quantrtl.util.errors import OptionError
+from quantrtl.util.lanes import lanes_for, parse_lanes
 
 __all__ = ["STYLES", "TARGETS", "FPGA_TARGETS", "ASIC_TARGETS", "check_target", "GatesOptions", "GatesResult", "gates_flow", "sparse_gates_flow"]
 
@@ -41,7 +42,7 @@ def check_target(target: str, clock_ns: float | None = None) -> None:
 @dataclass(frozen=True)
 class GatesResult:
     style: str
-    throughput: int  # MACs per cycle asked for
+    throughput: int | dict  # lanes asked for (array style: MACs per cycle; network: per engine, or a plan)
     layer: str
     rows: list
     seconds: float
@@ -60,7 +61,7 @@ class GatesOptions:
     style: str = "array"
     layer: str | None = None
     bench: str | None = None
-    throughput: int = 16
+    throughput: int | str | dict = 16  # lanes: a count, or a plan per layer (quantrtl.util.lanes)
     sample: int | None = 4  # None: every channel (measured, not extrapolated)
     jobs: int = 2
     target: str = "gates"
@@ -89,7 +90,7 @@ class GatesOptions:
             raise OptionError(("bench", "style"), "{0} layers have no trained artifact; use {1} unrolled with {0}")
         if self.layer is not None and self.style == "network":
             raise OptionError(("layer", "style"), "{1} network synthesizes every layer; drop {0}")
-        check_lanes(self.throughput, "throughput")
+        parse_lanes(self.throughput)
         if self.sample is not None and self.sample < 1:
             raise OptionError("sample", f"must be at least 1, got {self.sample}")
         if self.jobs < 1:
@@ -227,13 +228,16 @@ def gates_flow(quantizers: list[str], style: str = "array", layer: str | None = 
                progress=None, clock_ns: float | None = None, image: int = 0,
                energy: bool = True) -> GatesResult:
     """Synthesize every quantizer's design at equal throughput and compare gate counts
-    (``style`` network: ``throughput`` is the lanes of every engine of the network top;
+    (``throughput``: the lanes, a count or a plan per layer as ``verilog`` and ``cosim`` take
+    them; the array style takes the plan's lanes of its layer, the network style gives every
+    engine its plan's; the unrolled style has no lanes: every MAC of a window each cycle;
     ``progress(text)``: one call per design an FPGA ``target`` has mapped)."""
     from quantrtl.synth.gates import (array_rows, check_unrolled_fpga, fq_conv_weights, network_rows, unrolled_fpga,
                                       unrolled_rows)
     from quantrtl.synth.yosys import yosys_version
 
     GatesOptions(tuple(quantizers), style, layer, bench, throughput, sample, jobs, target, dsp, source, clock_ns)
+    throughput = parse_lanes(throughput)
     if target in ASIC_TARGETS:
         from quantrtl.synth.asic import check_tools
 
@@ -275,6 +279,7 @@ def gates_flow(quantizers: list[str], style: str = "array", layer: str | None = 
                 raise OptionError("layer", f"{where!r} is not a conv2d/linear layer of the model; choose one of {names}")
             if style == "array":
                 stimuli = _stimuli(nets, where, image, source) if asic_energy else None
+                throughput = lanes_for(throughput, where)
                 rows = array_rows({q: n.layer(where) for q, n in nets.items()}, throughput, out, jobs=jobs,
                                   yosys=yosys, cache_dir=cache_dir, prefix=first.name)
             else:
@@ -321,7 +326,11 @@ def sparse_gates_flow(quantizers: list[str], densities: list[float], throughput:
     from quantrtl.synth.yosys import yosys_version
 
     fmts = [parse_format(q) for q in quantizers]
-    check_lanes(throughput, "throughput")
+    throughput = parse_lanes(throughput)
+    if isinstance(throughput, dict):  # one layer's comparison: the plan's lanes of that layer
+        if layer is None:
+            raise OptionError(("lanes", "layer"), "a plan per layer needs {1}: the comparison is of one layer")
+        throughput = lanes_for(throughput, layer)
     for d in densities:
         if not 0.0 < d <= 1.0:
             raise OptionError("densities", f"{d} out of range (0, 1]")

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from quantrtl.util.errors import OptionError
+from quantrtl.util.lanes import check_plan_layers, lanes_for, lanes_text, parse_lane_axis
 from quantrtl.util.atomic import write_file
 
 __all__ = ["sweep", "synth_job", "cosim_job"]
@@ -35,12 +36,14 @@ def _unpack(files: dict[str, bytes], where: Path):
     return artifact.load(where / next(n for n in files if n.endswith(".json")))
 
 
-def synth_job(files: dict[str, bytes], layer: str, lanes: int, target: str = "gates", sparse: str | None = None,
+def synth_job(files: dict[str, bytes], layer: str, lanes: int | dict, target: str = "gates", sparse: str | None = None,
               image: int = 0, model: str = "digits") -> dict:
-    """Synthesize one layer engine (and its MAC array) of the artifact at ``lanes``; with an
+    """Synthesize one layer engine (and its MAC array) of the artifact at ``lanes`` (a count,
+    or a plan: its lanes for ``layer``); with an
     FPGA ``target``, also map, place and route the engine (``synth/fpga.py``).  A
     zero-skipping engine (``sparse``: row, broadcast) is synthesized whole, and its MACs
     per cycle come from simulating it alone on the golden input of test image ``image``."""
+    lanes = lanes_for(lanes, layer)
     with tempfile.TemporaryDirectory(prefix="quantrtl-synth-") as d:
         net = _unpack(files, Path(d))
         if sparse:
@@ -88,8 +91,8 @@ def _sparse_synth(net, layer: str, lanes: int, sparse: str, image: int, model: s
              "layer_cycles": cycles, "layer_bit_exact": exact}, verilog, top)
 
 
-def cosim_job(files: dict[str, bytes], lanes: int, image: int, sparse: str | None = None) -> dict:
-    """Co-simulate the whole network of the artifact at ``lanes`` on one test image (Icarus),
+def cosim_job(files: dict[str, bytes], lanes: int | dict, image: int, sparse: str | None = None) -> dict:
+    """Co-simulate the whole network of the artifact at ``lanes`` (a count or a plan) on one test image (Icarus),
     on zero-skipping engines when ``sparse`` names them."""
     from quantrtl.flows.cosim import cosim_flow
 
@@ -132,27 +135,27 @@ def shipped_weight_layers(model: str) -> list[str]:
     return [n.name for n in trace(SHIPPED[model].factory()).nodes if n.kind in ("conv2d", "linear")]
 
 
-def sweep(quantizers: list[str], lanes: list[int], densities: list[float], layers: list[str] | None = None,
+def sweep(quantizers: list[str], lanes: list, densities: list[float], layers: list[str] | None = None,
           jobs: int = 2, scheduler: str | None = None, finetune: int = 10, image: int = 0, cosim: bool = True,
           out_dir: str | Path = "build/sweep", target: str = "gates", model: str = "digits",
           sparse: str | None = None) -> dict:
     """Every (quantizer, density, lanes, layer) of a shipped ``model`` synthesized, and each
     network co-simulated, as jobs on a local pool or a Dask cluster; ``sparse`` (row,
-    broadcast) puts zero-skipping engines in both."""
+    broadcast) puts zero-skipping engines in both.  ``lanes``: the lane settings swept, each
+    a count or a plan per layer (:func:`quantrtl.util.lanes.parse_lane_axis`; a layer's
+    engine is synthesized at its plan's lanes, the network co-simulated at the plan)."""
     from quantrtl.model.digits import TEST_IMAGES
     from quantrtl.model.numbers import artifact
     from quantrtl.model.numbers.families import parse_format
 
-    from quantrtl.flows.common import MAX_LANES, SHIPPED_MODELS, ModelSource, check_sparse
+    from quantrtl.flows.common import SHIPPED_MODELS, ModelSource, check_sparse
     from quantrtl.flows.quantize import quantize_network
 
     fmts = [parse_format(q) for q in quantizers]
     sparse = check_sparse(sparse)
     if not fmts or not lanes or not densities:
         raise OptionError(("quantizers", "lanes", "densities"), "{0}, {1} and {2} each need at least one value")
-    for p in lanes:
-        if not 1 <= p <= MAX_LANES:
-            raise OptionError("lanes", f"{p} out of range 1..{MAX_LANES}")
+    lanes = parse_lane_axis(lanes)
     for d in densities:
         if not 0.0 < d <= 1.0:
             raise OptionError("densities", f"{d} out of range (0, 1]")
@@ -176,6 +179,8 @@ def sweep(quantizers: list[str], lanes: list[int], densities: list[float], layer
     for name in layers or ():
         if name not in weighted:
             raise OptionError("layers", f"{name!r} is not a conv2d/linear layer; choose from {weighted}")
+    for p in lanes:  # a plan names conv2d/linear layers (only they have lanes) and gives each its lanes
+        check_plan_layers(p, weighted, weighted)
     t0 = time.perf_counter()
     out = Path(out_dir)
     with _executor(jobs, scheduler) as ex:  # connect first: a bad scheduler fails before any work
@@ -188,20 +193,21 @@ def sweep(quantizers: list[str], lanes: list[int], densities: list[float], layer
             json_path = artifact.save(qr.qnet, stem)
             files = {p.name: p.read_bytes() for p in (json_path, json_path.with_suffix(".npz"))}
             nets[(q, d)] = (qr, files)
-        keys = [(q, d, p, layer) for (q, d) in nets for p in lanes for layer in layers]
-        ckeys = [(q, d, p) for (q, d) in nets for p in lanes] if cosim else []
-        sfut = [ex.submit(synth_job, nets[(q, d)][1], layer, p, target, sparse, image, model)
-                for q, d, p, layer in keys]
-        cfut = [ex.submit(cosim_job, nets[(q, d)][1], p, image, sparse) for q, d, p in ckeys]
+        keys = [(q, d, i, layer) for (q, d) in nets for i in range(len(lanes)) for layer in layers]
+        ckeys = [(q, d, i) for (q, d) in nets for i in range(len(lanes))] if cosim else []
+        sfut = [ex.submit(synth_job, nets[(q, d)][1], layer, lanes[i], target, sparse, image, model)
+                for q, d, i, layer in keys]
+        cfut = [ex.submit(cosim_job, nets[(q, d)][1], lanes[i], image, sparse) for q, d, i in ckeys]
         synth = [f.result() for f in sfut]
         cos = {k: f.result() for k, f in zip(ckeys, cfut)}
     rows = []
-    for (q, d, p, layer), s in zip(keys, synth):
+    for (q, d, i, layer), s in zip(keys, synth):
         qr = nets[(q, d)][0]
-        row = {"quantizer": q, "density": d, "lanes": p, "layer": layer, "golden_accuracy": qr.golden_accuracy,
+        row = {"quantizer": q, "density": d, "lanes": lanes_for(lanes[i], layer), "layer": layer,
+               "lane_setting": lanes_text(lanes[i]), "golden_accuracy": qr.golden_accuracy,
                "golden_agreement": qr.golden_agreement, **s}
         if cosim:
-            c = cos[(q, d, p)]
+            c = cos[(q, d, i)]
             row.update(bit_exact=c["bit_exact"], cycles=c["cycles"], expected_cycles=c["expected_cycles"],
                        first_mismatch=c["first_mismatch"])
         rows.append(row)

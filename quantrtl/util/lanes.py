@@ -11,7 +11,7 @@ import re
 
 from quantrtl.util.errors import OptionError
 
-__all__ = ["MAX_LANES", "parse_lanes", "lanes_for", "lanes_tag", "check_plan_layers"]
+__all__ = ["MAX_LANES", "parse_lanes", "parse_lane_axis", "lanes_for", "lanes_tag", "lanes_text", "check_plan_layers"]
 
 #: The most MAC lanes an engine may have.
 MAX_LANES = 256
@@ -85,3 +85,21 @@ def lanes_tag(lanes: int | dict) -> str:
     if len(text) > 40:
         text = text[:24] + "_" + hashlib.sha256(text.encode()).hexdigest()[:8]
     return f"p{text}"
+
+
+def lanes_text(lanes: int | dict) -> str:
+    """A count or plan as the command line writes it: ``8``, ``conv1=8,*=32``."""
+    return str(lanes) if isinstance(lanes, int) else ",".join(f"{k}={v}" for k, v in lanes.items())
+
+
+def parse_lane_axis(value, param: str = "lanes") -> list[int | dict[str, int]]:
+    """A list of lane settings (``sweep``'s axis): ``4,8,16`` (counts), or settings apart by
+    ``;`` when any is a plan: ``8;conv1=8,*=32``; each checked by :func:`parse_lanes`."""
+    if isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        text = str(value)
+        items = [p for p in (x.strip() for x in text.split(";" if ";" in text or "=" in text else ",")) if p]
+    if not items:
+        raise OptionError(param, "needs at least one lane setting")
+    return [parse_lanes(x, param) for x in items]

@@ -95,7 +95,7 @@ def test_zero_weights_cost_nothing(tmp_path):
     (["--style", "diagonal"], "unknown --style 'diagonal'; choose one of array, unrolled"),
     (["--bench", "resnet"], "unknown --bench 'resnet'; available: fq-conv"),
     (["--layer", "conv1", "--bench", "fq-conv", "--style", "unrolled"], "either --layer or --bench"),
-    (["--throughput", "0"], "--throughput must be in 1..256"),
+    (["--throughput", "0"], "--lanes must be in 1..256"),  # the older name of --lanes
     (["--layer", "pool"], "--layer 'pool' is not a conv2d/linear layer"),
     (["--yosys", "/nonexistent/yosys"], "Yosys not found at '/nonexistent/yosys'"),
 ])
@@ -177,3 +177,29 @@ def test_method_quantizers_array_style(tmp_path):
     assert rows["xnor"]["datapath_gates"] == min(x["datapath_gates"] for x in rows.values())
     assert rows["abcnet5"]["datapath_gates"] > rows["lqnet2"]["datapath_gates"] > rows["binary"]["datapath_gates"]
     assert rows["xnor"]["memory_bits"] < rows["binary"]["memory_bits"]  # 1-bit activation memory
+
+
+def test_network_style_takes_a_lane_plan(tmp_path, capsys):
+    """``gates --style network --lanes`` takes the plan verilog and cosim take: each engine its
+    plan's lanes, the top named by the plan, the row saying which plan it was."""
+    r = run_gates(tmp_path, ["--quantizers", "binary", "--style", "network", "--lanes", "conv1=2,*=4",
+                             "--finetune", "0"])
+    x = r["rows"][0]
+    assert x["lanes"] == "conv1=2,*=4" and r["throughput"] == {"conv1": 2, "*": 4}
+    lanes = {l["layer"]: l["lanes"] for l in x["layers"]}
+    assert lanes["conv1"] == 2 and lanes["conv2"] == 4 and lanes["fc"] == 4
+    assert x["top"] == "digits_binary_pall4_conv12_network" and (tmp_path / "v" / "network" / f"{x['top']}.v").is_file()
+    assert "lanes conv1=2,*=4 per engine" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--style", "unrolled", "--layer", "conv1", "--lanes", "4"], "--lanes does not apply to --style unrolled"),
+    (["--style", "network", "--lanes", "conv9=4,*=8"], "names ['conv9'], not layers of the network"),
+    (["--layer", "conv2", "--lanes", "conv1=4"], "the plan gives layer 'conv2' no lanes"),
+    (["--lanes", "0"], "--lanes must be in 1..256, got 0"),
+])
+def test_bad_lane_settings_are_named(tmp_path, capsys, argv, message):
+    rc = main(["gates", "--quantizers", "binary", "--finetune", "0", *argv, "--out", str(tmp_path / "v")])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err, err
+    assert not (tmp_path / "v").exists() or not any((tmp_path / "v").rglob("*.v"))
