@@ -26,6 +26,7 @@ from quantrtl.hw.styles import style_of
 from quantrtl.hw.geometry import MAXPOOL_CYCLE_FORMULA, BroadcastSchedule, ConvGeometry, SparseSchedule
 from quantrtl.hw.join import JOIN_CYCLE_FORMULA, JoinEngine
 from quantrtl.hw.layer import ConvEngine, PoolEngine
+from quantrtl.hw.memory import memory_report
 from quantrtl.hw.network import NetworkTop
 
 __all__ = ["Design", "build_design", "to_verilog", "render", "emit", "STREAM_PROTOCOL"]
@@ -75,9 +76,20 @@ class Design:
     def memory_bits(self) -> dict[str, int]:
         return self.component.memory_bits
 
+    @property
+    def engines(self) -> dict:
+        """The design's engines by layer name (one, for a single layer's engine)."""
+        comp = self.component
+        return comp.engines if isinstance(comp, NetworkTop) else {self.layer: comp}
+
+    @property
+    def memory(self) -> dict:
+        """On-chip bits by kind against the lower bound (:mod:`quantrtl.hw.memory`)."""
+        return memory_report(self.net, self.engines)
+
     def parameters(self) -> dict:
         comp = self.component
-        engines = comp.engines if isinstance(comp, NetworkTop) else {self.layer: comp}
+        engines = self.engines
         occupancy = comp.occupancy() if isinstance(comp, NetworkTop) else {}
         layers = []
         for name, e in engines.items():
@@ -189,6 +201,7 @@ def render(design: Design) -> tuple[str, dict]:
         "expected_cycles": design.expected_cycles,
         "initiation_interval": design.initiation_interval,
         "memory_bits": design.memory_bits,
+        "memory": design.memory,
         # the artifact by file name and content, so the description is the same on every machine
         "artifact": {"file": Path(design.artifact).name if design.artifact else None, "sha256": artifact_sha},
         "versions": _versions(),

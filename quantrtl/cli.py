@@ -175,7 +175,11 @@ def cmd_verilog(args) -> int:
     slowest = f" = the slowest layer's busy cycles ({max(busy, key=busy.get)})" if busy else ""
     print(f"II           {r.initiation_interval} cycles between images streamed back to back{slowest} "
           "(formula; cosim measures it)")
-    print("memory bits  " + ", ".join(f"{k} {v}" for k, v in r.memory_bits.items()))
+    mem = r.memory
+    print("memory bits  " + ", ".join(f"{k} {v:,}" for k, v in r.memory_bits.items()) + f" = {mem['design_total']:,}")
+    print(f"lower bound  {mem['lower_bound_total']:,} bits (" + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in
+                                                                 mem["lower_bound"].items())
+          + f"; without {mem['lower_bound_excludes']}): the design holds {mem['over_lower_bound']}x the bound")
     rows = [[l["name"], l["op"], l.get("lanes", "-"), l.get("groups", "-"), l.get("accumulator_bits", "-"),
              l["expected_cycles"]] + ([busy[l["name"]]] if busy else []) for l in r.layers]
     print(format_table(["layer", "op", "lanes", "groups", "acc bits", "cycles"] + (["busy per image"] if busy else []),

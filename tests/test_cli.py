@@ -191,3 +191,22 @@ def test_engine_list_and_choice(quantized, tmp_path, capsys):
         assert main(base + extra + ["--out", str(tmp_path / "x")]) == 2
         assert match in capsys.readouterr().err
         assert not (tmp_path / "x").exists()
+
+
+def test_verilog_reports_memory_against_its_lower_bound(quantized, tmp_path, capsys):
+    """``verilog`` prints and writes the design's on-chip bits by kind beside the lower bound
+    (stored weights, constants, line buffers: hw/memory.py): the whole-map digits network
+    holds its input maps, so it is above the bound."""
+    art = quantized("shift4").artifact
+    j = tmp_path / "v.json"
+    assert main(["verilog", "--quantizer", "shift4", "--artifact", art, "--out", str(tmp_path / "v"),
+                 "--json", str(j)]) == 0
+    out = capsys.readouterr().out
+    mem = json.loads(j.read_text())["memory"]
+    assert mem["design_total"] == sum(mem["design_bits"].values()) > mem["lower_bound_total"] > 0
+    # digits: 3x3 conv1 on a 1x16x16 input, 2x2 pool on 8x16x16, 3x3 conv2 on 8x8x8, 8-bit codes
+    assert mem["lower_bound"]["line_buffers"] == ((2 * 16 + 3) * 1 + (1 * 16 + 2) * 8 + (2 * 8 + 3) * 8) * 8
+    assert mem["lower_bound"]["weights"] == (8 * 9 + 16 * 72 + 10 * 256) * 4  # shift4: 4-bit codes, none padded
+    assert f"lower bound  {mem['lower_bound_total']:,} bits" in out and f"{mem['over_lower_bound']}x the bound" in out
+    desc = json.loads((tmp_path / "v" / "digits_shift4_top.json").read_text())
+    assert desc["memory"] == mem

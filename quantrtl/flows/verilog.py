@@ -47,6 +47,7 @@ class VerilogResult:
     seconds: float
     layers: list
     initiation_interval: int | None = None
+    memory: dict | None = None  # on-chip bits by kind against the lower bound (hw/memory.py)
 
 
 def verilog_flow(quantizer: str, out_dir: str | Path, layer: str = "all", lanes: int = 8, pipeline: int = 0,
@@ -91,5 +92,5 @@ def verilog_flow(quantizer: str, out_dir: str | Path, layer: str = "all", lanes:
         raise
     return VerilogResult(top=design.top, verilog=str(v_path), description=str(j_path), artifact=design.artifact,
                          expected_cycles=design.expected_cycles, memory_bits=design.memory_bits,
-                         initiation_interval=design.initiation_interval,
+                         initiation_interval=design.initiation_interval, memory=rendered[1]["memory"],
                          seconds=time.perf_counter() - t0, layers=design.parameters()["layers"])

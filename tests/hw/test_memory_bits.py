@@ -81,3 +81,37 @@ def test_op_engines_count_their_memories(o):
         layer, shapes = o.resolve("example")(seed)
         e = make_engine(layer, source_shapes=shapes)
         assert {k: v for k, v in e.memory_bits.items() if v} == declared(e), (o.name, seed)
+
+
+@pytest.mark.parametrize("name, style", [("shift4", "dense"), ("fixed8", "dense"), ("pq4", "dense"),
+                                         ("shift4", "row"), ("shift4", "broadcast")])
+def test_memory_report_against_a_hand_count(name, style):
+    """The lower bound (hw/memory.py) counted by hand on a random conv(3x3) → maxpool(2x2) →
+    linear network: stored codes x bits, the design's per-channel constants, and the line
+    buffers ((kh-1)·W + kw)·C codes of each window's input; the design's total is its
+    engines' memory_bits, and never below the bound."""
+    from quantrtl.hw.memory import memory_report
+
+    fmt = format_for_test(name)
+    net = random_network(fmt, seed=3, cin=3, hw=6, cout=4, kernel=(3, 3), pool=(2, 2, 0))
+    engines = {l.name: make_engine(l, lanes=4, sparse=style if style != "dense" else False,
+                                   source_shape=tuple(net.layers[1].out_shape) if l.op == "linear" else None)
+               for l in net.layers}
+    r = memory_report(net, engines)
+    conv, pool, fc = net.layers
+    if style == "dense":
+        # a pq layer: one code per sub-vector of each channel's fan-in (its own sub-vector length)
+        sub = {l.name: l.format.sub if name.startswith("pq") else 1 for l in (conv, fc)}
+        codes = sum(l.codes.shape[0] * -(-(l.codes.size // l.codes.shape[0]) // sub[l.name]) for l in (conv, fc))
+    else:  # zero-skipping engines store only the nonzero weights (counted from the decoded values)
+        codes = sum(int(np.count_nonzero(fmt.decode(l.codes))) for l in (conv, fc))
+    assert r["lower_bound"]["weights"] == codes * fmt.bits
+    # conv: 3x3 over a 6x6x3 input; pool: 2x2 over the conv's 6x6x4 output
+    assert r["lower_bound"]["line_buffers"] == ((3 - 1) * 6 + 3) * 3 * conv.input.bits + \
+        ((2 - 1) * 6 + 2) * 4 * pool.input.bits
+    constants = sum(v for e in engines.values() for k, v in e.memory_bits.items()
+                    if k in ("bias", "requant", "codebooks", "table"))
+    assert r["lower_bound"]["constants"] == constants
+    assert r["design_total"] == sum(v for e in engines.values() for v in e.memory_bits.values())
+    assert r["lower_bound_total"] == sum(r["lower_bound"].values()) <= r["design_total"]
+    assert r["over_lower_bound"] == round(r["design_total"] / r["lower_bound_total"], 3)
