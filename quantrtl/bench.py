@@ -225,7 +225,7 @@ def bench_unrolled(quantizers: tuple[str, ...] = UNROLLED_QUANTIZERS, layer: str
 
     from quantrtl.hw.engines import conv_engine_class
     from quantrtl.hw.unrolled import UnrolledLayer
-    from quantrtl.synth.fpga import fpga_map
+    from quantrtl.synth.fpga import fpga_map, same_netlist
     from quantrtl.synth.gates import write_verilog
     from quantrtl.synth.peer import check_product, da4ml_design, ours_ports
     from quantrtl.synth.yosys import synthesize, yosys_version
@@ -276,15 +276,27 @@ def bench_unrolled(quantizers: tuple[str, ...] = UNROLLED_QUANTIZERS, layer: str
                            fpga_first_mismatch=fcheck["first_mismatch"])
             for target in fpga:
                 wrapped = _registered(fv, ft, ports, root)
-                for dsp in (True, False):
-                    f = fpga_map(wrapped, f"{ft}_reg", target, dsp, yosys, cache_dir=None)
+                placed = None
+                for dsp in (False, True):
+                    f = fpga_map(wrapped, f"{ft}_reg", target, dsp, yosys, cache_dir=None, place=placed is None)
+                    # a design without multipliers maps to the same netlist with DSPs allowed: that
+                    # netlist is placed once (the placement is the netlist's, not the flag's)
+                    shared = placed is not None and same_netlist(f, placed)
+                    if placed is not None and not shared:
+                        f = fpga_map(wrapped, f"{ft}_reg", target, dsp, yosys, cache_dir=None)
+                    p = placed if shared else f
                     row["fpga"].append({"target": target, "device": f.device, "dsp": dsp, "luts": f.luts,
-                                        "carry": f.carry, "placed_luts": f.placed_luts, "ffs": f.ffs, "dsps": f.dsps,
-                                        "fmax_mhz": f.fmax_mhz, "critical_path": f.critical_path,
-                                        "seconds": f.seconds, "nextpnr_version": f.nextpnr_version})
+                                        "carry": f.carry, "placed_luts": p.placed_luts, "ffs": f.ffs, "dsps": f.dsps,
+                                        "fmax_mhz": p.fmax_mhz, "critical_path": p.critical_path,
+                                        "seconds": f.seconds, "nextpnr_version": p.nextpnr_version,
+                                        "peak_mb": {**f.peak_mb, **({"nextpnr": p.peak_mb.get("nextpnr")} if shared
+                                                                    else {})},
+                                        "placement": "the --no-dsp netlist's (the same netlist)" if shared else "own"})
+                    placed = placed or f
                     if progress:
-                        progress(f"{q} {who} {target}{'' if dsp else ' --no-dsp'}: {f.placed_luts or f.luts:,} "
-                                 f"LUT4 placed ({f.luts:,} LUT4 cells, {f.carry:,} carry), {f.fmax_mhz or 0:.1f} MHz")
+                        progress(f"{q} {who} {target}{'' if dsp else ' --no-dsp'}: {p.placed_luts or f.luts:,} "
+                                 f"LUT4 placed ({f.luts:,} LUT4 cells, {f.carry:,} carry), {p.fmax_mhz or 0:.1f} MHz"
+                                 + (" (the --no-dsp netlist: placed once)" if shared else ""))
             rows.append(row)
     return {"benchmark": "unrolled", "vs": vs, "layer": layer, "results": rows,
             "covers": ("one output pixel of the layer: every output channel's dot product over one input window "

@@ -676,6 +676,11 @@ def _bench_unrolled(args, qs: tuple[str, ...]) -> int:
     if fpga:
         print("LUT4: the positions nextpnr placed (carry cells' two LUT4s and route-throughs included; in brackets "
               "the netlist's LUT4 cells and carry cells)")
+        shared = sorted({f"{x['quantizer']} {x['design']}" for x in r["results"] for d in x["fpga"]
+                         if d.get("placement", "own") != "own"})
+        if shared:
+            print("with DSPs allowed, Yosys mapped these to the same netlist as without (no multiplier in a hard-wired "
+                  "layer), placed once: " + ", ".join(shared))
     print(f"\ncovers: {r['covers']}\n{short_version(r['yosys_version'])}; "
           + "; ".join(sorted({x['generator'] for x in r['results']})))
     if args.json:

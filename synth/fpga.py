@@ -44,7 +44,8 @@ from quantrtl.synth.yosys import SynthesisError, cells_by_type, large_design_yos
 from quantrtl.util.atomic import atomic_write, write_file
 from quantrtl.util.tools import find_executable
 
-__all__ = ["Target", "TARGETS", "FpgaResult", "fpga_map", "fpga_map_all", "script_for", "classify", "cell_part"]
+__all__ = ["Target", "TARGETS", "FpgaResult", "fpga_map", "fpga_map_all", "script_for", "classify", "cell_part",
+           "same_netlist"]
 
 
 @dataclass(frozen=True)
@@ -332,6 +333,17 @@ def fpga_map(verilog: str | Path, top: str, target: str = "ecp5", dsp: bool = Tr
     if cache_file is not None:
         atomic_write(cache_file, json.dumps(asdict(result)))
     return result
+
+
+def same_netlist(a: FpgaResult, b: FpgaResult) -> bool:
+    """Whether two mappings wrote the same netlist, so that one placement serves both: every
+    module's ports and cells alike, names, parameters and connections (the bits the cells
+    connect); the names Yosys gave its own internal nets (``$36``, ``$80``) may differ."""
+    def modules(r: FpgaResult) -> dict:
+        mods = json.loads(Path(r.netlist).read_text())["modules"]
+        return {name: (m.get("ports"), m.get("cells")) for name, m in mods.items()}
+
+    return a.target == b.target and modules(a) == modules(b)
 
 
 def fpga_map_all(designs: list[tuple[str | Path, str, str]], target: str, dsp: bool = True, jobs: int = 2,

@@ -95,3 +95,19 @@ def test_bench_unrolled_quantizers_as_given(monkeypatch, capsys):
     assert seen == [("shift4",), bench.UNROLLED_QUANTIZERS]
     assert main(["bench", "unrolled", "--quantizer", ",", "--target", "gates"]) == 2
     assert "--quantizer ',' names no quantizer" in capsys.readouterr().err
+
+
+@pytest.mark.yosys
+def test_a_layer_without_multipliers_maps_to_one_netlist_with_or_without_dsps(tmp_path):
+    """``bench unrolled`` places a hard-wired layer once when allowing DSPs changes nothing
+    (``same_netlist``); a design with multipliers maps differently and is placed twice."""
+    from quantrtl.hw.array import MacArray
+    from quantrtl.model.numbers.families import parse_format
+    from quantrtl.synth.fpga import fpga_map, same_netlist
+
+    layer = UnrolledLayer(np.random.default_rng(5).integers(-20, 21, size=(4, 6)), 8).with_carry_chains()
+    arr = MacArray(parse_format("fixed8"), 2, 20)
+    for design, top, same in ((layer, "hw", True), (arr, "mul", False)):
+        v = write_verilog(design, top, tmp_path)
+        with_dsp, without = (fpga_map(v, top, "ecp5", dsp, cache_dir=None, place=False) for dsp in (True, False))
+        assert same_netlist(with_dsp, without) == same and (with_dsp.dsps > 0) != same
