@@ -219,13 +219,18 @@ def pnr_args(target: Target, stem: str) -> list[str]:
 
 
 def cell_part(cell: str) -> str:
-    """The engine part a placed cell belongs to: its submodule (``requant.prod[9]_MULT18X18D…`` →
-    ``requant``), or for a cell of the top module the signal it was named after
-    (``out__payload_TRELLIS_FF_Q_7`` → ``out__payload``, ``bank0[20]_LUT4_C`` → ``bank0``)."""
-    if "." in cell.split("[")[0]:
-        return cell.split(".")[0]
-    stem = cell.split("[")[0]
-    for mark in ("_TRELLIS_", "_LUT4", "_CCU2C", "_MULT18X18D", "_DP16KD", "_PFUMX", "_L6MUX21", "_SB_", "$"):
+    """The engine part a placed cell belongs to: its submodule path (``requant.prod[9]_MULT18X18D…``
+    → ``requant``, ``fc.requant.q_TRELLIS_FF_Q`` → ``fc.requant``), or for a cell of the top
+    module the signal it was named after (``out__payload_TRELLIS_FF_Q_7`` → ``out__payload``,
+    ``bank0[20]_LUT4_C`` → ``bank0``); ``""`` for a cell Yosys named itself (``$abc$…``)."""
+    if cell.startswith("$"):
+        return ""
+    path = cell.split("[")[0].split(".")
+    if len(path) > 1:
+        return ".".join(path[:-1])
+    stem = path[0]
+    for mark in ("_TRELLIS_", "_LUT4", "_CCU2C", "_MULT18X18D", "_DP16KD", "_PDPW16KD", "_PFUMX", "_L6MUX21", "_SB_",
+                 "$"):
         stem = stem.split(mark)[0]
     return stem or cell
 

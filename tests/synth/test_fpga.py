@@ -190,4 +190,6 @@ def test_critical_path_parts_are_named_from_the_placed_cells():
     assert cell_part("requant.prod[9]_MULT18X18D_P9_P35_CCU2C_B1") == "requant"
     assert cell_part("out__payload_TRELLIS_FF_Q_7") == "out__payload"
     assert cell_part("bank0[20]_LUT4_C") == "bank0"
-    assert cell_part("array.lane3.acc_CCU2C_S0") == "array"
+    assert cell_part("array.lane3.acc_CCU2C_S0") == "array.lane3"
+    assert cell_part("fc.requant.prod[9]_MULT18X18D_P9") == "fc.requant" and cell_part("fc.bank0[3]_LUT4_Z") == "fc"
+    assert cell_part("$abc$4711$auto$blifparse.cc:396:parse_blif$4712") == ""
