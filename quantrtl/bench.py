@@ -213,14 +213,15 @@ UNROLLED_QUANTIZERS = ("fixed8", "shift3", "ternary")
 
 def bench_unrolled(quantizers: tuple[str, ...] = UNROLLED_QUANTIZERS, layer: str = "conv2", vs: str = "da4ml",
                    fpga: tuple[str, ...] = ("ecp5",), yosys: str | None = None, build_root: str | Path = "build/bench",
-                   progress=None) -> dict:
+                   progress=None, route: bool = True) -> dict:
     """The whole hard-wired ``layer`` of the digits model per quantizer (its artifact's
     integer weights, 8-bit activations), ours (``UnrolledLayer``) beside ``vs``'s
     (da4ml, ``synth/peer.py``) on the same matrix: both combinational (no register on
     either side), both checked against ``W @ x`` in Icarus, both synthesized with the
     gate script (gates, logic depth, cold synthesis time) and, for each of ``fpga``,
     with input and output registers around them, mapped, placed and routed with and
-    without DSPs (LUT4, carry, DSPs, FFs, post-route Fmax)."""
+    without DSPs (LUT4, carry, DSPs, FFs, post-route Fmax; without ``route``, placed only:
+    the LUT4 positions nextpnr placed, no Fmax)."""
     import numpy as np
 
     from quantrtl.hw.engines import conv_engine_class
@@ -278,12 +279,13 @@ def bench_unrolled(quantizers: tuple[str, ...] = UNROLLED_QUANTIZERS, layer: str
                 wrapped = _registered(fv, ft, ports, root)
                 placed = None
                 for dsp in (False, True):
-                    f = fpga_map(wrapped, f"{ft}_reg", target, dsp, yosys, cache_dir=None, place=placed is None)
+                    f = fpga_map(wrapped, f"{ft}_reg", target, dsp, yosys, cache_dir=None, place=placed is None,
+                                 route=route)
                     # a design without multipliers maps to the same netlist with DSPs allowed: that
                     # netlist is placed once (the placement is the netlist's, not the flag's)
                     shared = placed is not None and same_netlist(f, placed)
                     if placed is not None and not shared:
-                        f = fpga_map(wrapped, f"{ft}_reg", target, dsp, yosys, cache_dir=None)
+                        f = fpga_map(wrapped, f"{ft}_reg", target, dsp, yosys, cache_dir=None, route=route)
                     p = placed if shared else f
                     row["fpga"].append({"target": target, "device": f.device, "dsp": dsp, "luts": f.luts,
                                         "carry": f.carry, "placed_luts": p.placed_luts, "ffs": f.ffs, "dsps": f.dsps,
@@ -291,7 +293,8 @@ def bench_unrolled(quantizers: tuple[str, ...] = UNROLLED_QUANTIZERS, layer: str
                                         "seconds": f.seconds, "nextpnr_version": p.nextpnr_version,
                                         "peak_mb": {**f.peak_mb, **({"nextpnr": p.peak_mb.get("nextpnr")} if shared
                                                                     else {})},
-                                        "placement": "the --no-dsp netlist's (the same netlist)" if shared else "own"})
+                                        "placement": "the --no-dsp netlist's (the same netlist)" if shared else "own",
+                                        "routed": route})
                     placed = placed or f
                     if progress:
                         progress(f"{q} {who} {target}{'' if dsp else ' --no-dsp'}: {p.placed_luts or f.luts:,} "

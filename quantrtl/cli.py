@@ -564,6 +564,8 @@ def cmd_bench(args) -> int:
             raise OptionError(("lanes", "what"), "does not apply to bench unrolled: a hard-wired layer computes every "
                                                  "MAC of its window each cycle")
         return _bench_unrolled(args, _quantizer_list(args.quantizer or ",".join(bench.UNROLLED_QUANTIZERS)))
+    if args.no_route:
+        raise OptionError(("no_route", "what"), "is for bench unrolled (placing a hard-wired layer only)")
     args.lanes = args.lanes or ("16" if args.what == "synth" else "8")
     args.quantizer = args.quantizer or "shift4"
     if args.what == "verilog":
@@ -661,18 +663,22 @@ def _bench_unrolled(args, qs: tuple[str, ...]) -> int:
     fpga = () if args.target == "gates" else (args.target,)
     _say(f"benchmarking the hard-wired {args.layer} of the digits model ({', '.join(qs)}) against {args.vs}: both "
          f"checked in Icarus, synthesized cold{', placed on ' + args.target + ' with and without DSPs' if fpga else ''} ...")
-    r = bench.bench_unrolled(qs, args.layer, args.vs, fpga, progress=_say)
+    if args.no_route and not fpga:
+        raise OptionError(("no_route", "target"), "places on an FPGA {1}; bench unrolled --target gates places nothing")
+    r = bench.bench_unrolled(qs, args.layer, args.vs, fpga, progress=_say, route=not args.no_route)
     rows = []
     for x in r["results"]:
         f = {d["dsp"]: d for d in x["fpga"]}
         exact = ("yes" if x.get("fpga_bit_exact", True) else "NO (FPGA variant)") if x["bit_exact"] else "NO"
         rows.append([x["quantizer"], x["design"], exact, f"{x['gates_total']:,}",
                      x["adders"], x["adder_depth"], x["logic_depth"], f"{x['synth_seconds']:.1f}",
-                     *([_placed(f[False]), f"{f[False]['fmax_mhz'] or 0:.1f}", _placed(f[True]),
-                        f[True]["dsps"], f"{f[True]['fmax_mhz'] or 0:.1f}"] if f else [])])
+                     *([_placed(f[False]), _mhz(f[False]["fmax_mhz"]), _placed(f[True]),
+                        f[True]["dsps"], _mhz(f[True]["fmax_mhz"])] if f else [])])
     print(format_table(["quantizer", "design", "bit-exact", "gates", "adders", "adder levels", "logic depth",
                         "synth s", *(["LUT4 no-DSP", "Fmax MHz", "LUT4 DSP", "DSPs", "Fmax MHz"] if fpga else [])],
                        rows))
+    if args.no_route:
+        print("placed only (--no-route): no Fmax (nextpnr's pre-route estimate is not one)")
     if fpga:
         print("LUT4: the positions nextpnr placed (carry cells' two LUT4s and route-throughs included; in brackets "
               "the netlist's LUT4 cells and carry cells)")
@@ -686,6 +692,10 @@ def _bench_unrolled(args, qs: tuple[str, ...]) -> int:
     if args.json:
         flows.write_json(args.json, r)
     return _checks_passed(x["bit_exact"] and x.get("fpga_bit_exact", True) for x in r["results"])
+
+
+def _mhz(fmax: float | None) -> str:
+    return "-" if fmax is None else f"{fmax:.1f}"
 
 
 def _placed(f: dict) -> str:
@@ -941,6 +951,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--layer", default="conv2", help="unrolled: the digits layer (default %(default)s)")
     b.add_argument("--target", default="ecp5", metavar="ecp5|gates",
                    help="unrolled: also place both designs on this FPGA (default %(default)s; gates: no placement)")
+    b.add_argument("--no-route", action="store_true",
+                   help="unrolled: place only, do not route (a layer too congested to route in bench time: the placed "
+                        "LUT4 positions, no Fmax)")
     b.add_argument("--json", help="write results as JSON")
     b.set_defaults(func=cmd_bench)
 

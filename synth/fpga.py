@@ -211,11 +211,13 @@ def _pnr_version(cmd: tuple[str, ...]) -> str:
     return text[0].strip()
 
 
-def pnr_args(target: Target, stem: str) -> list[str]:
+def pnr_args(target: Target, stem: str, route: bool = True) -> list[str]:
     """nextpnr's arguments (after the command), naming the files as they are kept beside
-    the Verilog (so the recorded command re-runs there as it is)."""
+    the Verilog (so the recorded command re-runs there as it is); without ``route``, the
+    design is placed only (``--no-route``)."""
     return [*target.pnr_args, "--json", f"{stem}.json", "--freq", str(TARGET_MHZ),
-            "--seed", str(SEED), "--timing-allow-fail", "--report", f"{stem}.report.json"]
+            "--seed", str(SEED), "--timing-allow-fail", *([] if route else ["--no-route"]),
+            "--report", f"{stem}.report.json"]
 
 
 def cell_part(cell: str) -> str:
@@ -262,9 +264,11 @@ def _critical(report: dict) -> dict | None:
 
 
 def fpga_map(verilog: str | Path, top: str, target: str = "ecp5", dsp: bool = True, yosys: str | None = None,
-             cache_dir: str | Path | None = "build/synth-cache", place: bool = True) -> FpgaResult:
+             cache_dir: str | Path | None = "build/synth-cache", place: bool = True,
+             route: bool = True) -> FpgaResult:
     """Map ``verilog`` (module ``top``) onto ``target`` and, where an open place-and-route
-    exists and ``place``, place and route it; cached by content.  A tool failure or a design
+    exists and ``place``, place and route it (``route`` False: place only, for a design too
+    congested to route in reasonable time: resources as placed, no Fmax); cached by content.  A tool failure or a design
     that does not fit raises :class:`SynthesisError` naming the device and the log."""
     if target not in TARGETS:
         raise SynthesisError(f"unknown FPGA target {target!r}; choose one of {', '.join(TARGETS)}")
@@ -279,7 +283,7 @@ def fpga_map(verilog: str | Path, top: str, target: str = "ecp5", dsp: bool = Tr
     pver = _pnr_version(tuple(pcmd)) if pcmd else None
     stem = stem_for(top, target, dsp)
     script = script_for(t, verilog.name, top, dsp)
-    args = pnr_args(t, stem) if pcmd else None
+    args = pnr_args(t, stem, route) if pcmd else None
     text = verilog.read_bytes()
     key = hashlib.sha256(b"\0".join([text, script.encode(), yver.encode(), json.dumps(args).encode(),
                                      (pver or "").encode()])).hexdigest()
@@ -313,10 +317,10 @@ def fpga_map(verilog: str | Path, top: str, target: str = "ecp5", dsp: bool = Tr
         if r.returncode != 0 or not (work / f"{stem}.report.json").is_file():
             raise tool_failure(f"nextpnr could not place and route {top} on {t.device}", r, plog)
         report = json.loads((work / f"{stem}.report.json").read_text())
-        clocks = report.get("fmax", {})
+        clocks = report.get("fmax", {}) if route else {}  # unrouted: nextpnr's estimate is no Fmax
         if clocks:
             fmax = round(min(float(c["achieved"]) for c in clocks.values()), 2)
-        crit = _critical(report)
+        crit = _critical(report) if route else None
         utilization = {k: v for k, v in report.get("utilization", {}).items() if v.get("used")}
     seconds = time.perf_counter() - t0
     # keep the mapped netlist, the report and the logs beside the Verilog; drop the scratch

@@ -193,3 +193,21 @@ def test_critical_path_parts_are_named_from_the_placed_cells():
     assert cell_part("array.lane3.acc_CCU2C_S0") == "array.lane3"
     assert cell_part("fc.requant.prod[9]_MULT18X18D_P9") == "fc.requant" and cell_part("fc.bank0[3]_LUT4_Z") == "fc"
     assert cell_part("$abc$4711$auto$blifparse.cc:396:parse_blif$4712") == ""
+
+
+def test_place_only_gives_placed_resources_and_no_fmax(tmp_path, capsys):
+    """``route=False`` (``bench unrolled --no-route``): nextpnr places the design and stops;
+    the row has the LUT4 positions it placed and no Fmax (a pre-route estimate is none)."""
+    from quantrtl.hw.array import MacArray
+    from quantrtl.hw.verilog import to_verilog
+    from quantrtl.model.numbers.families import parse_format
+
+    v = tmp_path / "arr.v"
+    v.write_text(to_verilog(MacArray(parse_format("shift4"), 2, 16), "arr"))
+    r = fpga.fpga_map(v, "arr", "ecp5", cache_dir=None, route=False)
+    assert r.fmax_mhz is None and r.critical_path is None and "--no-route" in r.nextpnr_command
+    assert r.placed_luts >= r.luts + 2 * r.carry > 0 and r.peak_mb["nextpnr"] > 10
+    assert main(["bench", "unrolled", "--target", "gates", "--no-route"]) == 2
+    assert "--no-route places on an FPGA --target" in capsys.readouterr().err
+    assert main(["bench", "verilog", "--no-route"]) == 2
+    assert "--no-route is for bench unrolled" in capsys.readouterr().err
