@@ -298,7 +298,8 @@ def bench_unrolled(quantizers: tuple[str, ...] = UNROLLED_QUANTIZERS, layer: str
                     placed = placed or f
                     if progress:
                         progress(f"{q} {who} {target}{'' if dsp else ' --no-dsp'}: {p.placed_luts or f.luts:,} "
-                                 f"LUT4 placed ({f.luts:,} LUT4 cells, {f.carry:,} carry), {p.fmax_mhz or 0:.1f} MHz"
+                                 f"LUT4 placed ({f.luts:,} LUT4 cells, {f.carry:,} carry), "
+                                 + ("not routed" if p.fmax_mhz is None else f"{p.fmax_mhz:.1f} MHz")
                                  + (" (the --no-dsp netlist: placed once)" if shared else ""))
             rows.append(row)
     return {"benchmark": "unrolled", "vs": vs, "layer": layer, "results": rows,
