@@ -79,9 +79,12 @@ def _stop_workers(workers, grace: float = 5.0) -> None:
         p.join(max(0.0, deadline - time.monotonic()))
     for g in groups:  # a worker gone may leave a tool of its group (a compiler under make)
         _signal_group(g, signal.SIGKILL)
-    for p in workers:
+    for p in workers:  # a worker still starting has no group of its own yet: kill it by its pid
         if p.is_alive():
-            p.join(1)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(p.pid, signal.SIGKILL)
+    for p in workers:  # a killed process is gone once the kernel has freed it (slow on a loaded machine)
+        p.join(10)
 
 
 @contextlib.contextmanager
