@@ -60,13 +60,9 @@ def memory_floor(net, engines: dict) -> dict[str, int]:
     return floor
 
 
-def memory_report(net, engines: dict) -> dict:
-    """The design's bits by kind and in total, the lower bound by kind and in total, and
-    their ratio (how many times the bound the design holds)."""
-    bits: dict[str, int] = {}
-    for e in engines.values():
-        for k, v in e.memory_bits.items():
-            bits[k] = bits.get(k, 0) + v
+def memory_report(net, engines: dict, bits: dict[str, int]) -> dict:
+    """The design's bits by kind (``bits``: its ``memory_bits``) and in total, the lower
+    bound by kind and in total, and their ratio (how many times the bound the design holds)."""
     floor = memory_floor(net, engines)
     total, bound = sum(bits.values()), sum(floor.values())
     return {"design_bits": bits, "design_total": total, "lower_bound": floor, "lower_bound_total": bound,

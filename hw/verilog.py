@@ -85,7 +85,7 @@ class Design:
     @property
     def memory(self) -> dict:
         """On-chip bits by kind against the lower bound (:mod:`quantrtl.hw.memory`)."""
-        return memory_report(self.net, self.engines)
+        return memory_report(self.net, self.engines, self.memory_bits)
 
     def parameters(self) -> dict:
         comp = self.component

@@ -305,7 +305,8 @@ def fpga_map(verilog: str | Path, top: str, target: str = "ecp5", dsp: bool = Tr
              if k != "$scopeinfo"}
     fmax = crit = None
     utilization: dict = {}
-    over = t.over_limits(classify(t, cells)) if pcmd else []
+    kinds = classify(t, cells)
+    over = t.over_limits(kinds) if pcmd else []
     if over:  # the mapping already says it cannot place: no nextpnr run (the scratch keeps the log)
         raise SynthesisError(f"{top} does not fit the {t.device}: " + "; ".join(
             f"{need:,} {what} needed, the device has {have:,} ({need - have:,} over)" for what, need, have in over)
@@ -330,7 +331,6 @@ def fpga_map(verilog: str | Path, top: str, target: str = "ecp5", dsp: bool = Tr
         if (work / name).is_file():
             kept[name] = str(Path(shutil.move(str(work / name), str(keep / dest))))
     shutil.rmtree(work, ignore_errors=True)
-    kinds = classify(t, cells)
     result = FpgaResult(
         target=target, device=t.device, top=top, verilog=str(verilog), dsp=dsp, **kinds,
         cells_by_type=dict(sorted(cells.items())), fmax_mhz=fmax, target_mhz=TARGET_MHZ if pcmd else None,

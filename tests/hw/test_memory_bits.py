@@ -91,13 +91,13 @@ def test_memory_report_against_a_hand_count(name, style):
     buffers ((kh-1)·W + kw)·C codes of each window's input; the design's total is its
     engines' memory_bits, and never below the bound."""
     from quantrtl.hw.memory import memory_report
+    from quantrtl.hw.network import NetworkTop
 
     fmt = format_for_test(name)
     net = random_network(fmt, seed=3, cin=3, hw=6, cout=4, kernel=(3, 3), pool=(2, 2, 0))
-    engines = {l.name: make_engine(l, lanes=4, sparse=style if style != "dense" else False,
-                                   source_shape=tuple(net.layers[1].out_shape) if l.op == "linear" else None)
-               for l in net.layers}
-    r = memory_report(net, engines)
+    top = NetworkTop(net, lanes=4, sparse=style if style != "dense" else False)
+    engines = top.engines
+    r = memory_report(net, engines, top.memory_bits)
     conv, pool, fc = net.layers
     if style == "dense":
         # a pq layer: one code per sub-vector of each channel's fan-in (its own sub-vector length)
