@@ -61,6 +61,8 @@ def make_engine(layer: Layer, lanes: int = 8, pipeline: int = 0, groups: int | N
     if layer.has_weights:
         return st.build(layer, lanes=lanes, pipeline=pipeline, groups=groups, source_shape=source_shape,
                         index_bits=index_bits, tap_fault=tap_fault)
-    # every other op: its registry record's engine (hw/layer.py pooling and ReLU, hw/join.py,
-    # hw/lut.py, a plug-in's), given the shapes of the layer's inputs
-    return layer.kind.resolve("engine")(layer, source_shapes=source_shapes)
+    # every other op: the style's own engine for it (stream: line-buffered pooling), else its
+    # registry record's engine (hw/layer.py pooling and ReLU, hw/join.py, hw/lut.py, a
+    # plug-in's), given the shapes of the layer's inputs
+    own = st.op_engine(layer.op)
+    return (own or layer.kind.resolve("engine"))(layer, source_shapes=source_shapes)

@@ -247,7 +247,9 @@ class ConvEngine(wiring.Component):
         with m.Elif(en & issuing):
             m.d.sync += waddr.eq(Mux(waddr == last_addr, 0, waddr + 1))
 
-        self.drain(m, load, bank, arr)
+        self.drain(m, bank, arr)
+        with m.If(bank.finished):
+            m.d.sync += load.running.eq(0)
         return m
 
     def feed(self, m: Module, arr, acts: list, word, chunk, en) -> None:
@@ -259,8 +261,8 @@ class ConvEngine(wiring.Component):
         for lane, act in enumerate(acts):
             m.d.comb += [arr.act[lane].eq(act), arr.code[lane].eq(word[lane * bits:(lane + 1) * bits])]
 
-    def drain(self, m: Module, load: ActivationBuffer, bank: OutputBank, arr: MacArray) -> None:
-        """Output bank → requantizer (M0, n per channel from a ROM) → out stream; back to load."""
+    def drain(self, m: Module, bank: OutputBank, arr: MacArray) -> None:
+        """Output bank → requantizer (M0, n per channel from a ROM) → out stream."""
         g = self.geometry
         out_cg = Signal(range(max(2, g.channel_groups)), name="out_cgroup")
         drain_cg = Signal(range(max(2, g.channel_groups)), name="drain_cgroup")
@@ -269,8 +271,6 @@ class ConvEngine(wiring.Component):
         count = Mux(out_cg == g.channel_groups - 1, g.last_group_size, g.groups)
         converted = self.output_code(m, bank.current, drain_cg * g.groups + bank.idx)
         bank.connect(m, [arr.acc[gi] for gi in range(g.groups)], count, converted)
-        with m.If(bank.finished):
-            m.d.sync += load.running.eq(0)
 
     def output_code(self, m: Module, value, channel):
         """The output code of the finished dot product ``value`` of output channel
@@ -333,16 +333,10 @@ class PoolEngine(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        g, layer = self.geometry, self.layer
-        zx = layer.input.zero_point
-        width = self.sum_width if self.average else 9
-        load = ActivationBuffer(m, self, g.in_size, 1, width=layer.input.bits)
+        g = self.geometry
+        load = ActivationBuffer(m, self, g.in_size, 1, width=self.layer.input.bits)
         walker = PixelWalker(m, g, "px")
-        bank = OutputBank(m, self, width, 1, g.out_size)
-        done = Signal(name="done")
-        en = Signal(name="en")
-        m.d.comb += [en.eq(~done | bank.free), bank.capture.eq(done & bank.free)]
-
+        done, en = Signal(name="done"), Signal(name="en")
         entry = tap_layout(g, channels=False, valid=False)
         words = [pack(entry, [dict(off=(dy * g.w + dx) * g.cin, dy=dy, dx=dx)])
                  for dy in range(g.kh) for dx in range(g.kw)]
@@ -356,17 +350,33 @@ class PoolEngine(wiring.Component):
 
         issuing, issued_all = Signal(name="issuing"), Signal(name="issued_all")
         m.d.comb += issuing.eq(load.running & ~issued_all)
+        bank = self.reduce(m, en, done, issuing, tap, rp.data, walker.in_bounds(t.dy, t.dx))
+        walker.loop(m, load.start, en & issuing, tap, self.taps, ch, g.cin, issued_all)
+        with m.If(bank.finished):
+            m.d.sync += load.running.eq(0)
+        return m
+
+    def reduce(self, m: Module, en, done, issuing, tap, value_in, in_bounds) -> OutputBank:
+        """The window reduction behind the tap reads: ``value_in`` (the activation read at
+        the tap issued a cycle earlier, ``in_bounds`` whether that tap lies in the map),
+        ``issuing``/``tap`` the loop's state at the issue, ``en`` the pipeline enable and
+        ``done`` (a window finished) driven here; the output bank, requantizer and ``out``."""
+        g, layer = self.geometry, self.layer
+        zx = layer.input.zero_point
+        width = self.sum_width if self.average else 9
+        bank = OutputBank(m, self, width, 1, g.out_size)
+        m.d.comb += [en.eq(~done | bank.free), bank.capture.eq(done & bank.free)]
         v_b, first_b, last_b, inb_b = (Signal(name=n) for n in ("valid_b", "first_b", "last_b", "inb_b"))
         with m.If(en):
             m.d.sync += [v_b.eq(issuing), first_b.eq(tap == 0), last_b.eq(tap == self.taps - 1),
-                         inb_b.eq(walker.in_bounds(t.dy, t.dx))]
+                         inb_b.eq(in_bounds)]
         if self.average:  # sum of x - Z; a padding tap adds 0
             value = Signal(signed(width), name="term")
-            m.d.comb += value.eq(Mux(inb_b, rp.data, zx) - zx)
+            m.d.comb += value.eq(Mux(inb_b, value_in, zx) - zx)
             result = Signal(signed(width), name="sum")
             update = Mux(first_b, value, result + value)
         else:
-            value = Mux(inb_b, rp.data, 0)
+            value = Mux(inb_b, value_in, 0)
             result = Signal(unsigned(8), name="best")
             update = Mux(first_b | (value > result), value, result)
         with m.If(en):
@@ -380,13 +390,8 @@ class PoolEngine(wiring.Component):
             out = rq.q
         else:
             out = bank.current[:8]
-
-        walker.loop(m, load.start, en & issuing, tap, self.taps, ch, g.cin, issued_all)
-
         bank.connect(m, [result], 1, out)
-        with m.If(bank.finished):
-            m.d.sync += load.running.eq(0)
-        return m
+        return bank
 
 
 class ReluEngine(wiring.Component):

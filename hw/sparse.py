@@ -240,5 +240,7 @@ class SparseConvEngine(ConvEngine):
             wv_c, inb_c, code_c = stage([wvalid, inb, code], f"lane{j}_c")
             m.d.comb += [arr.act[j].eq(Mux(wv_c, Mux(inb_c, data, zx), 0)), arr.code[j].eq(code_c)]
 
-        self.drain(m, load, bank, arr)  # one lane group: one output per channel, as in the dense engine
+        self.drain(m, bank, arr)  # one lane group: one output per channel, as in the dense engine
+        with m.If(bank.finished):
+            m.d.sync += load.running.eq(0)
         return m

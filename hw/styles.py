@@ -2,8 +2,10 @@
 
 An :class:`EngineStyle` is one way to build a conv/linear layer: ``dense`` (the MAC
 array on the dense loop nest, or the quantizer family's own engine: pq's table
-accumulation), ``row`` (row-wise zero skipping, ``hw/sparse.py``) and ``broadcast``
-(activation-broadcast zero skipping, ``hw/broadcast.py``).  A record names its engine
+accumulation), ``row`` (row-wise zero skipping, ``hw/sparse.py``), ``broadcast``
+(activation-broadcast zero skipping, ``hw/broadcast.py``) and ``stream`` (line buffers,
+``hw/stream.py``; a style may also build ops without weights its own way, its ``ops``:
+stream's pooling engines).  A record names its engine
 factory (``"module:attr"``, resolved on first use: importing this module loads no
 Amaranth), the options it takes, the suffix its Verilog top's name carries, and a
 one-line summary (``--engine list``).  :func:`make_engine <quantrtl.hw.engines.make_engine>`
@@ -58,6 +60,14 @@ class EngineStyle:
     suffix: str = ""
     #: Skips zero weights (takes ``index_bits``; refuses formats without a zero weight).
     zero_skipping: bool = False
+    #: Ops without weights this style builds its own way, and the engine (``"module:attr"``,
+    #: called as ``(layer, source_shapes=...)``) for each; the others take their op's engine.
+    ops: tuple[tuple[str, str], ...] = ()
+
+    def op_engine(self, op: str):
+        """The style's own engine class or factory for ``op``, or None (the op's engine)."""
+        name = dict(self.ops).get(op)
+        return None if name is None else load_named(name, f"engine style {self.name!r}", f"engine of {op}")
 
     def build(self, layer, **kw) -> Any:
         return load_named(self.factory, f"engine style {self.name!r}", "factory")(layer, **kw)
@@ -74,6 +84,12 @@ BUILTIN: tuple[EngineStyle, ...] = (
     EngineStyle("broadcast", "activation-broadcast zero skipping: each nonzero activation meets every lane's "
                              "nonzero weights", "quantrtl.hw.engines:broadcast_engine", suffix="_broadcast",
                 zero_skipping=True),
+    EngineStyle("stream", "line buffers: each window engine (conv, depthwise, pooling; linear over its input map) "
+                          "keeps the input rows its windows need and works as the rows arrive; global average "
+                          "pooling a running sum per channel", "quantrtl.hw.stream:stream_engine", suffix="_stream",
+                ops=(("maxpool", "quantrtl.hw.stream:stream_window_engine"),
+                     ("avgpool", "quantrtl.hw.stream:stream_window_engine"),
+                     ("gap", "quantrtl.hw.stream:stream_window_engine"))),
 )
 
 _REGISTRY: Registry[EngineStyle] = Registry("engine style", BUILTIN)
