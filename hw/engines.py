@@ -5,7 +5,7 @@ from __future__ import annotations
 from quantrtl.hw.broadcast import BroadcastConvEngine
 from quantrtl.hw.layer import ConvEngine
 from quantrtl.hw.sparse import SparseConvEngine
-from quantrtl.hw.styles import style_of, styles
+from quantrtl.hw.styles import style_names, style_of, styles
 from quantrtl.model.numbers.artifact import Layer
 from quantrtl.model.numbers.families import family
 from quantrtl.model.numbers.formats import WeightFormat
@@ -18,9 +18,10 @@ SPARSE_MODES = tuple(s.name for s in styles() if s.zero_skipping)
 
 
 def sparse_mode(value) -> str | None:
-    """``False``/``None``/``"dense"`` → None (dense engines), ``True`` → ``"row"``, a
-    zero-skipping style's name → itself; anything else is an error naming the choices."""
-    if isinstance(value, str) and value not in SPARSE_MODES + ("dense",):
+    """The zero-skipping style ``value`` names (``True`` → ``"row"``), or None for a style
+    that does not skip zeros (``False``/``None``, dense, stream); a name of no style is an
+    error naming the zero-skipping choices."""
+    if isinstance(value, str) and value not in style_names():
         raise ValueError(f"{value!r} names no zero-skipping engine; choose one of {', '.join(SPARSE_MODES)}")
     s = style_of(value)
     return s.name if s.zero_skipping else None

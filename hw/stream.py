@@ -30,6 +30,7 @@ from quantrtl.hw.parts import OutputBank, PixelWalker, pack, rom
 from quantrtl.hw.requant import Requantizer
 from quantrtl.hw.window import StreamGeometry, stream_groups
 from quantrtl.model.numbers.artifact import Layer
+from quantrtl.model.numbers.families import family
 
 __all__ = ["LineBuffer", "StreamConvEngine", "StreamPoolEngine", "StreamGapEngine", "stream_engine"]
 
@@ -418,6 +419,9 @@ class StreamGapEngine(PoolEngine):
 
 def stream_engine(layer: Layer, lanes, pipeline, groups, source_shape, index_bits, tap_fault):
     """The ``stream`` style's factory for a layer with weights (``hw/styles.py``)."""
+    if family(layer.format.family).engine is not None:
+        raise ValueError(f"layer {layer.name!r}: {layer.format.name} has an engine of its own (its family's); "
+                         "the stream style builds MAC arrays: use the dense engine style")
     return StreamConvEngine(layer, lanes=lanes, groups=groups, pipeline=pipeline, source_shape=source_shape,
                             tap_fault=tap_fault)
 

@@ -432,6 +432,7 @@ def cmd_gates(args) -> int:
                          sample=args.sample, jobs=args.jobs, yosys=args.yosys, out_dir=args.out,
                          finetune=args.finetune, source=_source(args), target=args.target, dsp=not args.no_dsp,
                          clock_ns=args.clock_ns, image=args.image or 0, energy=not args.no_energy,
+                         engine=args.network_engine,
                          progress=None if args.target == "gates" else Progress(
                              len(qs) * ((args.sample or 1) if args.style == "unrolled" else 1), args.target).step)
     extrap = r.rows[0]["extrapolated"]
@@ -728,7 +729,7 @@ def _engine_choice(args) -> None:
     given = args.sparse if args.sparse in ("row", "broadcast") else True  # (a bare --sparse: row)
     if args.sparse not in (False, None) and style_of(given).name != chosen.name:
         raise OptionError("engine", f"{engine!r} and --sparse {args.sparse} name different engine styles; give one")
-    args.sparse = chosen.name if chosen.zero_skipping else (args.sparse if args.sparse in (False, None) else False)
+    args.sparse = chosen.name if chosen.name != "dense" else (args.sparse if args.sparse in (False, None) else False)
 
 
 def _simulator_names() -> str:
@@ -785,6 +786,12 @@ def _row_outputs(p: argparse.ArgumentParser, plot_help: str) -> None:
     p.add_argument("--json", help="write rows as JSON")
     p.add_argument("--csv", help="write rows as CSV")
     p.add_argument("--plot", help=plot_help)
+
+
+def _style_names() -> list[str]:
+    from quantrtl.hw.styles import style_names
+
+    return style_names()
 
 
 def _sparse_options(p: argparse.ArgumentParser) -> None:
@@ -881,6 +888,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MAC lanes, as verilog and cosim take them: a count, or a plan per layer such as "
                         "stem=8,*=32 (array style: the lanes of its layer = dense MACs per cycle asked; network "
                         "style: every engine's; default 16; --throughput is the older name)")
+    g.add_argument("--engine", dest="network_engine", default="dense", metavar="NAME",
+                   help=f"network style: the engine style of every engine ({', '.join(_style_names())}; default "
+                        "%(default)s; stream: line buffers)")
     g.add_argument("--sample", type=_sample, default=4,
                    help="unrolled style: output channels to synthesize, or 'all' (measured, not extrapolated; "
                         "default %(default)s)")

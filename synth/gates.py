@@ -368,22 +368,25 @@ def unrolled_fpga(weights: dict, out_dir: Path, target: str, dsp: bool = True, s
 
 
 def network_rows(nets: dict, lanes: int | dict, out_dir: Path, jobs: int = 2, yosys: str | None = None,
-                 cache_dir="build/synth-cache") -> list[dict]:
+                 cache_dir="build/synth-cache", engine: str = "dense") -> list[dict]:
     """The whole network top of each quantizer's artifact (``nets``: quantizer →
     :class:`~quantrtl.model.numbers.artifact.QuantizedNetwork`) at ``lanes`` per engine (or a plan per layer),
     the design that co-simulation runs (without its capture harness), synthesized whole,
-    and each layer's engine synthesized apart for the per-layer split.
+    and each layer's engine synthesized apart for the per-layer split; ``engine``: the
+    engine style (``hw/styles.py``), whose suffix the top's name carries.
 
     The rate is the network's dense MACs per image over its cycles per image (the
     schedule's; co-simulation confirms them).  The split's sum differs from the whole by
     what flattening optimizes across engine boundaries; both are measured."""
     from quantrtl.hw.network import NetworkTop
+    from quantrtl.hw.styles import style_of
 
     out_dir = Path(out_dir)
     designs = []
+    st = style_of(False if engine == "dense" else engine)
     for q, net in nets.items():
-        top = f"{net.name}_{q}_{lanes_tag(lanes)}_network"
-        whole = NetworkTop(net, lanes=lanes)
+        top = f"{net.name}_{q}_{lanes_tag(lanes)}_network{st.suffix}"
+        whole = NetworkTop(net, lanes=lanes, sparse=False if st.name == "dense" else st.name)
         parts = whole.engines  # each engine is also emitted (elaborated) on its own
         files = [(write_verilog(whole, top, out_dir), top)]
         files += [(write_verilog(e, f"{top}_{name}", out_dir), f"{top}_{name}") for name, e in parts.items()]
@@ -402,7 +405,7 @@ def network_rows(nets: dict, lanes: int | dict, out_dir: Path, jobs: int = 2, yo
                           else None, "gates_total": r.gates_total, "flipflops": r.flipflops,
                           "memory_bits": r.memory_bits, "cycles": eng.expected_cycles, "dense_macs": layer.macs,
                           "top": top, "verilog": str(v)})
-        rows.append({"quantizer": q, "style": "network", "lanes": lanes if isinstance(lanes, int) else lanes_text(lanes),
+        rows.append({"quantizer": q, "style": "network", "engine": st.name, "lanes": lanes if isinstance(lanes, int) else lanes_text(lanes),
                      "gates_total": full.gates_total,
                      "logic_depth": full.logic_depth,
                      "gates_by_type": full.gates_by_type, "flipflops": full.flipflops,

@@ -16,7 +16,7 @@ from quantrtl.util.provenance import package_versions
 
 __all__ = ["DEFAULT_FINETUNE", "DEMO_QUANTIZERS", "SHIPPED_MODELS", "KEEP", "KeepQuantizer", "resolve_quantizer",
            "MAX_LANES", "OptionError", "ModelSource", "DIGITS", "load_data", "tool_versions", "check_density",
-           "check_lanes", "parse_lanes", "lanes_tag", "check_sparse", "check_stream_options", "artifact_stem", "write_json",
+           "check_lanes", "parse_lanes", "lanes_tag", "check_sparse", "check_engine", "check_stream_options", "artifact_stem", "write_json",
            "check_input_shape",
            "HardwareOptions"]
 
@@ -202,6 +202,17 @@ def check_sparse(sparse) -> str | None:
         raise OptionError("sparse", str(e)) from None
 
 
+def check_engine(sparse) -> str:
+    """The engine style named by ``sparse`` (False/None: dense, True: row, a style's name),
+    as its registered name, or an OptionError naming the choices."""
+    from quantrtl.hw.styles import style_of
+
+    try:
+        return style_of(sparse).name
+    except ValueError as e:
+        raise OptionError("sparse", str(e)) from None
+
+
 def check_stream_options(index_bits: int, source: "ModelSource") -> None:
     """Relative-index width and pruning density, checked before any work."""
     if not 1 <= index_bits <= 16:
@@ -232,7 +243,7 @@ class HardwareOptions:
     artifact: Any = None
     finetune: int | None = None
     source: ModelSource = DIGITS
-    sparse: bool | str = False  # the engine style: False (dense), "row" or "broadcast" (True: "row"), or "dense"
+    sparse: bool | str = False  # the engine style: False (dense), a style's name (True: "row")
     index_bits: int = 4
     #: The engine style's registered name (hw/styles.py), parsed from ``sparse``.
     engine: str = field(default="dense", init=False)
@@ -241,8 +252,7 @@ class HardwareOptions:
         if isinstance(self.artifact, (str, os.PathLike)) and not str(self.artifact).strip():
             raise OptionError("artifact_path", "is empty: give an artifact's .json file")
         resolve_quantizer(self.quantizer, self.source, self.artifact)
-        check_sparse(self.sparse)
-        object.__setattr__(self, "engine", check_sparse(self.sparse) or "dense")  # the one parsed engine style
+        object.__setattr__(self, "engine", check_engine(self.sparse))  # the one parsed engine style
         parse_lanes(self.lanes)  # a count, or a plan per layer (checked against the network later)
         check_stream_options(self.index_bits, self.source)
         if self.artifact is not None:  # options of a quantization that does not happen

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from quantrtl.flows.common import DIGITS, HardwareOptions, ModelSource, lanes_tag, load_data, \
-    check_sparse, parse_lanes, resolve_quantizer
+    check_engine, check_sparse, parse_lanes, resolve_quantizer
 from quantrtl.flows.quantize import network_for
 from quantrtl.util.atomic import atomic_write
 from quantrtl.util.errors import OptionError
@@ -221,8 +221,10 @@ def cosim_flow(quantizer: str, image: str | int = 0, simulator: str = "icarus", 
     # the simulators run the design after Yosys `proc; opt` (sim/netlist.py), cached under the build root
     text = harness.verilog(top, clock=wrapper_clock,
                            netlist=partial(simulation_netlist, cache_dir=Path(build_root) / "netlists"))
-    mode = check_sparse(sparse)
-    variant = (f"-{'sparse' if mode == 'row' else mode}{index_bits}" if mode else "") + ("-fault" if fault else "") + ("-waves" if waves else "")
+    mode, style = check_sparse(sparse), check_engine(sparse)
+    variant = ((f"-{'sparse' if mode == 'row' else mode}{index_bits}" if mode else "")
+               + (f"-{style}" if style != "dense" and not mode else "") + ("-fault" if fault else "")
+               + ("-waves" if waves else ""))
     build_dir = Path(build_root) / f"{qnet.name}-{qnet.quantizer}-{lanes_tag(lanes)}-{simulator}{variant}-b{stream}"
     v_path = build_dir / f"{top}.v"
     if not v_path.is_file() or v_path.read_text() != text:  # unchanged Verilog keeps the simulator build

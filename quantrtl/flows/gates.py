@@ -6,7 +6,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from quantrtl.flows.common import DIGITS, KEEP, ModelSource, check_sparse, \
+from quantrtl.flows.common import DIGITS, KEEP, ModelSource, check_engine, check_sparse, \
     check_stream_options, load_data, resolve_quantizer
 from quantrtl.flows.quantize import quantize_network
 from quantrtl.model.numbers.families import parse_format
@@ -68,6 +68,7 @@ class GatesOptions:
     dsp: bool = True
     source: ModelSource = DIGITS
     clock_ns: float | None = None  # the clock an ASIC target maps for and times at (None: its default)
+    engine: str = "dense"  # network style: the engine style of every engine (hw/styles.py)
 
     def __post_init__(self):
         from quantrtl.synth.gates import BENCHES
@@ -97,6 +98,9 @@ class GatesOptions:
             raise OptionError("jobs", f"must be at least 1, got {self.jobs}")
         check_target(self.target, self.clock_ns)
         check_dsp(self.dsp, self.target)
+        if check_engine(self.engine) != "dense" and self.style != "network":
+            raise OptionError(("engine", "style"), f"{{0}} {self.engine} is for {{1}} network (the array and "
+                                                   "unrolled styles synthesize a dense engine's datapath)")
 
 
 def check_dsp(dsp: bool, target: str) -> None:
@@ -226,17 +230,18 @@ def gates_flow(quantizers: list[str], style: str = "array", layer: str | None = 
                cache_dir: str | Path = "build/synth-cache", networks: dict | None = None,
                source: ModelSource = DIGITS, target: str = "gates", dsp: bool = True,
                progress=None, clock_ns: float | None = None, image: int = 0,
-               energy: bool = True) -> GatesResult:
+               energy: bool = True, engine: str = "dense") -> GatesResult:
     """Synthesize every quantizer's design at equal throughput and compare gate counts
     (``throughput``: the lanes, a count or a plan per layer as ``verilog`` and ``cosim`` take
     them; the array style takes the plan's lanes of its layer, the network style gives every
     engine its plan's; the unrolled style has no lanes: every MAC of a window each cycle;
-    ``progress(text)``: one call per design an FPGA ``target`` has mapped)."""
+    ``progress(text)``: one call per design an FPGA ``target`` has mapped; ``engine``: the
+    network style's engine style, dense or stream, or a zero-skipping one)."""
     from quantrtl.synth.gates import (array_rows, check_unrolled_fpga, fq_conv_weights, network_rows, unrolled_fpga,
                                       unrolled_rows)
     from quantrtl.synth.yosys import yosys_version
 
-    GatesOptions(tuple(quantizers), style, layer, bench, throughput, sample, jobs, target, dsp, source, clock_ns)
+    GatesOptions(tuple(quantizers), style, layer, bench, throughput, sample, jobs, target, dsp, source, clock_ns, engine)
     throughput = parse_lanes(throughput)
     if target in ASIC_TARGETS:
         from quantrtl.synth.asic import check_tools
@@ -265,7 +270,8 @@ def gates_flow(quantizers: list[str], style: str = "array", layer: str | None = 
         asic_energy = energy and target in ASIC_TARGETS  # its stimulus is made (and checked) before any work
         if style == "network":
             stimuli = _stimuli(nets, None, image, source) if asic_energy else None
-            rows = network_rows(nets, throughput, out, jobs=jobs, yosys=yosys, cache_dir=cache_dir)
+            rows = network_rows(nets, throughput, out, jobs=jobs, yosys=yosys, cache_dir=cache_dir,
+                                engine=check_engine(engine))
             for r in rows:
                 r.update(throughput=throughput, layer="all", datapath_gates=None, control_gates=None,
                          extrapolated=False, sample=None)

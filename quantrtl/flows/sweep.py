@@ -40,8 +40,8 @@ def synth_job(files: dict[str, bytes], layer: str, lanes: int | dict, target: st
               image: int = 0, model: str = "digits") -> dict:
     """Synthesize one layer engine (and its MAC array) of the artifact at ``lanes`` (a count,
     or a plan: its lanes for ``layer``); with an
-    FPGA ``target``, also map, place and route the engine (``synth/fpga.py``).  A
-    zero-skipping engine (``sparse``: row, broadcast) is synthesized whole, and its MACs
+    FPGA ``target``, also map, place and route the engine (``synth/fpga.py``).  An engine
+    of another style (``sparse``: row, broadcast, stream) is synthesized whole, and its MACs
     per cycle come from simulating it alone on the golden input of test image ``image``."""
     lanes = lanes_for(lanes, layer)
     with tempfile.TemporaryDirectory(prefix="quantrtl-synth-") as d:
@@ -69,7 +69,8 @@ def synth_job(files: dict[str, bytes], layer: str, lanes: int | dict, target: st
 
 
 def _sparse_synth(net, layer: str, lanes: int, sparse: str, image: int, model: str, where: Path):
-    """A zero-skipping engine of ``layer``: simulated alone (its cycles), then synthesized."""
+    """An engine of ``layer`` in a style other than dense (zero skipping, stream): simulated
+    alone (its cycles), then synthesized."""
     from quantrtl.flows.common import ModelSource, load_data
     from quantrtl.hw.engines import make_engine
     from quantrtl.sim import golden
@@ -141,18 +142,18 @@ def sweep(quantizers: list[str], lanes: list, densities: list[float], layers: li
           sparse: str | None = None) -> dict:
     """Every (quantizer, density, lanes, layer) of a shipped ``model`` synthesized, and each
     network co-simulated, as jobs on a local pool or a Dask cluster; ``sparse`` (row,
-    broadcast) puts zero-skipping engines in both.  ``lanes``: the lane settings swept, each
+    broadcast, stream) puts engines of that style in both.  ``lanes``: the lane settings swept, each
     a count or a plan per layer (:func:`quantrtl.util.lanes.parse_lane_axis`; a layer's
     engine is synthesized at its plan's lanes, the network co-simulated at the plan)."""
     from quantrtl.model.digits import TEST_IMAGES
     from quantrtl.model.numbers import artifact
     from quantrtl.model.numbers.families import parse_format
 
-    from quantrtl.flows.common import SHIPPED_MODELS, ModelSource, check_sparse
+    from quantrtl.flows.common import SHIPPED_MODELS, ModelSource, check_engine
     from quantrtl.flows.quantize import quantize_network
 
     fmts = [parse_format(q) for q in quantizers]
-    sparse = check_sparse(sparse)
+    sparse = None if check_engine(sparse) == "dense" else check_engine(sparse)
     if not fmts or not lanes or not densities:
         raise OptionError(("quantizers", "lanes", "densities"), "{0}, {1} and {2} each need at least one value")
     lanes = parse_lane_axis(lanes)

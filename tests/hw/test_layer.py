@@ -17,14 +17,16 @@ from tests.hw.streams import run_stream
 DIGITS_FORMATS = list(dict.fromkeys(REPRESENTATIVES + ["shift3", "shift4", "shift6"]))
 
 
-def run_layers(net, x, lanes, layers=None, ready_prob=1.0, valid_prob=1.0, pipeline=0):
-    """Run each (chosen) layer's engine on its golden input; return [(layer, mismatch, cycles, expected)]."""
+def run_layers(net, x, lanes, layers=None, ready_prob=1.0, valid_prob=1.0, pipeline=0, style=False):
+    """Run each (chosen) layer's engine (of engine ``style``) on its golden input; return
+    [(layer, mismatch, cycles, expected)]."""
     res = golden.run(net, x[None])
     prev_shape, inp, out = tuple(net.input_shape), x, []
     for layer in net.layers:
         if layers is None or layer.name in layers:
             src = prev_shape if layer.op == "linear" else None
-            eng = make_engine(layer, lanes=lanes, pipeline=pipeline, source_shape=src)
+            eng = make_engine(layer, lanes=lanes, pipeline=pipeline, source_shape=src, sparse=style,
+                              source_shapes=[prev_shape])
             want = to_stream(res.outputs[layer.name][0], layer.out_shape)
             got, cycles = run_stream(eng, list(to_stream(inp, prev_shape)), len(want),
                                      ready_prob=ready_prob, valid_prob=valid_prob, seed=lanes)
@@ -58,25 +60,29 @@ GEOMETRIES = [
     dict(kernel=(5, 3), stride=(1, 2), padding=(2, 1), hw=(6, 7), cin=2, cout=3),
     dict(kernel=(2, 2), stride=(3, 1), padding=(0, 0), hw=(8, 5), cin=1, cout=9, pool=(3, 2, 1)),
     dict(kernel=(3, 3), stride=(1, 1), padding=(0, 0), hw=5, cin=3, cout=2, relu=False),
+    dict(kernel=(1, 1), stride=(2, 2), padding=(0, 0), hw=6, cin=5, cout=4),
 ]
 
 
+@pytest.mark.parametrize("style", ["dense", "stream"])
 @pytest.mark.parametrize("geom", range(len(GEOMETRIES)))
 @pytest.mark.parametrize("name,lanes", [("fixed8", 4), ("shift5", 8), ("binary", 3), ("ternary", 16), ("fixed3", 1)])
-def test_random_geometries(name, lanes, geom):
-    """Strides, paddings, odd kernels, non-zero input zero points, channel counts not a multiple of the groups."""
+def test_random_geometries(name, lanes, geom, style):
+    """Strides, paddings, odd kernels, non-zero input zero points, channel counts not a
+    multiple of the groups (stream: nor of a line-buffer word), a stride above the kernel."""
     net = random_network(parse_format(name), seed=geom, **GEOMETRIES[geom])
     x = np.random.default_rng(geom).integers(0, 256, size=net.input_shape)
-    for layer, mm, cycles, expected in run_layers(net, x, lanes=lanes, pipeline=geom % 3):
+    for layer, mm, cycles, expected in run_layers(net, x, lanes=lanes, pipeline=geom % 3, style=style):
         assert mm is None, str(mm)
         assert cycles == expected, (layer, cycles, expected)
 
 
-@pytest.mark.parametrize("name", ["fixed8", "binary"])
-def test_back_pressure_and_bubbles_keep_results_exact(quantized, name):
+@pytest.mark.parametrize("name,style", [("fixed8", "dense"), ("binary", "dense"), ("fixed8", "stream")])
+def test_back_pressure_and_bubbles_keep_results_exact(quantized, name, style):
     net = artifact.load(quantized(name).artifact)
     _, test = load_split()
-    for layer, mm, cycles, expected in run_layers(net, test.x[1], lanes=8, ready_prob=0.6, valid_prob=0.7):
+    for layer, mm, cycles, expected in run_layers(net, test.x[1], lanes=8, ready_prob=0.6, valid_prob=0.7,
+                                                  style=style):
         assert mm is None, str(mm)
         assert cycles >= expected
 
@@ -150,7 +156,8 @@ def test_all_zero_layer_generates_and_is_exact(name):
     ("maxpool", (3, 5, 5), (3, 3), (2, 2), (1, 1), False),
 ])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_pool_engines_bit_exact_with_formula_cycles(op, in_shape, kernel, stride, padding, rescale, seed):
+@pytest.mark.parametrize("style", ["dense", "stream"])
+def test_pool_engines_bit_exact_with_formula_cycles(op, in_shape, kernel, stride, padding, rescale, seed, style):
     """Average and global average pooling (a non-zero input zero point, padding counted as
     the real zero) and max pooling against the golden model, under back-pressure too."""
     from tests.factories import pool_layer
@@ -160,35 +167,44 @@ def test_pool_engines_bit_exact_with_formula_cycles(op, in_shape, kernel, stride
     x = rng.integers(0, 256, size=in_shape)
     x.flat[0], x.flat[-1] = 0, 255
     want = to_stream(golden.run_layer(layer, x[None])[0], layer.out_shape)
-    eng = make_engine(layer)
+    eng = make_engine(layer, sparse=style)
     got, cycles = run_stream(eng, list(to_stream(x, in_shape)), len(want))
     assert first_mismatch(op, want, got) is None, str(first_mismatch(op, want, got))
     assert cycles == eng.expected_cycles
-    got, _ = run_stream(make_engine(layer), list(to_stream(x, in_shape)), len(want), ready_prob=0.4,
+    got, _ = run_stream(make_engine(layer, sparse=style), list(to_stream(x, in_shape)), len(want), ready_prob=0.4,
                         valid_prob=0.6, seed=seed)
     assert first_mismatch(op, want, got) is None
 
 
+GROUPED = [
+    (4, 4, 4, 8, (3, 3), (1, 1), (1, 1), "dense"),   # depthwise
+    (6, 6, 6, 3, (3, 3), (2, 2), (1, 1), "dense"),   # depthwise, strided
+    (4, 8, 2, 4, (3, 3), (1, 1), (0, 0), "dense"),   # two groups, two outputs per input group
+    (6, 3, 3, 16, (1, 1), (1, 1), (0, 0), "dense"),  # grouped pointwise
+    (3, 6, 3, 1, (2, 3), (1, 2), (1, 1), "dense"),   # depthwise multiplier 2, one lane
+    (4, 4, 4, 8, (3, 3), (1, 1), (1, 1), "stream"),  # depthwise, 8 lanes: one word of 8 channels (4 used)
+    (6, 6, 6, 3, (3, 3), (2, 2), (1, 1), "stream"),  # strided, 3-channel words
+    (5, 5, 5, 4, (3, 3), (1, 1), (1, 1), "stream"),  # 5 channels in words of 4: the last word partly empty
+    (6, 6, 6, 1, (2, 3), (1, 2), (1, 1), "stream"),  # one lane
+]
+
+
 @pytest.mark.parametrize("name", ["fixed8", "shift4", "ternary", "binary"])
-@pytest.mark.parametrize("cin,cout,groups,lanes,kernel,stride,padding", [
-    (4, 4, 4, 8, (3, 3), (1, 1), (1, 1)),   # depthwise
-    (6, 6, 6, 3, (3, 3), (2, 2), (1, 1)),   # depthwise, strided
-    (4, 8, 2, 4, (3, 3), (1, 1), (0, 0)),   # two groups, two outputs per input group
-    (6, 3, 3, 16, (1, 1), (1, 1), (0, 0)),  # grouped pointwise
-    (3, 6, 3, 1, (2, 3), (1, 2), (1, 1)),   # depthwise multiplier 2, one lane
-])
-def test_grouped_convolution_engine(name, cin, cout, groups, lanes, kernel, stride, padding):
+@pytest.mark.parametrize("cin,cout,groups,lanes,kernel,stride,padding,style", GROUPED)
+def test_grouped_convolution_engine(name, cin, cout, groups, lanes, kernel, stride, padding, style):
     """Depthwise and grouped convolutions: each lane group reads its own output channel's
-    input channels (a non-zero input zero point; padding reads it)."""
+    input channels (a non-zero input zero point; padding reads it); the stream style's
+    depthwise engine gives each lane a channel of a line-buffer word."""
     from tests.factories import format_for_test, grouped_conv_layer
 
     layer = grouped_conv_layer(format_for_test(name), seed=lanes, cin=cin, cout=cout, groups=groups, hw=(5, 6),
                                kernel=kernel, stride=stride, padding=padding)
     x = np.random.default_rng(groups).integers(0, 256, size=layer.in_shape)
     want = to_stream(golden.run_layer(layer, x[None])[0], layer.out_shape)
-    eng = make_engine(layer, lanes=lanes)
+    eng = make_engine(layer, lanes=lanes, sparse=style)
     got, cycles = run_stream(eng, list(to_stream(x, layer.in_shape)), len(want), ready_prob=0.7, seed=lanes)
     assert first_mismatch("gconv", want, got) is None, str(first_mismatch("gconv", want, got))
-    got, cycles = run_stream(make_engine(layer, lanes=lanes), list(to_stream(x, layer.in_shape)), len(want))
+    got, cycles = run_stream(make_engine(layer, lanes=lanes, sparse=style), list(to_stream(x, layer.in_shape)),
+                             len(want))
     assert first_mismatch("gconv", want, got) is None and cycles == eng.expected_cycles
     assert eng.geometry.fan_in == cin // groups * kernel[0] * kernel[1]

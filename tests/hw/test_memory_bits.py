@@ -15,6 +15,7 @@ CATEGORIES = {
     "weights": r"weight_mem", "entries": r"entry_mem\d*", "bias": r"bias_(mem|rom)", "requant": r"requant_rom",
     "activations": r"act_mem", "pointers": r"pointer_rom\d*", "masks": r"column_mask_rom\d*", "slots": r"slot_rom\d*",
     "accumulators": r"acc_mem\d*", "codebooks": r"codebook_rom", "join_buffers": r"in\d+_mem", "table": r"table",
+    "line_buffer": r"lb_mem", "sums": r"sum_mem",
 }
 #: Control tables (addresses, tap offsets, border classes) and the broadcast engine's lane
 #: queues, which memory_bits does not count (docs/hardware.md).
@@ -40,11 +41,11 @@ def weighted_cases():
         if families.parse_format(name).binary_input:
             continue  # xnor reads binary maps: its dense engine is the MAC array's, counted through binary
         fam = families.family(families.parse_format(name).family)
-        styles = [False] if fam.pe is None else [False, "row", "broadcast"]
+        styles = [False] if fam.pe is None else [False, "row", "broadcast", "stream"]
         for style in styles:
             if style == "broadcast" and 0 not in format_for_test(name).decode(format_for_test(name).code_space()):
                 continue  # no zero weight (binary, lqnet): the broadcast engine refuses, nothing to skip
-            if style and name.startswith("unified"):
+            if style in ("row", "broadcast") and name.startswith("unified"):
                 continue  # the zero-skipping engines refuse block formats (test_cosim)
             yield name, style
 
@@ -79,12 +80,13 @@ def test_row_engine_reports_its_own_memories():
 def test_op_engines_count_their_memories(o):
     for seed in range(2):
         layer, shapes = o.resolve("example")(seed)
-        e = make_engine(layer, source_shapes=shapes)
-        assert {k: v for k, v in e.memory_bits.items() if v} == declared(e), (o.name, seed)
+        for style in ("dense", "stream"):  # the stream style builds the windowed ops its own way
+            e = make_engine(layer, source_shapes=shapes, sparse=style)
+            assert {k: v for k, v in e.memory_bits.items() if v} == declared(e), (o.name, style, seed)
 
 
 @pytest.mark.parametrize("name, style", [("shift4", "dense"), ("fixed8", "dense"), ("pq4", "dense"),
-                                         ("shift4", "row"), ("shift4", "broadcast")])
+                                         ("shift4", "row"), ("shift4", "broadcast"), ("shift4", "stream")])
 def test_memory_report_against_a_hand_count(name, style):
     """The lower bound (hw/memory.py) counted by hand on a random conv(3x3) → maxpool(2x2) →
     linear network: stored codes x bits, the design's per-channel constants, and the line
@@ -99,7 +101,7 @@ def test_memory_report_against_a_hand_count(name, style):
     engines = top.engines
     r = memory_report(net, engines, top.memory_bits)
     conv, pool, fc = net.layers
-    if style == "dense":
+    if style in ("dense", "stream"):
         # a pq layer: one code per sub-vector of each channel's fan-in (its own sub-vector length)
         sub = {l.name: l.format.sub if name.startswith("pq") else 1 for l in (conv, fc)}
         codes = sum(l.codes.shape[0] * -(-(l.codes.size // l.codes.shape[0]) // sub[l.name]) for l in (conv, fc))
