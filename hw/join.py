@@ -99,6 +99,41 @@ class JoinEngine(wiring.Component):
             bits["requant"] = len(self.layer.m0) * requant_layout(int(max(self.layer.shift))).size
         return bits
 
+    def add_code(self, m: Module, operands) -> Requantizer:
+        """The add's requantizer on its two operand codes (``M_a·(a − Z_a) + M_b·(b − Z_b)``)."""
+        layer = self.layer
+        (za, zb), (ma, mb), shift = (f.zero_point for f in self.fmts), (int(v) for v in layer.m0), int(layer.shift[0])
+        top = max(f.qmax for f in self.fmts)
+        width = signed_width(-top * (ma + mb), top * (ma + mb))
+        total = Signal(signed(width), name="sum")
+        m.d.comb += total.eq((operands[0] - za) * ma + (operands[1] - zb) * mb)
+        rq = m.submodules.requant = Requantizer(width, (shift, shift), layer.output.zero_point, layer.out_min,
+                                                layer.out_max)
+        m.d.comb += [rq.acc.eq(total), rq.m0.eq(1), rq.shift.eq(shift)]
+        return rq
+
+    def concat_code(self, m: Module, sel, operands) -> Requantizer:
+        """The concat's requantizer on the code of input ``sel`` (``operands[sel]``), with that
+        input's ``M0`` and shift."""
+        layer = self.layer
+        shifts = [int(v) for v in layer.shift]
+        rq = m.submodules.requant = Requantizer(10, (min(shifts), max(shifts)), layer.output.zero_point,
+                                                layer.output.qmin, layer.output.qmax)
+        # each input's M0 and shift from a ROM (a read port, not a case statement: a
+        # 4-state simulator evaluates it before the selector first changes)
+        consts = requant_layout(max(shifts))
+        rq_rom = rom(m, "requant_rom", [pack(consts, [dict(m0=int(mj), shift=nj)])
+                                        for mj, nj in zip(layer.m0, shifts)], consts.size)
+        m.d.comb += rq_rom.addr.eq(sel)
+        c = data.View(consts, rq_rom.data)
+        x = Signal(signed(10), name="centered")
+        with m.Switch(sel):
+            for j, f in enumerate(self.fmts):
+                with m.Case(j):
+                    m.d.comb += x.eq(operands[j] - f.zero_point)
+        m.d.comb += [rq.acc.eq(x), rq.m0.eq(c.m0), rq.shift.eq(c.shift)]
+        return rq
+
     def elaborate(self, platform):
         m = Module()
         layer, n = self.layer, len(self.fmts)
@@ -141,16 +176,9 @@ class JoinEngine(wiring.Component):
                                                     layer.output.qmax)
             m.d.comb += [rq.acc.eq(product), rq.m0.eq(m0), rq.shift.eq(shift)]
         elif layer.op == "add":
-            (za, zb), (ma, mb), shift = (f.zero_point for f in self.fmts), (int(v) for v in layer.m0), int(layer.shift[0])
             for b in bufs:
                 m.d.comb += b.rps[0].addr.eq(b.read_base + issued)
-            top = max(f.qmax for f in self.fmts)
-            width = signed_width(-top * (ma + mb), top * (ma + mb))
-            total = Signal(signed(width), name="sum")
-            m.d.comb += total.eq((bufs[0].rps[0].data - za) * ma + (bufs[1].rps[0].data - zb) * mb)
-            rq = m.submodules.requant = Requantizer(width, (shift, shift), layer.output.zero_point, layer.out_min,
-                                                    layer.out_max)
-            m.d.comb += [rq.acc.eq(total), rq.m0.eq(1), rq.shift.eq(shift)]
+            rq = self.add_code(m, [b.rps[0].data for b in bufs])
         else:
             # per output pixel: input 0's channels, then input 1's, ...; each input's pixel
             # base advances by its channel count after the pixel
@@ -173,22 +201,7 @@ class JoinEngine(wiring.Component):
                 m.d.sync += [sel.eq(0), local.eq(0)] + [bb.eq(0) for bb in bases]
             for j, b in enumerate(bufs):
                 m.d.comb += b.rps[0].addr.eq(b.read_base + bases[j] + local)
-            shifts = [int(v) for v in layer.shift]
-            rq = m.submodules.requant = Requantizer(10, (min(shifts), max(shifts)), layer.output.zero_point,
-                                                    layer.output.qmin, layer.output.qmax)
-            # each input's M0 and shift from a ROM (a read port, not a case statement: a
-            # 4-state simulator evaluates it before the selector first changes)
-            consts = requant_layout(max(shifts))
-            rq_rom = rom(m, "requant_rom", [pack(consts, [dict(m0=int(mj), shift=nj)])
-                                            for mj, nj in zip(layer.m0, shifts)], consts.size)
-            m.d.comb += rq_rom.addr.eq(sel_b)
-            c = data.View(consts, rq_rom.data)
-            x = Signal(signed(10), name="centered")
-            with m.Switch(sel_b):
-                for j, f in enumerate(self.fmts):
-                    with m.Case(j):
-                        m.d.comb += x.eq(bufs[j].rps[0].data - f.zero_point)
-            m.d.comb += [rq.acc.eq(x), rq.m0.eq(c.m0), rq.shift.eq(c.shift)]
+            rq = self.concat_code(m, sel_b, [b.rps[0].data for b in bufs])
 
         with m.If(en):
             m.d.sync += [out.valid.eq(v_b), out.payload.eq(rq.q)]

@@ -27,6 +27,7 @@ from amaranth.lib import data, wiring
 
 from quantrtl.hw.arith import signed_width
 from quantrtl.hw.array import MacArray, term_widths
+from quantrtl.hw.cyclemodel import PassNode
 from quantrtl.hw.geometry import ConvGeometry, conv_memory_bits, fanin_codes, maxpool_cycles, relu_cycles, uint_bits
 from quantrtl.hw.parts import (ActivationBuffer, OutputBank, PixelWalker, code_width, pack, requant_layout, rom,
                                stream_ports, tap_layout)
@@ -407,6 +408,10 @@ class ReluEngine(wiring.Component):
     @property
     def expected_cycles(self) -> int:
         return relu_cycles(self.layer.in_shape)
+
+    def cycle_node(self) -> PassNode:
+        """Combinational: ready and valid pass through (``hw/cyclemodel.py``)."""
+        return PassNode()
 
     @property
     def memory_bits(self) -> dict[str, int]:

@@ -16,6 +16,7 @@ from math import prod
 from amaranth.hdl import Module, Signal
 from amaranth.lib import wiring
 
+from quantrtl.hw.cyclemodel import RegisterNode
 from quantrtl.hw.parts import rom, stream_ports
 from quantrtl.model.numbers.artifact import Layer
 
@@ -55,6 +56,10 @@ class LutEngine(wiring.Component):
     @property
     def memory_bits(self) -> dict[str, int]:
         return {"table": len(self.words) * self.layer.output.bits}
+
+    def cycle_node(self) -> RegisterNode:
+        """One registered stage in the network's cycle model (``hw/cyclemodel.py``)."""
+        return RegisterNode()
 
     def describe(self) -> dict:
         """What the Verilog description JSON says of this engine."""

@@ -25,6 +25,7 @@ from amaranth.lib.wiring import In, Out, connect
 from quantrtl.model.numbers.artifact import INPUT, QuantizedNetwork
 
 from quantrtl.hw.arith import all_of
+from quantrtl.hw.cyclemodel import run_network
 from quantrtl.hw.engines import make_engine, sparse_mode
 from quantrtl.hw.join import JoinEngine
 from quantrtl.hw.parts import code_width
@@ -99,6 +100,53 @@ class NetworkTop(wiring.Component):
         e = self.engines[name]
         return e.inputs if isinstance(e, JoinEngine) else [e.inp]
 
+    # ---- the cycle model of a streaming design (hw/cyclemodel.py) --------------------
+    @property
+    def streaming(self) -> bool:
+        """Every engine streams (the stream style): the design's cycles, initiation interval
+        and FIFO depths come from the cycle model, not the load-then-compute formulas."""
+        return all(hasattr(e, "cycle_node") for e in self.engines.values()) and any(
+            hasattr(e, "stream") for e in self.engines.values())
+
+    def schedule(self, images: int = 1, unbounded: bool = False):
+        """The cycle model's run of ``images`` images back to back (cached): the design's
+        FIFOs at their depths, or ``unbounded`` (what sizes them); None for a design that
+        does not stream."""
+        if not self.streaming:
+            return None
+        key = (images, unbounded)
+        cache = self.__dict__.setdefault("_schedules", {})
+        if key not in cache:
+            if not unbounded:
+                self.fifo_depths  # noqa: B018 (sizes the FIFOs first)
+            nodes = {n: (e.cycle_node(unbounded=unbounded) if isinstance(e, JoinEngine) else e.cycle_node())
+                     for n, e in self.engines.items()}
+            order = [l.name for l in self.net.layers]
+            sources = {l.name: self.net.sources(l) for l in self.net.layers}
+            bound = 4 * sum(e.expected_cycles for e in self.engines.values()) + 1000
+            cache[key] = run_network(order, sources, nodes, prod(self.net.input_shape),
+                                     prod(self.net.layers[-1].out_shape), images, bound)
+        return cache[key]
+
+    #: Images the FIFOs are sized over: the most a co-simulation batch streams back to back.
+    SIZING_IMAGES = 8
+
+    @property
+    def fifo_depths(self) -> dict[str, list[int]]:
+        """Per streaming join, per input, its FIFO's depth: the skew between the join's
+        inputs over :data:`SIZING_IMAGES` images back to back (``hw/cyclemodel.py``: the
+        smallest depth at which no input waits at a full FIFO while the join waits for
+        another); set on the join engines the first time it is asked."""
+        if "_fifo_depths" not in self.__dict__:
+            depths = {}
+            if self.streaming:
+                skew = self.schedule(self.SIZING_IMAGES, unbounded=True).skew_hwm
+                for name, marks in skew.items():
+                    depths[name] = [max(1, m) for m in marks]
+                    self.engines[name].depths = depths[name]
+            self.__dict__["_fifo_depths"] = depths
+        return self.__dict__["_fifo_depths"]
+
     @property
     def expected_cycles(self) -> int:
         """Cycles for one image, first input handshake to last output handshake.
@@ -109,8 +157,11 @@ class NetworkTop(wiring.Component):
         ``T(layer) = max(T(its inputs)) + cycles(layer) − max(in_size of its inputs)``,
         and the network's cycles are ``T(last layer)``; for a chain, ``in_size(first) +
         sum(cycles(layer) − in_size(layer))``.  Exact for one image: a fork waits for all
-        its readers, and every reader is loading then.
+        its readers, and every reader is loading then.  A streaming design: the cycle
+        model's latency of one image.
         """
+        if self.streaming:
+            return self.schedule(1).latencies[0]
         tails = self.tails()
         t = {INPUT: tails[INPUT]}
         for layer in self.net.layers:
@@ -162,11 +213,24 @@ class NetworkTop(wiring.Component):
     @property
     def initiation_interval(self) -> int:
         """Cycles between successive images streamed back to back, by the formula: the
-        slowest layer's :meth:`occupancy` (cosim measures the interval; docs/cosim.md)."""
+        slowest layer's :meth:`occupancy` (cosim measures the interval; docs/cosim.md).
+        A streaming design: the cycle model's interval between the last two of
+        :data:`SIZING_IMAGES` images."""
+        if self.streaming:
+            return self.schedule(self.SIZING_IMAGES).intervals[-1]
         return max(self.occupancy().values())
+
+    def batch_interval(self, images: int) -> int | None:
+        """The interval between the last two of ``images`` images streamed back to back (what
+        a co-simulation batch of that many measures): the cycle model's for a streaming
+        design, the steady-state formula's otherwise (and for a batch of one)."""
+        if images >= 2 and self.streaming:
+            return self.schedule(images).intervals[-1]
+        return self.initiation_interval
 
     @property
     def memory_bits(self) -> dict[str, int]:
+        self.fifo_depths  # noqa: B018 (a streaming join's FIFOs are sized first)
         total: dict[str, int] = {}
         for e in self.engines.values():
             for k, v in e.memory_bits.items():
@@ -175,6 +239,7 @@ class NetworkTop(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
+        self.fifo_depths  # noqa: B018 (a streaming join's FIFOs are sized before they are built)
         for name, e in self.engines.items():
             m.submodules[name] = e
         readers: dict[str, list] = {INPUT: []}

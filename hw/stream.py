@@ -24,15 +24,18 @@ from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 
+from quantrtl.hw.cyclemodel import GapNode, JoinNode, WindowNode
 from quantrtl.hw.geometry import ConvGeometry, uint_bits
+from quantrtl.hw.join import JoinEngine
 from quantrtl.hw.layer import ConvEngine, PoolEngine
-from quantrtl.hw.parts import OutputBank, PixelWalker, pack, rom
+from quantrtl.hw.parts import OutputBank, PixelWalker, pack, requant_layout, rom
 from quantrtl.hw.requant import Requantizer
 from quantrtl.hw.window import StreamGeometry, stream_groups
 from quantrtl.model.numbers.artifact import Layer
 from quantrtl.model.numbers.families import family
 
-__all__ = ["LineBuffer", "StreamConvEngine", "StreamPoolEngine", "StreamGapEngine", "stream_engine"]
+__all__ = ["LineBuffer", "StreamConvEngine", "StreamPoolEngine", "StreamGapEngine", "SkipFifo", "StreamJoinEngine",
+           "stream_engine", "stream_window_engine"]
 
 
 def _mod_add(x, k: int, n: int):
@@ -275,6 +278,11 @@ class StreamConvEngine(ConvEngine):
     def head_start(self) -> int:
         return 0
 
+    def cycle_node(self) -> WindowNode:
+        """This engine's control in the network's cycle model (``hw/cyclemodel.py``)."""
+        g = self.geometry
+        return WindowNode(self.stream, self.pipeline, [g.groups] * (g.channel_groups - 1) + [g.last_group_size])
+
     def elaborate(self, platform):
         m = Module()
         g, sg, layer = self.geometry, self.stream, self.layer
@@ -347,6 +355,9 @@ class StreamPoolEngine(PoolEngine):
     def memory_bits(self) -> dict[str, int]:
         return {"line_buffer": self.stream.buffer_bits(self.layer.input.bits)}
 
+    def cycle_node(self) -> WindowNode:
+        return WindowNode(self.stream, 0, [1])
+
     def elaborate(self, platform):
         m = Module()
         g, sg = self.geometry, self.stream
@@ -381,6 +392,9 @@ class StreamGapEngine(PoolEngine):
     @property
     def memory_bits(self) -> dict[str, int]:
         return {"sums": self.geometry.cin * self.sum_width}
+
+    def cycle_node(self) -> GapNode:
+        return GapNode(self.geometry.cin, self.geometry.in_size)
 
     def elaborate(self, platform):
         m = Module()
@@ -428,4 +442,101 @@ def stream_engine(layer: Layer, lanes, pipeline, groups, source_shape, index_bit
 
 def stream_window_engine(layer: Layer, source_shapes: list[tuple] | None = None):
     """The ``stream`` style's engine for the ops without weights that it streams."""
+    if layer.op in ("add", "concat"):
+        return StreamJoinEngine(layer, source_shapes)
     return (StreamGapEngine if layer.op == "gap" else StreamPoolEngine)(layer, source_shapes)
+
+
+class SkipFifo:
+    """A FIFO of ``depth`` codes on a join's input port with a combinational head (a small
+    memory with an asynchronous read, LUT RAM on an FPGA), ``count`` codes held and
+    ``hwm``, the most it has held (its high-water mark, which co-simulation reads)."""
+
+    def __init__(self, m: Module, port, depth: int, width: int, name: str):
+        self.depth = depth
+        mem = m.submodules[f"{name}_mem"] = Memory(shape=unsigned(width), depth=depth, init=[])
+        wp, rp = mem.write_port(), mem.read_port(domain="comb")
+        self.count = Signal(range(depth + 1), name=f"{name}_count")
+        self.hwm = Signal(range(depth + 1), name=f"{name}_hwm")
+        self.pop = Signal(name=f"{name}_pop")
+        wptr = Signal(range(max(2, depth)), name=f"{name}_wptr")
+        rptr = Signal(range(max(2, depth)), name=f"{name}_rptr")
+        push = Signal(name=f"{name}_push")
+        m.d.comb += [port.ready.eq(self.count != depth), push.eq(port.valid & port.ready),
+                     wp.addr.eq(wptr), wp.data.eq(port.payload[:width]), wp.en.eq(push), rp.addr.eq(rptr)]
+        self.head, self.nonempty = rp.data, self.count != 0
+        nxt = self.count + push - self.pop
+        m.d.sync += self.count.eq(nxt)
+        with m.If(nxt > self.hwm):
+            m.d.sync += self.hwm.eq(nxt)
+        with m.If(push):
+            m.d.sync += wptr.eq(Mux(wptr == depth - 1, 0, wptr + 1))
+        with m.If(self.pop):
+            m.d.sync += rptr.eq(Mux(rptr == depth - 1, 0, rptr + 1))
+
+
+class StreamJoinEngine(JoinEngine):
+    """A residual ``add`` or a ``concat`` that joins its inputs as they stream: each input
+    waits in a :class:`SkipFifo` (an add's skip path for as long as the branch takes), and
+    an output is issued when its operands are at the FIFOs' heads (an add: both inputs'
+    value ``i``; a concat: per pixel input 0's channels, then input 1's, …).
+
+    ``depths`` (per input) is what the network's cycle model computes for this join
+    (``hw/cyclemodel.py``: the smallest depths that never stall the stream); alone, each
+    FIFO holds its input's whole map, so the join never stalls whatever the order."""
+
+    def __init__(self, layer: Layer, source_shapes: list[tuple] | None = None, depths: list[int] | None = None):
+        if layer.op not in ("add", "concat"):
+            raise ValueError(f"layer {layer.name!r} is {layer.op}: the stream style joins add and concat")
+        super().__init__(layer, source_shapes)
+        self.depths = list(depths) if depths is not None else list(self.in_sizes)
+
+    @property
+    def expected_cycles(self) -> int:
+        """Inputs valid and ``out`` ready throughout, the FIFOs deep enough: an output a cycle
+        from the cycle after the first input, ``out_size + 2`` in all."""
+        return self.out_size + 2
+
+    def cycle_node(self, unbounded: bool = False) -> JoinNode:
+        """The join in the cycle model: its FIFOs at their depths, or unbounded (to size them)."""
+        return JoinNode(self.layer.op == "add", self.channels if self.layer.op == "concat" else [1] * 2,
+                        [None] * len(self.depths) if unbounded else list(self.depths))
+
+    @property
+    def memory_bits(self) -> dict[str, int]:
+        bits = {"skip_fifos": sum(d * w for d, w in zip(self.depths, self.widths))}
+        if self.layer.op == "concat":
+            bits["requant"] = len(self.layer.m0) * requant_layout(int(max(self.layer.shift))).size
+        return bits
+
+    def elaborate(self, platform):
+        m = Module()
+        n = len(self.fmts)
+        fifos = [SkipFifo(m, port, d, w, f"in{j}_fifo")
+                 for j, (port, d, w) in enumerate(zip(self.inputs, self.depths, self.widths))]
+        self.fifos = fifos
+        out = self.out
+        en = Signal(name="en")
+        issuing = Signal(name="issuing")
+        m.d.comb += en.eq(~out.valid | out.ready)
+        if self.layer.op == "add":
+            m.d.comb += issuing.eq(fifos[0].nonempty & fifos[1].nonempty)
+            m.d.comb += [f.pop.eq(en & issuing) for f in fifos]
+            rq = self.add_code(m, [f.head for f in fifos])
+        else:  # per pixel: input 0's channels, then input 1's, ...
+            sel = Signal(range(max(2, n)), name="sel")
+            local = Signal(range(max(2, max(self.channels))), name="local")
+            m.d.comb += issuing.eq(Array([f.nonempty for f in fifos])[sel])
+            for j, f in enumerate(fifos):
+                m.d.comb += f.pop.eq(en & issuing & (sel == j))
+            with m.If(en & issuing):
+                for j in range(n):
+                    with m.If(sel == j):
+                        with m.If(local == self.channels[j] - 1):
+                            m.d.sync += [local.eq(0), sel.eq(0 if j == n - 1 else j + 1)]
+                        with m.Else():
+                            m.d.sync += local.eq(local + 1)
+            rq = self.concat_code(m, sel, [f.head for f in fifos])
+        with m.If(en):
+            m.d.sync += [out.valid.eq(issuing), out.payload.eq(rq.q)]
+        return m

@@ -89,7 +89,9 @@ BUILTIN: tuple[EngineStyle, ...] = (
                           "pooling a running sum per channel", "quantrtl.hw.stream:stream_engine", suffix="_stream",
                 ops=(("maxpool", "quantrtl.hw.stream:stream_window_engine"),
                      ("avgpool", "quantrtl.hw.stream:stream_window_engine"),
-                     ("gap", "quantrtl.hw.stream:stream_window_engine"))),
+                     ("gap", "quantrtl.hw.stream:stream_window_engine"),
+                     ("add", "quantrtl.hw.stream:stream_window_engine"),
+                     ("concat", "quantrtl.hw.stream:stream_window_engine"))),
 )
 
 _REGISTRY: Registry[EngineStyle] = Registry("engine style", BUILTIN)

@@ -21,7 +21,17 @@ def random_inputs(layer, in_shapes, rng, n: int = 2) -> list[np.ndarray]:
 def check_op(o: ops.Op, seeds=range(3)) -> None:
     """``o``'s example layers: shape inference equals the golden model's output shape, the
     outputs lie in the output format, the engine computes the golden outputs bit for bit
-    (under random back-pressure and bubbles too) in exactly the formula's cycles."""
+    (under random back-pressure and bubbles too) in exactly the formula's cycles; so does
+    every engine style's own engine for the op (``EngineStyle.ops``: stream's)."""
+    from quantrtl.hw.styles import styles
+
+    check_op_engine(o, seeds, False)
+    for st in styles():
+        if st.op_engine(o.name) is not None:
+            check_op_engine(o, seeds, st.name)
+
+
+def check_op_engine(o: ops.Op, seeds, style) -> None:
     from quantrtl.hw.engines import make_engine
     from quantrtl.model.numbers.layout import to_stream
     from quantrtl.sim import golden
@@ -38,15 +48,15 @@ def check_op(o: ops.Op, seeds=range(3)) -> None:
         y = golden.run_layer(layer, xs if o.joins else xs[0])
         assert y.shape == (len(xs[0]), *o.out_shape(layer, in_shapes)) == (len(xs[0]), *layer.out_shape), o.name
         assert y.min() >= layer.output.qmin and y.max() <= layer.output.qmax, o.name
-        eng = make_engine(layer, source_shapes=in_shapes)
+        eng = make_engine(layer, source_shapes=in_shapes, sparse=style)
         assert all(isinstance(v, int) and v >= 0 for v in eng.memory_bits.values()), eng.memory_bits
         feeds = [list(to_stream(x[0], s)) for x, s in zip(xs, in_shapes)]
         feed = {f"inp{j}": f for j, f in enumerate(feeds)} if o.joins else feeds[0]
         want = to_stream(y[0], layer.out_shape)
         got, cycles = run_stream(eng, feed, len(want))
         mm = first_mismatch(layer.name, want, got)
-        assert mm is None, f"{o.name} seed {seed}: {mm}"
-        assert cycles == eng.expected_cycles, (o.name, seed, cycles, eng.expected_cycles)
+        assert mm is None, f"{o.name} ({style or 'dense'}) seed {seed}: {mm}"
+        assert cycles == eng.expected_cycles, (o.name, style, seed, cycles, eng.expected_cycles)
         got, _ = run_stream(eng, feed, len(want), ready_prob=0.6, valid_prob=0.7, seed=seed)
         mm = first_mismatch(layer.name, want, got)
         assert mm is None, f"{o.name} seed {seed}, back-pressure: {mm}"
@@ -76,7 +86,7 @@ def test_completeness_check_can_fail():
     bad = ops.register(dataclasses.replace(TOY_OP, name="toywrong", example=example,
                                            golden=lambda layer, xs, acc=None: toyflip_golden(layer, xs) // 2))
     try:
-        with pytest.raises(AssertionError, match="toywrong seed 0"):
+        with pytest.raises(AssertionError, match=r"toywrong \(dense\) seed 0"):
             check_op(bad, seeds=[0])
     finally:
         ops.unregister("toywrong")

@@ -243,7 +243,7 @@ def cosim_flow(quantizer: str, image: str | int = 0, simulator: str = "icarus", 
                               f"see {run.build_dir}")
     streamed = [cosim.compare(qnet, gold, raw, lanes, names, sparse=mode is not None, index=i) for i, raw in zip(order, raws)]
     reports = streamed[:len(xs)]
-    throughput = cosim.throughput(raws[:stream], harness.top.initiation_interval)
+    throughput = cosim.throughput(raws[:stream], harness.top.batch_interval(stream))
     per_image, first = [], None
     for i, (d, r) in enumerate(zip(descs, reports)):
         mm = None if r.first_mismatch is None else {"image": d, **asdict(r.first_mismatch)}

@@ -15,7 +15,7 @@ CATEGORIES = {
     "weights": r"weight_mem", "entries": r"entry_mem\d*", "bias": r"bias_(mem|rom)", "requant": r"requant_rom",
     "activations": r"act_mem", "pointers": r"pointer_rom\d*", "masks": r"column_mask_rom\d*", "slots": r"slot_rom\d*",
     "accumulators": r"acc_mem\d*", "codebooks": r"codebook_rom", "join_buffers": r"in\d+_mem", "table": r"table",
-    "line_buffer": r"lb_mem", "sums": r"sum_mem",
+    "line_buffer": r"lb_mem", "sums": r"sum_mem", "skip_fifos": r"in\d+_fifo_mem",
 }
 #: Control tables (addresses, tap offsets, border classes) and the broadcast engine's lane
 #: queues, which memory_bits does not count (docs/hardware.md).
