@@ -46,7 +46,7 @@ class WindowNode:
 
     __slots__ = ("g", "rows", "per_row", "inner_n", "middle_n", "pipe", "counts", "wpos", "mid", "free", "wy",
                  "ahead", "inner", "middle", "ox", "oy", "issued_all", "done", "remaining", "out_valid", "cg",
-                 "last_by_release")
+                 "last_by_release", "top")
 
     def __init__(self, sg, pipeline: int, groups: list[int]):
         g = self.g = sg.conv
@@ -56,7 +56,7 @@ class WindowNode:
         self.wpos, self.mid, self.free, self.wy, self.ahead = 0, False, self.rows, 0, False
         self.inner = self.middle = self.ox = self.oy = 0
         self.issued_all = False
-        self.pipe = [False] * (1 + pipeline)
+        self.pipe, self.top = 0, 1 << pipeline  # the stages' last-step flags as bits, stage 0 lowest
         self.done = False
         self.remaining, self.out_valid, self.cg = 0, False, 0
         self.last_by_release = g.h - _clip((g.oh - 1) * g.sh - g.ph, g.h)
@@ -96,8 +96,8 @@ class WindowNode:
             else:
                 self.inner += 1
         if en:
-            self.done = self.pipe[-1]
-            self.pipe = [issuing and last_step] + self.pipe[:-1]
+            self.done = bool(self.pipe & self.top)
+            self.pipe = ((self.pipe << 1) | (issuing and last_step)) & (2 * self.top - 1)
         if take:
             self.out_valid, self.remaining = True, self.remaining - 1
         elif out_ready:
@@ -261,45 +261,59 @@ def run_network(order: list[str], sources: dict[str, list[str]], nodes: dict, in
     producers of each input of node ``n``, ``"input"`` for the image) with ``images`` images
     streamed back to back into the first and the last node's output always ready.
     ``stall_limit``: cycles without any handshake after which it is a :class:`Deadlock`."""
-    readers: dict[str, list[tuple[str, int]]] = {"input": []}
-    for n in order:
-        readers.setdefault(n, [])
-        for j, s in enumerate(sources[n]):
-            readers[s].append((n, j))
-    last = order[-1]
-    rev = list(reversed(order))
+    n_nodes = len(order)
+    index = {n: i for i, n in enumerate(order)}
+    INP = n_nodes  # the image source, as a producer
+    srcs = [[INP if s == "input" else index[s] for s in sources[n]] for n in order]
+    readers: list[list[tuple[int, int]]] = [[] for _ in range(n_nodes + 1)]
+    for i, ss in enumerate(srcs):
+        for j, s in enumerate(ss):
+            readers[s].append((i, j))
+    objs = [nodes[n] for n in order]
+    kinds = [2 if isinstance(o, PassNode) else 1 if isinstance(o, JoinNode) else 0 for o in objs]
+    last = n_nodes - 1
+    in_ready = [[True] * len(ss) for ss in srcs]
+    out_ready = [True] * (n_nodes + 1)
+    valid = [False] * (n_nodes + 1)
+    fire = [False] * (n_nodes + 1)
+    joins = [i for i in range(n_nodes) if kinds[i] == 1]
+    full = {i: [0] * len(srcs[i]) for i in joins}
     first_in, last_out = [], []
+    total_in = images * in_size
     fed = sent = cycle = quiet = 0
-    full = {n: [0] * len(sources[n]) for n in order if isinstance(nodes[n], JoinNode)}
+    rev = list(range(n_nodes - 1, -1, -1))
+    fwd = list(range(n_nodes))
     while len(last_out) < images:
         # ready, backwards: a node's output is ready when all its readers are
-        in_ready: dict[tuple[str, int], bool] = {}
-        out_ready: dict[str, bool] = {}
-        for n in rev:
-            rs = readers[n]
-            out_ready[n] = True if n == last else all(in_ready[r] for r in rs)
-            node = nodes[n]
-            if isinstance(node, PassNode):
-                in_ready[(n, 0)] = out_ready[n]
-            elif isinstance(node, JoinNode):
-                for j in range(len(sources[n])):
-                    in_ready[(n, j)] = node.input_ready(j)
+        for i in rev:
+            o = objs[i]
+            r = True if i == last else all(in_ready[a][b] for a, b in readers[i])
+            out_ready[i] = r
+            k = kinds[i]
+            if k == 0:
+                in_ready[i][0] = o.in_ready(r)
+            elif k == 2:
+                in_ready[i][0] = r
             else:
-                in_ready[(n, 0)] = node.in_ready(out_ready[n])
-        src_ready = all(in_ready[r] for r in readers["input"])
-        # valid, forwards (a pass-through node's is its producer's), handshakes on each link
-        valid: dict[str, bool] = {"input": fed < images * in_size}
-        fire: dict[str, bool] = {"input": valid["input"] and src_ready}
-        for n in order:
-            node = nodes[n]
-            if isinstance(node, PassNode):  # its producer's valid, as a reader of it sees it
-                s = sources[n][0]
-                valid[n] = valid[s] and all(in_ready[r] for r in readers[s] if r != (n, 0))
+                ir = in_ready[i]
+                for j in range(len(ir)):
+                    ir[j] = o.input_ready(j)
+        src_ready = all(in_ready[a][b] for a, b in readers[INP])
+        # valid, forwards (a pass-through node's is its producer's, as that reader sees it)
+        valid[INP] = v = fed < total_in
+        fire[INP] = f_in = v and src_ready
+        any_fire = f_in
+        for i in fwd:
+            if kinds[i] == 2:
+                s = srcs[i][0]
+                v = valid[s] and all(in_ready[a][b] for a, b in readers[s] if a != i)
             else:
-                valid[n] = node.out_valid
-            fire[n] = valid[n] and out_ready[n]
-        any_fire = fire["input"] or any(fire[n] for n in order)
-        if fire["input"]:
+                v = objs[i].out_valid
+            valid[i] = v
+            f = v and out_ready[i]
+            fire[i] = f
+            any_fire = any_fire or f
+        if f_in:
             if fed % in_size == 0:
                 first_in.append(cycle + 1)
             fed += 1
@@ -307,22 +321,24 @@ def run_network(order: list[str], sources: dict[str, list[str]], nodes: dict, in
             sent += 1
             if sent % out_size == 0:
                 last_out.append(cycle + 1)
-        for n, f in full.items():
-            if not nodes[n].issuable():
-                for j, s in enumerate(sources[n]):
-                    if valid[s] and not in_ready[(n, j)]:
+        for i in joins:  # a skew stall: the input offers a value (as it sees it), the FIFO is full, the join starves
+            if not objs[i].issuable():
+                f = full[i]
+                for j, s in enumerate(srcs[i]):
+                    if valid[s] and not in_ready[i][j] and all(in_ready[a][b] for a, b in readers[s] if (a, b) != (i, j)):
                         f[j] += 1
-        for n in order:
-            node = nodes[n]
-            if not isinstance(node, PassNode):
-                node.step([fire[s] for s in sources[n]], out_ready[n])
+        for i in fwd:
+            if kinds[i] != 2:
+                ss = srcs[i]
+                objs[i].step([fire[s] for s in ss] if len(ss) > 1 else (fire[ss[0]],), out_ready[i])
         cycle += 1
         quiet = 0 if any_fire else quiet + 1
         if quiet > stall_limit:
-            waiting = [n for n in order if isinstance(nodes[n], JoinNode)
-                       and any(valid[s] and not in_ready[(n, j)] for j, s in enumerate(sources[n]))]
+            waiting = [order[i] for i in joins
+                       if any(valid[s] and not in_ready[i][j] for j, s in enumerate(srcs[i]))]
             raise Deadlock(f"no handshake for {quiet} cycles at cycle {cycle}: "
                            + (f"join {', '.join(waiting)} waits with a full FIFO" if waiting else
                               "the network stopped") + f" ({len(last_out)} of {images} images out)")
-    return Schedule(tuple(first_in), tuple(last_out), {n: tuple(nodes[n].hwm) for n in full},
-                    {n: tuple(nodes[n].shadow_hwm) for n in full}, {n: tuple(v) for n, v in full.items()})
+    return Schedule(tuple(first_in), tuple(last_out), {order[i]: tuple(objs[i].hwm) for i in joins},
+                    {order[i]: tuple(objs[i].shadow_hwm) for i in joins},
+                    {order[i]: tuple(full[i]) for i in joins})

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from math import prod
 
+import dataclasses
 import operator
 
 from amaranth.hdl import Module, unsigned
@@ -70,11 +71,16 @@ class NetworkTop(wiring.Component):
         Expose ``tap_<layer>`` ports for every layer but the last.
     tap_faults : dict, optional
         Injected control faults, layer name → fan-in position (``hw/faults.py``).
+    fifo_depths : dict, optional
+        A streaming join's FIFO depths (join name → a depth per input) instead of the cycle
+        model's (:attr:`fifo_depths`): to see what a smaller FIFO does.
     """
 
     def __init__(self, net: QuantizedNetwork, lanes: int | dict = 8, pipeline: int = 0, taps: bool = False,
-                 sparse: bool | str = False, index_bits: int = 4, tap_faults: dict[str, int] | None = None):
+                 sparse: bool | str = False, index_bits: int = 4, tap_faults: dict[str, int] | None = None,
+                 fifo_depths: dict[str, list[int]] | None = None):
         self.net = net
+        self._fifo_override = {k: [int(d) for d in v] for k, v in (fifo_depths or {}).items()}
         self.lanes = parse_lanes(lanes)
         check_plan_layers(self.lanes, [l.name for l in net.layers], [l.name for l in net.layers if l.has_weights])
         self.pipeline = operator.index(pipeline)
@@ -116,6 +122,10 @@ class NetworkTop(wiring.Component):
             return None
         key = (images, unbounded)
         cache = self.__dict__.setdefault("_schedules", {})
+        longer = [k for k in cache if k[1] == unbounded and k[0] > images]
+        if key not in cache and longer:  # an image's timing depends only on the images before it
+            run = cache[longer[0]]
+            return dataclasses.replace(run, first_in=run.first_in[:images], last_out=run.last_out[:images])
         if key not in cache:
             if not unbounded:
                 self.fifo_depths  # noqa: B018 (sizes the FIFOs first)
@@ -142,8 +152,12 @@ class NetworkTop(wiring.Component):
             if self.streaming:
                 skew = self.schedule(self.SIZING_IMAGES, unbounded=True).skew_hwm
                 for name, marks in skew.items():
-                    depths[name] = [max(1, m) for m in marks]
+                    depths[name] = self._fifo_override.get(name) or [max(1, m) for m in marks]
                     self.engines[name].depths = depths[name]
+            unknown = set(self._fifo_override) - set(depths)
+            if unknown:
+                raise ValueError(f"fifo_depths names {', '.join(sorted(unknown))}: no streaming join of the design "
+                                 f"({', '.join(depths) or 'it has none'})")
             self.__dict__["_fifo_depths"] = depths
         return self.__dict__["_fifo_depths"]
 

@@ -450,14 +450,17 @@ def stream_window_engine(layer: Layer, source_shapes: list[tuple] | None = None)
 class SkipFifo:
     """A FIFO of ``depth`` codes on a join's input port with a combinational head (a small
     memory with an asynchronous read, LUT RAM on an FPGA), ``count`` codes held and
-    ``hwm``, the most it has held (its high-water mark, which co-simulation reads)."""
+    ``hwm``, the most it has held (its high-water mark), and ``stalls``, the cycles a
+    value waited at the full FIFO while the join starved (``starved``: it waits for another
+    input); both are observation only, which co-simulation reads (synthesis drops them)."""
 
-    def __init__(self, m: Module, port, depth: int, width: int, name: str):
+    def __init__(self, m: Module, port, depth: int, width: int, name: str, hwm: Signal | None = None,
+                 stalls: Signal | None = None, starved=0):
         self.depth = depth
         mem = m.submodules[f"{name}_mem"] = Memory(shape=unsigned(width), depth=depth, init=[])
         wp, rp = mem.write_port(), mem.read_port(domain="comb")
         self.count = Signal(range(depth + 1), name=f"{name}_count")
-        self.hwm = Signal(range(depth + 1), name=f"{name}_hwm")
+        self.hwm = Signal(range(depth + 1), name=f"{name}_hwm") if hwm is None else hwm
         self.pop = Signal(name=f"{name}_pop")
         wptr = Signal(range(max(2, depth)), name=f"{name}_wptr")
         rptr = Signal(range(max(2, depth)), name=f"{name}_rptr")
@@ -467,6 +470,9 @@ class SkipFifo:
         self.head, self.nonempty = rp.data, self.count != 0
         nxt = self.count + push - self.pop
         m.d.sync += self.count.eq(nxt)
+        self.stalls = Signal(32, name=f"{name}_stalls") if stalls is None else stalls
+        with m.If(port.valid & ~port.ready & starved):
+            m.d.sync += self.stalls.eq(self.stalls + 1)
         with m.If(nxt > self.hwm):
             m.d.sync += self.hwm.eq(nxt)
         with m.If(push):
@@ -490,6 +496,10 @@ class StreamJoinEngine(JoinEngine):
             raise ValueError(f"layer {layer.name!r} is {layer.op}: the stream style joins add and concat")
         super().__init__(layer, source_shapes)
         self.depths = list(depths) if depths is not None else list(self.in_sizes)
+        #: per input, its FIFO's high-water mark (what a co-simulation reads)
+        self.fifo_hwm = [Signal(range(size + 1), name=f"in{j}_fifo_hwm") for j, size in enumerate(self.in_sizes)]
+        #: per input, the cycles it waited at its full FIFO while the join starved (skew stalls)
+        self.fifo_stalls = [Signal(32, name=f"in{j}_fifo_stalls") for j in range(len(self.in_sizes))]
 
     @property
     def expected_cycles(self) -> int:
@@ -512,12 +522,15 @@ class StreamJoinEngine(JoinEngine):
     def elaborate(self, platform):
         m = Module()
         n = len(self.fmts)
-        fifos = [SkipFifo(m, port, d, w, f"in{j}_fifo")
-                 for j, (port, d, w) in enumerate(zip(self.inputs, self.depths, self.widths))]
-        self.fifos = fifos
+        for j, (d, size) in enumerate(zip(self.depths, self.in_sizes)):
+            if not 1 <= d <= size:
+                raise ValueError(f"layer {self.layer.name!r}: input {j}'s FIFO depth {d} is outside 1..{size}")
+        issuing = Signal(name="issuing")
+        fifos = [SkipFifo(m, port, d, w, f"in{j}_fifo", hwm, stalls, ~issuing)
+                 for j, (port, d, w, hwm, stalls) in enumerate(zip(self.inputs, self.depths, self.widths,
+                                                                   self.fifo_hwm, self.fifo_stalls))]
         out = self.out
         en = Signal(name="en")
-        issuing = Signal(name="issuing")
         m.d.comb += en.eq(~out.valid | out.ready)
         if self.layer.op == "add":
             m.d.comb += issuing.eq(fifos[0].nonempty & fifos[1].nonempty)

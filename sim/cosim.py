@@ -44,24 +44,29 @@ class CosimReport:
 
 
 def compare(net: QuantizedNetwork, golden: GoldenResult, raw: dict, lanes: int, captures: list[str],
-            sparse: bool = False, index: int = 0) -> CosimReport:
+            sparse: bool = False, index: int = 0, streaming: bool = False) -> CosimReport:
     """Judge one image's raw harness result (``sim.cocotb_cosim``) against image ``index``
     of the golden batch.
 
-    PE utilization counts the MACs the lanes must do: every dense MAC for dense engines,
-    the nonzero-weight MACs for zero-skipping (``sparse``) engines."""
+    A layer's cycles: from its producers' last output to its own (what it needs after its
+    input has arrived), or in a ``streaming`` design (whose engines work as the input
+    arrives) from its first input to its last output.  PE utilization counts the MACs the
+    lanes must do over those cycles: every dense MAC for dense engines, the nonzero-weight
+    MACs for zero-skipping (``sparse``) engines."""
     layers, first = [], None
     lasts = {INPUT: raw["in_last"]}  # the cycle stamp of each node's last output handshake
+    firsts = {INPUT: raw["in_first"]}  # and of its first
     for layer in net.layers:
         if layer.name not in captures:
             continue  # a layer without a tap (none today: every inner layer has one)
         cap = raw["captures"][layer.name]
         prev_last = max(lasts.get(s, raw["in_last"]) for s in net.sources(layer))
+        prev_first = min(firsts.get(s, raw["in_first"]) for s in net.sources(layer))
         want = to_stream(golden.outputs[layer.name][index], layer.out_shape)
         # the capture memory holds the expected number of values; one more counts as "extra" (-1)
         got = cap["values"][:min(cap["count"], len(want))] + [-1] * max(0, cap["count"] - len(want))
         mm = first_mismatch(layer.name, want, got)
-        cycles = cap["last"] - prev_last if cap["count"] else 0
+        cycles = (cap["last"] - prev_first + 1 if streaming else cap["last"] - prev_last) if cap["count"] else 0
         work = layer.macs
         if sparse and layer.has_weights:
             work = int(np.count_nonzero(layer.values)) * int(np.prod(layer.out_shape[1:]))
@@ -71,7 +76,7 @@ def compare(net: QuantizedNetwork, golden: GoldenResult, raw: dict, lanes: int, 
             first_mismatch=None if mm is None else {"index": mm.index, "expected": mm.expected, "got": mm.got},
             dense_macs=layer.macs, utilization=util, mismatching_images=int(mm is not None)))
         first = first or mm
-        lasts[layer.name] = cap["last"]
+        lasts[layer.name], firsts[layer.name] = cap["last"], cap["first"]
     out = raw["captures"][net.layers[-1].name]
     complete = raw["done"] and out["count"] == int(np.prod(net.layers[-1].out_shape))
     predicted = int(np.argmax(out["values"])) if complete else None

@@ -15,13 +15,16 @@ __all__ = ["run_stream", "LayerIO", "layer_io", "measure_layer"]
 
 
 def run_stream(dut, inputs, n_out: int, ready_prob: float = 1.0, valid_prob: float = 1.0,
-               seed: int = 0, max_cycles: int = 2_000_000, taps: dict | None = None):
+               seed: int = 0, max_cycles: int = 2_000_000, taps: dict | None = None, record: dict | None = None):
     """Push ``inputs`` into ``dut.inp`` (or, a dict: each list into the port it names, all
     at once, e.g. a join's ``inp0``, ``inp1``) and collect ``n_out`` values from ``dut.out``.
 
     Returns ``(outputs, cycles)``, where cycles counts from the first input handshake to
     the last output handshake, inclusive.  ``ready_prob``/``valid_prob`` < 1 add random
-    back-pressure and bubbles.  ``taps`` maps names to tap ports to record.
+    back-pressure and bubbles.  ``taps`` maps names to tap ports to record.  ``record``
+    (a dict, filled in): ``in_cycles`` and ``out_cycles``, the cycle of every input and
+    output handshake (the first input's is 1), and ``watched``: for each of its ``watch``
+    signals (a dict of names to signals) the value after the last output.
     """
     rng = np.random.default_rng(seed)
     outs, tap_vals = [], {k: [] for k in (taps or {})}
@@ -49,18 +52,26 @@ def run_stream(dut, inputs, n_out: int, ready_prob: float = 1.0, valid_prob: flo
                     if state["first"] is None:
                         state["first"] = cycle
                     pos[name] += 1
+                    stamps["in"].append(cycle)
             if ready and ctx.get(dut.out.valid):
                 outs.append(ctx.get(dut.out.payload))
                 state["last"] = cycle
+                stamps["out"].append(cycle)
             for k, port in (taps or {}).items():
                 if ctx.get(port.valid):
                     tap_vals[k].append(ctx.get(port.payload))
             await ctx.tick()
             cycle += 1
+        if record is not None:
+            record["watched"] = {k: ctx.get(v) for k, v in record.get("watch", {}).items()}
 
+    stamps = {"in": [], "out": []}
     sim.add_testbench(bench)
     sim.run()
     cycles = state["last"] - state["first"] + 1
+    if record is not None:
+        record["in_cycles"] = [c - state["first"] + 1 for c in stamps["in"]]
+        record["out_cycles"] = [c - state["first"] + 1 for c in stamps["out"]]
     return (np.array(outs), cycles, tap_vals) if taps else (np.array(outs), cycles)
 
 

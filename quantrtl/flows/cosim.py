@@ -241,7 +241,8 @@ def cosim_flow(quantizer: str, image: str | int = 0, simulator: str = "icarus", 
         from quantrtl.sim.runner import SimulationError
         raise SimulationError(f"{simulator} run of {top} returned {len(raws)} of {len(order)} images; "
                               f"see {run.build_dir}")
-    streamed = [cosim.compare(qnet, gold, raw, lanes, names, sparse=mode is not None, index=i) for i, raw in zip(order, raws)]
+    streamed = [cosim.compare(qnet, gold, raw, lanes, names, sparse=mode is not None, index=i,
+                              streaming=harness.top.streaming) for i, raw in zip(order, raws)]
     reports = streamed[:len(xs)]
     throughput = cosim.throughput(raws[:stream], harness.top.batch_interval(stream))
     per_image, first = [], None
