@@ -132,7 +132,12 @@ class CaptureHarness(wiring.Component):
         self.captures.append((last.name, prod(last.out_shape)))
         self.in_size = prod(top.net.input_shape)
         depth = max(size for _, size in self.captures) * batch
+        #: a streaming design's join FIFOs, (join, input) in order: their high-water marks and
+        #: skew-stall counts are read out as ``fifo_hwm<k>`` and ``fifo_stalls<k>``
+        self.fifos = [(name, j) for name, ds in top.fifo_depths.items() for j in range(len(ds))]
+        fifo_ports = {f"fifo_{kind}{k}": Out(COUNTER_BITS) for k in range(len(self.fifos)) for kind in ("hwm", "stalls")}
         super().__init__({
+            **fifo_ports,
             "clk": In(1),
             "reset": In(1),
             "load": In(1),
@@ -194,7 +199,7 @@ class CaptureHarness(wiring.Component):
     def testbench_files(self) -> dict:
         """What the testbench needs to know of the harness (so it imports no hardware code)."""
         return {"source_file": SOURCE_FILE, "capture_files": [capture_file(i) for i in range(len(self.captures))],
-                "clock_ns": CLOCK_NS}
+                "clock_ns": CLOCK_NS, "fifos": [list(f) for f in self.fifos]}
 
     def elaborate(self, platform):
         m = Module()
@@ -208,6 +213,9 @@ class CaptureHarness(wiring.Component):
         m.d.comb += [sync.clk.eq(self.clk), sync.rst.eq(rst)]
         top = m.submodules.top = self.top
         m.d.comb += top.out.ready.eq(1)
+        for k, (name, j) in enumerate(self.fifos):
+            e = top.engines[name]
+            m.d.comb += [getattr(self, f"fifo_hwm{k}").eq(e.fifo_hwm[j]), getattr(self, f"fifo_stalls{k}").eq(e.fifo_stalls[j])]
         started = Signal()
         counter = Signal(COUNTER_BITS)
         now = Mux(started, counter + 1, 1)  # value of the counter for the current cycle

@@ -231,6 +231,10 @@ def cmd_cosim(args) -> int:
               + ", ".join(map(str, t["latency_cycles"])) + " cycles; initiation interval "
               + ", ".join(map(str, t["initiation_intervals"]))
               + f" cycles ({t['expected_initiation_interval']} by the formula)")
+    if r.fifos:
+        print("skip FIFOs       " + "; ".join(
+            f"{f['join']} input {f['input']}: depth {f['depth']} (the cycle model's), filled to {f['high_water']}, "
+            f"{f['stall_cycles']} skew-stall cycles (model {f['model_stall_cycles']})" for f in r.fifos))
     print(f"simulator        {r.simulator}: build {r.build_seconds:.1f} s, run {r.run_seconds:.1f} s"
           + (f" ({r.images_per_second:.1f} images/s)" if many else "") + f", total {r.wall_seconds:.1f} s")
     if r.fault:

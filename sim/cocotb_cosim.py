@@ -102,10 +102,13 @@ class CosimBench:
         done = await self.wait_done(self.job["timeout_cycles"] * n)
         dut.go.value = 0
         cycles = int(dut.cycles.value)
+        fifos = [{"join": name, "input": j, "high_water": int(getattr(dut, f"fifo_hwm{k}").value),
+                  "stall_cycles": int(getattr(dut, f"fifo_stalls{k}").value)}
+                 for k, (name, j) in enumerate(self.job.get("fifos", []))]
         await self.pulse(dut.dump)
         _, in_first, in_last = await self.stamps(self.n_captures, n)
         results = [{"done": done, "batch_position": k, "in_first": in_first[k], "in_last": in_last[k],
-                    "batch_cycles": cycles, "captures": {}} for k in range(n)]
+                    "batch_cycles": cycles, "captures": {}, "fifos": fifos} for k in range(n)]
         for sel, (name, size) in enumerate(self.job["captures"]):
             count, firsts, lasts = await self.stamps(sel, n)
             # one value more than the batch holds shows as "extra" (-1) on the last image

@@ -96,6 +96,9 @@ class CosimResult:
     throughput: dict | None = None
     simulated_cycles: int = 0  # every batch's cycles, first input to last output
     netlist: str = ""  # how the simulated Verilog was made from the design (sim/netlist.py)
+    #: a streaming design's join FIFOs: per (join, input) the depth the cycle model computed,
+    #: the measured high-water mark and skew-stall cycles (over every batch), and the model's
+    fifos: list | None = None
 
     @property
     def images_per_second(self) -> float:
@@ -263,6 +266,15 @@ def cosim_flow(quantizer: str, image: str | int = 0, simulator: str = "icarus", 
         rtl_acc = float(np.mean([r.predicted == t for r, t in zip(reports, y)]))
         gold_acc = float(np.mean(gold.predicted == y))
     head = reports[0]
+    fifos = None
+    if harness.fifos:
+        batches = [r["fifos"] for r in raws if r["batch_position"] == 0]
+        model = harness.top.schedule(stream).skew_stalls
+        fifos = [{"join": name, "input": j, "depth": harness.top.fifo_depths[name][j],
+                  "high_water": max(b[k]["high_water"] for b in batches),
+                  "stall_cycles": sum(b[k]["stall_cycles"] for b in batches),
+                  "model_stall_cycles": model[name][j] * len(batches)}
+                 for k, (name, j) in enumerate(harness.fifos)]
     return CosimResult(
         quantizer=qnet.quantizer, image=_describe(descs), label=None if labels is None else labels[0],
         predicted=head.predicted, golden_predicted=head.golden_predicted,
@@ -275,4 +287,4 @@ def cosim_flow(quantizer: str, image: str | int = 0, simulator: str = "icarus", 
         golden_accuracy=gold_acc, rtl_golden_agree=sum(r.predicted == r.golden_predicted for r in reports),
         fault=None if fault is None else str(fault), per_image=per_image, throughput=throughput,
         simulated_cycles=sum(r["batch_cycles"] for r in raws if r["batch_position"] == 0),
-        netlist=text.splitlines()[0].removeprefix("// "))
+        netlist=text.splitlines()[0].removeprefix("// "), fifos=fifos)
