@@ -47,6 +47,29 @@ def test_icarus_bit_exact_on_three_images(quantized, build_root, name):
 
 
 @pytest.mark.verilator
+def test_verilator_stream_style_on_the_cycle_model(build_root):
+    """The residual digits network in the stream style (line buffers, joins through FIFOs),
+    three images back to back: bit-exact, every image's latency and both intervals the
+    cycle model's, and each skip FIFO filled exactly to the depth the model computed for it
+    (an RTL counter of skew stalls: none, as the model says)."""
+    from quantrtl.flows.common import ModelSource
+
+    source = ModelSource(model="digits-res")
+    r = flows.cosim_flow("fixed8", simulator="verilator", source=source, build_root=build_root, images="0-2",
+                         sparse="stream")
+    assert r.bit_exact, r.first_mismatch
+    top = NetworkTop(flows.quantize_network("fixed8", source=source).qnet, lanes=8, sparse="stream")
+    s = top.schedule(3)
+    t = r.throughput
+    assert t["latency_cycles"] == list(s.latencies) and r.expected_cycles == s.latencies[0]
+    assert t["initiation_intervals"] == list(s.intervals) and t["expected_initiation_interval"] == s.intervals[-1]
+    assert {(f["join"], f["input"]): f["depth"] for f in r.fifos} == \
+        {(j, i): d for j, ds in top.fifo_depths.items() for i, d in enumerate(ds)}
+    assert all(f["high_water"] == f["depth"] and f["stall_cycles"] == f["model_stall_cycles"] == 0 for f in r.fifos)
+    assert "-stream-" in r.verilog
+
+
+@pytest.mark.verilator
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["shift4", "pq4"])
 def test_verilator_whole_test_split(quantized, build_root, name):
