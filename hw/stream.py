@@ -46,6 +46,12 @@ def _mod_add(x, k: int, n: int):
     return Mux(x >= n - k, x - (n - k), x + k)
 
 
+def _buffer(sg: StreamGeometry) -> dict:
+    """A line buffer's shape, as the Verilog description states it."""
+    return {"line_buffer": {"rows": sg.rows, "row_words": sg.row_words, "channels_per_word": sg.word,
+                            "words": sg.depth}, "steps_per_pixel": sg.middle * sg.inner}
+
+
 class LineBuffer:
     """A ring of ``rows`` input rows (``sg``: :class:`~quantrtl.hw.window.StreamGeometry`),
     written from ``engine.inp`` and read one word a cycle by the engine's window walk.
@@ -278,6 +284,14 @@ class StreamConvEngine(ConvEngine):
     def head_start(self) -> int:
         return 0
 
+    def describe(self) -> dict:
+        """What the Verilog description JSON says of this engine."""
+        g, sg = self.geometry, self.stream
+        return {"format": self.layer.format.name, "engine": "stream", "lanes": g.lanes, "groups": g.groups,
+                "lanes_per_group": g.lanes_per_group, "depthwise": self.depthwise, "accumulator_bits": self.acc_width,
+                "pipeline": self.pipeline, "dense_macs": self.layer.macs, **_buffer(sg),
+                "cycle_formula": "hw/window.py StreamGeometry.schedule (row by row) + pipeline + 4 + last_group_size"}
+
     def cycle_node(self) -> WindowNode:
         """This engine's control in the network's cycle model (``hw/cyclemodel.py``)."""
         g = self.geometry
@@ -358,6 +372,11 @@ class StreamPoolEngine(PoolEngine):
     def cycle_node(self) -> WindowNode:
         return WindowNode(self.stream, 0, [1])
 
+    def describe(self) -> dict:
+        g = self.geometry
+        return {"engine": "stream", "kernel": [g.kh, g.kw], "stride": [g.sh, g.sw], "padding": [g.ph, g.pw],
+                **_buffer(self.stream), "cycle_formula": "hw/window.py StreamGeometry.schedule (row by row) + 5"}
+
     def elaborate(self, platform):
         m = Module()
         g, sg = self.geometry, self.stream
@@ -395,6 +414,10 @@ class StreamGapEngine(PoolEngine):
 
     def cycle_node(self) -> GapNode:
         return GapNode(self.geometry.cin, self.geometry.in_size)
+
+    def describe(self) -> dict:
+        return {"engine": "stream", "running_sums": self.geometry.cin, "sum_bits": self.sum_width,
+                "cycle_formula": "in_size + channels + 1"}
 
     def elaborate(self, platform):
         m = Module()
@@ -506,6 +529,10 @@ class StreamJoinEngine(JoinEngine):
         """Inputs valid and ``out`` ready throughout, the FIFOs deep enough: an output a cycle
         from the cycle after the first input, ``out_size + 2`` in all."""
         return self.out_size + 2
+
+    def describe(self) -> dict:
+        return {"engine": "stream", "inputs": list(self.layer.inputs), "fifo_depths": list(self.depths),
+                "memory_bits": self.memory_bits, "cycle_formula": "out_size + 2 (alone; in a network: the cycle model)"}
 
     def cycle_node(self, unbounded: bool = False) -> JoinNode:
         """The join in the cycle model: its FIFOs at their depths, or unbounded (to size them)."""

@@ -90,7 +90,8 @@ class Design:
     def parameters(self) -> dict:
         comp = self.component
         engines = self.engines
-        occupancy = comp.occupancy() if isinstance(comp, NetworkTop) else {}
+        streaming = isinstance(comp, NetworkTop) and comp.streaming
+        occupancy = comp.occupancy() if isinstance(comp, NetworkTop) and not streaming else {}
         layers = []
         for name, e in engines.items():
             layer = self.net.layer(name)
@@ -126,7 +127,12 @@ class Design:
                 d.update(inputs=list(self.net.sources(layer)), memory_bits=e.memory_bits,
                          cycle_formula=JOIN_CYCLE_FORMULA)
             layers.append(d)
-        return {"quantizer": self.net.quantizer, "lanes": self.lanes, "pipeline": self.pipeline, "layers": layers}
+        params = {"quantizer": self.net.quantizer, "lanes": self.lanes, "pipeline": self.pipeline, "layers": layers}
+        if streaming:  # cycles, interval and FIFO depths from the cycle model (hw/cyclemodel.py)
+            params["cycle_model"] = {"source": "hw/cyclemodel.py: every engine's control stepped cycle by cycle",
+                                     "fifo_depths": comp.fifo_depths,
+                                     "sized_over_images": comp.SIZING_IMAGES}
+        return params
 
 
 def design_top(name: str, quantizer: str, layer: str = "all", sparse: bool | str = False) -> str:

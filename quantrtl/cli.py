@@ -170,11 +170,16 @@ def cmd_verilog(args) -> int:
     print(f"verilog      {r.verilog}")
     print(f"description  {r.description}")
     print(f"artifact     {r.artifact}")
-    print(f"cycles       {r.expected_cycles} per image (latency, formula{_bound(args)}; cosim measures them)")
+    how = "the cycle model" if r.cycle_model else f"formula{_bound(args)}"
+    print(f"cycles       {r.expected_cycles} per image (latency, {how}; cosim measures them)")
     busy = {l["name"]: l["occupancy_cycles"] for l in r.layers if "occupancy_cycles" in l}
     slowest = f" = the slowest layer's busy cycles ({max(busy, key=busy.get)})" if busy else ""
+    model = r.cycle_model
     print(f"II           {r.initiation_interval} cycles between images streamed back to back{slowest} "
-          "(formula; cosim measures it)")
+          + ("(the streaming design's cycle model; cosim measures it)" if model else "(formula; cosim measures it)"))
+    if model and model["fifo_depths"]:
+        print("skip FIFOs   " + "; ".join(f"{j} {'/'.join(map(str, ds))}" for j, ds in model["fifo_depths"].items())
+              + " codes deep (the cycle model's skew between each join's inputs)")
     mem = r.memory
     print("memory bits  " + ", ".join(f"{k} {v:,}" for k, v in r.memory_bits.items()) + f" = {mem['design_total']:,}")
     print(f"lower bound  {mem['lower_bound_total']:,} bits (" + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in

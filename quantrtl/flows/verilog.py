@@ -48,6 +48,7 @@ class VerilogResult:
     layers: list
     initiation_interval: int | None = None
     memory: dict | None = None  # on-chip bits by kind against the lower bound (hw/memory.py)
+    cycle_model: dict | None = None  # a streaming design's: FIFO depths (hw/cyclemodel.py)
 
 
 def verilog_flow(quantizer: str, out_dir: str | Path, layer: str = "all", lanes: int = 8, pipeline: int = 0,
@@ -93,4 +94,5 @@ def verilog_flow(quantizer: str, out_dir: str | Path, layer: str = "all", lanes:
     return VerilogResult(top=design.top, verilog=str(v_path), description=str(j_path), artifact=design.artifact,
                          expected_cycles=design.expected_cycles, memory_bits=design.memory_bits,
                          initiation_interval=design.initiation_interval, memory=rendered[1]["memory"],
+                         cycle_model=rendered[1]["parameters"].get("cycle_model"),
                          seconds=time.perf_counter() - t0, layers=design.parameters()["layers"])
