@@ -21,7 +21,7 @@ import math
 
 import numpy as np
 from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, wiring
+from amaranth.lib import data
 from amaranth.lib.memory import Memory
 
 from quantrtl.hw.cyclemodel import GapNode, JoinNode, WindowNode
