@@ -254,7 +254,7 @@ def cmd_cosim(args) -> int:
             print(f"the injected {r.fault} did not change any compared value on these images")
         return 0
     if r.timed_out:
-        print("the design did not finish in time")
+        print(r.deadlock or "the design did not finish in time")
     if r.first_mismatch:
         mm = r.first_mismatch
         where = f"{mm['image']}, " if many else ""

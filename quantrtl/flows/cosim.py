@@ -18,7 +18,7 @@ from quantrtl.flows.quantize import network_for
 from quantrtl.util.atomic import atomic_write
 from quantrtl.util.errors import OptionError
 
-__all__ = ["CosimOptions", "CosimResult", "resolve_image", "resolve_images", "parse_images", "cosim_flow"]
+__all__ = ["CosimOptions", "CosimResult", "resolve_image", "resolve_images", "parse_images", "cosim_flow", "deadlock_report"]
 
 #: The most images one ``--images`` list may name (more: use ``all`` or a range).
 MAX_IMAGE_ITEMS = 10_000
@@ -99,10 +99,35 @@ class CosimResult:
     #: a streaming design's join FIFOs: per (join, input) the depth the cycle model computed,
     #: the measured high-water mark and skew-stall cycles (over every batch), and the model's
     fifos: list | None = None
+    #: when a batch stopped (no last output within the timeout): the nodes that did not
+    #: finish and any join input stuck at a full FIFO
+    deadlock: str | None = None
 
     @property
     def images_per_second(self) -> float:
         return self.images / self.run_seconds if self.run_seconds > 0 else float("inf")
+
+
+def deadlock_report(qnet, raws: list[dict], fifos: list | None, timeout: int) -> str:
+    """Where a batch that did not finish stopped: each layer that sent less than its
+    images' outputs (in network order; the first is where the stream stopped), and every
+    join input that waited at a full FIFO while its join starved."""
+    from math import prod
+
+    n = sum(1 for r in raws if r["batch_position"] == 0 and not r["done"]) or 1
+    first = next(r for r in raws if not r["done"])
+    batch = [r for r in raws if r["batch_cycles"] == first["batch_cycles"]]
+    short = []
+    for layer in qnet.layers:
+        got = sum(r["captures"][layer.name]["count"] for r in batch if layer.name in r["captures"])
+        want = prod(layer.out_shape) * len(batch)
+        if got < want:
+            short.append(f"{layer.name} sent {got} of {want} values")
+    full = [f"{f['join']} input {f['input']} ({f['stall_cycles']} cycles at its full FIFO of {f['depth']} while "
+            "the join starved)" for f in fifos or [] if f["stall_cycles"]]
+    return (f"deadlock: no last output within {timeout} cycles per image (4x the design's latency + 1000) in "
+            f"{n} batch(es); " + "; ".join(short or ["every layer sent its values"])
+            + ("; waiting at a full FIFO: " + "; ".join(full) if full else ""))
 
 
 def _index(text: str) -> bool:
@@ -247,7 +272,13 @@ def cosim_flow(quantizer: str, image: str | int = 0, simulator: str = "icarus", 
     streamed = [cosim.compare(qnet, gold, raw, lanes, names, sparse=mode is not None, index=i,
                               streaming=harness.top.streaming) for i, raw in zip(order, raws)]
     reports = streamed[:len(xs)]
-    throughput = cosim.throughput(raws[:stream], harness.top.batch_interval(stream))
+    from quantrtl.hw.cyclemodel import Deadlock
+
+    try:
+        model_ii = harness.top.batch_interval(stream)
+    except Deadlock:  # a design whose FIFOs were set too small by hand: the model stops too
+        model_ii = None
+    throughput = cosim.throughput(raws[:stream], model_ii)
     per_image, first = [], None
     for i, (d, r) in enumerate(zip(descs, reports)):
         mm = None if r.first_mismatch is None else {"image": d, **asdict(r.first_mismatch)}
@@ -269,12 +300,16 @@ def cosim_flow(quantizer: str, image: str | int = 0, simulator: str = "icarus", 
     fifos = None
     if harness.fifos:
         batches = [r["fifos"] for r in raws if r["batch_position"] == 0]
-        model = harness.top.schedule(stream).skew_stalls
+        try:
+            model = harness.top.schedule(stream).skew_stalls
+        except Deadlock:
+            model = {name: [None] * len(ds) for name, ds in harness.top.fifo_depths.items()}
         fifos = [{"join": name, "input": j, "depth": harness.top.fifo_depths[name][j],
                   "high_water": max(b[k]["high_water"] for b in batches),
                   "stall_cycles": sum(b[k]["stall_cycles"] for b in batches),
-                  "model_stall_cycles": model[name][j] * len(batches)}
+                  "model_stall_cycles": None if model[name][j] is None else model[name][j] * len(batches)}
                  for k, (name, j) in enumerate(harness.fifos)]
+    deadlock = deadlock_report(qnet, raws, fifos, job["timeout_cycles"]) if any(not r["done"] for r in raws) else None
     return CosimResult(
         quantizer=qnet.quantizer, image=_describe(descs), label=None if labels is None else labels[0],
         predicted=head.predicted, golden_predicted=head.golden_predicted,
@@ -287,4 +322,4 @@ def cosim_flow(quantizer: str, image: str | int = 0, simulator: str = "icarus", 
         golden_accuracy=gold_acc, rtl_golden_agree=sum(r.predicted == r.golden_predicted for r in reports),
         fault=None if fault is None else str(fault), per_image=per_image, throughput=throughput,
         simulated_cycles=sum(r["batch_cycles"] for r in raws if r["batch_position"] == 0),
-        netlist=text.splitlines()[0].removeprefix("// "), fifos=fifos)
+        netlist=text.splitlines()[0].removeprefix("// "), fifos=fifos, deadlock=deadlock)

@@ -70,6 +70,34 @@ def test_verilator_stream_style_on_the_cycle_model(build_root):
 
 
 @pytest.mark.verilator
+def test_verilator_deadlock_is_reported_naming_the_nodes(build_root, monkeypatch):
+    """The concat's first FIFO one below the depth the cycle model computed: the design
+    deadlocks (the fork before the pool waits on it, it waits for conv3, conv3 for the
+    fork); the cosim stops after its bound and names the join input at its full FIFO and
+    the layers that did not finish, instead of hanging."""
+    from quantrtl.flows.common import ModelSource
+
+    source = ModelSource(model="digits-res")
+    good = NetworkTop(flows.quantize_network("fixed8", source=source).qnet, lanes=8, sparse="stream")
+    depths = {k: list(v) for k, v in good.fifo_depths.items()}
+    depths["cat"][0] -= 1
+    latency = good.expected_cycles
+    init = NetworkTop.__init__
+
+    def small(self, *a, **kw):
+        init(self, *a, **{**kw, "fifo_depths": depths})
+
+    monkeypatch.setattr(NetworkTop, "__init__", small)
+    monkeypatch.setattr(NetworkTop, "expected_cycles", property(lambda self: latency))  # the model deadlocks too
+    r = flows.cosim_flow("fixed8", simulator="verilator", source=source, build_root=build_root, sparse="stream",
+                         stream=1)
+    assert not r.bit_exact and r.timed_out
+    assert r.deadlock.startswith(f"deadlock: no last output within {4 * latency + 1000} cycles")
+    assert "cat input 0 (" in r.deadlock and f"cycles at its full FIFO of {depths['cat'][0]} while" in r.deadlock
+    assert "fc sent 0 of 10 values" in r.deadlock
+
+
+@pytest.mark.verilator
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["shift4", "pq4"])
 def test_verilator_whole_test_split(quantized, build_root, name):
