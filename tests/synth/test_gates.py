@@ -98,6 +98,8 @@ def test_zero_weights_cost_nothing(tmp_path):
     (["--throughput", "0"], "--lanes must be in 1..256"),  # the older name of --lanes
     (["--layer", "pool"], "--layer 'pool' is not a conv2d/linear layer"),
     (["--yosys", "/nonexistent/yosys"], "Yosys not found at '/nonexistent/yosys'"),
+    (["--engine", "stream"], "--engine stream is for --style network"),
+    (["--style", "network", "--engine", "columns"], "'columns' names no engine style; choose one of dense, row"),
 ])
 def test_gates_bad_arguments(tmp_path, capsys, argv, match):
     rc = main(["gates", *argv, "--out", str(tmp_path / "v"), "--json", str(tmp_path / "g.json")])
@@ -203,3 +205,20 @@ def test_bad_lane_settings_are_named(tmp_path, capsys, argv, message):
     err = capsys.readouterr().err
     assert rc == 2 and message in err, err
     assert not (tmp_path / "v").exists() or not any((tmp_path / "v").rglob("*.v"))
+
+
+@pytest.mark.yosys
+def test_network_rows_of_the_stream_style(tmp_path):
+    """The network style on stream engines: the top named by its style, its cycles the cycle
+    model's, its run-time memories counted by Yosys, and each layer's engine synthesized apart."""
+    from quantrtl.hw.network import NetworkTop
+    from quantrtl.synth.gates import network_rows
+    from tests.factories import format_for_test, random_graph_network
+
+    net = random_graph_network(format_for_test("shift4"), seed=1, c=2, hw=6)
+    (row,) = network_rows({"shift4": net}, 4, tmp_path, jobs=2, cache_dir=None, engine="stream")
+    top = NetworkTop(net, lanes=4, sparse="stream")
+    assert row["engine"] == "stream" and row["top"] == "graph_shift4_p4_network_stream"
+    assert row["cycles_per_image"] == top.expected_cycles == top.schedule(1).latencies[0]
+    assert row["memory_bits"] > 0  # (Yosys keeps the run-time memories; small ROMs become logic)
+    assert [s["layer"] for s in row["layers"]] == [l.name for l in net.layers]
