@@ -283,36 +283,55 @@ def run_network(order: list[str], sources: dict[str, list[str]], nodes: dict, in
     fed = sent = cycle = quiet = 0
     rev = list(range(n_nodes - 1, -1, -1))
     fwd = list(range(n_nodes))
+    # per producer its readers, per reader of a fork the other readers (as flat index lists)
+    others = {(i, j): [(a, b) for a, b in readers[s] if (a, b) != (i, j)] for i, ss in enumerate(srcs)
+              for j, s in enumerate(ss)}
+    pass_src = [srcs[i][0] if kinds[i] == 2 else -1 for i in range(n_nodes)]
+    steppers = [(i, objs[i], srcs[i]) for i in fwd if kinds[i] != 2]
     while len(last_out) < images:
         # ready, backwards: a node's output is ready when all its readers are
         for i in rev:
-            o = objs[i]
-            r = True if i == last else all(in_ready[a][b] for a, b in readers[i])
+            r = True
+            if i != last:
+                for a, b in readers[i]:
+                    if not in_ready[a][b]:
+                        r = False
+                        break
             out_ready[i] = r
             k = kinds[i]
             if k == 0:
-                in_ready[i][0] = o.in_ready(r)
+                in_ready[i][0] = objs[i].in_ready(r)
             elif k == 2:
                 in_ready[i][0] = r
             else:
-                ir = in_ready[i]
+                ir, o = in_ready[i], objs[i]
                 for j in range(len(ir)):
                     ir[j] = o.input_ready(j)
-        src_ready = all(in_ready[a][b] for a, b in readers[INP])
+        src_ready = True
+        for a, b in readers[INP]:
+            if not in_ready[a][b]:
+                src_ready = False
+                break
         # valid, forwards (a pass-through node's is its producer's, as that reader sees it)
         valid[INP] = v = fed < total_in
         fire[INP] = f_in = v and src_ready
         any_fire = f_in
         for i in fwd:
-            if kinds[i] == 2:
-                s = srcs[i][0]
-                v = valid[s] and all(in_ready[a][b] for a, b in readers[s] if a != i)
+            s = pass_src[i]
+            if s >= 0:
+                v = valid[s]
+                if v:
+                    for a, b in others[(i, 0)]:
+                        if not in_ready[a][b]:
+                            v = False
+                            break
             else:
                 v = objs[i].out_valid
             valid[i] = v
             f = v and out_ready[i]
             fire[i] = f
-            any_fire = any_fire or f
+            if f:
+                any_fire = True
         if f_in:
             if fed % in_size == 0:
                 first_in.append(cycle + 1)
@@ -325,12 +344,10 @@ def run_network(order: list[str], sources: dict[str, list[str]], nodes: dict, in
             if not objs[i].issuable():
                 f = full[i]
                 for j, s in enumerate(srcs[i]):
-                    if valid[s] and not in_ready[i][j] and all(in_ready[a][b] for a, b in readers[s] if (a, b) != (i, j)):
+                    if valid[s] and not in_ready[i][j] and all(in_ready[a][b] for a, b in others[(i, j)]):
                         f[j] += 1
-        for i in fwd:
-            if kinds[i] != 2:
-                ss = srcs[i]
-                objs[i].step([fire[s] for s in ss] if len(ss) > 1 else (fire[ss[0]],), out_ready[i])
+        for i, o, ss in steppers:
+            o.step([fire[s] for s in ss] if len(ss) > 1 else (fire[ss[0]],), out_ready[i])
         cycle += 1
         quiet = 0 if any_fire else quiet + 1
         if quiet > stall_limit:
