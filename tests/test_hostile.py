@@ -358,8 +358,12 @@ def test_an_interrupted_pool_stops_its_workers_and_their_tools(tmp_path):
             workers = list(ex._processes.values())
             raise KeyboardInterrupt
     assert time.monotonic() - t0 < 60  # not the job's 120 s
-    assert not any(p.is_alive() for p in workers)
-    assert [p.exitcode for p in workers if p.exitcode != 143] == [], "a worker ignored SIGTERM (killed after the grace)"
+    # by pid, not Process.is_alive(): the executor's own thread may reap a worker first, and
+    # multiprocessing then never learns its exit (is_alive stays True, exitcode None)
+    assert not any(_alive(p.pid) for p in workers)
+    # 143: its handler ran; -15: SIGTERM came while it was still starting (before its handler), on a loaded machine
+    assert [p.exitcode for p in workers if p.exitcode not in (143, -15, None)] == [], \
+        "a worker ignored SIGTERM (killed after the grace)"
     deadline = time.monotonic() + 10
     while _alive(int(pid_file.read_text())) and time.monotonic() < deadline:
         time.sleep(0.1)

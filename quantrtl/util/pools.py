@@ -80,11 +80,31 @@ def _stop_workers(workers, grace: float = 5.0) -> None:
     for g in groups:  # a worker gone may leave a tool of its group (a compiler under make)
         _signal_group(g, signal.SIGKILL)
     for p in workers:  # a worker still starting has no group of its own yet: kill it by its pid
-        if p.is_alive():
+        if _running(p):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(p.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
     for p in workers:  # a killed process is gone once the kernel has freed it (slow on a loaded machine)
-        p.join(10)
+        while _running(p) and time.monotonic() < deadline:
+            p.join(0.1)
+
+
+def _running(p) -> bool:
+    """``p`` has not ended, by its pid: the executor's own thread may reap a worker first, and
+    ``Process.is_alive()`` then never learns of it."""
+    if p.exitcode is not None or p.pid is None:
+        return False
+    try:
+        os.kill(p.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{p.pid}/stat") as f:
+            return f.read().split()[2] != "Z"  # a zombie has ended
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager
