@@ -1,6 +1,6 @@
 """Streaming engines with line buffers (the ``stream`` engine style).
 
-A conv2d (dense or depthwise), linear, max/average pooling engine that keeps only the
+A conv2d (dense, grouped or depthwise), linear, max/average pooling engine that keeps only the
 input rows its windows still need (:class:`LineBuffer`, a ring of ``rows`` row slots,
 ``hw/window.py``) and starts on an output row as soon as the input rows under it have
 arrived, while the next rows keep arriving.  Global average pooling keeps a running sum
@@ -30,7 +30,7 @@ from quantrtl.hw.join import JoinEngine
 from quantrtl.hw.layer import ConvEngine, PoolEngine
 from quantrtl.hw.parts import OutputBank, PixelWalker, pack, requant_layout, rom
 from quantrtl.hw.requant import Requantizer
-from quantrtl.hw.window import StreamGeometry, stream_groups
+from quantrtl.hw.window import StreamGeometry, grouped_stream_groups, stream_groups
 from quantrtl.model.numbers.artifact import Layer
 from quantrtl.model.numbers.families import family
 
@@ -192,8 +192,10 @@ class StreamConvEngine(ConvEngine):
     streams in.
 
     Lanes: a dense conv splits them into ``G`` groups (output channels) of ``P/G`` lanes
-    that read ``P/G`` consecutive channels of one tap; a depthwise conv gives each of its
-    ``P`` lanes its own channel (at most ``kh·kw`` lanes: more could not drain)."""
+    that read ``P/G`` consecutive channels of one tap; a grouped conv the same within one
+    conv group (``G`` dividing its outputs, ``P/G`` its inputs; a ROM gives each channel
+    group its conv group's first word); a depthwise conv gives each of its ``P`` lanes its
+    own channel (at most ``kh·kw`` lanes: more could not drain)."""
 
     def __init__(self, layer: Layer, lanes: int = 8, groups: int | None = None, pipeline: int = 0,
                  source_shape: tuple[int, ...] | None = None, tap_fault: int | None = None):
@@ -213,10 +215,9 @@ class StreamConvEngine(ConvEngine):
             raise ValueError(f"layer {layer.name!r} ({layer.op}) has no weights for a MAC engine")
         super().__init__(layer, lanes=lanes, groups=groups, pipeline=pipeline, source_shape=source_shape)
         cout, P = layer.out_shape[0], self.geometry.lanes
-        depthwise = layer.op == "conv2d" and layer.groups > 1
-        if depthwise and not (layer.groups == c == cout):
-            raise ValueError(f"layer {layer.name!r}: the stream engine takes dense and depthwise convolutions, "
-                             f"not {layer.groups} groups of {c // layer.groups} channels; use the dense engine style")
+        conv_groups = layer.groups if layer.op == "conv2d" else 1
+        depthwise = conv_groups > 1 and conv_groups == c == cout
+        cin_g, cout_g = c // conv_groups, cout // conv_groups
         block = layer.format.lane_block
         if block > 1 and c % block:
             raise ValueError(f"layer {layer.name!r}: {c} input channels are not whole blocks of {block} "
@@ -227,15 +228,22 @@ class StreamConvEngine(ConvEngine):
                 raise ValueError(f"layer {layer.name!r}: a depthwise stream engine takes at most kh*kw = {taps} "
                                  f"lanes (one output per cycle drains {P} channels), got {P}")
             g = P
+        elif conv_groups > 1:  # each channel group's outputs in one conv group, reading its channels
+            g = grouped_stream_groups(cin_g, cout_g, cout, taps, P) if groups is None else int(groups)
+            if g is None or block > 1:
+                raise ValueError(f"layer {layer.name!r}: {conv_groups} groups of {cin_g} input and {cout_g} output "
+                                 f"channels take lanes G*K with G dividing {cout_g} and K dividing {cin_g}, not {P}"
+                                 + (f" (nor blocks of {block})" if block > 1 else "") + "; use the dense engine style")
         else:
             g = stream_groups(c, cout, taps, P, block) if groups is None else int(groups)
         self.depthwise = depthwise
-        self.geometry = ConvGeometry(cout=cout, lanes=P, groups=g, conv_groups=c if depthwise else 1, **win)
+        self.grouped = conv_groups > 1 and not depthwise
+        self.geometry = ConvGeometry(cout=cout, lanes=P, groups=g, conv_groups=conv_groups, **win)
         kc = P // g
         word = g if depthwise else kc
-        inner = taps * (1 if depthwise else math.ceil(c / kc))
-        self.stream = StreamGeometry(self.geometry, word=word, middle=self.geometry.channel_groups, inner=inner,
-                                     per_channel=depthwise)
+        blocks = 1 if depthwise else cin_g // kc if self.grouped else math.ceil(c / kc)
+        self.stream = StreamGeometry(self.geometry, word=word, middle=self.geometry.channel_groups,
+                                     inner=taps * blocks, per_channel=depthwise, blocks=blocks)
 
     def weight_words(self) -> list[int]:
         """Per (channel group, inner step): each lane's code, 0 where the lane has no input
@@ -318,12 +326,18 @@ class StreamConvEngine(ConvEngine):
                                    "valid": unsigned(lanes_here)})
         rows = []
         for dy, dx, cb in sg.chunk_taps():
-            valid = sum(1 << jj for jj in range(lanes_here) if self.depthwise or cb * kc + jj < g.cin)
+            valid = sum(1 << jj for jj in range(lanes_here) if self.depthwise or cb * kc + jj < g.cin // g.conv_groups)
             rows.append(pack(entry, [dict(off=dx * sg.words_per_pixel + cb, dy=dy, dx=dx, valid=valid)]))
         tap_rom = rom(m, "tap_rom", rows, entry.size)
         m.d.comb += tap_rom.addr.eq(walk.inner)
         tap = data.View(entry, tap_rom.data)
-        lb.read(m, tap.dy, tap.off + walk.middle if self.depthwise else tap.off, en)
+        if self.grouped:  # per channel group, the first word of its conv group's channels
+            bases = [g.channel_base(cgi * g.groups) // kc for cgi in range(g.channel_groups)]
+            base_rom = rom(m, "chan_base_rom", bases, uint_bits(max(bases)))
+            m.d.comb += base_rom.addr.eq(walk.middle)
+            lb.read(m, tap.dy, tap.off + base_rom.data, en)
+        else:
+            lb.read(m, tap.dy, tap.off + walk.middle if self.depthwise else tap.off, en)
 
         waddr = Signal(range(max(2, g.channel_groups * sg.inner)), name="waddr")
         wmem = rom(m, "weight_mem", self.weight_words(), g.lanes * bits, domain="sync")

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from quantrtl.hw.geometry import ConvGeometry
 
-__all__ = ["StreamGeometry", "stream_groups"]
+__all__ = ["StreamGeometry", "stream_groups", "grouped_stream_groups"]
 
 
 def _clip(v: int, hi: int) -> int:
@@ -55,6 +55,25 @@ def stream_groups(cin: int, cout: int, kernel_taps: int, lanes: int, block: int 
     return best[1]
 
 
+def grouped_stream_groups(cin_g: int, cout_g: int, cout: int, kernel_taps: int, lanes: int) -> int | None:
+    """Lane groups of a grouped streaming conv (``cin_g`` input and ``cout_g`` output
+    channels per group): ``G`` output channels of one group at a time (``G`` divides
+    ``cout_g``), each reading ``P/G`` of the group's channels (``P/G`` divides ``cin_g``, so a
+    group's channels start on a word); the fewest cycles, ties to fewer groups; None when
+    no such split of ``lanes`` exists."""
+    best = None
+    for g in range(1, lanes + 1):
+        kc = lanes // g
+        if lanes % g or cout_g % g or cin_g % kc:
+            continue
+        chunks = kernel_taps * (cin_g // kc)
+        if g > 1 and g > chunks:
+            continue
+        cost = (math.ceil(cout / g) * chunks, g)
+        best = min(best, cost) if best else cost
+    return None if best is None else best[1]
+
+
 @dataclass(frozen=True)
 class StreamGeometry:
     """A window engine's line buffer and loop nest.
@@ -72,6 +91,9 @@ class StreamGeometry:
     middle: int
     inner: int
     per_channel: bool
+    #: channel blocks a tap's inner steps walk (None: every word of a pixel; a grouped
+    #: conv: its group's ``cin/groups`` channels in words of ``word``)
+    blocks: int | None = None
 
     @property
     def rows(self) -> int:
@@ -106,7 +128,7 @@ class StreamGeometry:
         """Per inner step: kernel row, kernel column and channel block (0 where the middle
         loop picks the channel)."""
         g = self.conv
-        blocks = 1 if self.per_channel else self.words_per_pixel
+        blocks = 1 if self.per_channel else self.blocks or self.words_per_pixel
         return [(dy, dx, cb) for dy in range(g.kh) for dx in range(g.kw) for cb in range(blocks)]
 
     def release(self, by: int) -> int:

@@ -186,6 +186,9 @@ GROUPED = [
     (6, 6, 6, 3, (3, 3), (2, 2), (1, 1), "stream"),  # strided, 3-channel words
     (5, 5, 5, 4, (3, 3), (1, 1), (1, 1), "stream"),  # 5 channels in words of 4: the last word partly empty
     (6, 6, 6, 1, (2, 3), (1, 2), (1, 1), "stream"),  # one lane
+    (4, 8, 2, 4, (3, 3), (1, 1), (0, 0), "stream"),  # two groups: a channel group's outputs in one of them
+    (6, 3, 3, 2, (1, 1), (1, 1), (0, 0), "stream"),  # grouped pointwise, one output per group
+    (8, 8, 2, 8, (3, 3), (2, 1), (1, 1), "stream"),  # two groups of 4 in words of 4, strided
 ]
 
 

@@ -120,9 +120,10 @@ def test_random_shapes_bit_exact_with_schedule_cycles(cin, cout, h, w, k, s, p, 
 
 
 def test_refusals_name_the_layer():
-    grouped = grouped_conv_layer(format_for_test("fixed8"), cin=4, cout=8, groups=2, hw=5, kernel=(3, 3))
-    with pytest.raises(ValueError, match=r"layer '.*': the stream engine takes dense and depthwise"):
-        make_engine(grouped, lanes=4, sparse="stream")
+    grouped = grouped_conv_layer(format_for_test("fixed8"), cin=6, cout=3, groups=3, hw=5, kernel=(1, 1))
+    with pytest.raises(ValueError, match=r"layer '.*': 3 groups of 2 input and 1 output channels take lanes G\*K "
+                                         r"with G dividing 1 and K dividing 2, not 16"):
+        make_engine(grouped, lanes=16, sparse="stream")
     dw = grouped_conv_layer(format_for_test("fixed8"), cin=4, cout=4, groups=4, hw=5, kernel=(3, 3))
     with pytest.raises(ValueError, match=r"at most kh\*kw = 9 lanes"):
         make_engine(dw, lanes=16, sparse="stream")
