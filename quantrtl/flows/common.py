@@ -16,7 +16,7 @@ from quantrtl.util.provenance import package_versions
 
 __all__ = ["DEFAULT_FINETUNE", "DEMO_QUANTIZERS", "SHIPPED_MODELS", "KEEP", "KeepQuantizer", "resolve_quantizer",
            "MAX_LANES", "OptionError", "ModelSource", "DIGITS", "load_data", "tool_versions", "check_density",
-           "check_lanes", "parse_lanes", "lanes_tag", "check_sparse", "check_engine", "check_stream_options", "artifact_stem", "write_json",
+           "check_lanes", "parse_lanes", "lanes_tag", "check_sparse", "check_engine", "check_style", "check_stream_options", "artifact_stem", "write_json",
            "check_input_shape",
            "HardwareOptions"]
 
@@ -209,6 +209,17 @@ def check_engine(sparse) -> str:
 
     check_sparse(sparse)  # a name of no style: the zero-skipping choices, as --sparse takes them
     return style_of(sparse).name
+
+
+def check_style(value, option: str = "engine") -> str:
+    """The engine style ``value`` names, as its registered name, or an OptionError on
+    ``option`` naming every style (``--engine`` takes any of them)."""
+    from quantrtl.hw.styles import style_of
+
+    try:
+        return style_of(value).name
+    except ValueError as e:
+        raise OptionError(option, str(e)) from None
 
 
 def check_stream_options(index_bits: int, source: "ModelSource") -> None:

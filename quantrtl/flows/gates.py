@@ -6,7 +6,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from quantrtl.flows.common import DIGITS, KEEP, ModelSource, check_engine, check_sparse, \
+from quantrtl.flows.common import DIGITS, KEEP, ModelSource, check_sparse, check_style, \
     check_stream_options, load_data, resolve_quantizer
 from quantrtl.flows.quantize import quantize_network
 from quantrtl.model.numbers.families import parse_format
@@ -98,7 +98,7 @@ class GatesOptions:
             raise OptionError("jobs", f"must be at least 1, got {self.jobs}")
         check_target(self.target, self.clock_ns)
         check_dsp(self.dsp, self.target)
-        if check_engine(self.engine) != "dense" and self.style != "network":
+        if check_style(self.engine) != "dense" and self.style != "network":
             raise OptionError(("engine", "style"), f"{{0}} {self.engine} is for {{1}} network (the array and "
                                                    "unrolled styles synthesize a dense engine's datapath)")
 
@@ -271,7 +271,7 @@ def gates_flow(quantizers: list[str], style: str = "array", layer: str | None = 
         if style == "network":
             stimuli = _stimuli(nets, None, image, source) if asic_energy else None
             rows = network_rows(nets, throughput, out, jobs=jobs, yosys=yosys, cache_dir=cache_dir,
-                                engine=check_engine(engine))
+                                engine=check_style(engine))
             for r in rows:
                 r.update(throughput=throughput, layer="all", datapath_gates=None, control_gates=None,
                          extrapolated=False, sample=None)
