@@ -13,7 +13,9 @@ own channels; pooling: one channel), so one read port serves every lane.  Yosys 
 block RAM like any other memory (docs/hardware.md, "Streaming engines").
 
 The back end is the dense engine's: the MAC array, the output bank and the requantizer
-(conv/linear), the pooling engine's reduction (pooling).
+(conv/linear), the pooling engine's reduction (pooling).  Joins (add, concat) stream
+through a FIFO per input (:class:`SkipFifo`) whose depth the network's cycle model
+computes (``hw/cyclemodel.py``, ``NetworkTop.fifo_depths``).
 """
 from __future__ import annotations
 
