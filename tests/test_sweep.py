@@ -97,16 +97,20 @@ def test_sweep_over_the_residual_network(tmp_path, capsys):
 
 @pytest.mark.yosys
 @pytest.mark.icarus
-def test_sweep_on_broadcast_engines(tmp_path):
-    """``--sparse broadcast``: the synthesis job builds the broadcast engine (its MACs per
-    cycle simulated on the image, bit-exact) and the cosim job runs the network on them."""
-    assert main(["sweep", "--quantizers", "shift3", "--lanes", "4", "--densities", "0.3", "--layers", "conv1",
-                 "--finetune", "0", "--sparse", "broadcast", "--out", str(tmp_path / "o"),
+@pytest.mark.parametrize("engine,density", [("broadcast", "0.3"), ("stream", "1.0")])
+def test_sweep_on_other_engine_styles(tmp_path, engine, density):
+    """``--engine broadcast|stream``: the synthesis job builds that style's engine (its MACs
+    per cycle simulated on the image, bit-exact) and the cosim job runs the network on
+    them (a broadcast engine's cycles at least its formula's, a streaming network's the
+    cycle model's)."""
+    assert main(["sweep", "--quantizers", "shift3", "--lanes", "4", "--densities", density, "--layers", "conv1",
+                 "--finetune", "0", "--engine", engine, "--out", str(tmp_path / "o"),
                  "--json", str(tmp_path / "s.json")]) == 0
     r = json.loads((tmp_path / "s.json").read_text())
     row = r["rows"][0]
-    assert r["sparse"] == "broadcast" and row["engine"] == "broadcast" and row["top"] == "conv1_shift3_broadcast_p4"
-    assert row["layer_bit_exact"] and row["bit_exact"] and row["cycles"] >= row["expected_cycles"]
+    assert r["sparse"] == engine and row["engine"] == engine and row["top"] == f"conv1_shift3_{engine}_p4"
+    assert row["layer_bit_exact"] and row["bit_exact"]
+    assert row["cycles"] >= row["expected_cycles"] if engine == "broadcast" else row["cycles"] == row["expected_cycles"]
     assert row["macs_per_cycle"] == pytest.approx(8 * 8 * 8 * 9 / row["layer_cycles"])
     assert row["gates_total"] > 0 and row["datapath_gates"] is None
 
