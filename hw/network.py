@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from math import prod
 
-import dataclasses
 import operator
 
 from amaranth.hdl import Module, unsigned
@@ -122,10 +121,6 @@ class NetworkTop(wiring.Component):
             return None
         key = (images, unbounded)
         cache = self.__dict__.setdefault("_schedules", {})
-        longer = [k for k in cache if k[1] == unbounded and k[0] > images]
-        if key not in cache and longer:  # an image's timing depends only on the images before it
-            run = cache[longer[0]]
-            return dataclasses.replace(run, first_in=run.first_in[:images], last_out=run.last_out[:images])
         if key not in cache:
             if not unbounded:
                 self.fifo_depths  # noqa: B018 (sizes the FIFOs first)
