@@ -198,9 +198,7 @@ class ConvEngine(wiring.Component):
         # weight and bias memories (synchronous reads, stage A → B)
         wmem = rom(m, "weight_mem", self.weight_words(), g.groups * (g.lanes_per_group // self.code_stride) * bits,
                    domain="sync")
-        bias = [int(b) % (1 << W) for b in self.folded_bias] + [0] * (g.channel_groups * g.groups - g.cout)
-        bwords = [sum(bias[cgi * g.groups + gi] << (gi * W) for gi in range(g.groups)) for cgi in range(g.channel_groups)]
-        bmem = rom(m, "bias_mem", bwords, g.groups * W, domain="sync")
+        bmem = rom(m, "bias_mem", self.bias_words(), g.groups * W, domain="sync")
         m.d.comb += [wmem.addr.eq(waddr), wmem.en.eq(en), bmem.addr.eq(cg), bmem.en.eq(en)]
 
         issuing = Signal(name="issuing")
@@ -227,12 +225,7 @@ class ConvEngine(wiring.Component):
             lane_ok.append((rp.data, kv_b, inb_b))
 
         # stage B: array inputs
-        v_b, first_b, last_b = Signal(name="valid_b"), Signal(name="first_b"), Signal(name="last_b")
-        with m.If(en):
-            m.d.sync += [v_b.eq(issuing), first_b.eq(t == 0), last_b.eq(t == g.chunks - 1)]
-        m.d.comb += [arr.valid.eq(v_b), arr.first.eq(first_b), arr.last.eq(last_b)]
-        for gi in range(g.groups):
-            m.d.comb += arr.init[gi].eq(bmem.data[gi * W:(gi + 1) * W].as_signed())
+        self.array_control(m, arr, bmem.data, en, issuing, t == 0, t == g.chunks - 1)
         acts = []
         for gi in range(g.groups):
             for j in range(kc):
@@ -252,6 +245,25 @@ class ConvEngine(wiring.Component):
         with m.If(bank.finished):
             m.d.sync += load.running.eq(0)
         return m
+
+    def bias_words(self) -> list[int]:
+        """Per channel group, its lane groups' folded biases (modulo ``2**acc_width``), group 0
+        in the low bits; padded groups past the last channel hold 0."""
+        g, W = self.geometry, self.acc_width
+        bias = [int(b) % (1 << W) for b in self.folded_bias] + [0] * (g.channel_groups * g.groups - g.cout)
+        return [sum(bias[cgi * g.groups + gi] << (gi * W) for gi in range(g.groups)) for cgi in range(g.channel_groups)]
+
+    def array_control(self, m: Module, arr, bias_word, en, issuing, first, last) -> None:
+        """Stage B of the loop nest: a step's valid, first and last flags (``issuing``,
+        ``first``, ``last`` at its issue) registered into the array while ``en``, and each
+        lane group's initial accumulator from ``bias_word`` (read with the step)."""
+        W = self.acc_width
+        v_b, first_b, last_b = Signal(name="valid_b"), Signal(name="first_b"), Signal(name="last_b")
+        with m.If(en):
+            m.d.sync += [v_b.eq(issuing), first_b.eq(first), last_b.eq(last)]
+        m.d.comb += [arr.valid.eq(v_b), arr.first.eq(first_b), arr.last.eq(last_b)]
+        for gi in range(self.geometry.groups):
+            m.d.comb += arr.init[gi].eq(bias_word[gi * W:(gi + 1) * W].as_signed())
 
     def feed(self, m: Module, arr, acts: list, word, chunk, en) -> None:
         """Wire a step's operands into the datapath: lane ``i`` gets activation ``acts[i]``

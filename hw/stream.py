@@ -32,7 +32,7 @@ from quantrtl.hw.join import JoinEngine
 from quantrtl.hw.layer import ConvEngine, PoolEngine
 from quantrtl.hw.parts import OutputBank, PixelWalker, pack, requant_layout, rom
 from quantrtl.hw.requant import Requantizer
-from quantrtl.hw.window import StreamGeometry, grouped_stream_groups, stream_groups
+from quantrtl.hw.window import StreamGeometry, stream_groups
 from quantrtl.model.numbers.artifact import Layer
 from quantrtl.model.numbers.families import family
 
@@ -231,12 +231,12 @@ class StreamConvEngine(ConvEngine):
                                  f"lanes (one output per cycle drains {P} channels), got {P}")
             g = P
         elif conv_groups > 1:  # each channel group's outputs in one conv group, reading its channels
-            g = grouped_stream_groups(cin_g, cout_g, cout, taps, P) if groups is None else int(groups)
+            g = stream_groups(cin_g, cout, taps, P, group_outputs=cout_g) if groups is None else int(groups)
             if g is None or block > 1:
                 raise ValueError(f"layer {layer.name!r}: {conv_groups} groups of {cin_g} input and {cout_g} output "
                                  f"channels take lanes G*K with G dividing {cout_g} and K dividing {cin_g}, not {P}"
                                  + (f" (nor blocks of {block})" if block > 1 else "") + "; use the dense engine style")
-        else:
+        else:  # (the dense engine's lanes already hold whole blocks: a split always exists)
             g = stream_groups(c, cout, taps, P, block) if groups is None else int(groups)
         self.depthwise = depthwise
         self.grouped = conv_groups > 1 and not depthwise
@@ -343,21 +343,15 @@ class StreamConvEngine(ConvEngine):
 
         waddr = Signal(range(max(2, g.channel_groups * sg.inner)), name="waddr")
         wmem = rom(m, "weight_mem", self.weight_words(), g.lanes * bits, domain="sync")
-        bias = [int(b) % (1 << W) for b in self.folded_bias] + [0] * (g.channel_groups * g.groups - g.cout)
-        bwords = [sum(bias[cgi * g.groups + gi] << (gi * W) for gi in range(g.groups)) for cgi in range(g.channel_groups)]
-        bmem = rom(m, "bias_mem", bwords, g.groups * W, domain="sync")
+        bmem = rom(m, "bias_mem", self.bias_words(), g.groups * W, domain="sync")
         m.d.comb += [wmem.addr.eq(waddr), wmem.en.eq(en), bmem.addr.eq(walk.middle), bmem.en.eq(en)]
         with m.If(walk.step):
             m.d.sync += waddr.eq(Mux(waddr == g.channel_groups * sg.inner - 1, 0, waddr + 1))
 
-        v_b, first_b, last_b, inb_b = (Signal(name=n) for n in ("valid_b", "first_b", "last_b", "inb_b"))
-        kv_b = Signal(lanes_here, name="kvalid_b")
+        self.array_control(m, arr, bmem.data, en, walk.issuing, walk.inner == 0, walk.inner == sg.inner - 1)
+        inb_b, kv_b = Signal(name="inb_b"), Signal(lanes_here, name="kvalid_b")
         with m.If(en):
-            m.d.sync += [v_b.eq(walk.issuing), first_b.eq(walk.inner == 0), last_b.eq(walk.inner == sg.inner - 1),
-                         inb_b.eq(walker.in_bounds(tap.dy, tap.dx)), kv_b.eq(tap.valid)]
-        m.d.comb += [arr.valid.eq(v_b), arr.first.eq(first_b), arr.last.eq(last_b)]
-        for gi in range(g.groups):
-            m.d.comb += arr.init[gi].eq(bmem.data[gi * W:(gi + 1) * W].as_signed())
+            m.d.sync += [inb_b.eq(walker.in_bounds(tap.dy, tap.dx)), kv_b.eq(tap.valid)]
         acts = []
         for gi in range(g.groups):
             for jj in range(kc):

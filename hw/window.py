@@ -28,45 +28,30 @@ from dataclasses import dataclass
 
 from quantrtl.hw.geometry import ConvGeometry
 
-__all__ = ["StreamGeometry", "stream_groups", "grouped_stream_groups"]
+__all__ = ["StreamGeometry", "stream_groups"]
 
 
 def _clip(v: int, hi: int) -> int:
     return min(max(v, 0), hi)
 
 
-def stream_groups(cin: int, cout: int, kernel_taps: int, lanes: int, block: int = 1) -> int:
-    """Lane groups of an ungrouped streaming conv/linear: ``G`` dividing ``lanes`` with
-    ``P/G`` lanes reading ``P/G`` channels of one tap; minimises ``ceil(cout/G) ·
-    taps · ceil(C/(P/G))`` with the drain (``G`` outputs) no longer than a group's compute,
-    ties to fewer groups; every group holds whole blocks of a blocked format."""
+def stream_groups(cin: int, cout: int, kernel_taps: int, lanes: int, block: int = 1,
+                  group_outputs: int | None = None) -> int | None:
+    """Lane groups of a streaming conv/linear: ``G`` dividing ``lanes`` with ``P/G`` lanes
+    reading ``P/G`` channels of one tap; minimises ``ceil(cout/G) · taps · ceil(C/(P/G))``
+    with the drain (``G`` outputs) no longer than a group's compute, ties to fewer groups;
+    every group holds whole blocks of a blocked format.  A grouped conv (``cin`` the
+    channels of one conv group, ``group_outputs`` its outputs): ``G`` outputs of one
+    group at a time (``G`` divides ``group_outputs``), ``P/G`` dividing ``cin`` so a
+    group's channels start on a word.  None when no such split of ``lanes`` exists."""
     best = None
     for g in range(1, lanes + 1):
         kc = lanes // g
         if lanes % g or kc % block:
             continue
+        if group_outputs is not None and (group_outputs % g or cin % kc):
+            continue
         chunks = kernel_taps * math.ceil(cin / kc)
-        if g > 1 and g > chunks:
-            continue
-        cost = (math.ceil(cout / g) * chunks, g)
-        best = min(best, cost) if best else cost
-    if best is None:
-        raise ValueError(f"{lanes} lanes hold no whole blocks of {block}")
-    return best[1]
-
-
-def grouped_stream_groups(cin_g: int, cout_g: int, cout: int, kernel_taps: int, lanes: int) -> int | None:
-    """Lane groups of a grouped streaming conv (``cin_g`` input and ``cout_g`` output
-    channels per group): ``G`` output channels of one group at a time (``G`` divides
-    ``cout_g``), each reading ``P/G`` of the group's channels (``P/G`` divides ``cin_g``, so a
-    group's channels start on a word); the fewest cycles, ties to fewer groups; None when
-    no such split of ``lanes`` exists."""
-    best = None
-    for g in range(1, lanes + 1):
-        kc = lanes // g
-        if lanes % g or cout_g % g or cin_g % kc:
-            continue
-        chunks = kernel_taps * (cin_g // kc)
         if g > 1 and g > chunks:
             continue
         cost = (math.ceil(cout / g) * chunks, g)
